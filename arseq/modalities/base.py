@@ -1,0 +1,137 @@
+"""The public API for writing a modality: built-in modalities use exactly this and nothing private.
+
+A modality turns files into token sequences and generated tokens back into files. Everything else —
+caching, splitting, batching, training, sampling, evaluation — is shared core code. Subclass
+`Modality`, give it a `name`, implement `build_tokenizer`, `read` and `write`, and override any of the
+optional hooks. Constructor arguments are the modality's options: they appear in YAML under
+`modality:` (typed, checked, overridable as `--modality.OPTION`) and are saved with checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from arseq.tokenizers.base import Tokenizer
+
+# Given each row's tokens so far (prompt + generated; the lists grow in place between calls, so a
+# constraint may keep per-row state), return a bool tensor (rows, vocab): True where a token is allowed.
+Constraint = Callable[[list[list[int]]], torch.Tensor]
+
+
+class DataError(ValueError):
+    """Bad input the user can fix: the message is one line naming the file and the problem."""
+
+
+@dataclass
+class Example:
+    """One item of a dataset (document, piece, image, protein) as token ids, specials included."""
+
+    tokens: Sequence[int] | np.ndarray
+    name: str = ""
+    exact: bool | None = None  # decode(encode(x)) reproduced x; None when not checked
+    info: dict[str, float] = field(default_factory=dict)  # per-item counts for `summarize`
+
+
+@dataclass
+class Skipped:
+    """An input that could not be used, and why (reported by `arseq prepare`; the run goes on)."""
+
+    file: str
+    reason: str
+
+
+@dataclass
+class Sample:
+    """One generated sequence."""
+
+    prompt: list[int]
+    tokens: list[int]  # the continuation, stop token excluded
+    stopped: bool  # ended on a stop token rather than the length limit
+    nll: float  # mean negative log-likelihood (nats) per generated token under the model
+
+    @property
+    def perplexity(self) -> float:
+        return float(np.exp(self.nll))
+
+
+class Modality:
+    """Base class of every modality. Subclasses are registered by `name`."""
+
+    name: ClassVar[str] = ""
+    tokenizer_kinds: ClassVar[dict[str, type]] = {}  # Tokenizer.kind -> class, to rebuild from state
+    suffixes: ClassVar[tuple[str, ...]] = ()  # file suffixes taken when a folder is given; () = all
+
+    # ---- data (required) -------------------------------------------------------------------------
+    def build_tokenizer(self, files: list[Path], source: str | None) -> Tokenizer:
+        """Make the tokenizer: fit it on the training files, or build it from options alone."""
+        raise NotImplementedError
+
+    def read(
+        self, files: list[Path], source: str | None, tokenizer: Tokenizer, check_roundtrip: bool = False
+    ) -> Iterator[Example | Skipped]:
+        """Yield one Example per usable item and one Skipped per unusable file or record."""
+        raise NotImplementedError
+
+    # ---- generation (write required) -------------------------------------------------------------
+    def write(self, tokenizer: Tokenizer, samples: list[Sample], out: Path | None, args: argparse.Namespace) -> list[Path]:
+        """Write samples as files people use under `out` (or print them when out is None); return the paths."""
+        raise NotImplementedError
+
+    def add_generate_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add modality-specific `arseq generate` flags."""
+
+    def configure_sampling(self, args: argparse.Namespace, sampling: Any) -> Any:
+        """Adjust the SamplingConfig from modality flags (presets, lengths); return it."""
+        return sampling
+
+    def prompts(self, tokenizer: Tokenizer, args: argparse.Namespace, num_samples: int) -> list[list[int]]:
+        """Token prompts, one per sample. Default: BOS alone."""
+        return [[tokenizer.bos_id] for _ in range(num_samples)]
+
+    def constraint(self, tokenizer: Tokenizer, args: argparse.Namespace) -> Constraint | None:
+        """A decoding constraint that keeps samples well-formed, or None."""
+        return None
+
+    # ---- training --------------------------------------------------------------------------------
+    def augment(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augment one training window (e.g. transpose music). Must keep the shape."""
+        return tokens
+
+    # ---- reporting -------------------------------------------------------------------------------
+    def summarize(self, tokenizer: Tokenizer, examples: list[Example]) -> dict[str, Any]:
+        """Extra keys for `arseq prepare`'s JSON (e.g. tokens_per_note)."""
+        return {}
+
+    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]]) -> dict[str, float]:
+        """Descriptive metrics of token sequences; computed on data and on samples, same keys."""
+        return {}
+
+    def evaluate(self, tokenizer: Tokenizer, report: "EvalInputs") -> dict[str, Any]:
+        """Extra keys for `arseq evaluate`'s JSON (baselines, bits per dim, NLL per note...)."""
+        return {}
+
+    # ---- plumbing --------------------------------------------------------------------------------
+    def load_tokenizer(self, state: dict[str, Any]) -> Tokenizer:
+        """Rebuild this modality's tokenizer from `Tokenizer.to_dict()` state."""
+        kind = state.get("kind")
+        if kind not in self.tokenizer_kinds:
+            raise DataError(f"tokenizer kind {kind!r} is not one of {self.name} modality's {sorted(self.tokenizer_kinds)}")
+        return self.tokenizer_kinds[kind].from_dict(state)
+
+
+@dataclass
+class EvalInputs:
+    """What the core hands `Modality.evaluate`: the measured loss and the token streams it came from."""
+
+    loss: float  # mean NLL, nats per predicted token
+    total_nll: float  # summed over all predicted tokens
+    num_predicted: int
+    item_nll: np.ndarray  # per validation item: summed NLL of its predicted tokens
+    item_count: np.ndarray  # per validation item: number of predicted tokens
+    train: list[np.ndarray]  # training items' tokens
+    val: list[np.ndarray]  # validation items' tokens

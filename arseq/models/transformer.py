@@ -1,0 +1,187 @@
+"""A decoder-only transformer: token embedding, rotary positions, pre-norm blocks (RMSNorm), SwiGLU MLPs,
+PyTorch's fused scaled-dot-product attention and an optional static KV cache for sampling.
+
+It knows token ids, a vocabulary size and a maximum sequence length, and nothing about any modality.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int
+    max_seq_len: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    d_model: int = 384
+    mlp_hidden: int | None = None  # default: 8/3 * d_model rounded up to a multiple of 32 (SwiGLU)
+    dropout: float = 0.0
+    tie_weights: bool = True
+    bias: bool = False
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ValueError(f"d_model={self.d_model} must split into {self.n_head} heads of even size")
+        if self.vocab_size < 1 or self.max_seq_len < 1:
+            raise ValueError("vocab_size and max_seq_len must be positive")
+        if self.mlp_hidden is None:
+            self.mlp_hidden = 32 * math.ceil(8 * self.d_model / 3 / 32)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+def rope_tables(cfg: TransformerConfig) -> tuple[Tensor, Tensor]:
+    inv_freq = 1.0 / cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
+    angles = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()  # (max_seq_len, head_dim / 2)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, H, T, D) by per-position angles; cos/sin are (T, D/2) or (B, 1, T, D/2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Pre-allocated keys and values for every position a sampling run may reach."""
+
+    def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        shape = (batch, n_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        end = start + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.n_head, self.head_dim, self.dropout = cfg.n_head, cfg.head_dim, cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.cache: KVCache | None = None
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | None, mask: Tensor | None) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if start is not None:
+            k, v = self.cache.update(start, k, v)
+        # Causal by flag only when queries and keys start together (training, or a prefill at slot 0).
+        is_causal = mask is None and T > 1
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.mlp_hidden, bias=cfg.bias)
+        self.down = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | None, mask: Tensor | None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, start, mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rope_tables(cfg)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(
+        self,
+        idx: Tensor,
+        *,
+        start: int | None = None,
+        positions: Tensor | None = None,
+        mask: Tensor | None = None,
+        last_only: bool = False,
+    ) -> Tensor:
+        """Logits (B, T, vocab) for ids (B, T).
+
+        Training calls this with ids alone: a causal pass at positions 0..T-1. Sampling passes
+        `start`, the KV-cache slot of idx[:, 0] (after `setup_cache`); per-row `positions` (B, T) and a
+        boolean attention `mask` (B, 1, T, start + T) handle left-padded prompts.
+        """
+        T = idx.shape[1]
+        if positions is None:
+            first = start or 0
+            if first + T > self.cfg.max_seq_len:
+                raise ValueError(f"sequence of {first + T} tokens exceeds the model's context of {self.cfg.max_seq_len}")
+            cos, sin = self.rope_cos[first : first + T], self.rope_sin[first : first + T]
+        else:
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
+        if start is not None and mask is None and start > 0 and T > 1:
+            raise ValueError("a cached pass of several tokens after slot 0 needs an explicit mask")
+        x = self.drop(self.embed(idx))
+        for block in self.blocks:
+            x = block(x, cos, sin, start, mask)
+        x = self.norm(x[:, -1:] if last_only else x)
+        return self.lm_head(x)
+
+    def setup_cache(self, batch: int, max_len: int | None = None) -> None:
+        """Allocate a KV cache for `batch` rows and up to `max_len` positions (default: the context)."""
+        max_len = min(max_len or self.cfg.max_seq_len, self.cfg.max_seq_len)
+        p = self.embed.weight
+        for block in self.blocks:
+            block.attn.cache = KVCache(batch, self.cfg.n_head, max_len, self.cfg.head_dim, p.dtype, p.device)
+
+    def clear_cache(self) -> None:
+        for block in self.blocks:
+            block.attn.cache = None
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,65 @@
+"""The tokenizer protocol every modality's tokenizer follows.
+
+A tokenizer is plain data: `to_dict()` returns JSON-able state, so it can live inside a checkpoint
+(loaded with ``weights_only=True``) and in an export directory as ``tokenizer.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+SPECIALS = (PAD, BOS, EOS)
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the core needs from a tokenizer: ids in, ids out, three special ids, JSON state."""
+
+    kind: ClassVar[str]  # stored in the state so the owning modality can rebuild the right class
+
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def pad_id(self) -> int: ...
+    @property
+    def bos_id(self) -> int: ...
+    @property
+    def eos_id(self) -> int: ...
+
+    def encode(self, item: Any) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> Any: ...
+    def to_dict(self) -> dict[str, Any]: ...
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> "Tokenizer": ...
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file so that readers see the old content or the new one, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike) -> None:
+    atomic_write_text(path, json.dumps(tokenizer.to_dict(), ensure_ascii=False))
+
+
+def read_tokenizer_state(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        state = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable tokenizer file ({e})") from None
+    if not isinstance(state, dict) or "kind" not in state:
+        raise ValueError(f"{path}: not an arseq tokenizer file (no 'kind' field)")
+    return state
