@@ -27,6 +27,7 @@ __all__ = [
 
 BUILTIN = {
     "text": "arseq.modalities.text:TextModality",
+    "image": "arseq.modalities.image:ImageModality",
 }
 ENTRY_POINT_GROUP = "arseq.modalities"
 

@@ -1,0 +1,407 @@
+"""Images: patch-codebook tokens in raster order, class-conditional sampling and image completion.
+
+Data: `data.source: digits` is scikit-learn's bundled 8×8 digits (1,797 images, labels 0-9). Their 17
+gray levels 0..16 are mapped to 8-bit values round(v * 255 / 16), so with `patch_size: 1` and
+`codebook_size >= 17` the 17 levels are the codebook and tokenization is lossless. `data.paths` takes
+folders of images; when the files sit in subfolders of a common folder, the first subfolder name is
+the class label (torchvision's ImageFolder layout). Any pillow mode is accepted (see `to_mode`: alpha on
+white, 16-bit scaled, CMYK/palette converted); animated images use their first frame.
+
+A sequence is ``BOS [label] code... EOS``: the label token is there when the data has labels and
+`conditional` is on. `--prompt-rows R` counts rows of patches (token rows), which are pixel rows in
+palette mode (`patch_size: 1`).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import struct
+import tempfile
+import warnings
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from arseq.modalities import Constraint, DataError, EvalInputs, Example, Modality, Sample, Skipped
+from arseq.tokenizers.patch import PatchTokenizer
+
+SOURCES = ("digits",)
+LN2 = math.log(2)
+
+
+def load_digits() -> tuple[list[np.ndarray], list[int]]:
+    """scikit-learn's 8×8 digits as (8, 8, 1) uint8 arrays with 17 levels spread over 0..255, and labels."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    d = sk_load_digits()
+    pixels = np.rint(d.images * (255 / 16)).astype(np.uint8)[..., None]
+    return list(pixels), d.target.tolist()
+
+
+def open_image(path: Path) -> Image.Image:
+    """Fully decode an image file (first frame); raises ValueError with a one-line reason."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            with Image.open(path) as im:
+                im.seek(0)
+                im.load()
+                return im.copy()
+    except Image.UnidentifiedImageError:
+        raise ValueError("not an image pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError("too many pixels (pillow's decompression-bomb limit)") from None
+    except (OSError, SyntaxError, EOFError, struct.error) as e:
+        raise ValueError(f"truncated or corrupt image ({e})") from None
+
+
+def class_root(files: Sequence[Path]) -> Path | None:
+    """The folder whose subfolders name the classes: the deepest folder holding every file."""
+    if not files:
+        return None
+    return Path(os.path.commonpath([str(Path(f).parent) for f in files]))
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "_"
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    """Write atomically: readers see the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _upscale(image: Image.Image, scale: int) -> Image.Image:
+    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST) if scale > 1 else image
+
+
+def tile(images: Sequence[Image.Image], cols: int, scale: int, gap: int = 2) -> Image.Image:
+    """Images (all the same size and mode) on a gray grid, each upscaled `scale` times (nearest)."""
+    cells = [_upscale(im.convert("RGB"), scale) for im in images]
+    w, h = cells[0].size
+    rows = math.ceil(len(cells) / cols)
+    grid = Image.new("RGB", (cols * (w + gap) + gap, rows * (h + gap) + gap), (128, 128, 128))
+    for i, cell in enumerate(cells):
+        grid.paste(cell, (gap + (i % cols) * (w + gap), gap + (i // cols) * (h + gap)))
+    return grid
+
+
+def ascii_art(pixels: np.ndarray) -> str:
+    ramp = " .:-=+*#%@"
+    luma = pixels.astype(np.float64).mean(axis=2)
+    return "\n".join("".join(ramp[min(int(v / 256 * len(ramp)), len(ramp) - 1)] * 2 for v in row) for row in luma)
+
+
+class ImageModality(Modality):
+    """Images as raster sequences of patch codes.
+
+    Args:
+        mode: "L" (grayscale) or "RGB".
+        size: images are resized (shorter side) and centre-cropped to size×size pixels.
+        patch_size: pixels per patch side; 1 = one token per pixel (a colour palette, as in iGPT).
+        codebook_size: K, the most codebook vectors; fewer when the training patches have fewer distinct
+            values (then the codebook is exactly those values: lossless).
+        conditional: put a class-label token after BOS when the data has labels.
+        codebook_seed: seed of the k-means fit and of its held-out images.
+        max_fit_patches: k-means runs on at most this many training patches.
+    """
+
+    name = "image"
+    tokenizer_kinds = {PatchTokenizer.kind: PatchTokenizer}
+    suffixes = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm")
+
+    def __init__(self, mode: str = "L", size: int = 32, patch_size: int = 1, codebook_size: int = 256,
+                 conditional: bool = True, codebook_seed: int = 0, max_fit_patches: int = 200_000):
+        if mode not in ("L", "RGB"):
+            raise DataError(f"modality.mode must be 'L' or 'RGB', got {mode!r}")
+        if size < 1 or patch_size < 1 or size % patch_size:
+            raise DataError(f"modality.size ({size}) must be a positive multiple of modality.patch_size ({patch_size})")
+        if codebook_size < 1 or max_fit_patches < 1:
+            raise DataError("modality.codebook_size and modality.max_fit_patches must be >= 1")
+        self.mode, self.size, self.patch_size = mode, size, patch_size
+        self.codebook_size, self.conditional = codebook_size, conditional
+        self.codebook_seed, self.max_fit_patches = codebook_seed, max_fit_patches
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def _geometry(self) -> PatchTokenizer:
+        """A tokenizer with a placeholder codebook: its pixels() does the resizing and conversion."""
+        dim = self.patch_size * self.patch_size * (1 if self.mode == "L" else 3)
+        return PatchTokenizer([[0] * dim], size=self.size, patch_size=self.patch_size, mode=self.mode)
+
+    def _items(self, files: list[Path], source: str | None, labels: Sequence[str] | None
+               ) -> Iterator[tuple[str, np.ndarray | None, str | None, str | None]]:
+        """(name, pixels, label, problem) per item; label None when unlabelled, pixels None on a problem.
+
+        `labels` None means: take class names from the folder layout (fitting); otherwise a file's
+        class is its nearest ancestor folder named in `labels`.
+        """
+        geometry = self._geometry()
+        if source is not None:
+            if source not in SOURCES:
+                raise DataError(f"unknown image data.source {source!r}; known: {', '.join(SOURCES)}")
+            pixels, targets = load_digits()
+            for i, (p, y) in enumerate(zip(pixels, targets)):
+                yield f"digits/{i:04d}", geometry.pixels(Image.fromarray(p[..., 0], "L")), str(y) if self.conditional else None, None
+            return
+        root = class_root(files)
+        for f in files:
+            label, problem = None, None
+            if self.conditional and labels is None and root is not None and Path(f).parent != root:
+                label = Path(f).relative_to(root).parts[0]
+            elif self.conditional and labels:
+                label = next((p.name for p in Path(f).parents if p.name in labels), None)
+                if label is None:
+                    problem = "not inside a class folder the tokenizer knows"
+            if problem is None:
+                try:
+                    yield str(f), geometry.pixels(open_image(Path(f))), label, None
+                    continue
+                except ValueError as e:
+                    problem = str(e)
+            yield str(f), None, label, problem
+
+    def build_tokenizer(self, files: list[Path], source: str | None) -> PatchTokenizer:
+        """Fit the codebook; 10% of the images (at least one, chosen by `codebook_seed`) are held out of
+        the fit and measure its reconstruction PSNR, stored in the tokenizer's `fit_stats`."""
+        items = [(p, label) for _, p, label, _ in self._items(files, source, None) if p is not None]
+        if not items:
+            raise DataError(f"no usable image among {len(files)} files" if files else "no images to fit the tokenizer on")
+        has_labels = any(label is not None for _, label in items)
+        labels = sorted({label for _, label in items if label is not None}, key=lambda s: (len(s), s)) if has_labels else []
+        order = np.random.default_rng(self.codebook_seed).permutation(len(items))
+        n_held = len(items) // 10 if len(items) >= 10 else int(len(items) > 1)
+        held, fit = order[:n_held], order[n_held:]
+        tok = PatchTokenizer.fit([items[i][0] for i in fit], size=self.size, patch_size=self.patch_size,
+                                 mode=self.mode, codebook_size=self.codebook_size, labels=labels,
+                                 seed=self.codebook_seed, max_patches=self.max_fit_patches)
+        stats: dict[str, Any] = {"fit_images": int(len(fit)), "heldout_images": int(len(held))}
+        for name, idx in (("fit", fit), ("heldout", held)):
+            if len(idx):
+                err = [self._sq_err(tok, items[i][0]) for i in idx]
+                stats[f"{name}_psnr_db"] = _psnr_from_mse(float(np.mean(err)))
+        tok.fit_stats = stats
+        return tok
+
+    @staticmethod
+    def _sq_err(tok: PatchTokenizer, pixels: np.ndarray) -> float:
+        rec = tok.decode_pixels(tok.codes(pixels) + tok.code_offset)
+        return float(np.mean((rec.astype(np.float64) - pixels) ** 2))
+
+    def read(self, files: list[Path], source: str | None, tokenizer: PatchTokenizer, check_roundtrip: bool = False
+             ) -> Iterator[Example | Skipped]:
+        labels = tokenizer.labels if self.conditional else []
+        if source is None and labels:
+            root = class_root(files)
+            seen = {p.name for f in files for p in Path(f).parents}
+            for d in sorted(root.iterdir()) if root is not None and root.is_dir() else []:
+                if d.is_dir() and not d.name.startswith(".") and d.name not in seen:
+                    yield Skipped(str(d), "empty class folder: no image files")
+        for name, pixels, label, problem in self._items(files, source, labels):
+            if pixels is None:
+                yield Skipped(name, problem or "unreadable")
+                continue
+            tokens = tokenizer.encode(pixels, label if labels else None)
+            rec = tokenizer.decode_pixels(tokens)
+            sq = float(np.mean((rec.astype(np.float64) - pixels) ** 2))
+            info = {"sq_err": sq, "label": float(labels.index(label)) if labels and label in labels else -1.0}
+            yield Example(tokens, name, exact=bool(sq == 0) if check_roundtrip else None, info=info)
+
+    def summarize(self, tokenizer: PatchTokenizer, examples: list[Example]) -> dict[str, Any]:
+        counts = Counter(int(e.info.get("label", -1)) for e in examples)
+        mse = float(np.mean([e.info.get("sq_err", 0.0) for e in examples])) if examples else 0.0
+        return {
+            "images": len(examples),
+            "image": f"{tokenizer.size}x{tokenizer.size} {tokenizer.mode}, {tokenizer.patch_size}x{tokenizer.patch_size} patches",
+            "tokens_per_image": tokenizer.num_patches,
+            "codebook_size": len(tokenizer.codebook),
+            "codebook_lossless": tokenizer.lossless,
+            "reconstruction_psnr_db": _psnr_from_mse(mse),
+            "codebook_fit": tokenizer.fit_stats,
+            "labels": {tokenizer.labels[i]: n for i, n in sorted(counts.items()) if i >= 0},
+        }
+
+    # ---- generation ------------------------------------------------------------------------------
+    def add_generate_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--label", default=None, help="class to sample (name, or index into the labels)")
+        parser.add_argument("--prompt-rows", type=int, default=None,
+                            help="with --prompt IMAGE: rows of patches kept from its top (pixel rows when "
+                                 "patch_size is 1); default half the image")
+
+    def configure_sampling(self, args: argparse.Namespace, sampling: Any) -> Any:
+        grid = self.size // self.patch_size
+        sampling.max_new_tokens = grid * grid + 2  # label + every patch + EOS: the constraint ends it exactly
+        return sampling
+
+    def _label_ids(self, tok: PatchTokenizer, args: argparse.Namespace, n: int) -> list[list[int]]:
+        """The label token each sample starts with: --label; cycled over all classes when completing a
+        prompt image without --label; none (the model samples it) otherwise."""
+        label = getattr(args, "label", None)
+        if label is not None:
+            if not tok.labels:
+                raise DataError("--label: this model was trained without class labels")
+            try:
+                return [[tok.label_id(label)]] * n
+            except ValueError as e:
+                raise DataError(f"--label: {e}") from None
+        if tok.labels and getattr(args, "prompt", None):
+            return [[tok.label_offset + i % len(tok.labels)] for i in range(n)]
+        return [[]] * n
+
+    def _prompt_pixels(self, tok: PatchTokenizer, args: argparse.Namespace) -> tuple[np.ndarray, int] | None:
+        """The prompt image's pixels and the number of patch rows kept, or None without --prompt."""
+        path = getattr(args, "prompt", None)
+        if not path:
+            if getattr(args, "prompt_rows", None) is not None:
+                raise DataError("--prompt-rows needs --prompt IMAGE")
+            return None
+        try:
+            pixels = tok.pixels(open_image(Path(path)))
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such file") from None
+        except ValueError as e:
+            raise DataError(f"{path}: {e}") from None
+        rows = tok.grid // 2 if args.prompt_rows is None else args.prompt_rows
+        if not 0 <= rows <= tok.grid:
+            raise DataError(f"--prompt-rows must be between 0 and {tok.grid} (patch rows of the image), got {rows}")
+        return pixels, rows
+
+    def prompts(self, tokenizer: PatchTokenizer, args: argparse.Namespace, num_samples: int) -> list[list[int]]:
+        tok = tokenizer
+        kept: list[int] = []
+        prompt = self._prompt_pixels(tok, args)
+        if prompt is not None:
+            pixels, rows = prompt
+            kept = (tok.codes(pixels)[: rows * tok.grid] + tok.code_offset).tolist()
+        return [[tok.bos_id] + label + kept for label in self._label_ids(tok, args, num_samples)]
+
+    def constraint(self, tokenizer: PatchTokenizer, args: argparse.Namespace) -> Constraint:
+        """Label tokens right after BOS (when labelled), then exactly num_patches codes, then EOS."""
+        tok = tokenizer
+        allow = torch.zeros(3, tok.vocab_size, dtype=torch.bool)
+        allow[0, tok.label_offset:] = True
+        allow[1, tok.code_offset : tok.label_offset] = True
+        allow[2, tok.eos_id] = True
+        start = 2 if tok.labels else 1  # index of the first code in a row
+
+        def allowed(rows: list[list[int]]) -> torch.Tensor:
+            kind = [0 if len(r) < start else 1 if len(r) < start + tok.num_patches else 2 for r in rows]
+            return allow[torch.tensor(kind)]
+
+        return allowed
+
+    def write(self, tokenizer: PatchTokenizer, samples: list[Sample], out: Path | None, args: argparse.Namespace) -> list[Path]:
+        tok = tokenizer
+        images = [tok.decode(s.prompt + s.tokens) for s in samples]
+        labels = [tok.decode_label(s.prompt + s.tokens) for s in samples]
+        if out is None:
+            for i, label in enumerate(labels):
+                head = f"sample {i}" + (f" (label {label})" if label is not None else "")
+                print(f"{head}, nll {samples[i].nll:.3f}\n{ascii_art(tok.decode_pixels(samples[i].prompt + samples[i].tokens))}\n")
+            return []
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise DataError(f"{out}: --out must be a folder for images")
+        out.mkdir(parents=True, exist_ok=True)
+        protected = Path(args.prompt).resolve() if getattr(args, "prompt", None) else None
+        scale = max(1, math.ceil(64 / tok.size))  # 8×8 digits become 64×64 cells
+        paths: list[tuple[Path, Image.Image]] = []
+        for i, (im, label) in enumerate(zip(images, labels)):
+            paths.append((out / (f"sample_{i:03d}" + (f"_{_safe(label)}" if label is not None else "") + ".png"), im))
+        cols = math.ceil(math.sqrt(len(images)))
+        paths.append((out / "grid.png", tile(images, cols, scale)))
+        prompt = self._prompt_pixels(tok, args)
+        if prompt is not None:
+            paths.append((out / "completion.png", tile([tok.image(prompt[0])] + images, len(images) + 1, scale)))
+        for path, im in paths:
+            if protected is not None and path.resolve() == protected:
+                raise DataError(f"{path}: refusing to overwrite the prompt image")
+            _save_png(im, path)
+        return [p for p, _ in paths]
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def _codes(self, tok: PatchTokenizer, items: Sequence[Sequence[int]]) -> np.ndarray:
+        """(items, num_patches) code indices of the complete images among token sequences."""
+        rows = []
+        for ids in items:
+            ids = np.asarray(ids, dtype=np.int64)
+            codes = ids[tok.is_code(ids)] - tok.code_offset
+            if len(codes) >= tok.num_patches:
+                rows.append(codes[: tok.num_patches])
+        return np.array(rows, dtype=np.int64).reshape(len(rows), tok.num_patches)
+
+    def evaluate(self, tokenizer: PatchTokenizer, report: EvalInputs) -> dict[str, Any]:
+        """bits/dim of the model and of three count baselines fitted on the training split, same val items.
+
+        The model's bits/dim counts every predicted token of an item (label and EOS too), so it bounds
+        -log2 p(image) from above; the baselines model the codes alone.
+        """
+        tok = tokenizer
+        dims = tok.dims_per_image
+        train, val = self._codes(tok, report.train), self._codes(tok, report.val)
+        result: dict[str, Any] = {
+            "bits_per_dim": float(report.item_nll.sum() / LN2 / (len(report.val) * dims)) if len(report.val) else None,
+            "dims_per_image": dims,
+            "lossless": tok.lossless,
+        }
+        if len(train) and len(val):
+            result["baselines"] = {name: float(bits / dims) for name, bits in baseline_bits(train, val, len(tok.codebook)).items()}
+        result["tokenizer"] = {"codebook_size": len(tok.codebook), **tok.fit_stats}
+        return result
+
+    def metrics(self, tokenizer: PatchTokenizer, sequences: list[list[int]]) -> dict[str, float]:
+        tok = tokenizer
+        codes = self._codes(tok, sequences)
+        out: dict[str, float] = {"complete_fraction": len(codes) / max(len(sequences), 1)}
+        if len(codes):
+            pixels = tok.codebook[codes].astype(np.float64) / 255  # (n, patches, patch_dim)
+            imgs = np.stack([tok.decode_pixels(c + tok.code_offset) for c in codes]).astype(np.float64) / 255
+            luma = imgs.mean(axis=3)
+            out.update({
+                "mean_intensity": float(pixels.mean()),
+                "foreground_fraction": float((luma > 0.5).mean()),
+                "edge_strength": float(np.abs(np.diff(luma, axis=2)).mean() + np.abs(np.diff(luma, axis=1)).mean()) / 2,
+                "distinct_fraction": len({c.tobytes() for c in codes}) / len(codes),
+            })
+        for name, n in Counter(tok.decode_label(s) for s in sequences).items():
+            if name is not None:
+                out[f"label_{name}"] = n / len(sequences)
+        return out
+
+
+def _psnr_from_mse(mse: float) -> float | None:
+    """PSNR in dB; None when the reconstruction is exact (infinite PSNR does not fit in JSON)."""
+    return None if mse == 0 else round(10 * math.log10(255.0**2 / mse), 3)
+
+
+def baseline_bits(train: np.ndarray, val: np.ndarray, k: int) -> dict[str, float]:
+    """Mean bits per image on `val` (items, positions) of count models fitted on `train`, add-one smoothed:
+    uniform over the k codes; a histogram per position; per position, a histogram given the previous
+    code in raster order (the first position uses its plain histogram)."""
+    n_pos = train.shape[1]
+    per_pos = np.ones((n_pos, k))
+    prev = np.ones((n_pos, k, k))
+    for t in range(n_pos):
+        per_pos[t] += np.bincount(train[:, t], minlength=k)
+        if t:
+            np.add.at(prev[t], (train[:, t - 1], train[:, t]), 1)
+    per_pos /= per_pos.sum(1, keepdims=True)
+    prev /= prev.sum(2, keepdims=True)
+    pos = np.arange(n_pos)[None, :]
+    pos_bits = -np.log2(per_pos[pos, val]).sum(1)
+    prev_bits = -np.log2(per_pos[0, val[:, 0]]) - np.log2(prev[pos[:, 1:], val[:, :-1], val[:, 1:]]).sum(1)
+    return {"uniform": n_pos * math.log2(k), "per_position": float(pos_bits.mean()), "previous_pixel": float(prev_bits.mean())}
