@@ -55,6 +55,8 @@ def open_image(path: Path) -> Image.Image:
                 im.seek(0)
                 im.load()
                 return im.copy()
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
     except Image.UnidentifiedImageError:
         raise ValueError("not an image pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -271,8 +273,6 @@ class ImageModality(Modality):
             return None
         try:
             pixels = tok.pixels(open_image(Path(path)))
-        except FileNotFoundError:
-            raise DataError(f"{path}: no such file") from None
         except ValueError as e:
             raise DataError(f"{path}: {e}") from None
         rows = tok.grid // 2 if args.prompt_rows is None else args.prompt_rows

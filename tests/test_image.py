@@ -1,0 +1,261 @@
+"""Image modality: patch tokenizer, codebook fit, conversions, bad files, constraint, completion, baselines."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from arseq.modalities import DataError, EvalInputs, Example, Sample, Skipped, resolve
+from arseq.modalities.image import ImageModality, baseline_bits
+from arseq.models.sampling import SamplingConfig, generate
+from arseq.models.transformer import Transformer, TransformerConfig
+from arseq.tokenizers.patch import PatchTokenizer, kmeans, psnr, to_mode
+
+
+def _args(**kw) -> argparse.Namespace:
+    base = {"prompt": None, "prompt_rows": None, "label": None}
+    return argparse.Namespace(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    m = ImageModality(mode="L", size=8, patch_size=1, codebook_size=32)
+    tok = m.build_tokenizer([], "digits")
+    return m, tok, list(m.read([], "digits", tok, check_roundtrip=True))
+
+
+def test_registered():
+    assert resolve("image") is ImageModality
+
+
+def test_palette_mode_is_lossless_for_all_gray_levels():
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
+    tok = PatchTokenizer.fit([pixels], size=16, patch_size=1, mode="L", codebook_size=256)
+    assert tok.lossless and len(tok.codebook) == 256
+    ids = tok.encode(pixels)
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id and len(ids) == 258
+    assert np.array_equal(tok.decode_pixels(ids), pixels)
+    assert psnr(np.asarray(tok.decode(ids))[..., None], pixels) == float("inf")
+
+
+def test_digits_are_lossless_with_17_levels(digits):
+    _, tok, examples = digits
+    assert len(examples) == 1797 and all(isinstance(e, Example) for e in examples)
+    assert len(tok.codebook) == 17 and tok.lossless and tok.labels == [str(i) for i in range(10)]
+    assert all(e.exact for e in examples)
+    assert all(len(e.tokens) == 67 for e in examples)  # BOS label 64 codes EOS
+    assert tok.fit_stats["heldout_images"] == 179 and tok.fit_stats["heldout_psnr_db"] is None  # exact
+
+
+def test_state_is_json_and_rebuilds_the_same_tokenizer(digits):
+    m, tok, examples = digits
+    again = m.load_tokenizer(json.loads(json.dumps(tok.to_dict())))
+    assert again.vocab_size == tok.vocab_size and again.labels == tok.labels
+    assert list(examples[5].tokens) == again.encode(tok.decode_pixels(examples[5].tokens), label="5")
+
+
+def _blobs(seed: int, centres: np.ndarray, n: int = 4000) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(len(centres), size=n)
+    return torch.from_numpy((centres[pick] + rng.normal(0, 2, (n, centres.shape[1]))).astype(np.float32))
+
+
+def test_kmeans_is_deterministic_and_finds_clusters():
+    centres = np.random.default_rng(0).uniform(0, 255, (8, 12))
+    x = _blobs(1, centres)
+    a, b, c = kmeans(x, 8, seed=3), kmeans(x, 8, seed=3), kmeans(x, 8, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # every true centre has a fitted centre within the noise
+    d = torch.cdist(torch.from_numpy(centres).float(), a).min(1).values
+    assert float(d.max()) < 3.0
+
+
+def test_codebook_fit_is_seeded_and_bounded():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(40)]
+    kw = dict(size=8, patch_size=2, mode="RGB", codebook_size=16)
+    a, b = PatchTokenizer.fit(images, seed=1, **kw), PatchTokenizer.fit(images, seed=1, **kw)
+    assert np.array_equal(a.codebook, b.codebook) and not a.lossless
+    assert a.codebook.shape[1] == 12 and len(a.codebook) <= 16
+    assert a.vocab_size == 3 + len(a.codebook)
+    assert not np.array_equal(a.codebook, PatchTokenizer.fit(images, seed=2, **kw).codebook)
+
+
+def test_patch_tokens_follow_raster_order():
+    px = np.zeros((4, 4, 1), dtype=np.uint8)
+    px[:2, 2:] = 255  # top-right patch bright
+    tok = PatchTokenizer.fit([px], size=4, patch_size=2, mode="L", codebook_size=4)
+    codes = tok.codes(px)
+    assert codes.tolist() == [0, 1, 0, 0] and np.array_equal(tok.decode_pixels(tok.encode(px)), px)
+
+
+@pytest.mark.parametrize("make, mode, expected", [
+    (lambda: Image.new("CMYK", (4, 4), (0, 0, 0, 0)), "RGB", (255, 255, 255)),
+    (lambda: Image.new("RGBA", (4, 4), (10, 20, 30, 0)), "RGB", (255, 255, 255)),  # alpha on white
+    (lambda: Image.new("LA", (4, 4), (0, 255)), "L", 0),
+    (lambda: Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)), "L", 255),  # 16-bit scaled, not clipped
+    (lambda: Image.fromarray(np.full((4, 4), 32896, dtype=np.uint16)), "L", 128),
+    (lambda: Image.new("1", (4, 4), 1), "L", 255),
+    (lambda: Image.new("F", (4, 4), 0.5), "L", 128),
+    (lambda: Image.new("RGB", (4, 4), (255, 0, 0)).convert("P"), "RGB", (255, 0, 0)),
+])
+def test_modes_are_converted(make, mode, expected):
+    im = to_mode(make(), mode)
+    assert im.mode == mode and im.getpixel((1, 1)) == expected
+
+
+def test_resize_and_crop_to_size():
+    tok = PatchTokenizer([[0, 0, 0]], size=8, patch_size=1, mode="RGB")
+    wide = Image.new("RGB", (40, 20), (0, 0, 255))
+    assert tok.pixels(wide).shape == (8, 8, 3)
+    with pytest.raises(ValueError, match="smaller than one"):
+        PatchTokenizer([[0] * 16], size=8, patch_size=4, mode="L").pixels(Image.new("L", (3, 30)))
+
+
+def _save(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def test_folder_labels_and_bad_files_are_skipped_with_reasons(tmp_path):
+    rng = np.random.default_rng(0)
+    good = []
+    for cls in ("cat", "dog"):
+        for i in range(3):
+            good.append(_save(tmp_path / cls / f"{i}.png", Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))))
+    (tmp_path / "empty").mkdir()
+    full = tmp_path / "dog" / "full.png"
+    _save(full, Image.new("RGB", (64, 64), (1, 2, 3)))
+    truncated = tmp_path / "dog" / "truncated.png"
+    truncated.write_bytes(full.read_bytes()[:60])
+    text = tmp_path / "cat" / "notes.jpg"
+    text.write_text("not an image")
+    tiny = _save(tmp_path / "cat" / "tiny.png", Image.new("RGB", (1, 1)))
+    cmyk = _save(tmp_path / "cat" / "cmyk.jpg", Image.new("CMYK", (16, 16), (0, 255, 0, 0)))
+    files = sorted([*good, full, truncated, text, tiny, cmyk])
+
+    m = ImageModality(mode="RGB", size=8, patch_size=2, codebook_size=8)
+    tok = m.build_tokenizer(files, None)
+    assert tok.labels == ["cat", "dog"]
+    records = list(m.read(files, None, tok, check_roundtrip=True))
+    skipped = {s.file: s.reason for s in records if isinstance(s, Skipped)}
+    assert set(skipped) == {str(tmp_path / "empty"), str(truncated), str(text), str(tiny)}
+    assert "empty class folder" in skipped[str(tmp_path / "empty")]
+    assert "truncated or corrupt" in skipped[str(truncated)]
+    assert "not an image" in skipped[str(text)]
+    assert "smaller than one" in skipped[str(tiny)]
+    examples = {e.name: e for e in records if isinstance(e, Example)}
+    assert len(examples) == 8 and str(cmyk) in examples
+    assert tok.decode_label(examples[str(full)].tokens) == "dog" and tok.decode_label(examples[str(cmyk)].tokens) == "cat"
+    assert all(len(e.tokens) == 3 + 16 for e in examples.values())
+    summary = m.summarize(tok, list(examples.values()))
+    assert summary["labels"] == {"cat": 4, "dog": 4} and summary["tokens_per_image"] == 16
+
+
+def test_no_usable_image_is_a_data_error(tmp_path):
+    bad = tmp_path / "a.png"
+    bad.write_bytes(b"\x89PNG junk")
+    with pytest.raises(DataError, match="no usable image"):
+        ImageModality(size=8).build_tokenizer([bad], None)
+    with pytest.raises(DataError, match="unknown image data.source"):
+        ImageModality(size=8).build_tokenizer([], "cifar")
+
+
+def _model(vocab: int) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(TransformerConfig(vocab_size=vocab, max_seq_len=80, n_layer=1, n_head=2, d_model=16))
+
+
+def _sample(m, tok, args, n=4, seed=0):
+    cfg = m.configure_sampling(args, SamplingConfig(seed=seed, stop_tokens=(tok.eos_id,)))
+    prompts = m.prompts(tok, args, n)
+    gen = generate(_model(tok.vocab_size), prompts, cfg, constraint=m.constraint(tok, args))
+    return [Sample(p, t, s, 0.0) for p, t, s in zip(prompts, gen.tokens, gen.stopped)]
+
+
+def test_constraint_makes_every_sample_a_full_image(digits):
+    m, tok, _ = digits
+    samples = _sample(m, tok, _args(), n=6)
+    for s in samples:
+        ids = np.asarray(s.prompt + s.tokens)
+        assert s.stopped and tok.decode_label(ids) is not None
+        assert int(tok.is_code(ids).sum()) == 64 and len(ids) == 66  # BOS label codes (EOS stripped)
+
+
+def test_label_flag_conditions_samples(digits):
+    m, tok, _ = digits
+    threes = _sample(m, tok, _args(label="3"))
+    sevens = _sample(m, tok, _args(label=7))
+    assert {tok.decode_label(s.prompt) for s in threes} == {"3"} and {tok.decode_label(s.prompt) for s in sevens} == {"7"}
+    assert [s.tokens for s in threes] != [s.tokens for s in sevens]
+    with pytest.raises(DataError, match="unknown class label"):
+        m.prompts(tok, _args(label="cat"), 1)
+
+
+def test_completion_keeps_prompt_rows_pixel_exact_and_writes_side_by_side(digits, tmp_path):
+    m, tok, examples = digits
+    original = tok.decode_pixels(examples[11].tokens)
+    prompt_png = tmp_path / "prompt.png"
+    Image.fromarray(original[..., 0], "L").save(prompt_png)
+    args = _args(prompt=str(prompt_png), prompt_rows=3)
+    samples = _sample(m, tok, args, n=3)
+    assert [tok.decode_label(s.prompt) for s in samples] == ["0", "1", "2"]  # classes cycle without --label
+    for s in samples:
+        assert np.array_equal(tok.decode_pixels(s.prompt + s.tokens)[:3], original[:3])
+    written = m.write(tok, samples, tmp_path / "out", args)
+    names = [p.name for p in written]
+    assert names == ["sample_000_0.png", "sample_001_1.png", "sample_002_2.png", "grid.png", "completion.png"]
+    side = Image.open(tmp_path / "out" / "completion.png")
+    assert side.size == (4 * 66 + 2, 66 + 2)  # original + 3 completions, 8x8 upscaled to 64 plus gaps
+    assert np.array_equal(np.asarray(Image.open(written[0]))[..., None], tok.decode_pixels(samples[0].prompt + samples[0].tokens))
+    with pytest.raises(DataError, match="between 0 and 8"):
+        m.prompts(tok, _args(prompt=str(prompt_png), prompt_rows=9), 1)
+    Image.fromarray(original[..., 0], "L").save(tmp_path / "grid.png")
+    with pytest.raises(DataError, match="refusing to overwrite"):
+        m.write(tok, samples, tmp_path, _args(prompt=str(tmp_path / "grid.png")))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "grid.png")), original[..., 0])
+
+
+def test_write_to_terminal_prints_ascii(digits, capsys):
+    m, tok, examples = digits
+    assert m.write(tok, [Sample([1], list(examples[0].tokens[1:-1]), True, 0.5)], None, _args()) == []
+    out = capsys.readouterr().out
+    assert "label 0" in out and "@" in out and len(out.splitlines()) >= 9
+
+
+def test_baselines_match_the_issue_on_the_digits_split(digits):
+    m, tok, examples = digits
+    seqs = [np.asarray(e.tokens) for e in examples]
+    val_idx = set(np.random.default_rng(1337).permutation(len(seqs))[:297].tolist())
+    train = [s for i, s in enumerate(seqs) if i not in val_idx]
+    val = [s for i, s in enumerate(seqs) if i in val_idx]
+    item_nll = np.full(len(val), 64 * np.log(2.0))  # exactly 1 bit per dim
+    report = EvalInputs(1.0, float(item_nll.sum()), 66 * len(val), item_nll, np.full(len(val), 66), train, val)
+    result = m.evaluate(tok, report)
+    assert result["bits_per_dim"] == pytest.approx(1.0)
+    b = result["baselines"]
+    assert b["uniform"] == pytest.approx(4.09, abs=0.005)
+    assert b["per_position"] == pytest.approx(2.42, abs=0.005)
+    assert b["previous_pixel"] == pytest.approx(2.29, abs=0.01)
+    assert b["uniform"] > b["per_position"] > b["previous_pixel"]
+
+
+def test_baselines_on_constant_images():
+    train = np.zeros((50, 4), dtype=np.int64)
+    b = baseline_bits(train, train[:5], 4)
+    assert b["uniform"] == 8.0 and b["per_position"] == pytest.approx(4 * np.log2(54 / 51))
+
+
+def test_metrics_have_the_same_keys_for_data_and_samples(digits):
+    m, tok, examples = digits
+    data = m.metrics(tok, [list(e.tokens) for e in examples[:50]])
+    samples = m.metrics(tok, [s.prompt + s.tokens for s in _sample(m, tok, _args(), n=3)])
+    assert set(data) >= {"complete_fraction", "mean_intensity", "foreground_fraction", "edge_strength", "distinct_fraction"}
+    assert data["complete_fraction"] == samples["complete_fraction"] == 1.0
+    assert 0.2 < data["mean_intensity"] < 0.45 and 0.2 < data["foreground_fraction"] < 0.45
+    assert m.metrics(tok, [[1, 5, 6]])["complete_fraction"] == 0.0
