@@ -48,7 +48,7 @@ def test_digits_are_lossless_with_17_levels(digits):
     assert len(tok.codebook) == 17 and tok.lossless and tok.labels == [str(i) for i in range(10)]
     assert all(e.exact for e in examples)
     assert all(len(e.tokens) == 67 for e in examples)  # BOS label 64 codes EOS
-    assert tok.fit_stats["heldout_images"] == 179 and tok.fit_stats["heldout_psnr_db"] is None  # exact
+    assert tok.fit_stats["heldout_images"] == 179 and tok.fit_stats["heldout_psnr_db"] is None and tok.fit_stats["heldout_exact"]
 
 
 def test_state_is_json_and_rebuilds_the_same_tokenizer(digits):

@@ -194,8 +194,8 @@ class ImageModality(Modality):
         stats: dict[str, Any] = {"fit_images": int(len(fit)), "heldout_images": int(len(held))}
         for name, idx in (("fit", fit), ("heldout", held)):
             if len(idx):
-                err = [self._sq_err(tok, items[i][0]) for i in idx]
-                stats[f"{name}_psnr_db"] = _psnr_from_mse(float(np.mean(err)))
+                mse = float(np.mean([self._sq_err(tok, items[i][0]) for i in idx]))
+                stats[f"{name}_psnr_db"], stats[f"{name}_exact"] = _psnr_from_mse(mse), mse == 0
         tok.fit_stats = stats
         return tok
 
