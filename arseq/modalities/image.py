@@ -72,6 +72,11 @@ def class_root(files: Sequence[Path]) -> Path | None:
     return Path(os.path.commonpath([str(Path(f).parent) for f in files]))
 
 
+def _natural(name: str) -> list[Any]:
+    """Sort key putting class "9" before "10"."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "_"
 
@@ -184,7 +189,7 @@ class ImageModality(Modality):
         if not items:
             raise DataError(f"no usable image among {len(files)} files" if files else "no images to fit the tokenizer on")
         has_labels = any(label is not None for _, label in items)
-        labels = sorted({label for _, label in items if label is not None}, key=lambda s: (len(s), s)) if has_labels else []
+        labels = sorted({label for _, label in items if label is not None}, key=_natural) if has_labels else []
         order = np.random.default_rng(self.codebook_seed).permutation(len(items))
         n_held = len(items) // 10 if len(items) >= 10 else int(len(items) > 1)
         held, fit = order[:n_held], order[n_held:]
