@@ -382,9 +382,9 @@ class ImageModality(Modality):
                 "edge_strength": float(np.abs(np.diff(luma, axis=2)).mean() + np.abs(np.diff(luma, axis=1)).mean()) / 2,
                 "distinct_fraction": len({c.tobytes() for c in codes}) / len(codes),
             })
-        for name, n in Counter(tok.decode_label(s) for s in sequences).items():
-            if name is not None:
-                out[f"label_{name}"] = n / len(sequences)
+        counts = Counter(tok.decode_label(s) for s in sequences)
+        for name in tok.labels:  # every class, in order, so data and samples share the keys
+            out[f"label_{name}"] = counts[name] / max(len(sequences), 1)
         return out
 
 
