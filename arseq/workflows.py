@@ -128,7 +128,7 @@ def sample(
     if streamer is None and len(prompts) > 1:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc="generating", unit="batch", leave=False)
+        batches = tqdm(batches, desc="generating", unit="batch", leave=False, disable=None)
     for b0 in batches:
         batch = prompts[b0 : b0 + batch_size]
         if cfg.seed is not None:  # batches differ, yet the whole run stays reproducible
