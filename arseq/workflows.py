@@ -22,12 +22,6 @@ from arseq.models.scoring import sequence_nll
 from arseq.models.transformer import TransformerConfig
 
 
-def make_modality(name: str, options: dict[str, Any]) -> Modality:
-    from arseq.modalities import resolve
-
-    return resolve(name)(**options)
-
-
 def run_prepare(modality: Modality, options: dict[str, Any], data: DataConfig, check_roundtrip: bool = False) -> dict[str, Any]:
     """Tokenize and cache; return the JSON report of `arseq prepare`."""
     prepared = prepare(modality, options, data, check_roundtrip=check_roundtrip)
