@@ -20,7 +20,6 @@ import re
 import struct
 import tempfile
 import warnings
-import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Sequence
