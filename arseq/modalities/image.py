@@ -8,8 +8,14 @@ the class label (torchvision's ImageFolder layout). Any pillow mode is accepted 
 white, 16-bit scaled, CMYK/palette converted); animated images use their first frame.
 
 A sequence is ``BOS [label] code... EOS``: the label token is there when the data has labels and
-`conditional` is on. `--prompt-rows R` counts rows of patches (token rows), which are pixel rows in
-palette mode (`patch_size: 1`).
+`conditional` is on. Sampling is constrained to exactly that shape, so every sample is a full image.
+`--prompt IMAGE --prompt-rows R` keeps the image's top R rows of patches (token rows; pixel rows in
+palette mode, `patch_size: 1`) and samples the rest; without `--label`, the samples cycle through the
+classes. Kept rows are the tokenizer's reconstruction, hence pixel-exact when it is lossless.
+
+`evaluate` adds `bits_per_dim`: the model's NLL of every predicted token (label and EOS included, so an
+upper bound on -log2 p(image)) per pixel channel, next to count baselines fitted on the training split
+and scored on the same held-out images. For a lossy codebook it measures the codes, not the pixels.
 """
 from __future__ import annotations
 
