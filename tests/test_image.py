@@ -48,7 +48,7 @@ def test_digits_are_lossless_with_17_levels(digits):
     assert len(tok.codebook) == 17 and tok.lossless and tok.labels == [str(i) for i in range(10)]
     assert all(e.exact for e in examples)
     assert all(len(e.tokens) == 67 for e in examples)  # BOS label 64 codes EOS
-    assert tok.fit_stats["heldout_images"] == 179 and tok.fit_stats["heldout_psnr_db"] is None and tok.fit_stats["heldout_exact"]
+    assert tok.fit_stats["fit_images"] == 1797 and tok.fit_stats["heldout_images"] == 179 and tok.fit_stats["heldout_psnr_db"] is None and tok.fit_stats["heldout_exact"]
 
 
 def test_state_is_json_and_rebuilds_the_same_tokenizer(digits):
@@ -114,6 +114,18 @@ def test_resize_and_crop_to_size():
     assert tok.pixels(wide).shape == (8, 8, 3)
     with pytest.raises(ValueError, match="smaller than one"):
         PatchTokenizer([[0] * 16], size=8, patch_size=4, mode="L").pixels(Image.new("L", (3, 30)))
+
+
+def test_files_in_other_modes_are_converted(tmp_path):
+    sixteen = _save(tmp_path / "16.png", Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)))
+    clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0)).convert("P")
+    clear.info["transparency"] = 0
+    gif = _save(tmp_path / "clear.gif", clear)
+    m = ImageModality(mode="L", size=8, codebook_size=256, conditional=False)
+    tok = m.build_tokenizer([sixteen, gif], None)
+    records = {e.name: tok.decode_pixels(e.tokens) for e in m.read([sixteen, gif], None, tok)}
+    assert (records[str(sixteen)] == round(40000 / 257)).all()  # 16-bit scaled to 8 bits
+    assert (records[str(gif)] == 255).all()  # transparent pixels composited onto white
 
 
 def _save(path, image):

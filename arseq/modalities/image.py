@@ -188,26 +188,30 @@ class ImageModality(Modality):
             yield str(f), None, label, problem
 
     def build_tokenizer(self, files: list[Path], source: str | None) -> PatchTokenizer:
-        """Fit the codebook; 10% of the images (at least one, chosen by `codebook_seed`) are held out of
-        the fit and measure its reconstruction PSNR, stored in the tokenizer's `fit_stats`."""
+        """Fit the codebook on every usable image. Its generalisation is measured by a second fit that
+        leaves out 10% of the images (at least one, chosen by `codebook_seed`): their reconstruction PSNR
+        is stored in the tokenizer's `fit_stats`, next to the PSNR on the images it was fitted on."""
         items = [(p, label) for _, p, label, _ in self._items(files, source, None) if p is not None]
         if not items:
             raise DataError(f"no usable image among {len(files)} files" if files else "no images to fit the tokenizer on")
-        has_labels = any(label is not None for _, label in items)
-        labels = sorted({label for _, label in items if label is not None}, key=_natural) if has_labels else []
-        order = np.random.default_rng(self.codebook_seed).permutation(len(items))
-        n_held = len(items) // 10 if len(items) >= 10 else int(len(items) > 1)
-        held, fit = order[:n_held], order[n_held:]
-        tok = PatchTokenizer.fit([items[i][0] for i in fit], size=self.size, patch_size=self.patch_size,
-                                 mode=self.mode, codebook_size=self.codebook_size, labels=labels,
-                                 seed=self.codebook_seed, max_patches=self.max_fit_patches)
-        stats: dict[str, Any] = {"fit_images": int(len(fit)), "heldout_images": int(len(held))}
-        for name, idx in (("fit", fit), ("heldout", held)):
-            if len(idx):
-                mse = float(np.mean([self._sq_err(tok, items[i][0]) for i in idx]))
-                stats[f"{name}_psnr_db"], stats[f"{name}_exact"] = _psnr_from_mse(mse), mse == 0
+        labels = sorted({label for _, label in items if label is not None}, key=_natural)
+        pixels = [p for p, _ in items]
+        tok = self._fit(pixels, labels)
+        mse = float(np.mean([self._sq_err(tok, p) for p in pixels]))
+        stats: dict[str, Any] = {"fit_images": len(pixels), "fit_psnr_db": _psnr_from_mse(mse), "fit_exact": mse == 0}
+        order = np.random.default_rng(self.codebook_seed).permutation(len(pixels))
+        n_held = len(pixels) // 10 if len(pixels) >= 10 else int(len(pixels) > 1)
+        if n_held:
+            probe = self._fit([pixels[i] for i in order[n_held:]], labels)
+            mse = float(np.mean([self._sq_err(probe, pixels[i]) for i in order[:n_held]]))
+            stats.update(heldout_images=n_held, heldout_psnr_db=_psnr_from_mse(mse), heldout_exact=mse == 0)
         tok.fit_stats = stats
         return tok
+
+    def _fit(self, pixels: list[np.ndarray], labels: list[str]) -> PatchTokenizer:
+        return PatchTokenizer.fit(pixels, size=self.size, patch_size=self.patch_size, mode=self.mode,
+                                  codebook_size=self.codebook_size, labels=labels, seed=self.codebook_seed,
+                                  max_patches=self.max_fit_patches)
 
     @staticmethod
     def _sq_err(tok: PatchTokenizer, pixels: np.ndarray) -> float:
