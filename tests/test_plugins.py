@@ -117,3 +117,27 @@ def test_a_plugin_cannot_shadow_a_builtin(tmp_path, monkeypatch):
     with pytest.warns(modalities.PluginWarning, match="name is taken"):
         entries = modalities.registered()
     assert entries["text"].package == "arseq"
+
+
+def test_dna_kmer_tokens_are_lossless_and_the_length_constraint_holds(dna):
+    import argparse
+
+    from arseq_dna.modality import DnaModality
+    from arseq_dna.tokenizer import NucleotideTokenizer
+
+    tok = NucleotideTokenizer("dna", k=3)
+    ids = tok.encode("ACGTNacgtRAAC")
+    assert tok.decode(ids) == "ACGTNACGTNAAC" and len(ids) == 9  # ACG, T N A singles, CGT, N A A singles, C
+    assert NucleotideTokenizer("rna").decode(NucleotideTokenizer("rna").encode("ACGT")) == "ACGU"
+    with pytest.raises(ValueError, match="position 2"):
+        tok.encode("AC-GT")
+    args = argparse.Namespace(length=7, prompt="AC")
+    mask = DnaModality(kmer=3).constraint(tok, args)
+    row = [tok.bos_id, *tok.encode("AC")]
+    allowed = mask([row])[0]
+    assert not allowed[tok.eos_id] and not allowed[tok.n_id] and allowed[tok.encode("GGG")[0]]
+    row += tok.encode("GGG") + tok.encode("T")  # 6 bases: one more single base, then only EOS
+    allowed = mask([row])[0]
+    assert not allowed[tok.eos_id] and not allowed[tok.encode("GGG")[0]] and allowed[tok.encode("A")[0]]
+    row += tok.encode("A")
+    assert mask([row])[0].nonzero().flatten().tolist() == [tok.eos_id]
