@@ -195,11 +195,11 @@ def run_export(argv: list[str]) -> int:
 
 
 def run_modalities(argv: list[str]) -> int:
-    from arseq.modalities import loadable
+    from arseq.modalities import PluginWarning, loadable
 
     argparse.ArgumentParser(prog="arseq modalities", description=VERBS["modalities"] + ": name, package, version, class.").parse_args(argv)
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("always", PluginWarning)  # only ours: library import warnings keep their filters
         entries = loadable()
     for entry, _ in entries:
         print(f"{entry.name}\t{entry.package} {entry.version}\t{entry.target}")

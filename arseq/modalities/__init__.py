@@ -22,7 +22,7 @@ from arseq.modalities.base import (
 
 __all__ = [
     "Constraint", "DataError", "EvalInputs", "Example", "Modality", "Sample", "Skipped",
-    "Registered", "registered", "resolve",
+    "PluginWarning", "Registered", "loadable", "registered", "resolve",
 ]
 
 BUILTIN = {
@@ -30,6 +30,14 @@ BUILTIN = {
     "image": "arseq.modalities.image:ImageModality",
 }
 ENTRY_POINT_GROUP = "arseq.modalities"
+
+
+class PluginWarning(UserWarning):
+    """A modality plugin was skipped; the message is one line naming it."""
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())
 
 
 @dataclass(frozen=True)
@@ -48,14 +56,26 @@ def _arseq_version() -> str:
 
 
 def registered() -> dict[str, Registered]:
-    """Every modality name that can be used, built-ins first; plugins cannot shadow a built-in."""
+    """Every modality name that can be used, built-ins first; a plugin reusing a taken name is ignored with a warning."""
     found = {n: Registered(n, t, "arseq", _arseq_version()) for n, t in BUILTIN.items()}
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in found:
-            warnings.warn(f"modality plugin {ep.name!r} from {ep.value} ignored: the name is taken", stacklevel=2)
+    try:
+        entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    except Exception as e:  # broken package metadata on sys.path must not take the built-ins down
+        warnings.warn(f"modality plugins not loaded: {_one_line(e)}", PluginWarning, stacklevel=2)
+        return found
+    for ep in entry_points:
+        try:
+            dist = getattr(ep, "dist", None)
+            entry = Registered(ep.name, ep.value, dist.name if dist else "?", (dist.version if dist else None) or "?")
+        except Exception as e:
+            warnings.warn(f"modality plugin {ep.name!r} ignored: unreadable package metadata ({_one_line(e)})", PluginWarning, stacklevel=2)
             continue
-        dist = getattr(ep, "dist", None)
-        found[ep.name] = Registered(ep.name, ep.value, dist.name if dist else "?", dist.version if dist else "?")
+        if ep.name in found:
+            taken = found[ep.name]
+            warnings.warn(f"modality plugin {ep.name!r} ({ep.value}) from {entry.package} ignored: the name is taken by "
+                          f"{taken.target} from {taken.package}", PluginWarning, stacklevel=2)
+            continue
+        found[ep.name] = entry
     return found
 
 
@@ -66,20 +86,32 @@ def _import(target: str) -> type:
     try:
         obj = getattr(importlib.import_module(module), attr)
     except Exception as e:  # a plugin's import error must not become our traceback
-        raise DataError(f"modality {target!r} failed to load: {type(e).__name__}: {e}") from None
+        raise DataError(f"modality {target!r} failed to load: {_one_line(e)}") from None
     if not (isinstance(obj, type) and issubclass(obj, Modality)):
         raise DataError(f"modality {target!r} is not a subclass of arseq.modalities.Modality")
     for method in ("build_tokenizer", "read", "write"):
         if getattr(obj, method) is getattr(Modality, method):
             raise DataError(f"modality {target!r} does not implement {method}()")
+    if not obj.name or not isinstance(obj.name, str):
+        raise DataError(f"modality {target!r} sets no name (the class attribute checkpoints record)")
     return obj
+
+
+def _load(entry: Registered) -> type[Modality]:
+    try:
+        cls = _import(entry.target)
+    except DataError as e:
+        raise DataError(f"modality {entry.name!r} from {entry.package}: {e}") from None
+    if cls.name != entry.name:  # checkpoints record cls.name and resolve it again when loaded
+        raise DataError(f"modality {entry.name!r} ({entry.target}) has name {cls.name!r}; it must equal the registered name")
+    return cls
 
 
 def resolve(name: str) -> type[Modality]:
     """The Modality class for a registered name or an import path."""
     entries = registered()
     if name in entries:
-        return _import(entries[name].target)
+        return _load(entries[name])
     if "." in name or ":" in name:
         return _import(name)
     raise DataError(f"unknown modality {name!r}; registered: {', '.join(sorted(entries))}")
@@ -90,7 +122,7 @@ def loadable() -> list[tuple[Registered, type[Modality]]]:
     ok = []
     for entry in registered().values():
         try:
-            ok.append((entry, _import(entry.target)))
+            ok.append((entry, _load(entry)))
         except DataError as e:
-            warnings.warn(f"skipping modality {entry.name!r} from {entry.package}: {e}", stacklevel=2)
+            warnings.warn(f"skipping {e}", PluginWarning, stacklevel=2)
     return ok

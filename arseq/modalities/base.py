@@ -119,6 +119,17 @@ class Modality:
         """Extra keys for `arseq evaluate`'s JSON (baselines, bits per dim, NLL per note...)."""
         return {}
 
+    # ---- testing ---------------------------------------------------------------------------------
+    def demo_config(self, tmp_dir: Path) -> dict[str, Any] | None:
+        """Config overrides for a tiny smoke run (seconds on a CPU), or None when there is none.
+
+        Write a few small input files under `tmp_dir` (or name a built-in `source`) and return the
+        sections to merge over the smoke-test config, e.g. `{"data": {"paths": str(tmp_dir / "x.fa")}}`;
+        `modality`, `model` and `trainer` keys are merged too. The parity test runs prepare, train,
+        generate and evaluate on it for every registered modality, plugins included.
+        """
+        return None
+
     # ---- plumbing --------------------------------------------------------------------------------
     def load_tokenizer(self, state: dict[str, Any]) -> Tokenizer:
         """Rebuild this modality's tokenizer from `Tokenizer.to_dict()` state."""

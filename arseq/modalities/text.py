@@ -73,6 +73,13 @@ class TextModality(Modality):
         chars = sum(e.info.get("chars", 0) for e in examples)
         return {"chars": int(chars), "chars_per_token": chars / max(1, sum(len(e.tokens) - 2 for e in examples))}
 
+    def demo_config(self, tmp_dir: Path) -> dict[str, Any]:
+        """Ten short files of simple sentences: enough items for a train/validation split."""
+        words = ["the cat sat on the mat.", "a dog ran to the park.", "we like to read books.", "birds sing at dawn."]
+        for i in range(10):
+            atomic_write_text(tmp_dir / "text" / f"doc_{i}.txt", " ".join(words[(i + j) % 4] for j in range(12)) + "\n")
+        return {"data": {"paths": str(tmp_dir / "text")}}
+
     # ---- generation ------------------------------------------------------------------------------
     def prompts(self, tokenizer: Tokenizer, args: argparse.Namespace, num_samples: int) -> list[list[int]]:
         try:

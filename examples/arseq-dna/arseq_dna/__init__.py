@@ -1,0 +1,1 @@
+"""arseq-dna: DNA/RNA sequences as an arseq modality (a worked example of an arseq plugin)."""

@@ -1,0 +1,192 @@
+"""DNA/RNA as an arseq modality, from a package of its own (entry point group `arseq.modalities`).
+
+Reads FASTA (plain or gzipped; one item per record), writes generated sequences as FASTA, reports GC
+content and bits per base. It imports only arseq's public API: `arseq.modalities`, `arseq.tokenizers`.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+from Bio import SeqIO
+from Bio.Seq import Seq
+from Bio.SeqRecord import SeqRecord
+
+from arseq.modalities import Constraint, DataError, EvalInputs, Example, Modality, Sample, Skipped
+from arseq.tokenizers import Tokenizer
+
+from arseq_dna import synthetic
+from arseq_dna.tokenizer import NucleotideTokenizer
+
+FASTA = (".fa", ".fasta", ".fna", ".ffn", ".frn")
+
+
+def gc_fraction(seq: str) -> float:
+    """(G + C) / (A + C + G + T/U), ambiguous bases left out; NaN for a sequence without bases."""
+    called = len(seq) - seq.count("N")
+    return (seq.count("G") + seq.count("C")) / called if called else math.nan
+
+
+class DnaModality(Modality):
+    name = "dna"
+    tokenizer_kinds = {NucleotideTokenizer.kind: NucleotideTokenizer}
+    suffixes = FASTA + tuple(s + ".gz" for s in FASTA)
+
+    def __init__(self, molecule: Literal["dna", "rna"] = "dna", kmer: int = 1):
+        """
+        Args:
+            molecule: `dna` (T) or `rna` (U); the other letter is read as this one.
+            kmer: bases per token: 1, or non-overlapping k-mers up to 6 (vocabulary 4^k + 8).
+        """
+        if not 1 <= kmer <= 6:
+            raise DataError(f"modality.kmer must be between 1 and 6, got {kmer}")
+        self.molecule, self.kmer = molecule, kmer
+
+    # ---- data ------------------------------------------------------------------------------------
+    def build_tokenizer(self, files: list[Path], source: str | None) -> Tokenizer:
+        if source not in (None, "synthetic"):
+            raise DataError(f"dna modality has no built-in source {source!r}; use data.source: synthetic or data.paths")
+        return NucleotideTokenizer(self.molecule, self.kmer)
+
+    def _records(self, files: list[Path], source: str | None) -> Iterator[tuple[str, str] | Skipped]:
+        for f in files:
+            try:
+                with (gzip.open if f.name.endswith(".gz") else open)(f, "rt", encoding="ascii") as handle:
+                    records = [(f"{f}:{r.id}", str(r.seq)) for r in SeqIO.parse(handle, "fasta")]
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                yield Skipped(str(f), f"not a readable FASTA file ({e})")
+                continue
+            if not records:
+                yield Skipped(str(f), "no FASTA records (a FASTA file starts with '>')")
+            yield from records
+        if source == "synthetic":
+            yield from ((f"synthetic_{i}", s) for i, s in enumerate(synthetic.sequences()))
+
+    def read(self, files: list[Path], source: str | None, tokenizer: Tokenizer, check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
+        for record in self._records(files, source):
+            if isinstance(record, Skipped):
+                yield record
+                continue
+            name, seq = record
+            if not seq:
+                yield Skipped(name, "empty sequence")
+                continue
+            try:
+                ids = tokenizer.encode_array(seq)
+            except ValueError as e:
+                yield Skipped(name, str(e))
+                continue
+            decoded = tokenizer.decode(ids)
+            exact = decoded == seq if check_roundtrip else None
+            info = {"bases": len(seq), "gc": decoded.count("G") + decoded.count("C"), "called": len(seq) - decoded.count("N")}
+            yield Example(np.concatenate([[tokenizer.bos_id], ids, [tokenizer.eos_id]]), name, exact, info)
+
+    def summarize(self, tokenizer: Tokenizer, examples: list[Example]) -> dict[str, Any]:
+        bases = sum(e.info["bases"] for e in examples)
+        called = sum(e.info["called"] for e in examples)
+        return {
+            "bases": int(bases),
+            "bases_per_token": bases / max(1, sum(len(e.tokens) - 2 for e in examples)),
+            "gc_content": sum(e.info["gc"] for e in examples) / max(1, called),
+        }
+
+    def demo_config(self, tmp_dir: Path) -> dict[str, Any]:
+        return {"data": {"paths": str(synthetic.write_fasta(tmp_dir / "genes.fasta", n=60))}}
+
+    # ---- generation ------------------------------------------------------------------------------
+    def add_generate_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--length", type=int, default=None,
+                            help="exact length in bases of every sequence, prompt included (default: until the model stops)")
+
+    def configure_sampling(self, args: argparse.Namespace, sampling: Any) -> Any:
+        if args.length is not None:
+            if args.length < 1:
+                raise DataError("--length must be >= 1")
+            sampling.max_new_tokens = args.length + 1  # enough for single-base tokens and the EOS
+        return sampling
+
+    def prompts(self, tokenizer: Tokenizer, args: argparse.Namespace, num_samples: int) -> list[list[int]]:
+        try:
+            ids = tokenizer.encode(args.prompt or "")
+        except ValueError as e:
+            raise DataError(f"--prompt: {e}") from None
+        if args.length is not None and len(args.prompt or "") >= args.length:
+            raise DataError(f"--prompt is {len(args.prompt)} bases long, not shorter than --length {args.length}")
+        return [[tokenizer.bos_id, *ids] for _ in range(num_samples)]
+
+    def constraint(self, tokenizer: Tokenizer, args: argparse.Namespace) -> Constraint | None:
+        """Unambiguous bases only (no N, no specials) until EOS; with --length, exactly that many bases."""
+        bases = torch.from_numpy(tokenizer.token_bases)
+        allowed = bases > 0
+        allowed[tokenizer.n_id] = False
+        length, seen = args.length, {}  # id(row) -> (tokens counted, bases in them)
+
+        def mask(rows: list[list[int]]) -> torch.Tensor:
+            out = allowed.expand(len(rows), -1).clone()
+            if length is None:
+                out[:, tokenizer.eos_id] = True
+                return out
+            for i, row in enumerate(rows):  # rows grow in place: count only the new tokens
+                counted, total = seen.get(id(row), (0, 0))
+                total += int(bases[row[counted:]].sum())
+                seen[id(row)] = (len(row), total)
+                out[i] &= bases <= length - total
+                out[i, tokenizer.eos_id] = total >= length
+            return out
+
+        return mask
+
+    def write(self, tokenizer: Tokenizer, samples: list[Sample], out: Path | None, args: argparse.Namespace) -> list[Path]:
+        records = []
+        for i, s in enumerate(samples):
+            seq = tokenizer.decode(s.prompt + s.tokens)
+            end = "stopped" if s.stopped else "cut at --max-new-tokens"
+            desc = f"length={len(seq)} gc={gc_fraction(seq):.3f} nll_per_token={s.nll:.3f} {end}"
+            records.append(SeqRecord(Seq(seq), id=f"sample_{i:03d}", description=desc))
+        if out is None:
+            SeqIO.write(records, sys.stdout, "fasta")
+            return []
+        path = out if out.name.endswith(FASTA) else out / "samples.fasta"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:  # readers see the old file or the whole new one, never half of it
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                SeqIO.write(records, handle, "fasta")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return [path]
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]]) -> dict[str, float]:
+        seqs = [tokenizer.decode(s) for s in sequences]
+        gc = np.array([gc_fraction(s) for s in seqs])
+        gc = gc[~np.isnan(gc)]
+        return {
+            "gc_content": float(gc.mean()) if len(gc) else 0.0,
+            "gc_std": float(gc.std()) if len(gc) else 0.0,
+            "mean_length": float(np.mean([len(s) for s in seqs])) if seqs else 0.0,
+        }
+
+    def evaluate(self, tokenizer: Tokenizer, report: EvalInputs) -> dict[str, Any]:
+        """Bits per base (EOS predictions included), against an order-0 model: the training set's base
+        frequencies (add-one smoothed) scored on the same validation bases, and a uniform guess."""
+        letters = tokenizer.bases + "N"
+        train, val = ("".join(tokenizer.decode(item) for item in items) for items in (report.train, report.val))
+        counts = np.array([train.count(b) for b in letters], dtype=float) + 1
+        val_counts = np.array([val.count(b) for b in letters], dtype=float)
+        order0 = float(-(val_counts * np.log2(counts / counts.sum())).sum() / max(1, len(val)))
+        return {
+            "bits_per_base": report.total_nll / math.log(2) / max(1, len(val)),
+            "baselines": {"base_frequencies": {"bits_per_base": order0}, "uniform": {"bits_per_base": 2.0}},
+        }
