@@ -116,7 +116,7 @@ def run_config_verb(verb: str, argv: list[str]) -> int:
         print(json.dumps(workflows.run_prepare(modality, options, data, cfg.check_roundtrip), indent=1))
         return 0
     trainer_args = {k: _instantiate(v) for k, v in cfg.trainer.as_dict().items() if v is not None}
-    workflows.run_train(modality, options, data, cfg.model.as_dict(), cfg.optim.as_dict(), trainer_args, cfg.seed, cfg.ckpt_path)
+    workflows.run_train(modality, options, data, cfg.model.as_dict(), cfg.optim.as_dict(), trainer_args, cfg.seed, cfg.ckpt_path, name)
     return 0
 
 

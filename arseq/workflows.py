@@ -37,8 +37,13 @@ def run_train(
     trainer_args: dict[str, Any],
     seed: int = 1337,
     ckpt_path: str | None = None,
+    selector: str | None = None,
 ) -> Path:
-    """Train a model; return the run directory (checkpoints under `checkpoints/`)."""
+    """Train a model; return the run directory (checkpoints under `checkpoints/`).
+
+    `selector` is how the config named the modality (a registered name or an import path); it is
+    stored in checkpoints so that loading finds an unregistered modality class too.
+    """
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -53,7 +58,7 @@ def run_train(
     tok = prepared.tokenizer
     model_cfg = TransformerConfig(vocab_size=tok.vocab_size, max_seq_len=data.block_size, **model)
     meta = {
-        "modality": {"name": modality.name, "options": options},
+        "modality": {"name": selector or modality.name, "options": options},
         "tokenizer": tok.to_dict(),
         "data": asdict(data),
         "model": asdict(model_cfg),

@@ -149,6 +149,10 @@ class ImageModality(Modality):
         self.codebook_size, self.conditional = codebook_size, conditional
         self.codebook_seed, self.max_fit_patches = codebook_seed, max_fit_patches
 
+    def demo_config(self, tmp_dir: Path) -> dict[str, Any]:
+        """The bundled 8×8 digits, lossless: no files to write."""
+        return {"modality": {"mode": "L", "size": 8, "patch_size": 1, "codebook_size": 17}, "data": {"source": "digits", "block_size": 80}}
+
     # ---- reading ---------------------------------------------------------------------------------
     def _geometry(self) -> PatchTokenizer:
         """A tokenizer with a placeholder codebook: its pixels() does the resizing and conversion."""
