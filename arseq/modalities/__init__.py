@@ -27,6 +27,7 @@ __all__ = [
 
 BUILTIN = {
     "text": "arseq.modalities.text:TextModality",
+    "protein": "arseq.modalities.protein:ProteinModality",
 }
 ENTRY_POINT_GROUP = "arseq.modalities"
 
