@@ -6,12 +6,12 @@ windows from the stream of items, and evaluation scores every token after BOS ex
 long protein into context-sized chunks whose context restarts at each chunk (the core's scorer). The
 `baselines.unigram` perplexity counts exactly the same tokens.
 
-Bad input. Problems with one file (unreadable, empty, not FASTA, not UTF-8 text, corrupt gzip) or one
-record (empty, digits or symbols, a '*' inside the sequence, letters outside the alphabet) are
-reported as `Skipped` naming the file and record, and the rest of the corpus is used; a streamed file
-that breaks midway keeps the records read before the break. If nothing usable is left, reading stops
-with one `DataError` line. Length, non-standard and duplicate filters are counted in `prepare`'s
-summary instead of listed.
+Bad input. A file that cannot be used from its start (unreadable, empty, not FASTA, not UTF-8 text,
+not gzip inside) or one record (empty, digits or symbols, a '*' inside the sequence, letters outside
+the alphabet) is reported as `Skipped` naming the file and record, and the rest of the corpus is used.
+Files are streamed, so a file that breaks after some records were read (a truncated or corrupt gzip)
+stops the run with a `DataError` rather than train on half of it; so does a corpus with nothing
+usable left. Length, non-standard and duplicate filters are counted in `prepare`'s summary instead.
 """
 from __future__ import annotations
 
@@ -87,18 +87,22 @@ def _fasta_records(path: Path) -> Iterator[tuple[int, str, str]]:
     count = 0
     try:
         with _open_text(path) as handle:
+            first = next((line for line in handle if line.strip()), "")
+        if not first:
+            raise _FileProblem("empty file (no FASTA records)")
+        if not first.startswith(">"):
+            raise _FileProblem(f"not FASTA: the first line does not start with '>' ({first.strip()[:30]!r})")
+        with _open_text(path) as handle:
             for count, record in enumerate(SeqIO.parse(handle, "fasta"), 1):
                 yield count, record.id, str(record.seq)
     except UnicodeDecodeError:
         raise _FileProblem(f"not FASTA text (undecodable bytes after record {count})") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise _FileProblem(f"corrupt gzip after record {count} ({e or type(e).__name__})") from None
-    except ValueError:  # Bio.SeqIO: text before the first '>'
-        raise _FileProblem("not FASTA: the first line does not start with '>'") from None
+    except ValueError as e:  # anything else Bio.SeqIO rejects
+        raise _FileProblem(f"not FASTA after record {count} ({str(e).splitlines()[0]})") from None
     except OSError as e:
         raise _FileProblem(f"cannot read ({e.strerror or e})") from None
-    if count == 0:
-        raise _FileProblem("empty file (no FASTA records)")
 
 
 _INVALID = re.compile(r"[^A-Z]")
@@ -119,7 +123,7 @@ def _problem(seq: str, policy: str) -> str | None:
     if bad:
         return f"invalid characters {''.join(bad)!r} in the sequence (letters only)"
     outside = sorted(set(seq) - set(ALPHABET))
-    if outside and policy != "x":
+    if outside and policy == "keep":
         return f"letters {''.join(outside)!r} are not amino-acid codes (nonstandard: x maps them to X)"
     return None
 
@@ -177,6 +181,7 @@ class ProteinModality(Modality):
         """(name, normalised sequence) per usable protein and a Skipped per unusable file or record."""
         seen: set[bytes] = set()
         for path in files:
+            index = 0
             try:
                 for index, rid, raw in _fasta_records(path):
                     seq = normalize(raw)
@@ -188,6 +193,8 @@ class ProteinModality(Modality):
                     if seq is not None:
                         yield rid or f"{path.name}:{index}", seq
             except _FileProblem as e:
+                if index:  # records of this file were used already: never train on half a file
+                    raise DataError(f"{path}: {e}") from None
                 yield Skipped(str(path), str(e))
 
     def _apply_filters(self, seq: str, seen: set[bytes]) -> str | None:
@@ -257,7 +264,7 @@ class ProteinModality(Modality):
 
     # ---- generation ------------------------------------------------------------------------------
     def add_generate_arguments(self, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("protein")
+        g = parser  # the core hands an argument group already
         g.add_argument("--prefix", default=None, help="start motif every design begins with, e.g. MKT")
         g.add_argument("--min-length", type=int, default=None, help="fewest residues per design (prefix included)")
         g.add_argument("--max-length", type=int, default=None, help="most residues per design (prefix included)")
