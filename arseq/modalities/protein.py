@@ -264,16 +264,15 @@ class ProteinModality(Modality):
 
     # ---- generation ------------------------------------------------------------------------------
     def add_generate_arguments(self, parser: argparse.ArgumentParser) -> None:
-        g = parser  # the core hands an argument group already
-        g.add_argument("--prefix", default=None, help="start motif every design begins with, e.g. MKT")
-        g.add_argument("--min-length", type=int, default=None, help="fewest residues per design (prefix included)")
-        g.add_argument("--max-length", type=int, default=None, help="most residues per design (prefix included)")
-        g.add_argument("--standard-only", action="store_true", help="only the 20 standard amino acids")
-        g.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                       help="published sampling settings: " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items())
-                       + " (explicit flags win)")
-        g.add_argument("--rank", type=float, default=None, metavar="F",
-                       help="keep the fraction F of designs with the lowest perplexity, best first")
+        parser.add_argument("--prefix", default=None, help="start motif every design begins with, e.g. MKT")
+        parser.add_argument("--min-length", type=int, default=None, help="fewest residues per design (prefix included)")
+        parser.add_argument("--max-length", type=int, default=None, help="most residues per design (prefix included)")
+        parser.add_argument("--standard-only", action="store_true", help="only the 20 standard amino acids")
+        parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                            help="published sampling settings: " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items())
+                            + " (explicit flags win)")
+        parser.add_argument("--rank", type=float, default=None, metavar="F",
+                            help="keep the fraction F of designs with the lowest perplexity, best first")
 
     def _prefixes(self, args: argparse.Namespace) -> list[str]:
         """Start motifs from --prefix, or --prompt (a residue string, or a FASTA file of motifs)."""
@@ -284,16 +283,20 @@ class ProteinModality(Modality):
         if not text:
             return [""]
         if prompt and Path(prompt).is_file():
-            found = list(self.proteins([Path(prompt)]))
-            for item in found:
-                if isinstance(item, Skipped):
-                    raise DataError(f"{item.file}: {item.reason}")
-            return [seq for _, seq in found]
-        seq = normalize(text)
-        problem = _problem(seq, "keep")
-        if problem:
-            raise DataError(f"start motif {text!r}: {problem}")
-        return [seq]
+            try:
+                records = [(f"{prompt}: record {i} ({rid})", raw) for i, rid, raw in _fasta_records(Path(prompt))]
+            except _FileProblem as e:
+                raise DataError(f"{prompt}: {e}") from None
+        else:
+            records = [(f"start motif {text!r}", text)]
+        motifs = []
+        for where, raw in records:
+            seq = normalize(raw)
+            problem = _problem(seq, "keep")
+            if problem:
+                raise DataError(f"{where}: {problem}")
+            motifs.append(seq)
+        return motifs
 
     def _check_args(self, args: argparse.Namespace, prefixes: list[str]) -> None:
         lo, hi, rank = getattr(args, "min_length", None), getattr(args, "max_length", None), getattr(args, "rank", None)
