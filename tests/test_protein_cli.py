@@ -75,5 +75,7 @@ def test_bad_fasta_is_one_line_cli_error(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.fasta"
     bad.write_text(">x\nMKT42\n")
     assert cli.main(["prepare", "--modality.name", "protein", "--data.paths", str(bad)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "bad.fasta" in err and "record 1 (x)" in err
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]  # after any progress bar
+    assert "Traceback" not in err and last.startswith("arseq prepare: error:")
+    assert "bad.fasta" in last and "record 1 (x)" in last and "'24'" in last
