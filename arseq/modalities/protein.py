@@ -312,6 +312,8 @@ class ProteinModality(Modality):
             raise DataError("--standard-only but the start motif has non-standard letters")
 
     def configure_sampling(self, args: argparse.Namespace, sampling: Any) -> Any:
+        """Apply --preset to the settings still at their defaults (so a flag set to the default value itself
+        reads as unset), and size max_new_tokens from --max-length / --min-length."""
         prefixes = self._prefixes(args)
         self._check_args(args, prefixes)
         changes: dict[str, Any] = {}
@@ -361,6 +363,8 @@ class ProteinModality(Modality):
     def write(
         self, tokenizer: ProteinTokenizers, samples: list[Sample], out: Path | None, args: argparse.Namespace
     ) -> list[Path]:
+        """FASTA (prefix + design, header with length, perplexity and how it ended) and beside it a CSV of
+        properties; both computed in full before either file is replaced atomically."""
         order = list(range(len(samples)))
         rank = getattr(args, "rank", None)
         if rank is not None:
