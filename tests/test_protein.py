@@ -263,6 +263,8 @@ def test_write_fasta_and_property_csv(tmp_path):
     assert [str(r.seq) for r in records] == ["MKTAYIAKQR", "MKXBZUOAAW", "XXXX", "MKTWWWWWWWWWWWWWW"]
     assert records[0].description == f"design_1 length=10 perplexity={math.exp(2.0):.3f} end=eos"
     assert records[3].description.endswith("end=limit")
+    ProteinModality().write(tok, samples_for(tok), out, namespace(max_length=10))
+    assert next(SeqIO.parse(out, "fasta")).description.endswith("end=max_length")
     rows = list(csv.DictReader(open(tmp_path / "designs.csv")))
     assert [r["id"] for r in rows] == [r.id for r in records]
     assert float(rows[0]["molecular_weight"]) > 1000 and -5 < float(rows[0]["gravy"]) < 5

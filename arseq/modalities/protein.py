@@ -363,8 +363,9 @@ class ProteinModality(Modality):
     def write(
         self, tokenizer: ProteinTokenizers, samples: list[Sample], out: Path | None, args: argparse.Namespace
     ) -> list[Path]:
-        """FASTA (prefix + design, header with length, perplexity and how it ended) and beside it a CSV of
-        properties; both computed in full before either file is replaced atomically."""
+        """FASTA (prefix + design; the header has its length, perplexity and end: eos, max_length when EOS
+        was forced there, or limit when max_new_tokens ran out) and beside it a CSV of properties; both are
+        computed in full before either file is replaced atomically."""
         order = list(range(len(samples)))
         rank = getattr(args, "rank", None)
         if rank is not None:
@@ -375,7 +376,7 @@ class ProteinModality(Modality):
             s = samples[i]
             seq = tokenizer.decode([*s.prompt, *s.tokens])
             name = f"design_{i + 1:0{width}d}"
-            end = "eos" if s.stopped else "limit"
+            end = "limit" if not s.stopped else "max_length" if len(seq) == getattr(args, "max_length", None) else "eos"
             desc = f"length={len(seq)} perplexity={s.perplexity:.3f} end={end}"
             records.append(SeqRecord(Seq(seq), id=name, description=desc))
             rows.append({"id": name, "length": len(seq), "perplexity": round(s.perplexity, 4), "end": end,
