@@ -269,6 +269,7 @@ def test_write_fasta_and_property_csv(tmp_path):
     assert [r["id"] for r in rows] == [r.id for r in records]
     assert float(rows[0]["molecular_weight"]) > 1000 and -5 < float(rows[0]["gravy"]) < 5
     assert rows[1]["nonstandard_residues"] == "5" and rows[1]["isoelectric_point"]
+    assert rows[3]["degenerate"] == "1" and rows[3]["longest_run"] == "14" and rows[0]["degenerate"] == "0"
     assert rows[2]["molecular_weight"] == ""  # nothing standard to analyse: empty cells, no crash
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 

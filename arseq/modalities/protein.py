@@ -380,7 +380,7 @@ class ProteinModality(Modality):
             desc = f"length={len(seq)} perplexity={s.perplexity:.3f} end={end}"
             records.append(SeqRecord(Seq(seq), id=name, description=desc))
             rows.append({"id": name, "length": len(seq), "perplexity": round(s.perplexity, 4), "end": end,
-                         **properties(seq)})
+                         "longest_run": longest_run(seq), "degenerate": int(degenerate(seq)), **properties(seq)})
         fasta = io.StringIO()
         SeqIO.write(records, fasta, "fasta")
         if out is None:
