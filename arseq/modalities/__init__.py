@@ -28,6 +28,7 @@ __all__ = [
 BUILTIN = {
     "text": "arseq.modalities.text:TextModality",
     "image": "arseq.modalities.image:ImageModality",
+    "protein": "arseq.modalities.protein:ProteinModality",
 }
 ENTRY_POINT_GROUP = "arseq.modalities"
 

@@ -1,0 +1,571 @@
+"""Proteins: FASTA in (plain or gzip, through Bio.SeqIO), designs out as FASTA plus a property CSV.
+
+Each protein is one item, BOS + residues + EOS, so a training window never joins two proteins without
+the separator. Proteins longer than the context are windowed, never truncated: training draws random
+windows from the stream of items, and evaluation scores every token after BOS exactly once, cutting a
+long protein into context-sized chunks whose context restarts at each chunk (the core's scorer). The
+`baselines.unigram` perplexity counts exactly the same tokens.
+
+Bad input. A file that cannot be used from its start (unreadable, empty, not FASTA, not UTF-8 text,
+not gzip inside) or one record (empty, digits or symbols, a '*' inside the sequence, letters outside
+the alphabet) is reported as `Skipped` naming the file and record, and the rest of the corpus is used.
+Files are streamed, so a file that breaks after some records were read (a truncated or corrupt gzip)
+stops the run with a `DataError` rather than train on half of it; so does a corpus with nothing
+usable left. Length, non-standard and duplicate filters are counted in `prepare`'s summary instead.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import hashlib
+import io
+import math
+import os
+import re
+import sys
+import tempfile
+import zlib
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, TextIO
+
+import numpy as np
+import torch
+from Bio import Align, SeqIO
+from Bio.Align import substitution_matrices
+from Bio.Seq import Seq
+from Bio.SeqRecord import SeqRecord
+from Bio.SeqUtils.ProtParam import ProteinAnalysis
+
+from arseq.modalities import Constraint, DataError, EvalInputs, Example, Modality, Sample, Skipped
+from arseq.tokenizers.base import atomic_write_text
+from arseq.tokenizers.protein import (
+    ALPHABET,
+    NONSTANDARD,
+    STANDARD,
+    ProteinBPETokenizer,
+    ProteinTokenizer,
+    residue_lengths,
+    standard_ids,
+)
+
+ProteinTokenizers = ProteinTokenizer | ProteinBPETokenizer
+
+# Published sampling settings: ProtGPT2 (Ferruz et al. 2022) and ProGen2 (Nijkamp et al. 2022).
+# With a 28-letter vocabulary ProtGPT2's top-k of 950 keeps every token; it matters for BPE vocabularies.
+PRESETS: dict[str, dict[str, float]] = {
+    "protgpt2": {"top_k": 950, "repetition_penalty": 1.2},
+    "progen2": {"temperature": 0.8, "top_p": 0.9},
+}
+NONSTANDARD_POLICIES = ("keep", "x", "drop")
+# Novelty is measured for at most this many sequences against this many training proteins, each cut to
+# MAX_ALIGN residues; only the TOP_CANDIDATES references sharing most 3-mers are aligned. Bounded cost.
+NOVELTY_QUERIES, NOVELTY_REFERENCES, MAX_ALIGN, TOP_CANDIDATES = 100, 500, 1000, 5
+# Degenerate: a unit of 1-10 residues repeated back to back over at least this many residues.
+REPEAT_SPAN = 12
+
+
+class _FileProblem(Exception):
+    """A file that cannot be read as FASTA; becomes a Skipped naming the file."""
+
+
+@contextmanager
+def _open_text(path: Path) -> Iterator[TextIO]:
+    """Open plain or gzip text (detected by magic bytes, not by suffix)."""
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    binary = gzip.open(path, "rb") if gzipped else open(path, "rb")
+    with io.TextIOWrapper(binary, encoding="utf-8", newline=None) as handle:
+        yield handle
+
+
+def _fasta_records(path: Path) -> Iterator[tuple[int, str, str]]:
+    """(1-based index, id, raw sequence) per record; raises _FileProblem with a one-line reason."""
+    count = 0
+    try:
+        with _open_text(path) as handle:
+            first = next((line for line in handle if line.strip()), "")
+        if not first:
+            raise _FileProblem("empty file (no FASTA records)")
+        if not first.startswith(">"):
+            raise _FileProblem(f"not FASTA: the first line does not start with '>' ({first.strip()[:30]!r})")
+        with _open_text(path) as handle:
+            for count, record in enumerate(SeqIO.parse(handle, "fasta"), 1):
+                yield count, record.id, str(record.seq)
+    except UnicodeDecodeError:
+        raise _FileProblem(f"not FASTA text (undecodable bytes after record {count})") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise _FileProblem(f"corrupt gzip after record {count} ({e or type(e).__name__})") from None
+    except ValueError as e:  # anything else Bio.SeqIO rejects
+        raise _FileProblem(f"not FASTA after record {count} ({str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise _FileProblem(f"cannot read ({e.strerror or e})") from None
+
+
+_INVALID = re.compile(r"[^A-Z]")
+
+
+def normalize(raw: str) -> str:
+    """Upper-case, drop whitespace and trailing '*' stop characters."""
+    return re.sub(r"\s+", "", raw).upper().rstrip("*")
+
+
+def _problem(seq: str, policy: str) -> str | None:
+    """Why a normalised sequence cannot be a protein, or None."""
+    if not seq:
+        return "empty sequence"
+    if "*" in seq:
+        return f"stop '*' inside the sequence at residue {seq.index('*') + 1}"
+    bad = sorted(set(_INVALID.findall(seq)))
+    if bad:
+        return f"invalid characters {''.join(bad)!r} in the sequence (letters only)"
+    outside = sorted(set(seq) - set(ALPHABET))
+    if outside and policy == "keep":
+        return f"letters {''.join(outside)!r} are not amino-acid codes (nonstandard: x maps them to X)"
+    return None
+
+
+@dataclass
+class _Reference:
+    """What metrics compare against: the training composition and a bounded subset of training proteins."""
+
+    composition: np.ndarray  # fractions over STANDARD + one 'other' bucket
+    proteins: list[str]
+
+
+class ProteinModality(Modality):
+    """Protein sequences from FASTA files; designs written as FASTA with perplexities and a property CSV."""
+
+    name = "protein"
+    tokenizer_kinds = {ProteinTokenizer.kind: ProteinTokenizer, ProteinBPETokenizer.kind: ProteinBPETokenizer}
+    suffixes = tuple(s + gz for s in (".fasta", ".fa", ".faa", ".fas", ".fsa") for gz in ("", ".gz"))
+
+    def __init__(
+        self,
+        tokenizer: str = "protein",
+        bpe_vocab_size: int = 512,
+        min_length: int = 1,
+        max_length: int | None = None,
+        nonstandard: str = "keep",
+        deduplicate: bool = True,
+    ):
+        """
+        Args:
+            tokenizer: "protein" (one token per residue) or "protein_bpe" (BPE over residues, fitted on the data).
+            bpe_vocab_size: vocabulary size of the BPE tokenizer, specials included.
+            min_length: proteins with fewer residues are left out.
+            max_length: proteins with more residues are left out (None: no limit; long ones are windowed).
+            nonstandard: X/B/Z/U/O and other letters: "keep" (X B Z U O as tokens, other letters skip the
+                record), "x" (map every non-standard letter to X), "drop" (leave out such records).
+            deduplicate: leave out exact repeats of a sequence already read.
+        """
+        if tokenizer not in self.tokenizer_kinds:
+            raise DataError(f"modality.tokenizer must be one of {sorted(self.tokenizer_kinds)}, not {tokenizer!r}")
+        if nonstandard not in NONSTANDARD_POLICIES:
+            raise DataError(f"modality.nonstandard must be one of {NONSTANDARD_POLICIES}, not {nonstandard!r}")
+        if min_length < 1 or (max_length is not None and max_length < min_length):
+            raise DataError(f"modality lengths need 1 <= min_length <= max_length (got {min_length}, {max_length})")
+        self.tokenizer = tokenizer
+        self.bpe_vocab_size = bpe_vocab_size
+        self.min_length, self.max_length = min_length, max_length
+        self.nonstandard = nonstandard
+        self.deduplicate = deduplicate
+        self.filtered: Counter[str] = Counter()
+        self.reference: _Reference | None = None
+
+    # ---- data ------------------------------------------------------------------------------------
+
+    def demo_config(self, tmp_dir: Path) -> dict[str, Any]:
+        """Twenty short random proteins in one FASTA file."""
+        rng = np.random.default_rng(0)
+        records = [">demo_%d\n%s" % (i, "M" + "".join(rng.choice(list(STANDARD), size=int(rng.integers(30, 60))))) for i in range(20)]
+        atomic_write_text(tmp_dir / "demo.fasta", "\n".join(records) + "\n")
+        return {"data": {"paths": str(tmp_dir / "demo.fasta")}}
+    def proteins(self, files: list[Path]) -> Iterator[tuple[str, str] | Skipped]:
+        """(name, normalised sequence) per usable protein and a Skipped per unusable file or record."""
+        seen: set[bytes] = set()
+        for path in files:
+            index = 0
+            try:
+                for index, rid, raw in _fasta_records(path):
+                    seq = normalize(raw)
+                    problem = _problem(seq, self.nonstandard)
+                    if problem:
+                        yield Skipped(str(path), f"record {index} ({rid or 'no id'}): {problem}")
+                        continue
+                    seq = self._apply_filters(seq, seen)
+                    if seq is not None:
+                        yield rid or f"{path.name}:{index}", seq
+            except _FileProblem as e:
+                if index:  # records of this file were used already: never train on half a file
+                    raise DataError(f"{path}: {e}") from None
+                yield Skipped(str(path), str(e))
+
+    def _apply_filters(self, seq: str, seen: set[bytes]) -> str | None:
+        if self.nonstandard == "x" and set(seq) - set(STANDARD + "X"):
+            seq = re.sub(f"[^{STANDARD}X]", "X", seq)
+            self.filtered["mapped_to_x"] += 1
+        if self.nonstandard == "drop" and set(seq) - set(STANDARD):
+            self.filtered["nonstandard_dropped"] += 1
+            return None
+        if len(seq) < self.min_length or (self.max_length is not None and len(seq) > self.max_length):
+            self.filtered["too_short" if len(seq) < self.min_length else "too_long"] += 1
+            return None
+        if self.deduplicate:
+            digest = hashlib.blake2b(seq.encode(), digest_size=16).digest()
+            if digest in seen:
+                self.filtered["duplicates"] += 1
+                return None
+            seen.add(digest)
+        return seq
+
+    def build_tokenizer(self, files: list[Path], source: str | None) -> ProteinTokenizers:
+        if source:
+            raise DataError(f"the protein modality has no built-in data source ({source!r}); use data.paths")
+        if self.tokenizer == ProteinTokenizer.kind:
+            return ProteinTokenizer()
+        seqs = [p[1] for p in self.proteins(files) if not isinstance(p, Skipped)]
+        self.filtered.clear()  # read() counts them again
+        if not seqs:
+            raise DataError(f"no usable protein to fit the BPE tokenizer in {len(files)} file(s)")
+        return ProteinBPETokenizer.fit(seqs, self.bpe_vocab_size)
+
+    def read(
+        self, files: list[Path], source: str | None, tokenizer: ProteinTokenizers, check_roundtrip: bool = False
+    ) -> Iterator[Example | Skipped]:
+        if source:
+            raise DataError(f"the protein modality has no built-in data source ({source!r}); use data.paths")
+        used, first_skip = 0, None
+        for item in self.proteins(files):
+            if isinstance(item, Skipped):
+                first_skip = first_skip or item
+                yield item
+                continue
+            name, seq = item
+            ids = tokenizer.encode(seq)
+            exact = tokenizer.decode(ids) == seq if check_roundtrip else None
+            info = {"residues": float(len(seq)), "nonstandard": float(sum(seq.count(c) for c in NONSTANDARD))}
+            used += 1
+            yield Example([tokenizer.bos_id, *ids, tokenizer.eos_id], name=name, exact=exact, info=info)
+        if used == 0:
+            if first_skip is not None:
+                where = "" if len(files) == 1 else f"no usable protein in {len(files)} files; first problem: "
+                raise DataError(f"{where}{first_skip.file}: {first_skip.reason}")
+            raise DataError(f"no protein in {len(files)} file(s) passes the filters ({dict(self.filtered)})")
+
+    def summarize(self, tokenizer: ProteinTokenizers, examples: list[Example]) -> dict[str, Any]:
+        residues = sum(e.info.get("residues", 0.0) for e in examples)
+        tokens = sum(len(e.tokens) - 2 for e in examples)
+        out: dict[str, Any] = {
+            "num_residues": int(residues),
+            "mean_length": residues / max(len(examples), 1),
+            "nonstandard_fraction": sum(e.info.get("nonstandard", 0.0) for e in examples) / max(residues, 1),
+            "filtered": dict(self.filtered),
+        }
+        if tokenizer.kind == ProteinBPETokenizer.kind:
+            out["residues_per_token"] = residues / max(tokens, 1)
+        return out
+
+    # ---- generation ------------------------------------------------------------------------------
+    def add_generate_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--prefix", default=None, help="start motif every design begins with, e.g. MKT")
+        parser.add_argument("--min-length", type=int, default=None, help="fewest residues per design (prefix included)")
+        parser.add_argument("--max-length", type=int, default=None, help="most residues per design (prefix included)")
+        parser.add_argument("--standard-only", action="store_true", help="only the 20 standard amino acids")
+        parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                            help="published sampling settings: " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items())
+                            + " (explicit flags win)")
+        parser.add_argument("--rank", type=float, default=None, metavar="F",
+                            help="keep the fraction F of designs with the lowest perplexity, best first")
+
+    def _prefixes(self, args: argparse.Namespace) -> list[str]:
+        """Start motifs from --prefix, or --prompt (a residue string, or a FASTA file of motifs)."""
+        prefix, prompt = getattr(args, "prefix", None), getattr(args, "prompt", None)
+        if prefix and prompt:
+            raise DataError("give the start motif with --prefix or --prompt, not both")
+        text = prefix or prompt
+        if not text:
+            return [""]
+        if prompt and Path(prompt).is_file():
+            try:
+                records = [(f"{prompt}: record {i} ({rid})", raw) for i, rid, raw in _fasta_records(Path(prompt))]
+            except _FileProblem as e:
+                raise DataError(f"{prompt}: {e}") from None
+        else:
+            records = [(f"start motif {text!r}", text)]
+        motifs = []
+        for where, raw in records:
+            seq = normalize(raw)
+            problem = _problem(seq, "keep")
+            if problem:
+                raise DataError(f"{where}: {problem}")
+            motifs.append(seq)
+        return motifs
+
+    def _check_args(self, args: argparse.Namespace, prefixes: list[str]) -> None:
+        lo, hi, rank = getattr(args, "min_length", None), getattr(args, "max_length", None), getattr(args, "rank", None)
+        if lo is not None and lo < 1 or hi is not None and hi < 1:
+            raise DataError("--min-length and --max-length must be >= 1")
+        if lo is not None and hi is not None and lo > hi:
+            raise DataError(f"--min-length {lo} is more than --max-length {hi}")
+        if hi is not None and max(map(len, prefixes)) > hi:
+            raise DataError(f"the start motif is longer than --max-length {hi}")
+        if rank is not None and not 0 < rank <= 1:
+            raise DataError(f"--rank must be a fraction in (0, 1], not {rank}")
+        if getattr(args, "standard_only", False) and any(set(p) - set(STANDARD) for p in prefixes):
+            raise DataError("--standard-only but the start motif has non-standard letters")
+
+    def configure_sampling(self, args: argparse.Namespace, sampling: Any) -> Any:
+        """Apply --preset to the settings still at their defaults (so a flag set to the default value itself
+        reads as unset), and size max_new_tokens from --max-length / --min-length."""
+        prefixes = self._prefixes(args)
+        self._check_args(args, prefixes)
+        changes: dict[str, Any] = {}
+        defaults = type(sampling)()
+        for key, value in PRESETS.get(getattr(args, "preset", None) or "", {}).items():
+            if getattr(sampling, key) == getattr(defaults, key):  # a flag the user left at its default
+                changes[key] = value
+        shortest = min(map(len, prefixes))
+        lo, hi = getattr(args, "min_length", None), getattr(args, "max_length", None)
+        if hi is not None:  # room for the longest design and its EOS; the constraint ends it in time
+            changes["max_new_tokens"] = hi - shortest + 1
+        elif lo is not None:
+            changes["max_new_tokens"] = max(sampling.max_new_tokens, lo - shortest + 1)
+        return replace(sampling, **changes)
+
+    def prompts(self, tokenizer: ProteinTokenizers, args: argparse.Namespace, num_samples: int) -> list[list[int]]:
+        prefixes = self._prefixes(args)
+        return [[tokenizer.bos_id, *tokenizer.encode(prefixes[i % len(prefixes)])] for i in range(num_samples)]
+
+    def constraint(self, tokenizer: ProteinTokenizers, args: argparse.Namespace) -> Constraint:
+        """Only residue tokens (of the chosen alphabet), no EOS before --min-length, EOS at --max-length."""
+        lengths = torch.from_numpy(residue_lengths(tokenizer))
+        residue = lengths > 0
+        if getattr(args, "standard_only", False):
+            residue &= torch.from_numpy(standard_ids(tokenizer))
+        lo = max(1, getattr(args, "min_length", None) or 1)
+        hi = getattr(args, "max_length", None)
+        eos = tokenizer.eos_id
+        counted: dict[int, tuple[list[int], int, int]] = {}  # id(row) -> (row, tokens counted, residues)
+
+        def allowed(rows: list[list[int]]) -> torch.Tensor:
+            mask = torch.zeros(len(rows), len(lengths), dtype=torch.bool)
+            for i, row in enumerate(rows):
+                _, done, n = counted.get(id(row), (row, 1, 0))  # row[0] is BOS
+                n += int(lengths[row[done:]].sum()) if len(row) > done else 0
+                counted[id(row)] = (row, len(row), n)
+                if row[-1] == eos and len(row) > 1:  # finished row: anything valid keeps the sampler happy
+                    mask[i, eos] = True
+                    continue
+                room = None if hi is None else hi - n
+                mask[i] = residue if room is None else residue & (lengths <= room)
+                mask[i, eos] = n >= lo or not bool(mask[i].any())
+            return mask
+
+        return allowed
+
+    def write(
+        self, tokenizer: ProteinTokenizers, samples: list[Sample], out: Path | None, args: argparse.Namespace
+    ) -> list[Path]:
+        """FASTA (prefix + design; the header has its length, perplexity and end: eos, max_length when EOS
+        was forced there, or limit when max_new_tokens ran out) and beside it a CSV of properties; both are
+        computed in full before either file is replaced atomically."""
+        order = list(range(len(samples)))
+        rank = getattr(args, "rank", None)
+        if rank is not None:
+            order = sorted(order, key=lambda i: samples[i].perplexity)[: max(1, math.ceil(rank * len(samples)))]
+        width = len(str(len(samples)))
+        records, rows = [], []
+        for i in order:
+            s = samples[i]
+            seq = tokenizer.decode([*s.prompt, *s.tokens])
+            name = f"design_{i + 1:0{width}d}"
+            end = "limit" if not s.stopped else "max_length" if len(seq) == getattr(args, "max_length", None) else "eos"
+            desc = f"length={len(seq)} perplexity={s.perplexity:.3f} end={end}"
+            records.append(SeqRecord(Seq(seq), id=name, description=desc))
+            rows.append({"id": name, "length": len(seq), "perplexity": round(s.perplexity, 4), "end": end,
+                         "longest_run": longest_run(seq), "degenerate": int(degenerate(seq)), **properties(seq)})
+        fasta = io.StringIO()
+        SeqIO.write(records, fasta, "fasta")
+        if out is None:
+            sys.stdout.write(fasta.getvalue())
+            return []
+        out = Path(out)
+        if out.is_dir():
+            out = out / "designs.fasta"
+        if out.suffix == ".csv":
+            raise DataError(f"{out}: --out names the FASTA file; the property CSV is written beside it")
+        prompt = getattr(args, "prompt", None)
+        if prompt and Path(prompt).exists() and Path(prompt).resolve() == out.resolve():
+            raise DataError(f"{out}: refusing to overwrite the prompt file")
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=list(rows[0]) if rows else ["id"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        csv_path = out.with_name(out.name.removesuffix(".gz")).with_suffix(".csv")
+        _write(out, fasta.getvalue())
+        _write(csv_path, table.getvalue())
+        return [out, csv_path]
+
+    # ---- reporting -------------------------------------------------------------------------------
+    def evaluate(self, tokenizer: ProteinTokenizers, report: EvalInputs) -> dict[str, Any]:
+        """Unigram baseline fitted on training tokens and scored on the very tokens the model predicted."""
+        vocab = tokenizer.vocab_size
+        train = np.concatenate([np.asarray(t[1:], dtype=np.int64) for t in report.train])
+        val = np.concatenate([np.asarray(t[1:], dtype=np.int64) for t in report.val])
+        counts = np.bincount(train, minlength=vocab).astype(np.float64)
+        support = np.ones(vocab, dtype=bool)  # every id that can follow BOS: residues and EOS
+        support[[tokenizer.pad_id, tokenizer.bos_id]] = False
+        probs = np.where(support, counts + 1.0, 0.0)  # add-one: letters unseen in training stay finite
+        probs /= probs.sum()
+        unigram_nll = float(-np.log(probs[val]).mean())
+        out: dict[str, Any] = {
+            "baselines": {"unigram": math.exp(unigram_nll)},
+            "perplexity_vs_unigram": math.exp(report.loss - unigram_nll),
+            "unigram_counted_tokens": int(len(val)),
+        }
+        if tokenizer.kind == ProteinBPETokenizer.kind:  # per residue (EOS counts as one) to compare tokenizers
+            lengths = residue_lengths(tokenizer)
+            residues = float(np.maximum(lengths[val], 1).sum())
+            out["perplexity_per_residue"] = math.exp(report.total_nll / residues)
+        self.reference = _Reference(
+            composition=composition([tokenizer.decode(t) for t in report.train]),
+            proteins=[tokenizer.decode(report.train[i]) for i in _spread(len(report.train), NOVELTY_REFERENCES)],
+        )
+        return out
+
+    def metrics(self, tokenizer: ProteinTokenizers, sequences: list[list[int]]) -> dict[str, float]:
+        """Length, composition, repeats and (after `evaluate` set the training reference) KL and novelty.
+
+        The same keys for samples and held-out data, so each figure has its natural yardstick: e.g. the
+        samples' `composition_kl` to the training set beside the validation set's own.
+        """
+        proteins = [tokenizer.decode(s) for s in sequences]
+        lengths = np.array([len(p) for p in proteins], dtype=np.float64) if proteins else np.zeros(1)
+        comp = composition(proteins)
+        out = {
+            "num_sequences": float(len(proteins)),
+            "length_mean": float(lengths.mean()),
+            "length_std": float(lengths.std()),
+            "length_min": float(lengths.min()),
+            "length_median": float(np.median(lengths)),
+            "length_max": float(lengths.max()),
+            **{f"aa_{a}": float(f) for a, f in zip(STANDARD, comp)},
+            "aa_nonstandard": float(comp[-1]),
+            "standard_only_fraction": float(np.mean([not set(p) - set(STANDARD) for p in proteins] or [0])),
+            "degenerate_fraction": float(np.mean([degenerate(p) for p in proteins] or [0])),
+            "longest_run_mean": float(np.mean([longest_run(p) for p in proteins] or [0])),
+            "composition_kl": math.nan,
+            "train_identity_mean": math.nan,
+            "train_identity_max": math.nan,
+            "near_copy_fraction": math.nan,
+        }
+        if self.reference is not None:
+            out["composition_kl"] = kl_divergence(comp, self.reference.composition)
+            ident = novelty([proteins[i] for i in _spread(len(proteins), NOVELTY_QUERIES)], self.reference.proteins)
+            if len(ident):
+                out["train_identity_mean"] = float(ident.mean())
+                out["train_identity_max"] = float(ident.max())
+                out["near_copy_fraction"] = float((ident >= 0.9).mean())
+        return out
+
+
+# ---- helpers (module level: usable on their own) ----------------------------------------------------
+def _write(path: Path, text: str) -> None:
+    """Atomic write, gzip-compressed when the name ends in .gz."""
+    if path.name.endswith(".gz"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(gzip.compress(text.encode()))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    else:
+        atomic_write_text(path, text)
+
+
+def properties(seq: str) -> dict[str, Any]:
+    """Biopython ProteinAnalysis properties computed on the standard residues (others are left out and counted)."""
+    std = "".join(c for c in seq if c in STANDARD)
+    out: dict[str, Any] = {"nonstandard_residues": len(seq) - len(std)}
+    keys = ("molecular_weight", "isoelectric_point", "instability_index", "gravy",
+            "helix_fraction", "turn_fraction", "sheet_fraction")
+    if not std:
+        return {**out, **{k: "" for k in keys}}
+    pa = ProteinAnalysis(std)
+    helix, turn, sheet = pa.secondary_structure_fraction()
+    values = (pa.molecular_weight(), pa.isoelectric_point(), pa.instability_index() if len(std) > 1 else 0.0,
+              pa.gravy(), helix, turn, sheet)
+    return {**out, **{k: round(float(v), 4) for k, v in zip(keys, values)}}
+
+
+def composition(proteins: list[str]) -> np.ndarray:
+    """Residue fractions over the 20 standard letters plus one bucket for all others."""
+    counts = Counter()
+    for p in proteins:
+        counts.update(p)
+    vec = np.array([counts[a] for a in STANDARD] + [sum(counts.values()) - sum(counts[a] for a in STANDARD)], float)
+    return vec / max(vec.sum(), 1.0)
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = 1e-6) -> float:
+    """KL(p || q) in nats, both smoothed by eps so empty buckets stay finite."""
+    p, q = (p + eps) / (p + eps).sum(), (q + eps) / (q + eps).sum()
+    return float(np.sum(p * np.log(p / q)))
+
+
+def longest_run(seq: str) -> int:
+    return max((len(m.group(0)) for m in re.finditer(r"(.)\1*", seq)), default=0)
+
+
+def degenerate(seq: str, span: int = REPEAT_SPAN) -> bool:
+    """A unit of 1-10 residues repeated back to back over >= span residues (poly-Q, 'GPGPGP...', ...)."""
+    for unit in range(1, 11):
+        copies = max(2, math.ceil(span / unit))
+        if re.search(rf"(.{{{unit}}})\1{{{copies - 1},}}", seq):
+            return True
+    return False
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """At most k indices spread evenly over range(n): a deterministic subset."""
+    return sorted(set(np.linspace(0, n - 1, num=min(n, k), dtype=int).tolist())) if n else []
+
+
+def _aligner() -> Align.PairwiseAligner:
+    return Align.PairwiseAligner(mode="local", substitution_matrix=substitution_matrices.load("BLOSUM62"),
+                                 open_gap_score=-10.0, extend_gap_score=-0.5)
+
+
+def novelty(queries: list[str], references: list[str], k: int = 3) -> np.ndarray:
+    """Per query: identical aligned residues / query length against its best local match among the references.
+
+    Candidates are the TOP_CANDIDATES references sharing most k-mers with the query; the best is chosen by
+    BLOSUM62 local alignment score and only it is traced back. Sequences are cut to MAX_ALIGN residues;
+    U and O (absent from BLOSUM62) align as X.
+    """
+    clean = str.maketrans("UO", "XX")
+    refs = [r[:MAX_ALIGN].translate(clean) for r in references]
+    index: dict[str, list[int]] = {}
+    for j, r in enumerate(refs):
+        for kmer in {r[i : i + k] for i in range(len(r) - k + 1)}:
+            index.setdefault(kmer, []).append(j)
+    aligner = _aligner()
+    out = []
+    for q in queries:
+        q = q[:MAX_ALIGN].translate(clean)
+        if not q or not refs:
+            out.append(0.0)
+            continue
+        shared = Counter(j for kmer in {q[i : i + k] for i in range(len(q) - k + 1)} for j in index.get(kmer, ()))
+        candidates = [j for j, _ in shared.most_common(TOP_CANDIDATES)] or [0]
+        best = max(candidates, key=lambda j: aligner.score(q, refs[j]))
+        alignment = aligner.align(q, refs[best])[0]
+        out.append(alignment.counts().identities / len(q))
+    return np.array(out)
