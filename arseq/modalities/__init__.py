@@ -27,6 +27,7 @@ __all__ = [
 
 BUILTIN = {
     "text": "arseq.modalities.text:TextModality",
+    "music": "arseq.modalities.music:MusicModality",
 }
 ENTRY_POINT_GROUP = "arseq.modalities"
 
