@@ -250,6 +250,8 @@ def read_events(tok: ScoreTokenizer, path: Path) -> Events:
     """Parse one file into events; every problem becomes a one-line DataError naming the file."""
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; music reads {' '.join(SUFFIXES)}")
+    if path.suffix.lower() in (".mid", ".midi"):
+        _check_midi(path)
     from music21 import converter
 
     try:
@@ -262,6 +264,22 @@ def read_events(tok: ScoreTokenizer, path: Path) -> Events:
         raise DataError(f"{path}: {e}") from None
     except Exception as e:
         raise DataError(f"{path}: cannot read the score ({_one_line(e)})") from None
+
+
+def _check_midi(path: Path) -> None:
+    """Catch truncated MIDI files, which music21 reads silently as their first few notes."""
+    data = path.read_bytes()
+    if data[:4] != b"MThd" or len(data) < 14:
+        raise DataError(f"{path}: not a MIDI file (no MThd header)")
+    at = 8 + int.from_bytes(data[4:8], "big")
+    tracks = int.from_bytes(data[10:12], "big")
+    for i in range(tracks):
+        if at + 8 > len(data):
+            raise DataError(f"{path}: truncated MIDI (header promises {tracks} tracks, file ends in track {i + 1})")
+        size = int.from_bytes(data[at + 4 : at + 8], "big")
+        if at + 8 + size > len(data):
+            raise DataError(f"{path}: truncated MIDI (track {i + 1} declares {size} bytes, {len(data) - at - 8} present)")
+        at += 8 + size
 
 
 def _one_line(e: BaseException) -> str:
@@ -307,8 +325,8 @@ class GrammarConstraint:
                 bars0 = len(g.bars)
             self.state[id(row)] = (row, g, len(row), bars0)
             masks[i] = g.allowed()
-            if self.bars is not None and len(g.bars) - bars0 >= self.bars:
-                masks[i, self.tok.bar_id] = False
+            if self.bars is not None and len(g.bars) - bars0 >= self.bars and masks[i, self.tok.eos_id]:
+                masks[i, self.tok.bar_id] = False  # enough bars: end here (unless a note still rings on)
         return torch.from_numpy(masks)
 
 

@@ -98,6 +98,7 @@ class Grammar:
         self.vel: int | None = None  # pending Vel
         self.pitch: int | None = None  # pending Pitch
         self.part_end: dict[int, int] = {}
+        self.max_end = 0  # where the longest-ringing note so far ends
         self.part_vel: dict[int, int] = {}
 
     # ---- derived state -------------------------------------------------------------------------
@@ -164,7 +165,8 @@ class Grammar:
         if self._first_bar_open():
             return ok
         if self._body_ok():
-            ok[t.bar_id] = ok[t.eos_id] = True
+            ok[t.bar_id] = True
+            ok[t.eos_id] = self.max_end <= bar.start + bar.length  # no note may ring past the last bar line
             if self.block is None:
                 for p in range(t.max_parts):
                     ok[t.start[PART] + p] = p != self.part
@@ -288,6 +290,7 @@ class Grammar:
                 self.last = (onset, self.pitch, value)
                 self.cursor = onset + value
                 self.part_end[p] = self.bar.start + self.cursor
+                self.max_end = max(self.max_end, self.part_end[p])
                 self.block_has_note = True
                 self.pos = self.vel = self.pitch = None
 
