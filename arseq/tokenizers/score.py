@@ -310,7 +310,7 @@ class ScoreTokenizer:
     kind: ClassVar[str] = "score"
     pad_id, bos_id, eos_id = 0, 1, 2
 
-    def __init__(self, ppq: int = 24, max_parts: int = 16, max_bar_quarters: int = 8,
+    def __init__(self, ppq: int = 24, max_parts: int = 16, max_bar_quarters: int = 16,
                  max_dur_quarters: int = 16, velocity: bool = False, tempo: bool = True):
         if ppq < 1 or max_parts < 1 or max_bar_quarters < 1 or max_dur_quarters < 1:
             raise ValueError("ppq, max_parts, max_bar_quarters and max_dur_quarters must be >= 1")
@@ -629,22 +629,21 @@ class ScoreTokenizer:
 
 
 def _notes_with_offsets(part: Any):
-    """(absolute offset, note or chord) for a part, looking inside measures and voices without flattening."""
+    """(absolute offset, note or chord) for a part, looking inside measures and voices without flattening.
+
+    Reads `elements` and `elementOffset` directly: iterating streams sets active sites, which costs
+    more than the rest of encoding.
+    """
     from music21 import stream
 
-    for el in part:
-        if isinstance(el, stream.Measure):
-            for inner in el:
-                if isinstance(inner, stream.Voice):
-                    for n in inner.notes:
-                        yield Fraction(el.offset) + Fraction(inner.offset) + Fraction(n.offset), n
-                elif "NotRest" in inner.classSet:
-                    yield Fraction(el.offset) + Fraction(inner.offset), inner
-        elif isinstance(el, stream.Stream):
-            for n in el.flatten().notes:
-                yield Fraction(el.offset) + Fraction(n.offset), n
-        elif "NotRest" in el.classSet:
-            yield Fraction(el.offset), el
+    def walk(container: Any, base: Fraction):
+        for el in container.elements:
+            if isinstance(el, stream.Stream):
+                yield from walk(el, base + Fraction(container.elementOffset(el)))
+            elif "NotRest" in el.classSet:
+                yield base + Fraction(container.elementOffset(el)), el
+
+    yield from walk(part, Fraction(0))
 
 
 def _clip_to_last_bar(notes: list[Note], bars: list[Bar]) -> tuple[list[Note], int]:
@@ -695,7 +694,8 @@ def _make_note(note: Any, chord: Any, tie: Any, group: list, sharps: int, ql: Fr
         n = note.Note(pitch, quarterLength=ql)
         if sharps < 0 and n.pitch.accidental is not None and n.pitch.accidental.alter > 0:
             n.pitch = n.pitch.getEnharmonic()
-        n.volume.velocity = vel
+        if vel != 64:
+            n.volume.velocity = vel
         if tie_type:
             n.tie = tie.Tie(tie_type)
         return n
