@@ -123,11 +123,13 @@ class MusicModality(Modality):
             ev = tokenizer.decode_events(s.prompt + s.tokens)
             score = tokenizer.to_score(ev)
             stem = out / f"sample_{i:03d}"
-            for suffix, fmt in ((".mid", "midi"), (".musicxml", "musicxml")):
+            writers = {".mid": lambda tmp: score.write("midi", fp=str(tmp)),
+                       ".musicxml": lambda tmp: tokenizer.write_musicxml(score, tmp)}
+            for suffix, write in writers.items():
                 path = stem.with_suffix(suffix)
                 if prompt is not None and path.resolve() == prompt:
                     raise DataError(f"{path}: refusing to overwrite the prompt file; choose another --out")
-                _atomic(path, lambda tmp, fmt=fmt: score.write(fmt, fp=str(tmp)))
+                _atomic(path, write)
                 written.append(path)
             png = stem.with_suffix(".png")
             _atomic(png, lambda tmp: piano_roll(ev, tokenizer.ppq).save(tmp, format="PNG"))

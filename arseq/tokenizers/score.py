@@ -25,6 +25,7 @@ import bisect
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -334,6 +335,8 @@ class ScoreTokenizer:
             values += list(range(first, first + size))
         self.types, self.values = np.array(types, np.int16), np.array(values, np.int32)
         self.bar_id = self.start[BAR]
+        values = {Fraction(8, 2**i) * f * ppq for i in range(8) for f in (1, Fraction(3, 2), Fraction(2, 3))}
+        self._note_values = sorted((int(v) for v in values if v.denominator == 1), reverse=True)
 
     # ---- vocabulary ---------------------------------------------------------------------------
     @property
@@ -581,12 +584,15 @@ class ScoreTokenizer:
                 for box, voice in zip(containers, voices or [[]]):
                     end = 0
                     for pos, dur, group in voice:
-                        if pos > end:
-                            box.coreInsert(Fraction(end, self.ppq), note.Rest(quarterLength=Fraction(pos - end, self.ppq)))
-                        box.coreInsert(Fraction(pos, self.ppq), _make_note(note, chord, tie, group, bar.key, Fraction(dur, self.ppq)))
+                        self._rests(note, box, end, pos)
+                        pieces = self._notatable(dur)
+                        at = pos
+                        for i, piece in enumerate(pieces):
+                            ties = [(p, _tie_piece(t, i, len(pieces)), v) for p, t, v in group]
+                            box.coreInsert(Fraction(at, self.ppq), _make_note(note, chord, tie, ties, bar.key, Fraction(piece, self.ppq)))
+                            at += piece
                         end = pos + dur
-                    if end < bar.length:
-                        box.coreInsert(Fraction(end, self.ppq), note.Rest(quarterLength=Fraction(bar.length - end, self.ppq)))
+                    self._rests(note, box, end, bar.length)
                     box.coreElementsChanged()
                 if len(voices) > 1:
                     for v in containers:
@@ -595,6 +601,29 @@ class ScoreTokenizer:
                 prev = bar
             score.insert(0, part)
         return score
+
+    @staticmethod
+    def write_musicxml(score: Any, path: str | Path) -> None:
+        """Write a `to_score` score as is: music21's own notation pass would re-bar long bars."""
+        score.write("musicxml", fp=str(path), makeNotation=False)
+
+    def _notatable(self, steps: int) -> list[int]:
+        """Split a duration into values that each print as one (possibly dotted or triplet) note.
+
+        music21 cannot always write "complex" durations (say 6 2/3 quarters) to MusicXML faithfully;
+        tied single values always can, and reading merges the ties back.
+        """
+        out = []
+        while steps > 0:
+            piece = next((v for v in self._note_values if v <= steps), steps)
+            out.append(piece)
+            steps -= piece
+        return out
+
+    def _rests(self, note: Any, box: Any, start: int, end: int) -> None:
+        for piece in self._notatable(end - start):
+            box.coreInsert(Fraction(start, self.ppq), note.Rest(quarterLength=Fraction(piece, self.ppq)))
+            start += piece
 
     # ---- state --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -687,6 +716,13 @@ def _assign_voices(pieces: list[tuple[int, int, int, str | None, int]]) -> list[
         else:
             voices.append([(pos, dur, group)])
     return voices
+
+
+def _tie_piece(tie_type: str | None, i: int, n: int) -> str | None:
+    """Tie of piece i of n that a note (itself tied `tie_type`) is written as."""
+    before = i > 0 or tie_type in ("stop", "continue")
+    after = i < n - 1 or tie_type in ("start", "continue")
+    return "continue" if before and after else "start" if after else "stop" if before else None
 
 
 def _make_note(note: Any, chord: Any, tie: Any, group: list, sharps: int, ql: Fraction) -> Any:
