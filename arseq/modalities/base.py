@@ -97,6 +97,10 @@ class Modality:
         """A decoding constraint that keeps samples well-formed, or None."""
         return None
 
+    def streamer(self, tokenizer: Tokenizer, args: argparse.Namespace) -> Callable[[int, int], None] | None:
+        """A callback fed (row, token) as tokens are sampled, e.g. to print text as it comes; None = off."""
+        return None
+
     # ---- training --------------------------------------------------------------------------------
     def augment(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Augment one training window (e.g. transpose music). Must keep the shape."""

@@ -1,4 +1,6 @@
-"""Log-likelihood of whole sequences, however long: the shared measure behind `evaluate` and sample ranking."""
+"""Log-likelihood of whole sequences, however long: the shared measure behind validation, `evaluate`
+and sample ranking. Every token after a sequence's first is predicted exactly once; a sequence longer
+than the context is cut into chunks of context + 1 tokens overlapping by one (context restarts)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,6 +10,32 @@ import torch
 import torch.nn.functional as F
 
 from arseq.models.transformer import Transformer
+
+Chunk = tuple[int, int, np.ndarray]  # (sequence index, first target offset within the chunk, tokens)
+
+
+def chunk_sequences(seqs: Sequence[Sequence[int]], context: int, start: Sequence[int] | None = None) -> list[Chunk]:
+    """Cut sequences into scoring chunks; tokens before `start[i]` (e.g. a prompt) are context only."""
+    chunks: list[Chunk] = []
+    for i, s in enumerate(seqs):
+        s = np.asarray(s, dtype=np.int64)
+        first = max(1, start[i] if start is not None else 1)
+        for c0 in range(0, max(len(s) - 1, 0), context):
+            piece = s[c0 : c0 + context + 1]
+            if c0 + len(piece) - 1 >= first:
+                chunks.append((i, max(first - c0, 1), piece))
+    return chunks
+
+
+def collate_chunks(batch: Sequence[Chunk], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded inputs (B, W-1), targets with -100 where not scored, and sequence indices (B,)."""
+    width = max(len(c[2]) for c in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(batch), width - 1), -100, dtype=torch.long)
+    for r, (_, first, piece) in enumerate(batch):
+        ids[r, : len(piece)] = torch.from_numpy(piece)
+        targets[r, first - 1 : len(piece) - 1] = torch.from_numpy(piece[first:])
+    return ids[:, :-1], targets, torch.tensor([c[0] for c in batch])
 
 
 @torch.inference_mode()
@@ -20,21 +48,8 @@ def sequence_nll(
     pad_id: int = 0,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per sequence: summed NLL (nats) of its tokens from index max(start, 1) on, and how many that is.
-
-    Every token after the first is predicted exactly once. A sequence longer than the context is cut
-    into chunks of context + 1 tokens overlapping by one, so context restarts every `max_seq_len` tokens.
-    """
-    ctx = model.cfg.max_seq_len
-    chunks: list[tuple[int, int, np.ndarray]] = []  # (sequence index, first counted offset, tokens)
-    for i, s in enumerate(seqs):
-        s = np.asarray(s, dtype=np.int64)
-        first = max(1, start[i] if start is not None else 1)
-        for c0 in range(0, max(len(s) - 1, 0), ctx):
-            piece = s[c0 : c0 + ctx + 1]
-            if c0 + len(piece) - 1 >= first:
-                chunks.append((i, max(first - c0, 1), piece))
-    chunks.sort(key=lambda c: len(c[2]))
+    """Per sequence: summed NLL (nats) of its scored tokens, and how many were scored."""
+    chunks = sorted(chunk_sequences(seqs, model.cfg.max_seq_len, start), key=lambda c: len(c[2]))
     nll = np.zeros(len(seqs), dtype=np.float64)
     count = np.zeros(len(seqs), dtype=np.int64)
     device = model.embed.weight.device
@@ -47,20 +62,11 @@ def sequence_nll(
         batches = tqdm(batches, desc="scoring", unit="batch", leave=False)
     try:
         for b0 in batches:
-            batch = chunks[b0 : b0 + batch_size]
-            width = max(len(c[2]) for c in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            targets = torch.full((len(batch), width - 1), -100, dtype=torch.long)
-            for r, (_, first, piece) in enumerate(batch):
-                ids[r, : len(piece)] = torch.from_numpy(piece)
-                targets[r, first - 1 : len(piece) - 1] = torch.from_numpy(piece[first:])
-            ids, targets = ids.to(device), targets.to(device)
-            logits = model(ids[:, :-1]).float()
-            loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
-            row_nll, row_n = loss.sum(dim=1).cpu().numpy(), (targets != -100).sum(dim=1).cpu().numpy()
-            for r, (i, _, _) in enumerate(batch):
-                nll[i] += row_nll[r]
-                count[i] += row_n[r]
+            ids, targets, index = collate_chunks(chunks[b0 : b0 + batch_size], pad_id)
+            logits = model(ids.to(device)).float()
+            loss = F.cross_entropy(logits.transpose(1, 2), targets.to(device), ignore_index=-100, reduction="none")
+            np.add.at(nll, index.numpy(), loss.sum(dim=1).double().cpu().numpy())
+            np.add.at(count, index.numpy(), (targets != -100).sum(dim=1).numpy())
     finally:
         model.train(was_training)
     return nll, count

@@ -1,0 +1,5 @@
+import sys
+
+from arseq.cli import main
+
+sys.exit(main())

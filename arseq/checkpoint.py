@@ -1,0 +1,114 @@
+"""Load a model, its tokenizer and its modality from a Lightning checkpoint or an export directory,
+and write exports (config.json + model.safetensors + tokenizer.json).
+
+Checkpoints are read with `torch.load(weights_only=True)`: no code from a file is ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from arseq.modalities import DataError, Modality, resolve
+from arseq.models.transformer import Transformer, TransformerConfig
+from arseq.tokenizers.base import Tokenizer, atomic_write_text, read_tokenizer_state
+
+EXPORT_FORMAT = 1
+
+
+@dataclass
+class Loaded:
+    model: Transformer
+    tokenizer: Tokenizer
+    modality: Modality
+    meta: dict[str, Any]  # modality name/options, data config, model config
+
+
+def build_modality(meta: dict[str, Any], where: str) -> Modality:
+    try:
+        spec = meta["modality"]
+        return resolve(spec["name"])(**spec.get("options", {}))
+    except (KeyError, TypeError) as e:
+        raise DataError(f"{where}: modality settings are unusable ({e})") from None
+
+
+def _assemble(model_cfg: dict[str, Any], state: dict[str, torch.Tensor] | Path, meta: dict[str, Any], tok_state: dict[str, Any], where: str) -> Loaded:
+    try:
+        cfg = TransformerConfig(**model_cfg)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{where}: bad model config ({e})") from None
+    modality = build_modality(meta, where)
+    tokenizer = modality.load_tokenizer(tok_state)
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise DataError(f"{where}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {cfg.vocab_size}")
+    model = Transformer(cfg)
+    try:
+        if isinstance(state, Path):
+            load_model(model, str(state), strict=True)
+        else:
+            model.load_state_dict(state, strict=True)
+    except (RuntimeError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise DataError(f"{where}: weights do not fit the model config ({first})") from None
+    return Loaded(model.eval(), tokenizer, modality, meta)
+
+
+def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # pickle/zip errors: whatever it is, it is not ours
+        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or "arseq" not in ckpt or "state_dict" not in ckpt:
+        raise DataError(f"{path}: not an arseq checkpoint (no arseq metadata)")
+    return ckpt
+
+
+def load(path: str | os.PathLike) -> Loaded:
+    """A `.ckpt` file from `arseq train`, or a directory from `arseq export`."""
+    path = Path(path)
+    if path.is_dir():
+        config_file = path / "config.json"
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise DataError(f"{path}: not an arseq export (no readable config.json)") from None
+        if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT or "model" not in config:
+            raise DataError(f"{config_file}: not an arseq export config")
+        tok_state = read_tokenizer_state(path / "tokenizer.json")
+        return _assemble(config["model"], path / "model.safetensors", config, tok_state, str(path))
+    ckpt = load_checkpoint_file(path)
+    meta = ckpt["arseq"]
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return _assemble(meta["model"], state, meta, meta["tokenizer"], str(path))
+
+
+def export(loaded: Loaded, out: str | os.PathLike) -> Path:
+    """Write a self-contained export directory; refuses to touch a non-empty existing one."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out}: already exists and is not an empty folder; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        os.chmod(tmp, 0o755)
+        config = {k: v for k, v in loaded.meta.items() if k != "tokenizer"}
+        config.update(format=EXPORT_FORMAT, model=loaded.model.cfg.__dict__)
+        atomic_write_text(tmp / "config.json", json.dumps(config, indent=2))
+        atomic_write_text(tmp / "tokenizer.json", json.dumps(loaded.tokenizer.to_dict(), ensure_ascii=False))
+        save_model(loaded.model, str(tmp / "model.safetensors"))
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

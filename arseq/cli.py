@@ -1,0 +1,240 @@
+"""`arseq VERB ...`: parse arguments, call `arseq.workflows`, turn user errors into one line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from arseq.modalities import DataError
+
+VERBS = {
+    "train": "train a model from a YAML config",
+    "prepare": "tokenize and cache a dataset; print its statistics as JSON",
+    "generate": "sample from a checkpoint or export and write files",
+    "evaluate": "held-out loss, perplexity and modality metrics as JSON",
+    "export": "write config.json + model.safetensors + tokenizer.json",
+    "modalities": "list the registered modalities",
+}
+EPILOG = "Run 'arseq VERB --help' for the options of a verb."
+
+
+# ---- train / prepare: jsonargparse, YAML configs mirroring the code's signatures -----------------
+def _modality_name(argv: Sequence[str]) -> str | None:
+    """The modality a config selects, found before the full parser (whose options depend on it) exists."""
+    name = None
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if i + 1 < len(argv) else None
+        if arg.startswith("--config="):
+            arg, value = "--config", arg.split("=", 1)[1]
+        if arg == "--config" and value:
+            try:
+                cfg = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as e:
+                raise DataError(f"{value}: cannot read config ({str(e).splitlines()[0]})") from None
+            section = cfg.get("modality") if isinstance(cfg, dict) else None
+            if isinstance(section, dict) and "name" in section:
+                name = section["name"]
+            elif isinstance(section, str):
+                name = section
+        elif arg.startswith("--modality.name"):
+            name = arg.split("=", 1)[1] if "=" in arg else value
+    return name
+
+
+def config_parser(verb: str, modality_cls: type | None):
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from arseq.data.prepare import DataConfig
+    from arseq.models.optim import OptimConfig
+    from arseq.models.transformer import TransformerConfig
+
+    parser = ArgumentParser(
+        prog=f"arseq {verb}",
+        description=VERBS[verb] + ". Every key of the YAML config can be overridden as --section.key VALUE.",
+        exit_on_error=False,
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file(s); later ones and flags override")
+    parser.add_argument("--seed", type=int, default=1337, help="seed for weights, sampling of windows and dropout")
+    parser.add_argument("--modality.name", type=str, required=True, help="registered modality name or package.module:Class")
+    if modality_cls is not None:
+        parser.add_class_arguments(modality_cls, "modality", help="options of the modality")
+    parser.add_class_arguments(DataConfig, "data")
+    if verb == "train":
+        import lightning as L
+
+        parser.add_class_arguments(TransformerConfig, "model", skip={"vocab_size", "max_seq_len"}, help="transformer size")
+        parser.add_class_arguments(OptimConfig, "optim")
+        parser.add_class_arguments(L.Trainer, "trainer", fail_untyped=False, help="any lightning.Trainer argument")
+        parser.set_defaults({"trainer.default_root_dir": "runs"})
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint (e.g. last.ckpt)")
+    else:  # the training sections of a train config are accepted unchecked (and Lightning stays unimported)
+        for section in ("model", "optim", "trainer"):
+            parser.add_argument(f"--{section}", type=dict | None, default=None, help=f"ignored by {verb}")
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help=f"ignored by {verb}")
+        parser.add_argument("--check-roundtrip", "--check_roundtrip", dest="check_roundtrip", action="store_true",
+                            help="also report the fraction of items that decode(encode(x)) reproduces exactly")
+    return parser
+
+
+def _instantiate(value: Any) -> Any:
+    """Objects from `class_path`/`init_args` specs (trainer.callbacks, trainer.logger, trainer.plugins)."""
+    if isinstance(value, list):
+        return [_instantiate(v) for v in value]
+    if isinstance(value, dict) and "class_path" in value:
+        import importlib
+
+        module, _, name = value["class_path"].rpartition(".")
+        return getattr(importlib.import_module(module), name)(**value.get("init_args", {}))
+    return value
+
+
+def run_config_verb(verb: str, argv: list[str]) -> int:
+    from arseq.modalities import resolve
+
+    name = _modality_name(argv)
+    if name is None and not {"-h", "--help", "--print_config"} & set(argv):
+        raise DataError("no modality: set modality.name in the config (or --modality.name)")
+    modality_cls = resolve(name) if name else None
+    parser = config_parser(verb, modality_cls)
+    try:
+        cfg = parser.parse_args(argv)
+    except Exception as e:  # jsonargparse's ArgumentError: make it one line
+        raise DataError(" ".join(str(e).split())) from None
+    options = {k: v for k, v in cfg.modality.as_dict().items() if k != "name"}
+    from arseq import workflows
+    from arseq.data.prepare import DataConfig
+
+    modality = modality_cls(**options)
+    data = DataConfig(**cfg.data.as_dict())
+    if verb == "prepare":
+        print(json.dumps(workflows.run_prepare(modality, options, data, cfg.check_roundtrip), indent=1))
+        return 0
+    trainer_args = {k: _instantiate(v) for k, v in cfg.trainer.as_dict().items() if v is not None}
+    workflows.run_train(modality, options, data, cfg.model.as_dict(), cfg.optim.as_dict(), trainer_args, cfg.seed, cfg.ckpt_path)
+    return 0
+
+
+# ---- generate / evaluate / export: flags, with modality-specific ones added once the checkpoint is known
+def _base_sampling_parser(verb: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"arseq {verb}", description=VERBS[verb] + ".", add_help=False,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-h", "--help", action="store_true", help="show this help (with --checkpoint: the modality's options too)")
+    p.add_argument("--checkpoint", required=False, help="a .ckpt from 'arseq train' or a folder from 'arseq export'")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--prompt", default=None, help="what to continue: text for text models, a file for music/images")
+    g.add_argument("--num-samples", type=int, default=1 if verb == "generate" else 0, help="how many samples")
+    g.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate per sample at most")
+    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
+    g.add_argument("--top-p", type=float, default=None, help="sample among the likeliest tokens holding this probability mass")
+    g.add_argument("--min-p", type=float, default=None, help="drop tokens less likely than min-p times the likeliest")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already present")
+    g.add_argument("--seed", type=int, default=None, help="same seed, same samples")
+    p.add_argument("--batch-size", type=int, default=16, help="samples (or evaluation chunks) per forward pass")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    if verb == "generate":
+        p.add_argument("--out", type=Path, default=None, help="output file or folder (default: print)")
+    else:
+        p.set_defaults(out=None)
+        p.add_argument("--data.paths", dest="data_paths", nargs="+", default=None,
+                       help="evaluate on these files instead of the validation split the model was trained with")
+    return p
+
+
+def run_sampling_verb(verb: str, argv: list[str]) -> int:
+    import torch
+
+    from arseq import checkpoint, workflows
+
+    parser = _base_sampling_parser(verb)
+    known, _ = parser.parse_known_args(argv)
+    if known.checkpoint is None:
+        if known.help:
+            parser.print_help()
+            print("\nWith --checkpoint, --help also lists the options of the checkpoint's modality.")
+            return 0
+        raise DataError(f"arseq {verb}: --checkpoint is required")
+    loaded = checkpoint.load(known.checkpoint)
+    group = parser.add_argument_group(f"{loaded.modality.name} options")
+    loaded.modality.add_generate_arguments(group)
+    if known.help:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    if args.num_samples < 0 or args.batch_size < 1:
+        raise DataError("--num-samples must be >= 0 and --batch-size >= 1")
+    device = torch.device(args.device or workflows.default_device())
+    loaded.model.to(device)
+    if verb == "evaluate":
+        result = workflows.run_evaluate(loaded, args, args.data_paths, args.batch_size)
+        print(json.dumps(result, indent=1, default=float))
+        return 0
+    samples = workflows.sample(loaded, args, args.num_samples, args.batch_size)
+    for path in loaded.modality.write(loaded.tokenizer, samples, args.out, args):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def run_export(argv: list[str]) -> int:
+    from arseq import checkpoint
+
+    p = argparse.ArgumentParser(prog="arseq export", description=VERBS["export"] + ": a self-contained model folder "
+                                "that 'arseq generate' and 'arseq evaluate' accept like a checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="a .ckpt from 'arseq train'")
+    p.add_argument("--out", required=True, type=Path, help="a new (or empty) folder")
+    args = p.parse_args(argv)
+    out = checkpoint.export(checkpoint.load(args.checkpoint), args.out)
+    print(f"exported to {out}")
+    return 0
+
+
+def run_modalities(argv: list[str]) -> int:
+    from arseq.modalities import loadable
+
+    argparse.ArgumentParser(prog="arseq modalities", description=VERBS["modalities"] + ": name, package, version, class.").parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        entries = loadable()
+    for entry, _ in entries:
+        print(f"{entry.name}\t{entry.package} {entry.version}\t{entry.target}")
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
+        width = max(map(len, VERBS))
+        lines = "\n".join(f"  {v:<{width}}  {h}" for v, h in VERBS.items())
+        print(f"usage: arseq VERB [options]\n\nTrain and sample autoregressive transformers on text, music, images "
+              f"and proteins.\n\nverbs:\n{lines}\n\n{EPILOG}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\narseq: error: unknown verb {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    verb, rest = argv[0], argv[1:]
+    try:
+        if verb in ("train", "prepare"):
+            return run_config_verb(verb, rest)
+        if verb in ("generate", "evaluate"):
+            return run_sampling_verb(verb, rest)
+        return run_export(rest) if verb == "export" else run_modalities(rest)
+    except (DataError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        if os.environ.get("ARSEQ_DEBUG"):
+            raise
+        print(f"arseq {verb}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"arseq {verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Batches for training (random windows over a memory-mapped stream) and validation (fixed chunks)."""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from arseq.data.prepare import TokenSplit
+from arseq.models.scoring import Chunk, chunk_sequences, collate_chunks
+from arseq.modalities.base import DataError
+
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+class RandomWindows(IterableDataset):
+    """Endless batches of `block_size + 1`-token windows drawn uniformly from the training stream.
+
+    The stream stays on disk (memmap), so memory does not grow with the corpus. Each DDP rank and
+    loader worker draws from its own seeded generator.
+    """
+
+    def __init__(self, token_file: Path, block_size: int, batch_size: int, seed: int, augment: Augment | None = None):
+        self.token_file, self.block_size, self.batch_size = Path(token_file), block_size, batch_size
+        self.seed, self.augment = seed, augment
+        n = len(np.load(self.token_file, mmap_mode="r"))
+        if n < block_size + 1:
+            raise DataError(f"training data has {n} tokens, fewer than data.block_size + 1 = {block_size + 1}")
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        tokens = np.load(self.token_file, mmap_mode="r")
+        worker = get_worker_info()
+        rng = np.random.default_rng([self.seed, _rank(), worker.id if worker else 0])
+        span = np.arange(self.block_size + 1)
+        while True:
+            starts = rng.integers(0, len(tokens) - self.block_size, size=self.batch_size)
+            windows = tokens[starts[:, None] + span].astype(np.int64)
+            if self.augment is not None:
+                windows = np.stack([self.augment(w, rng) for w in windows])
+            windows = torch.from_numpy(windows)
+            yield windows[:, :-1], windows[:, 1:]
+
+
+class EvalChunks(Dataset):
+    """Validation items cut into scoring chunks: every token after an item's first is predicted once."""
+
+    def __init__(self, split: TokenSplit, block_size: int):
+        self.chunks: list[Chunk] = chunk_sequences(split.items(), block_size)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> Chunk:
+        return self.chunks[i]
+
+
+def train_loader(split_file: Path, block_size: int, batch_size: int, seed: int, augment: Augment | None, num_workers: int) -> DataLoader:
+    dataset = RandomWindows(split_file, block_size, batch_size, seed, augment)
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+def val_loader(split: TokenSplit, block_size: int, batch_size: int, pad_id: int) -> DataLoader | None:
+    if len(split) == 0:
+        return None
+    return DataLoader(EvalChunks(split, block_size), batch_size=batch_size, shuffle=False, collate_fn=partial(collate_chunks, pad_id=pad_id))

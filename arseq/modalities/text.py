@@ -1,0 +1,142 @@
+"""Plain text: character-level (nanoGPT) or byte-level BPE tokens; one item per file.
+
+Files must be UTF-8. By default a file that is not is skipped with the byte offset of the first bad
+byte; `errors: replace` decodes it anyway, replacing invalid bytes with U+FFFD.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+import numpy as np
+
+from arseq.modalities.base import DataError, EvalInputs, Example, Modality, Sample, Skipped
+from arseq.tokenizers.base import Tokenizer, atomic_write_text
+from arseq.tokenizers.bpe import BPETokenizer
+from arseq.tokenizers.char import CharTokenizer
+
+
+class TextModality(Modality):
+    name = "text"
+    tokenizer_kinds = {"char": CharTokenizer, "bpe": BPETokenizer}
+    suffixes = (".txt", ".md", ".text")
+
+    def __init__(self, tokenizer: Literal["char", "bpe"] = "char", vocab_size: int = 2048, errors: Literal["strict", "replace"] = "strict"):
+        """
+        Args:
+            tokenizer: `char` (one token per character) or `bpe` (byte-level BPE, lossless on any text).
+            vocab_size: BPE vocabulary size, special tokens included.
+            errors: what to do with bytes that are not UTF-8: `strict` skips the file, `replace` keeps it.
+        """
+        self.tokenizer_kind, self.vocab_size, self.errors = tokenizer, vocab_size, errors
+
+    def _texts(self, files: list[Path]) -> Iterator[tuple[Path, str | Skipped]]:
+        for f in files:
+            try:
+                raw = f.read_bytes()
+            except OSError as e:
+                yield f, Skipped(str(f), f"cannot read: {e.strerror}")
+                continue
+            try:
+                text = raw.decode("utf-8", errors=self.errors)
+            except UnicodeDecodeError as e:
+                yield f, Skipped(str(f), f"not UTF-8 (bad byte at offset {e.start}); set modality.errors: replace to keep it")
+                continue
+            yield f, (text if text else Skipped(str(f), "empty file"))
+
+    def build_tokenizer(self, files: list[Path], source: str | None) -> Tokenizer:
+        if source is not None:
+            raise DataError(f"text modality has no built-in source {source!r}; use data.paths")
+        texts = (t for _, t in self._texts(files) if isinstance(t, str))
+        if self.tokenizer_kind == "char":
+            return CharTokenizer.fit(texts)
+        return BPETokenizer.fit(texts, vocab_size=self.vocab_size)
+
+    def read(self, files: list[Path], source: str | None, tokenizer: Tokenizer, check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
+        for f, text in self._texts(files):
+            if isinstance(text, Skipped):
+                yield text
+                continue
+            try:
+                ids = tokenizer.encode_array(text) if isinstance(tokenizer, CharTokenizer) else np.asarray(tokenizer.encode(text))
+            except ValueError as e:
+                yield Skipped(str(f), str(e))
+                continue
+            exact = tokenizer.decode(ids) == text if check_roundtrip else None
+            tokens = np.concatenate([[tokenizer.bos_id], ids, [tokenizer.eos_id]])
+            yield Example(tokens, str(f), exact, {"chars": len(text)})
+
+    def summarize(self, tokenizer: Tokenizer, examples: list[Example]) -> dict[str, Any]:
+        chars = sum(e.info.get("chars", 0) for e in examples)
+        return {"chars": int(chars), "chars_per_token": chars / max(1, sum(len(e.tokens) - 2 for e in examples))}
+
+    # ---- generation ------------------------------------------------------------------------------
+    def prompts(self, tokenizer: Tokenizer, args: argparse.Namespace, num_samples: int) -> list[list[int]]:
+        try:
+            ids = tokenizer.encode(args.prompt or "")
+        except ValueError as e:
+            raise DataError(f"--prompt: {e}") from None
+        return [[tokenizer.bos_id, *ids] for _ in range(num_samples)]
+
+    def streamer(self, tokenizer: Tokenizer, args: argparse.Namespace) -> Callable[[int, int], None] | None:
+        if args.out is not None or args.num_samples != 1:
+            return None
+        printed, ids = [""], []
+        if args.prompt:
+            sys.stdout.write(args.prompt)
+
+        def emit(row: int, token: int) -> None:
+            if token == tokenizer.eos_id:
+                return
+            ids.append(token)
+            text = tokenizer.decode(ids)  # decode the whole tail: BPE merges can change earlier bytes
+            if not text.endswith("\ufffd"):
+                sys.stdout.write(text[len(printed[0]):])
+                sys.stdout.flush()
+                printed[0] = text
+
+        return emit
+
+    def write(self, tokenizer: Tokenizer, samples: list[Sample], out: Path | None, args: argparse.Namespace) -> list[Path]:
+        texts = [(args.prompt or "") + tokenizer.decode(s.tokens) for s in samples]
+        if out is None:
+            if len(samples) == 1:
+                print()  # the sample was streamed already
+            else:
+                for i, t in enumerate(texts):
+                    print(f"----- sample {i} -----\n{t}")
+            return []
+        if out.suffix == ".txt":
+            atomic_write_text(out, "\n\n".join(texts) + "\n")
+            return [out]
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, t in enumerate(texts):
+            path = out / f"sample_{i:03d}.txt"
+            atomic_write_text(path, t)
+            paths.append(path)
+        return paths
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]]) -> dict[str, float]:
+        texts = [tokenizer.decode(s) for s in sequences]
+        words = [w for t in texts for w in t.split()]
+        bigrams = list(zip(words, words[1:]))
+        return {
+            "chars_per_sequence": float(np.mean([len(t) for t in texts])) if texts else 0.0,
+            "mean_word_length": float(np.mean([len(w) for w in words])) if words else 0.0,
+            "distinct_bigrams": len(set(bigrams)) / len(bigrams) if bigrams else 0.0,
+        }
+
+    def evaluate(self, tokenizer: Tokenizer, report: EvalInputs) -> dict[str, Any]:
+        counts = np.bincount(np.concatenate(report.train).astype(np.int64), minlength=tokenizer.vocab_size) + 1
+        targets = np.concatenate([np.asarray(item[1:], dtype=np.int64) for item in report.val])
+        unigram = float(-np.log(counts / counts.sum())[targets].mean())  # add-one smoothed, same targets
+        chars = sum(len(tokenizer.decode(item)) for item in report.val)
+        return {
+            "bits_per_char": report.total_nll / math.log(2) / max(1, chars),
+            "baselines": {"unigram": {"loss": unigram, "perplexity": math.exp(unigram)}},
+        }

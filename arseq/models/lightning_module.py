@@ -1,0 +1,78 @@
+"""The one LightningModule every modality trains through: next-token cross-entropy on a Transformer."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from arseq.models.optim import OptimConfig, lr_factor, make_optimizer
+from arseq.models.transformer import Transformer, TransformerConfig
+
+LN2 = math.log(2)
+
+
+class ARModule(L.LightningModule):
+    """Hyperparameters are plain dicts so checkpoints load with `torch.load(weights_only=True)`.
+
+    `meta` (tokenizer state, modality and data options) is opaque here: it is stored in every
+    checkpoint under "arseq" so that a checkpoint alone is enough to generate.
+    """
+
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], meta: dict[str, Any] | None = None):
+        super().__init__()
+        self.save_hyperparameters({"model": model, "optim": optim})
+        self.model = Transformer(TransformerConfig(**model))
+        self.optim = OptimConfig(**optim)
+        self.meta = meta or {}
+        self._tick: float | None = None
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self._loss(x, y)
+        self.log("train/loss", loss, prog_bar=True)
+        now = time.perf_counter()
+        if self._tick is not None and self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+            tokens = x.numel() * self.trainer.world_size
+            self.log_dict({"train/tokens_per_s": tokens / (now - self._tick), "train/bits_per_token": loss.detach() / LN2})
+        self._tick = now
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed NLL, token count
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y, _ = batch
+        logits = self.model(x)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100, reduction="sum")
+        self._val += torch.stack([nll.double(), (y != -100).sum().double()])
+
+    def on_validation_epoch_end(self) -> None:
+        total = self.trainer.strategy.reduce(self._val, reduce_op="sum")
+        loss = (total[0] / total[1].clamp(min=1)).float()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log_dict({"val/perplexity": loss.exp(), "val/bits_per_token": loss / LN2})
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = make_optimizer(self.model, self.optim)
+        decay_steps = self.optim.decay_steps or self.trainer.max_steps
+        if decay_steps is None or decay_steps <= 0:
+            raise ValueError("set trainer.max_steps (or optim.decay_steps) for the learning-rate schedule")
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, self.optim, decay_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["arseq"] = self.meta
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.meta = checkpoint.get("arseq", self.meta)

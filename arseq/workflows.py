@@ -1,0 +1,190 @@
+"""What each CLI verb does, as plain functions usable from Python: the glue between modalities,
+the data cache, the model and Lightning. The CLI only parses arguments and calls these."""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from arseq.checkpoint import Loaded, build_modality, load_checkpoint_file
+from arseq.data.loader import train_loader, val_loader
+from arseq.data.prepare import DataConfig, Prepared, prepare
+from arseq.modalities import DataError, EvalInputs, Modality, Sample
+from arseq.models.sampling import SamplingConfig, generate
+from arseq.models.scoring import sequence_nll
+from arseq.models.transformer import TransformerConfig
+
+
+def make_modality(name: str, options: dict[str, Any]) -> Modality:
+    from arseq.modalities import resolve
+
+    return resolve(name)(**options)
+
+
+def run_prepare(modality: Modality, options: dict[str, Any], data: DataConfig, check_roundtrip: bool = False) -> dict[str, Any]:
+    """Tokenize and cache; return the JSON report of `arseq prepare`."""
+    prepared = prepare(modality, options, data, check_roundtrip=check_roundtrip)
+    return {**prepared.stats, "seconds": round(prepared.seconds, 4), "cached": prepared.cached, "cache_dir": str(prepared.directory)}
+
+
+def run_train(
+    modality: Modality,
+    options: dict[str, Any],
+    data: DataConfig,
+    model: dict[str, Any],
+    optim: dict[str, Any],
+    trainer_args: dict[str, Any],
+    seed: int = 1337,
+    ckpt_path: str | None = None,
+) -> Path:
+    """Train a model; return the run directory (checkpoints under `checkpoints/`)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from arseq.models.lightning_module import ARModule
+
+    L.seed_everything(seed, verbose=False)
+    tokenizer = None
+    if ckpt_path:  # resume with the checkpoint's tokenizer, never a refitted one
+        tokenizer = modality.load_tokenizer(load_checkpoint_file(Path(ckpt_path))["arseq"]["tokenizer"])
+    prepared = prepare(modality, options, data, tokenizer=tokenizer)
+    tok = prepared.tokenizer
+    model_cfg = TransformerConfig(vocab_size=tok.vocab_size, max_seq_len=data.block_size, **model)
+    meta = {
+        "modality": {"name": modality.name, "options": options},
+        "tokenizer": tok.to_dict(),
+        "data": asdict(data),
+        "model": asdict(model_cfg),
+    }
+    module = ARModule(asdict(model_cfg), optim, meta)
+    augment = None if type(modality).augment is Modality.augment else modality.augment
+    train = train_loader(prepared.directory / "train.npy", data.block_size, data.batch_size, seed, augment, data.num_workers)
+    val = val_loader(prepared.val, data.block_size, data.batch_size, tok.pad_id)
+
+    root = trainer_args.pop("default_root_dir", None) or "runs"
+    loggers: list[Any] = [CSVLogger(root, name=modality.name)]
+    if find_spec("tensorboard") or find_spec("tensorboardX"):
+        loggers.append(TensorBoardLogger(root, name=modality.name, version=loggers[0].version, default_hp_metric=False))
+    checkpoint = ModelCheckpoint(
+        monitor="val/loss" if val is not None else None,
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        filename="best-step{step}-loss{val/loss:.4f}" if val is not None else "step{step}",
+        auto_insert_metric_name=False,
+    )
+    callbacks = [checkpoint, LearningRateMonitor(logging_interval="step")] + list(trainer_args.pop("callbacks", None) or [])
+    trainer_args.setdefault("logger", loggers)
+    if trainer_args.get("max_steps") in (None, -1):
+        raise DataError("set trainer.max_steps: training runs for a number of steps, not epochs")
+    trainer = L.Trainer(default_root_dir=root, callbacks=callbacks, **trainer_args)
+    if trainer.is_global_zero:
+        print(f"model: {module.model.num_params() / 1e6:.2f}M parameters, vocab {tok.vocab_size}, context {data.block_size}; "
+              f"data: {prepared.train.num_tokens:,} train / {prepared.val.num_tokens:,} val tokens")
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
+    run_dir = Path(trainer.log_dir or root)
+    if trainer.is_global_zero:
+        best = checkpoint.best_model_path or "-"
+        print(f"run directory: {run_dir}\n  last checkpoint: {checkpoint.last_model_path}\n  best checkpoint: {best}")
+    return run_dir
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sample(
+    loaded: Loaded, args: argparse.Namespace, num_samples: int, batch_size: int, stream: bool = True
+) -> list[Sample]:
+    """Generate `num_samples` samples with the modality's prompts, constraint and streamer."""
+    tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
+    cfg = SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop_tokens=(tok.eos_id,),
+    )
+    cfg = modality.configure_sampling(args, cfg)
+    prompts = modality.prompts(tok, args, num_samples)
+    context = model.cfg.max_seq_len
+    for p in prompts:
+        if len(p) > context:
+            raise DataError(f"the prompt is {len(p)} tokens long, more than the model's context of {context}")
+    streamer = modality.streamer(tok, args) if stream else None
+    out: list[Sample] = []
+    batches = range(0, len(prompts), batch_size)
+    if streamer is None and len(prompts) > 1:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="generating", unit="batch", leave=False)
+    for b0 in batches:
+        batch = prompts[b0 : b0 + batch_size]
+        if cfg.seed is not None:  # batches differ, yet the whole run stays reproducible
+            cfg.seed = args.seed + b0
+        constraint = modality.constraint(tok, args)
+
+        def on_token(step: int, tokens: torch.Tensor, finished: torch.Tensor) -> None:
+            for row, t in enumerate(tokens.tolist()):
+                if not finished[row] or t == tok.eos_id:
+                    streamer(row, t)
+
+        gen = generate(model, batch, cfg, pad_id=tok.pad_id, constraint=constraint, on_token=on_token if streamer else None)
+        scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, gen.tokens, gen.stopped)]
+        nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id)
+        for p, t, s, n, c in zip(batch, gen.tokens, gen.stopped, nll, count):
+            out.append(Sample(list(p), t, s, float(n / c) if c else float("nan")))
+    return out
+
+
+def run_evaluate(loaded: Loaded, args: argparse.Namespace, data_paths: list[str] | None, batch_size: int) -> dict[str, Any]:
+    """Loss on held-out data, the modality's extra figures, and (with --num-samples) sample metrics."""
+    tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
+    options = loaded.meta["modality"].get("options", {})
+    trained_on = DataConfig(**loaded.meta["data"])
+    try:
+        train_data: Prepared | None = prepare(modality, options, trained_on, tokenizer=tok)
+    except DataError:
+        train_data = None  # the training data is not here any more
+    if data_paths:
+        evaluated = prepare(modality, options, DataConfig(paths=data_paths, val_fraction=0, block_size=trained_on.block_size), tokenizer=tok).train
+        where = ", ".join(data_paths)
+    elif train_data is not None:
+        evaluated, where = train_data.val, "validation split"
+    else:
+        raise DataError("the training data of this checkpoint is not available; pass --data.paths")
+    items = evaluated.items()
+    if not items:
+        raise DataError(f"no held-out items to evaluate ({where}); pass --data.paths")
+    t0 = time.perf_counter()
+    nll, count = sequence_nll(model, items, batch_size=batch_size, pad_id=tok.pad_id, progress=True)
+    loss = float(nll.sum() / max(1, count.sum()))
+    result: dict[str, Any] = {
+        "data": where,
+        "items": len(items),
+        "predicted_tokens": int(count.sum()),
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_token": loss / math.log(2),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    train_items = train_data.train.items() if train_data is not None else items
+    report = EvalInputs(loss, float(nll.sum()), int(count.sum()), nll, count, train_items, items)
+    result.update(modality.evaluate(tok, report))
+    if args.num_samples > 0:
+        samples = sample(loaded, args, args.num_samples, batch_size, stream=False)
+        result["sample_metrics"] = modality.metrics(tok, [s.prompt + s.tokens for s in samples])
+        result["data_metrics"] = modality.metrics(tok, [np.asarray(i).tolist() for i in items[: max(args.num_samples, 100)]])
+        result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))
+    return result
