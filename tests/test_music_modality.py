@@ -108,7 +108,8 @@ def test_augment_transposes_within_range_and_keeps_shape(chorales):
 def test_prompt_bars_and_bad_prompts(tmp_path, chorales):
     tok = MUSIC().tokenizer
     ids = prompt_tokens(tok, Path(chorales[0][1]), 2)
-    assert ids[0] == tok.bos_id and tok.eos_id not in ids and ids.count(tok.bar_id) == 2
+    assert ids[0] == tok.bos_id and tok.eos_id not in ids and ids.count(tok.bar_id) == 3 and ids[-1] == tok.bar_id
+    assert tok.decode_events(ids).repairs == 0
     with pytest.raises(DataError, match="not found"):
         prompt_tokens(tok, tmp_path / "missing.mid", None)
     (tmp_path / "bad.musicxml").write_text("<score-partwise><part>")
@@ -139,7 +140,7 @@ def test_constrained_sampling_stops_after_the_requested_bars(chorales):
     for row in rows:
         assert row[-1] == tok.eos_id
         events = tok.decode_events(row)
-        assert events.repairs == 0 and len(events.bars) <= 2 + 3 + 1
+        assert events.repairs == 0 and len(events.bars) <= 3 + 3 + 1
         assert tok.encode_events(events) == row
 
 

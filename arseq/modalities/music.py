@@ -290,7 +290,8 @@ def _one_line(e: BaseException) -> str:
 
 
 def prompt_tokens(tok: ScoreTokenizer, path: Path, bars: int | None) -> list[int]:
-    """A prompt file's tokens (BOS ... no EOS), cut before its bar number `bars` + 1 when given."""
+    """A prompt file's tokens (BOS ... no EOS); with `bars`, its first `bars` bars and the next bar line,
+    so the model continues in a new bar and the prompt's bars stay as they are."""
     if not path.is_file():
         raise DataError(f"{path}: prompt file not found")
     ids = tok.encode_events(read_events(tok, path))[:-1]
@@ -298,8 +299,8 @@ def prompt_tokens(tok: ScoreTokenizer, path: Path, bars: int | None) -> list[int
         if bars < 1:
             raise DataError(f"--prompt-bars must be >= 1, got {bars}")
         bar_at = [i for i, t in enumerate(ids) if t == tok.bar_id]
-        if len(bar_at) > bars:
-            ids = ids[: bar_at[bars]]
+        ids = ids[: bar_at[bars]] if len(bar_at) > bars else ids
+        ids.append(tok.bar_id)
     return ids
 
 
