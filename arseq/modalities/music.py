@@ -33,7 +33,7 @@ from arseq.modalities import (
     Sample,
     Skipped,
 )
-from arseq.tokenizers.score import PITCH, Events, Grammar, ScoreTokenizer
+from arseq.tokenizers.score import PITCH, VOICE_NAMES, Events, Grammar, ScoreTokenizer
 
 SUFFIXES = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".krn", ".abc")
 # Usual ranges (MIDI) of the four chorale voices, soprano to bass, for the out-of-range metric.
@@ -360,19 +360,24 @@ def piano_roll(ev: Events, ppq: int, px_per_quarter: int = 24, row: int = 5) -> 
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
     y = lambda p: top + (hi - p) * row  # noqa: E731
-    names = "C C# D D# E F F# G G# A A# B".split()
     for p in range(lo, hi + 1):
         if p % 12 in (1, 3, 6, 8, 10):
             d.rectangle([left, y(p), width - 8, y(p) + row - 1], fill=(243, 243, 243))
         if p % 12 == 0:
             d.line([left, y(p) + row - 1, width - 8, y(p) + row - 1], fill=(200, 200, 200))
-            d.text((2, y(p) - 4), f"{names[0]}{p // 12 - 1}", fill="black")
+            d.text((2, y(p) - 4), f"C{p // 12 - 1}", fill="black")
     for i, bar in enumerate(ev.bars):
         x = left + int(bar.start * scale)
         d.line([x, top, x, height - 8], fill=(150, 150, 150))
         if i % 4 == 0:
             d.text((x + 2, 2), str(i + 1), fill=(90, 90, 90))
     d.line([left + int(end * scale), top, left + int(end * scale), height - 8], fill=(150, 150, 150))
+    names = list(VOICE_NAMES) if ev.num_parts == 4 else [f"Part {i + 1}" for i in range(ev.num_parts)]
+    x = width - 8
+    for part in reversed(range(ev.num_parts)):  # legend, right-aligned above the roll
+        x -= 14 + 6 * len(names[part])
+        d.rectangle([x, 5, x + 6, 11], fill=PART_COLOURS[part % len(PART_COLOURS)])
+        d.text((x + 8, 2), names[part], fill="black")
     for n in ev.notes:
         x0, x1 = left + int(n.onset * scale), left + max(int(n.onset * scale) + 1, int((n.onset + n.dur) * scale) - 1)
         d.rectangle([x0, y(n.pitch), x1, y(n.pitch) + row - 1], fill=PART_COLOURS[n.part % len(PART_COLOURS)])
