@@ -374,7 +374,7 @@ def piano_roll(ev: Events, ppq: int, px_per_quarter: int = 24, row: int = 5) -> 
     d.line([left + int(end * scale), top, left + int(end * scale), height - 8], fill=(150, 150, 150))
     names = list(VOICE_NAMES) if ev.num_parts == 4 else [f"Part {i + 1}" for i in range(ev.num_parts)]
     x = width - 8
-    for part in reversed(range(ev.num_parts)):  # legend, right-aligned above the roll
+    for part in sorted({n.part for n in ev.notes}, reverse=True):  # legend, right-aligned above the roll
         x -= 14 + 6 * len(names[part])
         d.rectangle([x, 5, x + 6, 11], fill=PART_COLOURS[part % len(PART_COLOURS)])
         d.text((x + 8, 2), names[part], fill="black")
