@@ -72,9 +72,24 @@ def load_checkpoint_file(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+def find_checkpoint(path: Path) -> Path:
+    """Let users name a run folder: `runs/music` (newest version) or `runs/music/version_3` -> its best .ckpt."""
+    if not path.is_dir() or (path / "config.json").exists():
+        return path
+    versions = sorted(path.glob("version_*"), key=lambda p: p.stat().st_mtime)
+    run = versions[-1] if versions and not (path / "checkpoints").is_dir() else path
+    ckpts = run / "checkpoints"
+    best = sorted(ckpts.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if best:
+        return best[-1]
+    if (ckpts / "last.ckpt").exists():
+        return ckpts / "last.ckpt"
+    raise DataError(f"{path}: no checkpoint, export or run folder with checkpoints here")
+
+
 def load(path: str | os.PathLike) -> Loaded:
-    """A `.ckpt` file from `arseq train`, or a directory from `arseq export`."""
-    path = Path(path)
+    """A `.ckpt` file from `arseq train`, a run folder holding them, or a directory from `arseq export`."""
+    path = find_checkpoint(Path(path))
     if path.is_dir():
         config_file = path / "config.json"
         try:

@@ -125,7 +125,7 @@ def _base_sampling_parser(verb: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"arseq {verb}", description=VERBS[verb] + ".", add_help=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-h", "--help", action="store_true", help="show this help (with --checkpoint: the modality's options too)")
-    p.add_argument("--checkpoint", required=False, help="a .ckpt from 'arseq train' or a folder from 'arseq export'")
+    p.add_argument("--checkpoint", required=False, help="a .ckpt, a run folder of 'arseq train' (its best checkpoint), or a folder from 'arseq export'")
     g = p.add_argument_group("sampling")
     g.add_argument("--prompt", default=None, help="what to continue: text for text models, a file for music/images")
     g.add_argument("--num-samples", type=int, default=1 if verb == "generate" else 0, help="how many samples")

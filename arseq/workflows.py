@@ -22,12 +22,6 @@ from arseq.models.scoring import sequence_nll
 from arseq.models.transformer import TransformerConfig
 
 
-def make_modality(name: str, options: dict[str, Any]) -> Modality:
-    from arseq.modalities import resolve
-
-    return resolve(name)(**options)
-
-
 def run_prepare(modality: Modality, options: dict[str, Any], data: DataConfig, check_roundtrip: bool = False) -> dict[str, Any]:
     """Tokenize and cache; return the JSON report of `arseq prepare`."""
     prepared = prepare(modality, options, data, check_roundtrip=check_roundtrip)
@@ -128,7 +122,7 @@ def sample(
     if streamer is None and len(prompts) > 1:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc="generating", unit="batch", leave=False)
+        batches = tqdm(batches, desc="generating", unit="batch", leave=False, disable=None)
     for b0 in batches:
         batch = prompts[b0 : b0 + batch_size]
         if cfg.seed is not None:  # batches differ, yet the whole run stays reproducible

@@ -123,7 +123,7 @@ def _collect(modality: Modality, files: list[Path], source: str | None, tokenize
     examples: list[Example] = []
     skipped: list[Skipped] = []
     stream = modality.read(files, source, tokenizer, check_roundtrip=check)
-    for record in tqdm(stream, desc=desc, unit=" items", disable=not progress, leave=False):
+    for record in tqdm(stream, desc=desc, unit=" items", disable=None if progress else True, leave=False):
         if isinstance(record, Skipped):
             skipped.append(record)
         elif len(record.tokens) > 0:
@@ -196,6 +196,9 @@ def prepare(
     if tokenizer is None:
         tokenizer = modality.build_tokenizer(files, data.source)
     examples, skipped = _collect(modality, files, data.source, tokenizer, check_roundtrip, "tokenizing", progress)
+    if not examples:
+        reasons = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3])
+        raise DataError(f"no usable training items{' (' + reasons + ')' if reasons else ''}")
     if val_files:
         val_examples, val_skipped = _collect(modality, val_files, None, tokenizer, check_roundtrip, "tokenizing val", progress)
         train_seqs = [np.asarray(e.tokens, dtype=np.int64) for e in examples]
@@ -206,9 +209,6 @@ def prepare(
     else:
         train_seqs, val_seqs, split = _split(examples, data)
         everything = examples
-    if not train_seqs:
-        reasons = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3])
-        raise DataError(f"no usable training items{' (' + reasons + ')' if reasons else ''}")
     seconds = time.perf_counter() - t0
     stats: dict[str, Any] = {
         "num_items": len(everything),

