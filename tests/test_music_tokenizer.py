@@ -10,7 +10,7 @@ pytest.importorskip("music21")
 
 from music21 import chord, converter, key, meter, note, stream, tie  # noqa: E402
 
-from arseq.tokenizers.score import KEY, PITCH, Grammar, ScoreTokenizer  # noqa: E402
+from arseq.tokenizers.score import KEY, PITCH, TS, Grammar, ScoreTokenizer  # noqa: E402
 
 TOK = ScoreTokenizer()
 Q = TOK.ppq
@@ -168,6 +168,10 @@ def random_walk(rng: np.random.Generator, steps: int) -> list[int]:
 
 
 def test_grammar_walks_are_well_formed_and_canonical(tmp_path):
+    g = Grammar(TOK)
+    for t in (TOK.bos_id, TOK.bar_id, TOK.start[TS] + 40, TOK.start[KEY] + 7):
+        assert not g.allowed()[TOK.eos_id]  # no empty pieces: encode never makes one
+        assert g.feed(t)
     rng = np.random.default_rng(1)
     for i in range(6):
         ids = random_walk(rng, 250)

@@ -139,7 +139,7 @@ class Grammar:
             return ok
         bar = self.bar
         if bar is None:
-            ok[t.bar_id] = ok[t.eos_id] = True
+            ok[t.bar_id] = True
             return ok
         if self.stage <= 3:
             first = len(self.bars) == 1
@@ -167,7 +167,8 @@ class Grammar:
             return ok
         if self._body_ok():
             ok[t.bar_id] = True
-            ok[t.eos_id] = self.max_end <= bar.start + bar.length  # no note may ring past the last bar line
+            # a piece has notes (encode refuses empty scores), and none may ring past the last bar line
+            ok[t.eos_id] = bool(self.notes) and self.max_end <= bar.start + bar.length
             if self.block is None:
                 for p in range(t.max_parts):
                     ok[t.start[PART] + p] = p != self.part
