@@ -27,6 +27,7 @@ __all__ = [
 
 BUILTIN = {
     "text": "arseq.modalities.text:TextModality",
+    "music": "arseq.modalities.music:MusicModality",
     "image": "arseq.modalities.image:ImageModality",
     "protein": "arseq.modalities.protein:ProteinModality",
 }

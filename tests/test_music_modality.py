@@ -1,0 +1,194 @@
+"""Music modality: reading (bad files skipped with reasons), augmentation, prompts, constraint, writing, metrics."""
+from __future__ import annotations
+
+import argparse
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("music21")
+
+from music21 import converter, stream  # noqa: E402
+
+from arseq.modalities import DataError, EvalInputs, Example, Sample, Skipped, resolve  # noqa: E402
+from arseq.modalities.music import GrammarConstraint, bach_chorales, prompt_tokens  # noqa: E402
+from arseq.tokenizers.score import PITCH  # noqa: E402
+
+MUSIC = resolve("music")
+
+
+def smf(notes: list[tuple[int, int, int]], channel: int = 0, us_per_quarter: int = 500_000) -> bytes:
+    """A type-0 standard MIDI file: (start tick, length in ticks, pitch) at 480 ticks per quarter."""
+    events = [(0, bytes([0xFF, 0x51, 3]) + us_per_quarter.to_bytes(3, "big"))]
+    for start, length, pitch in notes:
+        events += [(start, bytes([0x90 | channel, pitch, 80])), (start + length, bytes([0x80 | channel, pitch, 0]))]
+    track, now = b"", 0
+    for tick, data in sorted(events, key=lambda e: e[0]):
+        delta, now = tick - now, tick
+        vlq = [delta & 0x7F]
+        while delta := delta >> 7:
+            vlq.append((delta & 0x7F) | 0x80)
+        track += bytes(reversed(vlq)) + data
+    track += b"\x00\xff\x2f\x00"
+    return b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480) + b"MTrk" + struct.pack(">I", len(track)) + track
+
+
+@pytest.fixture(scope="module")
+def chorales() -> list[tuple[str, str]]:
+    return bach_chorales()
+
+
+def test_bach_chorales_are_the_350_distinct_scores(chorales):
+    assert len(chorales) == 350 and len({n for n, _ in chorales}) == 350
+    assert all(Path(p).is_file() and Path(p).suffix in (".mxl", ".xml", ".krn") for _, p in chorales)
+    assert dict(chorales)["bach/bwv281"].endswith("bwv281.mxl")
+
+
+def test_bad_files_are_skipped_with_reasons(tmp_path, chorales):
+    scale = smf([(i * 480, 480, 60 + i) for i in range(8)])
+    files = {
+        "good.mid": scale,
+        "truncated.mid": scale[:40],
+        "garbage.mid": b"this is not a MIDI file at all" * 3,
+        "empty.mid": smf([]),
+        "drums.mid": smf([(i * 240, 240, 36 + i % 4) for i in range(16)], channel=9),
+        "fast.mid": smf([(i * 480, 480, 60) for i in range(4)], us_per_quarter=10_000),
+        "notes.txt": b"C D E",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    crowd = stream.Score([converter.parse("tinyNotation: 4/4 c4 d e f") for _ in range(20)])
+    crowd.write("musicxml", fp=str(tmp_path / "crowd.musicxml"))
+    paths = sorted(tmp_path.iterdir()) + [Path(chorales[0][1])]
+    m = MUSIC(workers=2)
+    tok = m.build_tokenizer(paths, None)
+    out = list(m.read(paths, None, tok, check_roundtrip=True))
+    skipped = {Path(s.file).name: s.reason for s in out if isinstance(s, Skipped)}
+    examples = [e for e in out if isinstance(e, Example)]
+    assert [Path(e.name).name for e in examples] == ["good.mid", Path(chorales[0][1]).name]
+    assert all(e.exact for e in examples)
+    expected = {
+        "truncated.mid": "truncated MIDI", "garbage.mid": "not a MIDI file", "empty.mid": "empty score",
+        "drums.mid": "percussion only", "fast.mid": "absurd tempo", "notes.txt": "unsupported file type",
+        "crowd.musicxml": "20 parts",
+    }
+    assert set(skipped) == set(expected)
+    for name, reason in expected.items():
+        assert reason in skipped[name] and "\n" not in skipped[name], (name, skipped[name])
+
+
+def test_unknown_source_is_a_one_line_error():
+    m = MUSIC()
+    with pytest.raises(DataError, match="bach_chorales"):
+        list(m.read([], "mozart", m.tokenizer))
+
+
+def test_augment_transposes_within_range_and_keeps_shape(chorales):
+    m = MUSIC(transpose=[-5, 6])
+    tok = m.tokenizer
+    ids = np.array(tok.encode(converter.parse(chorales[1][1])), dtype=np.int64)[:256]
+    pitches = lambda x: tok.values[x[tok.types[x] == PITCH]]  # noqa: E731
+    rng = np.random.default_rng(0)
+    shifts = set()
+    for _ in range(40):
+        out = m.augment(ids.copy(), rng)
+        assert out.shape == ids.shape and out.dtype == ids.dtype
+        d = pitches(out) - pitches(ids)
+        assert len(set(d)) == 1
+        shifts.add(int(d[0]))
+    assert shifts <= set(range(-5, 7)) and len(shifts) > 5
+    high = ids.copy()
+    high[tok.types[high] == PITCH] = tok.start[PITCH] + 125  # only +2 fits
+    assert pitches(MUSIC(transpose=[3, 6]).augment(high, rng)).max() == 125  # no legal shift: unchanged
+    assert pitches(m.augment(high, rng)).max() <= 127
+
+
+def test_prompt_bars_and_bad_prompts(tmp_path, chorales):
+    tok = MUSIC().tokenizer
+    ids = prompt_tokens(tok, Path(chorales[0][1]), 2)
+    assert ids[0] == tok.bos_id and tok.eos_id not in ids and ids.count(tok.bar_id) == 3 and ids[-1] == tok.bar_id
+    assert tok.decode_events(ids).repairs == 0
+    with pytest.raises(DataError, match="not found"):
+        prompt_tokens(tok, tmp_path / "missing.mid", None)
+    (tmp_path / "bad.musicxml").write_text("<score-partwise><part>")
+    with pytest.raises(DataError, match="bad.musicxml") as e:
+        prompt_tokens(tok, tmp_path / "bad.musicxml", None)
+    assert "\n" not in str(e.value)
+
+
+def test_constrained_sampling_stops_after_the_requested_bars(chorales):
+    m = MUSIC()
+    tok = m.tokenizer
+    args = argparse.Namespace(prompt=chorales[0][1], prompt_bars=2, bars=3)
+    rows = m.prompts(tok, args, 3)
+    constraint = m.constraint(tok, args)
+    assert isinstance(constraint, GrammarConstraint)
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        mask = constraint(rows).numpy()
+        assert mask.shape == (3, tok.vocab_size) and mask.any(axis=1).all()
+        for row, allowed in zip(rows, mask):
+            if row[-1] != tok.eos_id:
+                choices = np.flatnonzero(allowed)
+                # favour notes and bar lines, as a trained model would, so rows finish in a few bars
+                weights = np.where(np.isin(choices, [tok.bar_id, tok.eos_id]), 40.0, 1.0)
+                row.append(int(rng.choice(choices, p=weights / weights.sum())))
+        if all(r[-1] == tok.eos_id for r in rows):
+            break
+    for row in rows:
+        assert row[-1] == tok.eos_id
+        events = tok.decode_events(row)
+        assert events.repairs == 0 and len(events.bars) <= 3 + 3 + 1
+        assert tok.encode_events(events) == row
+
+
+def test_write_makes_midi_musicxml_and_png_that_parse_back(tmp_path, chorales):
+    m = MUSIC()
+    tok = m.tokenizer
+    ids = tok.encode(converter.parse(chorales[2][1]))
+    samples = [Sample(ids[:1], ids[1:-1], True, 1.0), Sample([tok.bos_id], [5, 900, 3, 3], False, 2.0)]
+    paths = m.write(tok, samples, tmp_path / "out", argparse.Namespace(prompt=None))
+    assert sorted(p.name for p in paths) == sorted(
+        f"sample_{i:03d}{s}" for i in range(2) for s in (".mid", ".musicxml", ".png"))
+    want = sorted((n.part, n.onset, n.pitch, n.dur) for n in tok.decode_events(ids).notes)
+    for p in paths[:2]:
+        back = tok.extract(converter.parse(p))
+        assert sorted((n.part, n.onset, n.pitch, n.dur) for n in back.notes) == want, p.name
+        assert back.num_parts == 4
+    from PIL import Image
+
+    with Image.open(paths[2]) as img:
+        assert img.size[0] > 200 and img.size[1] > 100
+        assert len(set(img.convert("RGB").getdata())) > 4  # several part colours, not a blank page
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
+
+
+def test_write_without_out_prints_events(capsys):
+    m = MUSIC()
+    tok = m.tokenizer
+    assert m.write(tok, [Sample([tok.bos_id], [tok.bar_id], False, 0.5)], None, argparse.Namespace()) == []
+    assert "Bar" in capsys.readouterr().out
+
+
+def test_metrics_summarize_and_evaluate(chorales):
+    m = MUSIC()
+    tok = m.tokenizer
+    seqs = [tok.encode(converter.parse(p)) for _, p in chorales[:3]]
+    data = m.metrics(tok, seqs)
+    for k in ("pitch_class_entropy", "in_key_rate", "notes_per_bar", "pitch_range_part3", "outside_voice_range"):
+        assert k in data
+    assert 0.85 < data["in_key_rate"] <= 1 and 2 < data["pitch_class_entropy"] < np.log2(12)
+    assert data["outside_voice_range"] < 0.05
+    assert set(m.metrics(tok, [[tok.bos_id, 999, 17]])) <= set(data) | {"pieces_with_notes"}
+    examples = [Example(np.array(s), f"c{i}", True, {"notes": float(np.sum(tok.types[s] == PITCH))}) for i, s in enumerate(seqs)]
+    summary = m.summarize(tok, examples)
+    assert 1.5 < summary["tokens_per_note"] < 3 and summary["roundtrip_inexact"] == []
+    val = [np.array(s) for s in seqs[:1]]
+    n_pred = len(seqs[0]) - 1
+    report = EvalInputs(1.0, float(n_pred), n_pred, np.array([n_pred]), np.array([n_pred]), [np.array(s) for s in seqs[1:]], val)
+    ev = m.evaluate(tok, report)
+    notes = int(np.sum(tok.types[seqs[0]] == PITCH))
+    assert ev["nll_per_note"] == pytest.approx(n_pred / notes)
+    assert ev["baselines"]["unigram_nats_per_token"] > 1.0
