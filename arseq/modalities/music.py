@@ -57,6 +57,14 @@ class MusicModality(Modality):
         self.tokenizer = ScoreTokenizer(**self.options)  # built from options alone, so `augment` has it
 
     # ---- data ---------------------------------------------------------------------------------
+    def demo_config(self, tmp_dir: Path) -> dict[str, Any]:
+        """Five chorales copied from music21's corpus, transposition kept small."""
+        import shutil
+
+        for name, path in bach_chorales()[:5]:
+            shutil.copy(path, tmp_dir / Path(path).name)
+        return {"data": {"paths": str(tmp_dir)}, "modality": {"transpose": [-1, 1], "workers": 1}}
+
     def build_tokenizer(self, files: list[Path], source: str | None) -> ScoreTokenizer:
         return self.tokenizer
 
@@ -385,12 +393,10 @@ def piano_roll(ev: Events, ppq: int, px_per_quarter: int = 24, row: int = 5) -> 
 
 
 # ---- metrics -----------------------------------------------------------------------------------
-def score_metrics(pieces: list[Events]) -> dict[str, float]:
-    """Descriptive statistics of decoded pieces; the same keys for data and samples."""
+def score_metrics(pieces: list[Events]) -> dict[str, float | None]:
+    """Descriptive statistics of decoded pieces; always the same keys (None where nothing to measure)."""
     pieces = [p for p in pieces if p.notes]
-    if not pieces:
-        return {"pieces_with_notes": 0.0}
-    entropy, in_key, ranges = [], [], {}
+    entropy, in_key, ranges = [], [], {part: [] for part in range(4)}
     notes = bars = outside = voiced = 0
     for ev in pieces:
         pcs = np.bincount([n.pitch % 12 for n in ev.notes], minlength=12)
@@ -403,22 +409,23 @@ def score_metrics(pieces: list[Events]) -> dict[str, float]:
         for part in range(min(4, ev.num_parts)):
             ps = [n.pitch for n in ev.notes if n.part == part]
             if ps:
-                ranges.setdefault(part, []).append(max(ps) - min(ps))
+                ranges[part].append(max(ps) - min(ps))
         if ev.num_parts == 4:
             for n in ev.notes:
                 lo, hi = VOICE_RANGES[n.part]
                 outside += not lo <= n.pitch <= hi
                 voiced += 1
+    mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
     out = {
-        "pitch_class_entropy": float(np.mean(entropy)),
-        "in_key_rate": float(np.mean(in_key)),
-        "notes_per_bar": notes / bars,
-        "notes_per_piece": notes / len(pieces),
-        "repairs_per_piece": float(np.mean([p.repairs for p in pieces])),
+        "pieces_with_notes": len(pieces),
+        "pitch_class_entropy": mean(entropy),
+        "in_key_rate": mean(in_key),
+        "notes_per_bar": notes / bars if bars else None,
+        "notes_per_piece": notes / len(pieces) if pieces else None,
+        "repairs_per_piece": mean([p.repairs for p in pieces]),
     }
-    out.update({f"pitch_range_part{p}": float(np.mean(r)) for p, r in sorted(ranges.items())})
-    if voiced:
-        out["outside_voice_range"] = outside / voiced
+    out.update({f"pitch_range_part{p}": mean(r) for p, r in ranges.items()})
+    out["outside_voice_range"] = outside / voiced if voiced else None
     return out
 
 
