@@ -144,7 +144,16 @@ def _base_sampling_parser(verb: str) -> argparse.ArgumentParser:
         p.set_defaults(out=None)
         p.add_argument("--data.paths", dest="data_paths", nargs="+", default=None,
                        help="evaluate on these files instead of the validation split the model was trained with")
+        p.add_argument("--stride", type=int, default=None,
+                       help="items longer than the context are scored in windows advancing by this many tokens, "
+                            "each token once (default: half the context; the context itself is cheapest)")
     return p
+
+
+def _given(parser: argparse.ArgumentParser, argv: list[str]) -> frozenset[str]:
+    """Destinations of the options typed on the command line, so presets never override them."""
+    typed = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    return frozenset(a.dest for a in parser._actions if any(o.startswith(t) for o in a.option_strings for t in typed))
 
 
 def run_sampling_verb(verb: str, argv: list[str]) -> int:
@@ -167,8 +176,12 @@ def run_sampling_verb(verb: str, argv: list[str]) -> int:
         parser.print_help()
         return 0
     args = parser.parse_args(argv)
+    args.explicit = _given(parser, argv)
     if args.num_samples < 0 or args.batch_size < 1:
         raise DataError("--num-samples must be >= 0 and --batch-size >= 1")
+    context = loaded.model.cfg.max_seq_len
+    if verb == "evaluate" and args.stride is not None and not 0 < args.stride <= context:
+        raise DataError(f"--stride must be between 1 and the model's context ({context}), got {args.stride}")
     device = torch.device(args.device or workflows.default_device())
     loaded.model.to(device)
     if verb == "evaluate":

@@ -100,11 +100,8 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def sample(
-    loaded: Loaded, args: argparse.Namespace, num_samples: int, batch_size: int, stream: bool = True
-) -> list[Sample]:
-    """Generate `num_samples` samples with the modality's prompts, constraint and streamer."""
-    tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
+def sampling_config(loaded: Loaded, args: argparse.Namespace) -> SamplingConfig:
+    """The flags as a SamplingConfig, after the modality's defaults and presets."""
     cfg = SamplingConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -113,9 +110,17 @@ def sample(
         min_p=args.min_p,
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
-        stop_tokens=(tok.eos_id,),
+        stop_tokens=(loaded.tokenizer.eos_id,),
     )
-    cfg = modality.configure_sampling(args, cfg)
+    return loaded.modality.configure_sampling(args, cfg)
+
+
+def sample(
+    loaded: Loaded, args: argparse.Namespace, num_samples: int, batch_size: int, stream: bool = True
+) -> list[Sample]:
+    """Generate `num_samples` samples with the modality's prompts, constraint and streamer."""
+    tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
+    cfg = sampling_config(loaded, args)
     prompts = modality.prompts(tok, args, num_samples)
     context = model.cfg.max_seq_len
     for p in prompts:
@@ -167,12 +172,16 @@ def run_evaluate(loaded: Loaded, args: argparse.Namespace, data_paths: list[str]
     if not items:
         raise DataError(f"no held-out items to evaluate ({where}); pass --data.paths")
     t0 = time.perf_counter()
-    nll, count = sequence_nll(model, items, batch_size=batch_size, pad_id=tok.pad_id, progress=True)
+    context = model.cfg.max_seq_len
+    stride = args.stride or max(1, context // 2)
+    nll, count = sequence_nll(model, items, batch_size=batch_size, pad_id=tok.pad_id, stride=stride, progress=True)
     loss = float(nll.sum() / max(1, count.sum()))
     result: dict[str, Any] = {
         "data": where,
         "items": len(items),
         "predicted_tokens": int(count.sum()),
+        "context": context,
+        "stride": stride,
         "loss": loss,
         "perplexity": math.exp(loss),
         "bits_per_token": loss / math.log(2),
@@ -183,6 +192,8 @@ def run_evaluate(loaded: Loaded, args: argparse.Namespace, data_paths: list[str]
     result.update(modality.evaluate(tok, report))
     if args.num_samples > 0:
         samples = sample(loaded, args, args.num_samples, batch_size, stream=False)
+        settings = asdict(sampling_config(loaded, args))
+        result["sampling"] = {k: v for k, v in settings.items() if k != "stop_tokens"}
         result["sample_metrics"] = modality.metrics(tok, [s.prompt + s.tokens for s in samples])
         result["data_metrics"] = modality.metrics(tok, [np.asarray(i).tolist() for i in items[: max(args.num_samples, 100)]])
         result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))

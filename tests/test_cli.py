@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from arseq import checkpoint
-from arseq.cli import main
+from arseq.cli import _base_sampling_parser, _given, main
 
 
 def run(capsys, *argv):
@@ -63,6 +63,19 @@ def test_evaluate_prints_json(trained, capsys, corpus):
     assert abs(result["perplexity"] - np.exp(result["loss"])) < 1e-6
     code, out, _ = run(capsys, "evaluate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--data.paths", str(corpus))
     assert code == 0 and json.loads(out)["items"] == 1
+    full = json.loads(out)
+    code, out, _ = run(capsys, "evaluate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--data.paths", str(corpus),
+                       "--stride", str(full["context"]))
+    restarts = json.loads(out)  # same tokens scored, but windows that restart the context
+    assert restarts["predicted_tokens"] == full["predicted_tokens"] and full["stride"] == full["context"] // 2
+    assert restarts["loss"] != full["loss"]
+    code, _, err = run(capsys, "evaluate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--stride", "0")
+    assert code != 0 and "--stride must be between 1" in err
+
+
+def test_typed_flags_are_told_from_defaults():
+    parser = _base_sampling_parser("generate")
+    assert _given(parser, ["--temp", "1.0", "--top-k=5", "--checkpoint", "x", "prompt"]) == {"temperature", "top_k", "checkpoint"}
 
 
 def test_resume_continues_from_last_checkpoint(trained, tiny_config, capsys):

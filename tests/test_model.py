@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from arseq.models import SamplingConfig, Transformer, TransformerConfig, generate, sequence_nll
 from arseq.models.sampling import process_logits
+from arseq.models.scoring import chunk_sequences
 
 
 @pytest.fixture
@@ -109,6 +110,25 @@ def test_sequence_nll_counts_every_token_once_and_matches_direct_loss(model):
     long = torch.randint(0, 50, (130,)).tolist()  # longer than the context: chunked
     assert sequence_nll(model, [long])[1][0] == 129
     assert sequence_nll(model, [long], start=[100])[1][0] == 30
+
+
+@pytest.mark.parametrize("stride", [48, 24, 7])
+def test_strided_windows_score_each_token_once_with_enough_context(model, stride):
+    seqs = [torch.randint(0, 50, (n,)).tolist() for n in (1, 2, 49, 50, 130)]
+    for start in (None, [1, 1, 10, 60, 100]):
+        chunks = chunk_sequences(seqs, 48, start, stride)
+        scored = {i: [] for i in range(len(seqs))}
+        for i, lo, piece in chunks:
+            c0 = next(c for c in range(0, len(seqs[i]), stride) if seqs[i][c : c + len(piece)] == piece.tolist())
+            assert lo >= 1 and lo < len(piece) <= 49
+            assert c0 == 0 or lo >= 48 - stride + 1  # past the first window: >= context - stride tokens of context
+            scored[i] += range(c0 + lo, c0 + len(piece))
+        for i, s in enumerate(seqs):
+            first = max(1, start[i]) if start else 1
+            assert scored[i] == list(range(first, len(s)))
+    # a sequence that fits the context scores the same whatever the stride
+    fits = [seqs[2]]  # 49 tokens: 48 predictions, one window
+    torch.testing.assert_close(sequence_nll(model, fits, stride=stride)[0], sequence_nll(model, fits)[0])
 
 
 def test_prompt_longer_than_context_is_refused(model):

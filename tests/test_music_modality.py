@@ -15,6 +15,7 @@ from music21 import converter, stream  # noqa: E402
 from arseq.modalities import DataError, EvalInputs, Example, Sample, Skipped, resolve  # noqa: E402
 from arseq.modalities.music import GrammarConstraint, bach_chorales, prompt_tokens  # noqa: E402
 from arseq.tokenizers.score import PITCH  # noqa: E402
+from arseq.models import SamplingConfig  # noqa: E402
 
 MUSIC = resolve("music")
 
@@ -142,6 +143,17 @@ def test_constrained_sampling_stops_after_the_requested_bars(chorales):
         events = tok.decode_events(row)
         assert events.repairs == 0 and len(events.bars) <= 3 + 3 + 1
         assert tok.encode_events(events) == row
+
+
+def test_sampling_defaults_yield_to_typed_flags():
+    m = MUSIC()
+    cfg = m.configure_sampling(argparse.Namespace(bars=2), SamplingConfig(max_new_tokens=10))
+    assert (cfg.temperature, cfg.top_p, cfg.max_new_tokens) == (0.9, 0.95, 128)
+    typed = argparse.Namespace(explicit=frozenset({"temperature"}))  # e.g. --temperature 1.0
+    cfg = m.configure_sampling(typed, SamplingConfig(temperature=1.0))
+    assert (cfg.temperature, cfg.top_p) == (1.0, 0.95)
+    with pytest.raises(DataError, match="--bars"):
+        m.configure_sampling(argparse.Namespace(bars=0), SamplingConfig())
 
 
 def test_write_makes_midi_musicxml_and_png_that_parse_back(tmp_path, chorales):

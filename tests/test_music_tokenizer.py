@@ -176,7 +176,7 @@ def test_grammar_walks_are_well_formed_and_canonical(tmp_path):
     for i in range(6):
         ids = random_walk(rng, 250)
         events = TOK.decode_events(ids)
-        assert events.repairs == 0 or ids[-1] != TOK.eos_id
+        assert events.repairs == 0  # cut short or not: what the grammar allows never needs repair
         if ids[-1] != TOK.eos_id:
             continue
         assert TOK.encode_events(events) == ids

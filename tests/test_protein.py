@@ -233,8 +233,9 @@ def test_presets_and_explicit_flags_win():
     m = ProteinModality()
     cfg = m.configure_sampling(namespace(preset="protgpt2"), SamplingConfig())
     assert cfg.top_k == 950 and cfg.repetition_penalty == 1.2
-    cfg = m.configure_sampling(namespace(preset="progen2"), SamplingConfig(temperature=0.5))
-    assert cfg.temperature == 0.5 and cfg.top_p == 0.9
+    typed_default = namespace(preset="progen2", explicit=frozenset({"temperature"}))  # --temperature 1.0
+    cfg = m.configure_sampling(typed_default, SamplingConfig(temperature=1.0))
+    assert cfg.temperature == 1.0 and cfg.top_p == 0.9
     for bad in (namespace(min_length=10, max_length=5), namespace(rank=0.0), namespace(prefix="MKTAY", max_length=3),
                 namespace(prefix="MK1"), namespace(prefix="MKX", standard_only=True), namespace(prefix="MK", prompt="MK")):
         with pytest.raises(DataError):

@@ -86,7 +86,10 @@ class Modality:
         """Add modality-specific `arseq generate` flags."""
 
     def configure_sampling(self, args: argparse.Namespace, sampling: Any) -> Any:
-        """Adjust the SamplingConfig from modality flags (presets, lengths); return it."""
+        """Adjust the SamplingConfig from modality flags (presets, lengths); return it.
+
+        `args.explicit` holds the destinations of the flags typed on the command line: leave those as given.
+        """
         return sampling
 
     def prompts(self, tokenizer: Tokenizer, args: argparse.Namespace, num_samples: int) -> list[list[int]]:

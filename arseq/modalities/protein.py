@@ -319,15 +319,13 @@ class ProteinModality(Modality):
             raise DataError("--standard-only but the start motif has non-standard letters")
 
     def configure_sampling(self, args: argparse.Namespace, sampling: Any) -> Any:
-        """Apply --preset to the settings still at their defaults (so a flag set to the default value itself
-        reads as unset), and size max_new_tokens from --max-length / --min-length."""
+        """Apply --preset to the settings not typed on the command line, and size max_new_tokens from
+        --max-length / --min-length."""
         prefixes = self._prefixes(args)
         self._check_args(args, prefixes)
-        changes: dict[str, Any] = {}
-        defaults = type(sampling)()
-        for key, value in PRESETS.get(getattr(args, "preset", None) or "", {}).items():
-            if getattr(sampling, key) == getattr(defaults, key):  # a flag the user left at its default
-                changes[key] = value
+        typed = getattr(args, "explicit", frozenset())
+        preset = PRESETS.get(getattr(args, "preset", None) or "", {})
+        changes: dict[str, Any] = {key: value for key, value in preset.items() if key not in typed}
         shortest = min(map(len, prefixes))
         lo, hi = getattr(args, "min_length", None), getattr(args, "max_length", None)
         if hi is not None:  # room for the longest design and its EOS; the constraint ends it in time

@@ -1,6 +1,9 @@
 """Log-likelihood of whole sequences, however long: the shared measure behind validation, `evaluate`
-and sample ranking. Every token after a sequence's first is predicted exactly once; a sequence longer
-than the context is cut into chunks of context + 1 tokens overlapping by one (context restarts)."""
+and sample ranking. Every token after a sequence's first is predicted exactly once. A sequence longer
+than the context is scored in windows of context + 1 tokens that advance by `stride`: each window
+scores only the tokens the previous one did not, so with stride < context every token past the first
+window still sees at least context - stride tokens before it (stride = context: chunks that restart
+the context, cheapest)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -14,16 +17,26 @@ from arseq.models.transformer import Transformer
 Chunk = tuple[int, int, np.ndarray]  # (sequence index, first target offset within the chunk, tokens)
 
 
-def chunk_sequences(seqs: Sequence[Sequence[int]], context: int, start: Sequence[int] | None = None) -> list[Chunk]:
-    """Cut sequences into scoring chunks; tokens before `start[i]` (e.g. a prompt) are context only."""
+def chunk_sequences(
+    seqs: Sequence[Sequence[int]], context: int, start: Sequence[int] | None = None, stride: int | None = None
+) -> list[Chunk]:
+    """Cut sequences into scoring windows; tokens before `start[i]` (e.g. a prompt) are context only."""
+    stride = context if stride is None else stride
+    if not 0 < stride <= context:
+        raise ValueError(f"stride must be in 1..{context}, got {stride}")
     chunks: list[Chunk] = []
     for i, s in enumerate(seqs):
         s = np.asarray(s, dtype=np.int64)
         first = max(1, start[i] if start is not None else 1)
-        for c0 in range(0, max(len(s) - 1, 0), context):
+        scored_to = 0  # targets s[1 : scored_to + 1] are taken care of
+        c0 = 0
+        while scored_to < len(s) - 1:
             piece = s[c0 : c0 + context + 1]
-            if c0 + len(piece) - 1 >= first:
-                chunks.append((i, max(first - c0, 1), piece))
+            lo = max(scored_to + 1, first) - c0  # first target offset within this window
+            if lo < len(piece):
+                chunks.append((i, lo, piece))
+            scored_to = c0 + len(piece) - 1
+            c0 += stride
     return chunks
 
 
@@ -46,10 +59,12 @@ def sequence_nll(
     start: Sequence[int] | None = None,
     batch_size: int = 32,
     pad_id: int = 0,
+    stride: int | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per sequence: summed NLL (nats) of its scored tokens, and how many were scored."""
-    chunks = sorted(chunk_sequences(seqs, model.cfg.max_seq_len, start), key=lambda c: len(c[2]))
+    chunks = chunk_sequences(seqs, model.cfg.max_seq_len, start, stride)
+    chunks.sort(key=lambda c: len(c[2]))
     nll = np.zeros(len(seqs), dtype=np.float64)
     count = np.zeros(len(seqs), dtype=np.int64)
     device = model.embed.weight.device

@@ -21,7 +21,10 @@ class TransformerConfig:
     n_head: int = 6
     d_model: int = 384
     mlp_hidden: int | None = None  # default: 8/3 * d_model rounded up to a multiple of 32 (SwiGLU)
-    dropout: float = 0.0
+    dropout: float = 0.0  # on embeddings and residual branches
+    # On attention probabilities. Off by default: on CPU it pushes SDPA off its fused kernel, which made
+    # training steps ~1.7x slower at width 128 (0.62 vs 0.37 s), for a regulariser `dropout` already gives.
+    attn_dropout: float = 0.0
     tie_weights: bool = True
     bias: bool = False
     rope_base: float = 10000.0
@@ -71,7 +74,7 @@ class KVCache(nn.Module):
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.n_head, self.head_dim, self.dropout = cfg.n_head, cfg.head_dim, cfg.dropout
+        self.n_head, self.head_dim, self.dropout = cfg.n_head, cfg.head_dim, cfg.attn_dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.cache: KVCache | None = None

@@ -297,13 +297,15 @@ class Grammar:
                 self.pos = self.vel = self.pitch = None
 
     def finish(self) -> Events:
-        if not self.ended and (self.pitch is not None or self.pos is not None or self.vel is not None):
-            self.repairs += 1  # a note left half-built
+        """The events read so far. A sequence cut short (no EOS, e.g. by a token budget) loses its half-built
+        last note and has notes ringing past its last bar cut there: truncation, not repairs."""
+        half_built = not self.ended and (self.pitch is not None or self.pos is not None or self.vel is not None)
         if self.bars and self._first_bar_open():
             self._recover()
         notes, clipped = _clip_to_last_bar(self.notes, self.bars)
         num_parts = max((n.part for n in notes), default=-1) + 1
-        return Events(self.bars, notes, num_parts, repairs=self.repairs + clipped)
+        return Events(self.bars, notes, num_parts, dropped=int(half_built),
+                      repairs=self.repairs + (clipped if self.ended else 0))
 
 
 class ScoreTokenizer:
