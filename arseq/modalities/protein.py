@@ -2,9 +2,10 @@
 
 Each protein is one item, BOS + residues + EOS, so a training window never joins two proteins without
 the separator. Proteins longer than the context are windowed, never truncated: training draws random
-windows from the stream of items, and evaluation scores every token after BOS exactly once, cutting a
-long protein into context-sized chunks whose context restarts at each chunk (the core's scorer). The
-`baselines.unigram` perplexity counts exactly the same tokens.
+windows from the stream of items, and evaluation scores every token after BOS exactly once, a long
+protein in windows of the context that advance by `--stride` (the core's scorer: at least half a context
+before every token past the first window by default). The `baselines.unigram` perplexity counts exactly
+the same tokens.
 
 Bad input. A file that cannot be used from its start (unreadable, empty, not FASTA, not UTF-8 text,
 not gzip inside) or one record (empty, digits or symbols, a '*' inside the sequence, letters outside
