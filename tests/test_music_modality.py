@@ -14,7 +14,7 @@ from music21 import converter, stream  # noqa: E402
 
 from arseq.modalities import DataError, EvalInputs, Example, Sample, Skipped, resolve  # noqa: E402
 from arseq.modalities.music import GrammarConstraint, bach_chorales, prompt_tokens  # noqa: E402
-from arseq.tokenizers.score import PITCH  # noqa: E402
+from arseq.tokenizers.score import PART, PITCH  # noqa: E402
 from arseq.models import SamplingConfig  # noqa: E402
 
 MUSIC = resolve("music")
@@ -138,11 +138,35 @@ def test_constrained_sampling_stops_after_the_requested_bars(chorales):
                 row.append(int(rng.choice(choices, p=weights / weights.sum())))
         if all(r[-1] == tok.eos_id for r in rows):
             break
+    prompt_bars = len(tok.decode_events(m.prompts(tok, args, 1)[0]).bars)
     for row in rows:
         assert row[-1] == tok.eos_id
         events = tok.decode_events(row)
-        assert events.repairs == 0 and len(events.bars) <= 3 + 3 + 1
+        assert events.repairs == 0
+        if len(events.bars) > prompt_bars + 3:  # bars past the 3 new ones only let held notes end
+            assert all(n.onset < events.bars[prompt_bars + 3].start for n in events.notes)
         assert tok.encode_events(events) == row
+
+
+def test_bars_limit_lets_a_held_note_end_without_new_notes(chorales):
+    m = MUSIC()
+    tok = m.tokenizer
+    args = argparse.Namespace(prompt=chorales[0][1], prompt_bars=2, bars=1)
+    row = m.prompts(tok, args, 1)[0]
+    constraint = m.constraint(tok, args)
+
+    def allowed() -> np.ndarray:
+        return np.flatnonzero(constraint([row]).numpy()[0])
+
+    assert tok.bar_id in allowed()  # the sampler asks first with the prompt alone
+    row.append(tok.bar_id)  # the one new bar
+    if not any(tok.types[a] == PITCH for a in allowed()):
+        row.append(int(next(a for a in allowed() if tok.types[a] == PART)))
+    row.append(int(next(a for a in allowed() if tok.types[a] == PITCH)))
+    row.append(int(allowed()[-1]))  # its longest duration: it rings past the bar line
+    assert tok.eos_id not in allowed() and tok.bar_id in allowed()
+    row.append(tok.bar_id)
+    assert set(allowed()) <= {tok.bar_id, tok.eos_id}  # only the held note may go on
 
 
 def test_sampling_defaults_yield_to_typed_flags():

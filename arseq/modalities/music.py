@@ -312,13 +312,16 @@ def prompt_tokens(tok: ScoreTokenizer, path: Path, bars: int | None) -> list[int
 
 # ---- generation --------------------------------------------------------------------------------
 class GrammarConstraint:
-    """Sampling constraint: only tokens the grammar allows; after `bars` new bars, no further Bar.
+    """Sampling constraint: only tokens the grammar allows; after `bars` new bars, no new notes (only the
+    bar lines a still-ringing note needs before EOS).
 
     Keeps one incremental `Grammar` per row (the sampler grows the same row lists in place).
     """
 
     def __init__(self, tok: ScoreTokenizer, bars: int | None = None):
         self.tok, self.bars = tok, bars
+        self.closing = np.zeros(tok.vocab_size, dtype=bool)
+        self.closing[[tok.bar_id, tok.eos_id]] = True
         self.state: dict[int, tuple[list[int], Grammar, int, int]] = {}  # id -> (row, grammar, fed, bars0)
 
     def __call__(self, rows: list[list[int]]) -> torch.Tensor:
@@ -334,7 +337,12 @@ class GrammarConstraint:
                 bars0 = len(g.bars)
             self.state[id(row)] = (row, g, len(row), bars0)
             masks[i] = g.allowed()
-            if self.bars is not None and len(g.bars) - bars0 >= self.bars and masks[i, self.tok.eos_id]:
+            if self.bars is None:
+                continue
+            new_bars = len(g.bars) - bars0
+            if new_bars > self.bars and (masks[i] & self.closing).any():
+                masks[i] &= self.closing  # a bar opened only to let a held note end: no new notes in it
+            if new_bars >= self.bars and masks[i, self.tok.eos_id]:
                 masks[i, self.tok.bar_id] = False  # enough bars: end here (unless a note still rings on)
         return torch.from_numpy(masks)
 
