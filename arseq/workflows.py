@@ -195,6 +195,8 @@ def run_evaluate(loaded: Loaded, args: argparse.Namespace, data_paths: list[str]
         settings = asdict(sampling_config(loaded, args))
         result["sampling"] = {k: v for k, v in settings.items() if k != "stop_tokens"}
         result["sample_metrics"] = modality.metrics(tok, [s.prompt + s.tokens for s in samples])
-        result["data_metrics"] = modality.metrics(tok, [np.asarray(i).tolist() for i in items[: max(args.num_samples, 100)]])
+        n = min(len(items), max(args.num_samples, 100))  # a seeded sample of the held-out items, not the first n
+        chosen = np.random.default_rng(0).choice(len(items), n, replace=False)
+        result["data_metrics"] = modality.metrics(tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)])
         result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))
     return result
