@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -116,11 +116,12 @@ def sampling_config(loaded: Loaded, args: argparse.Namespace) -> SamplingConfig:
 
 
 def sample(
-    loaded: Loaded, args: argparse.Namespace, num_samples: int, batch_size: int, stream: bool = True
+    loaded: Loaded, args: argparse.Namespace, num_samples: int, batch_size: int, stream: bool = True,
+    cfg: SamplingConfig | None = None,
 ) -> list[Sample]:
     """Generate `num_samples` samples with the modality's prompts, constraint and streamer."""
     tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
-    cfg = sampling_config(loaded, args)
+    cfg = replace(cfg) if cfg is not None else sampling_config(loaded, args)  # a copy: seeds change per batch
     prompts = modality.prompts(tok, args, num_samples)
     context = model.cfg.max_seq_len
     for p in prompts:
@@ -191,9 +192,9 @@ def run_evaluate(loaded: Loaded, args: argparse.Namespace, data_paths: list[str]
     report = EvalInputs(loss, float(nll.sum()), int(count.sum()), nll, count, train_items, items)
     result.update(modality.evaluate(tok, report))
     if args.num_samples > 0:
-        samples = sample(loaded, args, args.num_samples, batch_size, stream=False)
-        settings = asdict(sampling_config(loaded, args))
-        result["sampling"] = {k: v for k, v in settings.items() if k != "stop_tokens"}
+        cfg = sampling_config(loaded, args)
+        result["sampling"] = {k: v for k, v in asdict(cfg).items() if k != "stop_tokens"}
+        samples = sample(loaded, args, args.num_samples, batch_size, stream=False, cfg=cfg)
         result["sample_metrics"] = modality.metrics(tok, [s.prompt + s.tokens for s in samples])
         n = min(len(items), max(args.num_samples, 100))  # a seeded sample of the held-out items, not the first n
         chosen = np.random.default_rng(0).choice(len(items), n, replace=False)
