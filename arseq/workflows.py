@@ -48,7 +48,7 @@ def run_train(
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from arseq.models.lightning_module import ARModule
+    from arseq.models.lightning_module import ARModule, LastCheckpoint
 
     L.seed_everything(seed, verbose=False)
     tokenizer = None
@@ -72,15 +72,12 @@ def run_train(
     loggers: list[Any] = [CSVLogger(root, name=modality.name)]
     if find_spec("tensorboard") or find_spec("tensorboardX"):
         loggers.append(TensorBoardLogger(root, name=modality.name, version=loggers[0].version, default_hp_metric=False))
-    checkpoint = ModelCheckpoint(
-        monitor="val/loss" if val is not None else None,
-        mode="min",
-        save_top_k=1,
-        save_last=True,
-        filename="best-step{step}-loss{val/loss:.4f}" if val is not None else "step{step}",
+    last = LastCheckpoint()
+    best = ModelCheckpoint(
+        monitor="val/loss", mode="min", save_top_k=1, filename="best-step{step}-loss{val/loss:.4f}",
         auto_insert_metric_name=False,
-    )
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval="step")] + list(trainer_args.pop("callbacks", None) or [])
+    ) if val is not None else None
+    callbacks = [c for c in (last, best) if c] + [LearningRateMonitor(logging_interval="step")] + list(trainer_args.pop("callbacks", None) or [])
     trainer_args.setdefault("logger", loggers)
     if trainer_args.get("max_steps") in (None, -1):
         raise DataError("set trainer.max_steps: training runs for a number of steps, not epochs")
@@ -91,8 +88,8 @@ def run_train(
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
     run_dir = Path(trainer.log_dir or root)
     if trainer.is_global_zero:
-        best = checkpoint.best_model_path or "-"
-        print(f"run directory: {run_dir}\n  last checkpoint: {checkpoint.last_model_path}\n  best checkpoint: {best}")
+        best_path = best.best_model_path if best else "-"
+        print(f"run directory: {run_dir}\n  last checkpoint: {last.path}\n  best checkpoint: {best_path}")
     return run_dir
 
 

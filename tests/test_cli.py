@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -84,6 +85,26 @@ def test_resume_continues_from_last_checkpoint(trained, tiny_config, capsys):
     assert code == 0
     resumed = Path(out.split("last checkpoint: ")[1].split()[0])
     assert torch.load(resumed, weights_only=True)["global_step"] == 70
+
+
+class ForgetAfterFirstValidation(L.Callback):
+    """Zeroes the weights after step 30, so every later validation is worse than the first."""
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step > 30:
+            with torch.no_grad():
+                for p in module.parameters():
+                    p.zero_()
+
+
+def test_last_checkpoint_is_the_newest_state_when_validation_got_worse(tiny_config, tmp_path, capsys):
+    callbacks = json.dumps([{"class_path": f"{__name__}.ForgetAfterFirstValidation"}])
+    code, out, _ = run(capsys, "train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path),
+                       "--trainer.callbacks", callbacks)
+    assert code == 0
+    last, best = (Path(out.split(f"{kind} checkpoint: ")[1].split()[0]) for kind in ("last", "best"))
+    assert last.name == "last.ckpt" and torch.load(last, weights_only=True)["global_step"] == 60
+    assert torch.load(best, weights_only=True)["global_step"] == 30
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -64,6 +65,8 @@ class ARModule(L.LightningModule):
         self.log_dict({"val/perplexity": loss.exp(), "val/bits_per_token": loss / LN2})
 
     def configure_optimizers(self) -> dict[str, Any]:
+        if self.optim.name == "muon" and "FSDP" in type(self.trainer.strategy).__name__:
+            raise ValueError("optim.name: muon orthogonalises whole weight matrices; FSDP shards them (use DDP or adamw)")
         optimizer = make_optimizer(self.model, self.optim)
         decay_steps = self.optim.decay_steps or self.trainer.max_steps
         if decay_steps is None or decay_steps <= 0:
@@ -76,3 +79,29 @@ class ARModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.meta = checkpoint.get("arseq", self.meta)
+
+
+class LastCheckpoint(L.Callback):
+    """Keeps `checkpoints/last.ckpt` the newest training state, for resuming: written after every validation
+    and when training ends. (ModelCheckpoint's `save_last` does not do this since Lightning 2.6: it writes
+    only when a top-k file is written at the same step, so after the best validation loss, not the last.)"""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self._step = -1
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        # Where ModelCheckpoint writes by default (the first logger's run folder), agreed on by all ranks.
+        self.path = Path(trainer.strategy.broadcast(str(Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / "last.ckpt")))
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.global_step != self._step and not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path)
+            self._step = trainer.global_step
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._save(trainer)
