@@ -3,7 +3,7 @@
 Same model, same batches (random windows of one token stream), same AdamW + schedule, same gradient
 clipping; the first steps of each run are warm-up and not timed. Runs alternate and repeat; medians.
 
-    python benchmarks/bench_train.py [--steps 200] [--repeats 3] [--data FILE]
+    python benchmarks/bench_train.py [--steps 200] [--repeats 3] [--data FILE] [--optim adamw|muon]
 Prints one JSON object: arseq_tokens_per_s, bare_tokens_per_s, ratio (target >= 0.95).
 """
 from __future__ import annotations
@@ -42,10 +42,10 @@ def token_file(data: Path | None, directory: Path) -> Path:
     return path
 
 
-def bare(path: Path, steps: int, warmup: int, seed: int) -> float:
+def bare(path: Path, steps: int, warmup: int, seed: int, optim: str) -> float:
     torch.manual_seed(seed)
     model = Transformer(TransformerConfig(vocab_size=VOCAB, max_seq_len=BLOCK, **MODEL))
-    optim_cfg = OptimConfig()
+    optim_cfg = OptimConfig(name=optim)
     opt = make_optimizer(model, optim_cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, optim_cfg, steps))
     batches = iter(train_loader(path, BLOCK, BATCH, seed, None, 0))
@@ -63,7 +63,7 @@ def bare(path: Path, steps: int, warmup: int, seed: int) -> float:
     return (steps - warmup) * BLOCK * BATCH / (time.perf_counter() - t0)
 
 
-def through_arseq(path: Path, steps: int, warmup: int, seed: int) -> float:
+def through_arseq(path: Path, steps: int, warmup: int, seed: int, optim: str) -> float:
     import lightning as L
 
     from arseq.models.lightning_module import ARModule
@@ -78,7 +78,7 @@ def through_arseq(path: Path, steps: int, warmup: int, seed: int) -> float:
 
     torch.manual_seed(seed)
     cfg = TransformerConfig(vocab_size=VOCAB, max_seq_len=BLOCK, **MODEL)
-    module = ARModule(asdict(cfg), asdict(OptimConfig()))
+    module = ARModule(asdict(cfg), asdict(OptimConfig(name=optim)))
     clock = Clock()
     trainer = L.Trainer(
         max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -94,6 +94,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--optim", choices=["adamw", "muon"], default="adamw")
     p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "../shared/data/tinyshakespeare.txt")
     args = p.parse_args()
     import logging
@@ -103,11 +104,11 @@ def main() -> None:
         path = token_file(args.data, Path(tmp))
         runs = {"arseq": [], "bare": []}
         for r in range(args.repeats):
-            runs["bare"].append(bare(path, args.steps, args.warmup, r))
-            runs["arseq"].append(through_arseq(path, args.steps, args.warmup, r))
+            runs["bare"].append(bare(path, args.steps, args.warmup, r, args.optim))
+            runs["arseq"].append(through_arseq(path, args.steps, args.warmup, r, args.optim))
     a, b = statistics.median(runs["arseq"]), statistics.median(runs["bare"])
     print(json.dumps({
-        "model": MODEL, "block_size": BLOCK, "batch_size": BATCH, "steps": args.steps, "repeats": args.repeats,
+        "model": MODEL, "optim": args.optim, "block_size": BLOCK, "batch_size": BATCH, "steps": args.steps, "repeats": args.repeats,
         "torch_threads": torch.get_num_threads(),
         "arseq_tokens_per_s": round(a), "bare_tokens_per_s": round(b), "ratio": round(a / b, 3),
         "runs": {k: [round(v) for v in vs] for k, vs in runs.items()},
