@@ -92,7 +92,8 @@ class LastCheckpoint(L.Callback):
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         # Where ModelCheckpoint writes by default (the first logger's run folder), agreed on by all ranks.
-        self.path = Path(trainer.strategy.broadcast(str(Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / "last.ckpt")))
+        run = Path(trainer.log_dir or trainer.default_root_dir)
+        self.path = Path(trainer.strategy.broadcast(str(run / "checkpoints" / "last.ckpt")))
 
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.global_step != self._step and not trainer.sanity_checking:
