@@ -275,13 +275,16 @@ def test_write_fasta_and_property_csv(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_rank_keeps_lowest_perplexity_fraction(tmp_path):
+def test_rank_keeps_lowest_perplexity_fraction_with_degenerate_designs_last(tmp_path):
     tok = ProteinTokenizer()
     out = tmp_path / "ranked.fa.gz"
     ProteinModality().write(tok, samples_for(tok), out, namespace(rank=0.5))
     with gzip.open(out, "rt") as f:
         records = list(SeqIO.parse(f, "fasta"))
-    assert [r.id for r in records] == ["design_4", "design_2"]
+    assert [r.id for r in records] == ["design_2", "design_1"]  # design_4 has the lowest perplexity: a W repeat
+    ProteinModality().write(tok, samples_for(tok), out, namespace(rank=1.0))
+    with gzip.open(out, "rt") as f:
+        assert [r.id for r in SeqIO.parse(f, "fasta")] == ["design_2", "design_1", "design_3", "design_4"]
     assert (tmp_path / "ranked.csv").exists()
 
 

@@ -280,7 +280,8 @@ class ProteinModality(Modality):
                             help="published sampling settings: " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items())
                             + " (explicit flags win)")
         parser.add_argument("--rank", type=float, default=None, metavar="F",
-                            help="keep the fraction F of designs with the lowest perplexity, best first")
+                            help="keep the fraction F of designs with the lowest perplexity, best first; designs "
+                            "with degenerate repeats rank after all others (a repeat is easy to predict)")
 
     def _prefixes(self, args: argparse.Namespace) -> list[str]:
         """Start motifs from --prefix, or --prompt (a residue string, or a FASTA file of motifs)."""
@@ -372,15 +373,16 @@ class ProteinModality(Modality):
         """FASTA (prefix + design; the header has its length, perplexity and end: eos, max_length when EOS
         was forced there, or limit when max_new_tokens ran out) and beside it a CSV of properties; both are
         computed in full before either file is replaced atomically."""
+        seqs = [tokenizer.decode([*s.prompt, *s.tokens]) for s in samples]
         order = list(range(len(samples)))
         rank = getattr(args, "rank", None)
-        if rank is not None:
-            order = sorted(order, key=lambda i: samples[i].perplexity)[: max(1, math.ceil(rank * len(samples)))]
+        if rank is not None:  # a repeat's low perplexity is not quality: degenerate designs rank last
+            order = sorted(order, key=lambda i: (degenerate(seqs[i]), samples[i].perplexity))
+            order = order[: max(1, math.ceil(rank * len(samples)))]
         width = len(str(len(samples)))
         records, rows = [], []
         for i in order:
-            s = samples[i]
-            seq = tokenizer.decode([*s.prompt, *s.tokens])
+            s, seq = samples[i], seqs[i]
             name = f"design_{i + 1:0{width}d}"
             end = "limit" if not s.stopped else "max_length" if len(seq) == getattr(args, "max_length", None) else "eos"
             desc = f"length={len(seq)} perplexity={s.perplexity:.3f} end={end}"
