@@ -88,13 +88,8 @@ class MuonAdamW(torch.optim.Optimizer):
         self.muon, self.adamw = muon, adamw
         super().__init__(muon.param_groups + adamw.param_groups, {})  # the same dicts: LR changes reach both
 
-    @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.muon.step()
+        loss = self.muon.step(closure)  # runs the closure (forward + backward), if any, once
         self.adamw.step()
         return loss
 
