@@ -374,10 +374,11 @@ class ProteinModality(Modality):
         was forced there, or limit when max_new_tokens ran out) and beside it a CSV of properties; both are
         computed in full before either file is replaced atomically."""
         seqs = [tokenizer.decode([*s.prompt, *s.tokens]) for s in samples]
+        repeats = [degenerate(seq) for seq in seqs]
         order = list(range(len(samples)))
         rank = getattr(args, "rank", None)
         if rank is not None:  # a repeat's low perplexity is not quality: degenerate designs rank last
-            order = sorted(order, key=lambda i: (degenerate(seqs[i]), samples[i].perplexity))
+            order = sorted(order, key=lambda i: (repeats[i], samples[i].perplexity))
             order = order[: max(1, math.ceil(rank * len(samples)))]
         width = len(str(len(samples)))
         records, rows = [], []
@@ -388,7 +389,7 @@ class ProteinModality(Modality):
             desc = f"length={len(seq)} perplexity={s.perplexity:.3f} end={end}"
             records.append(SeqRecord(Seq(seq), id=name, description=desc))
             rows.append({"id": name, "length": len(seq), "perplexity": round(s.perplexity, 4), "end": end,
-                         "longest_run": longest_run(seq), "degenerate": int(degenerate(seq)), **properties(seq)})
+                         "longest_run": longest_run(seq), "degenerate": int(repeats[i]), **properties(seq)})
         fasta = io.StringIO()
         SeqIO.write(records, fasta, "fasta")
         if out is None:
