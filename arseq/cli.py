@@ -73,6 +73,8 @@ def config_parser(verb: str, modality_cls: type | None):
         parser.add_class_arguments(L.Trainer, "trainer", fail_untyped=False, help="any lightning.Trainer argument")
         parser.set_defaults({"trainer.default_root_dir": "runs"})
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint (e.g. last.ckpt)")
+        parser.add_argument("--compile", type=bool, default=False,
+                            help="torch.compile the model for training: ~1.2x faster steps on CPU after ~20 s of compiling")
     else:  # the training sections of a train config are accepted unchecked (and Lightning stays unimported)
         for section in ("model", "optim", "trainer"):
             parser.add_argument(f"--{section}", type=dict | None, default=None, help=f"ignored by {verb}")
@@ -116,7 +118,7 @@ def run_config_verb(verb: str, argv: list[str]) -> int:
         print(json.dumps(workflows.run_prepare(modality, options, data, cfg.check_roundtrip), indent=1))
         return 0
     trainer_args = {k: _instantiate(v) for k, v in cfg.trainer.as_dict().items() if v is not None}
-    workflows.run_train(modality, options, data, cfg.model.as_dict(), cfg.optim.as_dict(), trainer_args, cfg.seed, cfg.ckpt_path, name)
+    workflows.run_train(modality, options, data, cfg.model.as_dict(), cfg.optim.as_dict(), trainer_args, cfg.seed, cfg.ckpt_path, name, cfg.compile)
     return 0
 
 

@@ -38,6 +38,7 @@ def run_train(
     seed: int = 1337,
     ckpt_path: str | None = None,
     selector: str | None = None,
+    compile: bool = False,
 ) -> Path:
     """Train a model; return the run directory (checkpoints under `checkpoints/`).
 
@@ -50,6 +51,8 @@ def run_train(
 
     from arseq.models.lightning_module import ARModule, LastCheckpoint
 
+    if trainer_args.get("max_steps") in (None, -1):
+        raise DataError("set trainer.max_steps: training runs for a number of steps, not epochs")
     L.seed_everything(seed, verbose=False)
     tokenizer = None
     if ckpt_path:  # resume with the checkpoint's tokenizer, never a refitted one
@@ -63,7 +66,7 @@ def run_train(
         "data": asdict(data),
         "model": asdict(model_cfg),
     }
-    module = ARModule(asdict(model_cfg), optim, meta)
+    module = ARModule(asdict(model_cfg), optim, meta, compile)
     augment = None if type(modality).augment is Modality.augment else modality.augment
     train = train_loader(prepared.directory / "train.npy", data.block_size, data.batch_size, seed, augment, data.num_workers)
     val = val_loader(prepared.val, data.block_size, data.batch_size, tok.pad_id)
@@ -72,16 +75,16 @@ def run_train(
     loggers: list[Any] = [CSVLogger(root, name=modality.name)]
     if find_spec("tensorboard") or find_spec("tensorboardX"):
         loggers.append(TensorBoardLogger(root, name=modality.name, version=loggers[0].version, default_hp_metric=False))
-    last = LastCheckpoint()
+    last = LastCheckpoint(every_n_steps=None if val is not None else max(1, trainer_args["max_steps"] // 10))  # no validation: save ten times
     best = ModelCheckpoint(
         monitor="val/loss", mode="min", save_top_k=1, filename="best-step{step}-loss{val/loss:.4f}",
         auto_insert_metric_name=False,
     ) if val is not None else None
     callbacks = [c for c in (last, best) if c] + [LearningRateMonitor(logging_interval="step")] + list(trainer_args.pop("callbacks", None) or [])
     trainer_args.setdefault("logger", loggers)
-    if trainer_args.get("max_steps") in (None, -1):
-        raise DataError("set trainer.max_steps: training runs for a number of steps, not epochs")
     trainer = L.Trainer(default_root_dir=root, callbacks=callbacks, **trainer_args)
+    if compile:
+        check_compile(trainer.strategy.root_device)
     if trainer.is_global_zero:
         print(f"model: {module.model.num_params() / 1e6:.2f}M parameters, vocab {tok.vocab_size}, context {data.block_size}; "
               f"data: {prepared.train.num_tokens:,} train / {prepared.val.num_tokens:,} val tokens")
@@ -91,6 +94,15 @@ def run_train(
         best_path = best.best_model_path if best else "-"
         print(f"run directory: {run_dir}\n  last checkpoint: {last.path}\n  best checkpoint: {best_path}")
     return run_dir
+
+
+def check_compile(device: torch.device) -> None:
+    """Fail in one line before training if torch.compile cannot build kernels here (e.g. no C++ compiler)."""
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.zeros(4, device=device))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"compile: true, but torch.compile does not work on {device}: {first} (set compile: false)") from None
 
 
 def default_device() -> str:

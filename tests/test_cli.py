@@ -107,6 +107,55 @@ def test_last_checkpoint_is_the_newest_state_when_validation_got_worse(tiny_conf
     assert torch.load(best, weights_only=True)["global_step"] == 30
 
 
+class RecordLastCheckpoint(L.Callback):
+    seen: list[int] = []
+
+    def on_train_batch_end(self, trainer, module, *args):
+        if trainer.global_step == 35:
+            last = Path(trainer.log_dir) / "checkpoints" / "last.ckpt"
+            RecordLastCheckpoint.seen.append(torch.load(last, weights_only=True)["global_step"])
+
+
+def test_runs_without_validation_save_last_checkpoint_during_training(tiny_config, tmp_path, capsys):
+    callbacks = json.dumps([{"class_path": f"{__name__}.RecordLastCheckpoint"}])
+    code, out, _ = run(capsys, "train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path),
+                       "--data.val_fraction", "0", "--trainer.callbacks", callbacks)
+    assert code == 0 and "best checkpoint: -" in out
+    assert RecordLastCheckpoint.seen == [30]  # a tenth of max_steps: written at steps 6, 12, ..., 30
+    assert torch.load(Path(out.split("last checkpoint: ")[1].split()[0]), weights_only=True)["global_step"] == 60
+
+
+class RecordCompiled(L.Callback):
+    seen: list[bool] = []
+
+    def on_train_start(self, trainer, module):
+        RecordCompiled.seen.append(module.model._compiled_call_impl is not None)
+
+
+def test_compiled_training_matches_eager_and_saves_plain_checkpoints(trained, tiny_config, tmp_path, capsys):
+    callbacks = json.dumps([{"class_path": f"{__name__}.RecordCompiled"}])
+    code, out, _ = run(capsys, "train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path),
+                       "--compile", "true", "--trainer.callbacks", callbacks)
+    assert code == 0 and RecordCompiled.seen == [True]
+    compiled = torch.load(Path(out.split("last checkpoint: ")[1].split()[0]), weights_only=True)
+    eager = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
+    assert compiled["global_step"] == eager["global_step"] == 60
+    assert compiled["state_dict"].keys() == eager["state_dict"].keys()  # no "_orig_mod." prefixes
+    for name, weight in eager["state_dict"].items():  # same seed, same batches: the same training, up to rounding
+        torch.testing.assert_close(compiled["state_dict"][name], weight, atol=2e-3, rtol=0)
+
+
+def test_compile_that_cannot_work_stops_in_one_line(tiny_config, tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("InductorError: no C++ compiler found\n  deep traceback line")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    code, _, err = run(capsys, "train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path), "--compile", "true")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "torch.compile does not work on cpu: InductorError: no C++ compiler found (set compile: false)" in err
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -23,13 +23,20 @@ class ARModule(L.LightningModule):
     checkpoint under "arseq" so that a checkpoint alone is enough to generate.
     """
 
-    def __init__(self, model: dict[str, Any], optim: dict[str, Any], meta: dict[str, Any] | None = None):
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], meta: dict[str, Any] | None = None, compile: bool = False):
         super().__init__()
         self.save_hyperparameters({"model": model, "optim": optim})
         self.model = Transformer(TransformerConfig(**model))
         self.optim = OptimConfig(**optim)
         self.meta = meta or {}
+        self.compile_model = compile
         self._tick: float | None = None
+
+    def configure_model(self) -> None:
+        # In place (nn.Module.compile), after any strategy has set the model up: parameter names, hooks and
+        # checkpoints stay as without compiling.
+        if self.compile_model and getattr(self.model, "_compiled_call_impl", None) is None:
+            self.model.compile()
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -82,12 +89,14 @@ class ARModule(L.LightningModule):
 
 
 class LastCheckpoint(L.Callback):
-    """Keeps `checkpoints/last.ckpt` the newest training state, for resuming: written after every validation
-    and when training ends. (ModelCheckpoint's `save_last` does not do this since Lightning 2.6: it writes
-    only when a top-k file is written at the same step, so after the best validation loss, not the last.)"""
+    """Keeps `checkpoints/last.ckpt` the newest training state, for resuming: written after every validation,
+    every `every_n_steps` training steps if set (runs without validation data), and when training ends.
+    (ModelCheckpoint's `save_last` does not do this since Lightning 2.6: it writes only when a top-k file is
+    written at the same step, so after the best validation loss, not the last.)"""
 
-    def __init__(self) -> None:
+    def __init__(self, every_n_steps: int | None = None) -> None:
         self.path: Path | None = None
+        self.every_n_steps = every_n_steps
         self._step = -1
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
@@ -97,8 +106,12 @@ class LastCheckpoint(L.Callback):
 
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.global_step != self._step and not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # full state, for resuming
             self._step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self._save(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.state.fn == "fit":
