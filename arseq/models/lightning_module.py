@@ -34,8 +34,8 @@ class ARModule(L.LightningModule):
 
     def configure_model(self) -> None:
         # In place (nn.Module.compile), after any strategy has set the model up: parameter names, hooks and
-        # checkpoints stay as without compiling.
-        if self.compile_model and getattr(self.model, "_compiled_call_impl", None) is None:
+        # checkpoints stay as without compiling. Calling it again (a second fit) just compiles afresh.
+        if self.compile_model:
             self.model.compile()
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
