@@ -31,21 +31,33 @@ class Loaded:
     meta: dict[str, Any]  # modality name/options, data config, model config
 
 
-def build_modality(meta: dict[str, Any], where: str) -> Modality:
+def build_modality(meta: dict[str, Any], where: str, modality: str | None = None, trust_import: bool = False) -> Modality:
+    """The file's modality: registered names only, unless the user named the class (`modality`) or trusts the file."""
     try:
         spec = meta["modality"]
-        return resolve(spec["name"])(**spec.get("options", {}))
+        stored = spec["name"]
+        if not isinstance(stored, str):
+            raise TypeError(f"modality name {stored!r} is not a string")
+        chosen = modality or stored
+        try:
+            cls = resolve(chosen, allow_import=trust_import or modality is not None)
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
+        return cls(**spec.get("options", {}))
     except (KeyError, TypeError) as e:
         raise DataError(f"{where}: modality settings are unusable ({e})") from None
 
 
-def _assemble(model_cfg: dict[str, Any], state: dict[str, torch.Tensor] | Path, meta: dict[str, Any], tok_state: dict[str, Any], where: str) -> Loaded:
+def _assemble(
+    model_cfg: dict[str, Any], state: dict[str, torch.Tensor] | Path, meta: dict[str, Any], tok_state: dict[str, Any],
+    where: str, modality: str | None = None, trust_import: bool = False,
+) -> Loaded:
     try:
         cfg = TransformerConfig(**model_cfg)
     except (TypeError, ValueError) as e:
         raise DataError(f"{where}: bad model config ({e})") from None
-    modality = build_modality(meta, where)
-    tokenizer = modality.load_tokenizer(tok_state)
+    chosen = build_modality(meta, where, modality, trust_import)
+    tokenizer = chosen.load_tokenizer(tok_state)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise DataError(f"{where}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {cfg.vocab_size}")
     model = Transformer(cfg)
@@ -57,7 +69,7 @@ def _assemble(model_cfg: dict[str, Any], state: dict[str, torch.Tensor] | Path, 
     except (RuntimeError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0]
         raise DataError(f"{where}: weights do not fit the model config ({first})") from None
-    return Loaded(model.eval(), tokenizer, modality, meta)
+    return Loaded(model.eval(), tokenizer, chosen, meta)
 
 
 def load_checkpoint_file(path: Path) -> dict[str, Any]:
@@ -87,8 +99,12 @@ def find_checkpoint(path: Path) -> Path:
     raise DataError(f"{path}: no checkpoint, export or run folder with checkpoints here")
 
 
-def load(path: str | os.PathLike) -> Loaded:
-    """A `.ckpt` file from `arseq train`, a run folder holding them, or a directory from `arseq export`."""
+def load(path: str | os.PathLike, modality: str | None = None, trust_import: bool = False) -> Loaded:
+    """A `.ckpt` file from `arseq train`, a run folder holding them, or a directory from `arseq export`.
+
+    The file's modality is resolved among registered modalities only; `modality` (a registered name or
+    `package.module:Class` the user chose) overrides it, and `trust_import` allows the file's own import path.
+    """
     path = find_checkpoint(Path(path))
     if path.is_dir():
         config_file = path / "config.json"
@@ -99,11 +115,11 @@ def load(path: str | os.PathLike) -> Loaded:
         if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT or "model" not in config:
             raise DataError(f"{config_file}: not an arseq export config")
         tok_state = read_tokenizer_state(path / "tokenizer.json")
-        return _assemble(config["model"], path / "model.safetensors", config, tok_state, str(path))
+        return _assemble(config["model"], path / "model.safetensors", config, tok_state, str(path), modality, trust_import)
     ckpt = load_checkpoint_file(path)
     meta = ckpt["arseq"]
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    return _assemble(meta["model"], state, meta, meta["tokenizer"], str(path))
+    return _assemble(meta["model"], state, meta, meta["tokenizer"], str(path), modality, trust_import)
 
 
 def export(loaded: Loaded, out: str | os.PathLike) -> Path:

@@ -123,6 +123,14 @@ def run_config_verb(verb: str, argv: list[str]) -> int:
 
 
 # ---- generate / evaluate / export: flags, with modality-specific ones added once the checkpoint is known
+def _add_trust_arguments(p: argparse.ArgumentParser) -> None:
+    """A file names its modality; only registered ones are used unless the user chooses otherwise here."""
+    p.add_argument("--modality", default=None, metavar="NAME_OR_IMPORT_PATH",
+                   help="use this modality (registered name or package.module:Class) instead of the one the file names")
+    p.add_argument("--trust-modality-import", action="store_true",
+                   help="allow the import path of a modality stored in the file (imports that module: trust the file first)")
+
+
 def _base_sampling_parser(verb: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"arseq {verb}", description=VERBS[verb] + ".", add_help=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -140,6 +148,7 @@ def _base_sampling_parser(verb: str) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="same seed, same samples")
     p.add_argument("--batch-size", type=int, default=16, help="samples (or evaluation chunks) per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    _add_trust_arguments(p)
     if verb == "generate":
         p.add_argument("--out", type=Path, default=None, help="output file or folder (default: print)")
     else:
@@ -171,7 +180,7 @@ def run_sampling_verb(verb: str, argv: list[str]) -> int:
             print("\nWith --checkpoint, --help also lists the options of the checkpoint's modality.")
             return 0
         raise DataError(f"arseq {verb}: --checkpoint is required")
-    loaded = checkpoint.load(known.checkpoint)
+    loaded = checkpoint.load(known.checkpoint, known.modality, known.trust_modality_import)
     group = parser.add_argument_group(f"{loaded.modality.name} options")
     loaded.modality.add_generate_arguments(group)
     if known.help:
@@ -203,8 +212,9 @@ def run_export(argv: list[str]) -> int:
                                 "that 'arseq generate' and 'arseq evaluate' accept like a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="a .ckpt from 'arseq train'")
     p.add_argument("--out", required=True, type=Path, help="a new (or empty) folder")
+    _add_trust_arguments(p)
     args = p.parse_args(argv)
-    out = checkpoint.export(checkpoint.load(args.checkpoint), args.out)
+    out = checkpoint.export(checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import), args.out)
     print(f"exported to {out}")
     return 0
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from arseq.checkpoint import Loaded, build_modality, load_checkpoint_file
+from arseq.checkpoint import Loaded, load_checkpoint_file
 from arseq.data.loader import train_loader, val_loader
 from arseq.data.prepare import DataConfig, Prepared, prepare
 from arseq.modalities import DataError, EvalInputs, Modality, Sample

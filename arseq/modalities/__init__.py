@@ -109,12 +109,21 @@ def _load(entry: Registered) -> type[Modality]:
     return cls
 
 
-def resolve(name: str) -> type[Modality]:
-    """The Modality class for a registered name or an import path."""
+def resolve(name: str, allow_import: bool = True) -> type[Modality]:
+    """The Modality class for a registered name or, when `allow_import`, an import path.
+
+    Names read from a checkpoint or an export come with `allow_import=False`: a file must never make
+    arseq import a module the user did not choose (`this:Modality` would run `this` on import).
+    """
     entries = registered()
     if name in entries:
         return _load(entries[name])
     if "." in name or ":" in name:
+        if not allow_import:
+            raise DataError(
+                f"modality {name!r} is an import path stored in the file; arseq imports only registered modalities "
+                f"({', '.join(sorted(entries))}) from files: pass --modality {name} or --trust-modality-import to allow it"
+            )
         return _import(name)
     raise DataError(f"unknown modality {name!r}; registered: {', '.join(sorted(entries))}")
 
