@@ -108,6 +108,10 @@ def run_config_verb(verb: str, argv: list[str]) -> int:
         cfg = parser.parse_args(argv)
     except Exception as e:  # jsonargparse's ArgumentError: make it one line
         raise DataError(" ".join(str(e).split())) from None
+    sections = ("modality", "data") + (("model", "optim", "trainer") if verb == "train" else ())
+    for section in sections:
+        if not hasattr(cfg.get(section), "as_dict"):
+            raise DataError(f"config section {section!r} must be a mapping of keys to values, got {cfg.get(section)!r}")
     options = {k: v for k, v in cfg.modality.as_dict().items() if k != "name"}
     from arseq import workflows
     from arseq.data.prepare import DataConfig

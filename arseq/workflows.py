@@ -17,6 +17,7 @@ from arseq.checkpoint import Loaded, load_checkpoint_file
 from arseq.data.loader import train_loader, val_loader
 from arseq.data.prepare import DataConfig, Prepared, prepare
 from arseq.modalities import DataError, EvalInputs, Modality, Sample
+from arseq.models.optim import OptimConfig
 from arseq.models.sampling import SamplingConfig, generate
 from arseq.models.scoring import sequence_nll
 from arseq.models.transformer import TransformerConfig
@@ -53,6 +54,10 @@ def run_train(
 
     if trainer_args.get("max_steps") in (None, -1):
         raise DataError("set trainer.max_steps: training runs for a number of steps, not epochs")
+    if not isinstance(trainer_args["max_steps"], int) or trainer_args["max_steps"] < 1:
+        raise DataError(f"trainer.max_steps must be a positive integer, got {trainer_args['max_steps']!r}")
+    TransformerConfig(vocab_size=1, max_seq_len=data.block_size, **model)  # fail on a bad size before reading data
+    OptimConfig(**optim)
     L.seed_everything(seed, verbose=False)
     tokenizer = None
     if ckpt_path:  # resume with the checkpoint's tokenizer, never a refitted one

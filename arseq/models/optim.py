@@ -27,6 +27,21 @@ class OptimConfig:
     eps: float = 1e-8
     momentum: float = 0.95  # Muon's
 
+    def __post_init__(self) -> None:
+        checks = [
+            (self.lr > 0, f"optim.lr must be > 0, got {self.lr}"),
+            (0 <= self.min_lr <= self.lr, f"optim.min_lr must be in [0, lr], got {self.min_lr}"),
+            (self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.decay_steps is None or self.decay_steps >= 1, f"optim.decay_steps must be >= 1, got {self.decay_steps}"),
+            (self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)"),
+            (self.eps > 0, f"optim.eps must be > 0, got {self.eps}"),
+            (0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
 
 def lr_factor(step: int, cfg: OptimConfig, decay_steps: int) -> float:
     if step < cfg.warmup_steps:

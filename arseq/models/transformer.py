@@ -31,6 +31,13 @@ class TransformerConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        for key in ("n_layer", "n_head", "d_model"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"model.{key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.mlp_hidden is not None and self.mlp_hidden < 1:
+            raise ValueError(f"model.mlp_hidden must be positive, got {self.mlp_hidden}")
+        if not (0 <= self.dropout < 1 and 0 <= self.attn_dropout < 1):
+            raise ValueError("model.dropout and model.attn_dropout must be in [0, 1)")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ValueError(f"d_model={self.d_model} must split into {self.n_head} heads of even size")
         if self.vocab_size < 1 or self.max_seq_len < 1:
