@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-pytest.importorskip("music21")
-pytest.importorskip("lightning")
+import music21  # noqa: F401  (a hard dependency: a broken install must fail, not skip)
+import lightning  # noqa: F401
 
 from music21 import converter  # noqa: E402
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("music21")
+import music21  # noqa: F401  (a hard dependency: a broken install must fail, not skip)
 
 from music21 import converter, stream  # noqa: E402
 

@@ -6,7 +6,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-pytest.importorskip("music21")
+import music21  # noqa: F401  (a hard dependency: a broken install must fail, not skip)
 
 from music21 import chord, converter, key, meter, note, stream, tie  # noqa: E402
 
