@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
+from arseq.atomic import atomic_write
 from arseq.modalities import DataError, Modality, resolve
 from arseq.models.transformer import Transformer, TransformerConfig
-from arseq.tokenizers.base import Tokenizer, atomic_write_text, read_tokenizer_state
+from arseq.tokenizers.base import Tokenizer, read_tokenizer_state
 
 EXPORT_FORMAT = 1
 
@@ -133,8 +134,8 @@ def export(loaded: Loaded, out: str | os.PathLike) -> Path:
         os.chmod(tmp, 0o755)
         config = {k: v for k, v in loaded.meta.items() if k != "tokenizer"}
         config.update(format=EXPORT_FORMAT, model=loaded.model.cfg.__dict__)
-        atomic_write_text(tmp / "config.json", json.dumps(config, indent=2))
-        atomic_write_text(tmp / "tokenizer.json", json.dumps(loaded.tokenizer.to_dict(), ensure_ascii=False))
+        atomic_write(tmp / "config.json", json.dumps(config, indent=2))
+        atomic_write(tmp / "tokenizer.json", json.dumps(loaded.tokenizer.to_dict(), ensure_ascii=False))
         save_model(loaded.model, str(tmp / "model.safetensors"))
         if out.exists():
             out.rmdir()

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from arseq.modalities import DataError
+from arseq.errors import DataError, one_line
 
 VERBS = {
     "train": "train a model from a YAML config",
@@ -107,7 +107,7 @@ def run_config_verb(verb: str, argv: list[str]) -> int:
     try:
         cfg = parser.parse_args(argv)
     except Exception as e:  # jsonargparse's ArgumentError: make it one line
-        raise DataError(" ".join(str(e).split())) from None
+        raise DataError(one_line(e)) from None
     sections = ("modality", "data") + (("model", "optim", "trainer") if verb == "train" else ())
     for section in sections:
         if not hasattr(cfg.get(section), "as_dict"):
@@ -155,8 +155,9 @@ def _base_sampling_parser(verb: str) -> argparse.ArgumentParser:
     _add_trust_arguments(p)
     if verb == "generate":
         p.add_argument("--out", type=Path, default=None, help="output file or folder (default: print)")
+        p.add_argument("--overwrite", action="store_true", help="replace files that --out would write and that exist already")
     else:
-        p.set_defaults(out=None)
+        p.set_defaults(out=None, overwrite=False)
         p.add_argument("--data.paths", dest="data_paths", nargs="+", default=None,
                        help="evaluate on these files instead of the validation split the model was trained with")
         p.add_argument("--stride", type=int, default=None,
@@ -172,8 +173,6 @@ def _given(parser: argparse.ArgumentParser, argv: list[str]) -> frozenset[str]:
 
 
 def run_sampling_verb(verb: str, argv: list[str]) -> int:
-    import torch
-
     from arseq import checkpoint, workflows
 
     parser = _base_sampling_parser(verb)
@@ -192,13 +191,14 @@ def run_sampling_verb(verb: str, argv: list[str]) -> int:
         return 0
     args = parser.parse_args(argv)
     args.explicit = _given(parser, argv)
-    if args.num_samples < 0 or args.batch_size < 1:
-        raise DataError("--num-samples must be >= 0 and --batch-size >= 1")
+    if args.num_samples < (1 if verb == "generate" else 0) or args.batch_size < 1:
+        raise DataError(f"--num-samples must be >= {1 if verb == 'generate' else 0} and --batch-size >= 1")
+    if args.out is not None and args.out.is_file() and not args.overwrite:
+        raise DataError(f"{args.out}: already exists; pass --overwrite to replace it, or choose another --out")
     context = loaded.model.cfg.max_seq_len
     if verb == "evaluate" and args.stride is not None and not 0 < args.stride <= context:
         raise DataError(f"--stride must be between 1 and the model's context ({context}), got {args.stride}")
-    device = torch.device(args.device or workflows.default_device())
-    loaded.model.to(device)
+    loaded.model.to(workflows.resolve_device(args.device))
     if verb == "evaluate":
         result = workflows.run_evaluate(loaded, args, args.data_paths, args.batch_size)
         print(json.dumps(result, indent=1, default=float))
@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
         if os.environ.get("ARSEQ_DEBUG"):
             raise
-        print(f"arseq {verb}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"arseq {verb}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"arseq {verb}: interrupted", file=sys.stderr)

@@ -264,7 +264,9 @@ def test_write_fasta_and_property_csv(tmp_path):
     assert [str(r.seq) for r in records] == ["MKTAYIAKQR", "MKXBZUOAAW", "XXXX", "MKTWWWWWWWWWWWWWW"]
     assert records[0].description == f"design_1 length=10 perplexity={math.exp(2.0):.3f} end=eos"
     assert records[3].description.endswith("end=limit")
-    ProteinModality().write(tok, samples_for(tok), out, namespace(max_length=10))
+    with pytest.raises(DataError, match="designs.fasta: already exists; pass --overwrite"):
+        ProteinModality().write(tok, samples_for(tok), out, namespace(max_length=10))
+    ProteinModality().write(tok, samples_for(tok), out, namespace(max_length=10, overwrite=True))
     assert next(SeqIO.parse(out, "fasta")).description.endswith("end=max_length")
     rows = list(csv.DictReader(open(tmp_path / "designs.csv")))
     assert [r["id"] for r in rows] == [r.id for r in records]
@@ -282,7 +284,7 @@ def test_rank_keeps_lowest_perplexity_fraction_with_degenerate_designs_last(tmp_
     with gzip.open(out, "rt") as f:
         records = list(SeqIO.parse(f, "fasta"))
     assert [r.id for r in records] == ["design_2", "design_1"]  # design_4 has the lowest perplexity: a W repeat
-    ProteinModality().write(tok, samples_for(tok), out, namespace(rank=1.0))
+    ProteinModality().write(tok, samples_for(tok), out, namespace(rank=1.0, overwrite=True))
     with gzip.open(out, "rt") as f:
         assert [r.id for r in SeqIO.parse(f, "fasta")] == ["design_2", "design_1", "design_3", "design_4"]
     assert (tmp_path / "ranked.csv").exists()

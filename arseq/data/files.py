@@ -5,7 +5,7 @@ import glob
 from pathlib import Path
 from typing import Sequence
 
-from arseq.modalities.base import DataError
+from arseq.errors import DataError
 
 
 def expand_paths(paths: str | Sequence[str] | None, suffixes: Sequence[str] = (), what: str = "data.paths") -> list[Path]:

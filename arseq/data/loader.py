@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from arseq.data.prepare import TokenSplit
 from arseq.models.scoring import Chunk, chunk_sequences, collate_chunks
-from arseq.modalities.base import DataError
+from arseq.errors import DataError
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from arseq.atomic import atomic_write
 from arseq.data.files import expand_paths
 from arseq.modalities.base import DataError, Example, Modality, Skipped
-from arseq.tokenizers.base import Tokenizer, atomic_write_text
+from arseq.tokenizers.base import Tokenizer
 
 CACHE_FORMAT = 1
 
@@ -233,8 +234,8 @@ def prepare(
         dtype = _dtype(tokenizer.vocab_size)
         _write_split(tmp, "train", train_seqs, dtype)
         _write_split(tmp, "val", val_seqs, dtype)
-        atomic_write_text(tmp / "tokenizer.json", json.dumps(tokenizer.to_dict(), ensure_ascii=False))
-        atomic_write_text(tmp / "meta.json", json.dumps(stats, indent=1))
+        atomic_write(tmp / "tokenizer.json", json.dumps(tokenizer.to_dict(), ensure_ascii=False))
+        atomic_write(tmp / "meta.json", json.dumps(stats, indent=1))
         directory.parent.mkdir(parents=True, exist_ok=True)
         if directory.exists():  # a stale entry (e.g. without roundtrip stats): replace it
             shutil.rmtree(directory, ignore_errors=True)

@@ -10,18 +10,20 @@ import warnings
 from dataclasses import dataclass
 from importlib import metadata
 
+from arseq.errors import one_line
 from arseq.modalities.base import (
     Constraint,
     DataError,
     EvalInputs,
     Example,
     Modality,
+    OutputFiles,
     Sample,
     Skipped,
 )
 
 __all__ = [
-    "Constraint", "DataError", "EvalInputs", "Example", "Modality", "Sample", "Skipped",
+    "Constraint", "DataError", "EvalInputs", "Example", "Modality", "OutputFiles", "Sample", "Skipped",
     "PluginWarning", "Registered", "loadable", "registered", "resolve",
 ]
 
@@ -36,10 +38,6 @@ ENTRY_POINT_GROUP = "arseq.modalities"
 
 class PluginWarning(UserWarning):
     """A modality plugin was skipped; the message is one line naming it."""
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())
 
 
 @dataclass(frozen=True)
@@ -63,14 +61,14 @@ def registered() -> dict[str, Registered]:
     try:
         entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
     except Exception as e:  # broken package metadata on sys.path must not take the built-ins down
-        warnings.warn(f"modality plugins not loaded: {_one_line(e)}", PluginWarning, stacklevel=2)
+        warnings.warn(f"modality plugins not loaded: {one_line(e, with_type=True)}", PluginWarning, stacklevel=2)
         return found
     for ep in entry_points:
         try:
             dist = getattr(ep, "dist", None)
             entry = Registered(ep.name, ep.value, dist.name if dist else "?", (dist.version if dist else None) or "?")
         except Exception as e:
-            warnings.warn(f"modality plugin {ep.name!r} ignored: unreadable package metadata ({_one_line(e)})", PluginWarning, stacklevel=2)
+            warnings.warn(f"modality plugin {ep.name!r} ignored: unreadable package metadata ({one_line(e, with_type=True)})", PluginWarning, stacklevel=2)
             continue
         if ep.name in found:
             taken = found[ep.name]
@@ -88,7 +86,7 @@ def _import(target: str) -> type:
     try:
         obj = getattr(importlib.import_module(module), attr)
     except Exception as e:  # a plugin's import error must not become our traceback
-        raise DataError(f"modality {target!r} failed to load: {_one_line(e)}") from None
+        raise DataError(f"modality {target!r} failed to load: {one_line(e, with_type=True)}") from None
     if not (isinstance(obj, type) and issubclass(obj, Modality)):
         raise DataError(f"modality {target!r} is not a subclass of arseq.modalities.Modality")
     for method in ("build_tokenizer", "read", "write"):

@@ -16,15 +16,13 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 import numpy as np
 import torch
 
+from arseq.atomic import OutputFiles  # noqa: F401  (re-exported: part of the plugin API)
+from arseq.errors import DataError  # noqa: F401
 from arseq.tokenizers.base import Tokenizer
 
 # Given each row's tokens so far (prompt + generated; the lists grow in place between calls, so a
 # constraint may keep per-row state), return a bool tensor (rows, vocab): True where a token is allowed.
 Constraint = Callable[[list[list[int]]], torch.Tensor]
-
-
-class DataError(ValueError):
-    """Bad input the user can fix: the message is one line naming the file and the problem."""
 
 
 @dataclass

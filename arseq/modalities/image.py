@@ -24,17 +24,16 @@ import math
 import os
 import re
 import struct
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from arseq.modalities import Constraint, DataError, EvalInputs, Example, Modality, Sample, Skipped
+from arseq.modalities import Constraint, DataError, EvalInputs, Example, Modality, OutputFiles, Sample, Skipped
 from arseq.tokenizers.patch import PatchTokenizer
 
 SOURCES = ("digits",)
@@ -86,16 +85,8 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "_"
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
-    """Write atomically: readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _png(image: Image.Image) -> Callable[[Path], None]:
+    return lambda path: image.save(path, format="PNG")
 
 
 def _upscale(image: Image.Image, scale: int) -> Image.Image:
@@ -334,22 +325,16 @@ class ImageModality(Modality):
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise DataError(f"{out}: --out must be a folder for images")
-        out.mkdir(parents=True, exist_ok=True)
-        protected = Path(args.prompt).resolve() if getattr(args, "prompt", None) else None
+        files = OutputFiles(overwrite=getattr(args, "overwrite", False), protect=[getattr(args, "prompt", None)])
         scale = max(1, math.ceil(64 / tok.size))  # 8×8 digits become 64×64 cells
-        paths: list[tuple[Path, Image.Image]] = []
         for i, (im, label) in enumerate(zip(images, labels)):
-            paths.append((out / (f"sample_{i:03d}" + (f"_{_safe(label)}" if label is not None else "") + ".png"), im))
+            files.add(out / (f"sample_{i:03d}" + (f"_{_safe(label)}" if label is not None else "") + ".png"), _png(im))
         cols = math.ceil(math.sqrt(len(images)))
-        paths.append((out / "grid.png", tile(images, cols, scale)))
+        files.add(out / "grid.png", _png(tile(images, cols, scale)))
         prompt = self._prompt_pixels(tok, args)
         if prompt is not None:
-            paths.append((out / "completion.png", tile([tok.image(prompt[0])] + images, len(images) + 1, scale)))
-        for path, im in paths:
-            if protected is not None and path.resolve() == protected:
-                raise DataError(f"{path}: refusing to overwrite the prompt image")
-            _save_png(im, path)
-        return [p for p, _ in paths]
+            files.add(out / "completion.png", _png(tile([tok.image(prompt[0])] + images, len(images) + 1, scale)))
+        return files.commit()
 
     # ---- evaluation ------------------------------------------------------------------------------
     def _codes(self, tok: PatchTokenizer, items: Sequence[Sequence[int]]) -> np.ndarray:

@@ -12,24 +12,24 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing as mp
-import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
+from arseq.errors import one_line
 from arseq.modalities import (
     Constraint,
     DataError,
     EvalInputs,
     Example,
     Modality,
+    OutputFiles,
     Sample,
     Skipped,
 )
@@ -132,25 +132,15 @@ class MusicModality(Modality):
                 print(" ".join(tokenizer.token_name(t) for t in s.prompt + s.tokens))
             return []
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        prompt = Path(args.prompt).resolve() if getattr(args, "prompt", None) else None
-        written: list[Path] = []
+        files = OutputFiles(overwrite=getattr(args, "overwrite", False), protect=[getattr(args, "prompt", None)])
         for i, s in enumerate(samples):
             ev = tokenizer.decode_events(s.prompt + s.tokens)
             score = tokenizer.to_score(ev)
             stem = out / f"sample_{i:03d}"
-            writers = {".mid": lambda tmp: score.write("midi", fp=str(tmp)),
-                       ".musicxml": lambda tmp: tokenizer.write_musicxml(score, tmp)}
-            for suffix, write in writers.items():
-                path = stem.with_suffix(suffix)
-                if prompt is not None and path.resolve() == prompt:
-                    raise DataError(f"{path}: refusing to overwrite the prompt file; choose another --out")
-                _atomic(path, write)
-                written.append(path)
-            png = stem.with_suffix(".png")
-            _atomic(png, lambda tmp: piano_roll(ev, tokenizer.ppq).save(tmp, format="PNG"))
-            written.append(png)
-        return written
+            files.add(stem.with_suffix(".mid"), partial(_write_midi, score))
+            files.add(stem.with_suffix(".musicxml"), partial(tokenizer.write_musicxml, score))
+            files.add(stem.with_suffix(".png"), partial(_write_piano_roll, ev, tokenizer.ppq))
+        return files.commit()
 
     # ---- reporting ----------------------------------------------------------------------------
     def summarize(self, tokenizer: ScoreTokenizer, examples: list[Example]) -> dict[str, Any]:
@@ -265,13 +255,13 @@ def read_events(tok: ScoreTokenizer, path: Path) -> Events:
     try:
         score = converter.parse(str(path))
     except Exception as e:  # music21 raises many kinds on bad files; one line is what the user needs
-        raise DataError(f"{path}: cannot parse ({_one_line(e)})") from None
+        raise DataError(f"{path}: cannot parse ({one_line(e, with_type=True, limit=200)})") from None
     try:
         return tok.extract(score)
     except ValueError as e:
         raise DataError(f"{path}: {e}") from None
     except Exception as e:
-        raise DataError(f"{path}: cannot read the score ({_one_line(e)})") from None
+        raise DataError(f"{path}: cannot read the score ({one_line(e, with_type=True, limit=200)})") from None
 
 
 def _check_midi(path: Path) -> None:
@@ -288,11 +278,6 @@ def _check_midi(path: Path) -> None:
         if at + 8 + size > len(data):
             raise DataError(f"{path}: truncated MIDI (track {i + 1} declares {size} bytes, {len(data) - at - 8} present)")
         at += 8 + size
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or "no message"
-    return f"{type(e).__name__}: {text[:200]}"
 
 
 def prompt_tokens(tok: ScoreTokenizer, path: Path, bars: int | None) -> list[int]:
@@ -347,16 +332,12 @@ class GrammarConstraint:
         return torch.from_numpy(masks)
 
 
-def _atomic(path: Path, write: Any) -> None:
-    """Write via a temporary file in the same folder (same suffix, for music21), then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_midi(score: Any, path: Path) -> None:
+    score.write("midi", fp=str(path))
+
+
+def _write_piano_roll(events: Events, ppq: int, path: Path) -> None:
+    piano_roll(events, ppq).save(path, format="PNG")
 
 
 def piano_roll(ev: Events, ppq: int, px_per_quarter: int = 24, row: int = 5) -> Any:

@@ -22,10 +22,8 @@ import gzip
 import hashlib
 import io
 import math
-import os
 import re
 import sys
-import tempfile
 import zlib
 from collections import Counter
 from contextlib import contextmanager
@@ -41,8 +39,8 @@ from Bio.Seq import Seq
 from Bio.SeqRecord import SeqRecord
 from Bio.SeqUtils.ProtParam import ProteinAnalysis
 
-from arseq.modalities import Constraint, DataError, EvalInputs, Example, Modality, Sample, Skipped
-from arseq.tokenizers.base import atomic_write_text
+from arseq.atomic import atomic_write
+from arseq.modalities import Constraint, DataError, EvalInputs, Example, Modality, OutputFiles, Sample, Skipped
 from arseq.tokenizers.protein import (
     ALPHABET,
     NONSTANDARD,
@@ -183,7 +181,7 @@ class ProteinModality(Modality):
         """Twenty short random proteins in one FASTA file."""
         rng = np.random.default_rng(0)
         records = [">demo_%d\n%s" % (i, "M" + "".join(rng.choice(list(STANDARD), size=int(rng.integers(30, 60))))) for i in range(20)]
-        atomic_write_text(tmp_dir / "demo.fasta", "\n".join(records) + "\n")
+        atomic_write(tmp_dir / "demo.fasta", "\n".join(records) + "\n")
         return {"data": {"paths": str(tmp_dir / "demo.fasta")}}
     def proteins(self, files: list[Path]) -> Iterator[tuple[str, str] | Skipped]:
         """(name, normalised sequence) per usable protein and a Skipped per unusable file or record."""
@@ -400,17 +398,16 @@ class ProteinModality(Modality):
             out = out / "designs.fasta"
         if out.suffix == ".csv":
             raise DataError(f"{out}: --out names the FASTA file; the property CSV is written beside it")
-        prompt = getattr(args, "prompt", None)
-        if prompt and Path(prompt).exists() and Path(prompt).resolve() == out.resolve():
-            raise DataError(f"{out}: refusing to overwrite the prompt file")
         table = io.StringIO()
         writer = csv.DictWriter(table, fieldnames=list(rows[0]) if rows else ["id"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         csv_path = out.with_name(out.name.removesuffix(".gz")).with_suffix(".csv")
-        _write(out, fasta.getvalue())
-        _write(csv_path, table.getvalue())
-        return [out, csv_path]
+        files = OutputFiles(overwrite=getattr(args, "overwrite", False), protect=[getattr(args, "prompt", None)])
+        text = fasta.getvalue()
+        files.add(out, gzip.compress(text.encode()) if out.name.endswith(".gz") else text)
+        files.add(csv_path, table.getvalue())
+        return files.commit()
 
     # ---- reporting -------------------------------------------------------------------------------
     def evaluate(self, tokenizer: ProteinTokenizers, report: EvalInputs) -> dict[str, Any]:
@@ -476,22 +473,6 @@ class ProteinModality(Modality):
 
 
 # ---- helpers (module level: usable on their own) ----------------------------------------------------
-def _write(path: Path, text: str) -> None:
-    """Atomic write, gzip-compressed when the name ends in .gz."""
-    if path.name.endswith(".gz"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(gzip.compress(text.encode()))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    else:
-        atomic_write_text(path, text)
-
-
 def properties(seq: str) -> dict[str, Any]:
     """Biopython ProteinAnalysis properties computed on the standard residues (others are left out and counted)."""
     std = "".join(c for c in seq if c in STANDARD)

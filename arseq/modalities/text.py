@@ -13,8 +13,9 @@ from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
-from arseq.modalities.base import DataError, EvalInputs, Example, Modality, Sample, Skipped
-from arseq.tokenizers.base import Tokenizer, atomic_write_text
+from arseq.atomic import atomic_write
+from arseq.modalities.base import DataError, EvalInputs, Example, Modality, OutputFiles, Sample, Skipped
+from arseq.tokenizers.base import Tokenizer
 from arseq.tokenizers.bpe import BPETokenizer
 from arseq.tokenizers.char import CharTokenizer
 
@@ -77,7 +78,7 @@ class TextModality(Modality):
         """Ten short files of simple sentences: enough items for a train/validation split."""
         words = ["the cat sat on the mat.", "a dog ran to the park.", "we like to read books.", "birds sing at dawn."]
         for i in range(10):
-            atomic_write_text(tmp_dir / "text" / f"doc_{i}.txt", " ".join(words[(i + j) % 4] for j in range(12)) + "\n")
+            atomic_write(tmp_dir / "text" / f"doc_{i}.txt", " ".join(words[(i + j) % 4] for j in range(12)) + "\n")
         return {"data": {"paths": str(tmp_dir / "text")}}
 
     # ---- generation ------------------------------------------------------------------------------
@@ -116,16 +117,13 @@ class TextModality(Modality):
                 for i, t in enumerate(texts):
                     print(f"----- sample {i} -----\n{t}")
             return []
-        if out.suffix == ".txt":
-            atomic_write_text(out, "\n\n".join(texts) + "\n")
-            return [out]
-        out.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i, t in enumerate(texts):
-            path = out / f"sample_{i:03d}.txt"
-            atomic_write_text(path, t)
-            paths.append(path)
-        return paths
+        files = OutputFiles(overwrite=getattr(args, "overwrite", False))
+        if out.suffix in (".txt", ".md"):
+            files.add(out, "\n\n".join(texts) + "\n")
+        else:
+            for i, t in enumerate(texts):
+                files.add(out / f"sample_{i:03d}.txt", t)
+        return files.commit()
 
     # ---- evaluation ------------------------------------------------------------------------------
     def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]]) -> dict[str, float]:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+
+from arseq.atomic import atomic_write
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIALS = (PAD, BOS, EOS)
@@ -37,29 +38,8 @@ class Tokenizer(Protocol):
     def from_dict(cls, state: dict[str, Any]) -> "Tokenizer": ...
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file so that readers see the old content or the new one, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike) -> None:
-    atomic_write_text(path, json.dumps(tokenizer.to_dict(), ensure_ascii=False))
+    atomic_write(path, json.dumps(tokenizer.to_dict(), ensure_ascii=False))
 
 
 def read_tokenizer_state(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,0 +1,146 @@
+"""The one way arseq writes files: a temporary file in the destination folder, fsync, then `os.replace`.
+
+Readers (and a process killed at any moment) see the old file or the whole new one, never half of it,
+and files get the usual permissions (0666 minus the umask; `mkstemp` alone would leave them 0600).
+`OutputFiles` groups the files one command writes, so none replaces an existing file unless the user
+asked for it, and a failure midway leaves neither half-written files nor folders it created.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Union
+
+from arseq.errors import DataError
+
+# What to write: text, bytes, or a function that writes the file at the path it is given (for libraries
+# such as music21 or pillow that want a file name; the temporary name keeps the destination's suffix).
+Content = Union[str, bytes, Callable[[Path], None]]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _stage(path: Path, content: Content) -> Path:
+    """Write `content` to a fresh temporary file beside `path`, flushed to disk; return its path."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    try:
+        if callable(content):
+            os.close(fd)
+            content(Path(tmp))
+            fd = os.open(tmp, os.O_RDONLY)
+        else:
+            data = content.encode("utf-8") if isinstance(content, str) else content
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX; a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, content: Content) -> Path:
+    """Replace `path` atomically with `content` (creating its folder if needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _stage(path, content)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+class OutputFiles:
+    """The files of one command, written together or not at all.
+
+    `add` only records what to write; `commit` refuses (with one line naming the file) if a target exists
+    and `overwrite` is off or it is a protected input (the prompt file), then stages every file and
+    renames them into place. Folders it had to create are removed again if anything fails.
+    """
+
+    def __init__(self, overwrite: bool = False, protect: Iterable[str | os.PathLike | None] = ()):
+        self.overwrite = overwrite
+        self.protect = {Path(p).resolve() for p in protect if p and Path(p).exists()}
+        self.planned: dict[Path, Content] = {}
+
+    def add(self, path: str | os.PathLike, content: Content) -> Path:
+        path = Path(path)
+        if path.resolve() in {p.resolve() for p in self.planned}:
+            raise ValueError(f"{path}: written twice by one command")
+        self.planned[path] = content
+        return path
+
+    def check(self) -> None:
+        """Fail before writing anything if a planned file may not be replaced."""
+        for path in self.planned:
+            if path.resolve() in self.protect:
+                raise DataError(f"{path}: refusing to overwrite an input of this command (the prompt); choose another --out")
+            existing = next(p for p in path.parents if p.exists())
+            if not existing.is_dir():
+                raise DataError(f"{existing}: is a file, not a folder; choose another --out")
+            if path.is_dir():
+                raise DataError(f"{path}: is a folder; choose another --out")
+            if path.exists() and not self.overwrite:
+                raise DataError(f"{path}: already exists; pass --overwrite to replace it, or choose another --out")
+
+    def commit(self) -> list[Path]:
+        self.check()
+        created: list[Path] = []
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for path in self.planned:
+                created.extend(_make_folder(path.parent))
+            for path, content in self.planned.items():
+                staged.append((_stage(path, content), path))
+            for tmp, path in staged:
+                os.replace(tmp, path)
+        except BaseException:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+            for folder in reversed(created):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
+            raise
+        for folder in dict.fromkeys(p.parent for p in self.planned):
+            _fsync_dir(folder)
+        return list(self.planned)
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; return the ones created, outermost first."""
+    missing = [p for p in [folder, *folder.parents] if not p.exists()][::-1]
+    for p in missing:
+        if not p.exists():
+            p.mkdir()
+    return missing

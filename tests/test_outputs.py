@@ -1,0 +1,104 @@
+"""Generated files: never replace a user's file without --overwrite, all or nothing, usual permissions."""
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from arseq.atomic import OutputFiles, atomic_write
+from arseq.cli import main
+from arseq.modalities import DataError, Sample
+from arseq.modalities.protein import ProteinModality
+from arseq.tokenizers.protein import ProteinTokenizer
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def umask022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_atomic_write_honours_the_umask_and_leaves_no_temp_file(tmp_path, umask022):
+    atomic_write(tmp_path / "a" / "x.txt", "hello")
+    atomic_write(tmp_path / "a" / "y.bin", b"\x00\x01")
+    atomic_write(tmp_path / "a" / "z.png", lambda p: p.write_bytes(b"png"))
+    assert [(p.name, _mode(p)) for p in sorted((tmp_path / "a").iterdir())] == [
+        ("x.txt", 0o644), ("y.bin", 0o644), ("z.png", 0o644)]
+    assert (tmp_path / "a" / "z.png").read_bytes() == b"png"
+
+
+def test_output_files_refuse_existing_files_unless_overwrite(tmp_path):
+    victim = tmp_path / "notes.md"
+    victim.write_text("thirty kilobytes of notes")
+    files = OutputFiles()
+    files.add(tmp_path / "new.txt", "new")
+    files.add(victim, "10 bytes!!")
+    with pytest.raises(DataError, match="notes.md: already exists; pass --overwrite"):
+        files.commit()
+    assert victim.read_text() == "thirty kilobytes of notes" and not (tmp_path / "new.txt").exists()
+    files.overwrite = True
+    assert files.commit() == [tmp_path / "new.txt", victim] and victim.read_text() == "10 bytes!!"
+
+
+def test_a_failure_midway_leaves_no_file_and_no_created_folder(tmp_path):
+    def broken(path: Path) -> None:
+        path.write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    files = OutputFiles()
+    files.add(tmp_path / "out" / "deep" / "a.txt", "a")
+    files.add(tmp_path / "out" / "deep" / "b.png", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        files.commit()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_prompt_file_is_protected_even_with_overwrite(tmp_path):
+    prompt = tmp_path / "sample_000.mid"
+    prompt.write_bytes(b"MThd")
+    files = OutputFiles(overwrite=True, protect=[prompt])
+    files.add(tmp_path / "sample_000.mid", b"new")
+    with pytest.raises(DataError, match="input of this command"):
+        files.commit()
+    assert prompt.read_bytes() == b"MThd"
+
+
+def test_protein_out_does_not_replace_an_unrelated_csv(tmp_path):
+    tok = ProteinTokenizer()
+    (tmp_path / "victim.csv").write_text("my spreadsheet")
+    samples = [Sample([tok.bos_id], tok.encode("MKTAYIAKQR"), True, 1.0)]
+    args = argparse.Namespace(prompt=None, rank=None, max_length=None, overwrite=False)
+    with pytest.raises(DataError, match="victim.csv: already exists"):
+        ProteinModality().write(tok, samples, tmp_path / "victim.fasta", args)
+    assert (tmp_path / "victim.csv").read_text() == "my spreadsheet" and not (tmp_path / "victim.fasta").exists()
+
+
+def test_generate_never_overwrites_without_the_flag(trained, tmp_path, capsys, umask022):
+    ckpt = str(trained / "checkpoints" / "last.ckpt")
+    notes = tmp_path / "notes.md"
+    notes.write_text("x" * 30_000)
+    base = ["generate", "--checkpoint", ckpt, "--max-new-tokens", "10", "--seed", "1"]
+    assert main([*base, "--out", str(notes)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "notes.md: already exists" in err[0] and "--overwrite" in err[0]
+    assert notes.read_text() == "x" * 30_000
+    assert main([*base, "--out", str(notes), "--overwrite"]) == 0
+    assert notes.read_text() != "x" * 30_000 and _mode(notes) == 0o644
+    folder = tmp_path / "s"
+    assert main([*base, "--num-samples", "2", "--out", str(folder)]) == 0
+    first = (folder / "sample_001.txt").read_text()
+    assert main([*base, "--num-samples", "2", "--seed", "2", "--out", str(folder)]) == 2
+    assert "sample_000.txt: already exists" in capsys.readouterr().err
+    assert (folder / "sample_001.txt").read_text() == first
+    assert {_mode(p) for p in folder.iterdir()} == {0o644}
+    (tmp_path / "file").write_text("a file")
+    assert main([*base, "--num-samples", "2", "--out", str(tmp_path / "file" / "sub")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
