@@ -17,6 +17,7 @@ from arseq.errors import DataError
 # What to write: text, bytes, or a function that writes the file at the path it is given (for libraries
 # such as music21 or pillow that want a file name; the temporary name keeps the destination's suffix).
 Content = Union[str, bytes, Callable[[Path], None]]
+TEMP_MARK = ".tmp"  # temporary files are named .NAME.RANDOM.tmpSUFFIX: hidden, and found again after a kill
 
 
 def _umask() -> int:
@@ -27,7 +28,7 @@ def _umask() -> int:
 
 def _stage(path: Path, content: Content) -> Path:
     """Write `content` to a fresh temporary file beside `path`, flushed to disk; return its path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f"{TEMP_MARK}{path.suffix}")
     try:
         if callable(content):
             os.close(fd)
@@ -77,6 +78,14 @@ def atomic_write(path: str | os.PathLike, content: Content) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def remove_stale_temps(folder: Path, suffix: str) -> list[Path]:
+    """Delete the temporary files of writes to `folder` that a killed process never finished."""
+    stale = [p for p in Path(folder).glob(f".*{TEMP_MARK}{suffix}") if p.is_file()] if Path(folder).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 class OutputFiles:

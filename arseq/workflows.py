@@ -50,6 +50,9 @@ def run_train(
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from lightning.fabric.plugins import CheckpointIO
+
+    from arseq.models.checkpoint_io import AtomicCheckpointIO, clean_checkpoint_folder
     from arseq.models.lightning_module import ARModule, LastCheckpoint
 
     if trainer_args.get("max_steps") in (None, -1):
@@ -59,12 +62,20 @@ def run_train(
     TransformerConfig(vocab_size=1, max_seq_len=data.block_size, **model)  # fail on a bad size before reading data
     OptimConfig(**optim)
     L.seed_everything(seed, verbose=False)
-    tokenizer = None
+    tokenizer, resumed = None, None
     if ckpt_path:  # resume with the checkpoint's tokenizer, never a refitted one
-        tokenizer = modality.load_tokenizer(load_checkpoint_file(Path(ckpt_path))["arseq"]["tokenizer"])
+        resumed = load_checkpoint_file(Path(ckpt_path))["arseq"]
+        tokenizer = modality.load_tokenizer(resumed["tokenizer"])
+        clean_checkpoint_folder(Path(ckpt_path).parent)  # what a kill of that run left behind
     prepared = prepare(modality, options, data, tokenizer=tokenizer)
     tok = prepared.tokenizer
     model_cfg = TransformerConfig(vocab_size=tok.vocab_size, max_seq_len=data.block_size, **model)
+    if resumed is not None:
+        theirs = resumed.get("model", {})
+        differ = [f"{k} {theirs.get(k)} vs {v}" for k, v in asdict(model_cfg).items() if k in theirs and theirs[k] != v]
+        if differ:
+            raise DataError(f"--ckpt_path {ckpt_path}: its model differs from the config's ({', '.join(differ)}); "
+                            "resume with the config it was trained with")
     meta = {
         "modality": {"name": selector or modality.name, "options": options},
         "tokenizer": tok.to_dict(),
@@ -85,8 +96,13 @@ def run_train(
         monitor="val/loss", mode="min", save_top_k=1, filename="best-step{step}-loss{val/loss:.4f}",
         auto_insert_metric_name=False,
     ) if val is not None else None
-    callbacks = [c for c in (last, best) if c] + [LearningRateMonitor(logging_interval="step")] + list(trainer_args.pop("callbacks", None) or [])
     trainer_args.setdefault("logger", loggers)
+    monitor = [LearningRateMonitor(logging_interval="step")] if trainer_args["logger"] not in (False, None, []) else []
+    callbacks = [c for c in (best, last) if c] + monitor + list(trainer_args.pop("callbacks", None) or [])
+    plugins = list(trainer_args.pop("plugins", None) or [])
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())  # a kill never leaves a broken last.ckpt
+    trainer_args["plugins"] = plugins
     trainer = L.Trainer(default_root_dir=root, callbacks=callbacks, **trainer_args)
     if compile:
         check_compile(trainer.strategy.root_device)
@@ -96,7 +112,7 @@ def run_train(
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
     run_dir = Path(trainer.log_dir or root)
     if trainer.is_global_zero:
-        best_path = best.best_model_path if best else "-"
+        best_path = (best.best_model_path if best else "") or "-"
         print(f"run directory: {run_dir}\n  last checkpoint: {last.path}\n  best checkpoint: {best_path}")
     return run_dir
 

@@ -9,7 +9,9 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Checkpoint
 
+from arseq.models.checkpoint_io import clean_checkpoint_folder
 from arseq.models.optim import OptimConfig, lr_factor, make_optimizer
 from arseq.models.transformer import Transformer, TransformerConfig
 
@@ -88,11 +90,14 @@ class ARModule(L.LightningModule):
         self.meta = checkpoint.get("arseq", self.meta)
 
 
-class LastCheckpoint(L.Callback):
+class LastCheckpoint(Checkpoint):
     """Keeps `checkpoints/last.ckpt` the newest training state, for resuming: written after every validation,
     every `every_n_steps` training steps if set (runs without validation data), and when training ends.
     (ModelCheckpoint's `save_last` does not do this since Lightning 2.6: it writes only when a top-k file is
-    written at the same step, so after the best validation loss, not the last.)"""
+    written at the same step, so after the best validation loss, not the last.)
+
+    A `Checkpoint` subclass, so Lightning runs it after the ModelCheckpoint listed before it: the state it
+    saves names the best checkpoint of this very validation, not the previous (already deleted) one."""
 
     def __init__(self, every_n_steps: int | None = None) -> None:
         self.path: Path | None = None
@@ -103,6 +108,8 @@ class LastCheckpoint(L.Callback):
         # Where ModelCheckpoint writes by default (the first logger's run folder), agreed on by all ranks.
         run = Path(trainer.log_dir or trainer.default_root_dir)
         self.path = Path(trainer.strategy.broadcast(str(run / "checkpoints" / "last.ckpt")))
+        if trainer.is_global_zero:
+            clean_checkpoint_folder(self.path.parent)
 
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.global_step != self._step and not trainer.sanity_checking:
