@@ -2,8 +2,9 @@
 
 The cache key hashes the modality and its options, the input files (path, size, mtime), the split
 settings and, when one is given, the tokenizer: a second run with the same inputs loads in milliseconds,
-and any change to them re-tokenizes. Entries are written to a temporary folder and renamed into place,
-so an interrupted run never leaves a half-written cache.
+and any change to them re-tokenizes. Entries are written to a temporary folder, sealed with checksums and
+renamed into place (`cache_entry`): an interrupted run never leaves a half-written entry, and a damaged
+one is found on loading and rebuilt.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -20,11 +22,12 @@ from typing import Any
 import numpy as np
 
 from arseq.atomic import atomic_write
+from arseq.data.cache_entry import commit, damage, discard, seal
 from arseq.data.files import expand_paths
 from arseq.modalities.base import DataError, Example, Modality, Skipped
 from arseq.tokenizers.base import Tokenizer
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries carry checksums.json
 
 
 @dataclass
@@ -134,7 +137,11 @@ def _collect(modality: Modality, files: list[Path], source: str | None, tokenize
     return examples, skipped
 
 
-def _write_split(directory: Path, name: str, seqs: list[np.ndarray], dtype: np.dtype) -> None:
+def _write_split(directory: Path, name: str, seqs: list[np.ndarray], dtype: np.dtype, vocab_size: int) -> None:
+    for s in seqs:
+        if len(s) and (s.min() < 0 or s.max() >= vocab_size):
+            bad = int(s.max() if s.max() >= vocab_size else s.min())
+            raise DataError(f"the modality produced token id {bad}, outside the tokenizer's vocabulary of {vocab_size}")
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     tokens = np.lib.format.open_memmap(directory / f"{name}.npy", mode="w+", dtype=dtype, shape=(int(offsets[-1]),))
@@ -160,6 +167,14 @@ def _split(examples: list[Example], data: DataConfig) -> tuple[list[np.ndarray],
     return [stream[:cut]], [stream[cut:]], "tail"
 
 
+def _complete(directory: Path, check_roundtrip: bool) -> bool:
+    try:
+        stats = json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return damage(directory) is None and (not check_roundtrip or "roundtrip_exact" in stats)
+
+
 def load_split(directory: Path, name: str) -> TokenSplit:
     return TokenSplit(np.load(directory / f"{name}.npy", mmap_mode="r"), np.load(directory / f"{name}_offsets.npy"))
 
@@ -183,6 +198,11 @@ def prepare(
         candidates.append(cache_key(modality, options, data, files, val_files, None))
     for key in candidates:
         directory = cache_root() / modality.name / key
+        broken = damage(directory)
+        if broken is not None:
+            print(f"arseq: cache entry {directory} is damaged ({broken}); rebuilding it", file=sys.stderr)
+            discard(directory)
+            continue
         try:
             stats = json.loads((directory / "meta.json").read_text())
             state = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
@@ -232,17 +252,14 @@ def prepare(
     tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=".tmp-"))
     try:
         dtype = _dtype(tokenizer.vocab_size)
-        _write_split(tmp, "train", train_seqs, dtype)
-        _write_split(tmp, "val", val_seqs, dtype)
+        _write_split(tmp, "train", train_seqs, dtype, tokenizer.vocab_size)
+        _write_split(tmp, "val", val_seqs, dtype, tokenizer.vocab_size)
         atomic_write(tmp / "tokenizer.json", json.dumps(tokenizer.to_dict(), ensure_ascii=False))
         atomic_write(tmp / "meta.json", json.dumps(stats, indent=1))
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        if directory.exists():  # a stale entry (e.g. without roundtrip stats): replace it
-            shutil.rmtree(directory, ignore_errors=True)
-        try:
-            os.rename(tmp, directory)
-        except OSError:  # another process won the race with identical content
-            shutil.rmtree(tmp, ignore_errors=True)
+        seal(tmp)
+        if directory.exists() and not _complete(directory, check_roundtrip):  # e.g. without roundtrip stats
+            discard(directory)  # (a complete one is another process's identical build: commit keeps it)
+        commit(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
