@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from arseq.atomic import atomic_write
+from arseq.errors import one_line
 from arseq.modalities import DataError, Modality, resolve
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.base import Tokenizer, read_tokenizer_state
@@ -67,6 +69,8 @@ def _assemble(
             load_model(model, str(state), strict=True)
         else:
             model.load_state_dict(state, strict=True)
+    except SafetensorError as e:
+        raise DataError(f"{state}: not a readable safetensors file, truncated or damaged ({one_line(e)})") from None
     except (RuntimeError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0]
         raise DataError(f"{where}: weights do not fit the model config ({first})") from None

@@ -63,3 +63,40 @@ def test_a_section_that_is_not_a_mapping_is_one_line(setup, section, capsys):
     root, config = setup
     config.write_text(config.read_text(encoding="utf-8") + section + "\n", encoding="utf-8")
     _assert_refused(["train", "--config", str(config)], section.split(":")[0], root, capsys)
+
+
+# (flags added to `arseq generate --checkpoint LAST --out OUT`, text the one-line error must contain)
+GENERATE_FLAGS = [
+    (["--device", "bogus"], "--device bogus"),
+    (["--num-samples", "0"], "--num-samples"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--max-new-tokens", "0"], "max_new_tokens"),
+    (["--temperature", "-1"], "temperature"),
+    (["--top-p", "1.5"], "top_p"),
+]
+if not __import__("torch").cuda.is_available():
+    GENERATE_FLAGS.append((["--device", "cuda"], "CUDA is not available"))
+
+
+@pytest.mark.parametrize("flags,expect", GENERATE_FLAGS, ids=[" ".join(f) for f, _ in GENERATE_FLAGS])
+def test_bad_generate_flag_is_one_line_exit_2(trained, tmp_path, flags, expect, capsys):
+    last = trained / "checkpoints" / "last.ckpt"
+    _assert_refused(["generate", "--checkpoint", str(last), "--out", str(tmp_path / "out"), *flags], expect, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("cut", [0, 7, 0.5], ids=["0-byte", "7 bytes", "half"])
+def test_truncated_safetensors_is_one_line(trained, tmp_path, cut, capsys):
+    export = tmp_path / "exp"
+    assert main(["export", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--out", str(export)]) == 0
+    weights = export / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: int(len(data) * cut) if isinstance(cut, float) else cut])
+    capsys.readouterr()
+    _assert_refused(["generate", "--checkpoint", str(export), "--out", str(tmp_path / "o")], "model.safetensors", tmp_path, capsys)
+
+
+def test_resuming_a_run_of_another_model_size_is_one_line(trained, tiny_config, tmp_path, capsys):
+    last = trained / "checkpoints" / "last.ckpt"
+    argv = ["train", "--config", str(tiny_config), "--ckpt_path", str(last), "--model.d_model", "48",
+            "--trainer.default_root_dir", str(tmp_path / "runs")]
+    _assert_refused(argv, "d_model 32 vs 48", tmp_path, capsys)
