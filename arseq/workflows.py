@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from dataclasses import asdict, replace
 from importlib.util import find_spec
@@ -163,6 +164,19 @@ def sampling_config(loaded: Loaded, args: argparse.Namespace) -> SamplingConfig:
     return loaded.modality.configure_sampling(args, cfg)
 
 
+def fit_prompts(modality: Modality, tok: Any, prompts: list[list[int]], context: int, max_new_tokens: int) -> list[list[int]]:
+    """Cut prompts longer than the context to what fits with room to generate, saying so once per prompt."""
+    room = max(1, min(max_new_tokens, context // 4))
+    fitted: dict[tuple[int, ...], list[int]] = {}
+    for p in prompts:
+        if len(p) > context and tuple(p) not in fitted:
+            kept, what = modality.fit_prompt(tok, list(p), context - room)
+            print(f"arseq: the prompt is {len(p)} tokens, more than the model's context of {context}; "
+                  f"kept {what} ({len(kept)} tokens)", file=sys.stderr)
+            fitted[tuple(p)] = kept
+    return [fitted.get(tuple(p), p) for p in prompts]
+
+
 def sample(
     loaded: Loaded, args: argparse.Namespace, num_samples: int, batch_size: int, stream: bool = True,
     cfg: SamplingConfig | None = None,
@@ -170,11 +184,7 @@ def sample(
     """Generate `num_samples` samples with the modality's prompts, constraint and streamer."""
     tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
     cfg = replace(cfg) if cfg is not None else sampling_config(loaded, args)  # a copy: seeds change per batch
-    prompts = modality.prompts(tok, args, num_samples)
-    context = model.cfg.max_seq_len
-    for p in prompts:
-        if len(p) > context:
-            raise DataError(f"the prompt is {len(p)} tokens long, more than the model's context of {context}")
+    prompts = fit_prompts(modality, tok, modality.prompts(tok, args, num_samples), model.cfg.max_seq_len, cfg.max_new_tokens)
     streamer = modality.streamer(tok, args) if stream else None
     out: list[Sample] = []
     batches = range(0, len(prompts), batch_size)

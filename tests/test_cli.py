@@ -189,7 +189,6 @@ def test_bad_data_and_checkpoints_get_one_line_errors(trained, tiny_config, tmp_
         (["prepare", "--config", str(tiny_config), "--data.paths", str(empty)], "empty file"),
         (["generate", "--checkpoint", str(junk)], "not a readable checkpoint"),
         (["generate", "--checkpoint", str(foreign)], "not an arseq checkpoint"),
-        (["generate", "--checkpoint", ckpt, "--prompt", "the " * 10], "more than the model's context"),
         (["generate", "--checkpoint", ckpt, "--prompt", "QQQ"], "not in the tokenizer's vocabulary"),
     ]
     for argv, message in cases:

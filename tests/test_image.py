@@ -172,8 +172,16 @@ def test_folder_labels_and_bad_files_are_skipped_with_reasons(tmp_path):
 def test_no_usable_image_is_a_data_error(tmp_path):
     bad = tmp_path / "a.png"
     bad.write_bytes(b"\x89PNG junk")
-    with pytest.raises(DataError, match="no usable image"):
-        ImageModality(size=8).build_tokenizer([bad], None)
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (200, 200)).save(bomb)
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 200 * 200 // 3  # so that a small file is a "bomb" (pillow warns above it)
+    try:
+        with pytest.raises(DataError, match="no usable image among 2 files") as e:
+            ImageModality(size=8).build_tokenizer([bad, bomb], None)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    assert "a.png: not an image" in str(e.value) and "bomb.png: too many pixels" in str(e.value)
     with pytest.raises(DataError, match="unknown image data.source"):
         ImageModality(size=8).build_tokenizer([], "cifar")
 
@@ -271,3 +279,13 @@ def test_metrics_have_the_same_keys_for_data_and_samples(digits):
     assert data["complete_fraction"] == samples["complete_fraction"] == 1.0
     assert 0.2 < data["mean_intensity"] < 0.45 and 0.2 < data["foreground_fraction"] < 0.45
     assert m.metrics(tok, [[1, 5, 6]])["complete_fraction"] == 0.0
+
+
+def test_a_prompt_too_long_for_the_context_keeps_whole_patch_rows(digits, tmp_path):
+    m, tok, examples = digits
+    prompt_png = tmp_path / "prompt.png"
+    Image.fromarray(tok.decode_pixels(examples[5].tokens)[..., 0], "L").save(prompt_png)
+    full = m.prompts(tok, _args(prompt=str(prompt_png), prompt_rows=tok.grid), 1)[0]
+    kept, what = m.fit_prompt(tok, full, 2 + 3 * tok.grid + 5)  # room for three rows and a bit
+    assert kept == full[: 2 + 3 * tok.grid] and what == "its first 3 patch rows"
+    assert tok.decode_label(kept) == tok.decode_label(full)  # BOS and label stay

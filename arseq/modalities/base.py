@@ -94,6 +94,14 @@ class Modality:
         """Token prompts, one per sample. Default: BOS alone."""
         return [[tokenizer.bos_id] for _ in range(num_samples)]
 
+    def fit_prompt(self, tokenizer: Tokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
+        """Cut a prompt longer than the model's context to at most `limit` tokens; say what was kept.
+
+        Default: BOS and the newest tokens (what the next token depends on most). Override to cut at
+        units of the data (bars, image rows) so the prompt stays well-formed."""
+        kept = [tokenizer.bos_id, *prompt[len(prompt) - limit + 1 :]]
+        return kept, f"its newest {limit - 1} tokens"
+
     def constraint(self, tokenizer: Tokenizer, args: argparse.Namespace) -> Constraint | None:
         """A decoding constraint that keeps samples well-formed, or None."""
         return None

@@ -186,9 +186,12 @@ class ImageModality(Modality):
         """Fit the codebook on every usable image. Its generalisation is measured by a second fit that
         leaves out 10% of the images (at least one, chosen by `codebook_seed`): their reconstruction PSNR
         is stored in the tokenizer's `fit_stats`, next to the PSNR on the images it was fitted on."""
-        items = [(p, label) for _, p, label, _ in self._items(files, source, None) if p is not None]
+        found = list(self._items(files, source, None))
+        items = [(p, label) for _, p, label, _ in found if p is not None]
         if not items:
-            raise DataError(f"no usable image among {len(files)} files" if files else "no images to fit the tokenizer on")
+            causes = "; ".join(f"{name}: {problem}" for name, _, _, problem in found[:3])
+            more = f"; and {len(found) - 3} more" if len(found) > 3 else ""
+            raise DataError(f"no usable image among {len(files)} files ({causes}{more})" if files else "no images to fit the tokenizer on")
         labels = sorted({label for _, label in items if label is not None}, key=_natural)
         pixels = [p for p, _ in items]
         tok = self._fit(pixels, labels)
@@ -297,6 +300,12 @@ class ImageModality(Modality):
             pixels, rows = prompt
             kept = (tok.codes(pixels)[: rows * tok.grid] + tok.code_offset).tolist()
         return [[tok.bos_id] + label + kept for label in self._label_ids(tok, args, num_samples)]
+
+    def fit_prompt(self, tokenizer: PatchTokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
+        """BOS, the label and the first whole patch rows that fit: generation goes on below them."""
+        start = 2 if tokenizer.labels else 1
+        rows = max(0, (limit - start) // tokenizer.grid)
+        return prompt[: start + rows * tokenizer.grid], f"its first {rows} patch rows"
 
     def constraint(self, tokenizer: PatchTokenizer, args: argparse.Namespace) -> Constraint:
         """Label tokens right after BOS (when labelled), then exactly num_patches codes, then EOS."""

@@ -119,6 +119,14 @@ class MusicModality(Modality):
         ids = prompt_tokens(tokenizer, Path(prompt), getattr(args, "prompt_bars", None))
         return [list(ids) for _ in range(num_samples)]
 
+    def fit_prompt(self, tokenizer: ScoreTokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
+        """The header and the first whole bars that fit, then a bar line (as --prompt-bars does)."""
+        bar_at = [i for i, t in enumerate(prompt) if t == tokenizer.bar_id]
+        bars = max((k for k in range(1, len(bar_at)) if bar_at[k] + 1 <= limit), default=None)
+        if bars is None:
+            raise DataError(f"the prompt's first bar does not fit in {limit} tokens; choose a shorter prompt")
+        return prompt[: bar_at[bars]] + [tokenizer.bar_id], f"its first {bars} of {len(bar_at)} bars"
+
     def constraint(self, tokenizer: ScoreTokenizer, args: argparse.Namespace) -> Constraint:
         return GrammarConstraint(tokenizer, getattr(args, "bars", None))
 

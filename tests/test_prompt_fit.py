@@ -1,0 +1,48 @@
+"""Prompts longer than the context are cut to what fits (whole bars, newest tokens), with one line saying so."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import music21
+import torch
+
+from arseq.checkpoint import Loaded
+from arseq.cli import main
+from arseq.modalities import resolve
+from arseq.modalities.music import prompt_tokens
+from arseq.models.transformer import Transformer, TransformerConfig
+from arseq.workflows import sample
+
+MUSIC = resolve("music")
+
+
+def test_a_text_prompt_longer_than_the_context_keeps_its_newest_tokens(trained, capsys):
+    prompt = "the cat sat on the mat. a dog ran to the park. we like to "  # 58 characters, context 32
+    ckpt = str(trained / "checkpoints" / "last.ckpt")
+    assert main(["generate", "--checkpoint", ckpt, "--prompt", prompt, "--max-new-tokens", "12", "--seed", "1"]) == 0
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "more than the model's context of 32" in lines[0] and "kept its newest 23 tokens" in lines[0]
+    assert out.startswith(prompt) and len(out) > len(prompt)
+
+
+def test_a_whole_chorale_as_prompt_is_cut_to_whole_bars_and_continues(capsys):
+    m = MUSIC()
+    tok = m.tokenizer
+    path = str(music21.corpus.getWork("bwv66.6"))  # the 375-token chorale of the issue
+    whole = prompt_tokens(tok, Path(path), None)
+    kept, what = m.fit_prompt(tok, whole, 192)
+    bars = int(what.split()[2])
+    assert len(whole) > 256 and len(kept) <= 192 and kept == prompt_tokens(tok, Path(path), bars)
+    assert tok.decode_events(kept).repairs == 0 and f"of {whole.count(tok.bar_id)} bars" in what
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=tok.vocab_size, max_seq_len=256, n_layer=1, n_head=2, d_model=32))
+    loaded = Loaded(model.eval(), tok, m, {})
+    args = argparse.Namespace(prompt=path, prompt_bars=None, bars=2, max_new_tokens=40, temperature=1.0, top_k=None,
+                              top_p=None, min_p=None, repetition_penalty=1.0, seed=3, preset=None, explicit=frozenset())
+    (s,) = sample(loaded, args, 1, 1, stream=False)
+    assert s.prompt == m.fit_prompt(tok, whole, 256 - 64)[0] and len(s.tokens) > 0  # --bars 2: 128 new tokens, room 64
+    assert tok.decode_events(s.prompt + s.tokens).repairs == 0  # the grammar constraint accepted the cut prompt
+    err = capsys.readouterr().err
+    assert "bars" in err and "more than the model's context of 256" in err
