@@ -48,7 +48,7 @@ def require_transformers() -> Any:
 
 def check_exportable(cfg: TransformerConfig) -> None:
     """Refuse, in one line, a setting a LlamaForCausalLM cannot reproduce (fields added to the model later)."""
-    for f in fields(TransformerConfig):
+    for f in fields(cfg):
         if f.name in MAPPED | TRAINING_ONLY:
             continue
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
@@ -252,7 +252,14 @@ def write_hf_folder(folder: Path, loaded: "Loaded", export_format: int) -> None:
     hf_model = transformers.LlamaForCausalLM(hf_config).eval()
     hf_model.load_state_dict(to_hf_state(model.state_dict(), model.cfg), strict=True)
     _check_logits(model, hf_model)
-    hf_model.save_pretrained(str(folder))
+    bars = transformers.utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()  # a bar for a one-file write is noise on the CLI
+    try:
+        hf_model.save_pretrained(str(folder))
+    finally:
+        if shown:
+            bars.enable_progress_bar()
     sampling = modality_sampling(loaded.modality, tok.eos_id)
     transformers.GenerationConfig(**generation_kwargs(sampling, *ids)).save_pretrained(str(folder))
     meta = {k: v for k, v in loaded.meta.items() if k != "tokenizer"}
