@@ -74,6 +74,8 @@ def initialise(model: Transformer, source: InitSource, resize_vocab: bool = Fals
 
         state = load_file(str(state))
     state = dict(state)
+    if model.cfg.tie_weights and "embed.weight" in state:  # safetensors files store a tied tensor once
+        state.setdefault("lm_head.weight", state["embed.weight"])
     have, want = source.config.vocab_size, model.cfg.vocab_size
     if have != want:
         if not resize_vocab:
@@ -85,9 +87,9 @@ def initialise(model: Transformer, source: InitSource, resize_vocab: bool = Fals
             state["lm_head.weight"] = state["embed.weight"]
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise DataError(f"{source.where}: weights do not fit the model config ({first})") from None
+    except RuntimeError as e:  # torch's first line is only "Error(s) in loading state_dict": say which
+        detail = " ".join(str(e).split()).removeprefix("Error(s) in loading state_dict for Transformer: ")
+        raise DataError(f"{source.where}: weights do not fit the model config ({detail[:300]})") from None
     resized = f", vocabulary resized {have} -> {want}" if have != want else ""
     reused = "its tokenizer" if source.tokenizer is not None else "the config's tokenizer"
     return f"initialised from {source.parts.where} ({reused}{resized}; fresh optimizer and schedule)"
