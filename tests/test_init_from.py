@@ -96,3 +96,17 @@ def test_init_from_a_hugging_face_llama_needs_resize_for_another_vocabulary(tiny
     assert code == 0, err
     embed, old = RecordStart.seen[-1]["state"]["embed.weight"], small.state_dict()["model.embed_tokens.weight"]
     assert torch.equal(embed[:20], old) and torch.allclose(embed[20:], old.mean(0).expand(4, -1))
+
+
+def test_init_from_a_hugging_face_export_reuses_its_arseq_tokenizer(trained, tiny_config, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    assert run(capsys, "export", "--checkpoint", str(trained), "--out", str(tmp_path / "hf"), "--format", "hf")[0] == 0
+    source = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
+    RecordStart.seen.clear()
+    code, out, err = run(capsys, "train", "--config", str(tiny_config), "--init-from", str(tmp_path / "hf"),
+                         "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "runs"),
+                         "--trainer.callbacks", CALLBACKS)
+    assert code == 0 and "its tokenizer" in out, err
+    for name, weight in RecordStart.seen[-1]["state"].items():
+        assert torch.equal(weight, source["state_dict"]["model." + name]), name
+    assert last_checkpoint(out)["arseq"]["tokenizer"] == source["arseq"]["tokenizer"]
