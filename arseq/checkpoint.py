@@ -1,5 +1,5 @@
 """Load a model, its tokenizer and its modality from a Lightning checkpoint or an export directory,
-and write exports (config.json + model.safetensors + tokenizer.json).
+and write exports (config.json + model.safetensors + tokenizer.json, or a Hugging Face folder).
 
 Checkpoints are read with `torch.load(weights_only=True)`: no code from a file is ever unpickled.
 """
@@ -19,6 +19,7 @@ from safetensors.torch import load_model, save_model
 
 from arseq.atomic import atomic_write
 from arseq.errors import one_line
+from arseq.interop import hf
 from arseq.modalities import DataError, Modality, resolve
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.base import Tokenizer, read_tokenizer_state
@@ -104,14 +105,30 @@ def find_checkpoint(path: Path) -> Path:
     raise DataError(f"{path}: no checkpoint, export or run folder with checkpoints here")
 
 
-def load(path: str | os.PathLike, modality: str | None = None, trust_import: bool = False) -> Loaded:
-    """A `.ckpt` file from `arseq train`, a run folder holding them, or a directory from `arseq export`.
+@dataclass
+class Parts:
+    """What a model file holds before it is assembled: arseq metadata and tokenizer are None for a plain HF folder."""
 
-    The file's modality is resolved among registered modalities only; `modality` (a registered name or
-    `package.module:Class` the user chose) overrides it, and `trust_import` allows the file's own import path.
-    """
+    model_cfg: dict[str, Any]
+    state: dict[str, torch.Tensor] | Path  # a Path: an arseq export's model.safetensors
+    meta: dict[str, Any] | None
+    tokenizer: dict[str, Any] | None
+    where: str
+
+
+def read_parts(path: str | os.PathLike) -> Parts:
+    """Read a .ckpt, a run folder, an arseq export (either format) or a Hugging Face Llama folder."""
     path = find_checkpoint(Path(path))
     if path.is_dir():
+        if (path / hf.HF_META).exists() or hf.is_hf_folder(path):
+            model_cfg, state = hf.read_hf_folder(path)
+            if not (path / hf.HF_META).exists():
+                return Parts(model_cfg, state, None, None, str(path))
+            try:
+                meta = json.loads((path / hf.HF_META).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                raise DataError(f"{path / hf.HF_META}: not readable arseq settings") from None
+            return Parts(model_cfg, state, meta, read_tokenizer_state(path / hf.HF_TOKENIZER), str(path))
         config_file = path / "config.json"
         try:
             config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -120,27 +137,47 @@ def load(path: str | os.PathLike, modality: str | None = None, trust_import: boo
         if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT or "model" not in config:
             raise DataError(f"{config_file}: not an arseq export config")
         tok_state = read_tokenizer_state(path / "tokenizer.json")
-        return _assemble(config["model"], path / "model.safetensors", config, tok_state, str(path), modality, trust_import)
+        return Parts(config["model"], path / "model.safetensors", config, tok_state, str(path))
     ckpt = load_checkpoint_file(path)
     meta = ckpt["arseq"]
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    return _assemble(meta["model"], state, meta, meta["tokenizer"], str(path), modality, trust_import)
+    return Parts(meta["model"], state, meta, meta["tokenizer"], str(path))
 
 
-def export(loaded: Loaded, out: str | os.PathLike) -> Path:
-    """Write a self-contained export directory; refuses to touch a non-empty existing one."""
+def load(path: str | os.PathLike, modality: str | None = None, trust_import: bool = False) -> Loaded:
+    """A `.ckpt` file from `arseq train`, a run folder holding them, or a directory from `arseq export`.
+
+    The file's modality is resolved among registered modalities only; `modality` (a registered name or
+    `package.module:Class` the user chose) overrides it, and `trust_import` allows the file's own import path.
+    """
+    parts = read_parts(path)
+    if parts.meta is None or parts.tokenizer is None:
+        raise DataError(f"{parts.where}: a Hugging Face model without arseq's tokenizer and modality ({hf.HF_META}); "
+                        "start a run from it with 'arseq train --init-from'")
+    return _assemble(parts.model_cfg, parts.state, parts.meta, parts.tokenizer, parts.where, modality, trust_import)
+
+
+def export(loaded: Loaded, out: str | os.PathLike, format: str = "arseq") -> Path:
+    """Write a self-contained export directory; refuses to touch a non-empty existing one.
+
+    `format="hf"`: a Hugging Face LlamaForCausalLM folder that arseq reads too (see arseq.interop.hf).
+    """
     out = Path(out)
+    if format not in ("arseq", "hf"):
+        raise DataError(f"--format {format!r}: choose arseq or hf")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: already exists and is not an empty folder; choose another --out")
+    if format == "hf":  # fail before writing anything
+        hf.require_transformers()
+        hf.check_exportable(loaded.model.cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         os.chmod(tmp, 0o755)
-        config = {k: v for k, v in loaded.meta.items() if k != "tokenizer"}
-        config.update(format=EXPORT_FORMAT, model=loaded.model.cfg.__dict__)
-        atomic_write(tmp / "config.json", json.dumps(config, indent=2))
-        atomic_write(tmp / "tokenizer.json", json.dumps(loaded.tokenizer.to_dict(), ensure_ascii=False))
-        save_model(loaded.model, str(tmp / "model.safetensors"))
+        if format == "hf":
+            hf.write_hf_folder(tmp, loaded, EXPORT_FORMAT)
+        else:
+            _write_arseq(tmp, loaded)
         if out.exists():
             out.rmdir()
         os.rename(tmp, out)
@@ -148,3 +185,12 @@ def export(loaded: Loaded, out: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_arseq(tmp: Path, loaded: Loaded) -> None:
+    """config.json + model.safetensors + tokenizer.json: arseq's own format."""
+    config = {k: v for k, v in loaded.meta.items() if k != "tokenizer"}
+    config.update(format=EXPORT_FORMAT, model=loaded.model.cfg.__dict__)
+    atomic_write(tmp / "config.json", json.dumps(config, indent=2))
+    atomic_write(tmp / "tokenizer.json", json.dumps(loaded.tokenizer.to_dict(), ensure_ascii=False))
+    save_model(loaded.model, str(tmp / "model.safetensors"))

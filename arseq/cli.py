@@ -75,10 +75,16 @@ def config_parser(verb: str, modality_cls: type | None):
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint (e.g. last.ckpt)")
         parser.add_argument("--compile", type=bool, default=False,
                             help="torch.compile the model for training: ~1.2x faster steps on CPU after ~20 s of compiling")
+        parser.add_argument("--init-from", "--init_from", dest="init_from", type=str | None, default=None,
+                            help="start from these weights (arseq .ckpt/run folder/export, or a Hugging Face Llama folder) "
+                            "with a fresh optimizer and schedule; an arseq source's tokenizer is reused")
+        parser.add_argument("--init-from-resize-vocab", "--init_from_resize_vocab", dest="init_from_resize_vocab",
+                            action="store_true", help="with --init-from: resize the embeddings to the tokenizer's vocabulary")
     else:  # the training sections of a train config are accepted unchecked (and Lightning stays unimported)
         for section in ("model", "optim", "trainer"):
             parser.add_argument(f"--{section}", type=dict | None, default=None, help=f"ignored by {verb}")
-        parser.add_argument("--ckpt_path", type=str | None, default=None, help=f"ignored by {verb}")
+        for key in ("ckpt_path", "init_from", "init_from_resize_vocab"):
+            parser.add_argument(f"--{key}", type=str | bool | None, default=None, help=f"ignored by {verb}")
         parser.add_argument("--check-roundtrip", "--check_roundtrip", dest="check_roundtrip", action="store_true",
                             help="also report the fraction of items that decode(encode(x)) reproduces exactly")
     return parser
@@ -122,7 +128,8 @@ def run_config_verb(verb: str, argv: list[str]) -> int:
         print(json.dumps(workflows.run_prepare(modality, options, data, cfg.check_roundtrip), indent=1))
         return 0
     trainer_args = {k: _instantiate(v) for k, v in cfg.trainer.as_dict().items() if v is not None}
-    workflows.run_train(modality, options, data, cfg.model.as_dict(), cfg.optim.as_dict(), trainer_args, cfg.seed, cfg.ckpt_path, name, cfg.compile)
+    workflows.run_train(modality, options, data, cfg.model.as_dict(), cfg.optim.as_dict(), trainer_args, cfg.seed, cfg.ckpt_path, name, cfg.compile,
+                        cfg.init_from, cfg.init_from_resize_vocab)
     return 0
 
 
@@ -216,9 +223,11 @@ def run_export(argv: list[str]) -> int:
                                 "that 'arseq generate' and 'arseq evaluate' accept like a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="a .ckpt from 'arseq train'")
     p.add_argument("--out", required=True, type=Path, help="a new (or empty) folder")
+    p.add_argument("--format", choices=("arseq", "hf"), default="arseq",
+                   help="hf: a Hugging Face LlamaForCausalLM folder (needs transformers) that arseq reads too")
     _add_trust_arguments(p)
     args = p.parse_args(argv)
-    out = checkpoint.export(checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import), args.out)
+    out = checkpoint.export(checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import), args.out, args.format)
     print(f"exported to {out}")
     return 0
 

@@ -41,11 +41,14 @@ def run_train(
     ckpt_path: str | None = None,
     selector: str | None = None,
     compile: bool = False,
+    init_from: str | None = None,
+    init_from_resize_vocab: bool = False,
 ) -> Path:
     """Train a model; return the run directory (checkpoints under `checkpoints/`).
 
     `selector` is how the config named the modality (a registered name or an import path); it is
-    stored in checkpoints so that loading finds an unregistered modality class too.
+    stored in checkpoints so that loading finds an unregistered modality class too. `init_from` starts
+    from existing weights (see arseq.interop.init_from); `ckpt_path` resumes a run.
     """
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -68,6 +71,14 @@ def run_train(
         resumed = load_checkpoint_file(Path(ckpt_path))["arseq"]
         tokenizer = modality.load_tokenizer(resumed["tokenizer"])
         clean_checkpoint_folder(Path(ckpt_path).parent)  # what a kill of that run left behind
+    source = None
+    if init_from:  # fine-tune: an arseq source's tokenizer too, so that token ids keep their meaning
+        from arseq.interop.init_from import initialise, read_source
+
+        if ckpt_path:
+            raise DataError("--init-from starts a new run from weights, --ckpt_path resumes a run: give one of them")
+        source = read_source(init_from, modality, model, data.block_size)
+        tokenizer = source.tokenizer
     prepared = prepare(modality, options, data, tokenizer=tokenizer)
     tok = prepared.tokenizer
     model_cfg = TransformerConfig(vocab_size=tok.vocab_size, max_seq_len=data.block_size, **model)
@@ -84,6 +95,7 @@ def run_train(
         "model": asdict(model_cfg),
     }
     module = ARModule(asdict(model_cfg), optim, meta, compile)
+    init_note = initialise(module.model, source, init_from_resize_vocab) if source else None
     augment = None if type(modality).augment is Modality.augment else modality.augment
     train = train_loader(prepared.directory / "train.npy", data.block_size, data.batch_size, seed, augment, data.num_workers)
     val = val_loader(prepared.val, data.block_size, data.batch_size, tok.pad_id)
@@ -110,6 +122,8 @@ def run_train(
     if trainer.is_global_zero:
         print(f"model: {module.model.num_params() / 1e6:.2f}M parameters, vocab {tok.vocab_size}, context {data.block_size}; "
               f"data: {prepared.train.num_tokens:,} train / {prepared.val.num_tokens:,} val tokens")
+        if init_note:
+            print(init_note)
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
     run_dir = Path(trainer.log_dir or root)
     if trainer.is_global_zero:
