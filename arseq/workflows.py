@@ -20,7 +20,7 @@ from arseq.data.prepare import DataConfig, Prepared, prepare
 from arseq.modalities import DataError, EvalInputs, Modality, Sample
 from arseq.models.optim import OptimConfig
 from arseq.models.sampling import SamplingConfig, generate
-from arseq.models.scoring import sequence_nll
+from arseq.models.scoring import sequence_nll, unigram_baseline
 from arseq.models.transformer import TransformerConfig
 
 
@@ -261,15 +261,20 @@ def run_evaluate(loaded: Loaded, args: argparse.Namespace, data_paths: list[str]
         "seconds": round(time.perf_counter() - t0, 3),
     }
     train_items = train_data.train.items() if train_data is not None else items
+    unigram, counted = unigram_baseline(train_items, items, tok.vocab_size, never_predicted=(tok.pad_id, tok.bos_id))
+    result["baselines"] = {"unigram": {"loss": unigram, "perplexity": math.exp(unigram)}}
+    result["perplexity_vs_unigram"] = math.exp(loss - unigram)
+    result["unigram_counted_tokens"] = counted
     report = EvalInputs(loss, float(nll.sum()), int(count.sum()), nll, count, train_items, items)
-    result.update(modality.evaluate(tok, report))
+    extra = modality.evaluate(tok, report)
+    result.update({**extra, "baselines": {**result["baselines"], **extra.get("baselines", {})}})
     if args.num_samples > 0:
         cfg = sampling_config(loaded, args)
         result["sampling"] = {k: v for k, v in asdict(cfg).items() if k != "stop_tokens"}
         samples = sample(loaded, args, args.num_samples, batch_size, stream=False, cfg=cfg)
-        result["sample_metrics"] = modality.metrics(tok, [s.prompt + s.tokens for s in samples])
+        result["sample_metrics"] = modality.metrics(tok, [s.prompt + s.tokens for s in samples], train_items)
         n = min(len(items), max(args.num_samples, 100))  # a seeded sample of the held-out items, not the first n
         chosen = np.random.default_rng(0).choice(len(items), n, replace=False)
-        result["data_metrics"] = modality.metrics(tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)])
+        result["data_metrics"] = modality.metrics(tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)], train_items)
         result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))
     return result

@@ -64,7 +64,7 @@ trainer: {{max_steps: 6, val_check_interval: 3, check_val_every_n_epoch: null, l
     capsys.readouterr()
     assert cli.main(["evaluate", "--checkpoint", str(ckpt), "--num-samples", "4", "--seed", "0", "--max-length", "40"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["baselines"]["unigram"] > 1 and report["perplexity"] > 1
+    assert report["baselines"]["unigram"]["perplexity"] > 1 and report["perplexity"] > 1
     assert report["unigram_counted_tokens"] == report["predicted_tokens"]
     assert set(report["sample_metrics"]) == set(report["data_metrics"])
     assert report["sample_metrics"]["length_max"] <= 40

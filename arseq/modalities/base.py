@@ -120,8 +120,9 @@ class Modality:
         """Extra keys for `arseq prepare`'s JSON (e.g. tokens_per_note)."""
         return {}
 
-    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]]) -> dict[str, float]:
-        """Descriptive metrics of token sequences; computed on data and on samples, same keys."""
+    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
+        """Descriptive metrics of token sequences; computed on data and on samples, same keys. `reference`
+        holds the training items, for figures that compare with them (composition, novelty)."""
         return {}
 
     def evaluate(self, tokenizer: Tokenizer, report: "EvalInputs") -> dict[str, Any]:

@@ -375,7 +375,7 @@ class ImageModality(Modality):
         result["tokenizer"] = {"codebook_size": len(tok.codebook), **tok.fit_stats}
         return result
 
-    def metrics(self, tokenizer: PatchTokenizer, sequences: list[list[int]]) -> dict[str, float]:
+    def metrics(self, tokenizer: PatchTokenizer, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
         tok = tokenizer
         codes = self._codes(tok, sequences)
         out: dict[str, float] = {"complete_fraction": len(codes) / max(len(sequences), 1)}

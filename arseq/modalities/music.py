@@ -17,7 +17,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -165,22 +165,16 @@ class MusicModality(Modality):
             "roundtrip_inexact": inexact,
         }
 
-    def metrics(self, tokenizer: ScoreTokenizer, sequences: list[list[int]]) -> dict[str, float]:
+    def metrics(self, tokenizer: ScoreTokenizer, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
         return score_metrics([tokenizer.decode_events(s) for s in sequences])
 
     def evaluate(self, tokenizer: ScoreTokenizer, report: EvalInputs) -> dict[str, Any]:
         is_pitch = tokenizer.types == PITCH
         notes = sum(int(is_pitch[np.asarray(v[1:], dtype=np.int64)].sum()) for v in report.val)
-        counts = np.ones(tokenizer.vocab_size)  # add-one unigram baseline fitted on the training items
-        for t in report.train:
-            counts += np.bincount(np.asarray(t[1:], dtype=np.int64), minlength=tokenizer.vocab_size)
-        logp = np.log(counts / counts.sum())
-        unigram = -sum(float(logp[np.asarray(v[1:], dtype=np.int64)].sum()) for v in report.val)
         return {
             "nll_per_note": report.total_nll / max(1, notes),
             "bits_per_note": report.total_nll / max(1, notes) / math.log(2),
             "tokens_per_note": report.num_predicted / max(1, notes),
-            "baselines": {"unigram_nats_per_token": unigram / max(1, report.num_predicted)},
         }
 
 

@@ -27,9 +27,9 @@ import sys
 import zlib
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 import torch
@@ -127,14 +127,6 @@ def _problem(seq: str, policy: str) -> str | None:
     return None
 
 
-@dataclass
-class _Reference:
-    """What metrics compare against: the training composition and a bounded subset of training proteins."""
-
-    composition: np.ndarray  # fractions over STANDARD + one 'other' bucket
-    proteins: list[str]
-
-
 class ProteinModality(Modality):
     """Protein sequences from FASTA files; designs written as FASTA with perplexities and a property CSV."""
 
@@ -173,7 +165,6 @@ class ProteinModality(Modality):
         self.nonstandard = nonstandard
         self.deduplicate = deduplicate
         self.filtered: Counter[str] = Counter()
-        self.reference: _Reference | None = None
 
     # ---- data ------------------------------------------------------------------------------------
 
@@ -411,33 +402,16 @@ class ProteinModality(Modality):
 
     # ---- reporting -------------------------------------------------------------------------------
     def evaluate(self, tokenizer: ProteinTokenizers, report: EvalInputs) -> dict[str, Any]:
-        """Unigram baseline fitted on training tokens and scored on the very tokens the model predicted."""
-        vocab = tokenizer.vocab_size
-        train = np.concatenate([np.asarray(t[1:], dtype=np.int64) for t in report.train])
+        """With a BPE tokenizer, perplexity per residue (EOS counts as one), to compare tokenizers."""
+        if tokenizer.kind != ProteinBPETokenizer.kind:
+            return {}
         val = np.concatenate([np.asarray(t[1:], dtype=np.int64) for t in report.val])
-        counts = np.bincount(train, minlength=vocab).astype(np.float64)
-        support = np.ones(vocab, dtype=bool)  # every id that can follow BOS: residues and EOS
-        support[[tokenizer.pad_id, tokenizer.bos_id]] = False
-        probs = np.where(support, counts + 1.0, 0.0)  # add-one: letters unseen in training stay finite
-        probs /= probs.sum()
-        unigram_nll = float(-np.log(probs[val]).mean())
-        out: dict[str, Any] = {
-            "baselines": {"unigram": math.exp(unigram_nll)},
-            "perplexity_vs_unigram": math.exp(report.loss - unigram_nll),
-            "unigram_counted_tokens": int(len(val)),
-        }
-        if tokenizer.kind == ProteinBPETokenizer.kind:  # per residue (EOS counts as one) to compare tokenizers
-            lengths = residue_lengths(tokenizer)
-            residues = float(np.maximum(lengths[val], 1).sum())
-            out["perplexity_per_residue"] = math.exp(report.total_nll / residues)
-        self.reference = _Reference(
-            composition=composition([tokenizer.decode(t) for t in report.train]),
-            proteins=[tokenizer.decode(report.train[i]) for i in _spread(len(report.train), NOVELTY_REFERENCES)],
-        )
-        return out
+        residues = float(np.maximum(residue_lengths(tokenizer)[val], 1).sum())
+        return {"perplexity_per_residue": math.exp(report.total_nll / residues)}
 
-    def metrics(self, tokenizer: ProteinTokenizers, sequences: list[list[int]]) -> dict[str, float]:
-        """Length, composition, repeats and (after `evaluate` set the training reference) KL and novelty.
+    def metrics(self, tokenizer: ProteinTokenizers, sequences: list[list[int]],
+                reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
+        """Length, composition, repeats and (given training items as `reference`) KL and novelty.
 
         The same keys for samples and held-out data, so each figure has its natural yardstick: e.g. the
         samples' `composition_kl` to the training set beside the validation set's own.
@@ -462,9 +436,10 @@ class ProteinModality(Modality):
             "train_identity_max": math.nan,
             "near_copy_fraction": math.nan,
         }
-        if self.reference is not None:
-            out["composition_kl"] = kl_divergence(comp, self.reference.composition)
-            ident = novelty([proteins[i] for i in _spread(len(proteins), NOVELTY_QUERIES)], self.reference.proteins)
+        if len(reference):
+            out["composition_kl"] = kl_divergence(comp, composition([tokenizer.decode(t) for t in reference]))
+            references = [tokenizer.decode(reference[i]) for i in _spread(len(reference), NOVELTY_REFERENCES)]
+            ident = novelty([proteins[i] for i in _spread(len(proteins), NOVELTY_QUERIES)], references)
             if len(ident):
                 out["train_identity_mean"] = float(ident.mean())
                 out["train_identity_max"] = float(ident.max())

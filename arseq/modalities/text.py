@@ -9,7 +9,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -126,7 +126,7 @@ class TextModality(Modality):
         return files.commit()
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]]) -> dict[str, float]:
+    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
         texts = [tokenizer.decode(s) for s in sequences]
         words = [w for t in texts for w in t.split()]
         bigrams = list(zip(words, words[1:]))
@@ -137,11 +137,7 @@ class TextModality(Modality):
         }
 
     def evaluate(self, tokenizer: Tokenizer, report: EvalInputs) -> dict[str, Any]:
-        counts = np.bincount(np.concatenate(report.train).astype(np.int64), minlength=tokenizer.vocab_size) + 1
-        targets = np.concatenate([np.asarray(item[1:], dtype=np.int64) for item in report.val])
-        unigram = float(-np.log(counts / counts.sum())[targets].mean())  # add-one smoothed, same targets
         chars = sum(len(tokenizer.decode(item)) for item in report.val)
         return {
             "bits_per_char": report.total_nll / math.log(2) / max(1, chars),
-            "baselines": {"unigram": {"loss": unigram, "perplexity": math.exp(unigram)}},
         }

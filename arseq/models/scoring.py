@@ -85,3 +85,20 @@ def sequence_nll(
     finally:
         model.train(was_training)
     return nll, count
+
+
+def unigram_baseline(
+    train: Sequence[Sequence[int]], val: Sequence[Sequence[int]], vocab_size: int, never_predicted: Sequence[int] = ()
+) -> tuple[float, int]:
+    """Mean NLL (nats) of an add-one unigram model fitted on `train`, on exactly the tokens the model predicts
+    in `val` (every token after the first); ids in `never_predicted` (pad, BOS) get no probability mass."""
+    support = np.ones(vocab_size, dtype=bool)
+    support[list(never_predicted)] = False
+    counts = np.zeros(vocab_size, dtype=np.float64)
+    for item in train:
+        counts += np.bincount(np.asarray(item[1:], dtype=np.int64), minlength=vocab_size)
+    probs = np.where(support, counts + 1.0, 0.0)
+    probs /= probs.sum()
+    targets = np.concatenate([np.asarray(v[1:], dtype=np.int64) for v in val] or [np.zeros(0, dtype=np.int64)])
+    with np.errstate(divide="ignore"):
+        return float(-np.log(probs[targets]).mean()) if len(targets) else float("nan"), int(len(targets))

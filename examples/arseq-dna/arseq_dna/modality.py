@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -168,7 +168,7 @@ class DnaModality(Modality):
         return [path]
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]]) -> dict[str, float]:
+    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
         seqs = [tokenizer.decode(s) for s in sequences]
         gc = np.array([gc_fraction(s) for s in seqs])
         gc = gc[~np.isnan(gc)]
