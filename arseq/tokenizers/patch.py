@@ -1,8 +1,8 @@
 """Patch tokenizer for images: raster-order patches, each replaced by its nearest codebook vector.
 
-An image is converted to L or RGB, resized (shorter side) and centre-cropped to `size`×`size`, and cut
-into `patch_size`×`patch_size` patches in raster order. Each patch becomes the id of its nearest codebook
-vector (squared error). The codebook is fitted by seeded mini-batch k-means in torch; when the training
+An image is converted to L or RGB, centre-cropped to a square and resized to `size`×`size` (bicubic,
+`PIL.ImageOps.fit`), and cut into `patch_size`×`patch_size` patches in raster order. Each patch becomes
+the id of its nearest codebook vector (squared error). The codebook is fitted by seeded mini-batch k-means in torch; when the training
 patches hold no more distinct vectors than `K`, the distinct vectors themselves are the codebook, so the
 tokenizer is lossless on them (8-bit grayscale with K >= 256, or digits' 17 gray levels with K >= 17).
 `patch_size: 1` is an iGPT-style colour palette.
@@ -59,18 +59,6 @@ def to_mode(image: Image.Image, mode: str) -> Image.Image:
     if image.mode not in MODES:
         image = image.convert("RGB")
     return image.convert(mode) if image.mode != mode else image
-
-
-def resize_crop(image: Image.Image, size: int) -> Image.Image:
-    """Scale so the shorter side is `size` (bicubic, antialiased), then centre-crop to size×size."""
-    w, h = image.size
-    if (w, h) == (size, size):
-        return image
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return image.crop((left, top, left + size, top + size))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -217,7 +205,7 @@ class PatchTokenizer:
             return a
         if min(image.size) < self.patch_size:
             raise ValueError(f"image of {image.size[0]}x{image.size[1]} is smaller than one {self.patch_size}x{self.patch_size} patch")
-        a = np.asarray(resize_crop(to_mode(image, self.mode), self.size), dtype=np.uint8)
+        a = np.asarray(ImageOps.fit(to_mode(image, self.mode), (self.size, self.size), Image.Resampling.BICUBIC), dtype=np.uint8)
         return a.reshape(self.size, self.size, self.channels)
 
     def codes(self, pixels: np.ndarray) -> np.ndarray:
