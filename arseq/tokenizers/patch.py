@@ -93,11 +93,12 @@ def kmeans(
     Deterministic for a given seed. Centres that win no points for a while are re-seeded on the points
     worst served by the current codebook, so no code id is wasted.
 
-    Why not scikit-learn's (benchmarks/bench_image.py, 1 thread, 3 seeds; medians): `KMeans` (Lloyd) is
-    within noise or up to 0.2 dB better in held-out PSNR but costs 5-16x the CPU at the default
-    200k-patch cap (palette: 6.6 s vs 0.4 s); `MiniBatchKMeans` is faster on 10k patches but loses
-    0.4-0.6 dB on 512-colour palettes, and tuned to fix that (no random reassignment) loses 0.15-0.3 dB
-    on 4x4 patches instead; previous-code bits/dim are equal or worse. This one's cost is fixed
+    Why not scikit-learn's (benchmarks/bench_image.py, 1 thread, 3 seeds, medians): `KMeans` (Lloyd) is
+    within noise or up to 0.2 dB better in held-out PSNR but costs 5-17x the CPU at the default
+    200k-patch cap (palette: 6.8 s vs 0.4 s); `MiniBatchKMeans` is faster on 10k patches but loses
+    0.4-0.6 dB on 512-colour palettes; tuned to fix that (no random reassignment, ~100 batches) it
+    matches on 2x2 patches and palettes but loses 0.1 dB on 4x4 patches (outside the seed range) at up
+    to 1.8x the CPU. Previous-code bits/dim are equal (±0.01) throughout. This one's cost is fixed
     (100 batches) whatever the number of patches, which is what keeps fitting on 200k patches cheap.
     """
     g = torch.Generator().manual_seed(seed)
