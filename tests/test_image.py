@@ -109,9 +109,16 @@ def test_modes_are_converted(make, mode, expected):
 
 
 def test_resize_and_crop_to_size():
+    """The centre square is kept: a blue middle between red and green margins comes out blue, its edge
+    columns (or rows) touched by the margins equally (bicubic reads a little past the crop)."""
     tok = PatchTokenizer([[0, 0, 0]], size=8, patch_size=1, mode="RGB")
-    wide = Image.new("RGB", (40, 20), (0, 0, 255))
-    assert tok.pixels(wide).shape == (8, 8, 3)
+    wide = np.zeros((20, 40, 3), np.uint8)
+    wide[:, :10], wide[:, 10:30], wide[:, 30:] = (255, 0, 0), (0, 0, 255), (0, 255, 0)
+    for a in (wide, wide.transpose(1, 0, 2).copy()):
+        p = tok.pixels(Image.fromarray(a))
+        p = p if a is wide else p.transpose(1, 0, 2)
+        assert p.shape == (8, 8, 3) and (p[:, 1:-1] == (0, 0, 255)).all()
+        assert (p[:, 0, 2] > 200).all() and np.array_equal(p[:, 0, 0], p[:, -1, 1]) and not p[:, 0, 1].any()
     with pytest.raises(ValueError, match="smaller than one"):
         PatchTokenizer([[0] * 16], size=8, patch_size=4, mode="L").pixels(Image.new("L", (3, 30)))
 

@@ -38,6 +38,12 @@ class Tokenizer(Protocol):
     def from_dict(cls, state: dict[str, Any]) -> "Tokenizer": ...
 
 
+def check_special_ids(hf: Any, what: str) -> None:
+    """A Hugging Face tokenizer must give the specials the ids every arseq tokenizer uses (0, 1, 2)."""
+    if [hf.token_to_id(s) for s in SPECIALS] != [0, 1, 2]:
+        raise ValueError(f"{what} must map {', '.join(SPECIALS)} to ids 0, 1, 2")
+
+
 def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike) -> None:
     atomic_write(path, json.dumps(tokenizer.to_dict(), ensure_ascii=False))
 

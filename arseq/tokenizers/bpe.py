@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from arseq.tokenizers.base import SPECIALS
+from arseq.tokenizers.base import SPECIALS, check_special_ids
 
 
 class BPETokenizer:
@@ -14,8 +14,7 @@ class BPETokenizer:
     pad_id, bos_id, eos_id = 0, 1, 2
 
     def __init__(self, hf: HFTokenizer):
-        if [hf.token_to_id(s) for s in SPECIALS] != [0, 1, 2]:
-            raise ValueError("BPE tokenizer must map <pad>, <bos>, <eos> to ids 0, 1, 2")
+        check_special_ids(hf, "BPE tokenizer")
         self.hf = hf
 
     @classmethod

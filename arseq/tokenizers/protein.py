@@ -14,7 +14,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, trainers
 
-from arseq.tokenizers.base import SPECIALS
+from arseq.tokenizers.base import SPECIALS, check_special_ids
 
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
 NONSTANDARD = "XBZUO"
@@ -73,8 +73,7 @@ class ProteinBPETokenizer:
     pad_id, bos_id, eos_id = 0, 1, 2
 
     def __init__(self, hf: HFTokenizer):
-        if [hf.token_to_id(s) for s in SPECIALS] != [0, 1, 2]:
-            raise ValueError("protein BPE tokenizer must map <pad>, <bos>, <eos> to ids 0, 1, 2")
+        check_special_ids(hf, "protein BPE tokenizer")
         self.hf = hf
         vocab = hf.get_vocab()
         self.pieces = [""] * len(vocab)

@@ -1,0 +1,246 @@
+"""The grammar of score token sequences: one state machine that both reads ids and constrains sampling.
+
+`feed` applies a token (repairing or skipping one that is not allowed, and counting it) and `allowed`
+lists the tokens that keep the sequence well-formed, so decoding and constrained sampling can never
+disagree about what a sequence means.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from arseq.tokenizers.score.events import Bar, Events, Note, clip_to_last_bar
+from arseq.tokenizers.score.vocab import (
+    BAR, BOS, DUR, EOS, KEY, KEY_RANGE, LEN, PART, PITCH, POS, TEMPO, TEMPO_BINS, TS, VEL, VEL_BINS, ScoreVocab,
+)
+
+
+class Grammar:
+    """The well-formedness state machine over token ids; `allowed()` lists what may come next."""
+
+    def __init__(self, tok: ScoreVocab):
+        self.t = tok
+        self.repairs = 0
+        self.bars: list[Bar] = []
+        self.notes: list[Note] = []
+        self.ended = False
+        self.started = False  # seen anything (a BOS is only allowed first)
+        self.stage = 5  # header stage after Bar: 0 TS, 1 Key, 2 Tempo, 3 Len, 4 body; 5 = before any bar
+        self.ts: tuple[int, int] | None = None
+        self.key: int | None = None
+        self.tempo: int | None = None  # tempo bin
+        self.part: int | None = None  # current part (persists across bars)
+        self.block: int | None = None  # part whose block is open in this bar
+        self.block_has_note = False
+        self.cursor = 0  # bar-relative end of the block part's previous note
+        self.last: tuple[int, int, int] | None = None  # (pos, pitch, dur) of the block's last note
+        self.pos: int | None = None  # pending Pos
+        self.vel: int | None = None  # pending Vel
+        self.pitch: int | None = None  # pending Pitch
+        self.part_end: dict[int, int] = {}
+        self.max_end = 0  # where the longest-ringing note so far ends
+        self.part_vel: dict[int, int] = {}
+
+    # ---- derived state -------------------------------------------------------------------------
+    @property
+    def bar(self) -> Bar | None:
+        return self.bars[-1] if self.bars else None
+
+    def _first_bar_open(self) -> bool:
+        return len(self.bars) == 1 and (self.ts is None or self.key is None)
+
+    def _body_ok(self) -> bool:
+        """Bar/Part/EOS/note tokens may come: no half-built note, headers of the first bar given."""
+        if self.ended or self.pos is not None or self.vel is not None or self.pitch is not None:
+            return False
+        if self.block is not None and not self.block_has_note:
+            return False
+        return not self._first_bar_open()
+
+    def _note_part(self) -> int | None:
+        """The part a note token would belong to now, or None when no part is known."""
+        return self.block if self.block is not None else self.part
+
+    # ---- the allowed set ----------------------------------------------------------------------
+    def allowed(self) -> np.ndarray:
+        t = self.t
+        ok = np.zeros(t.vocab_size, dtype=bool)
+        if self.ended:
+            ok[t.eos_id] = True  # nothing more; the sampler stops on EOS
+            return ok
+        if not self.started:
+            ok[t.bos_id] = True
+        if self.pitch is not None:
+            lo = 1
+            if self.last is not None and self.last[:2] == (self._onset(), self.pitch):
+                lo = self.last[2]
+            ok[t.start[DUR] + lo - 1 : t.start[DUR] + t.max_dur] = True
+            return ok
+        bar = self.bar
+        if bar is None:
+            ok[t.bar_id] = True
+            return ok
+        if self.stage <= 3:
+            first = len(self.bars) == 1
+            if self.stage == 0:
+                for i, ts in enumerate(t.time_signatures):
+                    if first or ts != self.ts:
+                        ok[t.start[TS] + i] = True
+            if self.stage <= 1 and not (first and self.ts is None):
+                for i, k in enumerate(KEY_RANGE):
+                    if first and self.key is None or k != self.key:
+                        ok[t.start[KEY] + i] = True
+            if self._first_bar_open():
+                return ok
+            if self.stage <= 2 and t.tempo:
+                ok[t.start[TEMPO] : t.start[TEMPO] + TEMPO_BINS] = True
+                if self.tempo is not None:
+                    ok[t.start[TEMPO] + self.tempo] = False
+            nominal = t.ts_steps(self.ts)
+            ok[t.start[LEN] : t.start[LEN] + t.max_bar] = True
+            ok[t.start[LEN] + nominal - 1] = False
+        if self.vel is not None or self.pos is not None:
+            self._allow_note_start(ok)
+            return ok
+        if self._first_bar_open():
+            return ok
+        if self._body_ok():
+            ok[t.bar_id] = True
+            # a piece has notes (encode refuses empty scores), and none may ring past the last bar line
+            ok[t.eos_id] = bool(self.notes) and self.max_end <= bar.start + bar.length
+            if self.block is None:
+                for p in range(t.max_parts):
+                    ok[t.start[PART] + p] = p != self.part
+            else:
+                ok[t.start[PART] + self.block + 1 : t.start[PART] + t.max_parts] = True
+        if self._note_part() is not None:
+            cursor, last = self._block_view()
+            lo = last[0] if last is not None else 0
+            if lo < bar.length:
+                ok[t.start[POS] + lo : t.start[POS] + bar.length] = True
+            if cursor < bar.length:
+                ok[t.start[POS] + cursor] = False
+            self._allow_note_start(ok)
+        return ok
+
+    def _block_view(self) -> tuple[int, tuple[int, int, int] | None]:
+        """(cursor, last note) of the block a note would go to, opening the implicit block if needed."""
+        if self.block is not None:
+            return self.cursor, self.last
+        p = self._note_part()
+        return max(0, self.part_end.get(p, 0) - self.bar.start), None
+
+    def _onset(self) -> int:
+        return self.pos if self.pos is not None else self._block_view()[0]
+
+    def _allow_note_start(self, ok: np.ndarray) -> None:
+        t = self.t
+        if t.velocity and self.vel is None:
+            cur = self.part_vel.get(self._note_part())
+            ok[t.start[VEL] : t.start[VEL] + VEL_BINS] = True
+            if cur is not None:
+                ok[t.start[VEL] + cur] = False
+        onset = self._onset()
+        if onset >= self.bar.length:
+            return
+        _, last = self._block_view()
+        lo = last[1] if last is not None and last[0] == onset else 0
+        ok[t.start[PITCH] + lo : t.start[PITCH] + 128] = True
+
+    # ---- transitions --------------------------------------------------------------------------
+    def feed(self, tid: int) -> bool:
+        """Apply one token; repair or skip it when it is not allowed. Returns True when taken as is."""
+        if 0 <= tid < self.t.vocab_size and self.allowed()[tid]:
+            self._apply(tid)
+            return True
+        self.repairs += 1
+        if self.ended or not 0 <= tid < self.t.vocab_size:
+            return False
+        self._recover()
+        if self.allowed()[tid]:
+            self._apply(tid)
+        return False
+
+    def _recover(self) -> None:
+        """Drop a half-built note or empty block and fill a first bar's missing headers with defaults."""
+        self.pos = self.vel = self.pitch = None
+        if self.block is not None and not self.block_has_note:
+            self.block = None
+        if self.bars and self._first_bar_open():
+            if self.ts is None:
+                self._set_ts((4, 4))
+            if self.key is None:
+                self.key = self.bars[-1].key = 0
+            self.stage = 4
+
+    def _set_ts(self, ts: tuple[int, int]) -> None:
+        self.ts = ts
+        self.bars[-1].ts = ts
+        self.bars[-1].length = self.t.ts_steps(ts)
+
+    def _apply(self, tid: int) -> None:
+        t = self.t
+        kind, value = int(t.types[tid]), int(t.values[tid])
+        self.started = True
+        if kind == BOS:
+            return
+        if kind == EOS:
+            self.ended = True
+        elif kind == BAR:
+            start = self.bar.start + self.bar.length if self.bar else 0
+            ts = self.ts or (4, 4)
+            tempo = t.tempo_value(self.tempo) if self.tempo is not None else None
+            self.bars.append(Bar(start, t.ts_steps(ts), ts, self.key or 0, tempo))
+            self.stage, self.block, self.block_has_note, self.last = 0, None, False, None
+        elif kind == TS:
+            self._set_ts(t.time_signatures[value])
+            self.stage = 1
+        elif kind == KEY:
+            self.key = self.bar.key = value
+            self.stage = 2
+        elif kind == TEMPO:
+            self.tempo = value
+            self.bar.tempo = t.tempo_value(value)
+            self.stage = 3
+        elif kind == LEN:
+            self.bar.length = value
+            self.stage = 4
+        elif kind == PART:
+            self.stage = 4
+            self.part = self.block = value
+            self.block_has_note, self.last = False, None
+            self.cursor = max(0, self.part_end.get(value, 0) - self.bar.start)
+        else:  # note tokens
+            self.stage = 4
+            if self.block is None:
+                self.cursor, self.last = self._block_view()
+                self.block = self.part
+            if kind == POS:
+                self.pos = value
+            elif kind == VEL:
+                self.vel = value
+            elif kind == PITCH:
+                self.pitch = value
+            elif kind == DUR:
+                onset = self._onset()
+                p = self.block
+                if self.vel is not None:
+                    self.part_vel[p] = self.vel
+                vel = t.vel_value(self.part_vel[p]) if t.velocity and p in self.part_vel else 64
+                self.notes.append(Note(p, self.bar.start + onset, self.pitch, value, vel))
+                self.last = (onset, self.pitch, value)
+                self.cursor = onset + value
+                self.part_end[p] = self.bar.start + self.cursor
+                self.max_end = max(self.max_end, self.part_end[p])
+                self.block_has_note = True
+                self.pos = self.vel = self.pitch = None
+
+    def finish(self) -> Events:
+        """The events read so far. A sequence cut short (no EOS, e.g. by a token budget) loses its half-built
+        last note and has notes ringing past its last bar cut there: truncation, not repairs."""
+        half_built = not self.ended and (self.pitch is not None or self.pos is not None or self.vel is not None)
+        if self.bars and self._first_bar_open():
+            self._recover()
+        notes, clipped = clip_to_last_bar(self.notes, self.bars)
+        num_parts = max((n.part for n in notes), default=-1) + 1
+        return Events(self.bars, notes, num_parts, dropped=int(half_built),
+                      repairs=self.repairs + (clipped if self.ended else 0))
