@@ -4,7 +4,7 @@ Tests that run transformers skip when it is not installed (an optional dependenc
 tiny random Llama models locally, never from the network.
 """
 import json
-from dataclasses import dataclass, make_dataclass
+from dataclasses import make_dataclass
 from pathlib import Path
 
 import pytest

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
 
 import music21  # noqa: F401  (a hard dependency: a broken install must fail, not skip)
 import lightning  # noqa: F401
@@ -12,7 +11,7 @@ import lightning  # noqa: F401
 from music21 import converter  # noqa: E402
 
 from arseq.cli import main  # noqa: E402
-from arseq.modalities.music import bach_chorales  # noqa: E402
+from arseq.modalities.music_reading import bach_chorales  # noqa: E402
 from arseq.tokenizers.score import ScoreTokenizer  # noqa: E402
 
 CONFIG = """\

@@ -13,7 +13,8 @@ import music21  # noqa: F401  (a hard dependency: a broken install must fail, no
 from music21 import converter, stream  # noqa: E402
 
 from arseq.modalities import DataError, EvalInputs, Example, Sample, Skipped, resolve  # noqa: E402
-from arseq.modalities.music import GrammarConstraint, bach_chorales, prompt_tokens  # noqa: E402
+from arseq.modalities.music import GrammarConstraint  # noqa: E402
+from arseq.modalities.music_reading import bach_chorales, prompt_tokens  # noqa: E402
 from arseq.tokenizers.score import PART, PITCH  # noqa: E402
 from arseq.models import SamplingConfig  # noqa: E402
 

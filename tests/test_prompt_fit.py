@@ -10,7 +10,7 @@ import torch
 from arseq.checkpoint import Loaded
 from arseq.cli import main
 from arseq.modalities import resolve
-from arseq.modalities.music import prompt_tokens
+from arseq.modalities.music_reading import prompt_tokens
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.workflows import sample
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 from Bio import SeqIO
 
-from arseq.modalities import DataError, EvalInputs, Example, Sample, Skipped, resolve
-from arseq.modalities.protein import ProteinModality, degenerate, kl_divergence, novelty, properties
+from arseq.modalities import DataError, Example, Sample, Skipped, resolve
+from arseq.modalities.protein import ProteinModality
+from arseq.modalities.protein_metrics import degenerate, kl_divergence, novelty, properties
 from arseq.models.sampling import SamplingConfig, generate
 from arseq.models.scoring import unigram_baseline
 from arseq.models.transformer import Transformer, TransformerConfig

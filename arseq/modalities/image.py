@@ -33,7 +33,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from arseq.modalities import Constraint, DataError, EvalInputs, Example, Modality, OutputFiles, Sample, Skipped
+from arseq.modalities import (
+    Constraint,
+    DataError,
+    EvalInputs,
+    Example,
+    Modality,
+    OutputFiles,
+    Sample,
+    Skipped,
+)
+from arseq.modalities.render import ascii_art, tile
 from arseq.tokenizers.patch import PatchTokenizer
 
 SOURCES = ("digits",)
@@ -87,27 +97,6 @@ def _safe(name: str) -> str:
 
 def _png(image: Image.Image) -> Callable[[Path], None]:
     return lambda path: image.save(path, format="PNG")
-
-
-def _upscale(image: Image.Image, scale: int) -> Image.Image:
-    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST) if scale > 1 else image
-
-
-def tile(images: Sequence[Image.Image], cols: int, scale: int, gap: int = 2) -> Image.Image:
-    """Images (all the same size and mode) on a gray grid, each upscaled `scale` times (nearest)."""
-    cells = [_upscale(im.convert("RGB"), scale) for im in images]
-    w, h = cells[0].size
-    rows = math.ceil(len(cells) / cols)
-    grid = Image.new("RGB", (cols * (w + gap) + gap, rows * (h + gap) + gap), (128, 128, 128))
-    for i, cell in enumerate(cells):
-        grid.paste(cell, (gap + (i % cols) * (w + gap), gap + (i // cols) * (h + gap)))
-    return grid
-
-
-def ascii_art(pixels: np.ndarray) -> str:
-    ramp = " .:-=+*#%@"
-    luma = pixels.astype(np.float64).mean(axis=2)
-    return "\n".join("".join(ramp[min(int(v / 256 * len(ramp)), len(ramp) - 1)] * 2 for v in row) for row in luma)
 
 
 class ImageModality(Modality):

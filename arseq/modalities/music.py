@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from arseq.errors import one_line
 from arseq.modalities import (
     Constraint,
     DataError,
@@ -33,16 +29,19 @@ from arseq.modalities import (
     Sample,
     Skipped,
 )
-from arseq.tokenizers.score import PITCH, VOICE_NAMES, Events, Grammar, ScoreTokenizer
+from arseq.modalities.music_metrics import score_metrics
+from arseq.modalities.music_reading import (
+    SUFFIXES,
+    bach_chorales,
+    prompt_tokens,
+    read_in_parallel,
+)
+from arseq.modalities.render import piano_roll
+from arseq.tokenizers.score import PITCH, Events, Grammar, ScoreTokenizer
 
-SUFFIXES = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".krn", ".abc")
 # Nucleus sampling slightly cooled: at T = 1 the 0.8 M-parameter CPU model's samples were 90 % in key (held-out
 # chorales: 95 %), with these 92 %, their pitch-class entropy then matching the data's (configs/music/bach_chorales.yaml).
 SAMPLING_DEFAULTS = {"temperature": 0.9, "top_p": 0.95}
-# Usual ranges (MIDI) of the four chorale voices, soprano to bass, for the out-of-range metric.
-VOICE_RANGES = ((60, 81), (53, 74), (48, 69), (40, 62))
-PART_COLOURS = ((220, 50, 47), (38, 139, 210), (133, 153, 0), (108, 113, 196), (203, 75, 22),
-                (42, 161, 152), (211, 54, 130), (181, 137, 0))
 
 
 class MusicModality(Modality):
@@ -77,7 +76,7 @@ class MusicModality(Modality):
             raise DataError(f"data.source {source!r}: the music modality knows 'bach_chorales' (or give data.paths)")
         items = bach_chorales() if source == "bach_chorales" else [(str(f), str(f)) for f in files]
         jobs = [(name, path, tokenizer.to_dict(), check_roundtrip) for name, path in items]
-        for name, tokens, exact, info, reason in _run_parallel(jobs, self.workers):
+        for name, tokens, exact, info, reason in read_in_parallel(jobs, self.workers):
             if reason is not None:
                 yield Skipped(name, reason)
             else:
@@ -178,125 +177,6 @@ class MusicModality(Modality):
         }
 
 
-# ---- reading ------------------------------------------------------------------------------------
-def bach_chorales() -> list[tuple[str, str]]:
-    """(name, path) of the 350 distinct chorales of music21's `corpus.chorales.Iterator`.
-
-    A name can match several corpus files (bwv281 has a .krn and an .mxl; bwv245.3 also matches
-    bwv245.37); take the file whose stem is the name exactly, preferring MusicXML.
-    """
-    from music21 import corpus
-
-    order = {".mxl": 0, ".xml": 1, ".musicxml": 1, ".krn": 2}
-    out = []
-    for name in dict.fromkeys(corpus.chorales.Iterator(returnType="filename")):
-        found = corpus.getWork(name)
-        found = found if isinstance(found, list) else [found]
-        stem = name.rsplit("/", 1)[-1]
-        exact = [p for p in found if p.name[: -len(p.suffix)] == stem and p.suffix in order] or found
-        out.append((name, str(min(exact, key=lambda p: order.get(p.suffix, 9)))))
-    return out
-
-
-def _run_parallel(jobs: list[tuple], workers: int) -> Iterator[tuple]:
-    """Parse and encode files in worker processes, in order (the core's progress bar counts them)."""
-    if workers <= 1 or len(jobs) < 4:
-        yield from (_load(*job) for job in jobs)
-        return
-    # fork where there is one: workers inherit the imported music21 and never re-run the caller's
-    # main module; they only run music21 (pure Python), never torch
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    import music21.converter  # noqa: F401  (imported once here, inherited by forked workers)
-
-    try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-            yield from pool.map(_load_job, jobs, chunksize=max(1, min(8, len(jobs) // (8 * workers))))
-    except BrokenProcessPool as e:
-        raise DataError(f"a music parsing worker died ({e}); try modality.workers: 1 to find the file") from None
-
-
-def _load_job(job: tuple) -> tuple:
-    return _load(*job)
-
-
-@lru_cache(maxsize=4)
-def _tokenizer(state: tuple) -> ScoreTokenizer:
-    return ScoreTokenizer.from_dict(dict(state))
-
-
-def _load(name: str, path: str, state: dict, check_roundtrip: bool) -> tuple:
-    """(name, tokens, exact, info, skip reason) for one file: parsed, encoded, optionally round-tripped."""
-    tok = _tokenizer(tuple(sorted(state.items())))
-    try:
-        events = read_events(tok, Path(path))
-    except DataError as e:
-        return name, None, None, {}, str(e).removeprefix(f"{path}: ")
-    ids = np.asarray(tok.encode_events(events), dtype=np.int32)
-    exact = None
-    if check_roundtrip:
-        key = lambda n: (n.part, n.onset, n.pitch, n.dur)  # noqa: E731
-        try:
-            back = tok.extract(tok.to_score(tok.decode_events(ids)))
-            same = sorted(map(key, back.notes)) == sorted(map(key, events.notes))
-        except Exception:  # a failure to rebuild is a failed round trip, not a crash
-            same = False
-        exact = same and events.quantized == 0 and events.dropped == 0
-    info = {"notes": float(len(events.notes)), "bars": float(len(events.bars)), "parts": float(events.num_parts),
-            "quantized": float(events.quantized), "dropped": float(events.dropped)}
-    return name, ids, exact, info, None
-
-
-def read_events(tok: ScoreTokenizer, path: Path) -> Events:
-    """Parse one file into events; every problem becomes a one-line DataError naming the file."""
-    if path.suffix.lower() not in SUFFIXES:
-        raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; music reads {' '.join(SUFFIXES)}")
-    if path.suffix.lower() in (".mid", ".midi"):
-        _check_midi(path)
-    from music21 import converter
-
-    try:
-        score = converter.parse(str(path))
-    except Exception as e:  # music21 raises many kinds on bad files; one line is what the user needs
-        raise DataError(f"{path}: cannot parse ({one_line(e, with_type=True, limit=200)})") from None
-    try:
-        return tok.extract(score)
-    except ValueError as e:
-        raise DataError(f"{path}: {e}") from None
-    except Exception as e:
-        raise DataError(f"{path}: cannot read the score ({one_line(e, with_type=True, limit=200)})") from None
-
-
-def _check_midi(path: Path) -> None:
-    """Catch truncated MIDI files, which music21 reads silently as their first few notes."""
-    data = path.read_bytes()
-    if data[:4] != b"MThd" or len(data) < 14:
-        raise DataError(f"{path}: not a MIDI file (no MThd header)")
-    at = 8 + int.from_bytes(data[4:8], "big")
-    tracks = int.from_bytes(data[10:12], "big")
-    for i in range(tracks):
-        if at + 8 > len(data):
-            raise DataError(f"{path}: truncated MIDI (header promises {tracks} tracks, file ends in track {i + 1})")
-        size = int.from_bytes(data[at + 4 : at + 8], "big")
-        if at + 8 + size > len(data):
-            raise DataError(f"{path}: truncated MIDI (track {i + 1} declares {size} bytes, {len(data) - at - 8} present)")
-        at += 8 + size
-
-
-def prompt_tokens(tok: ScoreTokenizer, path: Path, bars: int | None) -> list[int]:
-    """A prompt file's tokens (BOS ... no EOS); with `bars`, its first `bars` bars and the next bar line,
-    so the model continues in a new bar and the prompt's bars stay as they are."""
-    if not path.is_file():
-        raise DataError(f"{path}: prompt file not found")
-    ids = tok.encode_events(read_events(tok, path))[:-1]
-    if bars is not None:
-        if bars < 1:
-            raise DataError(f"--prompt-bars must be >= 1, got {bars}")
-        bar_at = [i for i, t in enumerate(ids) if t == tok.bar_id]
-        ids = ids[: bar_at[bars]] if len(bar_at) > bars else ids
-        ids.append(tok.bar_id)
-    return ids
-
-
 # ---- generation --------------------------------------------------------------------------------
 class GrammarConstraint:
     """Sampling constraint: only tokens the grammar allows; after `bars` new bars, no new notes (only the
@@ -342,97 +222,3 @@ def _write_piano_roll(events: Events, ppq: int, path: Path) -> None:
     piano_roll(events, ppq).save(path, format="PNG")
 
 
-def piano_roll(ev: Events, ppq: int, px_per_quarter: int = 24, row: int = 5) -> Any:
-    """A piano-roll image: one colour per part, bar lines, C of each octave labelled on the pitch axis."""
-    from PIL import Image, ImageDraw
-
-    end = ev.bars[-1].start + ev.bars[-1].length if ev.bars else ppq * 4
-    pitches = [n.pitch for n in ev.notes] or [60]
-    lo, hi = max(0, min(pitches) - 3), min(127, max(pitches) + 3)
-    scale = px_per_quarter / ppq
-    if end * scale > 4000:
-        scale = 4000 / end
-    left, top = 36, 18
-    width, height = left + int(end * scale) + 8, top + (hi - lo + 1) * row + 8
-    img = Image.new("RGB", (width, height), "white")
-    d = ImageDraw.Draw(img)
-    y = lambda p: top + (hi - p) * row  # noqa: E731
-    for p in range(lo, hi + 1):
-        if p % 12 in (1, 3, 6, 8, 10):
-            d.rectangle([left, y(p), width - 8, y(p) + row - 1], fill=(243, 243, 243))
-        if p % 12 == 0:
-            d.line([left, y(p) + row - 1, width - 8, y(p) + row - 1], fill=(200, 200, 200))
-            d.text((2, y(p) - 4), f"C{p // 12 - 1}", fill="black")
-    for i, bar in enumerate(ev.bars):
-        x = left + int(bar.start * scale)
-        d.line([x, top, x, height - 8], fill=(150, 150, 150))
-        if i % 4 == 0:
-            d.text((x + 2, 2), str(i + 1), fill=(90, 90, 90))
-    d.line([left + int(end * scale), top, left + int(end * scale), height - 8], fill=(150, 150, 150))
-    names = list(VOICE_NAMES) if ev.num_parts == 4 else [f"Part {i + 1}" for i in range(ev.num_parts)]
-    x = width - 8
-    for part in sorted({n.part for n in ev.notes}, reverse=True):  # legend, right-aligned above the roll
-        x -= 14 + 6 * len(names[part])
-        d.rectangle([x, 5, x + 6, 11], fill=PART_COLOURS[part % len(PART_COLOURS)])
-        d.text((x + 8, 2), names[part], fill="black")
-    for n in ev.notes:
-        x0, x1 = left + int(n.onset * scale), left + max(int(n.onset * scale) + 1, int((n.onset + n.dur) * scale) - 1)
-        d.rectangle([x0, y(n.pitch), x1, y(n.pitch) + row - 1], fill=PART_COLOURS[n.part % len(PART_COLOURS)])
-    return img
-
-
-# ---- metrics -----------------------------------------------------------------------------------
-def score_metrics(pieces: list[Events]) -> dict[str, float | None]:
-    """Descriptive statistics of decoded pieces; always the same keys (None where nothing to measure)."""
-    pieces = [p for p in pieces if p.notes]
-    entropy, in_key, ranges = [], [], {part: [] for part in range(4)}
-    notes = bars = outside = voiced = 0
-    for ev in pieces:
-        pcs = np.bincount([n.pitch % 12 for n in ev.notes], minlength=12)
-        prob = pcs[pcs > 0] / pcs.sum()
-        entropy.append(float(-(prob * np.log2(prob)).sum()))
-        scale = _key_scale(ev)
-        in_key.append(float(np.mean([n.pitch % 12 in scale for n in ev.notes])))
-        notes += len(ev.notes)
-        bars += max(1, len(ev.bars))
-        for part in range(min(4, ev.num_parts)):
-            ps = [n.pitch for n in ev.notes if n.part == part]
-            if ps:
-                ranges[part].append(max(ps) - min(ps))
-        if ev.num_parts == 4:
-            for n in ev.notes:
-                lo, hi = VOICE_RANGES[n.part]
-                outside += not lo <= n.pitch <= hi
-                voiced += 1
-    mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
-    out = {
-        "pieces_with_notes": len(pieces),
-        "pitch_class_entropy": mean(entropy),
-        "in_key_rate": mean(in_key),
-        "notes_per_bar": notes / bars if bars else None,
-        "notes_per_piece": notes / len(pieces) if pieces else None,
-        "repairs_per_piece": mean([p.repairs for p in pieces]),
-    }
-    out.update({f"pitch_range_part{p}": mean(r) for p, r in ranges.items()})
-    out["outside_voice_range"] = outside / voiced if voiced else None
-    return out
-
-
-def _key_scale(ev: Events) -> set[int]:
-    """Pitch classes of the piece's key as music21's Krumhansl-Schmuckler analysis finds it.
-
-    Minor keys count the raised sixth and seventh as in key (melodic/harmonic minor), as Bach uses them.
-    """
-    from music21 import analysis, note, stream
-
-    weights = np.zeros(12)
-    for n in ev.notes:
-        weights[n.pitch % 12] += n.dur
-    weights = np.maximum(1, np.round(64 * weights / weights.sum())) * (weights > 0)  # quarters, total ~64
-    s = stream.Stream()
-    for pc in np.flatnonzero(weights):
-        s.append(note.Note(60 + int(pc), quarterLength=float(weights[pc])))
-    k = analysis.discrete.KrumhanslSchmuckler().getSolution(s)
-    tonic = k.tonic.pitchClass
-    steps = (0, 2, 4, 5, 7, 9, 11) if k.mode == "major" else (0, 2, 3, 5, 7, 8, 9, 10, 11)
-    return {(tonic + s) % 12 for s in steps}

@@ -24,25 +24,46 @@ import io
 import math
 import re
 import sys
-import zlib
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence, TextIO
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from Bio import Align, SeqIO
-from Bio.Align import substitution_matrices
+from Bio import SeqIO
 from Bio.Seq import Seq
 from Bio.SeqRecord import SeqRecord
-from Bio.SeqUtils.ProtParam import ProteinAnalysis
 
 from arseq.atomic import atomic_write
-from arseq.modalities import Constraint, DataError, EvalInputs, Example, Modality, OutputFiles, Sample, Skipped
+from arseq.modalities import (
+    Constraint,
+    DataError,
+    EvalInputs,
+    Example,
+    Modality,
+    OutputFiles,
+    Sample,
+    Skipped,
+)
+from arseq.modalities.protein_fasta import (
+    FileProblem,
+    fasta_records,
+    normalize,
+    record_problem,
+)
+from arseq.modalities.protein_metrics import (
+    NOVELTY_QUERIES,
+    NOVELTY_REFERENCES,
+    composition,
+    degenerate,
+    kl_divergence,
+    longest_run,
+    novelty,
+    properties,
+    spread,
+)
 from arseq.tokenizers.protein import (
-    ALPHABET,
     NONSTANDARD,
     STANDARD,
     ProteinBPETokenizer,
@@ -60,71 +81,6 @@ PRESETS: dict[str, dict[str, float]] = {
     "progen2": {"temperature": 0.8, "top_p": 0.9},
 }
 NONSTANDARD_POLICIES = ("keep", "x", "drop")
-# Novelty is measured for at most this many sequences against this many training proteins, each cut to
-# MAX_ALIGN residues; only the TOP_CANDIDATES references sharing most 3-mers are aligned. Bounded cost.
-NOVELTY_QUERIES, NOVELTY_REFERENCES, MAX_ALIGN, TOP_CANDIDATES = 100, 500, 1000, 5
-# Degenerate: a unit of 1-10 residues repeated back to back over at least this many residues.
-REPEAT_SPAN = 12
-
-
-class _FileProblem(Exception):
-    """A file that cannot be read as FASTA; becomes a Skipped naming the file."""
-
-
-@contextmanager
-def _open_text(path: Path) -> Iterator[TextIO]:
-    """Open plain or gzip text (detected by magic bytes, not by suffix)."""
-    with open(path, "rb") as raw:
-        gzipped = raw.read(2) == b"\x1f\x8b"
-    binary = gzip.open(path, "rb") if gzipped else open(path, "rb")
-    with io.TextIOWrapper(binary, encoding="utf-8", newline=None) as handle:
-        yield handle
-
-
-def _fasta_records(path: Path) -> Iterator[tuple[int, str, str]]:
-    """(1-based index, id, raw sequence) per record; raises _FileProblem with a one-line reason."""
-    count = 0
-    try:
-        with _open_text(path) as handle:
-            first = next((line for line in handle if line.strip()), "")
-        if not first:
-            raise _FileProblem("empty file (no FASTA records)")
-        if not first.startswith(">"):
-            raise _FileProblem(f"not FASTA: the first line does not start with '>' ({first.strip()[:30]!r})")
-        with _open_text(path) as handle:
-            for count, record in enumerate(SeqIO.parse(handle, "fasta"), 1):
-                yield count, record.id, str(record.seq)
-    except UnicodeDecodeError:
-        raise _FileProblem(f"not FASTA text (undecodable bytes after record {count})") from None
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise _FileProblem(f"corrupt gzip after record {count} ({e or type(e).__name__})") from None
-    except ValueError as e:  # anything else Bio.SeqIO rejects
-        raise _FileProblem(f"not FASTA after record {count} ({str(e).splitlines()[0]})") from None
-    except OSError as e:
-        raise _FileProblem(f"cannot read ({e.strerror or e})") from None
-
-
-_INVALID = re.compile(r"[^A-Z]")
-
-
-def normalize(raw: str) -> str:
-    """Upper-case, drop whitespace and trailing '*' stop characters."""
-    return re.sub(r"\s+", "", raw).upper().rstrip("*")
-
-
-def _problem(seq: str, policy: str) -> str | None:
-    """Why a normalised sequence cannot be a protein, or None."""
-    if not seq:
-        return "empty sequence"
-    if "*" in seq:
-        return f"stop '*' inside the sequence at residue {seq.index('*') + 1}"
-    bad = sorted(set(_INVALID.findall(seq)))
-    if bad:
-        return f"invalid characters {''.join(bad)!r} in the sequence (letters only)"
-    outside = sorted(set(seq) - set(ALPHABET))
-    if outside and policy == "keep":
-        return f"letters {''.join(outside)!r} are not amino-acid codes (nonstandard: x maps them to X)"
-    return None
 
 
 class ProteinModality(Modality):
@@ -180,16 +136,16 @@ class ProteinModality(Modality):
         for path in files:
             index = 0
             try:
-                for index, rid, raw in _fasta_records(path):
+                for index, rid, raw in fasta_records(path):
                     seq = normalize(raw)
-                    problem = _problem(seq, self.nonstandard)
+                    problem = record_problem(seq, self.nonstandard)
                     if problem:
                         yield Skipped(str(path), f"record {index} ({rid or 'no id'}): {problem}")
                         continue
                     seq = self._apply_filters(seq, seen)
                     if seq is not None:
                         yield rid or f"{path.name}:{index}", seq
-            except _FileProblem as e:
+            except FileProblem as e:
                 if index:  # records of this file were used already: never train on half a file
                     raise DataError(f"{path}: {e}") from None
                 yield Skipped(str(path), str(e))
@@ -282,15 +238,15 @@ class ProteinModality(Modality):
             return [""]
         if prompt and Path(prompt).is_file():
             try:
-                records = [(f"{prompt}: record {i} ({rid})", raw) for i, rid, raw in _fasta_records(Path(prompt))]
-            except _FileProblem as e:
+                records = [(f"{prompt}: record {i} ({rid})", raw) for i, rid, raw in fasta_records(Path(prompt))]
+            except FileProblem as e:
                 raise DataError(f"{prompt}: {e}") from None
         else:
             records = [(f"start motif {text!r}", text)]
         motifs = []
         for where, raw in records:
             seq = normalize(raw)
-            problem = _problem(seq, "keep")
+            problem = record_problem(seq, "keep")
             if problem:
                 raise DataError(f"{where}: {problem}")
             motifs.append(seq)
@@ -438,8 +394,8 @@ class ProteinModality(Modality):
         }
         if len(reference):
             out["composition_kl"] = kl_divergence(comp, composition([tokenizer.decode(t) for t in reference]))
-            references = [tokenizer.decode(reference[i]) for i in _spread(len(reference), NOVELTY_REFERENCES)]
-            ident = novelty([proteins[i] for i in _spread(len(proteins), NOVELTY_QUERIES)], references)
+            references = [tokenizer.decode(reference[i]) for i in spread(len(reference), NOVELTY_REFERENCES)]
+            ident = novelty([proteins[i] for i in spread(len(proteins), NOVELTY_QUERIES)], references)
             if len(ident):
                 out["train_identity_mean"] = float(ident.mean())
                 out["train_identity_max"] = float(ident.max())
@@ -447,83 +403,3 @@ class ProteinModality(Modality):
         return out
 
 
-# ---- helpers (module level: usable on their own) ----------------------------------------------------
-def properties(seq: str) -> dict[str, Any]:
-    """Biopython ProteinAnalysis properties computed on the standard residues (others are left out and counted)."""
-    std = "".join(c for c in seq if c in STANDARD)
-    out: dict[str, Any] = {"nonstandard_residues": len(seq) - len(std)}
-    keys = ("molecular_weight", "isoelectric_point", "instability_index", "gravy",
-            "helix_fraction", "turn_fraction", "sheet_fraction")
-    if not std:
-        return {**out, **{k: "" for k in keys}}
-    pa = ProteinAnalysis(std)
-    helix, turn, sheet = pa.secondary_structure_fraction()
-    values = (pa.molecular_weight(), pa.isoelectric_point(), pa.instability_index() if len(std) > 1 else 0.0,
-              pa.gravy(), helix, turn, sheet)
-    return {**out, **{k: round(float(v), 4) for k, v in zip(keys, values)}}
-
-
-def composition(proteins: list[str]) -> np.ndarray:
-    """Residue fractions over the 20 standard letters plus one bucket for all others."""
-    counts = Counter()
-    for p in proteins:
-        counts.update(p)
-    vec = np.array([counts[a] for a in STANDARD] + [sum(counts.values()) - sum(counts[a] for a in STANDARD)], float)
-    return vec / max(vec.sum(), 1.0)
-
-
-def kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = 1e-6) -> float:
-    """KL(p || q) in nats, both smoothed by eps so empty buckets stay finite."""
-    p, q = (p + eps) / (p + eps).sum(), (q + eps) / (q + eps).sum()
-    return float(np.sum(p * np.log(p / q)))
-
-
-def longest_run(seq: str) -> int:
-    return max((len(m.group(0)) for m in re.finditer(r"(.)\1*", seq)), default=0)
-
-
-def degenerate(seq: str, span: int = REPEAT_SPAN) -> bool:
-    """A unit of 1-10 residues repeated back to back over >= span residues (poly-Q, 'GPGPGP...', ...)."""
-    for unit in range(1, 11):
-        copies = max(2, math.ceil(span / unit))
-        if re.search(rf"(.{{{unit}}})\1{{{copies - 1},}}", seq):
-            return True
-    return False
-
-
-def _spread(n: int, k: int) -> list[int]:
-    """At most k indices spread evenly over range(n): a deterministic subset."""
-    return sorted(set(np.linspace(0, n - 1, num=min(n, k), dtype=int).tolist())) if n else []
-
-
-def _aligner() -> Align.PairwiseAligner:
-    return Align.PairwiseAligner(mode="local", substitution_matrix=substitution_matrices.load("BLOSUM62"),
-                                 open_gap_score=-10.0, extend_gap_score=-0.5)
-
-
-def novelty(queries: list[str], references: list[str], k: int = 3) -> np.ndarray:
-    """Per query: identical aligned residues / query length against its best local match among the references.
-
-    Candidates are the TOP_CANDIDATES references sharing most k-mers with the query; the best is chosen by
-    BLOSUM62 local alignment score and only it is traced back. Sequences are cut to MAX_ALIGN residues;
-    U and O (absent from BLOSUM62) align as X.
-    """
-    clean = str.maketrans("UO", "XX")
-    refs = [r[:MAX_ALIGN].translate(clean) for r in references]
-    index: dict[str, list[int]] = {}
-    for j, r in enumerate(refs):
-        for kmer in {r[i : i + k] for i in range(len(r) - k + 1)}:
-            index.setdefault(kmer, []).append(j)
-    aligner = _aligner()
-    out = []
-    for q in queries:
-        q = q[:MAX_ALIGN].translate(clean)
-        if not q or not refs:
-            out.append(0.0)
-            continue
-        shared = Counter(j for kmer in {q[i : i + k] for i in range(len(q) - k + 1)} for j in index.get(kmer, ()))
-        candidates = [j for j, _ in shared.most_common(TOP_CANDIDATES)] or [0]
-        best = max(candidates, key=lambda j: aligner.score(q, refs[j]))
-        alignment = aligner.align(q, refs[best])[0]
-        out.append(alignment.counts().identities / len(q))
-    return np.array(out)

@@ -14,7 +14,15 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 
 from arseq.atomic import atomic_write
-from arseq.modalities.base import DataError, EvalInputs, Example, Modality, OutputFiles, Sample, Skipped
+from arseq.modalities.base import (
+    DataError,
+    EvalInputs,
+    Example,
+    Modality,
+    OutputFiles,
+    Sample,
+    Skipped,
+)
 from arseq.tokenizers.base import Tokenizer
 from arseq.tokenizers.bpe import BPETokenizer
 from arseq.tokenizers.char import CharTokenizer

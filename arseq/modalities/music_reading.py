@@ -1,0 +1,139 @@
+"""Reading scores for the music modality: the Bach chorales of music21's corpus, files in parallel
+worker processes, MIDI sanity checks, and prompt files."""
+from __future__ import annotations
+
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from arseq.errors import DataError, one_line
+from arseq.tokenizers.score import Events, ScoreTokenizer
+
+SUFFIXES = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".krn", ".abc")
+
+
+
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def bach_chorales() -> list[tuple[str, str]]:
+    """(name, path) of the 350 distinct chorales of music21's `corpus.chorales.Iterator`.
+
+    A name can match several corpus files (bwv281 has a .krn and an .mxl; bwv245.3 also matches
+    bwv245.37); take the file whose stem is the name exactly, preferring MusicXML.
+    """
+    from music21 import corpus
+
+    order = {".mxl": 0, ".xml": 1, ".musicxml": 1, ".krn": 2}
+    out = []
+    for name in dict.fromkeys(corpus.chorales.Iterator(returnType="filename")):
+        found = corpus.getWork(name)
+        found = found if isinstance(found, list) else [found]
+        stem = name.rsplit("/", 1)[-1]
+        exact = [p for p in found if p.name[: -len(p.suffix)] == stem and p.suffix in order] or found
+        out.append((name, str(min(exact, key=lambda p: order.get(p.suffix, 9)))))
+    return out
+
+
+def read_in_parallel(jobs: list[tuple], workers: int) -> Iterator[tuple]:
+    """Parse and encode files in worker processes, in order (the core's progress bar counts them)."""
+    if workers <= 1 or len(jobs) < 4:
+        yield from (_load(*job) for job in jobs)
+        return
+    # fork where there is one: workers inherit the imported music21 and never re-run the caller's
+    # main module; they only run music21 (pure Python), never torch
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    import music21.converter  # noqa: F401  (imported once here, inherited by forked workers)
+
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+            yield from pool.map(_load_job, jobs, chunksize=max(1, min(8, len(jobs) // (8 * workers))))
+    except BrokenProcessPool as e:
+        raise DataError(f"a music parsing worker died ({e}); try modality.workers: 1 to find the file") from None
+
+
+def _load_job(job: tuple) -> tuple:
+    return _load(*job)
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(state: tuple) -> ScoreTokenizer:
+    return ScoreTokenizer.from_dict(dict(state))
+
+
+def _load(name: str, path: str, state: dict, check_roundtrip: bool) -> tuple:
+    """(name, tokens, exact, info, skip reason) for one file: parsed, encoded, optionally round-tripped."""
+    tok = _tokenizer(tuple(sorted(state.items())))
+    try:
+        events = read_events(tok, Path(path))
+    except DataError as e:
+        return name, None, None, {}, str(e).removeprefix(f"{path}: ")
+    ids = np.asarray(tok.encode_events(events), dtype=np.int32)
+    exact = None
+    if check_roundtrip:
+        key = lambda n: (n.part, n.onset, n.pitch, n.dur)  # noqa: E731
+        try:
+            back = tok.extract(tok.to_score(tok.decode_events(ids)))
+            same = sorted(map(key, back.notes)) == sorted(map(key, events.notes))
+        except Exception:  # a failure to rebuild is a failed round trip, not a crash
+            same = False
+        exact = same and events.quantized == 0 and events.dropped == 0
+    info = {"notes": float(len(events.notes)), "bars": float(len(events.bars)), "parts": float(events.num_parts),
+            "quantized": float(events.quantized), "dropped": float(events.dropped)}
+    return name, ids, exact, info, None
+
+
+def read_events(tok: ScoreTokenizer, path: Path) -> Events:
+    """Parse one file into events; every problem becomes a one-line DataError naming the file."""
+    if path.suffix.lower() not in SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; music reads {' '.join(SUFFIXES)}")
+    if path.suffix.lower() in (".mid", ".midi"):
+        _check_midi(path)
+    from music21 import converter
+
+    try:
+        score = converter.parse(str(path))
+    except Exception as e:  # music21 raises many kinds on bad files; one line is what the user needs
+        raise DataError(f"{path}: cannot parse ({one_line(e, with_type=True, limit=200)})") from None
+    try:
+        return tok.extract(score)
+    except ValueError as e:
+        raise DataError(f"{path}: {e}") from None
+    except Exception as e:
+        raise DataError(f"{path}: cannot read the score ({one_line(e, with_type=True, limit=200)})") from None
+
+
+def _check_midi(path: Path) -> None:
+    """Catch truncated MIDI files, which music21 reads silently as their first few notes."""
+    data = path.read_bytes()
+    if data[:4] != b"MThd" or len(data) < 14:
+        raise DataError(f"{path}: not a MIDI file (no MThd header)")
+    at = 8 + int.from_bytes(data[4:8], "big")
+    tracks = int.from_bytes(data[10:12], "big")
+    for i in range(tracks):
+        if at + 8 > len(data):
+            raise DataError(f"{path}: truncated MIDI (header promises {tracks} tracks, file ends in track {i + 1})")
+        size = int.from_bytes(data[at + 4 : at + 8], "big")
+        if at + 8 + size > len(data):
+            raise DataError(f"{path}: truncated MIDI (track {i + 1} declares {size} bytes, {len(data) - at - 8} present)")
+        at += 8 + size
+
+
+def prompt_tokens(tok: ScoreTokenizer, path: Path, bars: int | None) -> list[int]:
+    """A prompt file's tokens (BOS ... no EOS); with `bars`, its first `bars` bars and the next bar line,
+    so the model continues in a new bar and the prompt's bars stay as they are."""
+    if not path.is_file():
+        raise DataError(f"{path}: prompt file not found")
+    ids = tok.encode_events(read_events(tok, path))[:-1]
+    if bars is not None:
+        if bars < 1:
+            raise DataError(f"--prompt-bars must be >= 1, got {bars}")
+        bar_at = [i for i, t in enumerate(ids) if t == tok.bar_id]
+        ids = ids[: bar_at[bars]] if len(bar_at) > bars else ids
+        ids.append(tok.bar_id)
+    return ids

@@ -1,0 +1,73 @@
+"""Reading FASTA files (plain or gzip) record by record, and what makes a record unusable."""
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from Bio import SeqIO
+
+from arseq.tokenizers.protein import ALPHABET
+
+_INVALID = re.compile(r"[^A-Z]")
+
+
+class FileProblem(Exception):
+    """A file that cannot be read as FASTA; becomes a Skipped naming the file."""
+
+
+@contextmanager
+def open_text(path: Path) -> Iterator[TextIO]:
+    """Open plain or gzip text (detected by magic bytes, not by suffix)."""
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    binary = gzip.open(path, "rb") if gzipped else open(path, "rb")
+    with io.TextIOWrapper(binary, encoding="utf-8", newline=None) as handle:
+        yield handle
+
+
+def fasta_records(path: Path) -> Iterator[tuple[int, str, str]]:
+    """(1-based index, id, raw sequence) per record; raises FileProblem with a one-line reason."""
+    count = 0
+    try:
+        with open_text(path) as handle:
+            first = next((line for line in handle if line.strip()), "")
+        if not first:
+            raise FileProblem("empty file (no FASTA records)")
+        if not first.startswith(">"):
+            raise FileProblem(f"not FASTA: the first line does not start with '>' ({first.strip()[:30]!r})")
+        with open_text(path) as handle:
+            for count, record in enumerate(SeqIO.parse(handle, "fasta"), 1):
+                yield count, record.id, str(record.seq)
+    except UnicodeDecodeError:
+        raise FileProblem(f"not FASTA text (undecodable bytes after record {count})") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise FileProblem(f"corrupt gzip after record {count} ({e or type(e).__name__})") from None
+    except ValueError as e:  # anything else Bio.SeqIO rejects
+        raise FileProblem(f"not FASTA after record {count} ({str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise FileProblem(f"cannot read ({e.strerror or e})") from None
+
+
+def normalize(raw: str) -> str:
+    """Upper-case, drop whitespace and trailing '*' stop characters."""
+    return re.sub(r"\s+", "", raw).upper().rstrip("*")
+
+
+def record_problem(seq: str, policy: str) -> str | None:
+    """Why a normalised sequence cannot be a protein, or None."""
+    if not seq:
+        return "empty sequence"
+    if "*" in seq:
+        return f"stop '*' inside the sequence at residue {seq.index('*') + 1}"
+    bad = sorted(set(_INVALID.findall(seq)))
+    if bad:
+        return f"invalid characters {''.join(bad)!r} in the sequence (letters only)"
+    outside = sorted(set(seq) - set(ALPHABET))
+    if outside and policy == "keep":
+        return f"letters {''.join(outside)!r} are not amino-acid codes (nonstandard: x maps them to X)"
+    return None
