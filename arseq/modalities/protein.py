@@ -51,6 +51,7 @@ from arseq.modalities.protein_fasta import (
     fasta_records,
     normalize,
     record_problem,
+    start_motifs,
 )
 from arseq.modalities.protein_metrics import (
     NOVELTY_QUERIES,
@@ -228,30 +229,6 @@ class ProteinModality(Modality):
                             help="keep the fraction F of designs with the lowest perplexity, best first; designs "
                             "with degenerate repeats rank after all others (a repeat is easy to predict)")
 
-    def _prefixes(self, args: argparse.Namespace) -> list[str]:
-        """Start motifs from --prefix, or --prompt (a residue string, or a FASTA file of motifs)."""
-        prefix, prompt = getattr(args, "prefix", None), getattr(args, "prompt", None)
-        if prefix and prompt:
-            raise DataError("give the start motif with --prefix or --prompt, not both")
-        text = prefix or prompt
-        if not text:
-            return [""]
-        if prompt and Path(prompt).is_file():
-            try:
-                records = [(f"{prompt}: record {i} ({rid})", raw) for i, rid, raw in fasta_records(Path(prompt))]
-            except FileProblem as e:
-                raise DataError(f"{prompt}: {e}") from None
-        else:
-            records = [(f"start motif {text!r}", text)]
-        motifs = []
-        for where, raw in records:
-            seq = normalize(raw)
-            problem = record_problem(seq, "keep")
-            if problem:
-                raise DataError(f"{where}: {problem}")
-            motifs.append(seq)
-        return motifs
-
     def _check_args(self, args: argparse.Namespace, prefixes: list[str]) -> None:
         lo, hi, rank = getattr(args, "min_length", None), getattr(args, "max_length", None), getattr(args, "rank", None)
         if lo is not None and lo < 1 or hi is not None and hi < 1:
@@ -268,7 +245,7 @@ class ProteinModality(Modality):
     def configure_sampling(self, args: argparse.Namespace, sampling: Any) -> Any:
         """Apply --preset to the settings not typed on the command line, and size max_new_tokens from
         --max-length / --min-length."""
-        prefixes = self._prefixes(args)
+        prefixes = start_motifs(getattr(args, "prefix", None), getattr(args, "prompt", None))
         self._check_args(args, prefixes)
         typed = getattr(args, "explicit", frozenset())
         preset = PRESETS.get(getattr(args, "preset", None) or "", {})
@@ -282,7 +259,7 @@ class ProteinModality(Modality):
         return replace(sampling, **changes)
 
     def prompts(self, tokenizer: ProteinTokenizers, args: argparse.Namespace, num_samples: int) -> list[list[int]]:
-        prefixes = self._prefixes(args)
+        prefixes = start_motifs(getattr(args, "prefix", None), getattr(args, "prompt", None))
         return [[tokenizer.bos_id, *tokenizer.encode(prefixes[i % len(prefixes)])] for i in range(num_samples)]
 
     def constraint(self, tokenizer: ProteinTokenizers, args: argparse.Namespace) -> Constraint:

@@ -11,6 +11,7 @@ from typing import Iterator, TextIO
 
 from Bio import SeqIO
 
+from arseq.errors import DataError
 from arseq.tokenizers.protein import ALPHABET
 
 _INVALID = re.compile(r"[^A-Z]")
@@ -71,3 +72,27 @@ def record_problem(seq: str, policy: str) -> str | None:
     if outside and policy == "keep":
         return f"letters {''.join(outside)!r} are not amino-acid codes (nonstandard: x maps them to X)"
     return None
+
+
+def start_motifs(prefix: str | None, prompt: str | None) -> list[str]:
+    """Start motifs from --prefix, or --prompt (a residue string, or a FASTA file of motifs); [""] for none."""
+    if prefix and prompt:
+        raise DataError("give the start motif with --prefix or --prompt, not both")
+    text = prefix or prompt
+    if not text:
+        return [""]
+    if prompt and Path(prompt).is_file():
+        try:
+            records = [(f"{prompt}: record {i} ({rid})", raw) for i, rid, raw in fasta_records(Path(prompt))]
+        except FileProblem as e:
+            raise DataError(f"{prompt}: {e}") from None
+    else:
+        records = [(f"start motif {text!r}", text)]
+    motifs = []
+    for where, raw in records:
+        seq = normalize(raw)
+        problem = record_problem(seq, "keep")
+        if problem:
+            raise DataError(f"{where}: {problem}")
+        motifs.append(seq)
+    return motifs
