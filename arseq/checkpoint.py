@@ -5,6 +5,7 @@ Checkpoints are read with `torch.load(weights_only=True)`: no code from a file i
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -17,10 +18,12 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from arseq.modalities import DataError, Modality, resolve
+from arseq.models.quantize import SCHEMES, quantize_model, scheme_of
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.base import Tokenizer, atomic_write_text, read_tokenizer_state
 
 EXPORT_FORMAT = 1
+QUANTIZED_FORMAT = 2  # int8 weights: an arseq that knows only format 1 refuses these in one line
 
 
 @dataclass
@@ -50,7 +53,7 @@ def build_modality(meta: dict[str, Any], where: str, modality: str | None = None
 
 def _assemble(
     model_cfg: dict[str, Any], state: dict[str, torch.Tensor] | Path, meta: dict[str, Any], tok_state: dict[str, Any],
-    where: str, modality: str | None = None, trust_import: bool = False,
+    where: str, modality: str | None = None, trust_import: bool = False, quantization: str = "none",
 ) -> Loaded:
     try:
         cfg = TransformerConfig(**model_cfg)
@@ -60,7 +63,7 @@ def _assemble(
     tokenizer = chosen.load_tokenizer(tok_state)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise DataError(f"{where}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {cfg.vocab_size}")
-    model = Transformer(cfg)
+    model = quantize_model(Transformer(cfg), quantization)  # int8 exports: the int8 modules, then their weights
     try:
         if isinstance(state, Path):
             load_model(model, str(state), strict=True)
@@ -112,18 +115,30 @@ def load(path: str | os.PathLike, modality: str | None = None, trust_import: boo
             config = json.loads(config_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             raise DataError(f"{path}: not an arseq export (no readable config.json)") from None
-        if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT or "model" not in config:
-            raise DataError(f"{config_file}: not an arseq export config")
+        if not isinstance(config, dict) or config.get("format") not in (EXPORT_FORMAT, QUANTIZED_FORMAT) or "model" not in config:
+            raise DataError(f"{config_file}: not an arseq export config (format {EXPORT_FORMAT} or {QUANTIZED_FORMAT})")
+        quantization = config.get("quantization", "none") if config["format"] == QUANTIZED_FORMAT else "none"
+        if quantization not in SCHEMES:
+            raise DataError(f"{config_file}: quantization {quantization!r} is unknown to this arseq (--quantize: {', '.join(SCHEMES)})")
         tok_state = read_tokenizer_state(path / "tokenizer.json")
-        return _assemble(config["model"], path / "model.safetensors", config, tok_state, str(path), modality, trust_import)
+        return _assemble(config["model"], path / "model.safetensors", config, tok_state, str(path), modality, trust_import, quantization)
     ckpt = load_checkpoint_file(path)
     meta = ckpt["arseq"]
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     return _assemble(meta["model"], state, meta, meta["tokenizer"], str(path), modality, trust_import)
 
 
-def export(loaded: Loaded, out: str | os.PathLike) -> Path:
-    """Write a self-contained export directory; refuses to touch a non-empty existing one."""
+def export(loaded: Loaded, out: str | os.PathLike, quantize: str = "none") -> Path:
+    """Write a self-contained export directory; refuses to touch a non-empty existing one.
+
+    `quantize="int8"` stores int8 weights and per-channel scales (about 4x smaller), loaded as they are.
+    """
+    if quantize not in SCHEMES:
+        raise DataError(f"--quantize must be one of {', '.join(SCHEMES)}, got {quantize!r}")
+    model = loaded.model
+    if quantize != "none" and scheme_of(model) != quantize:
+        model = quantize_model(copy.deepcopy(model).cpu(), quantize)  # the caller's model stays as it was
+    scheme = scheme_of(model)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: already exists and is not an empty folder; choose another --out")
@@ -132,10 +147,12 @@ def export(loaded: Loaded, out: str | os.PathLike) -> Path:
     try:
         os.chmod(tmp, 0o755)
         config = {k: v for k, v in loaded.meta.items() if k != "tokenizer"}
-        config.update(format=EXPORT_FORMAT, model=loaded.model.cfg.__dict__)
+        config.update(format=EXPORT_FORMAT, model=model.cfg.__dict__)
+        if scheme != "none":
+            config.update(format=QUANTIZED_FORMAT, quantization=scheme)
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2))
         atomic_write_text(tmp / "tokenizer.json", json.dumps(loaded.tokenizer.to_dict(), ensure_ascii=False))
-        save_model(loaded.model, str(tmp / "model.safetensors"))
+        save_model(model, str(tmp / "model.safetensors"))
         if out.exists():
             out.rmdir()
         os.rename(tmp, out)

@@ -135,6 +135,16 @@ def _add_trust_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow the import path of a modality stored in the file (imports that module: trust the file first)")
 
 
+def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
+    """Speed: checked by arseq.models.inference (one-line errors), so no argparse choices here."""
+    g = p.add_argument_group("speed")
+    g.add_argument("--compile", nargs="?", const="on", default="off", metavar="{off,on,auto}",
+                   help="torch.compile the decode step (CUDA graphs on a GPU); auto: fall back to eager where it cannot work")
+    g.add_argument("--quantize", default="none", metavar="{none,int8}", help="int8: int8 weights, per-channel scales")
+    g.add_argument("--dtype", default=None, metavar="{float32,bfloat16,float16}",
+                   help="compute dtype (default: float32 on CPU, bfloat16 on a GPU that supports it)")
+
+
 def _base_sampling_parser(verb: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"arseq {verb}", description=VERBS[verb] + ".", add_help=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -152,6 +162,7 @@ def _base_sampling_parser(verb: str) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="same seed, same samples")
     p.add_argument("--batch-size", type=int, default=16, help="samples (or evaluation chunks) per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    _add_inference_arguments(p)
     _add_trust_arguments(p)
     if verb == "generate":
         p.add_argument("--out", type=Path, default=None, help="output file or folder (default: print)")
@@ -175,6 +186,7 @@ def run_sampling_verb(verb: str, argv: list[str]) -> int:
     import torch
 
     from arseq import checkpoint, workflows
+    from arseq.models.inference import prepare_for_inference
 
     parser = _base_sampling_parser(verb)
     known, _ = parser.parse_known_args(argv)
@@ -198,7 +210,7 @@ def run_sampling_verb(verb: str, argv: list[str]) -> int:
     if verb == "evaluate" and args.stride is not None and not 0 < args.stride <= context:
         raise DataError(f"--stride must be between 1 and the model's context ({context}), got {args.stride}")
     device = torch.device(args.device or workflows.default_device())
-    loaded.model.to(device)
+    prepare_for_inference(loaded.model, device, args.dtype, args.quantize, args.compile)
     if verb == "evaluate":
         result = workflows.run_evaluate(loaded, args, args.data_paths, args.batch_size)
         print(json.dumps(result, indent=1, default=float))
@@ -216,9 +228,10 @@ def run_export(argv: list[str]) -> int:
                                 "that 'arseq generate' and 'arseq evaluate' accept like a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="a .ckpt from 'arseq train'")
     p.add_argument("--out", required=True, type=Path, help="a new (or empty) folder")
+    p.add_argument("--quantize", default="none", metavar="{none,int8}", help="int8: int8 weights and per-channel scales, ~4x smaller")
     _add_trust_arguments(p)
     args = p.parse_args(argv)
-    out = checkpoint.export(checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import), args.out)
+    out = checkpoint.export(checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import), args.out, args.quantize)
     print(f"exported to {out}")
     return 0
 

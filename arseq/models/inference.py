@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from arseq.models.decoding import decode_step
+from arseq.models.quantize import quantize_model
 from arseq.models.transformer import KVCache, Transformer
 
 Compile = Union[bool, Literal["off", "on", "auto"]]
@@ -43,26 +44,27 @@ class CompiledStep:
     one line, or into one warning line and the eager step when `fallback` (compile="auto")."""
 
     def __init__(self, device: torch.device, fallback: bool):
-        self.device, self.fallback, self.checked = device, fallback, False
-        # CUDA: CUDA graphs replay the whole step in one launch. dynamic=False: one graph per shape, no
-        # symbolic sizes (a static step is the point).
-        mode = "reduce-overhead" if device.type == "cuda" else None
-        self.fn: Step = torch.compile(decode_step, mode=mode, dynamic=False, fullgraph=True)
+        self.device, self.fallback = device, fallback
+        self.fn: Step | None = None
 
     def __call__(self, model: Transformer, token: Tensor, input_pos: Tensor, pad: Tensor | None, causal: Tensor) -> Tensor:
-        if self.checked:
+        if self.fn is not None:
             return self.fn(model, token, input_pos, pad, causal)
         try:
-            out = self.fn(model, token, input_pos, pad, causal)
+            # CUDA: CUDA graphs replay the whole step in one launch. dynamic=False: one graph per shape,
+            # no symbolic sizes (a static step is the point).
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            fn = torch.compile(decode_step, mode=mode, dynamic=False, fullgraph=True)
+            out = fn(model, token, input_pos, pad, causal)
         except Exception as e:  # noqa: BLE001 - whatever stops the compiler (no C++ compiler, no Triton ...)
             if not self.fallback:
                 raise ValueError(f"--compile: torch.compile does not work on {self.device} ({first_line(e)}); "
                                  "use --compile off, or auto to fall back") from None
             print(f"warning: --compile auto: torch.compile does not work on {self.device} ({first_line(e)}); "
                   "decoding eagerly", file=sys.stderr)
-            self.fn = decode_step
+            fn = decode_step
             out = decode_step(model, token, input_pos, pad, causal)
-        self.checked = True
+        self.fn = fn
         return out
 
 
@@ -108,10 +110,12 @@ def _cpu_runs(dtype: torch.dtype) -> bool:
         return False
 
 
-def prepare_for_inference(model: Transformer, device: str | torch.device, dtype: str | None = None, quantize: str = "none") -> Transformer:
-    """Quantize (--quantize), then move to `device` in `dtype` (--dtype): the CLI's one call before sampling/scoring."""
-    from arseq.models.quantize import quantize_model
-
+def prepare_for_inference(
+    model: Transformer, device: str | torch.device, dtype: str | None = None, quantize: str = "none", compile: Compile = False,
+) -> Transformer:
+    """Check --compile, quantize (--quantize), move to `device` in `dtype` (--dtype): the CLI's one call
+    before sampling or scoring."""
+    compile_mode(compile)
     device = torch.device(device)
     chosen = resolve_dtype(dtype, device)
     quantize_model(model, quantize)
