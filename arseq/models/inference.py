@@ -22,7 +22,7 @@ COMPILE_CHOICES = ("off", "on", "auto")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Step = Callable[[Transformer, Tensor, Tensor, "Tensor | None", Tensor], Tensor]
 
-# model -> {(batch, cache_len, dtype, device): (step, caches)}; entries go with their model
+# model -> {(batch, cache_len, dtype, device, mode): (step, caches)}; entries go with their model
 _COMPILED: "weakref.WeakKeyDictionary[Transformer, dict[tuple, tuple[Step, list[KVCache]]]]" = weakref.WeakKeyDictionary()
 
 
@@ -75,7 +75,7 @@ def decoder(model: Transformer, batch: int, cache_len: int, compile: Compile = F
         model.setup_cache(batch, cache_len)
         return decode_step
     p = model.norm.weight
-    key = (batch, cache_len, p.dtype, p.device)
+    key = (batch, cache_len, p.dtype, p.device, mode)
     entries = _COMPILED.setdefault(model, {})
     if key not in entries:
         entries[key] = (CompiledStep(p.device, fallback=mode == "auto"), model.setup_cache(batch, cache_len))
