@@ -5,6 +5,7 @@ Checkpoints are read with `torch.load(weights_only=True)`: no code from a file i
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -21,10 +22,12 @@ from arseq.atomic import atomic_write
 from arseq.errors import one_line
 from arseq.interop import hf
 from arseq.modalities import DataError, Modality, resolve
+from arseq.models.quantize import SCHEMES, quantize_model, scheme_of
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.base import Tokenizer, read_tokenizer_state
 
 EXPORT_FORMAT = 1
+QUANTIZED_FORMAT = 2  # int8 weights: an arseq that knows only format 1 refuses these in one line
 
 
 @dataclass
@@ -54,7 +57,7 @@ def build_modality(meta: dict[str, Any], where: str, modality: str | None = None
 
 def _assemble(
     model_cfg: dict[str, Any], state: dict[str, torch.Tensor] | Path, meta: dict[str, Any], tok_state: dict[str, Any],
-    where: str, modality: str | None = None, trust_import: bool = False,
+    where: str, modality: str | None = None, trust_import: bool = False, quantization: str = "none",
 ) -> Loaded:
     try:
         cfg = TransformerConfig(**model_cfg)
@@ -64,7 +67,7 @@ def _assemble(
     tokenizer = chosen.load_tokenizer(tok_state)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise DataError(f"{where}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {cfg.vocab_size}")
-    model = Transformer(cfg)
+    model = quantize_model(Transformer(cfg), quantization)  # int8 exports: the int8 modules, then their weights
     try:
         if isinstance(state, Path):
             load_model(model, str(state), strict=True)
@@ -114,6 +117,7 @@ class Parts:
     meta: dict[str, Any] | None
     tokenizer: dict[str, Any] | None
     where: str
+    quantization: str = "none"  # int8 exports hold int8 weights and scales
 
 
 def read_parts(path: str | os.PathLike) -> Parts:
@@ -134,10 +138,13 @@ def read_parts(path: str | os.PathLike) -> Parts:
             config = json.loads(config_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             raise DataError(f"{path}: not an arseq export (no readable config.json)") from None
-        if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT or "model" not in config:
-            raise DataError(f"{config_file}: not an arseq export config")
+        if not isinstance(config, dict) or config.get("format") not in (EXPORT_FORMAT, QUANTIZED_FORMAT) or "model" not in config:
+            raise DataError(f"{config_file}: not an arseq export config (format {EXPORT_FORMAT} or {QUANTIZED_FORMAT})")
+        quantization = config.get("quantization", "none") if config["format"] == QUANTIZED_FORMAT else "none"
+        if quantization not in SCHEMES:
+            raise DataError(f"{config_file}: quantization {quantization!r} is unknown to this arseq (--quantize: {', '.join(SCHEMES)})")
         tok_state = read_tokenizer_state(path / "tokenizer.json")
-        return Parts(config["model"], path / "model.safetensors", config, tok_state, str(path))
+        return Parts(config["model"], path / "model.safetensors", config, tok_state, str(path), quantization)
     ckpt = load_checkpoint_file(path)
     meta = ckpt["arseq"]
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
@@ -154,14 +161,23 @@ def load(path: str | os.PathLike, modality: str | None = None, trust_import: boo
     if parts.meta is None or parts.tokenizer is None:
         raise DataError(f"{parts.where}: a Hugging Face model without arseq's tokenizer and modality ({hf.HF_META}); "
                         "start a run from it with 'arseq train --init-from'")
-    return _assemble(parts.model_cfg, parts.state, parts.meta, parts.tokenizer, parts.where, modality, trust_import)
+    return _assemble(parts.model_cfg, parts.state, parts.meta, parts.tokenizer, parts.where, modality, trust_import,
+                     parts.quantization)
 
 
-def export(loaded: Loaded, out: str | os.PathLike, format: str = "arseq") -> Path:
+def export(loaded: Loaded, out: str | os.PathLike, format: str = "arseq", quantize: str = "none") -> Path:
     """Write a self-contained export directory; refuses to touch a non-empty existing one.
 
     `format="hf"`: a Hugging Face LlamaForCausalLM folder that arseq reads too (see arseq.interop.hf).
+    `quantize="int8"` (arseq format) stores int8 weights and per-channel scales (about 4x smaller), loaded as they are.
     """
+    if quantize not in SCHEMES:
+        raise DataError(f"--quantize must be one of {', '.join(SCHEMES)}, got {quantize!r}")
+    if format == "hf" and (quantize != "none" or scheme_of(loaded.model) != "none"):
+        raise DataError("--format hf writes float weights: drop --quantize (a Llama folder has no int8 layout here)")
+    model = loaded.model
+    if quantize != "none" and scheme_of(model) != quantize:
+        model = quantize_model(copy.deepcopy(model).cpu(), quantize)  # the caller's model stays as it was
     out = Path(out)
     if format not in ("arseq", "hf"):
         raise DataError(f"--format {format!r}: choose arseq or hf")
@@ -177,7 +193,7 @@ def export(loaded: Loaded, out: str | os.PathLike, format: str = "arseq") -> Pat
         if format == "hf":
             hf.write_hf_folder(tmp, loaded, EXPORT_FORMAT)
         else:
-            _write_arseq(tmp, loaded)
+            _write_arseq(tmp, loaded, model)
         if out.exists():
             out.rmdir()
         os.rename(tmp, out)
@@ -187,10 +203,12 @@ def export(loaded: Loaded, out: str | os.PathLike, format: str = "arseq") -> Pat
     return out
 
 
-def _write_arseq(tmp: Path, loaded: Loaded) -> None:
-    """config.json + model.safetensors + tokenizer.json: arseq's own format."""
+def _write_arseq(tmp: Path, loaded: Loaded, model: Transformer) -> None:
+    """config.json + model.safetensors + tokenizer.json: arseq's own format (format 2 when quantized)."""
     config = {k: v for k, v in loaded.meta.items() if k != "tokenizer"}
-    config.update(format=EXPORT_FORMAT, model=loaded.model.cfg.__dict__)
+    config.update(format=EXPORT_FORMAT, model=model.cfg.__dict__)
+    if scheme_of(model) != "none":
+        config.update(format=QUANTIZED_FORMAT, quantization=scheme_of(model))
     atomic_write(tmp / "config.json", json.dumps(config, indent=2))
     atomic_write(tmp / "tokenizer.json", json.dumps(loaded.tokenizer.to_dict(), ensure_ascii=False))
-    save_model(loaded.model, str(tmp / "model.safetensors"))
+    save_model(model, str(tmp / "model.safetensors"))

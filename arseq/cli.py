@@ -142,6 +142,16 @@ def _add_trust_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow the import path of a modality stored in the file (imports that module: trust the file first)")
 
 
+def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
+    """Speed: checked by arseq.models.inference (one-line errors), so no argparse choices here."""
+    g = p.add_argument_group("speed")
+    g.add_argument("--compile", nargs="?", const="on", default="off", metavar="{off,on,auto}",
+                   help="torch.compile the decode step (CUDA graphs on a GPU); auto: fall back to eager where it cannot work")
+    g.add_argument("--quantize", default="none", metavar="{none,int8}", help="int8: int8 weights, per-channel scales")
+    g.add_argument("--dtype", default=None, metavar="{float32,bfloat16,float16}",
+                   help="compute dtype (default: float32 on CPU, bfloat16 on a GPU that supports it)")
+
+
 def _base_sampling_parser(verb: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"arseq {verb}", description=VERBS[verb] + ".", add_help=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -159,6 +169,7 @@ def _base_sampling_parser(verb: str) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="same seed, same samples")
     p.add_argument("--batch-size", type=int, default=16, help="samples (or evaluation chunks) per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    _add_inference_arguments(p)
     _add_trust_arguments(p)
     if verb == "generate":
         p.add_argument("--out", type=Path, default=None, help="output file or folder (default: print)")
@@ -181,6 +192,7 @@ def _given(parser: argparse.ArgumentParser, argv: list[str]) -> frozenset[str]:
 
 def run_sampling_verb(verb: str, argv: list[str]) -> int:
     from arseq import checkpoint, workflows
+    from arseq.models.inference import prepare_for_inference
 
     parser = _base_sampling_parser(verb)
     known, _ = parser.parse_known_args(argv)
@@ -205,7 +217,7 @@ def run_sampling_verb(verb: str, argv: list[str]) -> int:
     context = loaded.model.cfg.max_seq_len
     if verb == "evaluate" and args.stride is not None and not 0 < args.stride <= context:
         raise DataError(f"--stride must be between 1 and the model's context ({context}), got {args.stride}")
-    loaded.model.to(workflows.resolve_device(args.device))
+    prepare_for_inference(loaded.model, workflows.resolve_device(args.device), args.dtype, args.quantize, args.compile)
     if verb == "evaluate":
         result = workflows.run_evaluate(loaded, args, args.data_paths, args.batch_size)
         print(json.dumps(result, indent=1, default=float))
@@ -225,9 +237,11 @@ def run_export(argv: list[str]) -> int:
     p.add_argument("--out", required=True, type=Path, help="a new (or empty) folder")
     p.add_argument("--format", choices=("arseq", "hf"), default="arseq",
                    help="hf: a Hugging Face LlamaForCausalLM folder (needs transformers) that arseq reads too")
+    p.add_argument("--quantize", default="none", metavar="{none,int8}", help="int8: int8 weights and per-channel scales, ~4x smaller")
     _add_trust_arguments(p)
     args = p.parse_args(argv)
-    out = checkpoint.export(checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import), args.out, args.format)
+    loaded = checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import)
+    out = checkpoint.export(loaded, args.out, args.format, args.quantize)
     print(f"exported to {out}")
     return 0
 

@@ -217,7 +217,8 @@ def sample(
                 if not finished[row] or t == tok.eos_id:
                     streamer(row, t)
 
-        gen = generate(model, batch, cfg, pad_id=tok.pad_id, constraint=constraint, on_token=on_token if streamer else None)
+        gen = generate(model, batch, cfg, pad_id=tok.pad_id, constraint=constraint, on_token=on_token if streamer else None,
+                       compile=getattr(args, "compile", False))
         scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, gen.tokens, gen.stopped)]
         nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id)
         for p, t, s, n, c in zip(batch, gen.tokens, gen.stopped, nll, count):

@@ -1,78 +1,116 @@
-"""Decoding speed with the static KV cache vs recomputing the whole context at every step.
+"""Decoding speed, side by side in one run: eager, compiled, int8 and int8 + compiled arseq decoding at
+batch 1 and 8, Hugging Face `LlamaForCausalLM` of the same shape when transformers is installed, and
+the batch-1 bandwidth limit (float32 weight bytes / this machine's measured read bandwidth).
 
-A 6-layer, 384-wide model (vocab 65), greedy, 512 new tokens, batch 1 and batch 8, random weights
-(speed does not depend on them). Median of --repeats runs each.
+A 6-layer, 384-wide model (6 heads, SwiGLU 1024, vocab 65, tied embeddings), greedy, --new-tokens new
+tokens after a 16-token prompt, random weights (speed does not depend on them). Medians of --repeats.
 
-    python benchmarks/bench_generate.py [--device cpu|cuda] [--new-tokens 512] [--repeats 3]
-Prints one JSON object: per batch size cached/recompute tokens/s, `kv_cache_speedup` (batch 1, target
->= 5) and `identical_greedy` (cached and recomputed greedy outputs are the same tokens).
+    python benchmarks/bench_generate.py [--device cpu|cuda] [--new-tokens 256] [--repeats 3]
+Prints one JSON object: `limit_tokens_per_s` (batch 1); `batch1` and `batch8`, each holding `eager`,
+`compiled`, `int8`, `int8_compiled` and `hf` as {"tokens_per_s", "fraction_of_limit"} (hf: null without
+transformers); `identical_greedy_compiled` (compiled greedy == eager greedy, token for token); `meta`.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
+from importlib.util import find_spec
 
 import torch
 
 from arseq.models import SamplingConfig, Transformer, TransformerConfig, generate
+from arseq.models.quantize import quantize_model, weight_bytes
 
 
-@torch.inference_mode()
-def recompute(model: Transformer, prompts: torch.Tensor, new_tokens: int) -> list[list[int]]:
-    """The naive loop: a full forward pass over the whole sequence for every new token."""
-    seq = prompts
-    for _ in range(new_tokens):
-        nxt = model(seq)[:, -1].argmax(dim=-1, keepdim=True)
-        seq = torch.cat([seq, nxt], dim=1)
-    return seq[:, prompts.shape[1] :].tolist()
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def timed(fn, device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     t0 = time.perf_counter()
     out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     return out, time.perf_counter() - t0
+
+
+def read_bandwidth(device: torch.device, mib: int = 512, repeats: int = 7) -> float:
+    """Bytes/s of summing a float32 tensor far larger than any cache (median)."""
+    x = torch.ones(mib * 2**20 // 4, device=device)
+    x.sum()
+    times = [timed(lambda: x.sum(), device)[1] for _ in range(repeats)]
+    return x.numel() * 4 / statistics.median(times)
+
+
+def hf_model(cfg: TransformerConfig, device: torch.device):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_cfg = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_hidden,
+                         num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
+                         max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=True, bos_token_id=None,
+                         eos_token_id=None, pad_token_id=0)
+    return LlamaForCausalLM(hf_cfg).to(device).eval()
+
+
+def hf_generate(model, prompts: torch.Tensor, new_tokens: int) -> list[list[int]]:
+    with torch.inference_mode():
+        out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False)
+    return out[:, prompts.shape[1] :].tolist()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--new-tokens", type=int, default=512)
+    p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--prompt-tokens", type=int, default=16)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers arm")
     args = p.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    cfg = TransformerConfig(vocab_size=65, max_seq_len=args.prompt_tokens + args.new_tokens, n_layer=6, n_head=6, d_model=384)
+    cfg = TransformerConfig(vocab_size=65, max_seq_len=args.prompt_tokens + args.new_tokens, n_layer=6, n_head=6,
+                            d_model=384, mlp_hidden=1024)
     model = Transformer(cfg).to(device).eval()
-    result: dict = {"device": str(device), "torch_threads": torch.get_num_threads(), "new_tokens": args.new_tokens,
-                    "params_m": round(model.num_params() / 1e6, 2)}
+    int8 = quantize_model(copy.deepcopy(model), "int8")
+    bandwidth = read_bandwidth(device)
+    limit = bandwidth / weight_bytes(model)
+    sampling = SamplingConfig(max_new_tokens=args.new_tokens, temperature=0)
+    arms = {"eager": (model, False), "compiled": (model, True), "int8": (int8, False), "int8_compiled": (int8, True)}
+    hf = hf_model(cfg, device) if find_spec("transformers") and not args.no_hf else None
+    result: dict = {"limit_tokens_per_s": round(limit, 1)}
     identical = True
-    for batch in args.batches:
-        prompts = torch.randint(0, 65, (batch, args.prompt_tokens), device=device)
-        sampling = SamplingConfig(max_new_tokens=args.new_tokens, temperature=0)
-        generate(model, prompts[:, :4].tolist(), SamplingConfig(max_new_tokens=8, temperature=0))  # warm-up
-        cached_t, naive_t = [], []
-        for _ in range(args.repeats):
-            cached, t = timed(lambda: generate(model, prompts.tolist(), sampling).tokens, device)
-            cached_t.append(t)
-            naive, t = timed(lambda: recompute(model, prompts, args.new_tokens), device)
-            naive_t.append(t)
-            identical &= cached == naive
-        c, n = statistics.median(cached_t), statistics.median(naive_t)
+    for batch in (1, 8):
+        prompts = torch.randint(0, cfg.vocab_size, (batch, args.prompt_tokens), device=device)
+        outputs, row = {}, {}
+        for name, (m, compile) in arms.items():
+            run = lambda: generate(m, prompts.tolist(), sampling, compile=compile).tokens  # noqa: E731
+            run()  # warm-up (compiles the step for this batch and cache length)
+            times = []
+            for _ in range(args.repeats):
+                outputs[name], t = timed(run, device)
+                times.append(t)
+            row[name] = batch * args.new_tokens / statistics.median(times)
+        if hf is not None:
+            hf_generate(hf, prompts, 8)
+            times = [timed(lambda: hf_generate(hf, prompts, args.new_tokens), device)[1] for _ in range(args.repeats)]
+            row["hf"] = batch * args.new_tokens / statistics.median(times)
+        identical &= outputs["compiled"] == outputs["eager"]
         result[f"batch{batch}"] = {
-            "cached_tokens_per_s": round(batch * args.new_tokens / c, 1),
-            "recompute_tokens_per_s": round(batch * args.new_tokens / n, 1),
-            "speedup": round(n / c, 2),
+            name: None if name not in row else {"tokens_per_s": round(row[name], 1), "fraction_of_limit": round(row[name] / limit, 3)}
+            for name in (*arms, "hf")
         }
-    result["kv_cache_speedup"] = result[f"batch{args.batches[0]}"]["speedup"]
-    result["identical_greedy"] = identical
+        result.setdefault("meta", {})[f"batch{batch}_vs_hf"] = (
+            {name: round(row[name] / row["hf"], 2) for name in arms} if "hf" in row else None
+        )
+    result["identical_greedy_compiled"] = identical
+    result["meta"].update(device=str(device), torch_threads=torch.get_num_threads(), new_tokens=args.new_tokens,
+                          weight_mb_float32=round(weight_bytes(model) / 1e6, 1), weight_mb_int8=round(weight_bytes(int8) / 1e6, 1),
+                          read_gb_per_s=round(bandwidth / 1e9, 1), repeats=args.repeats)
     print(json.dumps(result))
 
 

@@ -1,4 +1,5 @@
-"""Sampling with a static KV cache: prefill the prompts in one pass, then decode one token per step.
+"""Sampling with a static KV cache: prefill the prompts in one pass, then decode one token per step
+(static shapes, optionally compiled: see arseq.models.decoding and arseq.models.inference).
 
 Usable without Lightning. Prompts of different lengths are left-padded; per-row positions and a padding
 mask keep every row exactly as if it were sampled alone.
@@ -11,6 +12,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from arseq.models.decoding import causal_mask, prefill
+from arseq.models.inference import Compile, decoder
 from arseq.models.transformer import Transformer
 
 # Given each row's tokens so far, return a bool (rows, vocab) tensor of the tokens allowed next.
@@ -50,32 +53,6 @@ class Generation:
     stopped: list[bool]  # per row: ended on a stop token
 
 
-def _attention_mask(pad: Tensor, q_len: int, k_len: int) -> Tensor:
-    """(B, 1, q_len, k_len) mask for queries at the last q_len of k_len slots of left-padded rows."""
-    k_idx = torch.arange(k_len, device=pad.device)
-    q_idx = torch.arange(k_len - q_len, k_len, device=pad.device)
-    mask = (k_idx[None, :] <= q_idx[:, None]) & (k_idx[None, None, :] >= pad[:, None, None])
-    mask |= k_idx[None, :] == q_idx[:, None]  # pad queries see themselves: no empty softmax rows
-    return mask.unsqueeze(1)
-
-
-def prefill(model: Transformer, tokens: Tensor, pad: Tensor | None) -> Tensor:
-    """Run prompts (B, T), left-padded by `pad` (None: no row is), into cache slots 0..T-1; return last logits (B, V)."""
-    T = tokens.shape[1]
-    if pad is None:
-        return model(tokens, start=0, last_only=True)[:, -1]
-    positions = (torch.arange(T, device=tokens.device)[None, :] - pad[:, None]).clamp(min=0)
-    return model(tokens, start=0, positions=positions, mask=_attention_mask(pad, T, T), last_only=True)[:, -1]
-
-
-def decode_step(model: Transformer, token: Tensor, slot: int, pad: Tensor | None) -> Tensor:
-    """Feed one token per row (B,) at cache slot `slot`; return next-token logits (B, V)."""
-    if pad is None:
-        return model(token[:, None], start=slot)[:, -1]
-    positions = (slot - pad)[:, None]
-    return model(token[:, None], start=slot, positions=positions, mask=_attention_mask(pad, 1, slot + 1))[:, -1]
-
-
 def process_logits(logits: Tensor, cfg: SamplingConfig, seen: Tensor | None, allowed: Tensor | None) -> Tensor:
     """Apply the constraint, repetition penalty, temperature and top-k/top-p/min-p filters (in that order)."""
     logits = logits.float()
@@ -107,6 +84,14 @@ def choose(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | Non
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
+def _grow(buf: Tensor, need: int, pad_id: int) -> Tensor:
+    """The token buffer, doubled until it holds `need` columns: memory follows what is generated, not max_new_tokens."""
+    if need <= buf.shape[1]:
+        return buf
+    more = torch.full((buf.shape[0], max(need, 2 * buf.shape[1]) - buf.shape[1]), pad_id, dtype=buf.dtype, device=buf.device)
+    return torch.cat([buf, more], dim=1)
+
+
 @torch.inference_mode()
 def generate(
     model: Transformer,
@@ -116,12 +101,14 @@ def generate(
     pad_id: int = 0,
     constraint: Constraint | None = None,
     on_token: OnToken | None = None,
+    compile: Compile = False,
 ) -> Generation:
     """Sample a continuation for every prompt at once (batched, KV-cached).
 
     The loop stays on the device: it reads values back only for a constraint (which needs each row's
     tokens) and every few steps to stop early. When the context is full, every row is re-prefilled from
-    the newest half of its context and decoding goes on (a sliding window).
+    the newest half of its context and decoding goes on (a sliding window). `compile` (True, "auto")
+    runs the decode step through torch.compile, built once per batch size and cache length.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (e.g. BOS)")
@@ -129,9 +116,9 @@ def generate(
     width = max(len(p) for p in prompts)
     if width > context:
         raise ValueError(f"prompt of {width} tokens is longer than the model's context of {context}")
-    device = model.embed.weight.device
+    device = model.norm.weight.device
     B, V, steps = len(prompts), model.cfg.vocab_size, cfg.max_new_tokens
-    buf = torch.full((B, width + steps), pad_id, dtype=torch.long, device=device)  # every token, left-padded
+    buf = torch.full((B, width + min(steps, context)), pad_id, dtype=torch.long, device=device)  # every token, left-padded
     for i, p in enumerate(prompts):
         buf[i, width - len(p) : width] = torch.tensor(p, dtype=torch.long)
     pad_lens = [width - len(p) for p in prompts]
@@ -150,9 +137,13 @@ def generate(
 
     was_training = model.training
     model.eval()
-    model.setup_cache(B, min(context, width + steps))
+    cache_len = min(context, width + steps)
+    step_fn = decoder(model, B, cache_len, compile)  # attaches the KV cache
+    causal = causal_mask(cache_len, device)
     try:
-        logits, slot, done = prefill(model, buf[:, :width], pad), width, 0
+        logits, done = prefill(model, buf[:, :width], pad, causal), 0
+        slot = torch.full((1,), width, dtype=torch.long, device=device)  # the next cache slot, on the device
+        filled = width  # the same, as a Python int
         for step in range(steps):
             allowed = constraint(rows) if constraint is not None else None
             nxt = choose(process_logits(logits, cfg, seen, allowed), cfg, generator)
@@ -164,6 +155,7 @@ def generate(
                     if not was_done:
                         row.append(t)
             finished |= is_stop
+            buf = _grow(buf, width + step + 1, pad_id)
             buf[:, width + step] = nxt
             done = step + 1
             if seen is not None:
@@ -172,14 +164,16 @@ def generate(
                 on_token(step, nxt, finished)
             if step == steps - 1 or ((constraint is not None or step % 8 == 7) and bool(finished.all())):
                 break
-            if slot == context:  # slide: keep the newest half of the context and prefill again
+            if filled == cache_len:  # slide: keep the newest half of the context and prefill again
                 keep, total = context // 2, width + step + 1
                 if pad is not None:
                     pad = (pad - (total - keep)).clamp(min=0)
-                logits, slot = prefill(model, buf[:, total - keep : total], pad), keep
+                logits, filled = prefill(model, buf[:, total - keep : total], pad, causal), keep
+                slot.fill_(keep)
                 continue
-            logits = decode_step(model, nxt, slot, pad)
+            logits = step_fn(model, nxt, slot, pad, causal)
             slot += 1
+            filled += 1
     finally:
         model.clear_cache()
         model.train(was_training)

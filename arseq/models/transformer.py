@@ -63,7 +63,12 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class KVCache(nn.Module):
-    """Pre-allocated keys and values for every position a sampling run may reach."""
+    """Pre-allocated keys and values for every slot a sampling run may reach.
+
+    `update` writes at tensor positions and returns the whole buffer, so a decode step has the same
+    shapes at every slot (what torch.compile and CUDA graphs need); the attention mask hides the
+    slots not written yet.
+    """
 
     def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device):
         super().__init__()
@@ -71,11 +76,10 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        end = start + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+        return self.k, self.v
 
 
 class Attention(nn.Module):
@@ -86,13 +90,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.cache: KVCache | None = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | None, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor | None, mask: Tensor | None) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if start is not None:
-            k, v = self.cache.update(start, k, v)
-        # Causal by flag only when queries and keys start together (training, or a prefill at slot 0).
+        if input_pos is not None:
+            k, v = self.cache.update(input_pos, k, v)
+        # Causal by flag only without a cache (training, scoring): cached passes always bring a mask.
         is_causal = mask is None and T > 1
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
@@ -120,8 +124,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | None, mask: Tensor | None) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), cos, sin, start, mask))
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor | None, mask: Tensor | None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, input_pos, mask))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -155,39 +159,62 @@ class Transformer(nn.Module):
         self,
         idx: Tensor,
         *,
-        start: int | None = None,
+        input_pos: Tensor | None = None,
         positions: Tensor | None = None,
         mask: Tensor | None = None,
+        start: int | None = None,
         last_only: bool = False,
     ) -> Tensor:
         """Logits (B, T, vocab) for ids (B, T).
 
-        Training calls this with ids alone: a causal pass at positions 0..T-1. Sampling passes
-        `start`, the KV-cache slot of idx[:, 0] (after `setup_cache`); per-row `positions` (B, T) and a
-        boolean attention `mask` (B, 1, T, start + T) handle left-padded prompts.
+        Training calls this with ids alone: a causal pass at positions 0..T-1. Sampling (after
+        `setup_cache`) passes `input_pos` (T,), the cache slots of idx's columns, and a boolean `mask`
+        (B or 1, 1, T, cache length) of the slots each query sees (default: the causal one); per-row
+        rotary `positions` (B, T) (default: input_pos) handle left-padded prompts. `start` is shorthand
+        for input_pos = start .. start + T - 1.
         """
         T = idx.shape[1]
-        if positions is None:
-            first = start or 0
-            if first + T > self.cfg.max_seq_len:
-                raise ValueError(f"sequence of {first + T} tokens exceeds the model's context of {self.cfg.max_seq_len}")
-            cos, sin = self.rope_cos[first : first + T], self.rope_sin[first : first + T]
+        if start is not None:
+            if start + T > self.cfg.max_seq_len:
+                raise ValueError(f"sequence of {start + T} tokens exceeds the model's context of {self.cfg.max_seq_len}")
+            input_pos = torch.arange(start, start + T, device=idx.device)
+        if input_pos is None and positions is None:
+            if T > self.cfg.max_seq_len:
+                raise ValueError(f"sequence of {T} tokens exceeds the model's context of {self.cfg.max_seq_len}")
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         else:
-            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
-        if start is not None and mask is None and start > 0 and T > 1:
-            raise ValueError("a cached pass of several tokens after slot 0 needs an explicit mask")
+            pos = input_pos if positions is None else positions
+            cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, D/2), or (B, T, D/2) per row
+            if pos.dim() == 2:
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        if input_pos is not None and mask is None:
+            slots = torch.arange(self.blocks[0].attn.cache.k.shape[2], device=idx.device)
+            mask = (slots[None, :] <= input_pos[:, None])[None, None]
         x = self.drop(self.embed(idx))
         for block in self.blocks:
-            x = block(x, cos, sin, start, mask)
+            x = block(x, cos, sin, input_pos, mask)
         x = self.norm(x[:, -1:] if last_only else x)
         return self.lm_head(x)
 
-    def setup_cache(self, batch: int, max_len: int | None = None) -> None:
-        """Allocate a KV cache for `batch` rows and up to `max_len` positions (default: the context)."""
+    def setup_cache(self, batch: int, max_len: int | None = None, caches: list[KVCache] | None = None) -> list[KVCache]:
+        """Attach a KV cache for `batch` rows and up to `max_len` slots (default: the context).
+
+        `caches` from an earlier call are reused when their shape fits (a compiled decode step keeps
+        its buffers); the caches attached are returned.
+        """
         max_len = min(max_len or self.cfg.max_seq_len, self.cfg.max_seq_len)
-        p = self.embed.weight
-        for block in self.blocks:
-            block.attn.cache = KVCache(batch, self.cfg.n_head, max_len, self.cfg.head_dim, p.dtype, p.device)
+        dtype, device = self.norm.weight.dtype, self.norm.weight.device  # activations (weights may be int8)
+        shape = (batch, self.cfg.n_head, max_len, self.cfg.head_dim)
+        fits = caches is not None and all(c.k.shape == shape and c.k.dtype == dtype and c.k.device == device for c in caches)
+        if not fits:
+            caches = [KVCache(batch, self.cfg.n_head, max_len, self.cfg.head_dim, dtype, device) for _ in self.blocks]
+        else:  # stale rows are masked out anyway; zeros keep a NaN of an earlier run from leaking through the mask
+            for c in caches:
+                c.k.zero_()
+                c.v.zero_()
+        for block, cache in zip(self.blocks, caches):
+            block.attn.cache = cache
+        return caches
 
     def clear_cache(self) -> None:
         for block in self.blocks:

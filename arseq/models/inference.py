@@ -1,0 +1,122 @@
+"""Inference settings shared by `generate` and `evaluate`: the compiled decode step, the dtype, and
+int8 weights (arseq.models.quantize), applied to a loaded model in one call (`prepare_for_inference`).
+
+The compiled step is built once per (model, batch, cache length, dtype, device) and kept together with
+its KV cache buffers: later batches of the same run replay it (a CUDA graph needs fixed addresses).
+"""
+from __future__ import annotations
+
+import sys
+import weakref
+from typing import Callable, Literal, Union
+
+import torch
+from torch import Tensor
+
+from arseq.models.decoding import decode_step
+from arseq.models.quantize import quantize_model
+from arseq.models.transformer import KVCache, Transformer
+
+Compile = Union[bool, Literal["off", "on", "auto"]]
+COMPILE_CHOICES = ("off", "on", "auto")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+Step = Callable[[Transformer, Tensor, Tensor, "Tensor | None", Tensor], Tensor]
+
+# model -> {(batch, cache_len, dtype, device, mode): (step, caches)}; entries go with their model
+_COMPILED: "weakref.WeakKeyDictionary[Transformer, dict[tuple, tuple[Step, list[KVCache]]]]" = weakref.WeakKeyDictionary()
+
+
+def compile_mode(value: Compile) -> str:
+    """True/False or "on"/"off"/"auto" -> one of COMPILE_CHOICES."""
+    if value is True or value is False:
+        return "on" if value else "off"
+    if value not in COMPILE_CHOICES:
+        raise ValueError(f"--compile must be one of {', '.join(COMPILE_CHOICES)}, got {value!r}")
+    return value
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+class CompiledStep:
+    """`decode_step` through torch.compile; the first call (where compiling happens) turns a failure into
+    one line, or into one warning line and the eager step when `fallback` (compile="auto")."""
+
+    def __init__(self, device: torch.device, fallback: bool):
+        self.device, self.fallback = device, fallback
+        self.fn: Step | None = None
+
+    def __call__(self, model: Transformer, token: Tensor, input_pos: Tensor, pad: Tensor | None, causal: Tensor) -> Tensor:
+        if self.fn is not None:
+            return self.fn(model, token, input_pos, pad, causal)
+        try:
+            # CUDA: CUDA graphs replay the whole step in one launch. dynamic=False: one graph per shape,
+            # no symbolic sizes (a static step is the point).
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            fn = torch.compile(decode_step, mode=mode, dynamic=False, fullgraph=True)
+            out = fn(model, token, input_pos, pad, causal)
+        except Exception as e:  # noqa: BLE001 - whatever stops the compiler (no C++ compiler, no Triton ...)
+            if not self.fallback:
+                raise ValueError(f"--compile: torch.compile does not work on {self.device} ({first_line(e)}); "
+                                 "use --compile off, or auto to fall back") from None
+            print(f"warning: --compile auto: torch.compile does not work on {self.device} ({first_line(e)}); "
+                  "decoding eagerly", file=sys.stderr)
+            fn = decode_step
+            out = decode_step(model, token, input_pos, pad, causal)
+        self.fn = fn
+        return out
+
+
+def decoder(model: Transformer, batch: int, cache_len: int, compile: Compile = False) -> Step:
+    """Attach a KV cache for (batch, cache_len) to `model` and return the decode step to call with it."""
+    mode = compile_mode(compile)
+    if mode == "off":
+        model.setup_cache(batch, cache_len)
+        return decode_step
+    p = model.norm.weight
+    key = (batch, cache_len, p.dtype, p.device, mode)
+    entries = _COMPILED.setdefault(model, {})
+    if key not in entries:
+        entries[key] = (CompiledStep(p.device, fallback=mode == "auto"), model.setup_cache(batch, cache_len))
+    step, caches = entries[key]
+    model.setup_cache(batch, cache_len, caches)  # the same buffers as when the step was built
+    return step
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """--dtype: float32 on CPU and bfloat16 on a GPU that supports it by default; refuse what the device lacks."""
+    if name is None:
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    dtype = DTYPES[name]
+    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} does not support bfloat16; use float16 or float32")
+    if dtype is torch.bfloat16 and device.type == "cpu" and not _cpu_runs(dtype):
+        raise ValueError("--dtype bfloat16: this CPU build cannot compute in bfloat16; use float32")
+    if dtype is torch.float16 and device.type == "cpu" and not _cpu_runs(dtype):
+        raise ValueError("--dtype float16: this CPU build cannot compute in float16; use float32")
+    return dtype
+
+
+def _cpu_runs(dtype: torch.dtype) -> bool:
+    """Whether a matmul in `dtype` runs on this CPU (kernels exist in every recent build; slow without AVX512-BF16)."""
+    try:
+        torch.ones(2, 2, dtype=dtype) @ torch.ones(2, 2, dtype=dtype)
+        return True
+    except RuntimeError:
+        return False
+
+
+def prepare_for_inference(
+    model: Transformer, device: str | torch.device, dtype: str | None = None, quantize: str = "none", compile: Compile = False,
+) -> Transformer:
+    """Check --compile, quantize (--quantize), move to `device` in `dtype` (--dtype): the CLI's one call
+    before sampling or scoring."""
+    compile_mode(compile)
+    device = torch.device(device)
+    chosen = resolve_dtype(dtype, device)
+    quantize_model(model, quantize)
+    return model.to(device=device, dtype=chosen).eval()

@@ -1,0 +1,100 @@
+"""int8 weight-only quantization: every linear layer and the embedding keep int8 weights with one float
+scale per output channel (per token row for the embedding); activations stay in the model's dtype.
+
+A tied embedding / lm_head shares one int8 matrix and one scale vector: a token row's scale serves
+both the lookup and that token's logit. Why our own ~60 lines: torchao (`quantize_(m, int8_weight_only())`),
+the well-kept implementation, is not installed in arseq's environment and would be a heavy dependency
+for two small modules; `torch.ao.quantization.quantize_dynamic` also quantizes activations and runs on
+CPU only; `torch._weight_int8pack_mm` exists but measured ~100x slower than float32 F.linear for one
+row on this CPU. The plain dequantizing matmul below runs on CPU and GPU, eager and compiled; compiled,
+the small-batch path is written as a reduction so the compiler fuses dequantization into it and reads
+int8 from memory (the point of weight-only int8 at batch 1: a quarter of the bytes per token).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SCHEMES = ("none", "int8")
+FUSED_ROWS = 16  # compiled passes with at most this many rows use the fused reduction (decode steps)
+
+
+def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 per row of (out, in) `w`: (int8 weights, float32 scales) with w ~= q * scale[:, None]."""
+    w = w.detach().float()
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def _frozen(t: Tensor) -> nn.Parameter:
+    # Parameters, not buffers: `.to(device)` keeps a tied embedding/lm_head pair one tensor, and
+    # `.to(dtype)` converts the float scales but leaves int8 alone.
+    return nn.Parameter(t, requires_grad=False)
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, weight: nn.Parameter, scale: nn.Parameter, bias: Tensor | None):
+        super().__init__()
+        self.weight, self.scale = weight, scale
+        self.bias = None if bias is None else _frozen(bias.detach().clone())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        q, scale = quantize_rows(linear.weight)
+        return cls(_frozen(q), _frozen(scale.to(linear.weight.dtype)), linear.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling() and x.numel() // x.shape[-1] <= FUSED_ROWS:
+            y = (x.unsqueeze(-2) * self.weight.to(x.dtype)).sum(-1)  # a GEMV the compiler fuses with the int8 read
+        else:
+            y = F.linear(x, self.weight.to(x.dtype))
+        y = y * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, int8"
+
+
+class Int8Embedding(nn.Module):
+    def __init__(self, weight: nn.Parameter, scale: nn.Parameter):
+        super().__init__()
+        self.weight, self.scale = weight, scale
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding) -> "Int8Embedding":
+        q, scale = quantize_rows(embedding.weight)
+        return cls(_frozen(q), _frozen(scale.to(embedding.weight.dtype)))
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return F.embedding(idx, self.weight).to(self.scale.dtype) * self.scale[idx].unsqueeze(-1)
+
+
+def scheme_of(model: nn.Module) -> str:
+    return "int8" if any(isinstance(m, (Int8Linear, Int8Embedding)) for m in model.modules()) else "none"
+
+
+def quantize_model(model: nn.Module, scheme: str) -> nn.Module:
+    """Replace the model's linear layers and embedding in place ("none": leave it; already int8: no-op)."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"--quantize must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    if scheme == "none" or scheme_of(model) == scheme:
+        return model
+    tied = getattr(model, "lm_head", None) is not None and getattr(model, "embed", None) is not None \
+        and model.lm_head.weight is model.embed.weight
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and not (tied and child is model.lm_head):
+                setattr(parent, name, Int8Linear.from_linear(child))
+            elif isinstance(child, nn.Embedding):
+                setattr(parent, name, Int8Embedding.from_embedding(child))
+    if tied:  # one int8 matrix, one scale per token, for both ends
+        model.lm_head = Int8Linear(model.embed.weight, model.embed.scale, None)
+    return model
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the distinct parameters a forward pass reads (a tied matrix once)."""
+    seen = {id(p): p for p in model.parameters()}
+    return sum(p.numel() * p.element_size() for p in seen.values())

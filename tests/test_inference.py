@@ -1,0 +1,151 @@
+"""Fast inference: static-shape decode (same tokens as full passes), the compiled decode step, int8
+weights and their export, --dtype, and one-line errors for bad --compile/--quantize/--dtype values."""
+import copy
+import json
+
+import pytest
+import torch
+
+from arseq import checkpoint
+from arseq.cli import main
+from arseq.models import SamplingConfig, Transformer, TransformerConfig, generate
+from arseq.models import inference
+from arseq.models.inference import prepare_for_inference, resolve_dtype
+from arseq.models.quantize import Int8Embedding, Int8Linear, quantize_model
+
+GREEDY = SamplingConfig(max_new_tokens=70, temperature=0)  # 70 > context 48: slides once
+
+
+@pytest.fixture
+def model() -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(TransformerConfig(vocab_size=50, max_seq_len=48, n_layer=2, n_head=4, d_model=32)).eval()
+
+
+def reference_greedy(model, prompts, n):
+    """The sliding-window decode in plain full passes: each row's real tokens of the window, padding never seen."""
+    context, keep, width = model.cfg.max_seq_len, model.cfg.max_seq_len // 2, max(map(len, prompts))
+    rows = [[None] * (width - len(p)) + list(p) for p in prompts]  # None: left padding
+    start = 0  # first buffer column the cache holds (the same for every row, as in `generate`)
+    for _ in range(n):
+        for row in rows:
+            real = [t for t in row[start:] if t is not None]
+            row.append(int(model(torch.tensor([real]))[0, -1].argmax()))
+        if len(rows[0]) - 1 - start == context:  # the cache was full before the newest token: slide
+            start = len(rows[0]) - keep
+    return [row[width:] for row in rows]
+
+
+def test_static_decode_matches_full_passes_for_left_padded_rows_and_the_sliding_window(model):
+    prompts = [[5, 6, 7, 8, 9, 10], [1, 2], [3]]
+    assert generate(model, prompts, GREEDY).tokens == reference_greedy(model, prompts, GREEDY.max_new_tokens)
+
+
+def test_huge_max_new_tokens_allocates_only_what_is_generated(model):
+    eos = 2
+
+    def stop_after_three(rows):
+        allowed = torch.zeros(len(rows), 50, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            allowed[i, eos if len(row) >= 4 else 7] = True
+        return allowed
+
+    gen = generate(model, [[1], [4]], SamplingConfig(max_new_tokens=10**9, stop_tokens=(eos,)), constraint=stop_after_three)
+    assert gen.tokens == [[7, 7, 7], [7, 7, 7]] and gen.stopped == [True, True]
+
+
+def test_compiled_greedy_equals_eager_and_the_step_is_built_once(model):
+    prompts = [[5, 6, 7, 8, 9, 10], [1, 2], [3]]
+    eager = generate(model, prompts, GREEDY).tokens
+    assert generate(model, prompts, GREEDY, compile=True).tokens == eager
+    (step, caches), = inference._COMPILED[model].values()
+    other = [[9, 9, 1], [4], [3, 3]]  # another batch of the same size: the same step and buffers
+    assert generate(model, other, GREEDY, compile=True).tokens == generate(model, other, GREEDY).tokens
+    assert list(inference._COMPILED[model].values()) == [(step, caches)]
+
+
+def _broken_compile(*args, **kwargs):
+    raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\n  traceback line")
+
+
+def test_compile_that_cannot_work_is_one_line_or_falls_back_with_auto(model, monkeypatch, capsys):
+    monkeypatch.setattr(torch, "compile", _broken_compile)
+    with pytest.raises(ValueError, match=r"^--compile: torch.compile does not work on cpu \(InvalidCxxCompiler") as e:
+        generate(model, [[1, 2]], GREEDY, compile="on")
+    assert "\n" not in str(e.value)
+    assert generate(model, [[1, 2]], GREEDY, compile="auto").tokens == generate(model, [[1, 2]], GREEDY).tokens
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: --compile auto:")
+
+
+def test_int8_logits_are_close_and_greedy_mostly_equal(model):
+    with torch.no_grad():  # a sharper model than the init, so that greedy choices are not coin flips
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(4.0)
+    x = torch.randint(0, 50, (4, 40))
+    full = model(x)
+    q = quantize_model(copy.deepcopy(model), "int8")
+    assert isinstance(q.embed, Int8Embedding) and isinstance(q.blocks[0].attn.qkv, Int8Linear)
+    assert q.lm_head.weight is q.embed.weight and q.lm_head.weight.dtype == torch.int8  # tied: one int8 matrix
+    got = q(x)
+    assert ((got - full).norm() / full.norm()).item() < 0.02
+    assert (got.argmax(-1) == full.argmax(-1)).float().mean().item() > 0.95
+    a, b = generate(model, [[1, 2, 3]], GREEDY).tokens[0], generate(q, [[1, 2, 3]], GREEDY).tokens[0]
+    assert sum(u == v for u, v in zip(a, b)) >= 0.5 * len(a)  # may drift apart after a first difference
+    assert generate(q, [[1, 2, 3]], GREEDY, compile=True).tokens[0] == b  # the fused compiled path: same tokens
+
+
+def test_bfloat16_decodes_and_bad_values_are_one_line(model):
+    prepare_for_inference(model, "cpu", "bfloat16")
+    assert model.norm.weight.dtype == torch.bfloat16
+    assert len(generate(model, [[1, 2]], SamplingConfig(max_new_tokens=5, temperature=0)).tokens[0]) == 5
+    assert resolve_dtype(None, torch.device("cpu")) is torch.float32
+    for kwargs, flag in [({"dtype": "float64"}, "--dtype"), ({"quantize": "int4"}, "--quantize"), ({"compile": "yes"}, "--compile")]:
+        with pytest.raises(ValueError, match=f"^{flag} must be one of"):
+            prepare_for_inference(model, "cpu", **kwargs)
+
+
+def test_quantized_export_is_4x_smaller_and_loads_directly(trained, tmp_path, capsys):
+    ckpt = str(trained / "checkpoints" / "last.ckpt")
+    assert main(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "f32")]) == 0
+    assert main(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "q8"), "--quantize", "int8"]) == 0
+    ratio = (tmp_path / "f32" / "model.safetensors").stat().st_size / (tmp_path / "q8" / "model.safetensors").stat().st_size
+    assert ratio > 3.3, ratio
+    float_model, loaded = checkpoint.load(ckpt).model, checkpoint.load(tmp_path / "q8")
+    assert loaded.model.lm_head.weight is loaded.model.embed.weight
+    expected = quantize_model(float_model, "int8")
+    x = torch.randint(3, float_model.cfg.vocab_size, (2, 20))
+    assert torch.equal(loaded.model(x), expected(x))  # the file holds exactly the quantized weights
+    capsys.readouterr()
+    outs = []
+    for source, flags in ((ckpt, ["--quantize", "int8"]), (str(tmp_path / "q8"), [])):
+        assert main(["generate", "--checkpoint", source, "--temperature", "0", "--max-new-tokens", "30", *flags]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1]
+    config = json.loads((tmp_path / "q8" / "config.json").read_text())
+    assert config["format"] == 2 and config["quantization"] == "int8"
+    config["quantization"] = "int4"
+    (tmp_path / "q8" / "config.json").write_text(json.dumps(config))
+    assert main(["generate", "--checkpoint", str(tmp_path / "q8")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "quantization 'int4' is unknown" in err[0]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--quantize", "int4"], "--quantize must be one of none, int8, got 'int4'"),
+    (["--dtype", "float8"], "--dtype must be one of"),
+    (["--compile", "sometimes"], "--compile must be one of off, on, auto"),
+])
+def test_bad_inference_flags_are_one_line(trained, capsys, flags, message):
+    code = main(["generate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+
+
+def test_evaluate_int8_reports_a_close_perplexity(trained, capsys):
+    ppl = []
+    for flags in ([], ["--quantize", "int8"]):
+        assert main(["evaluate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), *flags]) == 0
+        ppl.append(json.loads(capsys.readouterr().out)["perplexity"])
+    assert ppl[0] != ppl[1] and abs(ppl[1] / ppl[0] - 1) < 0.02
