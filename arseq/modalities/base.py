@@ -100,7 +100,7 @@ class Modality:
         Default: BOS and the newest tokens (what the next token depends on most). Override to cut at
         units of the data (bars, image rows) so the prompt stays well-formed."""
         kept = [tokenizer.bos_id, *prompt[len(prompt) - limit + 1 :]]
-        return kept, f"its newest {limit - 1} tokens"
+        return kept, f"BOS and its newest {limit - 1} tokens"
 
     def constraint(self, tokenizer: Tokenizer, args: argparse.Namespace) -> Constraint | None:
         """A decoding constraint that keeps samples well-formed, or None."""
