@@ -190,9 +190,16 @@ def _given(parser: argparse.ArgumentParser, argv: list[str]) -> frozenset[str]:
     return frozenset(a.dest for a in parser._actions if any(o.startswith(t) for o in a.option_strings for t in typed))
 
 
+def sampling_parser(verb: str, loaded: Any = None) -> argparse.ArgumentParser:
+    """The options of generate/evaluate; with a loaded model, its modality's options too (CLI and Python API)."""
+    parser = _base_sampling_parser(verb)
+    if loaded is not None:
+        loaded.modality.add_generate_arguments(parser.add_argument_group(f"{loaded.modality.name} options"))
+    return parser
+
+
 def run_sampling_verb(verb: str, argv: list[str]) -> int:
     from arseq import checkpoint, workflows
-    from arseq.models.inference import prepare_for_inference
 
     parser = _base_sampling_parser(verb)
     known, _ = parser.parse_known_args(argv)
@@ -203,27 +210,17 @@ def run_sampling_verb(verb: str, argv: list[str]) -> int:
             return 0
         raise DataError(f"arseq {verb}: --checkpoint is required")
     loaded = checkpoint.load(known.checkpoint, known.modality, known.trust_modality_import)
-    group = parser.add_argument_group(f"{loaded.modality.name} options")
-    loaded.modality.add_generate_arguments(group)
+    parser = sampling_parser(verb, loaded)
     if known.help:
         parser.print_help()
         return 0
     args = parser.parse_args(argv)
     args.explicit = _given(parser, argv)
-    if args.num_samples < (1 if verb == "generate" else 0) or args.batch_size < 1:
-        raise DataError(f"--num-samples must be >= {1 if verb == 'generate' else 0} and --batch-size >= 1")
-    if args.out is not None and args.out.is_file() and not args.overwrite:
-        raise DataError(f"{args.out}: already exists; pass --overwrite to replace it, or choose another --out")
-    context = loaded.model.cfg.max_seq_len
-    if verb == "evaluate" and args.stride is not None and not 0 < args.stride <= context:
-        raise DataError(f"--stride must be between 1 and the model's context ({context}), got {args.stride}")
-    prepare_for_inference(loaded.model, workflows.resolve_device(args.device), args.dtype, args.quantize, args.compile)
+    result = workflows.run_sampling(verb, loaded, args)
     if verb == "evaluate":
-        result = workflows.run_evaluate(loaded, args, args.data_paths, args.batch_size)
         print(json.dumps(result, indent=1, default=float))
         return 0
-    samples = workflows.sample(loaded, args, args.num_samples, args.batch_size)
-    for path in loaded.modality.write(loaded.tokenizer, samples, args.out, args):
+    for path in result["written"]:
         print(f"wrote {path}", file=sys.stderr)
     return 0
 

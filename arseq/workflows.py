@@ -279,3 +279,23 @@ def run_evaluate(loaded: Loaded, args: argparse.Namespace, data_paths: list[str]
         result["data_metrics"] = modality.metrics(tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)], train_items)
         result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))
     return result
+
+
+def run_sampling(verb: str, loaded: Loaded, args: argparse.Namespace) -> dict[str, Any]:
+    """generate or evaluate with parsed options: checks them, prepares the model (device, dtype, int8,
+    compile), then returns evaluate's report, or generate's {"samples", "written"} (files under args.out)."""
+    from arseq.models.inference import prepare_for_inference
+
+    if args.num_samples < (1 if verb == "generate" else 0) or args.batch_size < 1:
+        raise DataError(f"--num-samples must be >= {1 if verb == 'generate' else 0} and --batch-size >= 1")
+    if args.out is not None and Path(args.out).is_file() and not args.overwrite:
+        raise DataError(f"{args.out}: already exists; pass --overwrite to replace it, or choose another --out")
+    context = loaded.model.cfg.max_seq_len
+    if verb == "evaluate" and args.stride is not None and not 0 < args.stride <= context:
+        raise DataError(f"--stride must be between 1 and the model's context ({context}), got {args.stride}")
+    prepare_for_inference(loaded.model, resolve_device(args.device), args.dtype, args.quantize, args.compile)
+    if verb == "evaluate":
+        return run_evaluate(loaded, args, args.data_paths, args.batch_size)
+    samples = sample(loaded, args, args.num_samples, args.batch_size)
+    out = Path(args.out) if args.out is not None else None
+    return {"samples": samples, "written": loaded.modality.write(loaded.tokenizer, samples, out, args)}
