@@ -16,6 +16,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 from importlib.util import find_spec
 
@@ -95,6 +96,7 @@ def main() -> None:
                 outputs[name], t = timed(run, device)
                 times.append(t)
             row[name] = batch * args.new_tokens / statistics.median(times)
+            print(f"batch {batch} {name}: {row[name]:.1f} tokens/s", file=sys.stderr, flush=True)
         if hf is not None:
             hf_generate(hf, prompts, 8)
             times = [timed(lambda: hf_generate(hf, prompts, args.new_tokens), device)[1] for _ in range(args.repeats)]
