@@ -16,6 +16,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 from importlib.util import find_spec
 
@@ -88,16 +89,19 @@ def main() -> None:
         prompts = torch.randint(0, cfg.vocab_size, (batch, args.prompt_tokens), device=device)
         outputs, row = {}, {}
         for name, (m, compile) in arms.items():
-            run = lambda: generate(m, prompts.tolist(), sampling, compile=compile).tokens  # noqa: E731
+            def run(m=m, compile=compile, prompts=prompts):
+                return generate(m, prompts.tolist(), sampling, compile=compile).tokens
+
             run()  # warm-up (compiles the step for this batch and cache length)
             times = []
             for _ in range(args.repeats):
                 outputs[name], t = timed(run, device)
                 times.append(t)
             row[name] = batch * args.new_tokens / statistics.median(times)
+            print(f"batch {batch} {name}: {row[name]:.1f} tokens/s", file=sys.stderr, flush=True)
         if hf is not None:
             hf_generate(hf, prompts, 8)
-            times = [timed(lambda: hf_generate(hf, prompts, args.new_tokens), device)[1] for _ in range(args.repeats)]
+            times = [timed(lambda p=prompts: hf_generate(hf, p, args.new_tokens), device)[1] for _ in range(args.repeats)]
             row["hf"] = batch * args.new_tokens / statistics.median(times)
         identical &= outputs["compiled"] == outputs["eager"]
         result[f"batch{batch}"] = {

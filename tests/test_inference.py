@@ -8,8 +8,13 @@ import torch
 
 from arseq import checkpoint
 from arseq.cli import main
-from arseq.models import SamplingConfig, Transformer, TransformerConfig, generate
-from arseq.models import inference
+from arseq.models import (
+    SamplingConfig,
+    Transformer,
+    TransformerConfig,
+    generate,
+    inference,
+)
 from arseq.models.inference import prepare_for_inference, resolve_dtype
 from arseq.models.quantize import Int8Embedding, Int8Linear, quantize_model
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 import weakref
-from typing import Callable, Literal, Union
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -17,13 +18,13 @@ from arseq.models.decoding import decode_step
 from arseq.models.quantize import quantize_model
 from arseq.models.transformer import KVCache, Transformer
 
-Compile = Union[bool, Literal["off", "on", "auto"]]
+Compile = bool | Literal["off", "on", "auto"]
 COMPILE_CHOICES = ("off", "on", "auto")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Step = Callable[[Transformer, Tensor, Tensor, "Tensor | None", Tensor], Tensor]
 
 # model -> {(batch, cache_len, dtype, device, mode): (step, caches)}; entries go with their model
-_COMPILED: "weakref.WeakKeyDictionary[Transformer, dict[tuple, tuple[Step, list[KVCache]]]]" = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[Transformer, dict[tuple, tuple[Step, list[KVCache]]]] = weakref.WeakKeyDictionary()
 
 
 def compile_mode(value: Compile) -> str:

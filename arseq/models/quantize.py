@@ -41,7 +41,7 @@ class Int8Linear(nn.Module):
         self.bias = None if bias is None else _frozen(bias.detach().clone())
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         q, scale = quantize_rows(linear.weight)
         return cls(_frozen(q), _frozen(scale.to(linear.weight.dtype)), linear.bias)
 
@@ -63,7 +63,7 @@ class Int8Embedding(nn.Module):
         self.weight, self.scale = weight, scale
 
     @classmethod
-    def from_embedding(cls, embedding: nn.Embedding) -> "Int8Embedding":
+    def from_embedding(cls, embedding: nn.Embedding) -> Int8Embedding:
         q, scale = quantize_rows(embedding.weight)
         return cls(_frozen(q), _frozen(scale.to(embedding.weight.dtype)))
 
@@ -96,5 +96,4 @@ def quantize_model(model: nn.Module, scheme: str) -> nn.Module:
 
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of the distinct parameters a forward pass reads (a tied matrix once)."""
-    seen = {id(p): p for p in model.parameters()}
-    return sum(p.numel() * p.element_size() for p in seen.values())
+    return sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() yields a tied one once
