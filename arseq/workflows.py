@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -197,7 +197,7 @@ def sample(
 ) -> list[Sample]:
     """Generate `num_samples` samples with the modality's prompts, constraint and streamer."""
     tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
-    cfg = replace(cfg) if cfg is not None else sampling_config(loaded, args)  # a copy: seeds change per batch
+    cfg = cfg if cfg is not None else sampling_config(loaded, args)
     prompts = fit_prompts(modality, tok, modality.prompts(tok, args, num_samples), model.cfg.max_seq_len, cfg.max_new_tokens)
     streamer = modality.streamer(tok, args) if stream else None
     out: list[Sample] = []
@@ -208,8 +208,8 @@ def sample(
         batches = tqdm(batches, desc="generating", unit="batch", leave=False, disable=None)
     for b0 in batches:
         batch = prompts[b0 : b0 + batch_size]
-        if cfg.seed is not None:  # batches differ, yet the whole run stays reproducible
-            cfg.seed = args.seed + b0
+        # Sample i is seeded with seed + i: the same samples at any --batch-size
+        seeds = [cfg.seed + b0 + i for i in range(len(batch))] if cfg.seed is not None else None
         constraint = modality.constraint(tok, args)
 
         def on_token(step: int, tokens: torch.Tensor, finished: torch.Tensor) -> None:
@@ -217,7 +217,7 @@ def sample(
                 if not finished[row] or t == tok.eos_id:
                     streamer(row, t)
 
-        gen = generate(model, batch, cfg, pad_id=tok.pad_id, constraint=constraint, on_token=on_token if streamer else None,
+        gen = generate(model, batch, cfg, pad_id=tok.pad_id, seeds=seeds, constraint=constraint, on_token=on_token if streamer else None,
                        compile=getattr(args, "compile", False))
         scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, gen.tokens, gen.stopped)]
         nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id)

@@ -78,10 +78,14 @@ def process_logits(logits: Tensor, cfg: SamplingConfig, seen: Tensor | None, all
     return logits
 
 
-def choose(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> Tensor:
+def choose(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
+    """Greedy, or a draw per row; with one generator per row, a row's draws do not depend on its batch."""
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    probs = logits.softmax(dim=-1)
+    if isinstance(generator, list):
+        return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generator)])
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 def _grow(buf: Tensor, need: int, pad_id: int) -> Tensor:
@@ -102,13 +106,15 @@ def generate(
     constraint: Constraint | None = None,
     on_token: OnToken | None = None,
     compile: Compile = False,
+    seeds: list[int] | None = None,
 ) -> Generation:
     """Sample a continuation for every prompt at once (batched, KV-cached).
 
     The loop stays on the device: it reads values back only for a constraint (which needs each row's
     tokens) and every few steps to stop early. When the context is full, every row is re-prefilled from
     the newest half of its context and decoding goes on (a sliding window). `compile` (True, "auto")
-    runs the decode step through torch.compile, built once per batch size and cache length.
+    runs the decode step through torch.compile, built once per batch size and cache length. `seeds`
+    (one per prompt) seed each row on its own, so a row samples the same whatever batch it is in.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (e.g. BOS)")
@@ -123,7 +129,12 @@ def generate(
         buf[i, width - len(p) : width] = torch.tensor(p, dtype=torch.long)
     pad_lens = [width - len(p) for p in prompts]
     pad = torch.tensor(pad_lens, device=device) if any(pad_lens) else None
-    generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
+    if seeds is not None:
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        generator: torch.Generator | list[torch.Generator] | None = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    else:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     seen = None
     if cfg.repetition_penalty != 1.0:
         seen = torch.zeros(B, V, dtype=torch.bool, device=device)
