@@ -395,6 +395,15 @@ class ImageModality(Modality):
         return out
 
 
+    def plausible_mistake(self, tokenizer: PatchTokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
+        """A neighbouring pixel value: the code whose patch is nearest to this one's (greyscale 1-pixel codes: next level)."""
+        code = int(tokens[position]) - tokenizer.code_offset
+        if not 0 <= code < len(tokenizer.codebook) or len(tokenizer.codebook) < 2:
+            return None
+        dist = ((tokenizer.codebook.astype(np.int64) - tokenizer.codebook[code].astype(np.int64)) ** 2).sum(1)
+        dist[code] = np.iinfo(np.int64).max
+        return int(np.argmin(dist)) + tokenizer.code_offset
+
 def _psnr_from_mse(mse: float) -> float | None:
     """PSNR in dB; None when the reconstruction is exact (infinite PSNR does not fit in JSON)."""
     return None if mse == 0 else round(10 * math.log10(255.0**2 / mse), 3)
