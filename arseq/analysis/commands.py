@@ -107,6 +107,13 @@ def drift_parser() -> argparse.ArgumentParser:
 
     p = _base_sampling_parser("evaluate")
     p.prog = "arseq analyze drift"
+    stride = next(a for a in p._actions if a.dest == "stride")  # scoring windows: not used here (a site fits the context)
+    p._remove_action(stride)
+    for group in p._action_groups:
+        if stride in group._group_actions:
+            group._group_actions.remove(stride)
+    for flag in stride.option_strings:
+        p._option_string_actions.pop(flag, None)
     p.description = ("Do errors compound? Injected errors scored teacher-forced (excess NLL and KL per offset, "
                      "recovery half-life) and free-running survival S(n) against (1 - e)^n. JSON on stdout; "
                      "with --out, the JSON, a CSV per curve and PNG plots in that folder.")
@@ -115,6 +122,8 @@ def drift_parser() -> argparse.ArgumentParser:
     g.add_argument("--positions", type=int, default=8, help="injection positions per piece")
     g.add_argument("--offsets", type=int, default=32, help="tokens after the error to follow (K)")
     g.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="kinds of injected error")
+    g.add_argument("--no-divergence", dest="divergence", action="store_false",
+                   help="skip the greedy divergence curve (K sequential steps per kind: most of the teacher-forced time)")
     g.add_argument("--window", type=int, default=8, help="clustering ratio: an error in the previous this many tokens")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence bands")
     g.add_argument("--out", type=Path, default=None, help="folder for drift.json, the CSVs and the plots")
@@ -129,7 +138,7 @@ def run_analyze(argv: list[str]) -> int:
               f"{ANALYZE_HELP}.\nRun 'arseq analyze drift --help' for the options.")
         return 0
     if argv[0] != "drift":
-        raise DataError(f"arseq analyze: unknown analysis {argv[0]!r}; available: drift")
+        raise DataError(f"unknown analysis {argv[0]!r}; available: drift")
     return run_drift(argv[1:])
 
 
@@ -142,7 +151,7 @@ def run_drift(argv: list[str]) -> int:
         if known.help:
             parser.print_help()
             return 0
-        raise DataError("arseq analyze drift: --checkpoint is required")
+        raise DataError("drift: --checkpoint is required")
     from arseq import workflows
 
     loaded = checkpoint.load(known.checkpoint, known.modality, known.trust_modality_import)
@@ -191,7 +200,7 @@ def drift(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
         return modality.plausible_mistake(tok, tokens, pos, r)
 
     measured = tf.measure(model, items, sites, args.offsets, specials=(tok.pad_id, tok.bos_id, tok.eos_id), mistake=mistake,
-                          kinds=args.kinds, batch_size=args.batch_size, pad_id=tok.pad_id, seed=args.seed)
+                          kinds=args.kinds, batch_size=args.batch_size, pad_id=tok.pad_id, seed=args.seed, diverge=args.divergence)
     injected = tf.report(measured, args.bootstrap, args.seed)
     t1 = time.perf_counter()
     survival: dict[str, Any] = {}
@@ -221,6 +230,8 @@ def write_drift(result: dict[str, Any], out: Path, overwrite: bool, name: str) -
     files.add(out / "drift.json", json.dumps(result, indent=1, default=float))
     kinds = result["injected"]
     for key, label in (("excess_nll", "excess NLL (nats)"), ("kl", "KL(clean || corrupted) (nats)"), ("divergence", "greedy continuations differ")):
+        if not all(key in c for c in kinds.values()):
+            continue
         rows = [{"kind": k, "offset": o + 1, "mean": c[key]["mean"][o], "lo": c[key]["lo"][o], "hi": c[key]["hi"][o]}
                 for k, c in kinds.items() for o in range(len(c[key]["mean"]))]
         files.add(out / f"{key}.csv", _csv(rows))

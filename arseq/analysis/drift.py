@@ -90,8 +90,10 @@ def measure(
     batch_size: int = 64,
     pad_id: int = 0,
     seed: int = 0,
+    diverge: bool = True,
 ) -> DriftResult:
-    """Teacher-forced excess NLL / KL and greedy divergence per offset, for each kind of injected error."""
+    """Teacher-forced excess NLL / KL and (with `diverge`: K sequential greedy steps per kind, most of the
+    cost) greedy divergence per offset, for each kind of injected error."""
     context = model.cfg.max_seq_len
     if not 1 <= offsets < context:
         raise ValueError(f"--offsets must be between 1 and the model's context - 1 ({context - 1}), got {offsets}")
@@ -126,7 +128,7 @@ def measure(
             model.setup_cache(B, context)
             at_j = prefill(model, prefix, pad).float()  # the model's prediction of x[j]
             _pick_wrong(batch, at_j, suffix[:, 0], banned, mistake, items, rng, kinds)
-            clean_lp, clean_greedy = _continue(model, suffix, pad, C0, K)
+            clean_lp, clean_greedy = _continue(model, suffix, pad, C0, K, diverge)
             clean_nll = -clean_lp.gather(-1, target[..., None]).squeeze(-1)
             clean_rows.append(clean_nll.cpu().numpy())
             for kind in kinds:
@@ -136,13 +138,14 @@ def measure(
                 idx = torch.tensor(rows, device=device)
                 corrupted = suffix.clone()
                 corrupted[idx, 0] = torch.tensor([batch[r].wrong[kind] for r in rows], device=device)
-                lp, greedy = _continue(model, corrupted, pad, C0, K)
+                lp, greedy = _continue(model, corrupted, pad, C0, K, diverge)
                 nll = -lp.gather(-1, target[..., None]).squeeze(-1)
                 p_clean = clean_lp.exp()
                 kl = (p_clean * (clean_lp - lp)).sum(-1)
                 out[kind]["excess"].append((nll - clean_nll)[idx].cpu().numpy())
                 out[kind]["kl"].append(kl[idx].clamp(min=0).cpu().numpy())
-                out[kind]["div"].append((greedy != clean_greedy)[idx].cpu().numpy())
+                if diverge:
+                    out[kind]["div"].append((greedy != clean_greedy)[idx].cpu().numpy())
                 out[kind]["item"].append(np.array([batch[r].group for r in rows]))
     finally:
         model.clear_cache()
@@ -178,15 +181,16 @@ def _pick_wrong(batch: list[Site], at_j: torch.Tensor, true: torch.Tensor, banne
         s.wrong["plausible"] = int(w) if w is not None and w != t else None
 
 
-def _continue(model: Transformer, suffix: torch.Tensor, pad: torch.Tensor, c0: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _continue(model: Transformer, suffix: torch.Tensor, pad: torch.Tensor, c0: int, k: int,
+              diverge: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """After the cached prefix: log-probs of the next token after each of the K fed tokens (teacher forcing),
-    and K greedy tokens generated from the first fed token on (free running)."""
+    and (with `diverge`; else zeros) K greedy tokens generated from the first fed token on (free running)."""
     positions = (torch.arange(c0, c0 + k, device=suffix.device)[None, :] - pad[:, None]).clamp(min=0)
     logits = model(suffix, start=c0, positions=positions, mask=_attention_mask(pad, k, c0 + k)).float()
     logp = F.log_softmax(logits, dim=-1)
-    greedy = torch.empty_like(suffix)
+    greedy = torch.zeros_like(suffix)
     token = suffix[:, 0]
-    for step in range(k):  # overwrites the cache slots of the suffix one at a time; the prefix stays
+    for step in range(k if diverge else 0):  # overwrites the cache slots of the suffix one at a time; the prefix stays
         slot = c0 + step
         step_logits = model(token[:, None], start=slot, positions=(slot - pad)[:, None].clamp(min=0),
                             mask=_attention_mask(pad, 1, slot + 1))[:, -1]
@@ -242,7 +246,8 @@ def report(result: DriftResult, n_boot: int = 1000, seed: int = 0) -> dict[str, 
             "pieces": int(len(np.unique(g))),
             "excess_nll": excess,
             "kl": bootstrap_curve(result.kl[kind], g, n_boot, seed=seed),
-            "divergence": bootstrap_curve(result.diverged[kind].astype(np.float64), g, n_boot, seed=seed),
+            **({"divergence": bootstrap_curve(result.diverged[kind].astype(np.float64), g, n_boot, seed=seed)}
+               if len(result.diverged[kind]) else {}),
             **summarize_curve(excess["mean"]),
         }
     return out
