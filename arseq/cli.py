@@ -20,6 +20,8 @@ VERBS = {
     "evaluate": "held-out loss, perplexity and modality metrics as JSON",
     "export": "write config.json + model.safetensors + tokenizer.json",
     "modalities": "list the registered modalities",
+    "score": "per-item NLL, perplexity and token count of given files (CSV; JSON on stdout)",
+    "analyze": "do errors compound? 'arseq analyze drift': injected errors and free-running survival",
 }
 EPILOG = "Run 'arseq VERB --help' for the options of a verb."
 
@@ -274,6 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_config_verb(verb, rest)
         if verb in ("generate", "evaluate"):
             return run_sampling_verb(verb, rest)
+        if verb in ("score", "analyze"):
+            from arseq.analysis import commands
+
+            return commands.run_score(rest) if verb == "score" else commands.run_analyze(rest)
         return run_export(rest) if verb == "export" else run_modalities(rest)
     except (DataError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
         if os.environ.get("ARSEQ_DEBUG"):

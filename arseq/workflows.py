@@ -226,9 +226,10 @@ def sample(
     return out
 
 
-def run_evaluate(loaded: Loaded, args: argparse.Namespace, data_paths: list[str] | None, batch_size: int) -> dict[str, Any]:
-    """Loss on held-out data, the modality's extra figures, and (with --num-samples) sample metrics."""
-    tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
+def held_out(loaded: Loaded, data_paths: list[str] | None) -> tuple[Prepared | None, list[np.ndarray], str]:
+    """The training data (None when it is gone), the items to evaluate (--data.paths, else the validation
+    split), and where they came from; all tokenized with the checkpoint's tokenizer."""
+    modality, tok = loaded.modality, loaded.tokenizer
     options = loaded.meta["modality"].get("options", {})
     trained_on = DataConfig(**loaded.meta["data"])
     try:
@@ -245,6 +246,13 @@ def run_evaluate(loaded: Loaded, args: argparse.Namespace, data_paths: list[str]
     items = evaluated.items()
     if not items:
         raise DataError(f"no held-out items to evaluate ({where}); pass --data.paths")
+    return train_data, items, where
+
+
+def run_evaluate(loaded: Loaded, args: argparse.Namespace, data_paths: list[str] | None, batch_size: int) -> dict[str, Any]:
+    """Loss on held-out data, the modality's extra figures, and (with --num-samples) sample metrics."""
+    tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
+    train_data, items, where = held_out(loaded, data_paths)
     t0 = time.perf_counter()
     context = model.cfg.max_seq_len
     stride = args.stride or max(1, context // 2)

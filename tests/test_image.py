@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from arseq.modalities import DataError, EvalInputs, Example, Sample, Skipped, resolve
-from arseq.modalities.image import ImageModality, baseline_bits
+from arseq.modalities.image import ImageModality
+from arseq.modalities.image_metrics import baseline_bits
 from arseq.models.sampling import SamplingConfig, generate
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.patch import PatchTokenizer, kmeans, psnr, to_mode

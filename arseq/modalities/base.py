@@ -129,6 +129,18 @@ class Modality:
         """Extra keys for `arseq evaluate`'s JSON (baselines, bits per dim, NLL per note...)."""
         return {}
 
+    # ---- error analysis (`arseq analyze drift`) ---------------------------------------------------
+    def plausible_mistake(self, tokenizer: Tokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
+        """A wrong token a near miss would put at `tokens[position]` (a note a semitone off, a neighbouring
+        pixel value); None where this modality knows none. Default: none (only random and model-chosen errors)."""
+        return None
+
+    def error_predicate(self, tokenizer: Tokenizer, reference: list[np.ndarray]) -> Callable[[Sequence[int]], np.ndarray] | None:
+        """Errors beyond what `constraint` forbids, for free-running samples: a function from a whole token
+        sequence to a bool per token (True: wrong by this modality's own rule, e.g. out of key). `reference`
+        holds the training items (e.g. to know which words exist). Default None: the constraint alone decides."""
+        return None
+
     # ---- testing ---------------------------------------------------------------------------------
     def demo_config(self, tmp_dir: Path) -> dict[str, Any] | None:
         """Config overrides for a tiny smoke run (seconds on a CPU), or None when there is none.

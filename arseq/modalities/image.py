@@ -43,6 +43,7 @@ from arseq.modalities import (
     Sample,
     Skipped,
 )
+from arseq.modalities.image_metrics import baseline_bits, psnr_from_mse
 from arseq.modalities.render import ascii_art, tile
 from arseq.tokenizers.patch import PatchTokenizer
 
@@ -185,13 +186,13 @@ class ImageModality(Modality):
         pixels = [p for p, _ in items]
         tok = self._fit(pixels, labels)
         mse = float(np.mean([self._sq_err(tok, p) for p in pixels]))
-        stats: dict[str, Any] = {"fit_images": len(pixels), "fit_psnr_db": _psnr_from_mse(mse), "fit_exact": mse == 0}
+        stats: dict[str, Any] = {"fit_images": len(pixels), "fit_psnr_db": psnr_from_mse(mse), "fit_exact": mse == 0}
         order = np.random.default_rng(self.codebook_seed).permutation(len(pixels))
         n_held = len(pixels) // 10 if len(pixels) >= 10 else int(len(pixels) > 1)
         if n_held:
             probe = self._fit([pixels[i] for i in order[n_held:]], labels)
             mse = float(np.mean([self._sq_err(probe, pixels[i]) for i in order[:n_held]]))
-            stats.update(heldout_images=n_held, heldout_psnr_db=_psnr_from_mse(mse), heldout_exact=mse == 0)
+            stats.update(heldout_images=n_held, heldout_psnr_db=psnr_from_mse(mse), heldout_exact=mse == 0)
         tok.fit_stats = stats
         return tok
 
@@ -233,7 +234,7 @@ class ImageModality(Modality):
             "tokens_per_image": tokenizer.num_patches,
             "codebook_size": len(tokenizer.codebook),
             "codebook_lossless": tokenizer.lossless,
-            "reconstruction_psnr_db": _psnr_from_mse(mse),
+            "reconstruction_psnr_db": psnr_from_mse(mse),
             "codebook_fit": tokenizer.fit_stats,
             "labels": {tokenizer.labels[i]: n for i, n in sorted(counts.items()) if i >= 0},
         }
@@ -384,25 +385,13 @@ class ImageModality(Modality):
         return out
 
 
-def _psnr_from_mse(mse: float) -> float | None:
-    """PSNR in dB; None when the reconstruction is exact (infinite PSNR does not fit in JSON)."""
-    return None if mse == 0 else round(10 * math.log10(255.0**2 / mse), 3)
+    def plausible_mistake(self, tokenizer: PatchTokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
+        """A neighbouring pixel value: the code whose patch is nearest to this one's (greyscale 1-pixel codes: next level)."""
+        code = int(tokens[position]) - tokenizer.code_offset
+        if not 0 <= code < len(tokenizer.codebook) or len(tokenizer.codebook) < 2:
+            return None
+        dist = ((tokenizer.codebook.astype(np.int64) - tokenizer.codebook[code].astype(np.int64)) ** 2).sum(1)
+        dist[code] = np.iinfo(np.int64).max
+        return int(np.argmin(dist)) + tokenizer.code_offset
 
 
-def baseline_bits(train: np.ndarray, val: np.ndarray, k: int) -> dict[str, float]:
-    """Mean bits per image on `val` (items, positions) of count models fitted on `train`, add-one smoothed:
-    uniform over the k codes; a histogram per position; per position, a histogram given the previous
-    code in raster order (the first position uses its plain histogram)."""
-    n_pos = train.shape[1]
-    per_pos = np.ones((n_pos, k))
-    prev = np.ones((n_pos, k, k))
-    for t in range(n_pos):
-        per_pos[t] += np.bincount(train[:, t], minlength=k)
-        if t:
-            np.add.at(prev[t], (train[:, t - 1], train[:, t]), 1)
-    per_pos /= per_pos.sum(1, keepdims=True)
-    prev /= prev.sum(2, keepdims=True)
-    pos = np.arange(n_pos)[None, :]
-    pos_bits = -np.log2(per_pos[pos, val]).sum(1)
-    prev_bits = -np.log2(per_pos[0, val[:, 0]]) - np.log2(prev[pos[:, 1:], val[:, :-1], val[:, 1:]]).sum(1)
-    return {"uniform": n_pos * math.log2(k), "per_position": float(pos_bits.mean()), "previous_pixel": float(prev_bits.mean())}

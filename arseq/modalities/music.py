@@ -14,7 +14,7 @@ import math
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from arseq.modalities import (
     Sample,
     Skipped,
 )
-from arseq.modalities.music_metrics import score_metrics
+from arseq.modalities.music_metrics import key_scale, score_metrics
 from arseq.modalities.music_reading import (
     SUFFIXES,
     bach_chorales,
@@ -177,6 +177,27 @@ class MusicModality(Modality):
         }
 
 
+    def plausible_mistake(self, tokenizer: ScoreTokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
+        """A note a semitone off (up or down at random); None for tokens that are not pitches."""
+        t = int(tokens[position])
+        if not 0 <= t < tokenizer.vocab_size or tokenizer.types[t] != PITCH:
+            return None
+        value, step = int(tokenizer.values[t]), int(rng.choice((-1, 1)))
+        return tokenizer.start[PITCH] + (value + step if 0 <= value + step < 128 else value - step)
+
+    def error_predicate(self, tokenizer: ScoreTokenizer, reference: list[np.ndarray]) -> Callable[[Sequence[int]], np.ndarray]:
+        """Besides grammar violations (the constraint): a pitch outside the key of the piece (as `in_key_rate` judges it)."""
+        def out_of_key(tokens: Sequence[int]) -> np.ndarray:
+            ids = np.asarray(tokens, dtype=np.int64)
+            pitch = (ids >= 0) & (ids < tokenizer.vocab_size)
+            pitch[pitch] = tokenizer.types[ids[pitch]] == PITCH
+            ev = tokenizer.decode_events(list(tokens))
+            if not pitch.any() or not ev.notes:
+                return np.zeros(len(ids), dtype=bool)
+            scale = np.array(sorted(key_scale(ev)))
+            return pitch & ~np.isin(tokenizer.values[np.clip(ids, 0, tokenizer.vocab_size - 1)] % 12, scale)
+
+        return out_of_key
 # ---- generation --------------------------------------------------------------------------------
 class GrammarConstraint:
     """Sampling constraint: only tokens the grammar allows; after `bars` new bars, no new notes (only the

@@ -20,7 +20,7 @@ def score_metrics(pieces: list[Events]) -> dict[str, float | None]:
         pcs = np.bincount([n.pitch % 12 for n in ev.notes], minlength=12)
         prob = pcs[pcs > 0] / pcs.sum()
         entropy.append(float(-(prob * np.log2(prob)).sum()))
-        scale = _key_scale(ev)
+        scale = key_scale(ev)
         in_key.append(float(np.mean([n.pitch % 12 in scale for n in ev.notes])))
         notes += len(ev.notes)
         bars += max(1, len(ev.bars))
@@ -47,7 +47,7 @@ def score_metrics(pieces: list[Events]) -> dict[str, float | None]:
     return out
 
 
-def _key_scale(ev: Events) -> set[int]:
+def key_scale(ev: Events) -> set[int]:
     """Pitch classes of the piece's key as music21's Krumhansl-Schmuckler analysis finds it.
 
     Minor keys count the raised sixth and seventh as in key (melodic/harmonic minor), as Bach uses them.

@@ -27,7 +27,7 @@ import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -380,3 +380,21 @@ class ProteinModality(Modality):
         return out
 
 
+    def plausible_mistake(self, tokenizer: ProteinTokenizers, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
+        """A substituted amino acid: one residue of the token swapped for one BLOSUM62 scores as a likely substitution."""
+        from arseq.modalities.near_miss import similar_residues
+
+        t = int(tokens[position])
+        piece = tokenizer.pieces[t] if t not in (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id) else ""
+        spots = [i for i, a in enumerate(piece) if a in STANDARD]
+        if not spots:
+            return None
+        i = int(rng.choice(spots))
+        new = piece[:i] + str(rng.choice(list(similar_residues()[piece[i]]))) + piece[i + 1 :]
+        return tokenizer.pieces.index(new) if new in tokenizer.pieces else None
+
+    def error_predicate(self, tokenizer: ProteinTokenizers, reference: list[np.ndarray]) -> Callable[[Any], np.ndarray]:
+        """A token holding a non-standard residue (X, B, Z, U, O) is an error."""
+        special = (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
+        bad = np.array([i not in special and bool(set(p) & set(NONSTANDARD)) for i, p in enumerate(tokenizer.pieces)])
+        return lambda tokens: bad[np.clip(np.asarray(tokens, dtype=np.int64), 0, len(bad) - 1)]

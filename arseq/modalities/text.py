@@ -149,3 +149,19 @@ class TextModality(Modality):
         return {
             "bits_per_char": report.total_nll / math.log(2) / max(1, chars),
         }
+
+    # ---- error analysis --------------------------------------------------------------------------
+    def plausible_mistake(self, tokenizer: Tokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
+        """A typo: one letter of the token replaced by a neighbouring key."""
+        from arseq.modalities.near_miss import typo
+
+        special = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
+        return None if int(tokens[position]) in special else typo(tokenizer, int(tokens[position]), rng)
+
+    def error_predicate(self, tokenizer: Tokenizer, reference: list[np.ndarray]) -> Callable[[Any], np.ndarray]:
+        """A word that never occurs in the training text is an error (marked on the token that ends it)."""
+        from arseq.modalities.near_miss import unknown_words, vocabulary
+
+        special = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
+        known = vocabulary([tokenizer.decode(r) for r in reference])
+        return unknown_words(lambda t: " " if t in special else tokenizer.decode([t]), known)

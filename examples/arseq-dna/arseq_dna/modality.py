@@ -190,3 +190,16 @@ class DnaModality(Modality):
             "bits_per_base": report.total_nll / math.log(2) / max(1, len(val)),
             "baselines": {"base_frequencies": {"bits_per_base": order0}, "uniform": {"bits_per_base": 2.0}},
         }
+
+
+    # ---- error analysis (`arseq analyze drift`; errors in samples: the constraint's N or specials) --------
+    def plausible_mistake(self, tokenizer: Tokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
+        """A point mutation by transition (A<->G, C<->T/U, the commonest kind) in one base of the token."""
+        t = int(tokens[position])
+        piece = tokenizer.vocab[t] if tokenizer.token_bases[t] > 0 and t != tokenizer.n_id else ""
+        if not piece:
+            return None
+        swap = {"A": "G", "G": "A", "C": tokenizer.bases[3], tokenizer.bases[3]: "C"}
+        i = int(rng.integers(len(piece)))
+        new = piece[:i] + swap[piece[i]] + piece[i + 1 :]
+        return tokenizer.vocab.index(new) if new in tokenizer.vocab else None

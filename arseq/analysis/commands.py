@@ -1,0 +1,247 @@
+"""`arseq score` and `arseq analyze drift`: their flags and what they write (the CLI only dispatches here)."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from arseq.atomic import OutputFiles
+from arseq.errors import DataError
+
+SCORE_HELP = "per-item NLL, perplexity and token count of given files (CSV; JSON on stdout)"
+ANALYZE_HELP = "measure whether errors compound: 'arseq analyze drift' (injected errors and free-running survival)"
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["empty"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _load(args: argparse.Namespace):
+    from arseq import checkpoint, workflows
+
+    loaded = checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import)
+    loaded.model.to(workflows.resolve_device(args.device))
+    return loaded
+
+
+# ---- score -------------------------------------------------------------------------------------
+def score_parser() -> argparse.ArgumentParser:
+    from arseq.cli import _add_trust_arguments
+
+    p = argparse.ArgumentParser(prog="arseq score", description=SCORE_HELP + ". Ranking FASTA variants or MIDI "
+                                "files by likelihood: lower nll_mean is likelier.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a .ckpt, a run folder or an export")
+    p.add_argument("--data.paths", dest="data_paths", nargs="+", required=True, help="files, folders or globs to score")
+    p.add_argument("--per-token", action="store_true",
+                   help="also each token's log-probability and rank (1 = the model's likeliest): OUT.tokens.csv with --out, else in the JSON")
+    p.add_argument("--out", type=Path, default=None, help="write the per-item table here as CSV")
+    p.add_argument("--overwrite", action="store_true", help="replace files that --out would write and that exist already")
+    p.add_argument("--stride", type=int, default=None, help="window advance for items longer than the context (default: half the context)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    _add_trust_arguments(p)
+    return p
+
+
+def run_score(argv: list[str]) -> int:
+    from arseq.analysis.score import item_row, token_label, token_scores
+    from arseq.data.files import expand_paths
+    from arseq.data.prepare import _collect
+    from arseq.models.scoring import sequence_nll
+
+    args = score_parser().parse_args(argv)
+    loaded = _load(args)
+    tok, model = loaded.tokenizer, loaded.model
+    context = model.cfg.max_seq_len
+    stride = args.stride or max(1, context // 2)
+    if not 0 < stride <= context:
+        raise DataError(f"--stride must be between 1 and the model's context ({context}), got {args.stride}")
+    files = expand_paths(args.data_paths, loaded.modality.suffixes, "--data.paths")
+    examples, skipped = _collect(loaded.modality, files, None, tok, False, "reading", True)
+    examples = [e for e in examples if len(e.tokens) > 1]
+    if not examples:
+        reasons = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3])
+        raise DataError(f"--data.paths: no item to score{' (' + reasons + ')' if reasons else ''}")
+    seqs = [np.asarray(e.tokens, dtype=np.int64) for e in examples]
+    if args.per_token:
+        scored = token_scores(model, seqs, batch_size=args.batch_size, pad_id=tok.pad_id, stride=stride)
+        rows = [item_row(e.name, -float(lp.sum()), len(lp)) for e, (lp, _) in zip(examples, scored)]
+    else:
+        nll, count = sequence_nll(model, seqs, batch_size=args.batch_size, pad_id=tok.pad_id, stride=stride, progress=True)
+        rows = [item_row(e.name, float(n), int(c)) for e, n, c in zip(examples, nll, count)]
+    total_nll, total = sum(r["nll_sum"] for r in rows), sum(r["tokens"] for r in rows)
+    result: dict[str, Any] = {"items": rows, "skipped": [{"file": s.file, "reason": s.reason} for s in skipped],
+                              "total": item_row("(all)", total_nll, total), "context": context, "stride": stride}
+    if args.out is not None:
+        files_out = OutputFiles(overwrite=args.overwrite, protect=args.data_paths)
+        files_out.add(args.out, _csv(rows))
+        if args.per_token:
+            token_rows = [{"name": e.name, "index": j + 1, "token": int(s[j + 1]), "label": token_label(tok, int(s[j + 1])),
+                           "logprob": float(lp[j]), "rank": int(rk[j])}
+                          for e, s, (lp, rk) in zip(examples, seqs, scored) for j in range(len(lp))]
+            files_out.add(args.out.with_name(args.out.stem + ".tokens.csv"), _csv(token_rows))
+        for path in files_out.commit():
+            print(f"wrote {path}", file=sys.stderr)
+    elif args.per_token:
+        for row, (lp, rk) in zip(rows, scored):
+            row["logprobs"], row["ranks"] = lp.tolist(), rk.tolist()
+    print(json.dumps(result, indent=1, default=float))
+    return 0
+
+
+# ---- analyze drift -----------------------------------------------------------------------------
+def drift_parser() -> argparse.ArgumentParser:
+    from arseq.analysis.drift import KINDS
+    from arseq.cli import _base_sampling_parser
+
+    p = _base_sampling_parser("evaluate")
+    p.prog = "arseq analyze drift"
+    stride = next(a for a in p._actions if a.dest == "stride")  # scoring windows: not used here (a site fits the context)
+    p._remove_action(stride)
+    for group in p._action_groups:
+        if stride in group._group_actions:
+            group._group_actions.remove(stride)
+    for flag in stride.option_strings:
+        p._option_string_actions.pop(flag, None)
+    p.description = ("Do errors compound? Injected errors scored teacher-forced (excess NLL and KL per offset, "
+                     "recovery half-life) and free-running survival S(n) against (1 - e)^n. JSON on stdout; "
+                     "with --out, the JSON, a CSV per curve and PNG plots in that folder.")
+    g = p.add_argument_group("drift")
+    g.add_argument("--items", type=int, default=200, help="pieces of held-out data to inject errors into")
+    g.add_argument("--positions", type=int, default=8, help="injection positions per piece")
+    g.add_argument("--offsets", type=int, default=32, help="tokens after the error to follow (K)")
+    g.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="kinds of injected error")
+    g.add_argument("--no-divergence", dest="divergence", action="store_false",
+                   help="skip the greedy divergence curve (K sequential steps per kind: most of the teacher-forced time)")
+    g.add_argument("--window", type=int, default=8, help="clustering ratio: an error in the previous this many tokens")
+    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence bands")
+    g.add_argument("--out", type=Path, default=None, help="folder for drift.json, the CSVs and the plots")
+    g.add_argument("--overwrite", action="store_true", help="replace files of an earlier run in --out")
+    p.set_defaults(num_samples=64, seed=0)
+    return p
+
+
+def run_analyze(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: arseq analyze drift --checkpoint C [--data.paths ...] [--items N] [--offsets K] [--out DIR]\n\n"
+              f"{ANALYZE_HELP}.\nRun 'arseq analyze drift --help' for the options.")
+        return 0
+    if argv[0] != "drift":
+        raise DataError(f"unknown analysis {argv[0]!r}; available: drift")
+    return run_drift(argv[1:])
+
+
+def run_drift(argv: list[str]) -> int:
+    from arseq import checkpoint
+
+    parser = drift_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.checkpoint is None:
+        if known.help:
+            parser.print_help()
+            return 0
+        raise DataError("drift: --checkpoint is required")
+    from arseq import workflows
+
+    loaded = checkpoint.load(known.checkpoint, known.modality, known.trust_modality_import)
+    loaded.modality.add_generate_arguments(parser.add_argument_group(f"{loaded.modality.name} options"))
+    if known.help:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    args.explicit = frozenset()
+    for flag in ("items", "positions", "offsets", "window", "bootstrap", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise DataError(f"--{flag.replace('_', '-')} must be >= 1")
+    loaded.model.to(workflows.resolve_device(args.device))
+    if args.out is not None:  # fail before minutes of work, not after
+        plan = OutputFiles(overwrite=args.overwrite)
+        for name in OUTPUTS:
+            plan.add(args.out / name, "")
+        plan.check()
+    result = drift(loaded, args)
+    if args.out is not None:
+        for path in write_drift(result, args.out, args.overwrite, loaded.modality.name):
+            print(f"wrote {path}", file=sys.stderr)
+    print(json.dumps(result, indent=1, default=float))
+    return 0
+
+
+OUTPUTS = ("drift.json", "excess_nll.csv", "kl.csv", "divergence.csv", "survival.csv", "excess_nll.png", "kl.png", "survival.png")
+
+
+def drift(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Both measurements on a loaded model; the JSON of `arseq analyze drift`."""
+    from arseq import workflows
+    from arseq.analysis import drift as tf
+    from arseq.analysis import survival as fr
+    from arseq.models.sampling import generate
+
+    tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
+    train_data, items, where = workflows.held_out(loaded, args.data_paths)
+    rng = np.random.default_rng(args.seed)
+    t0 = time.perf_counter()
+    sites = tf.choose_sites(items, args.items, args.positions, args.offsets, model.cfg.max_seq_len, rng)
+    if not sites:
+        raise DataError(f"no held-out item is longer than --offsets {args.offsets} + 2 tokens ({where}); lower --offsets")
+
+    def mistake(tokens: np.ndarray, pos: int, r: np.random.Generator) -> int | None:
+        return modality.plausible_mistake(tok, tokens, pos, r)
+
+    measured = tf.measure(model, items, sites, args.offsets, specials=(tok.pad_id, tok.bos_id, tok.eos_id), mistake=mistake,
+                          kinds=args.kinds, batch_size=args.batch_size, pad_id=tok.pad_id, seed=args.seed, diverge=args.divergence)
+    injected = tf.report(measured, args.bootstrap, args.seed)
+    t1 = time.perf_counter()
+    survival: dict[str, Any] = {}
+    if args.num_samples > 0:
+        cfg = workflows.sampling_config(loaded, args)
+        prompts = workflows.fit_prompts(modality, tok, modality.prompts(tok, args, args.num_samples), model.cfg.max_seq_len, cfg.max_new_tokens)
+        generated = []
+        for b0 in range(0, len(prompts), args.batch_size):
+            cfg.seed = args.seed + b0
+            generated += generate(model, prompts[b0 : b0 + args.batch_size], cfg, pad_id=tok.pad_id).tokens  # no constraint
+        reference = train_data.train.items() if train_data is not None else items
+        errors = fr.mark_errors(prompts, generated, modality.constraint(tok, args), modality.error_predicate(tok, reference))
+        survival = {"curve": fr.survival(errors, n_boot=min(args.bootstrap, 500), seed=args.seed),
+                    "clustering": fr.clustering_ratio(errors, args.window), "sampling": {
+                        "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "min_p": cfg.min_p,
+                        "max_new_tokens": cfg.max_new_tokens, "constraint": "off"}}
+    return {"data": where, "modality": modality.name, "context": model.cfg.max_seq_len, "offsets": args.offsets,
+            "sites": len(sites), "clean_nll_mean": float(measured.clean_nll.mean()), "injected": injected,
+            "free_running": survival, "seconds": {"teacher_forced": round(t1 - t0, 2), "free_running": round(time.perf_counter() - t1, 2)}}
+
+
+def write_drift(result: dict[str, Any], out: Path, overwrite: bool, name: str) -> list[Path]:
+    """drift.json, one CSV per curve (kinds as a column), and the plots, all or nothing."""
+    from arseq.analysis.plots import curves_plot, survival_plot
+
+    files = OutputFiles(overwrite=overwrite)
+    files.add(out / "drift.json", json.dumps(result, indent=1, default=float))
+    kinds = result["injected"]
+    for key, label in (("excess_nll", "excess NLL (nats)"), ("kl", "KL(clean || corrupted) (nats)"), ("divergence", "greedy continuations differ")):
+        if not all(key in c for c in kinds.values()):
+            continue
+        rows = [{"kind": k, "offset": o + 1, "mean": c[key]["mean"][o], "lo": c[key]["lo"][o], "hi": c[key]["hi"][o]}
+                for k, c in kinds.items() for o in range(len(c[key]["mean"]))]
+        files.add(out / f"{key}.csv", _csv(rows))
+        if key != "divergence":
+            files.add(out / f"{key}.png", curves_plot(kinds, key, label, f"{name}: {label} after one injected error"))
+    s = result["free_running"].get("curve")
+    if s:
+        cols = ("n", "survival", "survival_lo", "survival_hi", "independent", "independent_lo", "independent_hi")
+        files.add(out / "survival.csv", _csv([dict(zip(cols, v)) for v in zip(*(s[c] for c in cols))]))
+        ratio = result["free_running"]["clustering"]["ratio"]
+        files.add(out / "survival.png", survival_plot(s, f"{name}: survival without the constraint (clustering ratio "
+                                                      f"{'n/a' if ratio is None else f'{ratio:.2f}'})"))
+    return files.commit()
