@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arseq.models.sampling import _attention_mask, prefill
+from arseq.models.decoding import causal_mask, decode_step, prefill, row_positions, slot_mask
 from arseq.models.transformer import Transformer
 
 KINDS = ("random", "likeliest_wrong", "plausible")
@@ -126,7 +126,7 @@ def measure(
                 target[r] = torch.from_numpy(x[s.pos + 1 : s.pos + K + 1])
             prefix, suffix, target, pad = prefix.to(device), suffix.to(device), target.to(device), pad.to(device)
             model.setup_cache(B, context)
-            at_j = prefill(model, prefix, pad).float()  # the model's prediction of x[j]
+            at_j = prefill(model, prefix, pad, causal_mask(context, prefix.device)).float()  # the model's prediction of x[j]
             _pick_wrong(batch, at_j, suffix[:, 0], banned, mistake, items, rng, kinds)
             clean_lp, clean_greedy = _continue(model, suffix, pad, C0, K, diverge)
             clean_nll = -clean_lp.gather(-1, target[..., None]).squeeze(-1)
@@ -185,15 +185,15 @@ def _continue(model: Transformer, suffix: torch.Tensor, pad: torch.Tensor, c0: i
               diverge: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """After the cached prefix: log-probs of the next token after each of the K fed tokens (teacher forcing),
     and (with `diverge`; else zeros) K greedy tokens generated from the first fed token on (free running)."""
-    positions = (torch.arange(c0, c0 + k, device=suffix.device)[None, :] - pad[:, None]).clamp(min=0)
-    logits = model(suffix, start=c0, positions=positions, mask=_attention_mask(pad, k, c0 + k)).float()
+    causal = causal_mask(model.cfg.max_seq_len, suffix.device)  # the cache holds the whole context
+    input_pos = torch.arange(c0, c0 + k, device=suffix.device)
+    logits = model(suffix, input_pos=input_pos, positions=row_positions(input_pos, pad),
+                   mask=slot_mask(causal, pad, input_pos)).float()
     logp = F.log_softmax(logits, dim=-1)
     greedy = torch.zeros_like(suffix)
     token = suffix[:, 0]
     for step in range(k if diverge else 0):  # overwrites the cache slots of the suffix one at a time; the prefix stays
-        slot = c0 + step
-        step_logits = model(token[:, None], start=slot, positions=(slot - pad)[:, None].clamp(min=0),
-                            mask=_attention_mask(pad, 1, slot + 1))[:, -1]
+        step_logits = decode_step(model, token, input_pos[step : step + 1], pad, causal)
         token = step_logits.argmax(-1)
         greedy[:, step] = token
     return logp, greedy
