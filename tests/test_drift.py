@@ -16,7 +16,7 @@ from arseq.models.transformer import Transformer, TransformerConfig
 LENGTH = 32
 
 
-def _train(make_batch, vocab: int, steps: int = 200, seed: int = 0) -> Transformer:
+def _train(make_batch, vocab: int, steps: int = 400, seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
     model = Transformer(TransformerConfig(vocab_size=vocab, max_seq_len=LENGTH, n_layer=2, n_head=2, d_model=32))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
