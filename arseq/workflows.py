@@ -3,6 +3,7 @@ the data cache, the model and Lightning. The CLI only parses arguments and calls
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import sys
 import time
@@ -249,6 +250,13 @@ def held_out(loaded: Loaded, data_paths: list[str] | None) -> tuple[Prepared | N
     return train_data, items, where
 
 
+def modality_metrics(modality: Modality, tok: Any, sequences: list[list[int]], reference: Any) -> dict[str, Any]:
+    """`Modality.metrics`, also for plugins written before it took the training items (`reference`)."""
+    if "reference" in inspect.signature(modality.metrics).parameters:
+        return modality.metrics(tok, sequences, reference=reference)
+    return modality.metrics(tok, sequences)
+
+
 def run_evaluate(loaded: Loaded, args: argparse.Namespace, data_paths: list[str] | None, batch_size: int) -> dict[str, Any]:
     """Loss on held-out data, the modality's extra figures, and (with --num-samples) sample metrics."""
     tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
@@ -281,10 +289,10 @@ def run_evaluate(loaded: Loaded, args: argparse.Namespace, data_paths: list[str]
         cfg = sampling_config(loaded, args)
         result["sampling"] = {k: v for k, v in asdict(cfg).items() if k != "stop_tokens"}
         samples = sample(loaded, args, args.num_samples, batch_size, stream=False, cfg=cfg)
-        result["sample_metrics"] = modality.metrics(tok, [s.prompt + s.tokens for s in samples], train_items)
+        result["sample_metrics"] = modality_metrics(modality, tok, [s.prompt + s.tokens for s in samples], train_items)
         n = min(len(items), max(args.num_samples, 100))  # a seeded sample of the held-out items, not the first n
         chosen = np.random.default_rng(0).choice(len(items), n, replace=False)
-        result["data_metrics"] = modality.metrics(tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)], train_items)
+        result["data_metrics"] = modality_metrics(modality, tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)], train_items)
         result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))
     return result
 
