@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from arseq.atomic import atomic_write
-from arseq.errors import one_line
+from arseq.errors import first_line, one_line
 from arseq.interop import hf
 from arseq.modalities import DataError, Modality, resolve
 from arseq.models.quantize import SCHEMES, quantize_model, scheme_of
@@ -76,8 +76,7 @@ def _assemble(
     except SafetensorError as e:
         raise DataError(f"{state}: not a readable safetensors file, truncated or damaged ({one_line(e)})") from None
     except (RuntimeError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise DataError(f"{where}: weights do not fit the model config ({first})") from None
+        raise DataError(f"{where}: weights do not fit the model config ({first_line(e)})") from None
     return Loaded(model.eval(), tokenizer, chosen, meta)
 
 

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from arseq.errors import DataError, one_line
+from arseq.errors import DataError, first_line, one_line
 
 VERBS = {
     "train": "train a model from a YAML config",
@@ -38,7 +38,7 @@ def _modality_name(argv: Sequence[str]) -> str | None:
             try:
                 cfg = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
             except (OSError, yaml.YAMLError) as e:
-                raise DataError(f"{value}: cannot read config ({str(e).splitlines()[0]})") from None
+                raise DataError(f"{value}: cannot read config ({first_line(e)})") from None
             section = cfg.get("modality") if isinstance(cfg, dict) else None
             if isinstance(section, dict) and "name" in section:
                 name = section["name"]

@@ -12,3 +12,8 @@ def one_line(error: BaseException, *, with_type: bool = False, limit: int | None
     if limit is not None and len(text) > limit:
         text = text[:limit] + "..."
     return f"{type(error).__name__}: {text}" if with_type else text
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (library messages often add pages of detail after it)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

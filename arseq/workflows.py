@@ -18,6 +18,7 @@ import torch
 from arseq.checkpoint import Loaded, load_checkpoint_file
 from arseq.data.loader import train_loader, val_loader
 from arseq.data.prepare import DataConfig, Prepared, prepare
+from arseq.errors import first_line
 from arseq.modalities import DataError, EvalInputs, Modality, Sample
 from arseq.models.optim import OptimConfig
 from arseq.models.sampling import SamplingConfig, generate
@@ -138,8 +139,7 @@ def check_compile(device: torch.device) -> None:
     try:
         torch.compile(lambda x: x * 2 + 1)(torch.zeros(4, device=device))
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"compile: true, but torch.compile does not work on {device}: {first} (set compile: false)") from None
+        raise DataError(f"compile: true, but torch.compile does not work on {device}: {first_line(e)} (set compile: false)") from None
 
 
 def default_device() -> str:

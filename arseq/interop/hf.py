@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from arseq.errors import first_line
 from arseq.atomic import atomic_write
 from arseq.modalities import DataError
 from arseq.models.sampling import SamplingConfig
@@ -175,7 +176,7 @@ def _read_tensors(path: Path, where: str) -> dict[str, Tensor]:
                 return load_file(str(file))
             return torch.load(file, map_location="cpu", weights_only=True)
         except Exception as e:  # corrupt or foreign files: whatever it is, one line
-            raise DataError(f"{file}: unreadable weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+            raise DataError(f"{file}: unreadable weights ({type(e).__name__}: {first_line(e)})") from None
 
     for single, index in (("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json")):
         if (path / single).exists():

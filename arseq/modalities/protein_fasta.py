@@ -11,7 +11,7 @@ from typing import Iterator, TextIO
 
 from Bio import SeqIO
 
-from arseq.errors import DataError
+from arseq.errors import DataError, first_line
 from arseq.tokenizers.protein import ALPHABET
 
 _INVALID = re.compile(r"[^A-Z]")
@@ -49,7 +49,7 @@ def fasta_records(path: Path) -> Iterator[tuple[int, str, str]]:
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise FileProblem(f"corrupt gzip after record {count} ({e or type(e).__name__})") from None
     except ValueError as e:  # anything else Bio.SeqIO rejects
-        raise FileProblem(f"not FASTA after record {count} ({str(e).splitlines()[0]})") from None
+        raise FileProblem(f"not FASTA after record {count} ({first_line(e)})") from None
     except OSError as e:
         raise FileProblem(f"cannot read ({e.strerror or e})") from None
 

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from arseq.errors import first_line
 from arseq.models.decoding import decode_step
 from arseq.models.quantize import quantize_model
 from arseq.models.transformer import KVCache, Transformer
@@ -34,10 +35,6 @@ def compile_mode(value: Compile) -> str:
     if value not in COMPILE_CHOICES:
         raise ValueError(f"--compile must be one of {', '.join(COMPILE_CHOICES)}, got {value!r}")
     return value
-
-
-def first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 class CompiledStep:
