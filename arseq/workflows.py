@@ -131,6 +131,9 @@ def run_train(
     if trainer.is_global_zero:
         best_path = (best.best_model_path if best else "") or "-"
         print(f"run directory: {run_dir}\n  last checkpoint: {last.path}\n  best checkpoint: {best_path}")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Join gloo/NCCL's threads now: left to static destructors at exit, they abort the process (rc -6)
+        torch.distributed.destroy_process_group()
     return run_dir
 
 
