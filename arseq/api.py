@@ -1,18 +1,17 @@
 """The Python API: `arseq.load(path).generate(n=4, temperature=0.9, bars=8, out="samples/")`.
 
 Options are the command line's, by their Python names (`max_new_tokens`, `top_p`, a modality's `bars`,
-`prompt_bars`, ...): they are checked by the same parser, so `arseq generate --help` documents both, and an
-option given here counts as typed (a modality's presets never override it).
+`prompt_bars`, ...), checked by the same typed parser, so `arseq generate --help` documents both. A
+sampling option not given takes the modality's default, else the core's, exactly as on the command line.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from arseq import checkpoint, workflows
-from arseq.errors import DataError
+from arseq import checkpoint, generation
+from arseq import options as typed
 from arseq.modalities import Sample
 
 
@@ -23,35 +22,24 @@ class Model:
     loaded: checkpoint.Loaded
 
     def options(self, verb: str = "generate") -> dict[str, Any]:
-        """Every option `verb` takes, with its default."""
-        return {k: v for k, v in vars(self._defaults(verb)).items() if k not in _FIXED}
+        """Every option `verb` (generate or evaluate) takes, with its default."""
+        return typed.defaults(verb, self.loaded.modality.generate_options)
 
-    def _defaults(self, verb: str) -> argparse.Namespace:
-        from arseq.cli import sampling_parser
-
-        return sampling_parser(verb, self.loaded).parse_args([])
-
-    def _args(self, verb: str, options: dict[str, Any]) -> argparse.Namespace:
-        args = self._defaults(verb)
-        unknown = sorted(set(options) - set(vars(args)) | set(options) & _FIXED)
-        if unknown:
-            known = ", ".join(sorted(set(vars(args)) - _FIXED))
-            raise DataError(f"unknown option(s) {', '.join(unknown)} for {verb}; known: {known}")
-        for key, value in options.items():
-            setattr(args, key, value)
-        args.explicit = frozenset(options)
-        return args
+    def _call(self, verb: str, kwargs: dict[str, Any]) -> typed.Call:
+        generation.check_hooks(self.loaded.modality)
+        return typed.from_python(verb, self.loaded.modality.generate_options, kwargs)
 
     def generate(self, n: int = 1, *, out: str | os.PathLike | None = None, overwrite: bool = False,
-                 **options: Any) -> list[Sample]:
+                 **kwargs: Any) -> list[Sample]:
         """Sample `n` sequences; with `out`, also write the modality's files there (never over existing
         files unless `overwrite`). Returns the samples (prompt and new token ids, perplexity)."""
-        args = self._args("generate", {**options, "num_samples": n, "out": out, "overwrite": overwrite})
-        return workflows.run_sampling("generate", self.loaded, args)["samples"]
+        call = self._call("generate", {**kwargs, "num_samples": n, "out": out, "overwrite": overwrite})
+        return generation.run_generate(self.loaded, call.request, call.run)[0]
 
-    def evaluate(self, *, data_paths: list[str] | None = None, **options: Any) -> dict[str, Any]:
+    def evaluate(self, *, data_paths: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
         """What `arseq evaluate` prints: held-out loss, perplexity, baselines, the modality's figures."""
-        return workflows.run_sampling("evaluate", self.loaded, self._args("evaluate", {**options, "data_paths": data_paths}))
+        call = self._call("evaluate", {**kwargs, "data_paths": data_paths})
+        return generation.run_evaluate(self.loaded, call.request, call.run, call.data_paths, call.stride)
 
     def score(self, sequences: list[list[int]], *, batch_size: int = 16, stride: int | None = None) -> list[float]:
         """Mean NLL (nats per predicted token) of each token sequence (BOS first), scored in windows if long."""
@@ -60,9 +48,6 @@ class Model:
         nll, count = sequence_nll(self.loaded.model, sequences, batch_size=batch_size,
                                   pad_id=self.loaded.tokenizer.pad_id, stride=stride)
         return [float(a / b) if b else float("nan") for a, b in zip(nll, count)]
-
-
-_FIXED = frozenset({"help", "checkpoint", "modality", "trust_modality_import"})  # chosen by `load`
 
 
 def load(path: str | os.PathLike, *, modality: str | None = None, trust_modality_import: bool = False) -> Model:

@@ -144,85 +144,30 @@ def _add_trust_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow the import path of a modality stored in the file (imports that module: trust the file first)")
 
 
-def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
-    """Speed: checked by arseq.models.inference (one-line errors), so no argparse choices here."""
-    g = p.add_argument_group("speed")
-    g.add_argument("--compile", nargs="?", const="on", default="off", metavar="{off,on,auto}",
-                   help="torch.compile the decode step (CUDA graphs on a GPU); auto: fall back to eager where it cannot work")
-    g.add_argument("--quantize", default="none", metavar="{none,int8}", help="int8: int8 weights, per-channel scales")
-    g.add_argument("--dtype", default=None, metavar="{float32,bfloat16,float16}",
-                   help="compute dtype (default: float32 on CPU, bfloat16 on a GPU that supports it)")
-
-
-def _base_sampling_parser(verb: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"arseq {verb}", description=VERBS[verb] + ".", add_help=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-h", "--help", action="store_true", help="show this help (with --checkpoint: the modality's options too)")
-    p.add_argument("--checkpoint", required=False, help="a .ckpt, a run folder of 'arseq train' (its best checkpoint), or a folder from 'arseq export'")
-    g = p.add_argument_group("sampling")
-    g.add_argument("--prompt", default=None, help="what to continue: text for text models, a file for music/images")
-    g.add_argument("--num-samples", type=int, default=1 if verb == "generate" else 0, help="how many samples")
-    g.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate per sample at most")
-    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
-    g.add_argument("--top-p", type=float, default=None, help="sample among the likeliest tokens holding this probability mass")
-    g.add_argument("--min-p", type=float, default=None, help="drop tokens less likely than min-p times the likeliest")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already present")
-    g.add_argument("--seed", type=int, default=None, help="same seed, same samples")
-    p.add_argument("--batch-size", type=int, default=16, help="samples (or evaluation chunks) per forward pass")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    _add_inference_arguments(p)
-    _add_trust_arguments(p)
-    if verb == "generate":
-        p.add_argument("--out", type=Path, default=None, help="output file or folder (default: print)")
-        p.add_argument("--overwrite", action="store_true", help="replace files that --out would write and that exist already")
-    else:
-        p.set_defaults(out=None, overwrite=False)
-        p.add_argument("--data.paths", dest="data_paths", nargs="+", default=None,
-                       help="evaluate on these files instead of the validation split the model was trained with")
-        p.add_argument("--stride", type=int, default=None,
-                       help="items longer than the context are scored in windows advancing by this many tokens, "
-                            "each token once (default: half the context; the context itself is cheapest)")
-    return p
-
-
-def _given(parser: argparse.ArgumentParser, argv: list[str]) -> frozenset[str]:
-    """Destinations of the options typed on the command line, so presets never override them."""
-    typed = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    return frozenset(a.dest for a in parser._actions if any(o.startswith(t) for o in a.option_strings for t in typed))
-
-
-def sampling_parser(verb: str, loaded: Any = None) -> argparse.ArgumentParser:
-    """The options of generate/evaluate; with a loaded model, its modality's options too (CLI and Python API)."""
-    parser = _base_sampling_parser(verb)
-    if loaded is not None:
-        loaded.modality.add_generate_arguments(parser.add_argument_group(f"{loaded.modality.name} options"))
-    return parser
-
-
 def run_sampling_verb(verb: str, argv: list[str]) -> int:
-    from arseq import checkpoint, workflows
+    from arseq import checkpoint, generation, options
 
-    parser = _base_sampling_parser(verb)
-    known, _ = parser.parse_known_args(argv)
-    if known.checkpoint is None:
-        if known.help:
-            parser.print_help()
+    pre = options.early(argv)
+    if not pre.get("checkpoint"):
+        if pre["help"]:
+            options.parser(verb, None).print_help()
             print("\nWith --checkpoint, --help also lists the options of the checkpoint's modality.")
             return 0
         raise DataError(f"arseq {verb}: --checkpoint is required")
-    loaded = checkpoint.load(known.checkpoint, known.modality, known.trust_modality_import)
-    parser = sampling_parser(verb, loaded)
-    if known.help:
+    loaded = checkpoint.load(pre["checkpoint"], pre.get("modality"), bool(pre.get("trust_modality_import")))
+    generation.check_hooks(loaded.modality)
+    opts = loaded.modality.generate_options
+    parser = options.parser(verb, opts)
+    if pre["help"]:
         parser.print_help()
         return 0
-    args = parser.parse_args(argv)
-    args.explicit = _given(parser, argv)
-    result = workflows.run_sampling(verb, loaded, args)
+    call = options.to_call(options.parse(parser, argv, options.kinds(opts)), opts)
     if verb == "evaluate":
+        result = generation.run_evaluate(loaded, call.request, call.run, call.data_paths, call.stride)
         print(json.dumps(result, indent=1, default=float))
         return 0
-    for path in result["written"]:
+    _, written = generation.run_generate(loaded, call.request, call.run)
+    for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0
 

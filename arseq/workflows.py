@@ -1,28 +1,20 @@
-"""What each CLI verb does, as plain functions usable from Python: the glue between modalities,
-the data cache, the model and Lightning. The CLI only parses arguments and calls these."""
+"""prepare and train as plain functions usable from Python: the glue between modalities, the data cache,
+the model and Lightning (generate and evaluate: arseq.generation). The CLI only parses arguments and calls these."""
 from __future__ import annotations
 
-import argparse
-import inspect
-import math
-import sys
-import time
 from dataclasses import asdict
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from arseq.checkpoint import Loaded, load_checkpoint_file
+from arseq.checkpoint import load_checkpoint_file
 from arseq.data.loader import train_loader, val_loader
-from arseq.data.prepare import DataConfig, Prepared, prepare
+from arseq.data.prepare import DataConfig, prepare
 from arseq.errors import first_line
-from arseq.modalities import DataError, EvalInputs, Modality, Sample
+from arseq.modalities import DataError, Modality
 from arseq.models.optim import OptimConfig
-from arseq.models.sampling import SamplingConfig, generate
-from arseq.models.scoring import sequence_nll, unigram_baseline
 from arseq.models.transformer import TransformerConfig
 
 
@@ -165,156 +157,3 @@ def resolve_device(name: str | None) -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise DataError(f"--device {name}: unsupported device type {device.type!r} (cpu, cuda, cuda:N, mps)")
     return device
-
-
-def sampling_config(loaded: Loaded, args: argparse.Namespace) -> SamplingConfig:
-    """The flags as a SamplingConfig, after the modality's defaults and presets."""
-    cfg = SamplingConfig(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-        stop_tokens=(loaded.tokenizer.eos_id,),
-    )
-    return loaded.modality.configure_sampling(args, cfg)
-
-
-def fit_prompts(modality: Modality, tok: Any, prompts: list[list[int]], context: int, max_new_tokens: int) -> list[list[int]]:
-    """Cut prompts longer than the context to what fits with room to generate, saying so once per prompt."""
-    room = max(1, min(max_new_tokens, context // 4))
-    fitted: dict[tuple[int, ...], list[int]] = {}
-    for p in prompts:
-        if len(p) > context and tuple(p) not in fitted:
-            kept, what = modality.fit_prompt(tok, list(p), context - room)
-            print(f"arseq: the prompt is {len(p)} tokens, more than the model's context of {context}; "
-                  f"kept {what} ({len(kept)} tokens)", file=sys.stderr)
-            fitted[tuple(p)] = kept
-    return [fitted.get(tuple(p), p) for p in prompts]
-
-
-def sample(
-    loaded: Loaded, args: argparse.Namespace, num_samples: int, batch_size: int, stream: bool = True,
-    cfg: SamplingConfig | None = None,
-) -> list[Sample]:
-    """Generate `num_samples` samples with the modality's prompts, constraint and streamer."""
-    tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
-    cfg = cfg if cfg is not None else sampling_config(loaded, args)
-    prompts = fit_prompts(modality, tok, modality.prompts(tok, args, num_samples), model.cfg.max_seq_len, cfg.max_new_tokens)
-    streamer = modality.streamer(tok, args) if stream else None
-    out: list[Sample] = []
-    batches = range(0, len(prompts), batch_size)
-    if streamer is None and len(prompts) > 1:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc="generating", unit="batch", leave=False, disable=None)
-    for b0 in batches:
-        batch = prompts[b0 : b0 + batch_size]
-        # Sample i is seeded with seed + i: the same samples at any --batch-size
-        seeds = [cfg.seed + b0 + i for i in range(len(batch))] if cfg.seed is not None else None
-        constraint = modality.constraint(tok, args)
-
-        def on_token(step: int, tokens: torch.Tensor, finished: torch.Tensor) -> None:
-            for row, t in enumerate(tokens.tolist()):
-                if not finished[row] or t == tok.eos_id:
-                    streamer(row, t)
-
-        gen = generate(model, batch, cfg, pad_id=tok.pad_id, seeds=seeds, constraint=constraint, on_token=on_token if streamer else None,
-                       compile=getattr(args, "compile", False))
-        scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, gen.tokens, gen.stopped)]
-        nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id)
-        for p, t, s, n, c in zip(batch, gen.tokens, gen.stopped, nll, count):
-            out.append(Sample(list(p), t, s, float(n / c) if c else float("nan")))
-    return out
-
-
-def held_out(loaded: Loaded, data_paths: list[str] | None) -> tuple[Prepared | None, list[np.ndarray], str]:
-    """The training data (None when it is gone), the items to evaluate (--data.paths, else the validation
-    split), and where they came from; all tokenized with the checkpoint's tokenizer."""
-    modality, tok = loaded.modality, loaded.tokenizer
-    options = loaded.meta["modality"].get("options", {})
-    trained_on = DataConfig(**loaded.meta["data"])
-    try:
-        train_data: Prepared | None = prepare(modality, options, trained_on, tokenizer=tok)
-    except DataError:
-        train_data = None  # the training data is not here any more
-    if data_paths:
-        evaluated = prepare(modality, options, DataConfig(paths=data_paths, val_fraction=0, block_size=trained_on.block_size), tokenizer=tok).train
-        where = ", ".join(data_paths)
-    elif train_data is not None:
-        evaluated, where = train_data.val, "validation split"
-    else:
-        raise DataError("the training data of this checkpoint is not available; pass --data.paths")
-    items = evaluated.items()
-    if not items:
-        raise DataError(f"no held-out items to evaluate ({where}); pass --data.paths")
-    return train_data, items, where
-
-
-def modality_metrics(modality: Modality, tok: Any, sequences: list[list[int]], reference: Any) -> dict[str, Any]:
-    """`Modality.metrics`, also for plugins written before it took the training items (`reference`)."""
-    if "reference" in inspect.signature(modality.metrics).parameters:
-        return modality.metrics(tok, sequences, reference=reference)
-    return modality.metrics(tok, sequences)
-
-
-def run_evaluate(loaded: Loaded, args: argparse.Namespace, data_paths: list[str] | None, batch_size: int) -> dict[str, Any]:
-    """Loss on held-out data, the modality's extra figures, and (with --num-samples) sample metrics."""
-    tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
-    train_data, items, where = held_out(loaded, data_paths)
-    t0 = time.perf_counter()
-    context = model.cfg.max_seq_len
-    stride = args.stride or max(1, context // 2)
-    nll, count = sequence_nll(model, items, batch_size=batch_size, pad_id=tok.pad_id, stride=stride, progress=True)
-    loss = float(nll.sum() / max(1, count.sum()))
-    result: dict[str, Any] = {
-        "data": where,
-        "items": len(items),
-        "predicted_tokens": int(count.sum()),
-        "context": context,
-        "stride": stride,
-        "loss": loss,
-        "perplexity": math.exp(loss),
-        "bits_per_token": loss / math.log(2),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    train_items = train_data.train.items() if train_data is not None else items
-    unigram, counted = unigram_baseline(train_items, items, tok.vocab_size, never_predicted=(tok.pad_id, tok.bos_id))
-    result["baselines"] = {"unigram": {"loss": unigram, "perplexity": math.exp(unigram)}}
-    result["perplexity_vs_unigram"] = math.exp(loss - unigram)
-    result["unigram_counted_tokens"] = counted
-    report = EvalInputs(loss, float(nll.sum()), int(count.sum()), nll, count, train_items, items)
-    extra = modality.evaluate(tok, report)
-    result.update({**extra, "baselines": {**result["baselines"], **extra.get("baselines", {})}})
-    if args.num_samples > 0:
-        cfg = sampling_config(loaded, args)
-        result["sampling"] = {k: v for k, v in asdict(cfg).items() if k != "stop_tokens"}
-        samples = sample(loaded, args, args.num_samples, batch_size, stream=False, cfg=cfg)
-        result["sample_metrics"] = modality_metrics(modality, tok, [s.prompt + s.tokens for s in samples], train_items)
-        n = min(len(items), max(args.num_samples, 100))  # a seeded sample of the held-out items, not the first n
-        chosen = np.random.default_rng(0).choice(len(items), n, replace=False)
-        result["data_metrics"] = modality_metrics(modality, tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)], train_items)
-        result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))
-    return result
-
-
-def run_sampling(verb: str, loaded: Loaded, args: argparse.Namespace) -> dict[str, Any]:
-    """generate or evaluate with parsed options: checks them, prepares the model (device, dtype, int8,
-    compile), then returns evaluate's report, or generate's {"samples", "written"} (files under args.out)."""
-    from arseq.models.inference import prepare_for_inference
-
-    if args.num_samples < (1 if verb == "generate" else 0) or args.batch_size < 1:
-        raise DataError(f"--num-samples must be >= {1 if verb == 'generate' else 0} and --batch-size >= 1")
-    if args.out is not None and Path(args.out).is_file() and not args.overwrite:
-        raise DataError(f"{args.out}: already exists; pass --overwrite to replace it, or choose another --out")
-    context = loaded.model.cfg.max_seq_len
-    if verb == "evaluate" and args.stride is not None and not 0 < args.stride <= context:
-        raise DataError(f"--stride must be between 1 and the model's context ({context}), got {args.stride}")
-    prepare_for_inference(loaded.model, resolve_device(args.device), args.dtype, args.quantize, args.compile)
-    if verb == "evaluate":
-        return run_evaluate(loaded, args, args.data_paths, args.batch_size)
-    samples = sample(loaded, args, args.num_samples, args.batch_size)
-    out = Path(args.out) if args.out is not None else None
-    return {"samples": samples, "written": loaded.modality.write(loaded.tokenizer, samples, out, args)}

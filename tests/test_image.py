@@ -1,7 +1,6 @@
 """Image modality: patch tokenizer, codebook fit, conversions, bad files, constraint, completion, baselines."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -9,17 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-from arseq.modalities import DataError, EvalInputs, Example, Sample, Skipped, resolve
-from arseq.modalities.image import ImageModality
+from arseq.modalities import DataError, EvalInputs, Example, Plan, Request, Sample, SamplingOptions, Skipped, resolve
+from arseq.modalities.image import ImageGenerate, ImageModality
 from arseq.modalities.image_metrics import baseline_bits
-from arseq.models.sampling import SamplingConfig, generate
+from arseq.models.sampling import generate
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.patch import PatchTokenizer, kmeans, psnr, to_mode
 
 
-def _args(**kw) -> argparse.Namespace:
-    base = {"prompt": None, "prompt_rows": None, "label": None}
-    return argparse.Namespace(**{**base, **kw})
+def _args(prompt: str | None = None, out=None, n: int = 1, **options) -> Request:
+    return Request(n, prompt, options=ImageGenerate(**options), out=out)
 
 
 @pytest.fixture(scope="module")
@@ -200,9 +198,11 @@ def _model(vocab: int) -> Transformer:
 
 
 def _sample(m, tok, args, n=4, seed=0):
-    cfg = m.configure_sampling(args, SamplingConfig(seed=seed, stop_tokens=(tok.eos_id,)))
-    prompts = m.prompts(tok, args, n)
-    gen = generate(_model(tok.vocab_size), prompts, cfg, constraint=m.constraint(tok, args))
+    args.num_samples = n
+    plan = m.plan(tok, args)
+    cfg = SamplingOptions(seed=seed, max_new_tokens=plan.new_tokens).resolve(plan.sampling, (tok.eos_id,))
+    prompts = plan.prompts
+    gen = generate(_model(tok.vocab_size), prompts, cfg, constraint=plan.constraint())
     return [Sample(p, t, s, 0.0) for p, t, s in zip(prompts, gen.tokens, gen.stopped)]
 
 
@@ -222,7 +222,7 @@ def test_label_flag_conditions_samples(digits):
     assert {tok.decode_label(s.prompt) for s in threes} == {"3"} and {tok.decode_label(s.prompt) for s in sevens} == {"7"}
     assert [s.tokens for s in threes] != [s.tokens for s in sevens]
     with pytest.raises(DataError, match="unknown class label"):
-        m.prompts(tok, _args(label="cat"), 1)
+        m.plan(tok, _args(label="cat"))
 
 
 def test_completion_keeps_prompt_rows_pixel_exact_and_writes_side_by_side(digits, tmp_path):
@@ -235,23 +235,25 @@ def test_completion_keeps_prompt_rows_pixel_exact_and_writes_side_by_side(digits
     assert [tok.decode_label(s.prompt) for s in samples] == ["0", "1", "2"]  # classes cycle without --label
     for s in samples:
         assert np.array_equal(tok.decode_pixels(s.prompt + s.tokens)[:3], original[:3])
-    written = m.write(tok, samples, tmp_path / "out", args)
+    args.out = tmp_path / "out"
+    written = m.write(tok, samples, args, m.plan(tok, args))
     names = [p.name for p in written]
     assert names == ["sample_000_0.png", "sample_001_1.png", "sample_002_2.png", "grid.png", "completion.png"]
     side = Image.open(tmp_path / "out" / "completion.png")
     assert side.size == (4 * 66 + 2, 66 + 2)  # original + 3 completions, 8x8 upscaled to 64 plus gaps
     assert np.array_equal(np.asarray(Image.open(written[0]))[..., None], tok.decode_pixels(samples[0].prompt + samples[0].tokens))
     with pytest.raises(DataError, match="between 0 and 8"):
-        m.prompts(tok, _args(prompt=str(prompt_png), prompt_rows=9), 1)
+        m.plan(tok, _args(prompt=str(prompt_png), prompt_rows=9))
     Image.fromarray(original[..., 0], "L").save(tmp_path / "grid.png")
     with pytest.raises(DataError, match="refusing to overwrite"):
-        m.write(tok, samples, tmp_path, _args(prompt=str(tmp_path / "grid.png")))
+        grid = _args(prompt=str(tmp_path / "grid.png"), out=tmp_path)
+        m.write(tok, samples, grid, m.plan(tok, grid))
     assert np.array_equal(np.asarray(Image.open(tmp_path / "grid.png")), original[..., 0])
 
 
 def test_write_to_terminal_prints_ascii(digits, capsys):
     m, tok, examples = digits
-    assert m.write(tok, [Sample([1], list(examples[0].tokens[1:-1]), True, 0.5)], None, _args()) == []
+    assert m.write(tok, [Sample([1], list(examples[0].tokens[1:-1]), True, 0.5)], _args(), Plan([])) == []
     out = capsys.readouterr().out
     assert "label 0" in out and "@" in out and len(out.splitlines()) >= 9
 
@@ -293,7 +295,7 @@ def test_a_prompt_too_long_for_the_context_keeps_whole_patch_rows(digits, tmp_pa
     m, tok, examples = digits
     prompt_png = tmp_path / "prompt.png"
     Image.fromarray(tok.decode_pixels(examples[5].tokens)[..., 0], "L").save(prompt_png)
-    full = m.prompts(tok, _args(prompt=str(prompt_png), prompt_rows=tok.grid), 1)[0]
+    full = m.plan(tok, _args(prompt=str(prompt_png), prompt_rows=tok.grid)).prompts[0]
     kept, what = m.fit_prompt(tok, full, 2 + 3 * tok.grid + 5)  # room for three rows and a bit
     assert kept == full[: 2 + 3 * tok.grid] and what == "its first 3 patch rows"
     assert tok.decode_label(kept) == tok.decode_label(full)  # BOS and label stay

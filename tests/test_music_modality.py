@@ -1,7 +1,6 @@
 """Music modality: reading (bad files skipped with reasons), augmentation, prompts, constraint, writing, metrics."""
 from __future__ import annotations
 
-import argparse
 import struct
 from pathlib import Path
 
@@ -12,11 +11,10 @@ import music21  # noqa: F401  (a hard dependency: a broken install must fail, no
 
 from music21 import converter, stream  # noqa: E402
 
-from arseq.modalities import DataError, EvalInputs, Example, Sample, Skipped, resolve  # noqa: E402
-from arseq.modalities.music import GrammarConstraint  # noqa: E402
+from arseq.modalities import DataError, EvalInputs, Example, Plan, Request, Sample, SamplingOptions, Skipped, resolve  # noqa: E402
+from arseq.modalities.music import GrammarConstraint, MusicGenerate  # noqa: E402
 from arseq.modalities.music_reading import bach_chorales, prompt_tokens  # noqa: E402
 from arseq.tokenizers.score import PART, PITCH  # noqa: E402
-from arseq.models import SamplingConfig  # noqa: E402
 
 MUSIC = resolve("music")
 
@@ -123,9 +121,9 @@ def test_prompt_bars_and_bad_prompts(tmp_path, chorales):
 def test_constrained_sampling_stops_after_the_requested_bars(chorales):
     m = MUSIC()
     tok = m.tokenizer
-    args = argparse.Namespace(prompt=chorales[0][1], prompt_bars=2, bars=3)
-    rows = m.prompts(tok, args, 3)
-    constraint = m.constraint(tok, args)
+    plan = m.plan(tok, Request(3, chorales[0][1], options=MusicGenerate(bars=3, prompt_bars=2)))
+    rows = plan.prompts
+    constraint = plan.constraint()
     assert isinstance(constraint, GrammarConstraint)
     rng = np.random.default_rng(0)
     for _ in range(3000):
@@ -139,7 +137,7 @@ def test_constrained_sampling_stops_after_the_requested_bars(chorales):
                 row.append(int(rng.choice(choices, p=weights / weights.sum())))
         if all(r[-1] == tok.eos_id for r in rows):
             break
-    prompt_bars = len(tok.decode_events(m.prompts(tok, args, 1)[0]).bars)
+    prompt_bars = len(tok.decode_events(m.plan(tok, Request(1, chorales[0][1], options=MusicGenerate(prompt_bars=2))).prompts[0]).bars)
     for row in rows:
         assert row[-1] == tok.eos_id
         events = tok.decode_events(row)
@@ -152,9 +150,9 @@ def test_constrained_sampling_stops_after_the_requested_bars(chorales):
 def test_bars_limit_lets_a_held_note_end_without_new_notes(chorales):
     m = MUSIC()
     tok = m.tokenizer
-    args = argparse.Namespace(prompt=chorales[0][1], prompt_bars=2, bars=1)
-    row = m.prompts(tok, args, 1)[0]
-    constraint = m.constraint(tok, args)
+    plan = m.plan(tok, Request(1, chorales[0][1], options=MusicGenerate(bars=1, prompt_bars=2)))
+    row = plan.prompts[0]
+    constraint = plan.constraint()
 
     def allowed() -> np.ndarray:
         return np.flatnonzero(constraint([row]).numpy()[0])
@@ -170,15 +168,19 @@ def test_bars_limit_lets_a_held_note_end_without_new_notes(chorales):
     assert set(allowed()) <= {tok.bar_id, tok.eos_id}  # only the held note may go on
 
 
-def test_sampling_defaults_yield_to_typed_flags():
+def test_sampling_defaults_yield_to_given_options():
     m = MUSIC()
-    cfg = m.configure_sampling(argparse.Namespace(bars=2), SamplingConfig(max_new_tokens=10))
-    assert (cfg.temperature, cfg.top_p, cfg.max_new_tokens) == (0.9, 0.95, 128)
-    typed = argparse.Namespace(explicit=frozenset({"temperature"}))  # e.g. --temperature 1.0
-    cfg = m.configure_sampling(typed, SamplingConfig(temperature=1.0))
-    assert (cfg.temperature, cfg.top_p) == (1.0, 0.95)
+    tok = m.tokenizer
+    plan = m.plan(tok, Request(1, options=MusicGenerate(bars=4)))
+    cfg = SamplingOptions().resolve(plan.sampling, ())
+    assert (cfg.temperature, cfg.top_p, cfg.max_new_tokens) == (0.9, 0.95, 256)
+    cfg = SamplingOptions(temperature=1.0, max_new_tokens=10).resolve(m.plan(tok, Request(1, options=MusicGenerate(bars=8))).sampling, ())
+    assert (cfg.temperature, cfg.top_p, cfg.max_new_tokens) == (1.0, 0.95, 10)  # given values win
+    assert m.plan(tok, Request(1, options=MusicGenerate(bars=8))).sampling["max_new_tokens"] == 512
     with pytest.raises(DataError, match="--bars"):
-        m.configure_sampling(argparse.Namespace(bars=0), SamplingConfig())
+        m.plan(tok, Request(1, options=MusicGenerate(bars=0)))
+    with pytest.raises(DataError, match="--prompt-bars needs --prompt"):
+        m.plan(tok, Request(1, options=MusicGenerate(prompt_bars=2)))
 
 
 def test_write_makes_midi_musicxml_and_png_that_parse_back(tmp_path, chorales):
@@ -186,7 +188,7 @@ def test_write_makes_midi_musicxml_and_png_that_parse_back(tmp_path, chorales):
     tok = m.tokenizer
     ids = tok.encode(converter.parse(chorales[2][1]))
     samples = [Sample(ids[:1], ids[1:-1], True, 1.0), Sample([tok.bos_id], [5, 900, 3, 3], False, 2.0)]
-    paths = m.write(tok, samples, tmp_path / "out", argparse.Namespace(prompt=None))
+    paths = m.write(tok, samples, Request(2, out=tmp_path / "out"), Plan([]))
     assert sorted(p.name for p in paths) == sorted(
         f"sample_{i:03d}{s}" for i in range(2) for s in (".mid", ".musicxml", ".png"))
     want = sorted((n.part, n.onset, n.pitch, n.dur) for n in tok.decode_events(ids).notes)
@@ -205,7 +207,7 @@ def test_write_makes_midi_musicxml_and_png_that_parse_back(tmp_path, chorales):
 def test_write_without_out_prints_events(capsys):
     m = MUSIC()
     tok = m.tokenizer
-    assert m.write(tok, [Sample([tok.bos_id], [tok.bar_id], False, 0.5)], None, argparse.Namespace()) == []
+    assert m.write(tok, [Sample([tok.bos_id], [tok.bar_id], False, 0.5)], Request(1), Plan([])) == []
     assert "Bar" in capsys.readouterr().out
 
 

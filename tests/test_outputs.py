@@ -1,7 +1,6 @@
 """Generated files: never replace a user's file without --overwrite, all or nothing, usual permissions."""
 from __future__ import annotations
 
-import argparse
 import os
 import stat
 from pathlib import Path
@@ -10,8 +9,8 @@ import pytest
 
 from arseq.atomic import OutputFiles, atomic_write
 from arseq.cli import main
-from arseq.modalities import DataError, Sample
-from arseq.modalities.protein import ProteinModality
+from arseq.modalities import DataError, Plan, Request, Sample
+from arseq.modalities.protein import ProteinGenerate, ProteinModality
 from arseq.tokenizers.protein import ProteinTokenizer
 
 
@@ -75,9 +74,9 @@ def test_protein_out_does_not_replace_an_unrelated_csv(tmp_path):
     tok = ProteinTokenizer()
     (tmp_path / "victim.csv").write_text("my spreadsheet")
     samples = [Sample([tok.bos_id], tok.encode("MKTAYIAKQR"), True, 1.0)]
-    args = argparse.Namespace(prompt=None, rank=None, max_length=None, overwrite=False)
+    request = Request(1, options=ProteinGenerate(), out=tmp_path / "victim.fasta")
     with pytest.raises(DataError, match="victim.csv: already exists"):
-        ProteinModality().write(tok, samples, tmp_path / "victim.fasta", args)
+        ProteinModality().write(tok, samples, request, Plan([]))
     assert (tmp_path / "victim.csv").read_text() == "my spreadsheet" and not (tmp_path / "victim.fasta").exists()
 
 

@@ -7,7 +7,9 @@ alike, so a new modality is covered without touching this file. Each provides it
 from __future__ import annotations
 
 import json
+import re
 import warnings
+from dataclasses import fields
 
 import pytest
 import yaml
@@ -55,6 +57,14 @@ def test_prepare_train_generate_evaluate(name, tmp_path, capsys):
 
     assert main(["train", "--config", str(config)]) == 0
     ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
+
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(ckpt), "--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    options = MODALITIES[name].generate_options
+    for f in fields(options) if options is not None else ():  # every typed option, with its help text
+        described = re.search(rf"^\s+{f.name}: (.+)$", options.__doc__, re.M)
+        assert f"--{f.name}" in shown and described and " ".join(described.group(1).split()[:4]) in shown, f.name
 
     out = tmp_path / "samples"
     assert main(["generate", "--checkpoint", str(ckpt), "--num-samples", "2", "--max-new-tokens", "32",

@@ -120,8 +120,6 @@ def test_a_plugin_cannot_shadow_a_builtin(tmp_path, monkeypatch):
 
 
 def test_dna_kmer_tokens_are_lossless_and_the_length_constraint_holds(dna):
-    import argparse
-
     from arseq_dna.modality import DnaModality
     from arseq_dna.tokenizer import NucleotideTokenizer
 
@@ -131,8 +129,7 @@ def test_dna_kmer_tokens_are_lossless_and_the_length_constraint_holds(dna):
     assert NucleotideTokenizer("rna").decode(NucleotideTokenizer("rna").encode("ACGT")) == "ACGU"
     with pytest.raises(ValueError, match="position 2"):
         tok.encode("AC-GT")
-    args = argparse.Namespace(length=7, prompt="AC")
-    mask = DnaModality(kmer=3).constraint(tok, args)
+    mask = DnaModality(kmer=3).constraint(tok, 7)
     row = [tok.bos_id, *tok.encode("AC")]
     allowed = mask([row])[0]
     assert not allowed[tok.eos_id] and not allowed[tok.n_id] and allowed[tok.encode("GGG")[0]]
@@ -141,3 +138,44 @@ def test_dna_kmer_tokens_are_lossless_and_the_length_constraint_holds(dna):
     assert not allowed[tok.eos_id] and not allowed[tok.encode("GGG")[0]] and allowed[tok.encode("A")[0]]
     row += tok.encode("A")
     assert mask([row])[0].nonzero().flatten().tolist() == [tok.eos_id]
+
+
+OLD_PLUGIN = '''
+from arseq.modalities import Modality
+from arseq.modalities.text import TextModality
+
+
+class OldText(Modality):
+    """Written for arseq 0.1: flags through argparse, hooks reading a Namespace."""
+
+    name = "oldtext"
+    tokenizer_kinds = TextModality.tokenizer_kinds
+
+    def __init__(self, **options):
+        self.options = options
+
+    def build_tokenizer(self, files, source):
+        return TextModality().build_tokenizer(files, source)
+
+    def read(self, files, source, tokenizer, check_roundtrip=False):
+        return TextModality().read(files, source, tokenizer, check_roundtrip)
+
+    def add_generate_arguments(self, parser):
+        parser.add_argument("--shout", action="store_true")
+
+    def prompts(self, tokenizer, args, num_samples):
+        return [[tokenizer.bos_id]] * num_samples
+
+    def write(self, tokenizer, samples, out, args):
+        return []
+'''
+
+
+@pytest.mark.parametrize("verb", ["generate", "evaluate"])
+def test_a_plugin_with_the_old_generation_hooks_gets_one_line(trained, tmp_path, monkeypatch, capsys, verb):
+    (tmp_path / "old_plugin.py").write_text(OLD_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main([verb, "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--modality", "old_plugin:OldText"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "add_generate_arguments" in err[0] and "prompts" in err[0] and "generate_options" in err[0] and "docs/plugins.md" in err[0]

@@ -1,7 +1,6 @@
 """Prompts longer than the context are cut to what fits (whole bars, newest tokens), with one line saying so."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import music21
@@ -9,10 +8,11 @@ import torch
 
 from arseq.checkpoint import Loaded
 from arseq.cli import main
-from arseq.modalities import resolve
+from arseq.generation import make_plan, sample
+from arseq.modalities import Request, SamplingOptions, resolve
+from arseq.modalities.music import MusicGenerate
 from arseq.modalities.music_reading import prompt_tokens
 from arseq.models.transformer import Transformer, TransformerConfig
-from arseq.workflows import sample
 
 MUSIC = resolve("music")
 
@@ -39,9 +39,8 @@ def test_a_whole_chorale_as_prompt_is_cut_to_whole_bars_and_continues(capsys):
     torch.manual_seed(0)
     model = Transformer(TransformerConfig(vocab_size=tok.vocab_size, max_seq_len=256, n_layer=1, n_head=2, d_model=32))
     loaded = Loaded(model.eval(), tok, m, {})
-    args = argparse.Namespace(prompt=path, prompt_bars=None, bars=2, max_new_tokens=40, temperature=1.0, top_k=None,
-                              top_p=None, min_p=None, repetition_penalty=1.0, seed=3, preset=None, explicit=frozenset())
-    (s,) = sample(loaded, args, 1, 1, stream=False)
+    request = Request(1, path, SamplingOptions(temperature=1.0, seed=3), MusicGenerate(bars=2))
+    (s,) = sample(loaded, *make_plan(loaded, request), batch_size=1, stream=False)
     assert s.prompt == m.fit_prompt(tok, whole, 256 - 64)[0] and len(s.tokens) > 0  # --bars 2: 128 new tokens, room 64
     assert tok.decode_events(s.prompt + s.tokens).repairs == 0  # the grammar constraint accepted the cut prompt
     err = capsys.readouterr().err

@@ -1,7 +1,6 @@
 """Protein modality: tokenizers, FASTA reading and its errors, constrained designs, FASTA/CSV output, metrics."""
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import math
@@ -12,10 +11,10 @@ import pytest
 import torch
 from Bio import SeqIO
 
-from arseq.modalities import DataError, Example, Sample, Skipped, resolve
-from arseq.modalities.protein import ProteinModality
+from arseq.modalities import DataError, Example, Plan, Request, Sample, SamplingOptions, Skipped, resolve
+from arseq.modalities.protein import ProteinGenerate, ProteinModality
 from arseq.modalities.protein_metrics import degenerate, kl_divergence, novelty, properties
-from arseq.models.sampling import SamplingConfig, generate
+from arseq.models.sampling import generate
 from arseq.models.scoring import unigram_baseline
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.protein import ALPHABET, STANDARD, ProteinBPETokenizer, ProteinTokenizer
@@ -35,9 +34,12 @@ def read_all(modality: ProteinModality, files: list[Path]) -> tuple[list[Example
     return [i for i in items if isinstance(i, Example)], [i for i in items if isinstance(i, Skipped)]
 
 
-def namespace(**kw) -> argparse.Namespace:
-    base = dict(prefix=None, prompt=None, min_length=None, max_length=None, standard_only=False, preset=None, rank=None)
-    return argparse.Namespace(**{**base, **kw})
+def request(n: int = 1, prompt: str | None = None, out: Path | None = None, overwrite: bool = False, **options) -> Request:
+    return Request(n, prompt, options=ProteinGenerate(**options), out=out, overwrite=overwrite)
+
+
+def write_designs(tok, samples: list[Sample], out: Path, **kw) -> list[Path]:
+    return ProteinModality().write(tok, samples, request(out=out, **kw), Plan([]))
 
 
 # ---- tokenizers ----------------------------------------------------------------------------------
@@ -202,8 +204,8 @@ def test_constraint_alphabet_and_lengths(bpe):
     else:
         tok = ProteinTokenizer()
     m = ProteinModality()
-    args = namespace(prefix="mkt", min_length=20, max_length=30, standard_only=True)
-    cfg = m.configure_sampling(args, SamplingConfig(max_new_tokens=5, stop_tokens=(tok.eos_id,), seed=0))
+    plan = m.plan(tok, request(12, prefix="mkt", min_length=20, max_length=30, standard_only=True))
+    cfg = SamplingOptions(seed=0).resolve(plan.sampling, (tok.eos_id,))
     assert cfg.max_new_tokens == 30 - 3 + 1
     model = tiny_model(tok.vocab_size)
     with torch.no_grad():  # make EOS and non-standard letters very attractive: the constraint must win
@@ -214,8 +216,8 @@ def test_constraint_alphabet_and_lengths(bpe):
         model.norm.weight.data[:] = 1
         model.lm_head.weight.data[:, 0] = bias
         model.embed.weight.data[:, 0] += 1.0  # a constant feature carries the bias
-    prompts = m.prompts(tok, args, 12)
-    gen = generate(model, prompts, cfg, constraint=m.constraint(tok, args))
+    prompts = plan.prompts
+    gen = generate(model, prompts, cfg, constraint=plan.constraint())
     for p, t in zip(prompts, gen.tokens):
         seq = tok.decode(p + t)
         assert seq.startswith("MKT") and set(seq) <= set(STANDARD) and 20 <= len(seq) <= 30
@@ -225,29 +227,29 @@ def test_constraint_alphabet_and_lengths(bpe):
 def test_constraint_without_flags_only_residues_and_eos():
     tok = ProteinTokenizer()
     m = ProteinModality()
-    allowed = m.constraint(tok, namespace())([[tok.bos_id], [tok.bos_id, 5, 6]])
+    allowed = m.plan(tok, request()).constraint()([[tok.bos_id], [tok.bos_id, 5, 6]])
     assert not allowed[:, [tok.pad_id, tok.bos_id]].any()
     assert not allowed[0, tok.eos_id] and allowed[1, tok.eos_id]  # never an empty protein
     assert allowed[:, 3:].all()
 
 
-def test_presets_and_explicit_flags_win():
-    m = ProteinModality()
-    cfg = m.configure_sampling(namespace(preset="protgpt2"), SamplingConfig())
+def test_presets_and_given_options_win():
+    m, tok = ProteinModality(), ProteinTokenizer()
+    cfg = SamplingOptions().resolve(m.plan(tok, request(preset="protgpt2")).sampling, ())
     assert cfg.top_k == 950 and cfg.repetition_penalty == 1.2
-    typed_default = namespace(preset="progen2", explicit=frozenset({"temperature"}))  # --temperature 1.0
-    cfg = m.configure_sampling(typed_default, SamplingConfig(temperature=1.0))
+    cfg = SamplingOptions(temperature=1.0).resolve(m.plan(tok, request(preset="progen2")).sampling, ())  # --temperature 1.0
     assert cfg.temperature == 1.0 and cfg.top_p == 0.9
-    for bad in (namespace(min_length=10, max_length=5), namespace(rank=0.0), namespace(prefix="MKTAY", max_length=3),
-                namespace(prefix="MK1"), namespace(prefix="MKX", standard_only=True), namespace(prefix="MK", prompt="MK")):
+    for bad in (request(min_length=10, max_length=5), request(rank=0.0), request(prefix="MKTAY", max_length=3),
+                request(prefix="MK1"), request(prefix="MKX", standard_only=True), request(prefix="MK", prompt="MK"),
+                request(preset="protgpt3")):
         with pytest.raises(DataError):
-            m.configure_sampling(bad, SamplingConfig())
+            m.plan(tok, bad)
 
 
 def test_prompt_fasta_file_gives_motifs(tmp_path):
     path = write(tmp_path, "motifs.fasta", ">a\nMKT\n>b\nMAL\n")
     tok = ProteinTokenizer()
-    prompts = ProteinModality().prompts(tok, namespace(prompt=str(path)), 3)
+    prompts = ProteinModality().plan(tok, request(3, prompt=str(path))).prompts
     assert [tok.decode(p) for p in prompts] == ["MKT", "MAL", "MKT"]
 
 
@@ -260,15 +262,15 @@ def samples_for(tok: ProteinTokenizer) -> list[Sample]:
 def test_write_fasta_and_property_csv(tmp_path):
     tok = ProteinTokenizer()
     out = tmp_path / "designs.fasta"
-    paths = ProteinModality().write(tok, samples_for(tok), out, namespace())
+    paths = write_designs(tok, samples_for(tok), out)
     assert paths == [out, tmp_path / "designs.csv"]
     records = list(SeqIO.parse(out, "fasta"))
     assert [str(r.seq) for r in records] == ["MKTAYIAKQR", "MKXBZUOAAW", "XXXX", "MKTWWWWWWWWWWWWWW"]
     assert records[0].description == f"design_1 length=10 perplexity={math.exp(2.0):.3f} end=eos"
     assert records[3].description.endswith("end=limit")
     with pytest.raises(DataError, match="designs.fasta: already exists; pass --overwrite"):
-        ProteinModality().write(tok, samples_for(tok), out, namespace(max_length=10))
-    ProteinModality().write(tok, samples_for(tok), out, namespace(max_length=10, overwrite=True))
+        write_designs(tok, samples_for(tok), out, max_length=10)
+    write_designs(tok, samples_for(tok), out, max_length=10, overwrite=True)
     assert next(SeqIO.parse(out, "fasta")).description.endswith("end=max_length")
     rows = list(csv.DictReader(open(tmp_path / "designs.csv")))
     assert [r["id"] for r in rows] == [r.id for r in records]
@@ -282,11 +284,11 @@ def test_write_fasta_and_property_csv(tmp_path):
 def test_rank_keeps_lowest_perplexity_fraction_with_degenerate_designs_last(tmp_path):
     tok = ProteinTokenizer()
     out = tmp_path / "ranked.fa.gz"
-    ProteinModality().write(tok, samples_for(tok), out, namespace(rank=0.5))
+    write_designs(tok, samples_for(tok), out, rank=0.5)
     with gzip.open(out, "rt") as f:
         records = list(SeqIO.parse(f, "fasta"))
     assert [r.id for r in records] == ["design_2", "design_1"]  # design_4 has the lowest perplexity: a W repeat
-    ProteinModality().write(tok, samples_for(tok), out, namespace(rank=1.0, overwrite=True))
+    write_designs(tok, samples_for(tok), out, rank=1.0, overwrite=True)
     with gzip.open(out, "rt") as f:
         assert [r.id for r in SeqIO.parse(f, "fasta")] == ["design_2", "design_1", "design_3", "design_4"]
     assert (tmp_path / "ranked.csv").exists()
@@ -296,10 +298,10 @@ def test_write_refuses_to_overwrite_prompt_and_csv_name(tmp_path):
     tok = ProteinTokenizer()
     motifs = write(tmp_path, "motifs.fasta", ">a\nMKT\n")
     with pytest.raises(DataError):
-        ProteinModality().write(tok, samples_for(tok), motifs, namespace(prompt=str(motifs)))
+        write_designs(tok, samples_for(tok), motifs, prompt=str(motifs))
     assert motifs.read_text() == ">a\nMKT\n"
     with pytest.raises(DataError):
-        ProteinModality().write(tok, samples_for(tok), tmp_path / "d.csv", namespace())
+        write_designs(tok, samples_for(tok), tmp_path / "d.csv")
 
 
 def test_properties_cope_with_nonstandard():

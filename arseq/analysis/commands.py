@@ -7,11 +7,13 @@ import io
 import json
 import sys
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from arseq.analysis.drift import KINDS
 from arseq.atomic import OutputFiles
 from arseq.errors import DataError
 
@@ -101,34 +103,43 @@ def run_score(argv: list[str]) -> int:
 
 
 # ---- analyze drift -----------------------------------------------------------------------------
-def drift_parser() -> argparse.ArgumentParser:
-    from arseq.analysis.drift import KINDS
-    from arseq.cli import _base_sampling_parser
+@dataclass
+class DriftOptions:
+    """drift measurement
 
-    p = _base_sampling_parser("evaluate")
-    p.prog = "arseq analyze drift"
-    stride = next(a for a in p._actions if a.dest == "stride")  # scoring windows: not used here (a site fits the context)
-    p._remove_action(stride)
-    for group in p._action_groups:
-        if stride in group._group_actions:
-            group._group_actions.remove(stride)
-    for flag in stride.option_strings:
-        p._option_string_actions.pop(flag, None)
+    Args:
+        items: pieces of held-out data to inject errors into
+        positions: injection positions per piece
+        offsets: tokens after the error to follow (K)
+        kinds: kinds of injected error
+        divergence: the greedy divergence curve (--no-divergence skips it: K sequential steps per kind, most of the teacher-forced time)
+        window: clustering ratio: an error in the previous this many tokens
+        bootstrap: bootstrap resamples for the confidence bands
+        out: folder for drift.json, the CSVs and the plots
+        overwrite: replace files of an earlier run in --out
+    """
+
+    items: int = 200
+    positions: int = 8
+    offsets: int = 32
+    kinds: list[Literal[KINDS]] = field(default_factory=lambda: list(KINDS))
+    divergence: bool = True
+    window: int = 8
+    bootstrap: int = 1000
+    out: Path | None = None
+    overwrite: bool = False
+
+
+def drift_parser(generate_options: type | None):
+    """evaluate's options (but --stride: a site fits the context) and the drift measurement's."""
+    from arseq import options
+
+    p = options.parser("drift", generate_options, prog="arseq analyze drift", num_samples=64)
     p.description = ("Do errors compound? Injected errors scored teacher-forced (excess NLL and KL per offset, "
                      "recovery half-life) and free-running survival S(n) against (1 - e)^n. JSON on stdout; "
                      "with --out, the JSON, a CSV per curve and PNG plots in that folder.")
-    g = p.add_argument_group("drift")
-    g.add_argument("--items", type=int, default=200, help="pieces of held-out data to inject errors into")
-    g.add_argument("--positions", type=int, default=8, help="injection positions per piece")
-    g.add_argument("--offsets", type=int, default=32, help="tokens after the error to follow (K)")
-    g.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="kinds of injected error")
-    g.add_argument("--no-divergence", dest="divergence", action="store_false",
-                   help="skip the greedy divergence curve (K sequential steps per kind: most of the teacher-forced time)")
-    g.add_argument("--window", type=int, default=8, help="clustering ratio: an error in the previous this many tokens")
-    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence bands")
-    g.add_argument("--out", type=Path, default=None, help="folder for drift.json, the CSVs and the plots")
-    g.add_argument("--overwrite", action="store_true", help="replace files of an earlier run in --out")
-    p.set_defaults(num_samples=64, seed=0)
+    p.add_class_arguments(DriftOptions, None, as_group=True)
+    p.set_defaults(seed=0)
     return p
 
 
@@ -143,36 +154,38 @@ def run_analyze(argv: list[str]) -> int:
 
 
 def run_drift(argv: list[str]) -> int:
-    from arseq import checkpoint
+    from arseq import checkpoint, generation, options, workflows
 
-    parser = drift_parser()
-    known, _ = parser.parse_known_args(argv)
-    if known.checkpoint is None:
-        if known.help:
-            parser.print_help()
+    pre = options.early(argv)
+    if not pre.get("checkpoint"):
+        if pre["help"]:
+            drift_parser(None).print_help()
             return 0
         raise DataError("drift: --checkpoint is required")
-    from arseq import workflows
-
-    loaded = checkpoint.load(known.checkpoint, known.modality, known.trust_modality_import)
-    loaded.modality.add_generate_arguments(parser.add_argument_group(f"{loaded.modality.name} options"))
-    if known.help:
+    loaded = checkpoint.load(pre["checkpoint"], pre.get("modality"), bool(pre.get("trust_modality_import")))
+    generation.check_hooks(loaded.modality)
+    opts = loaded.modality.generate_options
+    parser = drift_parser(opts)
+    if pre["help"]:
         parser.print_help()
         return 0
-    args = parser.parse_args(argv)
-    args.explicit = frozenset()
-    for flag in ("items", "positions", "offsets", "window", "bootstrap", "batch_size"):
+    cfg = options.parse(parser, argv, {**options.kinds(opts), **options.field_kinds([DriftOptions])})
+    call = options.to_call(cfg, opts)
+    args = DriftOptions(**{f.name: cfg[f.name] for f in fields(DriftOptions)})
+    for flag in ("items", "positions", "offsets", "window", "bootstrap"):
         if getattr(args, flag) < 1:
-            raise DataError(f"--{flag.replace('_', '-')} must be >= 1")
-    loaded.model.to(workflows.resolve_device(args.device))
+            raise DataError(f"--{flag} must be >= 1")
+    if call.run.batch_size < 1:
+        raise DataError("--batch-size must be >= 1")
+    loaded.model.to(workflows.resolve_device(call.run.device))
     if args.out is not None:  # fail before minutes of work, not after
         plan = OutputFiles(overwrite=args.overwrite)
         for name in OUTPUTS:
-            plan.add(args.out / name, "")
+            plan.add(Path(args.out) / name, "")
         plan.check()
-    result = drift(loaded, args)
+    result = drift(loaded, args, call, call.request.sampling.seed or 0)
     if args.out is not None:
-        for path in write_drift(result, args.out, args.overwrite, loaded.modality.name):
+        for path in write_drift(result, Path(args.out), args.overwrite, loaded.modality.name):
             print(f"wrote {path}", file=sys.stderr)
     print(json.dumps(result, indent=1, default=float))
     return 0
@@ -181,16 +194,17 @@ def run_drift(argv: list[str]) -> int:
 OUTPUTS = ("drift.json", "excess_nll.csv", "kl.csv", "divergence.csv", "survival.csv", "excess_nll.png", "kl.png", "survival.png")
 
 
-def drift(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Both measurements on a loaded model; the JSON of `arseq analyze drift`."""
-    from arseq import workflows
+def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str, Any]:
+    """Both measurements on a loaded model; the JSON of `arseq analyze drift`. `call` (arseq.options.Call)
+    holds the sampling options of the free-running samples."""
+    from arseq import generation
     from arseq.analysis import drift as tf
     from arseq.analysis import survival as fr
     from arseq.models.sampling import generate
 
     tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
-    train_data, items, where = workflows.held_out(loaded, args.data_paths)
-    rng = np.random.default_rng(args.seed)
+    train_data, items, where = generation.held_out(loaded, call.data_paths)
+    rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     sites = tf.choose_sites(items, args.items, args.positions, args.offsets, model.cfg.max_seq_len, rng)
     if not sites:
@@ -200,20 +214,21 @@ def drift(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
         return modality.plausible_mistake(tok, tokens, pos, r)
 
     measured = tf.measure(model, items, sites, args.offsets, specials=(tok.pad_id, tok.bos_id, tok.eos_id), mistake=mistake,
-                          kinds=args.kinds, batch_size=args.batch_size, pad_id=tok.pad_id, seed=args.seed, diverge=args.divergence)
-    injected = tf.report(measured, args.bootstrap, args.seed)
+                          kinds=args.kinds, batch_size=call.run.batch_size, pad_id=tok.pad_id, seed=seed, diverge=args.divergence)
+    injected = tf.report(measured, args.bootstrap, seed)
     t1 = time.perf_counter()
     survival: dict[str, Any] = {}
-    if args.num_samples > 0:
-        cfg = workflows.sampling_config(loaded, args)
-        prompts = workflows.fit_prompts(modality, tok, modality.prompts(tok, args, args.num_samples), model.cfg.max_seq_len, cfg.max_new_tokens)
+    if call.request.num_samples > 0:
+        plan, cfg = generation.make_plan(loaded, call.request)
+        prompts, batch = plan.prompts, call.run.batch_size
         generated = []
-        for b0 in range(0, len(prompts), args.batch_size):
-            cfg.seed = args.seed + b0
-            generated += generate(model, prompts[b0 : b0 + args.batch_size], cfg, pad_id=tok.pad_id).tokens  # no constraint
+        for b0 in range(0, len(prompts), batch):
+            cfg.seed = seed + b0
+            generated += generate(model, prompts[b0 : b0 + batch], cfg, pad_id=tok.pad_id).tokens  # no constraint
         reference = train_data.train.items() if train_data is not None else items
-        errors = fr.mark_errors(prompts, generated, modality.constraint(tok, args), modality.error_predicate(tok, reference))
-        survival = {"curve": fr.survival(errors, n_boot=min(args.bootstrap, 500), seed=args.seed),
+        constraint = plan.constraint() if plan.constraint is not None else None
+        errors = fr.mark_errors(prompts, generated, constraint, modality.error_predicate(tok, reference))
+        survival = {"curve": fr.survival(errors, n_boot=min(args.bootstrap, 500), seed=seed),
                     "clustering": fr.clustering_ratio(errors, args.window), "sampling": {
                         "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "min_p": cfg.min_p,
                         "max_new_tokens": cfg.max_new_tokens, "constraint": "off"}}

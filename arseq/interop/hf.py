@@ -11,10 +11,9 @@ modality/data settings (arseq.json) and tokenizer (arseq_tokenizer.json), so `ar
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-from dataclasses import MISSING, asdict, fields, replace
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -208,16 +207,12 @@ def read_hf_folder(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     return model_cfg, from_hf_state(_read_tensors(path, where), cfg, where)
 
 
-def modality_sampling(modality: Any, eos_id: int) -> SamplingConfig:
-    """The SamplingConfig `arseq generate` uses with no sampling flag typed: the modality's defaults."""
-    parser = argparse.ArgumentParser(add_help=False)
-    modality.add_generate_arguments(parser)
-    args = parser.parse_args([])
-    base = SamplingConfig(stop_tokens=(eos_id,))
-    for key, value in {**asdict(base), "prompt": None, "explicit": frozenset()}.items():
-        if not hasattr(args, key):
-            setattr(args, key, value)
-    return modality.configure_sampling(args, replace(base))
+def modality_sampling(loaded: Any) -> SamplingConfig:
+    """The SamplingConfig `arseq generate` uses when no sampling option is given: the modality's defaults."""
+    from arseq.generation import make_plan
+    from arseq.modalities import Request
+
+    return make_plan(loaded, Request(num_samples=1))[1]
 
 
 def generation_kwargs(s: SamplingConfig, bos_id: int, eos_id: int, pad_id: int) -> dict[str, Any]:
@@ -261,7 +256,7 @@ def write_hf_folder(folder: Path, loaded: "Loaded", export_format: int) -> None:
     finally:
         if shown:
             bars.enable_progress_bar()
-    sampling = modality_sampling(loaded.modality, tok.eos_id)
+    sampling = modality_sampling(loaded)
     transformers.GenerationConfig(**generation_kwargs(sampling, *ids)).save_pretrained(str(folder))
     meta = {k: v for k, v in loaded.meta.items() if k != "tokenizer"}
     meta.update(format=export_format, layout="hf-llama", model=asdict(model.cfg))

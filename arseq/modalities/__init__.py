@@ -18,12 +18,15 @@ from arseq.modalities.base import (
     Example,
     Modality,
     OutputFiles,
+    Plan,
+    Request,
     Sample,
+    SamplingOptions,
     Skipped,
 )
 
 __all__ = [
-    "Constraint", "DataError", "EvalInputs", "Example", "Modality", "OutputFiles", "Sample", "Skipped",
+    "Constraint", "DataError", "EvalInputs", "Example", "Modality", "OutputFiles", "Plan", "Request", "Sample", "SamplingOptions", "Skipped",
     "PluginWarning", "Registered", "loadable", "registered", "resolve",
 ]
 

@@ -8,21 +8,18 @@ optional hooks. Constructor arguments are the modality's options: they appear in
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from arseq.atomic import OutputFiles  # noqa: F401  (re-exported: part of the plugin API)
 from arseq.errors import DataError  # noqa: F401
+from arseq.modalities.plan import Plan, Request, SamplingOptions  # noqa: F401
+from arseq.models.sampling import Constraint  # noqa: F401
 from arseq.tokenizers.base import Tokenizer
 
-# Given each row's tokens so far (prompt + generated; the lists grow in place between calls, so a
-# constraint may keep per-row state), return a bool tensor (rows, vocab): True where a token is allowed.
-Constraint = Callable[[list[list[int]]], torch.Tensor]
 
 
 @dataclass
@@ -76,23 +73,21 @@ class Modality:
         raise NotImplementedError
 
     # ---- generation (write required) -------------------------------------------------------------
-    def write(self, tokenizer: Tokenizer, samples: list[Sample], out: Path | None, args: argparse.Namespace) -> list[Path]:
-        """Write samples as files people use under `out` (or print them when out is None); return the paths."""
+    # A dataclass of this modality's generate/evaluate options (fields with defaults; the docstring's
+    # `Args:` section is their --help). None: no options of its own. See arseq.modalities.plan.
+    generate_options: ClassVar[type | None] = None
+
+    def plan(self, tokenizer: Tokenizer, request: Request) -> Plan:
+        """Turn a request into prompts (one per sample), sampling defaults, a constraint and a streamer.
+
+        Parse the prompt here, once; check `request.options` and raise DataError naming the flag. Default:
+        BOS alone, nothing else."""
+        return Plan([[tokenizer.bos_id] for _ in range(request.num_samples)])
+
+    def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+        """Write samples as files people use under `request.out` (or print them when it is None); return
+        the paths. Stage them in an `OutputFiles` so nothing is overwritten unless `request.overwrite`."""
         raise NotImplementedError
-
-    def add_generate_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Add modality-specific `arseq generate` flags."""
-
-    def configure_sampling(self, args: argparse.Namespace, sampling: Any) -> Any:
-        """Adjust the SamplingConfig from modality flags (presets, lengths); return it.
-
-        `args.explicit` holds the destinations of the flags typed on the command line: leave those as given.
-        """
-        return sampling
-
-    def prompts(self, tokenizer: Tokenizer, args: argparse.Namespace, num_samples: int) -> list[list[int]]:
-        """Token prompts, one per sample. Default: BOS alone."""
-        return [[tokenizer.bos_id] for _ in range(num_samples)]
 
     def fit_prompt(self, tokenizer: Tokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
         """Cut a prompt longer than the model's context to at most `limit` tokens; say what was kept.
@@ -101,14 +96,6 @@ class Modality:
         units of the data (bars, image rows) so the prompt stays well-formed."""
         kept = [tokenizer.bos_id, *prompt[len(prompt) - limit + 1 :]]
         return kept, f"BOS and its newest {limit - 1} tokens"
-
-    def constraint(self, tokenizer: Tokenizer, args: argparse.Namespace) -> Constraint | None:
-        """A decoding constraint that keeps samples well-formed, or None."""
-        return None
-
-    def streamer(self, tokenizer: Tokenizer, args: argparse.Namespace) -> Callable[[int, int], None] | None:
-        """A callback fed (row, token) as tokens are sampled, e.g. to print text as it comes; None = off."""
-        return None
 
     # ---- training --------------------------------------------------------------------------------
     def augment(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:

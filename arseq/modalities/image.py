@@ -19,13 +19,11 @@ and scored on the same held-out images. For a lossy codebook it measures the cod
 """
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import re
-import struct
-import warnings
 from collections import Counter
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -40,9 +38,12 @@ from arseq.modalities import (
     Example,
     Modality,
     OutputFiles,
+    Plan,
+    Request,
     Sample,
     Skipped,
 )
+from arseq.modalities.image_files import class_root, load_digits, natural_order, open_image
 from arseq.modalities.image_metrics import baseline_bits, psnr_from_mse
 from arseq.modalities.render import ascii_art, tile
 from arseq.tokenizers.patch import PatchTokenizer
@@ -51,45 +52,17 @@ SOURCES = ("digits",)
 LN2 = math.log(2)
 
 
-def load_digits() -> tuple[list[np.ndarray], list[int]]:
-    """scikit-learn's 8×8 digits as (8, 8, 1) uint8 arrays with 17 levels spread over 0..255, and labels."""
-    from sklearn.datasets import load_digits as sk_load_digits
+@dataclass
+class ImageGenerate:
+    """image options
 
-    d = sk_load_digits()
-    pixels = np.rint(d.images * (255 / 16)).astype(np.uint8)[..., None]
-    return list(pixels), d.target.tolist()
+    Args:
+        label: class to sample (name, or index into the labels)
+        prompt_rows: with --prompt IMAGE: rows of patches kept from its top (pixel rows when patch_size is 1); default half the image
+    """
 
-
-def open_image(path: Path) -> Image.Image:
-    """Fully decode an image file (first frame); raises ValueError with a one-line reason."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            with Image.open(path) as im:
-                im.seek(0)
-                im.load()
-                return im.copy()
-    except FileNotFoundError:
-        raise ValueError("no such file") from None
-    except Image.UnidentifiedImageError:
-        raise ValueError("not an image pillow can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError("too many pixels (pillow's decompression-bomb limit)") from None
-    except (OSError, SyntaxError, EOFError, struct.error) as e:
-        raise ValueError(f"truncated or corrupt image ({e})") from None
-
-
-def class_root(files: Sequence[Path]) -> Path | None:
-    """The folder whose subfolders name the classes: the deepest folder holding every file."""
-    if not files:
-        return None
-    return Path(os.path.commonpath([str(Path(f).parent) for f in files]))
-
-
-def _natural(name: str) -> list[Any]:
-    """Sort key putting class "9" before "10"."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
+    label: str | None = None
+    prompt_rows: int | None = None
 
 
 def _safe(name: str) -> str:
@@ -182,7 +155,7 @@ class ImageModality(Modality):
             causes = "; ".join(f"{name}: {problem}" for name, _, _, problem in found[:3])
             more = f"; and {len(found) - 3} more" if len(found) > 3 else ""
             raise DataError(f"no usable image among {len(files)} files ({causes}{more})" if files else "no images to fit the tokenizer on")
-        labels = sorted({label for _, label in items if label is not None}, key=_natural)
+        labels = sorted({label for _, label in items if label is not None}, key=natural_order)
         pixels = [p for p, _ in items]
         tok = self._fit(pixels, labels)
         mse = float(np.mean([self._sq_err(tok, p) for p in pixels]))
@@ -240,21 +213,23 @@ class ImageModality(Modality):
         }
 
     # ---- generation ------------------------------------------------------------------------------
-    def add_generate_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--label", default=None, help="class to sample (name, or index into the labels)")
-        parser.add_argument("--prompt-rows", type=int, default=None,
-                            help="with --prompt IMAGE: rows of patches kept from its top (pixel rows when "
-                                 "patch_size is 1); default half the image")
+    generate_options = ImageGenerate
 
-    def configure_sampling(self, args: argparse.Namespace, sampling: Any) -> Any:
-        grid = self.size // self.patch_size
-        sampling.max_new_tokens = grid * grid + 2  # label + every patch + EOS: the constraint ends it exactly
-        return sampling
+    def plan(self, tokenizer: PatchTokenizer, request: Request) -> Plan:
+        """--prompt IMAGE keeps its top rows and samples the rest; the constraint ends samples exactly."""
+        tok, opts = tokenizer, request.options
+        prompt = self._prompt_pixels(tok, request.prompt, opts.prompt_rows)
+        kept: list[int] = []
+        if prompt is not None:
+            pixels, rows = prompt
+            kept = (tok.codes(pixels)[: rows * tok.grid] + tok.code_offset).tolist()
+        labels = self._label_ids(tok, opts.label, prompt is not None, request.num_samples)
+        return Plan([[tok.bos_id] + label + kept for label in labels], constraint=partial(self._constraint, tok),
+                    parsed=prompt, new_tokens=tok.num_patches + 2)  # label + every patch + EOS: the constraint ends it exactly
 
-    def _label_ids(self, tok: PatchTokenizer, args: argparse.Namespace, n: int) -> list[list[int]]:
+    def _label_ids(self, tok: PatchTokenizer, label: str | None, completing: bool, n: int) -> list[list[int]]:
         """The label token each sample starts with: --label; cycled over all classes when completing a
         prompt image without --label; none (the model samples it) otherwise."""
-        label = getattr(args, "label", None)
         if label is not None:
             if not tok.labels:
                 raise DataError("--label: this model was trained without class labels")
@@ -262,34 +237,24 @@ class ImageModality(Modality):
                 return [[tok.label_id(label)]] * n
             except ValueError as e:
                 raise DataError(f"--label: {e}") from None
-        if tok.labels and getattr(args, "prompt", None):
+        if tok.labels and completing:
             return [[tok.label_offset + i % len(tok.labels)] for i in range(n)]
         return [[]] * n
 
-    def _prompt_pixels(self, tok: PatchTokenizer, args: argparse.Namespace) -> tuple[np.ndarray, int] | None:
+    def _prompt_pixels(self, tok: PatchTokenizer, path: str | None, prompt_rows: int | None) -> tuple[np.ndarray, int] | None:
         """The prompt image's pixels and the number of patch rows kept, or None without --prompt."""
-        path = getattr(args, "prompt", None)
         if not path:
-            if getattr(args, "prompt_rows", None) is not None:
+            if prompt_rows is not None:
                 raise DataError("--prompt-rows needs --prompt IMAGE")
             return None
         try:
             pixels = tok.pixels(open_image(Path(path)))
         except ValueError as e:
             raise DataError(f"{path}: {e}") from None
-        rows = tok.grid // 2 if args.prompt_rows is None else args.prompt_rows
+        rows = tok.grid // 2 if prompt_rows is None else prompt_rows
         if not 0 <= rows <= tok.grid:
             raise DataError(f"--prompt-rows must be between 0 and {tok.grid} (patch rows of the image), got {rows}")
         return pixels, rows
-
-    def prompts(self, tokenizer: PatchTokenizer, args: argparse.Namespace, num_samples: int) -> list[list[int]]:
-        tok = tokenizer
-        kept: list[int] = []
-        prompt = self._prompt_pixels(tok, args)
-        if prompt is not None:
-            pixels, rows = prompt
-            kept = (tok.codes(pixels)[: rows * tok.grid] + tok.code_offset).tolist()
-        return [[tok.bos_id] + label + kept for label in self._label_ids(tok, args, num_samples)]
 
     def fit_prompt(self, tokenizer: PatchTokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
         """BOS, the label and the first whole patch rows that fit: generation goes on below them."""
@@ -297,7 +262,7 @@ class ImageModality(Modality):
         rows = max(0, (limit - start) // tokenizer.grid)
         return prompt[: start + rows * tokenizer.grid], f"its first {rows} patch rows"
 
-    def constraint(self, tokenizer: PatchTokenizer, args: argparse.Namespace) -> Constraint:
+    def _constraint(self, tokenizer: PatchTokenizer) -> Constraint:
         """Label tokens right after BOS (when labelled), then exactly num_patches codes, then EOS."""
         tok = tokenizer
         allow = torch.zeros(3, tok.vocab_size, dtype=torch.bool)
@@ -312,27 +277,26 @@ class ImageModality(Modality):
 
         return allowed
 
-    def write(self, tokenizer: PatchTokenizer, samples: list[Sample], out: Path | None, args: argparse.Namespace) -> list[Path]:
+    def write(self, tokenizer: PatchTokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         tok = tokenizer
         images = [tok.decode(s.prompt + s.tokens) for s in samples]
         labels = [tok.decode_label(s.prompt + s.tokens) for s in samples]
-        if out is None:
+        if request.out is None:
             for i, label in enumerate(labels):
                 head = f"sample {i}" + (f" (label {label})" if label is not None else "")
                 print(f"{head}, nll {samples[i].nll:.3f}\n{ascii_art(tok.decode_pixels(samples[i].prompt + samples[i].tokens))}\n")
             return []
-        out = Path(out)
+        out = Path(request.out)
         if out.exists() and not out.is_dir():
             raise DataError(f"{out}: --out must be a folder for images")
-        files = OutputFiles(overwrite=getattr(args, "overwrite", False), protect=[getattr(args, "prompt", None)])
+        files = OutputFiles(overwrite=request.overwrite, protect=[request.prompt])
         scale = max(1, math.ceil(64 / tok.size))  # 8×8 digits become 64×64 cells
         for i, (im, label) in enumerate(zip(images, labels)):
             files.add(out / (f"sample_{i:03d}" + (f"_{_safe(label)}" if label is not None else "") + ".png"), _png(im))
         cols = math.ceil(math.sqrt(len(images)))
         files.add(out / "grid.png", _png(tile(images, cols, scale)))
-        prompt = self._prompt_pixels(tok, args)
-        if prompt is not None:
-            files.add(out / "completion.png", _png(tile([tok.image(prompt[0])] + images, len(images) + 1, scale)))
+        if plan.parsed is not None:
+            files.add(out / "completion.png", _png(tile([tok.image(plan.parsed[0])] + images, len(images) + 1, scale)))
         return files.commit()
 
     # ---- evaluation ------------------------------------------------------------------------------

@@ -9,9 +9,8 @@ music21 is imported only inside functions: a cached `arseq prepare` or `train` n
 """
 from __future__ import annotations
 
-import argparse
 import math
-from dataclasses import replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -20,12 +19,13 @@ import numpy as np
 import torch
 
 from arseq.modalities import (
-    Constraint,
     DataError,
     EvalInputs,
     Example,
     Modality,
     OutputFiles,
+    Plan,
+    Request,
     Sample,
     Skipped,
 )
@@ -37,11 +37,25 @@ from arseq.modalities.music_reading import (
     read_in_parallel,
 )
 from arseq.modalities.render import piano_roll
+from arseq.models.sampling import SamplingConfig
 from arseq.tokenizers.score import PITCH, Events, Grammar, ScoreTokenizer
 
 # Nucleus sampling slightly cooled: at T = 1 the 0.8 M-parameter CPU model's samples were 90 % in key (held-out
 # chorales: 95 %), with these 92 %, their pitch-class entropy then matching the data's (configs/music/bach_chorales.yaml).
 SAMPLING_DEFAULTS = {"temperature": 0.9, "top_p": 0.95}
+
+
+@dataclass
+class MusicGenerate:
+    """music options (samples use temperature 0.9 and top_p 0.95 unless given: cutting the unlikely tail keeps small models in key)
+
+    Args:
+        bars: stop each sample after N new bars
+        prompt_bars: with --prompt FILE (MIDI/MusicXML/...): continue after its first N bars
+    """
+
+    bars: int | None = None
+    prompt_bars: int | None = None
 
 
 class MusicModality(Modality):
@@ -93,30 +107,23 @@ class MusicModality(Modality):
         return self.tokenizer.transpose(tokens, int(rng.integers(lo, hi + 1))).astype(tokens.dtype, copy=False)
 
     # ---- generation ---------------------------------------------------------------------------
-    def add_generate_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.description = (f"music samples with --temperature {SAMPLING_DEFAULTS['temperature']} --top-p "
-                              f"{SAMPLING_DEFAULTS['top_p']} unless those flags are typed: cutting the unlikely "
-                              "tail keeps small models in key")
-        parser.add_argument("--prompt-bars", type=int, default=None,
-                            help="with --prompt FILE (MIDI/MusicXML/...): continue after its first N bars")
-        parser.add_argument("--bars", type=int, default=None, help="stop each sample after N new bars")
+    generate_options = MusicGenerate
 
-    def configure_sampling(self, args: argparse.Namespace, sampling: Any) -> Any:
-        typed = getattr(args, "explicit", frozenset())
-        changes: dict[str, Any] = {k: v for k, v in SAMPLING_DEFAULTS.items() if k not in typed}
-        bars = getattr(args, "bars", None)
-        if bars is not None:
-            if bars < 1:
-                raise DataError(f"--bars must be >= 1, got {bars}")
-            changes["max_new_tokens"] = max(sampling.max_new_tokens, 64 * bars)
-        return replace(sampling, **changes)
-
-    def prompts(self, tokenizer: ScoreTokenizer, args: argparse.Namespace, num_samples: int) -> list[list[int]]:
-        prompt = getattr(args, "prompt", None)
-        if not prompt:
-            return [[tokenizer.bos_id] for _ in range(num_samples)]
-        ids = prompt_tokens(tokenizer, Path(prompt), getattr(args, "prompt_bars", None))
-        return [list(ids) for _ in range(num_samples)]
+    def plan(self, tokenizer: ScoreTokenizer, request: Request) -> Plan:
+        opts: MusicGenerate = request.options
+        sampling: dict[str, Any] = dict(SAMPLING_DEFAULTS)
+        if opts.bars is not None:
+            if opts.bars < 1:
+                raise DataError(f"--bars must be >= 1, got {opts.bars}")
+            sampling["max_new_tokens"] = max(SamplingConfig.max_new_tokens, 64 * opts.bars)
+        if request.prompt:
+            prompt = list(prompt_tokens(tokenizer, Path(request.prompt), opts.prompt_bars))
+        elif opts.prompt_bars is not None:
+            raise DataError("--prompt-bars needs --prompt FILE")
+        else:
+            prompt = [tokenizer.bos_id]
+        return Plan([list(prompt) for _ in range(request.num_samples)], sampling,
+                    constraint=partial(GrammarConstraint, tokenizer, opts.bars))
 
     def fit_prompt(self, tokenizer: ScoreTokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
         """The header and the first whole bars that fit, then a bar line (as --prompt-bars does)."""
@@ -126,20 +133,16 @@ class MusicModality(Modality):
             raise DataError(f"the prompt's first bar does not fit in {limit} tokens; choose a shorter prompt")
         return prompt[: bar_at[bars]] + [tokenizer.bar_id], f"its first {bars} of {len(bar_at)} bars"
 
-    def constraint(self, tokenizer: ScoreTokenizer, args: argparse.Namespace) -> Constraint:
-        return GrammarConstraint(tokenizer, getattr(args, "bars", None))
-
-    def write(self, tokenizer: ScoreTokenizer, samples: list[Sample], out: Path | None,
-              args: argparse.Namespace) -> list[Path]:
-        if out is None:
+    def write(self, tokenizer: ScoreTokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+        if request.out is None:
             for i, s in enumerate(samples):
                 ev = tokenizer.decode_events(s.prompt + s.tokens)
                 print(f"# sample {i}: {len(ev.bars)} bars, {len(ev.notes)} notes, {ev.num_parts} parts, "
                       f"{ev.repairs} repairs, nll {s.nll:.3f}")
                 print(" ".join(tokenizer.token_name(t) for t in s.prompt + s.tokens))
             return []
-        out = Path(out)
-        files = OutputFiles(overwrite=getattr(args, "overwrite", False), protect=[getattr(args, "prompt", None)])
+        out = Path(request.out)
+        files = OutputFiles(overwrite=request.overwrite, protect=[request.prompt])
         for i, s in enumerate(samples):
             ev = tokenizer.decode_events(s.prompt + s.tokens)
             score = tokenizer.to_score(ev)

@@ -16,24 +16,19 @@ usable left. Length, non-standard and duplicate filters are counted in `prepare`
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import gzip
 import hashlib
-import io
 import math
 import re
 import sys
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
-from Bio import SeqIO
-from Bio.Seq import Seq
-from Bio.SeqRecord import SeqRecord
 
 from arseq.atomic import atomic_write
 from arseq.modalities import (
@@ -43,6 +38,8 @@ from arseq.modalities import (
     Example,
     Modality,
     OutputFiles,
+    Plan,
+    Request,
     Sample,
     Skipped,
 )
@@ -53,6 +50,7 @@ from arseq.modalities.protein_fasta import (
     record_problem,
     start_motifs,
 )
+from arseq.modalities.protein_designs import design_table
 from arseq.modalities.protein_metrics import (
     NOVELTY_QUERIES,
     NOVELTY_REFERENCES,
@@ -61,9 +59,9 @@ from arseq.modalities.protein_metrics import (
     kl_divergence,
     longest_run,
     novelty,
-    properties,
     spread,
 )
+from arseq.models.sampling import SamplingConfig
 from arseq.tokenizers.protein import (
     NONSTANDARD,
     STANDARD,
@@ -82,6 +80,29 @@ PRESETS: dict[str, dict[str, float]] = {
     "progen2": {"temperature": 0.8, "top_p": 0.9},
 }
 NONSTANDARD_POLICIES = ("keep", "x", "drop")
+
+
+@dataclass
+class ProteinGenerate:
+    """protein options
+
+    Args:
+        prefix: start motif every design begins with, e.g. MKT
+        min_length: fewest residues per design (prefix included)
+        max_length: most residues per design (prefix included)
+        standard_only: only the 20 standard amino acids
+        preset: published sampling settings, as defaults (given sampling options win): protgpt2 (top_k 950,
+            repetition_penalty 1.2) or progen2 (temperature 0.8, top_p 0.9)
+        rank: keep this fraction of designs with the lowest perplexity, best first; designs with degenerate
+            repeats rank after all others (a repeat is easy to predict)
+    """
+
+    prefix: str | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    standard_only: bool = False
+    preset: Literal["protgpt2", "progen2"] | None = None
+    rank: float | None = None
 
 
 class ProteinModality(Modality):
@@ -217,20 +238,25 @@ class ProteinModality(Modality):
         return out
 
     # ---- generation ------------------------------------------------------------------------------
-    def add_generate_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--prefix", default=None, help="start motif every design begins with, e.g. MKT")
-        parser.add_argument("--min-length", type=int, default=None, help="fewest residues per design (prefix included)")
-        parser.add_argument("--max-length", type=int, default=None, help="most residues per design (prefix included)")
-        parser.add_argument("--standard-only", action="store_true", help="only the 20 standard amino acids")
-        parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                            help="published sampling settings: " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items())
-                            + " (explicit flags win)")
-        parser.add_argument("--rank", type=float, default=None, metavar="F",
-                            help="keep the fraction F of designs with the lowest perplexity, best first; designs "
-                            "with degenerate repeats rank after all others (a repeat is easy to predict)")
+    generate_options = ProteinGenerate
 
-    def _check_args(self, args: argparse.Namespace, prefixes: list[str]) -> None:
-        lo, hi, rank = getattr(args, "min_length", None), getattr(args, "max_length", None), getattr(args, "rank", None)
+    def plan(self, tokenizer: ProteinTokenizers, request: Request) -> Plan:
+        """Designs start with the motif(s) of --prefix or --prompt; --preset gives sampling defaults and
+        --max-length / --min-length size max_new_tokens; the constraint keeps lengths in range."""
+        opts: ProteinGenerate = request.options
+        prefixes = start_motifs(opts.prefix, request.prompt)
+        self._check(opts, prefixes)
+        sampling: dict[str, Any] = dict(PRESETS[opts.preset]) if opts.preset else {}
+        shortest = min(map(len, prefixes))
+        if opts.max_length is not None:  # room for the longest design and its EOS; the constraint ends it in time
+            sampling["max_new_tokens"] = opts.max_length - shortest + 1
+        elif opts.min_length is not None:
+            sampling["max_new_tokens"] = max(SamplingConfig.max_new_tokens, opts.min_length - shortest + 1)
+        prompts = [[tokenizer.bos_id, *tokenizer.encode(prefixes[i % len(prefixes)])] for i in range(request.num_samples)]
+        return Plan(prompts, sampling, constraint=partial(self._constraint, tokenizer, opts))
+
+    def _check(self, opts: ProteinGenerate, prefixes: list[str]) -> None:
+        lo, hi, rank = opts.min_length, opts.max_length, opts.rank
         if lo is not None and lo < 1 or hi is not None and hi < 1:
             raise DataError("--min-length and --max-length must be >= 1")
         if lo is not None and hi is not None and lo > hi:
@@ -239,37 +265,19 @@ class ProteinModality(Modality):
             raise DataError(f"the start motif is longer than --max-length {hi}")
         if rank is not None and not 0 < rank <= 1:
             raise DataError(f"--rank must be a fraction in (0, 1], not {rank}")
-        if getattr(args, "standard_only", False) and any(set(p) - set(STANDARD) for p in prefixes):
+        if opts.preset is not None and opts.preset not in PRESETS:
+            raise DataError(f"--preset {opts.preset!r}: not one of {', '.join(sorted(PRESETS))}")
+        if opts.standard_only and any(set(p) - set(STANDARD) for p in prefixes):
             raise DataError("--standard-only but the start motif has non-standard letters")
 
-    def configure_sampling(self, args: argparse.Namespace, sampling: Any) -> Any:
-        """Apply --preset to the settings not typed on the command line, and size max_new_tokens from
-        --max-length / --min-length."""
-        prefixes = start_motifs(getattr(args, "prefix", None), getattr(args, "prompt", None))
-        self._check_args(args, prefixes)
-        typed = getattr(args, "explicit", frozenset())
-        preset = PRESETS.get(getattr(args, "preset", None) or "", {})
-        changes: dict[str, Any] = {key: value for key, value in preset.items() if key not in typed}
-        shortest = min(map(len, prefixes))
-        lo, hi = getattr(args, "min_length", None), getattr(args, "max_length", None)
-        if hi is not None:  # room for the longest design and its EOS; the constraint ends it in time
-            changes["max_new_tokens"] = hi - shortest + 1
-        elif lo is not None:
-            changes["max_new_tokens"] = max(sampling.max_new_tokens, lo - shortest + 1)
-        return replace(sampling, **changes)
-
-    def prompts(self, tokenizer: ProteinTokenizers, args: argparse.Namespace, num_samples: int) -> list[list[int]]:
-        prefixes = start_motifs(getattr(args, "prefix", None), getattr(args, "prompt", None))
-        return [[tokenizer.bos_id, *tokenizer.encode(prefixes[i % len(prefixes)])] for i in range(num_samples)]
-
-    def constraint(self, tokenizer: ProteinTokenizers, args: argparse.Namespace) -> Constraint:
+    def _constraint(self, tokenizer: ProteinTokenizers, opts: ProteinGenerate) -> Constraint:
         """Only residue tokens (of the chosen alphabet), no EOS before --min-length, EOS at --max-length."""
         lengths = torch.from_numpy(residue_lengths(tokenizer))
         residue = lengths > 0
-        if getattr(args, "standard_only", False):
+        if opts.standard_only:
             residue &= torch.from_numpy(standard_ids(tokenizer))
-        lo = max(1, getattr(args, "min_length", None) or 1)
-        hi = getattr(args, "max_length", None)
+        lo = max(1, opts.min_length or 1)
+        hi = opts.max_length
         eos = tokenizer.eos_id
         counted: dict[int, tuple[list[int], int, int]] = {}  # id(row) -> (row, tokens counted, residues)
 
@@ -289,48 +297,25 @@ class ProteinModality(Modality):
 
         return allowed
 
-    def write(
-        self, tokenizer: ProteinTokenizers, samples: list[Sample], out: Path | None, args: argparse.Namespace
-    ) -> list[Path]:
+    def write(self, tokenizer: ProteinTokenizers, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         """FASTA (prefix + design; the header has its length, perplexity and end: eos, max_length when EOS
         was forced there, or limit when max_new_tokens ran out) and beside it a CSV of properties; both are
         computed in full before either file is replaced atomically."""
-        seqs = [tokenizer.decode([*s.prompt, *s.tokens]) for s in samples]
-        repeats = [degenerate(seq) for seq in seqs]
-        order = list(range(len(samples)))
-        rank = getattr(args, "rank", None)
-        if rank is not None:  # a repeat's low perplexity is not quality: degenerate designs rank last
-            order = sorted(order, key=lambda i: (repeats[i], samples[i].perplexity))
-            order = order[: max(1, math.ceil(rank * len(samples)))]
-        width = len(str(len(samples)))
-        records, rows = [], []
-        for i in order:
-            s, seq = samples[i], seqs[i]
-            name = f"design_{i + 1:0{width}d}"
-            end = "limit" if not s.stopped else "max_length" if len(seq) == getattr(args, "max_length", None) else "eos"
-            desc = f"length={len(seq)} perplexity={s.perplexity:.3f} end={end}"
-            records.append(SeqRecord(Seq(seq), id=name, description=desc))
-            rows.append({"id": name, "length": len(seq), "perplexity": round(s.perplexity, 4), "end": end,
-                         "longest_run": longest_run(seq), "degenerate": int(repeats[i]), **properties(seq)})
-        fasta = io.StringIO()
-        SeqIO.write(records, fasta, "fasta")
+        fasta, table = design_table([tokenizer.decode([*s.prompt, *s.tokens]) for s in samples], samples,
+                                    request.options.rank, request.options.max_length)
+        out = request.out
         if out is None:
-            sys.stdout.write(fasta.getvalue())
+            sys.stdout.write(fasta)
             return []
         out = Path(out)
         if out.is_dir():
             out = out / "designs.fasta"
         if out.suffix == ".csv":
             raise DataError(f"{out}: --out names the FASTA file; the property CSV is written beside it")
-        table = io.StringIO()
-        writer = csv.DictWriter(table, fieldnames=list(rows[0]) if rows else ["id"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
         csv_path = out.with_name(out.name.removesuffix(".gz")).with_suffix(".csv")
-        files = OutputFiles(overwrite=getattr(args, "overwrite", False), protect=[getattr(args, "prompt", None)])
-        text = fasta.getvalue()
-        files.add(out, gzip.compress(text.encode()) if out.name.endswith(".gz") else text)
-        files.add(csv_path, table.getvalue())
+        files = OutputFiles(overwrite=request.overwrite, protect=[request.prompt])
+        files.add(out, gzip.compress(fasta.encode()) if out.name.endswith(".gz") else fasta)
+        files.add(csv_path, table)
         return files.commit()
 
     # ---- reporting -------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ byte; `errors: replace` decodes it anyway, replacing invalid bytes with U+FFFD.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -20,6 +19,8 @@ from arseq.modalities.base import (
     Example,
     Modality,
     OutputFiles,
+    Plan,
+    Request,
     Sample,
     Skipped,
 )
@@ -90,19 +91,20 @@ class TextModality(Modality):
         return {"data": {"paths": str(tmp_dir / "text")}}
 
     # ---- generation ------------------------------------------------------------------------------
-    def prompts(self, tokenizer: Tokenizer, args: argparse.Namespace, num_samples: int) -> list[list[int]]:
+    def plan(self, tokenizer: Tokenizer, request: Request) -> Plan:
+        """--prompt is text to continue; one sample printed to the terminal streams as it is sampled."""
         try:
-            ids = tokenizer.encode(args.prompt or "")
+            ids = tokenizer.encode(request.prompt or "")
         except ValueError as e:
             raise DataError(f"--prompt: {e}") from None
-        return [[tokenizer.bos_id, *ids] for _ in range(num_samples)]
+        stream = request.out is None and request.num_samples == 1
+        return Plan([[tokenizer.bos_id, *ids] for _ in range(request.num_samples)],
+                    streamer=self._streamer(tokenizer, request.prompt) if stream else None)
 
-    def streamer(self, tokenizer: Tokenizer, args: argparse.Namespace) -> Callable[[int, int], None] | None:
-        if args.out is not None or args.num_samples != 1:
-            return None
+    def _streamer(self, tokenizer: Tokenizer, prompt: str | None) -> Callable[[int, int], None]:
         printed, ids = [""], []
-        if args.prompt:
-            sys.stdout.write(args.prompt)
+        if prompt:
+            sys.stdout.write(prompt)
 
         def emit(row: int, token: int) -> None:
             if token == tokenizer.eos_id:
@@ -116,16 +118,17 @@ class TextModality(Modality):
 
         return emit
 
-    def write(self, tokenizer: Tokenizer, samples: list[Sample], out: Path | None, args: argparse.Namespace) -> list[Path]:
-        texts = [(args.prompt or "") + tokenizer.decode(s.tokens) for s in samples]
+    def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+        texts = [(request.prompt or "") + tokenizer.decode(s.tokens) for s in samples]
+        out = request.out
         if out is None:
-            if len(samples) == 1:
+            if plan.streamer is not None:
                 print()  # the sample was streamed already
             else:
                 for i, t in enumerate(texts):
                     print(f"----- sample {i} -----\n{t}")
             return []
-        files = OutputFiles(overwrite=getattr(args, "overwrite", False))
+        files = OutputFiles(overwrite=request.overwrite)
         if out.suffix in (".txt", ".md"):
             files.add(out, "\n\n".join(texts) + "\n")
         else:

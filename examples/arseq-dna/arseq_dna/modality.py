@@ -5,12 +5,12 @@ content and bits per base. It imports only arseq's public API: `arseq.modalities
 """
 from __future__ import annotations
 
-import argparse
 import gzip
+import io
 import math
-import os
 import sys
-import tempfile
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
@@ -20,13 +20,26 @@ from Bio import SeqIO
 from Bio.Seq import Seq
 from Bio.SeqRecord import SeqRecord
 
-from arseq.modalities import Constraint, DataError, EvalInputs, Example, Modality, Sample, Skipped
+from arseq.modalities import (
+    Constraint, DataError, EvalInputs, Example, Modality, OutputFiles, Plan, Request, Sample, Skipped,
+)
 from arseq.tokenizers import Tokenizer
 
 from arseq_dna import synthetic
 from arseq_dna.tokenizer import NucleotideTokenizer
 
 FASTA = (".fa", ".fasta", ".fna", ".ffn", ".frn")
+
+
+@dataclass
+class DnaGenerate:
+    """dna options
+
+    Args:
+        length: exact length in bases of every sequence, prompt included (default: until the model stops)
+    """
+
+    length: int | None = None
 
 
 def gc_fraction(seq: str) -> float:
@@ -102,32 +115,29 @@ class DnaModality(Modality):
         return {"data": {"paths": str(synthetic.write_fasta(tmp_dir / "genes.fasta", n=60))}}
 
     # ---- generation ------------------------------------------------------------------------------
-    def add_generate_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--length", type=int, default=None,
-                            help="exact length in bases of every sequence, prompt included (default: until the model stops)")
+    generate_options = DnaGenerate
 
-    def configure_sampling(self, args: argparse.Namespace, sampling: Any) -> Any:
-        if args.length is not None:
-            if args.length < 1:
-                raise DataError("--length must be >= 1")
-            sampling.max_new_tokens = args.length + 1  # enough for single-base tokens and the EOS
-        return sampling
-
-    def prompts(self, tokenizer: Tokenizer, args: argparse.Namespace, num_samples: int) -> list[list[int]]:
+    def plan(self, tokenizer: Tokenizer, request: Request) -> Plan:
+        """--prompt is a base string to continue; --length fixes every sequence's length."""
+        length = request.options.length
+        if length is not None and length < 1:
+            raise DataError("--length must be >= 1")
         try:
-            ids = tokenizer.encode(args.prompt or "")
+            ids = tokenizer.encode(request.prompt or "")
         except ValueError as e:
             raise DataError(f"--prompt: {e}") from None
-        if args.length is not None and len(args.prompt or "") >= args.length:
-            raise DataError(f"--prompt is {len(args.prompt)} bases long, not shorter than --length {args.length}")
-        return [[tokenizer.bos_id, *ids] for _ in range(num_samples)]
+        if length is not None and len(request.prompt or "") >= length:
+            raise DataError(f"--prompt is {len(request.prompt)} bases long, not shorter than --length {length}")
+        sampling = {"max_new_tokens": length + 1} if length is not None else {}  # single-base tokens and the EOS
+        return Plan([[tokenizer.bos_id, *ids] for _ in range(request.num_samples)], sampling,
+                    constraint=partial(self.constraint, tokenizer, length))
 
-    def constraint(self, tokenizer: Tokenizer, args: argparse.Namespace) -> Constraint | None:
-        """Unambiguous bases only (no N, no specials) until EOS; with --length, exactly that many bases."""
+    def constraint(self, tokenizer: Tokenizer, length: int | None) -> Constraint:
+        """Unambiguous bases only (no N, no specials) until EOS; with a length, exactly that many bases."""
         bases = torch.from_numpy(tokenizer.token_bases)
         allowed = bases > 0
         allowed[tokenizer.n_id] = False
-        length, seen = args.length, {}  # id(row) -> (tokens counted, bases in them)
+        seen = {}  # id(row) -> (row, tokens counted, bases in them); the row is kept so its id is never reused
 
         def mask(rows: list[list[int]]) -> torch.Tensor:
             out = allowed.expand(len(rows), -1).clone()
@@ -135,37 +145,31 @@ class DnaModality(Modality):
                 out[:, tokenizer.eos_id] = True
                 return out
             for i, row in enumerate(rows):  # rows grow in place: count only the new tokens
-                counted, total = seen.get(id(row), (0, 0))
+                _, counted, total = seen.get(id(row), (row, 0, 0))
                 total += int(bases[row[counted:]].sum())
-                seen[id(row)] = (len(row), total)
+                seen[id(row)] = (row, len(row), total)
                 out[i] &= bases <= length - total
                 out[i, tokenizer.eos_id] = total >= length
             return out
 
         return mask
 
-    def write(self, tokenizer: Tokenizer, samples: list[Sample], out: Path | None, args: argparse.Namespace) -> list[Path]:
+    def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         records = []
         for i, s in enumerate(samples):
             seq = tokenizer.decode(s.prompt + s.tokens)
             end = "stopped" if s.stopped else "cut at --max-new-tokens"
             desc = f"length={len(seq)} gc={gc_fraction(seq):.3f} nll_per_token={s.nll:.3f} {end}"
             records.append(SeqRecord(Seq(seq), id=f"sample_{i:03d}", description=desc))
-        if out is None:
-            SeqIO.write(records, sys.stdout, "fasta")
+        text = io.StringIO()
+        SeqIO.write(records, text, "fasta")
+        if request.out is None:
+            sys.stdout.write(text.getvalue())
             return []
-        path = out if out.name.endswith(FASTA) else out / "samples.fasta"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:  # readers see the old file or the whole new one, never half of it
-            with os.fdopen(fd, "w", encoding="ascii") as handle:
-                SeqIO.write(records, handle, "fasta")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return [path]
+        out = request.out
+        files = OutputFiles(overwrite=request.overwrite)  # atomic, 0644, never over a file unless asked
+        files.add(out if out.name.endswith(FASTA) else out / "samples.fasta", text.getvalue())
+        return files.commit()
 
     # ---- evaluation ------------------------------------------------------------------------------
     def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:

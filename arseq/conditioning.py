@@ -1,0 +1,128 @@
+"""Control tokens: condition one model on fields of each item (a protein's location tag, a piece's key).
+
+A modality names its fields (`Modality.condition_fields`) and puts each item's values in
+`Example.conditions`. `prepare` learns the values the data has and reserves, after the modality's own
+vocabulary, one token per field for "unknown" and one per value. Every item becomes
+`BOS <field=value>... tokens EOS`: one control token per field, in a fixed order, the unknown one where an
+item has no value. Training swaps each control token for its field's unknown token with probability
+`drop`, so the same model also samples unconditionally. `generate --cond FIELD=VALUE` puts the tokens into
+every prompt (unknown for fields not given). The modality never sees them: the core hides them from its
+constraint, its writer and its metrics (`hide`, `strip`).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from arseq.errors import DataError
+from arseq.models.sampling import Constraint
+
+
+@dataclass
+class Controls:
+    """The control tokens of a conditioned model (saved in its checkpoint as `conditions`)."""
+
+    offset: int  # the modality tokenizer's vocabulary size: control ids start here
+    fields: dict[str, list[str]]  # field -> the values seen in the data, sorted
+    drop: float = 0.1  # training: chance that a control token is replaced by its field's unknown token
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # field -> value -> items (training data)
+
+    @property
+    def size(self) -> int:
+        return sum(len(values) + 1 for values in self.fields.values())
+
+    @property
+    def width(self) -> int:
+        """Control tokens per sequence (one per field)."""
+        return len(self.fields)
+
+    def _base(self, name: str) -> int:
+        base = self.offset
+        for f, values in self.fields.items():
+            if f == name:
+                return base
+            base += len(values) + 1
+        raise KeyError(name)
+
+    def unknown_id(self, name: str) -> int:
+        return self._base(name)
+
+    def value_id(self, name: str, value: str) -> int:
+        return self._base(name) + 1 + self.fields[name].index(value)
+
+    def ids(self, values: dict[str, str | None]) -> list[int]:
+        """One control id per field: the value's, or unknown where it is missing or unseen."""
+        return [self.value_id(f, values[f]) if values.get(f) in known else self.unknown_id(f) for f, known in self.fields.items()]
+
+    def parse(self, specs: Sequence[str]) -> list[int]:
+        """`--cond FIELD=VALUE` flags as control ids (unknown for fields not given); one-line errors."""
+        given: dict[str, str] = {}
+        for spec in specs:
+            name, eq, value = spec.partition("=")
+            name, value = name.strip(), value.strip().strip("\"'")
+            if not eq or not name:
+                raise DataError(f"--cond {spec!r}: expected FIELD=VALUE, e.g. --cond {next(iter(self.fields), 'tag')}=...")
+            if name not in self.fields:
+                raise DataError(f"--cond {spec!r}: this model knows the condition field(s) {', '.join(self.fields)}, not {name!r}")
+            if value not in self.fields[name]:
+                raise DataError(f"--cond {spec!r}: {name} {value!r} was never seen in training; known: {', '.join(self.fields[name])}")
+            given[name] = value
+        return self.ids(given)
+
+    def insert(self, tokens: Sequence[int], ids: Sequence[int]) -> list[int]:
+        """The control ids right after BOS (tokens[0])."""
+        return [tokens[0], *ids, *tokens[1:]]
+
+    def strip(self, tokens: Iterable[int]) -> list[int]:
+        """The modality's own tokens: control ids removed."""
+        return [int(t) for t in tokens if not self.offset <= t < self.offset + self.size]
+
+    def unknown_table(self) -> np.ndarray:
+        """id -> the id training may swap it for: a control id's field's unknown id, every other id itself."""
+        table = np.arange(self.offset + self.size, dtype=np.int64)
+        for name, values in self.fields.items():
+            base = self._base(name)
+            table[base : base + len(values) + 1] = base
+        return table
+
+    def hide(self, inner: Constraint | None) -> Constraint:
+        """The modality's constraint on rows without their control tokens, and never a control token next."""
+        width, vocab = self.width, self.offset + self.size
+        views: dict[int, tuple[list[int], list[int]]] = {}  # id(row) -> (row, its tokens without controls)
+
+        def allowed(rows: list[list[int]]) -> torch.Tensor:
+            shown = []
+            for row in rows:
+                _, view = views.get(id(row), (row, [row[0]]))
+                del view[max(1, len(row) - width) :]  # a row may shrink (rejected tokens rolled back)
+                view.extend(row[len(view) + width :])
+                views[id(row)] = (row, view)
+                shown.append(view)
+            mask = torch.zeros(len(rows), vocab, dtype=torch.bool)
+            mask[:, : self.offset] = inner(shown) if inner is not None else True
+            return mask
+
+        return allowed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"offset": self.offset, "fields": self.fields, "drop": self.drop, "counts": self.counts}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any] | None) -> "Controls | None":
+        if not state:
+            return None
+        return cls(int(state["offset"]), {k: list(v) for k, v in state["fields"].items()}, float(state.get("drop", 0.1)),
+                   {k: dict(v) for k, v in state.get("counts", {}).items()})
+
+    @classmethod
+    def learn(cls, offset: int, names: Sequence[str], items: Sequence[dict[str, str]], drop: float) -> "Controls | None":
+        """The fields among `names` that some item has a value for; None when there is none."""
+        counts = {n: Counter(v for item in items if (v := item.get(n)) is not None) for n in names}
+        fields = {n: sorted(c) for n, c in counts.items() if c}
+        if not fields:
+            return None
+        return cls(offset, fields, drop, {n: dict(sorted(counts[n].items())) for n in fields})

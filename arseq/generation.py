@@ -1,0 +1,228 @@
+"""generate and evaluate as plain functions: a typed Request goes to the modality's `plan` once, the core
+samples (batched, seeded per sample) and scores, and the modality writes files.
+
+Used by the CLI (arseq.options parses flags and YAML into these types) and by the Python API (arseq.api).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from arseq.checkpoint import Loaded
+from arseq.data.prepare import DataConfig, Prepared, prepare
+from arseq.modalities import DataError, EvalInputs, Modality, Plan, Request, Sample
+from arseq.models.sampling import SamplingConfig, generate
+from arseq.models.scoring import sequence_nll, unigram_baseline
+from arseq.workflows import resolve_device
+
+# The generation hooks before typed options (arseq 0.1): a plugin overriding them gets one line, not a traceback.
+OLD_HOOKS = ("add_generate_arguments", "configure_sampling", "prompts", "constraint", "streamer")
+
+
+@dataclass
+class RunOptions:
+    """How the model runs
+
+    Args:
+        batch_size: samples (or evaluation chunks) per forward pass
+        device: cpu, cuda, cuda:1 ... (default: cuda when available)
+        compile: off, on or auto: torch.compile the decode step (CUDA graphs on a GPU); auto falls back to eager where it cannot work
+        quantize: none or int8 (int8 weights, per-channel scales)
+        dtype: float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on a GPU that supports it)
+    """
+
+    batch_size: int = 16
+    device: str | None = None
+    compile: str | bool = "off"
+    quantize: str = "none"
+    dtype: str | None = None
+
+
+def check_hooks(modality: Modality) -> None:
+    """A plugin written for the old generation hooks: say what changed, in one line."""
+    cls = type(modality)
+    old = [h for h in OLD_HOOKS if hasattr(cls, h)] if cls.plan is Modality.plan else []
+    write_params = list(inspect.signature(cls.write).parameters)
+    if "args" in write_params or "out" in write_params:
+        old.append("write(tokenizer, samples, out, args)")
+    if old:
+        raise DataError(f"modality {modality.name!r} ({cls.__module__}.{cls.__qualname__}) uses the generation hooks of "
+                        f"arseq 0.1 ({', '.join(old)}): declare its options as a dataclass in `generate_options`, return "
+                        "prompts, sampling defaults and a constraint from `plan(tokenizer, request)`, and write with "
+                        "`write(tokenizer, samples, request, plan)` (docs/plugins.md)")
+
+
+def fit_prompts(modality: Modality, tok: Any, prompts: list[list[int]], context: int, max_new_tokens: int) -> list[list[int]]:
+    """Cut prompts longer than the context to what fits with room to generate, saying so once per prompt."""
+    room = max(1, min(max_new_tokens, context // 4))
+    fitted: dict[tuple[int, ...], list[int]] = {}
+    for p in prompts:
+        if len(p) > context and tuple(p) not in fitted:
+            kept, what = modality.fit_prompt(tok, list(p), context - room)
+            print(f"arseq: the prompt is {len(p)} tokens, more than the model's context of {context}; "
+                  f"kept {what} ({len(kept)} tokens)", file=sys.stderr)
+            fitted[tuple(p)] = kept
+    return [fitted.get(tuple(p), p) for p in prompts]
+
+
+def make_plan(loaded: Loaded, request: Request) -> tuple[Plan, SamplingConfig]:
+    """The modality's plan for a request, its prompts fitted to the context, and the sampling settings:
+    the core's defaults, then the modality's, then the request's."""
+    tok, modality = loaded.tokenizer, loaded.modality
+    check_hooks(modality)
+    if modality.generate_options is not None and not isinstance(request.options, modality.generate_options):
+        request.options = modality.generate_options()
+    plan = modality.plan(tok, request)
+    try:
+        cfg = request.sampling.resolve(plan.sampling, (tok.eos_id,))
+    except ValueError as e:
+        raise DataError(f"sampling: {e}") from None
+    if plan.new_tokens is not None:
+        cfg = replace(cfg, max_new_tokens=plan.new_tokens)
+    plan.prompts = fit_prompts(modality, tok, plan.prompts, loaded.model.cfg.max_seq_len, cfg.max_new_tokens)
+    return plan, cfg
+
+
+def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, compile: Any = False, stream: bool = True) -> list[Sample]:
+    """Sample one sequence per prompt of the plan, with its constraint (and streamer, when `stream`)."""
+    tok, model = loaded.tokenizer, loaded.model
+    prompts, streamer = plan.prompts, plan.streamer if stream else None
+    out: list[Sample] = []
+    batches = range(0, len(prompts), batch_size)
+    if streamer is None and len(prompts) > 1:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="generating", unit="batch", leave=False, disable=None)
+    for b0 in batches:
+        batch = prompts[b0 : b0 + batch_size]
+        # Sample i is seeded with seed + i: the same samples at any --batch-size
+        seeds = [cfg.seed + b0 + i for i in range(len(batch))] if cfg.seed is not None else None
+        constraint = plan.constraint() if plan.constraint is not None else None
+
+        def on_token(step: int, tokens: torch.Tensor, finished: torch.Tensor) -> None:
+            for row, t in enumerate(tokens.tolist()):
+                if not finished[row] or t == tok.eos_id:
+                    streamer(row, t)
+
+        gen = generate(model, batch, cfg, pad_id=tok.pad_id, seeds=seeds, constraint=constraint,
+                       on_token=on_token if streamer else None, compile=compile)
+        scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, gen.tokens, gen.stopped)]
+        nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id)
+        for p, t, s, n, c in zip(batch, gen.tokens, gen.stopped, nll, count):
+            out.append(Sample(list(p), t, s, float(n / c) if c else float("nan")))
+    return out
+
+
+def held_out(loaded: Loaded, data_paths: list[str] | None) -> tuple[Prepared | None, list[np.ndarray], str]:
+    """The training data (None when it is gone), the items to evaluate (--data.paths, else the validation
+    split), and where they came from; all tokenized with the checkpoint's tokenizer."""
+    modality, tok = loaded.modality, loaded.tokenizer
+    options = loaded.meta["modality"].get("options", {})
+    trained_on = DataConfig(**loaded.meta["data"])
+    try:
+        train_data: Prepared | None = prepare(modality, options, trained_on, tokenizer=tok)
+    except DataError:
+        train_data = None  # the training data is not here any more
+    if data_paths:
+        evaluated = prepare(modality, options, DataConfig(paths=data_paths, val_fraction=0, block_size=trained_on.block_size), tokenizer=tok).train
+        where = ", ".join(data_paths)
+    elif train_data is not None:
+        evaluated, where = train_data.val, "validation split"
+    else:
+        raise DataError("the training data of this checkpoint is not available; pass --data.paths")
+    items = evaluated.items()
+    if not items:
+        raise DataError(f"no held-out items to evaluate ({where}); pass --data.paths")
+    return train_data, items, where
+
+
+def modality_metrics(modality: Modality, tok: Any, sequences: list[list[int]], reference: Any) -> dict[str, Any]:
+    """`Modality.metrics`, also for plugins written before it took the training items (`reference`)."""
+    if "reference" in inspect.signature(modality.metrics).parameters:
+        return modality.metrics(tok, sequences, reference=reference)
+    return modality.metrics(tok, sequences)
+
+
+def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list[str] | None = None,
+             stride: int | None = None) -> dict[str, Any]:
+    """Loss on held-out data, the modality's extra figures, and (with request.num_samples) sample metrics."""
+    tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
+    train_data, items, where = held_out(loaded, data_paths)
+    t0 = time.perf_counter()
+    context = model.cfg.max_seq_len
+    stride = stride or max(1, context // 2)
+    nll, count = sequence_nll(model, items, batch_size=run.batch_size, pad_id=tok.pad_id, stride=stride, progress=True)
+    loss = float(nll.sum() / max(1, count.sum()))
+    result: dict[str, Any] = {
+        "data": where,
+        "items": len(items),
+        "predicted_tokens": int(count.sum()),
+        "context": context,
+        "stride": stride,
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_token": loss / math.log(2),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    train_items = train_data.train.items() if train_data is not None else items
+    unigram, counted = unigram_baseline(train_items, items, tok.vocab_size, never_predicted=(tok.pad_id, tok.bos_id))
+    result["baselines"] = {"unigram": {"loss": unigram, "perplexity": math.exp(unigram)}}
+    result["perplexity_vs_unigram"] = math.exp(loss - unigram)
+    result["unigram_counted_tokens"] = counted
+    report = EvalInputs(loss, float(nll.sum()), int(count.sum()), nll, count, train_items, items)
+    extra = modality.evaluate(tok, report)
+    result.update({**extra, "baselines": {**result["baselines"], **extra.get("baselines", {})}})
+    if request.num_samples > 0:
+        plan, cfg = make_plan(loaded, request)
+        result["sampling"] = {k: v for k, v in asdict(cfg).items() if k != "stop_tokens"}
+        samples = sample(loaded, plan, cfg, run.batch_size, run.compile, stream=False)
+        result["sample_metrics"] = modality_metrics(modality, tok, [s.prompt + s.tokens for s in samples], train_items)
+        n = min(len(items), max(request.num_samples, 100))  # a seeded sample of the held-out items, not the first n
+        chosen = np.random.default_rng(0).choice(len(items), n, replace=False)
+        result["data_metrics"] = modality_metrics(modality, tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)], train_items)
+        result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))
+    return result
+
+
+def prepare_model(loaded: Loaded, run: RunOptions) -> None:
+    """Check the run options and put the model on its device, in its dtype, int8 or compiled as asked."""
+    from arseq.models.inference import prepare_for_inference
+
+    if run.batch_size < 1:
+        raise DataError(f"--batch-size must be >= 1, got {run.batch_size}")
+    prepare_for_inference(loaded.model, resolve_device(run.device), run.dtype, run.quantize, run.compile)
+
+
+def run_generate(loaded: Loaded, request: Request, run: RunOptions) -> tuple[list[Sample], list[Path]]:
+    """Sample `request.num_samples` sequences and write the modality's files under `request.out`
+    (printed when it is None); return the samples and the paths written."""
+    if request.num_samples < 1:
+        raise DataError(f"--num-samples must be >= 1, got {request.num_samples}")
+    if request.out is not None and Path(request.out).is_file() and not request.overwrite:
+        raise DataError(f"{request.out}: already exists; pass --overwrite to replace it, or choose another --out")
+    prepare_model(loaded, run)
+    plan, cfg = make_plan(loaded, request)
+    samples = sample(loaded, plan, cfg, run.batch_size, run.compile)
+    if request.out is not None:
+        request.out = Path(request.out)
+    return samples, loaded.modality.write(loaded.tokenizer, samples, request, plan)
+
+
+def run_evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list[str] | None = None,
+                 stride: int | None = None) -> dict[str, Any]:
+    """`arseq evaluate`: checks the options, prepares the model, returns the JSON report."""
+    context = loaded.model.cfg.max_seq_len
+    if request.num_samples < 0:
+        raise DataError(f"--num-samples must be >= 0, got {request.num_samples}")
+    if stride is not None and not 0 < stride <= context:
+        raise DataError(f"--stride must be between 1 and the model's context ({context}), got {stride}")
+    prepare_model(loaded, run)
+    return evaluate(loaded, request, run, data_paths, stride)

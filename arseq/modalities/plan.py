@@ -1,0 +1,70 @@
+"""What one generate/evaluate call asks of a modality (`Request`) and what the modality answers (`Plan`).
+
+Options are typed dataclasses: the core's (`SamplingOptions`) and each modality's own
+(`Modality.generate_options`). The command line builds its flags from them, YAML configs and the Python
+API fill the same fields. A sampling option left at None means "the modality's default, else the core's",
+so nothing ever asks whether a flag was typed: a value given wins, whatever its source.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from arseq.models.sampling import Constraint, SamplingConfig
+
+
+@dataclass
+class SamplingOptions:
+    """Sampling (unset: the modality's default, else the core's)
+
+    Args:
+        max_new_tokens: tokens to generate per sample at most (core default 256)
+        temperature: 0 = greedy (core default 1.0)
+        top_k: sample among the k likeliest tokens
+        top_p: sample among the likeliest tokens holding this probability mass
+        min_p: drop tokens less likely than min_p times the likeliest
+        repetition_penalty: > 1 discourages tokens already present (core default 1.0)
+        seed: same seed, same samples, at any batch size (sample i is seeded with seed + i)
+    """
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+
+    def resolve(self, defaults: dict[str, Any], stop_tokens: tuple[int, ...]) -> SamplingConfig:
+        """The SamplingConfig to sample with: the core's defaults, then the modality's, then these values."""
+        unknown = set(defaults) - {f.name for f in fields(self)}
+        if unknown:
+            raise ValueError(f"a modality's sampling defaults name unknown option(s): {', '.join(sorted(unknown))}")
+        given = {k: v for k, v in asdict(self).items() if v is not None}
+        return SamplingConfig(**{**defaults, **given}, stop_tokens=stop_tokens)
+
+
+@dataclass
+class Request:
+    """One generate/evaluate call, typed. `options` is an instance of the modality's `generate_options`."""
+
+    num_samples: int = 1
+    prompt: str | None = None  # text for text models, a file for music, images, proteins (FASTA)
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    options: Any = None
+    out: Path | None = None  # generate: the output file or folder; None prints
+    overwrite: bool = False  # replace files `out` would write that exist already
+
+
+@dataclass
+class Plan:
+    """A modality's answer to a Request: prompts (parsed once, here), sampling defaults, a constraint, a
+    streamer, and anything `write` needs from the prompt (`parsed`: e.g. the prompt image's pixels)."""
+
+    prompts: list[list[int]]
+    sampling: dict[str, Any] = field(default_factory=dict)  # defaults for the SamplingOptions left unset
+    constraint: Callable[[], Constraint] | None = None  # makes a fresh constraint (it may keep per-row state)
+    streamer: Callable[[int, int], None] | None = None  # fed (row, token) as tokens are sampled
+    parsed: Any = None
+    new_tokens: int | None = None  # every sample needs exactly this many (an image's patches): replaces max_new_tokens

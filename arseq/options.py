@@ -1,0 +1,191 @@
+"""The options of generate, evaluate and analyze drift: one jsonargparse parser built from the typed
+dataclasses (SamplingOptions, RunOptions, the modality's `generate_options`), so flags, `--help`, YAML
+(`--config gen.yaml`, `--print_config`) and the Python API (`parse_object`) check the same types.
+"""
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from arseq.errors import DataError, first_line, one_line
+from arseq.generation import RunOptions
+from arseq.modalities import Request, SamplingOptions
+
+HELP = {
+    "generate": "sample from a checkpoint or export and write files",
+    "evaluate": "held-out loss, perplexity and modality metrics as JSON",
+}
+# Chosen by loading the model, before the full parser (whose options depend on its modality) exists.
+LOAD_KEYS = ("checkpoint", "modality", "trust_modality_import")
+
+
+@dataclass
+class Call:
+    """A parsed generate/evaluate call."""
+
+    request: Request
+    run: RunOptions
+    data_paths: list[str] | None = None  # evaluate: score these files instead of the validation split
+    stride: int | None = None
+
+
+def field_kinds(classes: Sequence[type]) -> dict[str, str]:
+    """'bool' or 'list' for the fields the command line spells as bare flags or space-separated values."""
+    kinds = {}
+    for cls in classes:
+        for name, hint in typing.get_type_hints(cls).items():
+            args = set(typing.get_args(hint)) - {type(None)} or {hint}
+            if args == {bool}:
+                kinds[name] = "bool"
+            elif any(typing.get_origin(a) is list for a in args):
+                kinds[name] = "list"
+    return kinds
+
+
+def normalize(argv: Sequence[str], kinds: dict[str, str]) -> list[str]:
+    """argparse's conventions on jsonargparse flags: `--top-k` for `--top_k`, a bare `--overwrite` for
+    `--overwrite true`, `--no-divergence` for `--divergence false`, `--data.paths a b` for a list."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("--") or arg == "--":
+            out.append(arg)
+            continue
+        name, eq, value = arg[2:].partition("=")
+        name = name.replace("-", "_")
+        if name.startswith("no_") and kinds.get(name[3:]) == "bool" and not eq:
+            out += [f"--{name[3:]}", "false"]
+            continue
+        kind = kinds.get(name)
+        if eq:
+            out.append(f"--{name}={value}")
+        elif kind == "bool" and (i == len(argv) or argv[i].lower() not in ("true", "false")):
+            out += [f"--{name}", "true"]
+        elif kind == "list":
+            values = []
+            while i < len(argv) and not argv[i].startswith("--"):
+                values.append(argv[i])
+                i += 1
+            out += [f"--{name}", values[0] if len(values) == 1 and values[0].startswith("[") else json.dumps(values)]
+        else:
+            out.append(f"--{name}")
+    return out
+
+
+def early(argv: Sequence[str]) -> dict[str, Any]:
+    """LOAD_KEYS and --help from the flags, or from the YAML files of --config (flags win)."""
+    found: dict[str, Any] = {"help": any(a in ("-h", "--help") for a in argv)}
+    from_flags: dict[str, Any] = {}
+    args = normalize(argv, {"trust_modality_import": "bool"})
+    for i, arg in enumerate(args):
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if not eq and i + 1 < len(args):
+            value = args[i + 1]
+        if name == "config" and value:
+            try:
+                cfg = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as e:
+                raise DataError(f"{value}: cannot read config ({first_line(e)})") from None
+            if not isinstance(cfg, dict):
+                raise DataError(f"{value}: a config must be a mapping of option names to values")
+            found.update({k: cfg[k] for k in LOAD_KEYS if k in cfg})
+        elif name in LOAD_KEYS:
+            from_flags[name] = value.lower() == "true" if name == "trust_modality_import" else value
+    return {**found, **from_flags}
+
+
+def parser(verb: str, generate_options: type | None, prog: str | None = None, num_samples: int | None = None):
+    """The parser of `verb` (generate, evaluate, or drift: evaluate's without --stride)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    p = ArgumentParser(prog=prog or f"arseq {verb}", exit_on_error=False, description=HELP.get(verb, "") + ". Flags "
+                       "take - or _ (--top-k, --top_k); the same options, as YAML keys, from --config FILE.")
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file of these options (e.g. temperature: 0.8); flags override it")
+    p.add_argument("--checkpoint", type=str | None, default=None,
+                   help="a .ckpt, a run folder of 'arseq train' (its best checkpoint), or a folder from 'arseq export'")
+    p.add_argument("--modality", type=str | None, default=None,
+                   help="use this modality (registered name or package.module:Class) instead of the one the file names")
+    p.add_argument("--trust_modality_import", type=bool, default=False,
+                   help="allow the import path of a modality stored in the file (imports that module: trust the file first)")
+    p.add_argument("--prompt", type=str | None, default=None,
+                   help="what to continue: text for text models, a file for music and images, a motif or FASTA for proteins")
+    p.add_argument("--num_samples", type=int, default=num_samples if num_samples is not None else int(verb == "generate"),
+                   help="how many samples")
+    p.add_class_arguments(SamplingOptions, None, as_group=True)
+    p.add_class_arguments(RunOptions, None, as_group=True)
+    if verb == "generate":
+        p.add_argument("--out", type=Path | None, default=None, help="output file or folder (default: print)")
+        p.add_argument("--overwrite", type=bool, default=False, help="replace files that --out would write and that exist already")
+    else:
+        p.add_argument("--data.paths", type=list[str] | None, default=None,
+                       help="evaluate on these files instead of the validation split the model was trained with")
+    if verb == "evaluate":
+        p.add_argument("--stride", type=int | None, default=None,
+                       help="items longer than the context are scored in windows advancing by this many tokens, "
+                            "each token once (default: half the context; the context itself is cheapest)")
+    if generate_options is not None:
+        taken = {f.name for cls in (SamplingOptions, RunOptions) for f in fields(cls)} | {"prompt", "num_samples", "out", "overwrite"}
+        clash = sorted(taken & {f.name for f in fields(generate_options)})
+        if clash:
+            raise DataError(f"{generate_options.__qualname__}: option(s) {', '.join(clash)} are the core's; rename them")
+        p.add_class_arguments(generate_options, None, as_group=True)
+    return p
+
+
+def kinds(generate_options: type | None) -> dict[str, str]:
+    classes = [SamplingOptions, RunOptions] + ([generate_options] if generate_options else [])
+    return {**field_kinds(classes), "overwrite": "bool", "trust_modality_import": "bool", "data.paths": "list"}
+
+
+def parse(p: Any, argv: Sequence[str], kinds_: dict[str, str]) -> Any:
+    try:
+        return p.parse_args(normalize(argv, kinds_))
+    except Exception as e:  # jsonargparse's ArgumentError: one line
+        raise DataError(one_line(e)) from None
+
+
+def to_call(cfg: Any, generate_options: type | None) -> Call:
+    """Typed options from a parsed config."""
+    d = cfg.as_dict() if hasattr(cfg, "as_dict") else dict(cfg)
+    pick = lambda cls: cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})  # noqa: E731
+    request = Request(
+        num_samples=d["num_samples"], prompt=d["prompt"], sampling=pick(SamplingOptions),
+        options=pick(generate_options) if generate_options is not None else None,
+        out=Path(d["out"]) if d.get("out") is not None else None, overwrite=bool(d.get("overwrite", False)),
+    )
+    return Call(request, pick(RunOptions), (d.get("data") or {}).get("paths"), d.get("stride"))
+
+
+def from_python(verb: str, generate_options: type | None, options: dict[str, Any]) -> Call:
+    """The Python API's keyword arguments, checked by the command line's parser."""
+    p = parser(verb, generate_options)
+    defaults = p.get_defaults().as_dict()
+    known = (set(defaults) - {"config", "data", *LOAD_KEYS}) | ({"data_paths"} if verb != "generate" else set())
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise DataError(f"unknown option(s) {', '.join(unknown)} for {verb}; known: {', '.join(sorted(known))}")
+    values = {k: v for k, v in options.items() if k != "data_paths"}
+    if "data_paths" in options:
+        values["data"] = {"paths": options["data_paths"]}
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+    try:
+        cfg = p.parse_object(values, defaults=True)
+    except Exception as e:
+        raise DataError(one_line(e)) from None
+    return to_call(cfg, generate_options)
+
+
+def defaults(verb: str, generate_options: type | None) -> dict[str, Any]:
+    """Every option the Python API takes for `verb`, with its default."""
+    d = parser(verb, generate_options).get_defaults().as_dict()
+    out = {k: v for k, v in d.items() if k not in ("config", "data", *LOAD_KEYS)}
+    if verb != "generate":
+        out["data_paths"] = None
+    return out
