@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from arseq.atomic import atomic_write
+from arseq.conditioning import Controls
 from arseq.errors import first_line, one_line
 from arseq.interop import hf
 from arseq.modalities import DataError, Modality, resolve
@@ -35,7 +36,12 @@ class Loaded:
     model: Transformer
     tokenizer: Tokenizer
     modality: Modality
-    meta: dict[str, Any]  # modality name/options, data config, model config
+    meta: dict[str, Any]  # modality name/options, data config, model config, conditions
+
+    @property
+    def controls(self) -> Controls | None:
+        """The control tokens of a conditioned model (None: trained without conditions)."""
+        return Controls.from_dict(self.meta.get("conditions"))
 
 
 def build_modality(meta: dict[str, Any], where: str, modality: str | None = None, trust_import: bool = False) -> Modality:
@@ -65,8 +71,14 @@ def _assemble(
         raise DataError(f"{where}: bad model config ({e})") from None
     chosen = build_modality(meta, where, modality, trust_import)
     tokenizer = chosen.load_tokenizer(tok_state)
-    if tokenizer.vocab_size != cfg.vocab_size:
-        raise DataError(f"{where}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {cfg.vocab_size}")
+    try:
+        controls = Controls.from_dict(meta.get("conditions"))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(f"{where}: unusable conditions ({e})") from None
+    extra = controls.size if controls is not None else 0
+    if tokenizer.vocab_size + extra != cfg.vocab_size:
+        raise DataError(f"{where}: tokenizer has {tokenizer.vocab_size} tokens{f' and {extra} control tokens' if extra else ''} "
+                        f"but the model's vocabulary is {cfg.vocab_size}")
     model = quantize_model(Transformer(cfg), quantization)  # int8 exports: the int8 modules, then their weights
     try:
         if isinstance(state, Path):

@@ -80,6 +80,9 @@ def make_plan(loaded: Loaded, request: Request) -> tuple[Plan, SamplingConfig]:
     check_hooks(modality)
     if modality.generate_options is not None and not isinstance(request.options, modality.generate_options):
         request.options = modality.generate_options()
+    controls = loaded.controls
+    if request.conditions and controls is None:
+        raise DataError(f"--cond {request.conditions[0]}: this model was trained without conditions")
     plan = modality.plan(tok, request)
     try:
         cfg = request.sampling.resolve(plan.sampling, (tok.eos_id,))
@@ -87,13 +90,19 @@ def make_plan(loaded: Loaded, request: Request) -> tuple[Plan, SamplingConfig]:
         raise DataError(f"sampling: {e}") from None
     if plan.new_tokens is not None:
         cfg = replace(cfg, max_new_tokens=plan.new_tokens)
-    plan.prompts = fit_prompts(modality, tok, plan.prompts, loaded.model.cfg.max_seq_len, cfg.max_new_tokens)
+    width = controls.width if controls is not None else 0
+    plan.prompts = fit_prompts(modality, tok, plan.prompts, loaded.model.cfg.max_seq_len - width, cfg.max_new_tokens)
+    if controls is not None:  # the conditions after BOS; the modality's constraint never sees them
+        ids = controls.parse(request.conditions)
+        plan.prompts = [controls.insert(p, ids) for p in plan.prompts]
+        inner = plan.constraint
+        plan.constraint = lambda: controls.hide(inner() if inner is not None else None)
     return plan, cfg
 
 
 def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, compile: Any = False, stream: bool = True) -> list[Sample]:
     """Sample one sequence per prompt of the plan, with its constraint (and streamer, when `stream`)."""
-    tok, model = loaded.tokenizer, loaded.model
+    tok, model, controls = loaded.tokenizer, loaded.model, loaded.controls
     prompts, streamer = plan.prompts, plan.streamer if stream else None
     out: list[Sample] = []
     batches = range(0, len(prompts), batch_size)
@@ -117,7 +126,7 @@ def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, com
         scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, gen.tokens, gen.stopped)]
         nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id)
         for p, t, s, n, c in zip(batch, gen.tokens, gen.stopped, nll, count):
-            out.append(Sample(list(p), t, s, float(n / c) if c else float("nan")))
+            out.append(Sample(controls.strip(p) if controls else list(p), t, s, float(n / c) if c else float("nan")))
     return out
 
 
@@ -126,13 +135,16 @@ def held_out(loaded: Loaded, data_paths: list[str] | None) -> tuple[Prepared | N
     split), and where they came from; all tokenized with the checkpoint's tokenizer."""
     modality, tok = loaded.modality, loaded.tokenizer
     options = loaded.meta["modality"].get("options", {})
-    trained_on = DataConfig(**loaded.meta["data"])
+    controls = loaded.controls
+    conditions = list(controls.fields) if controls is not None else []  # a model from before conditions had none
+    trained_on = DataConfig(**{**loaded.meta["data"], "conditions": conditions})
     try:
-        train_data: Prepared | None = prepare(modality, options, trained_on, tokenizer=tok)
+        train_data: Prepared | None = prepare(modality, options, trained_on, tokenizer=tok, controls=controls)
     except DataError:
         train_data = None  # the training data is not here any more
     if data_paths:
-        evaluated = prepare(modality, options, DataConfig(paths=data_paths, val_fraction=0, block_size=trained_on.block_size), tokenizer=tok).train
+        given = DataConfig(paths=data_paths, val_fraction=0, block_size=trained_on.block_size, conditions=conditions)
+        evaluated = prepare(modality, options, given, tokenizer=tok, controls=controls).train
         where = ", ".join(data_paths)
     elif train_data is not None:
         evaluated, where = train_data.val, "validation split"
@@ -154,12 +166,15 @@ def modality_metrics(modality: Modality, tok: Any, sequences: list[list[int]], r
 def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list[str] | None = None,
              stride: int | None = None) -> dict[str, Any]:
     """Loss on held-out data, the modality's extra figures, and (with request.num_samples) sample metrics."""
-    tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
-    train_data, items, where = held_out(loaded, data_paths)
+    tok, modality, model, controls = loaded.tokenizer, loaded.modality, loaded.model, loaded.controls
+    train_data, conditioned, where = held_out(loaded, data_paths)
     t0 = time.perf_counter()
     context = model.cfg.max_seq_len
     stride = stride or max(1, context // 2)
-    nll, count = sequence_nll(model, items, batch_size=run.batch_size, pad_id=tok.pad_id, stride=stride, progress=True)
+    start = [1 + (controls.width if controls else 0)] * len(conditioned)  # the item's tokens, given its conditions
+    nll, count = sequence_nll(model, conditioned, start=start, batch_size=run.batch_size, pad_id=tok.pad_id, stride=stride, progress=True)
+    strip = (lambda seqs: [np.asarray(controls.strip(s), dtype=np.int64) for s in seqs]) if controls else list
+    items = strip(conditioned)  # what the modality sees: its own tokens
     loss = float(nll.sum() / max(1, count.sum()))
     result: dict[str, Any] = {
         "data": where,
@@ -172,7 +187,7 @@ def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list
         "bits_per_token": loss / math.log(2),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    train_items = train_data.train.items() if train_data is not None else items
+    train_items = strip(train_data.train.items()) if train_data is not None else items
     unigram, counted = unigram_baseline(train_items, items, tok.vocab_size, never_predicted=(tok.pad_id, tok.bos_id))
     result["baselines"] = {"unigram": {"loss": unigram, "perplexity": math.exp(unigram)}}
     result["perplexity_vs_unigram"] = math.exp(loss - unigram)
@@ -180,9 +195,15 @@ def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list
     report = EvalInputs(loss, float(nll.sum()), int(count.sum()), nll, count, train_items, items)
     extra = modality.evaluate(tok, report)
     result.update({**extra, "baselines": {**result["baselines"], **extra.get("baselines", {})}})
+    if controls is not None:
+        from arseq.analysis.obedience import condition_report
+
+        result["conditions"] = condition_report(model, controls, conditioned, run.batch_size, tok.pad_id, stride)
     if request.num_samples > 0:
         plan, cfg = make_plan(loaded, request)
         result["sampling"] = {k: v for k, v in asdict(cfg).items() if k != "stop_tokens"}
+        if request.conditions:
+            result["sampling"]["conditions"] = list(request.conditions)
         samples = sample(loaded, plan, cfg, run.batch_size, run.compile, stream=False)
         result["sample_metrics"] = modality_metrics(modality, tok, [s.prompt + s.tokens for s in samples], train_items)
         n = min(len(items), max(request.num_samples, 100))  # a seeded sample of the held-out items, not the first n

@@ -51,6 +51,7 @@ def normalize(argv: Sequence[str], kinds: dict[str, str]) -> list[str]:
     """argparse's conventions on jsonargparse flags: `--top-k` for `--top_k`, a bare `--overwrite` for
     `--overwrite true`, `--no-divergence` for `--divergence false`, `--data.paths a b` for a list."""
     out: list[str] = []
+    lists: dict[str, list[str]] = {}  # a list flag given twice (--cond a=1 --cond b=2) collects both
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -73,10 +74,13 @@ def normalize(argv: Sequence[str], kinds: dict[str, str]) -> list[str]:
             while i < len(argv) and not argv[i].startswith("--"):
                 values.append(argv[i])
                 i += 1
-            out += [f"--{name}", values[0] if len(values) == 1 and values[0].startswith("[") else json.dumps(values)]
+            if len(values) == 1 and values[0].startswith("["):
+                out += [f"--{name}", values[0]]
+            else:
+                lists.setdefault(name, []).extend(values)
         else:
             out.append(f"--{name}")
-    return out
+    return out + [arg for name, values in lists.items() for arg in (f"--{name}", json.dumps(values))]
 
 
 def early(argv: Sequence[str]) -> dict[str, Any]:
@@ -118,6 +122,8 @@ def parser(verb: str, generate_options: type | None, prog: str | None = None, nu
                    help="what to continue: text for text models, a file for music and images, a motif or FASTA for proteins")
     p.add_argument("--num_samples", type=int, default=num_samples if num_samples is not None else int(verb == "generate"),
                    help="how many samples")
+    p.add_argument("--cond", type=list[str], default=[],
+                   help="FIELD=VALUE for a conditioned model (repeat for several fields): e.g. --cond tag=Cell.membrane-M")
     p.add_class_arguments(SamplingOptions, None, as_group=True)
     p.add_class_arguments(RunOptions, None, as_group=True)
     if verb == "generate":
@@ -141,7 +147,7 @@ def parser(verb: str, generate_options: type | None, prog: str | None = None, nu
 
 def kinds(generate_options: type | None) -> dict[str, str]:
     classes = [SamplingOptions, RunOptions] + ([generate_options] if generate_options else [])
-    return {**field_kinds(classes), "overwrite": "bool", "trust_modality_import": "bool", "data.paths": "list"}
+    return {**field_kinds(classes), "overwrite": "bool", "trust_modality_import": "bool", "data.paths": "list", "cond": "list"}
 
 
 def parse(p: Any, argv: Sequence[str], kinds_: dict[str, str]) -> Any:
@@ -156,7 +162,7 @@ def to_call(cfg: Any, generate_options: type | None) -> Call:
     d = cfg.as_dict() if hasattr(cfg, "as_dict") else dict(cfg)
     pick = lambda cls: cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})  # noqa: E731
     request = Request(
-        num_samples=d["num_samples"], prompt=d["prompt"], sampling=pick(SamplingOptions),
+        num_samples=d["num_samples"], prompt=d["prompt"], sampling=pick(SamplingOptions), conditions=list(d.get("cond") or []),
         options=pick(generate_options) if generate_options is not None else None,
         out=Path(d["out"]) if d.get("out") is not None else None, overwrite=bool(d.get("overwrite", False)),
     )
@@ -172,6 +178,8 @@ def from_python(verb: str, generate_options: type | None, options: dict[str, Any
     if unknown:
         raise DataError(f"unknown option(s) {', '.join(unknown)} for {verb}; known: {', '.join(sorted(known))}")
     values = {k: v for k, v in options.items() if k != "data_paths"}
+    if isinstance(values.get("cond"), dict):  # cond={"tag": "Nucleus-U"} as well as cond=["tag=Nucleus-U"]
+        values["cond"] = [f"{k}={v}" for k, v in values["cond"].items()]
     if "data_paths" in options:
         values["data"] = {"paths": options["data_paths"]}
     values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}

@@ -75,7 +75,7 @@ def run_train(
         tokenizer = source.tokenizer
     prepared = prepare(modality, options, data, tokenizer=tokenizer)
     tok = prepared.tokenizer
-    model_cfg = TransformerConfig(vocab_size=tok.vocab_size, max_seq_len=data.block_size, **model)
+    model_cfg = TransformerConfig(vocab_size=prepared.vocab_size, max_seq_len=data.block_size, **model)
     if resumed is not None:
         theirs = resumed.get("model", {})
         differ = [f"{k} {theirs.get(k)} vs {v}" for k, v in asdict(model_cfg).items() if k in theirs and theirs[k] != v]
@@ -88,10 +88,13 @@ def run_train(
         "data": asdict(data),
         "model": asdict(model_cfg),
     }
+    if prepared.controls is not None:
+        meta["conditions"] = prepared.controls.to_dict()
     module = ARModule(asdict(model_cfg), optim, meta, compile)
     init_note = initialise(module.model, source, init_from_resize_vocab) if source else None
     augment = None if type(modality).augment is Modality.augment else modality.augment
-    train = train_loader(prepared.directory / "train.npy", data.block_size, data.batch_size, seed, augment, data.num_workers)
+    train = train_loader(prepared.directory / "train.npy", data.block_size, data.batch_size, seed, augment, data.num_workers,
+                         prepared.controls)
     val = val_loader(prepared.val, data.block_size, data.batch_size, tok.pad_id)
 
     root = trainer_args.pop("default_root_dir", None) or "runs"
@@ -114,7 +117,8 @@ def run_train(
     if compile:
         check_compile(trainer.strategy.root_device)
     if trainer.is_global_zero:
-        print(f"model: {module.model.num_params() / 1e6:.2f}M parameters, vocab {tok.vocab_size}, context {data.block_size}; "
+        conditioned = f" (conditioned on {', '.join(prepared.controls.fields)})" if prepared.controls else ""
+        print(f"model: {module.model.num_params() / 1e6:.2f}M parameters, vocab {prepared.vocab_size}{conditioned}, context {data.block_size}; "
               f"data: {prepared.train.num_tokens:,} train / {prepared.val.num_tokens:,} val tokens")
         if init_note:
             print(init_note)

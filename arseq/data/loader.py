@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from arseq.conditioning import Controls
 from arseq.data.prepare import TokenSplit
 from arseq.models.scoring import Chunk, chunk_sequences, collate_chunks
 from arseq.errors import DataError
@@ -29,9 +30,12 @@ class RandomWindows(IterableDataset):
     loader worker draws from its own seeded generator.
     """
 
-    def __init__(self, token_file: Path, block_size: int, batch_size: int, seed: int, augment: Augment | None = None):
+    def __init__(self, token_file: Path, block_size: int, batch_size: int, seed: int, augment: Augment | None = None,
+                 controls: Controls | None = None):
         self.token_file, self.block_size, self.batch_size = Path(token_file), block_size, batch_size
         self.seed, self.augment = seed, augment
+        self.unknown = controls.unknown_table() if controls is not None and controls.drop > 0 else None
+        self.drop = controls.drop if controls is not None else 0.0
         n = len(np.load(self.token_file, mmap_mode="r"))
         if n < block_size + 1:
             raise DataError(f"training data has {n} tokens, fewer than data.block_size + 1 = {block_size + 1}")
@@ -44,6 +48,9 @@ class RandomWindows(IterableDataset):
         while True:
             starts = rng.integers(0, len(tokens) - self.block_size, size=self.batch_size)
             windows = tokens[starts[:, None] + span].astype(np.int64)
+            if self.unknown is not None:  # hide conditions: each control token becomes its field's unknown token
+                hidden = self.unknown[windows]
+                windows = np.where((hidden != windows) & (rng.random(windows.shape) < self.drop), hidden, windows)
             if self.augment is not None:
                 windows = np.stack([self.augment(w, rng) for w in windows])
             windows = torch.from_numpy(windows)
@@ -63,8 +70,9 @@ class EvalChunks(Dataset):
         return self.chunks[i]
 
 
-def train_loader(split_file: Path, block_size: int, batch_size: int, seed: int, augment: Augment | None, num_workers: int) -> DataLoader:
-    dataset = RandomWindows(split_file, block_size, batch_size, seed, augment)
+def train_loader(split_file: Path, block_size: int, batch_size: int, seed: int, augment: Augment | None, num_workers: int,
+                 controls: Controls | None = None) -> DataLoader:
+    dataset = RandomWindows(split_file, block_size, batch_size, seed, augment, controls)
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
 
 

@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 
 from arseq.atomic import atomic_write
+from arseq.conditioning import Controls
 from arseq.data.cache_entry import commit, damage, discard, seal
 from arseq.data.files import expand_paths
 from arseq.modalities.base import DataError, Example, Modality, Skipped
 from arseq.tokenizers.base import Tokenizer
 
-CACHE_FORMAT = 2  # 2: entries carry checksums.json
+CACHE_FORMAT = 3  # 2: entries carry checksums.json; 3: conditions (controls.json)
 
 
 @dataclass
@@ -44,6 +45,9 @@ class DataConfig:
         block_size: context length of training windows (the model's max sequence length).
         batch_size: windows per batch.
         num_workers: DataLoader worker processes.
+        conditions: condition fields to train with (control tokens after BOS); None: every field of the
+            modality that the data has values for; []: none.
+        condition_drop: chance that training hides an item's condition (so the model also samples without one).
     """
 
     paths: str | list[str] | None = None
@@ -54,8 +58,12 @@ class DataConfig:
     block_size: int = 256
     batch_size: int = 32
     num_workers: int = 0
+    conditions: list[str] | None = None
+    condition_drop: float = 0.1
 
     def __post_init__(self) -> None:
+        if not 0 <= self.condition_drop <= 1:
+            raise DataError(f"data.condition_drop must be in [0, 1], got {self.condition_drop}")
         if not 0 <= self.val_fraction < 1:
             raise DataError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.block_size < 2 or self.batch_size < 1:
@@ -89,6 +97,12 @@ class Prepared:
     directory: Path
     seconds: float = 0.0  # tokenization time of this run (near zero when cached)
     cached: bool = False
+    controls: Controls | None = None  # the control tokens of conditioned items (after the tokenizer's ids)
+
+    @property
+    def vocab_size(self) -> int:
+        """The model's vocabulary: the tokenizer's ids and the control tokens."""
+        return self.tokenizer.vocab_size + (self.controls.size if self.controls else 0)
 
 
 def cache_root() -> Path:
@@ -103,7 +117,8 @@ def _fingerprint(files: list[Path]) -> list[tuple[str, int, int]]:
     return out
 
 
-def cache_key(modality: Modality, options: dict[str, Any], data: DataConfig, files: list[Path], val_files: list[Path], tokenizer: Tokenizer | None) -> str:
+def cache_key(modality: Modality, options: dict[str, Any], data: DataConfig, files: list[Path], val_files: list[Path],
+              tokenizer: Tokenizer | None, controls: Controls | None = None) -> str:
     spec = {
         "format": CACHE_FORMAT,
         "modality": modality.name,
@@ -112,8 +127,11 @@ def cache_key(modality: Modality, options: dict[str, Any], data: DataConfig, fil
         "files": _fingerprint(files),
         "val_files": _fingerprint(val_files),
         "split": [data.val_fraction, data.seed] if not val_files else None,
+        "conditions": data.conditions,
         "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
     }
+    if controls is not None:
+        spec["controls"] = controls.to_dict()
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -152,6 +170,35 @@ def _write_split(directory: Path, name: str, seqs: list[np.ndarray], dtype: np.d
     np.save(directory / f"{name}_offsets.npy", offsets)
 
 
+def _controls(modality: Modality, data: DataConfig, tokenizer: Tokenizer, examples: list[Example],
+              given: Controls | None) -> Controls | None:
+    """Learn the control tokens of `data.conditions` from the training items (unless given), and put them in every item."""
+    if given is not None:
+        _condition(examples, given)
+        return given
+    names = list(modality.condition_fields) if data.conditions is None else list(data.conditions)
+    unknown = [n for n in names if n not in modality.condition_fields]
+    if unknown:
+        known = ", ".join(modality.condition_fields) or "none"
+        raise DataError(f"data.conditions: the {modality.name} modality has no condition field {', '.join(unknown)} (it has: {known})")
+    controls = Controls.learn(tokenizer.vocab_size, names, [e.conditions for e in examples], data.condition_drop)
+    if controls is None and data.conditions:
+        raise DataError(f"data.conditions {data.conditions}: no training item has a value for them")
+    if controls is not None:
+        missing = {f: sum(f not in e.conditions for e in examples) for f in controls.fields}
+        for f, n in missing.items():
+            if n:
+                print(f"arseq: {n} of {len(examples)} items have no {f} (trained with the unknown {f} token)", file=sys.stderr)
+    _condition(examples, controls)
+    return controls
+
+
+def _condition(examples: list[Example], controls: Controls | None) -> None:
+    if controls is not None:
+        for e in examples:
+            e.tokens = controls.insert(list(e.tokens), controls.ids(e.conditions))
+
+
 def _split(examples: list[Example], data: DataConfig) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     seqs = [np.asarray(e.tokens, dtype=np.int64) for e in examples]
     n = len(seqs)
@@ -186,14 +233,16 @@ def prepare(
     tokenizer: Tokenizer | None = None,
     check_roundtrip: bool = False,
     progress: bool = True,
+    controls: Controls | None = None,
 ) -> Prepared:
-    """Tokenize (or load from cache) the train and validation splits of `data` for `modality`."""
+    """Tokenize (or load from cache) the train and validation splits of `data` for `modality`. A given
+    tokenizer and control tokens (a trained model's: resume, evaluate) are used instead of fitted ones."""
     files = expand_paths(data.paths, modality.suffixes, "data.paths")
     val_files = expand_paths(data.val_paths, modality.suffixes, "data.val_paths")
     if not files and data.source is None:
         raise DataError("no training data: set data.paths (a file, folder or glob) or data.source")
     # With a given tokenizer (resume, evaluate), the entry made when that tokenizer was fitted serves too.
-    candidates = [cache_key(modality, options, data, files, val_files, tokenizer)]
+    candidates = [cache_key(modality, options, data, files, val_files, tokenizer, controls)]
     if tokenizer is not None:
         candidates.append(cache_key(modality, options, data, files, val_files, None))
     for key in candidates:
@@ -210,7 +259,11 @@ def prepare(
             continue
         if (check_roundtrip and "roundtrip_exact" not in stats) or (tokenizer is not None and state != json.loads(json.dumps(tokenizer.to_dict()))):
             continue
-        return Prepared(modality.load_tokenizer(state), load_split(directory, "train"), load_split(directory, "val"), stats, directory, 0.0, True)
+        stored = Controls.from_dict(json.loads((directory / "controls.json").read_text()))
+        if controls is not None and stored != controls:
+            continue
+        return Prepared(modality.load_tokenizer(state), load_split(directory, "train"), load_split(directory, "val"), stats, directory, 0.0,
+                        True, stored)
     directory = cache_root() / modality.name / candidates[0]
 
     t0 = time.perf_counter()
@@ -220,8 +273,10 @@ def prepare(
     if not examples:
         reasons = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3])
         raise DataError(f"no usable training items{' (' + reasons + ')' if reasons else ''}")
+    controls = _controls(modality, data, tokenizer, examples, controls)
     if val_files:
         val_examples, val_skipped = _collect(modality, val_files, None, tokenizer, check_roundtrip, "tokenizing val", progress)
+        _condition(val_examples, controls)
         train_seqs = [np.asarray(e.tokens, dtype=np.int64) for e in examples]
         val_seqs = [np.asarray(e.tokens, dtype=np.int64) for e in val_examples]
         split = "files"
@@ -247,14 +302,18 @@ def prepare(
         stats["roundtrip_exact"] = float(np.mean(checked)) if checked else None
         stats["roundtrip_failures"] = [e.name for e in everything if e.exact is False][:50]
     stats.update(modality.summarize(tokenizer, everything))
+    if controls is not None:
+        stats["conditions"] = {f: {"values": controls.counts[f], "items_without": sum(f not in e.conditions for e in everything)}
+                               for f in controls.fields}
 
     cache_root().mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=".tmp-"))
     try:
-        dtype = _dtype(tokenizer.vocab_size)
-        _write_split(tmp, "train", train_seqs, dtype, tokenizer.vocab_size)
-        _write_split(tmp, "val", val_seqs, dtype, tokenizer.vocab_size)
+        vocab = tokenizer.vocab_size + (controls.size if controls else 0)
+        _write_split(tmp, "train", train_seqs, _dtype(vocab), vocab)
+        _write_split(tmp, "val", val_seqs, _dtype(vocab), vocab)
         atomic_write(tmp / "tokenizer.json", json.dumps(tokenizer.to_dict(), ensure_ascii=False))
+        atomic_write(tmp / "controls.json", json.dumps(controls.to_dict() if controls else None))
         atomic_write(tmp / "meta.json", json.dumps(stats, indent=1))
         seal(tmp)
         if directory.exists() and not _complete(directory, check_roundtrip):  # e.g. without roundtrip stats
@@ -263,4 +322,4 @@ def prepare(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Prepared(tokenizer, load_split(directory, "train"), load_split(directory, "val"), stats, directory, seconds, False)
+    return Prepared(tokenizer, load_split(directory, "train"), load_split(directory, "val"), stats, directory, seconds, False, controls)

@@ -30,6 +30,7 @@ class Example:
     name: str = ""
     exact: bool | None = None  # decode(encode(x)) reproduced x; None when not checked
     info: dict[str, float] = field(default_factory=dict)  # per-item counts for `summarize`
+    conditions: dict[str, str] = field(default_factory=dict)  # field -> value, for `condition_fields`
 
 
 @dataclass
@@ -60,6 +61,10 @@ class Modality:
     name: ClassVar[str] = ""
     tokenizer_kinds: ClassVar[dict[str, type]] = {}  # Tokenizer.kind -> class, to rebuild from state
     suffixes: ClassVar[tuple[str, ...]] = ()  # file suffixes taken when a folder is given; () = all
+    # Fields a model can be conditioned on (name -> what it is, for docs and errors). `read` puts each item's
+    # values in `Example.conditions`; the core reserves control tokens for the values the data has
+    # (arseq.conditioning). Empty: this modality has none.
+    condition_fields: ClassVar[dict[str, str]] = {}
 
     # ---- data (required) -------------------------------------------------------------------------
     def build_tokenizer(self, files: list[Path], source: str | None) -> Tokenizer:

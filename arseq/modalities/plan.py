@@ -53,6 +53,7 @@ class Request:
     prompt: str | None = None  # text for text models, a file for music, images, proteins (FASTA)
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     options: Any = None
+    conditions: list[str] = field(default_factory=list)  # FIELD=VALUE: control tokens for a conditioned model
     out: Path | None = None  # generate: the output file or folder; None prints
     overwrite: bool = False  # replace files `out` would write that exist already
 

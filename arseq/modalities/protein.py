@@ -46,6 +46,7 @@ from arseq.modalities import (
 from arseq.modalities.protein_fasta import (
     FileProblem,
     fasta_records,
+    header_tag,
     normalize,
     record_problem,
     start_motifs,
@@ -111,6 +112,7 @@ class ProteinModality(Modality):
     name = "protein"
     tokenizer_kinds = {ProteinTokenizer.kind: ProteinTokenizer, ProteinBPETokenizer.kind: ProteinBPETokenizer}
     suffixes = tuple(s + gz for s in (".fasta", ".fa", ".faa", ".fas", ".fsa") for gz in ("", ".gz"))
+    condition_fields = {"tag": "a tag from each FASTA header (modality.tag_field / tag_pattern), e.g. a localization"}
 
     def __init__(
         self,
@@ -120,6 +122,8 @@ class ProteinModality(Modality):
         max_length: int | None = None,
         nonstandard: str = "keep",
         deduplicate: bool = True,
+        tag_field: int | None = 2,
+        tag_pattern: str | None = None,
     ):
         """
         Args:
@@ -130,6 +134,9 @@ class ProteinModality(Modality):
             nonstandard: X/B/Z/U/O and other letters: "keep" (X B Z U O as tokens, other letters skip the
                 record), "x" (map every non-standard letter to X), "drop" (leave out such records).
             deduplicate: leave out exact repeats of a sequence already read.
+            tag_field: the condition `tag` of a protein is this whitespace field of its FASTA header (1 is the
+                id; the shared DeepLoc files have the localization, e.g. Cell.membrane-M, in field 2); None: no tags.
+            tag_pattern: instead, a regular expression searched in the header; its first group is the tag.
         """
         if tokenizer not in self.tokenizer_kinds:
             raise DataError(f"modality.tokenizer must be one of {sorted(self.tokenizer_kinds)}, not {tokenizer!r}")
@@ -142,6 +149,11 @@ class ProteinModality(Modality):
         self.min_length, self.max_length = min_length, max_length
         self.nonstandard = nonstandard
         self.deduplicate = deduplicate
+        try:
+            self.tag_pattern = re.compile(tag_pattern) if tag_pattern else None
+        except re.error as e:
+            raise DataError(f"modality.tag_pattern {tag_pattern!r}: not a regular expression ({e})") from None
+        self.tag_field = tag_field
         self.filtered: Counter[str] = Counter()
 
     # ---- data ------------------------------------------------------------------------------------
@@ -152,13 +164,13 @@ class ProteinModality(Modality):
         records = [">demo_%d\n%s" % (i, "M" + "".join(rng.choice(list(STANDARD), size=int(rng.integers(30, 60))))) for i in range(20)]
         atomic_write(tmp_dir / "demo.fasta", "\n".join(records) + "\n")
         return {"data": {"paths": str(tmp_dir / "demo.fasta")}}
-    def proteins(self, files: list[Path]) -> Iterator[tuple[str, str] | Skipped]:
-        """(name, normalised sequence) per usable protein and a Skipped per unusable file or record."""
+    def proteins(self, files: list[Path]) -> Iterator[tuple[str, str, str | None] | Skipped]:
+        """(name, normalised sequence, tag) per usable protein and a Skipped per unusable file or record."""
         seen: set[bytes] = set()
         for path in files:
             index = 0
             try:
-                for index, rid, raw in fasta_records(path):
+                for index, rid, raw, header in fasta_records(path):
                     seq = normalize(raw)
                     problem = record_problem(seq, self.nonstandard)
                     if problem:
@@ -166,7 +178,7 @@ class ProteinModality(Modality):
                         continue
                     seq = self._apply_filters(seq, seen)
                     if seq is not None:
-                        yield rid or f"{path.name}:{index}", seq
+                        yield rid or f"{path.name}:{index}", seq, header_tag(header, self.tag_field, self.tag_pattern)
             except FileProblem as e:
                 if index:  # records of this file were used already: never train on half a file
                     raise DataError(f"{path}: {e}") from None
@@ -212,12 +224,13 @@ class ProteinModality(Modality):
                 first_skip = first_skip or item
                 yield item
                 continue
-            name, seq = item
+            name, seq, tag = item
             ids = tokenizer.encode(seq)
             exact = tokenizer.decode(ids) == seq if check_roundtrip else None
             info = {"residues": float(len(seq)), "nonstandard": float(sum(seq.count(c) for c in NONSTANDARD))}
             used += 1
-            yield Example([tokenizer.bos_id, *ids, tokenizer.eos_id], name=name, exact=exact, info=info)
+            yield Example([tokenizer.bos_id, *ids, tokenizer.eos_id], name=name, exact=exact, info=info,
+                          conditions={"tag": tag} if tag else {})
         if used == 0:
             if first_skip is not None:
                 where = "" if len(files) == 1 else f"no usable protein in {len(files)} files; first problem: "

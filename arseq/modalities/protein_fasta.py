@@ -31,8 +31,8 @@ def open_text(path: Path) -> Iterator[TextIO]:
         yield handle
 
 
-def fasta_records(path: Path) -> Iterator[tuple[int, str, str]]:
-    """(1-based index, id, raw sequence) per record; raises FileProblem with a one-line reason."""
+def fasta_records(path: Path) -> Iterator[tuple[int, str, str, str]]:
+    """(1-based index, id, raw sequence, header line) per record; raises FileProblem with a one-line reason."""
     count = 0
     try:
         with open_text(path) as handle:
@@ -43,7 +43,7 @@ def fasta_records(path: Path) -> Iterator[tuple[int, str, str]]:
             raise FileProblem(f"not FASTA: the first line does not start with '>' ({first.strip()[:30]!r})")
         with open_text(path) as handle:
             for count, record in enumerate(SeqIO.parse(handle, "fasta"), 1):
-                yield count, record.id, str(record.seq)
+                yield count, record.id, str(record.seq), record.description
     except UnicodeDecodeError:
         raise FileProblem(f"not FASTA text (undecodable bytes after record {count})") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
@@ -52,6 +52,16 @@ def fasta_records(path: Path) -> Iterator[tuple[int, str, str]]:
         raise FileProblem(f"not FASTA after record {count} ({first_line(e)})") from None
     except OSError as e:
         raise FileProblem(f"cannot read ({e.strerror or e})") from None
+
+
+def header_tag(header: str, field: int | None, pattern: re.Pattern[str] | None) -> str | None:
+    """A record's tag: the first group of `pattern` in its header line, else its `field`-th whitespace
+    field (1 = the id), or None where the header has none."""
+    if pattern is not None:
+        found = pattern.search(header)
+        return (found.group(1) if found.groups() else found.group(0)) if found else None
+    parts = header.split()
+    return parts[field - 1] if field is not None and 1 <= field <= len(parts) else None
 
 
 def normalize(raw: str) -> str:
@@ -83,7 +93,7 @@ def start_motifs(prefix: str | None, prompt: str | None) -> list[str]:
         return [""]
     if prompt and Path(prompt).is_file():
         try:
-            records = [(f"{prompt}: record {i} ({rid})", raw) for i, rid, raw in fasta_records(Path(prompt))]
+            records = [(f"{prompt}: record {i} ({rid})", raw) for i, rid, raw, _ in fasta_records(Path(prompt))]
         except FileProblem as e:
             raise DataError(f"{prompt}: {e}") from None
     else:

@@ -1,0 +1,133 @@
+"""Control tokens: learned from the data, hidden from the modality, obeyed by a trained model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from Bio import SeqIO
+
+from arseq.cli import main
+from arseq.conditioning import Controls
+from arseq.data.loader import RandomWindows
+from arseq.errors import DataError
+
+
+def controls() -> Controls:
+    return Controls.learn(10, ["tag", "size"], [{"tag": "b", "size": "big"}, {"tag": "a"}, {"tag": "b"}], drop=0.5)
+
+
+def test_learned_values_ids_and_parsing():
+    c = controls()
+    assert c.fields == {"tag": ["a", "b"], "size": ["big"]} and c.size == 5 and c.width == 2
+    assert c.counts == {"tag": {"a": 1, "b": 2}, "size": {"big": 1}}
+    assert [c.unknown_id("tag"), c.value_id("tag", "a"), c.value_id("tag", "b"), c.unknown_id("size"), c.value_id("size", "big")] == [10, 11, 12, 13, 14]
+    assert c.ids({"tag": "b"}) == [12, 13] and c.ids({"tag": "never seen", "size": "big"}) == [10, 14]
+    assert c.parse(["tag=a"]) == [11, 13] and c.parse(['size="big"', "tag=b"]) == [12, 14]
+    for bad, why in (["tag"], "FIELD=VALUE"), (["colour=red"], "knows the condition field"), (["tag=c"], "known: a, b"):
+        with pytest.raises(DataError, match=why):
+            c.parse(bad)
+    assert c.insert([1, 5, 6, 2], [12, 13]) == [1, 12, 13, 5, 6, 2] and c.strip([1, 12, 13, 5, 6, 2]) == [1, 5, 6, 2]
+    assert Controls.from_dict(json.loads(json.dumps(c.to_dict()))) == c and Controls.from_dict(None) is None
+    assert Controls.learn(10, ["tag"], [{}, {"size": "x"}], 0.1) is None
+
+
+def test_hidden_controls_never_reach_the_modality_constraint():
+    c = controls()
+    seen: list[list[int]] = []
+
+    def inner(rows: list[list[int]]) -> torch.Tensor:  # stateful, like the modalities' constraints
+        seen.append(list(rows[0]))
+        mask = torch.zeros(len(rows), 10, dtype=torch.bool)
+        mask[:, 3 + len(rows[0]) % 2] = True
+        return mask
+
+    row = [1, 12, 13, 5]
+    hide = c.hide(inner)
+    mask = hide([row])
+    assert mask.shape == (1, 15) and not mask[0, 10:].any() and mask[0, 3] and seen[-1] == [1, 5]
+    row += [6, 7]
+    hide([row])
+    assert seen[-1] == [1, 5, 6, 7]
+    del row[-2:]  # rejected tokens rolled back (speculative decoding)
+    hide([row])
+    assert seen[-1] == [1, 5]
+    assert c.hide(None)([[1, 12, 13]])[0].tolist() == [True] * 10 + [False] * 5
+
+
+def test_training_hides_conditions_at_the_drop_rate(tmp_path):
+    c = controls()
+    stream = np.tile(np.array([1, 12, 13, 5, 6, 2], dtype=np.uint16), 2000)
+    np.save(tmp_path / "train.npy", stream)
+    for drop, low, high in ((0.0, 0.0, 0.0), (0.5, 0.45, 0.55), (1.0, 1.0, 1.0)):
+        c.drop = drop
+        x, _ = next(iter(RandomWindows(tmp_path / "train.npy", 60, 64, seed=0, controls=c)))
+        tags = x[(x == 12) | (x == 10)]
+        hidden = float((tags == 10).float().mean())
+        assert low <= hidden <= high, (drop, hidden)
+        assert not ((x == 11) | (x == 14)).any()  # no value ever turns into another value
+        assert int((x == 13).sum() + (x == 10).sum() + (x == 12).sum()) > 0
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory):
+    """Two tags that decide the whole protein: 'polyA' proteins are AAAA..., 'polyW' ones WWWW..."""
+    root = tmp_path_factory.mktemp("tagged")
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(120):
+        tag = ("polyA", "polyW")[i % 2]
+        records.append(f">p{i} {tag} extra\n{tag[-1] * int(rng.integers(20, 30))}")
+    records += [f">untagged{i}\nMAWAW" for i in range(4)]
+    (root / "train.fasta").write_text("\n".join(records) + "\n")
+    config = {
+        "seed": 0, "modality": {"name": "protein", "deduplicate": False},
+        "data": {"paths": str(root / "train.fasta"), "val_fraction": 0.2, "block_size": 48, "batch_size": 16},
+        "model": {"n_layer": 1, "n_head": 2, "d_model": 32},
+        "optim": {"lr": 1.0e-2, "min_lr": 1.0e-3, "warmup_steps": 5},
+        "trainer": {"max_steps": 80, "val_check_interval": 80, "check_val_every_n_epoch": None, "limit_val_batches": 2,
+                    "accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
+                    "logger": False, "default_root_dir": str(root / "runs")},
+    }
+    (root / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(root / "c.yaml")]) == 0
+    return root, next((root / "runs").rglob("last.ckpt"))
+
+
+def test_prepare_reports_conditions_and_items_without(tagged, capsys):
+    root, _ = tagged
+    assert main(["prepare", "--config", str(root / "c.yaml")]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["conditions"]["tag"] == {"values": {"polyA": 60, "polyW": 60}, "items_without": 4}
+    assert stats["vocab_size"] == 28  # the tokenizer's ids; the model adds 3 control tokens
+
+
+def test_a_conditioned_model_obeys_and_is_measured(tagged, tmp_path, capsys):
+    root, ckpt = tagged
+    for tag, residue in (("polyA", "A"), ("polyW", "W")):
+        out = tmp_path / f"{tag}.fasta"
+        assert main(["generate", "--checkpoint", str(ckpt), "--cond", f"tag={tag}", "--num-samples", "8", "--seed", "0",
+                     "--max-length", "25", "--out", str(out)]) == 0
+        seqs = [str(r.seq) for r in SeqIO.parse(out, "fasta")]
+        share = np.mean([s.count(residue) / max(1, len(s)) for s in seqs])
+        assert len(seqs) == 8 and share > 0.9, (tag, seqs)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(ckpt)]) == 0
+    report = json.loads(capsys.readouterr().out)["conditions"]["tag"]
+    assert report["items"] > 10 and report["accuracy"] > 0.9 and report["majority_accuracy"] < 0.75
+    assert report["perplexity_true"] < report["perplexity_unknown"]
+
+
+@pytest.mark.parametrize("cond, why", [("colour=red", "knows the condition field"), ("tag=polyQ", "known: polyA, polyW"), ("tag", "FIELD=VALUE")])
+def test_bad_conditions_are_one_line(tagged, cond, why, capsys):
+    _, ckpt = tagged
+    assert main(["generate", "--checkpoint", str(ckpt), "--cond", cond]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and why in err[0]
+
+
+def test_a_model_without_conditions_refuses_cond(trained, capsys):
+    assert main(["generate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--cond", "tag=x"]) == 2
+    assert "trained without conditions" in capsys.readouterr().err
