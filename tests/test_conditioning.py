@@ -131,3 +131,14 @@ def test_bad_conditions_are_one_line(tagged, cond, why, capsys):
 def test_a_model_without_conditions_refuses_cond(trained, capsys):
     assert main(["generate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--cond", "tag=x"]) == 2
     assert "trained without conditions" in capsys.readouterr().err
+
+
+def test_score_gives_each_item_its_own_conditions(tagged, capsys):
+    root, ckpt = tagged
+    capsys.readouterr()
+    assert main(["score", "--checkpoint", str(ckpt), "--data.paths", str(root / "train.fasta")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    residues = [len(r.seq) + 1 for r in SeqIO.parse(root / "train.fasta", "fasta")]  # + EOS; control tokens not scored
+    assert [row["tokens"] for row in result["items"]] == residues
+    tagged_ppl = [row["perplexity"] for row in result["items"][:120]]
+    assert np.median(tagged_ppl) < 1.5  # given its tag, a protein is nearly certain

@@ -14,9 +14,10 @@ from arseq.modalities.protein import ProteinGenerate
 
 def test_argparse_spellings_become_jsonargparse_flags():
     kinds = options.kinds(ProteinGenerate)
-    argv = ["--top-k=5", "--overwrite", "--data.paths", "a.fa", "b.fa", "--standard-only", "--max-length", "9", "--no-overwrite"]
-    assert options.normalize(argv, kinds) == ["--top_k=5", "--overwrite", "true", "--data.paths", '["a.fa", "b.fa"]',
-                                              "--standard_only", "true", "--max_length", "9", "--overwrite", "false"]
+    argv = ["--top-k=5", "--overwrite", "--data.paths", "a.fa", "b.fa", "--standard-only", "--max-length", "9", "--no-overwrite",
+            "--cond", "tag=x", "--cond", "size=big"]
+    assert options.normalize(argv, kinds) == ["--top_k=5", "--overwrite", "true", "--standard_only", "true", "--max_length", "9",
+                                              "--overwrite", "false", "--data.paths", '["a.fa", "b.fa"]', "--cond", '["tag=x", "size=big"]']
 
 
 def test_given_values_beat_modality_defaults_which_beat_the_core():

@@ -75,12 +75,18 @@ def run_score(argv: list[str]) -> int:
     if not examples:
         reasons = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3])
         raise DataError(f"--data.paths: no item to score{' (' + reasons + ')' if reasons else ''}")
-    seqs = [np.asarray(e.tokens, dtype=np.int64) for e in examples]
+    controls, width = loaded.controls, loaded.controls.width if loaded.controls else 0
+    if controls is not None:  # a conditioned model scores each item given its own conditions (unknown where it has none)
+        seqs = [np.asarray(controls.insert(list(e.tokens), controls.ids(e.conditions)), dtype=np.int64) for e in examples]
+    else:
+        seqs = [np.asarray(e.tokens, dtype=np.int64) for e in examples]
     if args.per_token:
-        scored = token_scores(model, seqs, batch_size=args.batch_size, pad_id=tok.pad_id, stride=stride)
+        scored = [(lp[width:], rk[width:]) for lp, rk in token_scores(model, seqs, batch_size=args.batch_size, pad_id=tok.pad_id, stride=stride)]
+        seqs = [np.delete(s, np.s_[1 : 1 + width]) for s in seqs]
         rows = [item_row(e.name, -float(lp.sum()), len(lp)) for e, (lp, _) in zip(examples, scored)]
     else:
-        nll, count = sequence_nll(model, seqs, batch_size=args.batch_size, pad_id=tok.pad_id, stride=stride, progress=True)
+        nll, count = sequence_nll(model, seqs, start=[1 + width] * len(seqs), batch_size=args.batch_size, pad_id=tok.pad_id,
+                                  stride=stride, progress=True)
         rows = [item_row(e.name, float(n), int(c)) for e, n, c in zip(examples, nll, count)]
     total_nll, total = sum(r["nll_sum"] for r in rows), sum(r["tokens"] for r in rows)
     result: dict[str, Any] = {"items": rows, "skipped": [{"file": s.file, "reason": s.reason} for s in skipped],
