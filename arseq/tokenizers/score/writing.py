@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from arseq.tokenizers.score.events import Bar, Events, Note
-from arseq.tokenizers.score.vocab import ScoreVocab
+from arseq.tokenizers.score.vocab import GRACE_KINDS, ScoreVocab
 
 # Default General MIDI programs by part index: distinct, so parts stay apart in a MIDI round trip,
 # and none of them is a transposing instrument in music21 (that would shift written pitches).
@@ -25,8 +25,13 @@ def to_score(vocab: ScoreVocab, ev: Events) -> Any:
     num_parts = max(1, ev.num_parts)
     bars = ev.bars or [Bar(0, vocab.ts_steps((4, 4)), (4, 4), 0)]
     by_part: list[list[Note]] = [[] for _ in range(num_parts)]
+    graces: list[list[list[Note]]] = [[[] for _ in bars] for _ in range(num_parts)]
+    starts = [b.start for b in bars]
     for n in ev.notes:
-        by_part[n.part].append(n)
+        if n.grace:  # in the bar of its onset, in the order they are played
+            graces[n.part][max(0, bisect.bisect_right(starts, n.onset) - 1)].append(n)
+        else:
+            by_part[n.part].append(n)
     for pi in range(num_parts):
         part = stream.Part(id=f"P{pi + 1}")
         inst = instrument.Instrument()
@@ -65,6 +70,10 @@ def to_score(vocab: ScoreVocab, ev: Events) -> Any:
                         at += piece
                     end = pos + dur
                 _rests(note, box, vocab.ppq, end, bar.length)
+            for g in graces[pi][bi]:
+                box = _grace_box(containers, voices, g.onset - bar.start)
+                box.coreInsert(Fraction(g.onset - bar.start, vocab.ppq), _grace_note(note, g, bar.key))
+            for box in containers:
                 box.coreElementsChanged()
             if len(voices) > 1:
                 for v in containers:
@@ -147,11 +156,38 @@ def _tie_piece(tie_type: str | None, i: int, n: int) -> str | None:
     return "continue" if before and after else "start" if after else "stop" if before else None
 
 
+def _grace_box(containers: list, voices: list, pos: int) -> Any:
+    """The voice a grace note goes in: the first with a note starting at its onset (its principal note)."""
+    for box, voice in zip(containers, voices):
+        if any(p == pos for p, _, _ in voice):
+            return box
+    return containers[0]
+
+
+def _grace_note(note: Any, g: Note, sharps: int) -> Any:
+    """A music21 grace note (zero length; sorts before the principal note at its offset)."""
+    from music21 import duration
+
+    value, slash = GRACE_KINDS[g.grace - 1]
+    n = note.Note(g.pitch)
+    n.duration = duration.GraceDuration(value)
+    n.duration.slash = slash
+    _spell(n, sharps)
+    if g.vel != 64:
+        n.volume.velocity = g.vel
+    return n
+
+
+def _spell(n: Any, sharps: int) -> None:
+    """Flats in flat keys: music21 spells black keys as sharps."""
+    if sharps < 0 and n.pitch.accidental is not None and n.pitch.accidental.alter > 0:
+        n.pitch = n.pitch.getEnharmonic()
+
+
 def _make_note(note: Any, chord: Any, tie: Any, group: list, sharps: int, ql: Fraction) -> Any:
     def one(pitch: int, tie_type: str | None, vel: int) -> Any:
         n = note.Note(pitch, quarterLength=ql)
-        if sharps < 0 and n.pitch.accidental is not None and n.pitch.accidental.alter > 0:
-            n.pitch = n.pitch.getEnharmonic()
+        _spell(n, sharps)
         if vel != 64:
             n.volume.velocity = vel
         if tie_type:
