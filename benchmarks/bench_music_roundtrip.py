@@ -1,6 +1,6 @@
 """Round trips of the score tokenizer on music21's corpus outside Bach: exact files and, per inexact file, why.
 
-    python benchmarks/bench_music_roundtrip.py [--per-composer 3] [--midi 6] [--workers 2]
+    python benchmarks/bench_music_roundtrip.py [--per-composer 3] [--midi 7] [--workers 2] [--ppq 48 ...]
 
 The set is fixed: each composer's first `--per-composer` works in sorted order (`music21_composers`,
 MusicXML/mxl, Humdrum .krn and ABC as the corpus stores them), plus the first work of the first `--midi`
@@ -52,8 +52,12 @@ def main() -> None:
     p.add_argument("--midi", type=int, default=7, help="composers whose first work is also read as MIDI")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--no-grace", action="store_true", help="a tokenizer without grace tokens (the old vocabulary)")
+    p.add_argument("--ppq", type=int, default=24, help="grid steps per quarter (48 also holds 64th notes)")
+    p.add_argument("--max-dur-quarters", type=int, default=16)
+    p.add_argument("--max-bar-quarters", type=int, default=16)
     args = p.parse_args()
-    tok = ScoreTokenizer(grace=not args.no_grace)
+    tok = ScoreTokenizer(ppq=args.ppq, max_dur_quarters=args.max_dur_quarters, max_bar_quarters=args.max_bar_quarters,
+                         grace=not args.no_grace)
     composers = NAMED + tuple(c for c in COMPOSERS if c not in NAMED)
     items = music21_composers(composers, per_composer=args.per_composer)
     t0 = time.perf_counter()
@@ -81,6 +85,7 @@ def main() -> None:
         "grace_notes": int(sum(e.info.get("grace", 0) for e in examples)),
         "reasons": {k: {kk: v[kk] for kk in ("reason", "files", "notes")} for k, v in report["roundtrip_reasons"].items()},
         "per_file": files,
+        "tokenizer": tok.to_dict(),
         "seconds": round(seconds, 1),
         "workers": args.workers,
         "cpu_cores": os.cpu_count(),

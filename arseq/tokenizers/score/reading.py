@@ -29,8 +29,7 @@ def read_score(vocab: ScoreVocab, score: Any) -> Events:
     lost: Counter[str] = Counter()
 
     def steps(ql: Any) -> tuple[int, bool]:
-        x = Fraction(ql) * q
-        return round(x), x.denominator == 1
+        return grid_steps(Fraction(ql), vocab.ppq)
 
     notes: list[Note] = []
     for pi, part in enumerate(parts):
@@ -64,12 +63,13 @@ def read_score(vocab: ScoreVocab, score: Any) -> Events:
         raise ValueError("percussion only (no pitched notes)" if lost["unpitched"] else "empty score (no notes)")
     lost["too_long"] = sum(n.dur > vocab.max_dur for n in notes)
     notes = [Note(n.part, n.onset, n.pitch, min(n.dur, vocab.max_dur), n.vel, n.grace) for n in notes]
-    bars = _bar_grid(vocab, parts, max(n.onset for n in notes))
+    bars = _bar_grid(vocab, parts, max(n.onset + max(1, n.dur) for n in notes))
     notes, lost["past_last_bar"] = clip_to_last_bar(notes, bars)
     marks = score.recurse().getElementsByClass(m21tempo.MetronomeMark)
-    tempi = [(steps(el.getOffsetInHierarchy(score))[0], el.getQuarterBPM()) for el in marks]
+    # a mark with words only ("Sehr langsam", no number) sets no tempo
+    tempi = [(steps(el.getOffsetInHierarchy(score))[0], bpm) for el in marks if (bpm := el.getQuarterBPM()) is not None]
     for at, bpm in tempi:
-        if bpm is None or not 10 <= bpm <= 1000:
+        if not 10 <= bpm <= 1000:
             raise ValueError(f"absurd tempo {bpm} bpm")
     if vocab.tempo and tempi:
         starts = [b.start for b in bars]
@@ -82,6 +82,19 @@ def read_score(vocab: ScoreVocab, score: Any) -> Events:
     dropped = ("grace_dropped", "zero_duration", "unpitched")
     return Events(bars, notes, len(parts), sum(lost[k] for k in moved), sum(lost[k] for k in dropped),
                   lost=dict(lost))
+
+
+def grid_steps(ql: Fraction, ppq: int) -> tuple[int, bool]:
+    """(grid steps, exactly on the grid) of a music21 offset or quarterLength.
+
+    A value music21 cannot hold as a small fraction (a triplet in a MusicXML file whose <divisions> do
+    not divide by 3) it keeps as a rounded float, which becomes a Fraction with a large power-of-two
+    denominator (43/256 for 1/6). Such a value within 1/384 of a quarter of a grid point is that point:
+    notated values and tuplets (up to 16-tuplets) have small denominators and are never that close.
+    """
+    x = ql * ppq
+    r = round(x)
+    return r, x.denominator == 1 or (ql.denominator > 64 and abs(ql - Fraction(r, ppq)) <= Fraction(1, 384))
 
 
 def _add_tied(notes: list[Note], open_ties: dict[int, list[int]], n: Note, tie: str | None) -> None:
@@ -110,17 +123,25 @@ def _grace_kind(d: Any, lost: Counter) -> int:
     value = d.type if d.type in GRACE_TYPES else "eighth"
     return GRACE_KINDS.index((value, slash)) + 1
 
-def _bar_grid(vocab: ScoreVocab, parts: list, last_onset: int) -> list[Bar]:
-    """Bar grid from the measures of the part that has the most, extended to cover every note."""
+def _bar_grid(vocab: ScoreVocab, parts: list, end: int) -> list[Bar]:
+    """Bar grid from the measures of the part that has the most, extended by bars of the last meter up
+    to `end`, so every note fits (a final long note longer than its bar, or a part whose measures
+    drift from the others' in a badly encoded file, then rings into an added bar, not past the end)."""
     from music21 import stream
 
-    # the part with the most measures; among several, the bar lines most parts agree on (a part whose badly
-    # encoded measure is overfull would shift every bar line after it)
+    # the part with the most measures; among several, the bar lines most parts agree on, then the most
+    # regular ones (a part with a badly encoded, overfull measure would shift every bar line after it)
     per_part = [list(p.getElementsByClass(stream.Measure)) for p in parts]
     most = max(map(len, per_part))
-    lines = [tuple(m.offset for m in ms) for ms in per_part if len(ms) == most]
+    candidates = [ms for ms in per_part if len(ms) == most]
+    lines = [tuple(m.offset for m in ms) for ms in candidates]
     votes = Counter(lines)
-    measures = [ms for ms in per_part if len(ms) == most][lines.index(max(lines, key=votes.__getitem__))]
+
+    def irregular(at: tuple) -> int:
+        lengths = Counter(b - a for a, b in zip(at, at[1:]))
+        return sum(lengths.values()) - max(lengths.values(), default=0)
+
+    measures = max(zip(candidates, lines), key=lambda c: (votes[c[1]], -irregular(c[1])))[0]
     bars: list[Bar] = []
     ts, key = (4, 4), 0
     q = Fraction(vocab.ppq)
@@ -149,7 +170,7 @@ def _bar_grid(vocab: ScoreVocab, parts: list, last_onset: int) -> list[Bar]:
         bars.append(Bar(0, vocab.ts_steps(ts), ts, key))
     if bars[0].start != 0:
         raise ValueError("the first bar does not start at 0")
-    while bars[-1].start + bars[-1].length <= last_onset:
+    while bars[-1].start + bars[-1].length < end:
         b = bars[-1]
         bars.append(Bar(b.start + b.length, vocab.ts_steps(b.ts), b.ts, b.key, b.tempo))
     return bars
