@@ -55,11 +55,13 @@ class MusicModality(Modality):
     suffixes = SUFFIXES
 
     def __init__(self, transpose: list[int] = [-5, 6], ppq: int = 24, max_parts: int = 16,  # noqa: B006
-                 velocity: bool = False, tempo: bool = True, grace: bool = True, workers: int = 2):
+                 velocity: bool = False, tempo: bool = True, grace: bool = True, max_bar_quarters: int = 16,
+                 max_dur_quarters: int = 16, workers: int = 2):
         if len(transpose) != 2 or transpose[0] > transpose[1]:
             raise DataError(f"modality.transpose must be [low, high] semitones, got {transpose}")
         self.transpose = (int(transpose[0]), int(transpose[1]))
-        self.options = dict(ppq=ppq, max_parts=max_parts, velocity=velocity, tempo=tempo, grace=grace)
+        self.options = dict(ppq=ppq, max_parts=max_parts, velocity=velocity, tempo=tempo, grace=grace,
+                            max_bar_quarters=max_bar_quarters, max_dur_quarters=max_dur_quarters)
         self.workers = max(1, workers)
         self.tokenizer = ScoreTokenizer(**self.options)  # built from options alone, so `augment` has it
 

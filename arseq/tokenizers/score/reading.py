@@ -57,7 +57,9 @@ def read_score(vocab: ScoreVocab, score: Any) -> Events:
                 if grace:
                     notes.append(Note(pi, onset, midi, 0, int(vel), kind))
                     continue
-                tie = sub.tie.type if sub.tie is not None else (el.tie.type if el.tie is not None else None)
+                tie = sub.tie.type if sub.tie is not None else None
+                if tie is None and el.isChord and el.tie is not None and not any(n.tie for n in subs):
+                    tie = el.tie.type  # a tie on the chord as a whole (a chord's tie is its first note's)
                 _add_tied(notes, open_ties, Note(pi, onset, midi, max(1, dur), int(vel)), tie)
     if not notes:
         raise ValueError("percussion only (no pitched notes)" if lost["unpitched"] else "empty score (no notes)")
@@ -103,7 +105,7 @@ def _add_tied(notes: list[Note], open_ties: dict[int, list[int]], n: Note, tie: 
     Two voices of a part can hold the same pitch tied at the same moment (a unison); each open tie is kept,
     so one does not hide the other."""
     waiting = open_ties.setdefault(n.pitch, [])
-    j = next((j for j in waiting if notes[j].onset + notes[j].dur == n.onset), None)
+    j = next((j for j in reversed(waiting) if notes[j].onset + notes[j].dur == n.onset), None)
     if tie in ("stop", "continue") and j is not None:
         waiting.remove(j)
         old = notes[j]

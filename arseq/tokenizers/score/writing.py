@@ -57,8 +57,14 @@ def to_score(vocab: ScoreVocab, ev: Events) -> Any:
                 else:
                     m.paddingRight = pad
             voices = _assign_voices(segments[bi])
-            containers = [m] if len(voices) <= 1 else [stream.Voice(id=str(v + 1)) for v in range(len(voices))]
-            for box, voice in zip(containers, voices or [[]]):
+            # a grace note goes before its principal note; one with none at its onset goes in a voice of its
+            # own, whose rests are split there (MusicXML places a grace note only between elements)
+            principal = {pos for voice in voices for pos, _, _ in voice}
+            lone = sorted({g.onset - bar.start for g in graces[pi][bi]} - principal)
+            if lone or not voices:
+                voices.append([])
+            containers = [m] if len(voices) == 1 else [stream.Voice(id=str(v + 1)) for v in range(len(voices))]
+            for box, voice in zip(containers, voices):
                 end = 0
                 for pos, dur, group in voice:
                     _rests(note, box, vocab.ppq, end, pos)
@@ -69,10 +75,14 @@ def to_score(vocab: ScoreVocab, ev: Events) -> Any:
                         box.coreInsert(Fraction(at, vocab.ppq), _make_note(note, chord, tie, ties, bar.key, Fraction(piece, vocab.ppq)))
                         at += piece
                     end = pos + dur
+                for pos in lone if voice is voices[-1] and not voice else ():
+                    _rests(note, box, vocab.ppq, end, pos)
+                    end = pos
                 _rests(note, box, vocab.ppq, end, bar.length)
             for g in graces[pi][bi]:
-                box = _grace_box(containers, voices, g.onset - bar.start)
-                box.coreInsert(Fraction(g.onset - bar.start, vocab.ppq), _grace_note(note, g, bar.key))
+                pos = g.onset - bar.start
+                box = next((b for b, v in zip(containers, voices) if any(p == pos for p, _, _ in v)), containers[-1])
+                box.coreInsert(Fraction(pos, vocab.ppq), _grace_note(note, g, bar.key))
             for box in containers:
                 box.coreElementsChanged()
             if len(voices) > 1:
@@ -156,26 +166,25 @@ def _tie_piece(tie_type: str | None, i: int, n: int) -> str | None:
     return "continue" if before and after else "start" if after else "stop" if before else None
 
 
-def _grace_box(containers: list, voices: list, pos: int) -> Any:
-    """The voice a grace note goes in: the first with a note starting at its onset (its principal note)."""
-    for box, voice in zip(containers, voices):
-        if any(p == pos for p, _, _ in voice):
-            return box
-    return containers[0]
-
-
 def _grace_note(note: Any, g: Note, sharps: int) -> Any:
     """A music21 grace note (zero length; sorts before the principal note at its offset)."""
     from music21 import duration
 
     value, slash = GRACE_KINDS[g.grace - 1]
-    n = note.Note(g.pitch)
+    n = _note_at(note, g.pitch)
     n.duration = duration.GraceDuration(value)
     n.duration.slash = slash
     _spell(n, sharps)
     if g.vel != 64:
         n.volume.velocity = g.vel
     return n
+
+
+def _note_at(note: Any, midi: int, **kwargs: Any) -> Any:
+    """A Note of MIDI pitch `midi`: music21 reads a bare int below 12 as a pitch class in octave 4."""
+    from music21 import pitch
+
+    return note.Note(pitch.Pitch(midi=midi), **kwargs)
 
 
 def _spell(n: Any, sharps: int) -> None:
@@ -186,7 +195,7 @@ def _spell(n: Any, sharps: int) -> None:
 
 def _make_note(note: Any, chord: Any, tie: Any, group: list, sharps: int, ql: Fraction) -> Any:
     def one(pitch: int, tie_type: str | None, vel: int) -> Any:
-        n = note.Note(pitch, quarterLength=ql)
+        n = _note_at(note, pitch, quarterLength=ql)
         _spell(n, sharps)
         if vel != 64:
             n.volume.velocity = vel
