@@ -20,7 +20,7 @@ from arseq.modalities.music_reading import _load, roundtrip_losses, roundtrip_re
 from arseq.modalities.base import Example  # noqa: E402
 from arseq.tokenizers.score import Grammar, ScoreTokenizer  # noqa: E402
 from arseq.tokenizers.score.events import note_key, note_order  # noqa: E402
-from arseq.tokenizers.score.vocab import GRACE, GRACE_KINDS, PITCH, POS  # noqa: E402
+from arseq.tokenizers.score.vocab import DUR, GRACE, GRACE_KINDS, PITCH, POS  # noqa: E402
 
 TOK = ScoreTokenizer()
 # The state `ScoreTokenizer.to_dict()` saved before grace tokens existed, and that tokenizer's vocabulary size.
@@ -255,3 +255,34 @@ def test_checkpoint_with_an_old_tokenizer_loads_and_generates(tmp_path):
 def test_grace_kind_names(value):
     tid = TOK.start[GRACE] + GRACE_KINDS.index(value)
     assert TOK.token_name(tid) == f"Grace_{value[0]}{'' if value[1] else '_noslash'}"
+
+
+def test_notes_longer_than_the_longest_dur_round_trip():
+    """A pedal note of 40 quarters (ties over ten 4/4 bars): Dur_max Dur_max Dur_rest, read back whole."""
+    bars = []
+    for i in range(10):
+        m = stream.Measure(number=i + 1)
+        if i == 0:
+            m.timeSignature = meter.TimeSignature("4/4")
+        n = note.Note("C3", quarterLength=4)
+        n.tie = music21.tie.Tie("start" if i == 0 else "stop" if i == 9 else "continue")
+        m.append(n)
+        bars.append(m)
+    top = stream.Part([stream.Measure([note.Note("G4", quarterLength=4)], number=i + 1) for i in range(10)])
+    score = stream.Score([top, stream.Part(bars)])
+    events = TOK.extract(score)
+    assert events.lost == {} and max(n.dur for n in events.notes) == 40 * TOK.ppq
+    ids = TOK.encode_events(events)
+    names = [TOK.token_name(t) for t in ids]
+    at = names.index("Pitch_48")
+    assert names[at + 1 : at + 4] == ["Dur_384", "Dur_384", "Dur_192"]
+    decoded = TOK.decode_events(ids)
+    assert decoded.repairs == 0 and keys(decoded) == keys(events)
+    assert TOK.encode(TOK.to_score(decoded)) == ids
+    g = Grammar(TOK)
+    for t in ids[: at + 2]:
+        g.feed(t)
+    assert g.allowed()[TOK.start[DUR] : TOK.start[DUR] + TOK.max_dur].all()  # after Dur_max: any Dur extends
+    g.feed(ids[at + 2])
+    g.feed(ids[at + 3])
+    assert not g.allowed()[TOK.start[DUR] : TOK.start[DUR] + TOK.max_dur].any()  # after a shorter Dur: the note is done

@@ -28,7 +28,6 @@ LOSS_REASONS = {
     "off_grid": "onset or duration moved onto the grid",
     "microtone": "pitch rounded to a semitone",
     "pitch_range": "pitch outside MIDI 0..127 clamped",
-    "too_long": "duration cut to the longest Dur token",
     "past_last_bar": "note cut at the last bar line",
     "grace_dropped": "grace notes dropped (tokenizer without grace tokens)",
     "grace_notation": "grace note of an unsupported notated value written as the nearest",

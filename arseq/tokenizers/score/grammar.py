@@ -4,7 +4,8 @@
 lists the tokens that keep the sequence well-formed, so decoding and constrained sampling can never
 disagree about what a sequence means.
 
-A note is `[Pos] [Vel] Pitch Dur`; a grace note is `[Pos] [Vel] Grace Pitch` (no Dur: it takes no time,
+A note is `[Pos] [Vel] Pitch Dur` (a note longer than the longest Dur: `Dur_max ... Dur_max Dur_rest`,
+each Dur after a Dur_max adding to it); a grace note is `[Pos] [Vel] Grace Pitch` (no Dur: it takes no time,
 and the cursor stays at its onset, so the principal note after it needs no Pos). At one onset of a
 block, grace notes come first, in the order they are played, then the ordinary notes by pitch.
 """
@@ -42,6 +43,7 @@ class Grammar:
         self.vel: int | None = None  # pending Vel
         self.pitch: int | None = None  # pending Pitch
         self.grace: int | None = None  # pending Grace (its kind)
+        self.extend = False  # the last note ended on the longest Dur: a further Dur lengthens it
         self.part_end: dict[int, int] = {}
         self.max_end = 0  # where the longest-ringing note so far ends
         self.part_vel: dict[int, int] = {}
@@ -133,6 +135,8 @@ class Grammar:
             if cursor < bar.length:
                 ok[t.start[POS] + cursor] = False
             self._allow_note_start(ok)
+        if self.extend:
+            ok[t.start[DUR] : t.start[DUR] + t.max_dur] = True
         return ok
 
     def _block_view(self) -> tuple[int, tuple[int, int, int] | None]:
@@ -157,8 +161,9 @@ class Grammar:
             return
         _, last = self._block_view()
         same_onset = last is not None and last[0] == onset
-        if self.grace is None:
-            ok[t.start[PITCH] + (max(0, last[1]) if same_onset else 0) : t.start[PITCH] + 128] = True
+        if self.grace is None:  # by pitch; the same pitch again only if its Dur can be >= the last one's
+            lo = max(0, last[1] + (last[2] > t.max_dur)) if same_onset else 0
+            ok[t.start[PITCH] + lo : t.start[PITCH] + 128] = True
         if t.grace and (not same_onset or last[1] < 0):  # grace notes before an onset's ordinary notes
             ok[t.start[GRACE] : t.start[GRACE] + len(GRACE_KINDS)] = True
 
@@ -197,6 +202,7 @@ class Grammar:
         t = self.t
         kind, value = int(t.types[tid]), int(t.values[tid])
         self.started = True
+        extending, self.extend = self.extend, False
         if kind == BOS:
             return
         if kind == EOS:
@@ -240,8 +246,20 @@ class Grammar:
                 self._add_note(value, 0, self.grace + 1)
             elif kind == PITCH:
                 self.pitch = value
+            elif kind == DUR and extending:
+                self._lengthen(value)
             elif kind == DUR:
                 self._add_note(self.pitch, value, 0)
+
+    def _lengthen(self, steps: int) -> None:
+        """A Dur right after a Dur_max: the last note lasts `steps` longer."""
+        n = self.notes[-1]
+        self.notes[-1] = Note(n.part, n.onset, n.pitch, n.dur + steps, n.vel, n.grace)
+        self.last = (self.last[0], self.last[1], n.dur + steps)
+        self.cursor = self.last[0] + n.dur + steps
+        self.part_end[n.part] = self.bar.start + self.cursor
+        self.max_end = max(self.max_end, self.part_end[n.part])
+        self.extend = steps == self.t.max_dur
 
     def _add_note(self, pitch: int, dur: int, grace: int) -> None:
         t, onset, p = self.t, self._onset(), self.block
@@ -255,6 +273,7 @@ class Grammar:
         self.max_end = max(self.max_end, self.part_end[p])
         self.block_has_note = True
         self.pos = self.vel = self.pitch = self.grace = None
+        self.extend = not grace and dur == t.max_dur
 
     def finish(self) -> Events:
         """The events read so far. A sequence cut short (no EOS, e.g. by a token budget) loses its half-built

@@ -63,8 +63,6 @@ def read_score(vocab: ScoreVocab, score: Any) -> Events:
                 _add_tied(notes, open_ties, Note(pi, onset, midi, max(1, dur), int(vel)), tie)
     if not notes:
         raise ValueError("percussion only (no pitched notes)" if lost["unpitched"] else "empty score (no notes)")
-    lost["too_long"] = sum(n.dur > vocab.max_dur for n in notes)
-    notes = [Note(n.part, n.onset, n.pitch, min(n.dur, vocab.max_dur), n.vel, n.grace) for n in notes]
     bars = _bar_grid(vocab, parts, max(n.onset + max(1, n.dur) for n in notes))
     notes, lost["past_last_bar"] = clip_to_last_bar(notes, bars)
     marks = score.recurse().getElementsByClass(m21tempo.MetronomeMark)
@@ -80,7 +78,7 @@ def read_score(vocab: ScoreVocab, score: Any) -> Events:
             for b in bars[i:]:
                 b.tempo = bpm
     lost = Counter({k: v for k, v in lost.items() if v})
-    moved = ("off_grid", "microtone", "pitch_range", "too_long", "past_last_bar", "grace_notation")
+    moved = ("off_grid", "microtone", "pitch_range", "past_last_bar", "grace_notation")
     dropped = ("grace_dropped", "zero_duration", "unpitched")
     return Events(bars, notes, len(parts), sum(lost[k] for k in moved), sum(lost[k] for k in dropped),
                   lost=dict(lost))

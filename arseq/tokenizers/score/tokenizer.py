@@ -56,8 +56,9 @@ class ScoreTokenizer(ScoreVocab):
                     ids.append(s[VEL] + part_vel[n.part])
                 if n.grace:  # a grace note: Grace Pitch, no Dur; the cursor stays at its onset
                     ids += [s[GRACE] + n.grace - 1, s[PITCH] + n.pitch]
-                else:
-                    ids += [s[PITCH] + n.pitch, s[DUR] + n.dur - 1]
+                else:  # a note longer than the longest Dur: Dur_max, ..., then the rest
+                    more, rest = divmod(n.dur - 1, self.max_dur)
+                    ids += [s[PITCH] + n.pitch, *[s[DUR] + self.max_dur - 1] * more, s[DUR] + rest]
                 cursor = pos + n.dur
                 part_end[n.part] = bar.start + cursor
         ids.append(self.eos_id)
