@@ -3,21 +3,19 @@ from __future__ import annotations
 
 import json
 
+import music21  # noqa: F401  (a hard dependency: a broken install must fail, not skip)
 import numpy as np
 import pytest
 import torch
-
-import music21  # noqa: F401  (a hard dependency: a broken install must fail, not skip)
-
 from music21 import chord, converter, meter, note, stream  # noqa: E402
 from safetensors.torch import save_model  # noqa: E402
 
 from arseq import checkpoint  # noqa: E402
-from arseq.models.sampling import SamplingConfig, generate  # noqa: E402
-from arseq.models.transformer import Transformer, TransformerConfig  # noqa: E402
+from arseq.modalities.base import Example  # noqa: E402
 from arseq.modalities.music import GrammarConstraint, MusicModality  # noqa: E402
 from arseq.modalities.music_reading import _load, roundtrip_losses, roundtrip_report  # noqa: E402
-from arseq.modalities.base import Example  # noqa: E402
+from arseq.models.sampling import SamplingConfig, generate  # noqa: E402
+from arseq.models.transformer import Transformer, TransformerConfig  # noqa: E402
 from arseq.tokenizers.score import Grammar, ScoreTokenizer  # noqa: E402
 from arseq.tokenizers.score.events import note_key, note_order  # noqa: E402
 from arseq.tokenizers.score.vocab import DUR, GRACE, GRACE_KINDS, PITCH, POS  # noqa: E402
@@ -118,7 +116,7 @@ def test_grammar_walks_with_grace_notes_are_well_formed_and_canonical(tmp_path):
     (Their ordinary notes can fail to: two same-pitch notes of a part tied over the same instant, which dense
     random walks make often, are ambiguous once written; on such walks main's tokenizer failed 10 of 10.)"""
     rng = np.random.default_rng(3)
-    graces = ended = 0
+    graces = 0
     for i in range(6):
         ids = walk(rng, 200)
         events = TOK.decode_events(ids)

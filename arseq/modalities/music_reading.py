@@ -3,9 +3,9 @@ its reasons, MIDI sanity checks, and prompt files. (music21 corpus sources: `mus
 from __future__ import annotations
 
 import multiprocessing as mp
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Sequence

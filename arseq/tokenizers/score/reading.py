@@ -25,7 +25,6 @@ def read_score(vocab: ScoreVocab, score: Any) -> Events:
     parts = [p for p in parts if p.recurse().notesAndRests.first() is not None] or parts
     if len(parts) > vocab.max_parts:
         raise ValueError(f"{len(parts)} parts; at most {vocab.max_parts} are supported")
-    q = Fraction(vocab.ppq)
     lost: Counter[str] = Counter()
 
     def steps(ql: Any) -> tuple[int, bool]:
