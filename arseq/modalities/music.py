@@ -29,12 +29,13 @@ from arseq.modalities import (
     Sample,
     Skipped,
 )
+from arseq.modalities.music_corpus import bach_chorales, music21_composers
 from arseq.modalities.music_metrics import key_scale, score_metrics
 from arseq.modalities.music_reading import (
     SUFFIXES,
-    bach_chorales,
     prompt_tokens,
     read_in_parallel,
+    roundtrip_report,
 )
 from arseq.modalities.render import piano_roll
 from arseq.models.sampling import SamplingConfig
@@ -43,6 +44,10 @@ from arseq.tokenizers.score import PITCH, Events, Grammar, ScoreTokenizer
 # Nucleus sampling slightly cooled: at T = 1 the 0.8 M-parameter CPU model's samples were 90 % in key (held-out
 # chorales: 95 %), with these 92 %, their pitch-class entropy then matching the data's (configs/music/bach_chorales.yaml).
 SAMPLING_DEFAULTS = {"temperature": 0.9, "top_p": 0.95}
+# data.source names: pieces from music21's installed corpus (no network)
+SOURCES: dict[str, Callable[[], list[tuple[str, str]]]] = {
+    "bach_chorales": bach_chorales, "music21_composers": music21_composers,
+}
 
 
 @dataclass
@@ -64,11 +69,13 @@ class MusicModality(Modality):
     suffixes = SUFFIXES
 
     def __init__(self, transpose: list[int] = [-5, 6], ppq: int = 24, max_parts: int = 16,  # noqa: B006
-                 velocity: bool = False, tempo: bool = True, workers: int = 2):
+                 velocity: bool = False, tempo: bool = True, grace: bool = True, max_bar_quarters: int = 16,
+                 max_dur_quarters: int = 16, workers: int = 2):
         if len(transpose) != 2 or transpose[0] > transpose[1]:
             raise DataError(f"modality.transpose must be [low, high] semitones, got {transpose}")
         self.transpose = (int(transpose[0]), int(transpose[1]))
-        self.options = dict(ppq=ppq, max_parts=max_parts, velocity=velocity, tempo=tempo)
+        self.options = dict(ppq=ppq, max_parts=max_parts, velocity=velocity, tempo=tempo, grace=grace,
+                            max_bar_quarters=max_bar_quarters, max_dur_quarters=max_dur_quarters)
         self.workers = max(1, workers)
         self.tokenizer = ScoreTokenizer(**self.options)  # built from options alone, so `augment` has it
 
@@ -86,9 +93,10 @@ class MusicModality(Modality):
 
     def read(self, files: list[Path], source: str | None, tokenizer: ScoreTokenizer,
              check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
-        if source not in (None, "bach_chorales"):
-            raise DataError(f"data.source {source!r}: the music modality knows 'bach_chorales' (or give data.paths)")
-        items = bach_chorales() if source == "bach_chorales" else [(str(f), str(f)) for f in files]
+        if source not in (None, *SOURCES):
+            raise DataError(f"data.source {source!r}: the music modality knows {' and '.join(map(repr, SOURCES))} "
+                            "(or give data.paths)")
+        items = SOURCES[source]() if source is not None else [(str(f), str(f)) for f in files]
         jobs = [(name, path, tokenizer.to_dict(), check_roundtrip) for name, path in items]
         for name, tokens, exact, info, reason in read_in_parallel(jobs, self.workers):
             if reason is not None:
@@ -156,15 +164,14 @@ class MusicModality(Modality):
     def summarize(self, tokenizer: ScoreTokenizer, examples: list[Example]) -> dict[str, Any]:
         notes = sum(e.info.get("notes", 0) for e in examples)
         tokens = sum(len(e.tokens) for e in examples)
-        inexact = [f"{e.name}: {int(e.info.get('quantized', 0))} notes moved onto the grid, "
-                   f"{int(e.info.get('dropped', 0))} grace notes dropped" for e in examples if e.exact is False]
         return {
             "num_notes": int(notes),
             "tokens_per_note": round(tokens / max(1, notes), 3),
             "notes_per_piece": round(notes / max(1, len(examples)), 1),
             "quantized_notes": int(sum(e.info.get("quantized", 0) for e in examples)),
             "dropped_notes": int(sum(e.info.get("dropped", 0) for e in examples)),
-            "roundtrip_inexact": inexact,
+            "grace_notes": int(sum(e.info.get("grace", 0) for e in examples)),
+            **roundtrip_report(examples),
         }
 
     def metrics(self, tokenizer: ScoreTokenizer, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:

@@ -1,45 +1,27 @@
-"""Reading scores for the music modality: the Bach chorales of music21's corpus, files in parallel
-worker processes, MIDI sanity checks, and prompt files."""
+"""Reading scores for the music modality: files in parallel worker processes, the round-trip check and
+its reasons, MIDI sanity checks, and prompt files. (music21 corpus sources: `music_corpus`.)"""
 from __future__ import annotations
 
 import multiprocessing as mp
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from arseq.errors import DataError, one_line
+from arseq.modalities.base import Example
+from arseq.modalities.music_corpus import bach_chorales  # noqa: F401  (imported from here before music_corpus)
 from arseq.tokenizers.score import Events, ScoreTokenizer
+from arseq.tokenizers.score.events import LOSS_REASONS, note_key, note_order
 
 SUFFIXES = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".krn", ".abc")
 
 
-
-
-
 # ---- reading ------------------------------------------------------------------------------------
-def bach_chorales() -> list[tuple[str, str]]:
-    """(name, path) of the 350 distinct chorales of music21's `corpus.chorales.Iterator`.
-
-    A name can match several corpus files (bwv281 has a .krn and an .mxl; bwv245.3 also matches
-    bwv245.37); take the file whose stem is the name exactly, preferring MusicXML.
-    """
-    from music21 import corpus
-
-    order = {".mxl": 0, ".xml": 1, ".musicxml": 1, ".krn": 2}
-    out = []
-    for name in dict.fromkeys(corpus.chorales.Iterator(returnType="filename")):
-        found = corpus.getWork(name)
-        found = found if isinstance(found, list) else [found]
-        stem = name.rsplit("/", 1)[-1]
-        exact = [p for p in found if p.name[: -len(p.suffix)] == stem and p.suffix in order] or found
-        out.append((name, str(min(exact, key=lambda p: order.get(p.suffix, 9)))))
-    return out
-
-
 def read_in_parallel(jobs: list[tuple], workers: int) -> Iterator[tuple]:
     """Parse and encode files in worker processes, in order (the core's progress bar counts them)."""
     if workers <= 1 or len(jobs) < 4:
@@ -74,18 +56,50 @@ def _load(name: str, path: str, state: dict, check_roundtrip: bool) -> tuple:
     except DataError as e:
         return name, None, None, {}, str(e).removeprefix(f"{path}: ")
     ids = np.asarray(tok.encode_events(events), dtype=np.int32)
-    exact = None
-    if check_roundtrip:
-        key = lambda n: (n.part, n.onset, n.pitch, n.dur)  # noqa: E731
-        try:
-            back = tok.extract(tok.to_score(tok.decode_events(ids)))
-            same = sorted(map(key, back.notes)) == sorted(map(key, events.notes))
-        except Exception:  # a failure to rebuild is a failed round trip, not a crash
-            same = False
-        exact = same and events.quantized == 0 and events.dropped == 0
+    lost = roundtrip_losses(tok, events, ids) if check_roundtrip else {}
     info = {"notes": float(len(events.notes)), "bars": float(len(events.bars)), "parts": float(events.num_parts),
-            "quantized": float(events.quantized), "dropped": float(events.dropped)}
-    return name, ids, exact, info, None
+            "quantized": float(events.quantized), "dropped": float(events.dropped),
+            "grace": float(sum(n.grace > 0 for n in events.notes)), **{f"lost.{k}": float(v) for k, v in lost.items()}}
+    return name, ids, (not lost) if check_roundtrip else None, info, None
+
+
+def roundtrip_losses(tok: ScoreTokenizer, events: Events, ids: Sequence[int]) -> dict[str, int]:
+    """Why decode(encode(x)) is not x: notes per reason (keys of LOSS_REASONS); empty when it is exact.
+
+    Reading's own losses (off-grid notes, dropped notes, ...) and what the round trip finds: grammar
+    repairs of the encoder's ids, notes changed by writing the decoded score and reading it back (the
+    multiset difference of the two note lists, in token order), or a score that cannot be rebuilt.
+    """
+    lost = dict(events.lost)
+    try:
+        decoded = tok.decode_events(ids)
+        if decoded.repairs:
+            lost["grammar_repairs"] = decoded.repairs
+        back = tok.extract(tok.to_score(decoded))
+    except Exception:  # a failure to rebuild is a failed round trip, not a crash
+        return {**lost, "rebuild_failed": 1}
+    before = [note_key(n) for n in sorted(events.notes, key=note_order)]
+    after = [note_key(n) for n in sorted(back.notes, key=note_order)]
+    if before != after:
+        lost["changed_in_writing"] = max(1, sum((Counter(before) - Counter(after)).values()))
+    return lost
+
+
+def roundtrip_report(examples: Sequence[Example], first: int = 5) -> dict[str, Any]:
+    """`prepare --check-roundtrip`'s account of inexact items: each one with its reasons, and per reason the
+    files, notes and first few names. An inexact item always has a reason ("unexplained" would show a bug)."""
+    inexact = [e for e in examples if e.exact is False]
+    per_file, reasons = [], {}
+    for e in inexact:
+        lost = {k.removeprefix("lost."): int(v) for k, v in e.info.items() if k.startswith("lost.")} or {"unexplained": 0}
+        per_file.append(f"{e.name}: " + ", ".join(f"{LOSS_REASONS.get(k, k)} ({v} notes)" for k, v in lost.items()))
+        for k, v in lost.items():
+            r = reasons.setdefault(k, {"reason": LOSS_REASONS.get(k, k), "files": 0, "notes": 0, "first": []})
+            r["files"] += 1
+            r["notes"] += v
+            if len(r["first"]) < first:
+                r["first"].append(e.name)
+    return {"roundtrip_inexact": per_file[:50], "roundtrip_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]["files"]))}
 
 
 def read_events(tok: ScoreTokenizer, path: Path) -> Events:

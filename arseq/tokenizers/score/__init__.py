@@ -11,7 +11,11 @@ note, so a note that starts where the previous one ended (nearly every note of a
 Position token; `Part` appears only when the part changes, and TS/Key/Tempo only when they change.
 Times are integers on a grid of `ppq` steps per quarter note (24: 32nd notes and eighth- and
 sixteenth-note triplets land exactly, which covers every note of the Bach chorales). A note held across
-bar lines is one note with a long duration (ties are merged).
+bar lines is one note with a long duration (ties are merged); one longer than the longest Dur token is
+`Dur_max ... Dur_rest`. A grace note is `Grace_<value> Pitch` (its notated value and slash, no Dur): it
+takes no time, comes before the ordinary notes of its onset, and is written back as a music21 grace note.
+Tokenizers saved before grace tokens existed load with `grace=False`: their ids, all still the same, end
+where the Grace ids (the last ones) would begin.
 
 One state machine (`Grammar`) defines which sequences are well-formed; it drives both `decode`
 (which repairs or skips bad tokens, so any sequence decodes, and counts what it fixed) and the

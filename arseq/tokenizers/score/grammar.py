@@ -3,6 +3,11 @@
 `feed` applies a token (repairing or skipping one that is not allowed, and counting it) and `allowed`
 lists the tokens that keep the sequence well-formed, so decoding and constrained sampling can never
 disagree about what a sequence means.
+
+A note is `[Pos] [Vel] Pitch Dur` (a note longer than the longest Dur: `Dur_max ... Dur_max Dur_rest`,
+each Dur after a Dur_max adding to it); a grace note is `[Pos] [Vel] Grace Pitch` (no Dur: it takes no time,
+and the cursor stays at its onset, so the principal note after it needs no Pos). At one onset of a
+block, grace notes come first, in the order they are played, then the ordinary notes by pitch.
 """
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ import numpy as np
 
 from arseq.tokenizers.score.events import Bar, Events, Note, clip_to_last_bar
 from arseq.tokenizers.score.vocab import (
-    BAR, BOS, DUR, EOS, KEY, KEY_RANGE, LEN, PART, PITCH, POS, TEMPO, TEMPO_BINS, TS, VEL, VEL_BINS, ScoreVocab,
+    BAR, BOS, DUR, EOS, GRACE, GRACE_KINDS, KEY, KEY_RANGE, LEN, PART, PITCH, POS, TEMPO, TEMPO_BINS, TS, VEL,
+    VEL_BINS, ScoreVocab,
 )
 
 
@@ -32,10 +38,12 @@ class Grammar:
         self.block: int | None = None  # part whose block is open in this bar
         self.block_has_note = False
         self.cursor = 0  # bar-relative end of the block part's previous note
-        self.last: tuple[int, int, int] | None = None  # (pos, pitch, dur) of the block's last note
+        self.last: tuple[int, int, int] | None = None  # (pos, pitch, dur) of the block's last note; pitch -1: grace
         self.pos: int | None = None  # pending Pos
         self.vel: int | None = None  # pending Vel
         self.pitch: int | None = None  # pending Pitch
+        self.grace: int | None = None  # pending Grace (its kind)
+        self.extend = False  # the last note ended on the longest Dur: a further Dur lengthens it
         self.part_end: dict[int, int] = {}
         self.max_end = 0  # where the longest-ringing note so far ends
         self.part_vel: dict[int, int] = {}
@@ -50,11 +58,15 @@ class Grammar:
 
     def _body_ok(self) -> bool:
         """Bar/Part/EOS/note tokens may come: no half-built note, headers of the first bar given."""
-        if self.ended or self.pos is not None or self.vel is not None or self.pitch is not None:
+        if self.ended or self._pending():
             return False
         if self.block is not None and not self.block_has_note:
             return False
         return not self._first_bar_open()
+
+    def _pending(self) -> bool:
+        """A note is half-built: a Pos, Vel, Grace or Pitch waits for the rest of it."""
+        return self.pos is not None or self.vel is not None or self.pitch is not None or self.grace is not None
 
     def _note_part(self) -> int | None:
         """The part a note token would belong to now, or None when no part is known."""
@@ -74,6 +86,9 @@ class Grammar:
             if self.last is not None and self.last[:2] == (self._onset(), self.pitch):
                 lo = self.last[2]
             ok[t.start[DUR] + lo - 1 : t.start[DUR] + t.max_dur] = True
+            return ok
+        if self.grace is not None:
+            ok[t.start[PITCH] : t.start[PITCH] + 128] = True  # grace notes keep the order they are played in
             return ok
         bar = self.bar
         if bar is None:
@@ -120,6 +135,8 @@ class Grammar:
             if cursor < bar.length:
                 ok[t.start[POS] + cursor] = False
             self._allow_note_start(ok)
+        if self.extend:
+            ok[t.start[DUR] : t.start[DUR] + t.max_dur] = True
         return ok
 
     def _block_view(self) -> tuple[int, tuple[int, int, int] | None]:
@@ -143,8 +160,12 @@ class Grammar:
         if onset >= self.bar.length:
             return
         _, last = self._block_view()
-        lo = last[1] if last is not None and last[0] == onset else 0
-        ok[t.start[PITCH] + lo : t.start[PITCH] + 128] = True
+        same_onset = last is not None and last[0] == onset
+        if self.grace is None:  # by pitch; the same pitch again only if its Dur can be >= the last one's
+            lo = max(0, last[1] + (last[2] > t.max_dur)) if same_onset else 0
+            ok[t.start[PITCH] + lo : t.start[PITCH] + 128] = True
+        if t.grace and (not same_onset or last[1] < 0):  # grace notes before an onset's ordinary notes
+            ok[t.start[GRACE] : t.start[GRACE] + len(GRACE_KINDS)] = True
 
     # ---- transitions --------------------------------------------------------------------------
     def feed(self, tid: int) -> bool:
@@ -162,7 +183,7 @@ class Grammar:
 
     def _recover(self) -> None:
         """Drop a half-built note or empty block and fill a first bar's missing headers with defaults."""
-        self.pos = self.vel = self.pitch = None
+        self.pos = self.vel = self.pitch = self.grace = None
         if self.block is not None and not self.block_has_note:
             self.block = None
         if self.bars and self._first_bar_open():
@@ -181,6 +202,7 @@ class Grammar:
         t = self.t
         kind, value = int(t.types[tid]), int(t.values[tid])
         self.started = True
+        extending, self.extend = self.extend, False
         if kind == BOS:
             return
         if kind == EOS:
@@ -218,26 +240,45 @@ class Grammar:
                 self.pos = value
             elif kind == VEL:
                 self.vel = value
+            elif kind == GRACE:
+                self.grace = value
+            elif kind == PITCH and self.grace is not None:
+                self._add_note(value, 0, self.grace + 1)
             elif kind == PITCH:
                 self.pitch = value
+            elif kind == DUR and extending:
+                self._lengthen(value)
             elif kind == DUR:
-                onset = self._onset()
-                p = self.block
-                if self.vel is not None:
-                    self.part_vel[p] = self.vel
-                vel = t.vel_value(self.part_vel[p]) if t.velocity and p in self.part_vel else 64
-                self.notes.append(Note(p, self.bar.start + onset, self.pitch, value, vel))
-                self.last = (onset, self.pitch, value)
-                self.cursor = onset + value
-                self.part_end[p] = self.bar.start + self.cursor
-                self.max_end = max(self.max_end, self.part_end[p])
-                self.block_has_note = True
-                self.pos = self.vel = self.pitch = None
+                self._add_note(self.pitch, value, 0)
+
+    def _lengthen(self, steps: int) -> None:
+        """A Dur right after a Dur_max: the last note lasts `steps` longer."""
+        n = self.notes[-1]
+        self.notes[-1] = Note(n.part, n.onset, n.pitch, n.dur + steps, n.vel, n.grace)
+        self.last = (self.last[0], self.last[1], n.dur + steps)
+        self.cursor = self.last[0] + n.dur + steps
+        self.part_end[n.part] = self.bar.start + self.cursor
+        self.max_end = max(self.max_end, self.part_end[n.part])
+        self.extend = steps == self.t.max_dur
+
+    def _add_note(self, pitch: int, dur: int, grace: int) -> None:
+        t, onset, p = self.t, self._onset(), self.block
+        if self.vel is not None:
+            self.part_vel[p] = self.vel
+        vel = t.vel_value(self.part_vel[p]) if t.velocity and p in self.part_vel else 64
+        self.notes.append(Note(p, self.bar.start + onset, pitch, dur, vel, grace))
+        self.last = (onset, -1 if grace else pitch, dur)
+        self.cursor = onset + dur
+        self.part_end[p] = self.bar.start + self.cursor
+        self.max_end = max(self.max_end, self.part_end[p])
+        self.block_has_note = True
+        self.pos = self.vel = self.pitch = self.grace = None
+        self.extend = not grace and dur == t.max_dur
 
     def finish(self) -> Events:
         """The events read so far. A sequence cut short (no EOS, e.g. by a token budget) loses its half-built
         last note and has notes ringing past its last bar cut there: truncation, not repairs."""
-        half_built = not self.ended and (self.pitch is not None or self.pos is not None or self.vel is not None)
+        half_built = not self.ended and self._pending()
         if self.bars and self._first_bar_open():
             self._recover()
         notes, clipped = clip_to_last_bar(self.notes, self.bars)

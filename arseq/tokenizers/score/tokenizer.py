@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from arseq.tokenizers.score import reading, writing
-from arseq.tokenizers.score.events import Events, Note
+from arseq.tokenizers.score.events import Events, Note, note_order
 from arseq.tokenizers.score.grammar import Grammar
-from arseq.tokenizers.score.vocab import DUR, KEY, KEY_RANGE, LEN, PART, PITCH, POS, TEMPO, TS, VEL, ScoreVocab
+from arseq.tokenizers.score.vocab import DUR, GRACE, KEY, KEY_RANGE, LEN, PART, PITCH, POS, TEMPO, TS, VEL, ScoreVocab
 
 
 class ScoreTokenizer(ScoreVocab):
@@ -41,7 +41,7 @@ class ScoreTokenizer(ScoreVocab):
             if bar.length != self.ts_steps(ts):
                 ids.append(s[LEN] + bar.length - 1)
             block = None
-            for n in sorted(notes, key=lambda n: (n.part, n.onset, n.pitch, n.dur)):
+            for n in sorted(notes, key=note_order):
                 if n.part != block:
                     block = n.part
                     if n.part != part:
@@ -54,7 +54,11 @@ class ScoreTokenizer(ScoreVocab):
                 if self.velocity and self.vel_bin(n.vel) != part_vel.get(n.part):
                     part_vel[n.part] = self.vel_bin(n.vel)
                     ids.append(s[VEL] + part_vel[n.part])
-                ids += [s[PITCH] + n.pitch, s[DUR] + n.dur - 1]
+                if n.grace:  # a grace note: Grace Pitch, no Dur; the cursor stays at its onset
+                    ids += [s[GRACE] + n.grace - 1, s[PITCH] + n.pitch]
+                else:  # a note longer than the longest Dur: Dur_max, ..., then the rest
+                    more, rest = divmod(n.dur - 1, self.max_dur)
+                    ids += [s[PITCH] + n.pitch, *[s[DUR] + self.max_dur - 1] * more, s[DUR] + rest]
                 cursor = pos + n.dur
                 part_end[n.part] = bar.start + cursor
         ids.append(self.eos_id)
@@ -96,8 +100,10 @@ class ScoreTokenizer(ScoreVocab):
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "ppq": self.ppq, "max_parts": self.max_parts,
                 "max_bar_quarters": self.max_bar_quarters, "max_dur_quarters": self.max_dur_quarters,
-                "velocity": self.velocity, "tempo": self.tempo}
+                "velocity": self.velocity, "tempo": self.tempo, "grace": self.grace}
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> "ScoreTokenizer":
-        return cls(**{k: v for k, v in state.items() if k != "kind"})
+        """Rebuild from `to_dict`. A state saved before grace tokens existed has no "grace" key: it gets
+        grace=False, hence exactly its old vocabulary, so old checkpoints load and generate as before."""
+        return cls(**{"grace": False, **{k: v for k, v in state.items() if k != "kind"}})

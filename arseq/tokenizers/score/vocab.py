@@ -14,13 +14,16 @@ import numpy as np
 from arseq.tokenizers.base import SPECIALS
 
 # token types
-PAD, BOS, EOS, BAR, TS, KEY, TEMPO, LEN, PART, POS, VEL, PITCH, DUR = range(13)
-TYPE_NAMES = ("PAD", "BOS", "EOS", "Bar", "TS", "Key", "Tempo", "Len", "Part", "Pos", "Vel", "Pitch", "Dur")
+PAD, BOS, EOS, BAR, TS, KEY, TEMPO, LEN, PART, POS, VEL, PITCH, DUR, GRACE = range(14)
+TYPE_NAMES = ("PAD", "BOS", "EOS", "Bar", "TS", "Key", "Tempo", "Len", "Part", "Pos", "Vel", "Pitch", "Dur", "Grace")
 TS_DENOMINATORS = (1, 2, 4, 8, 16)
 KEY_RANGE = range(-7, 8)  # sharps in the key signature
 TEMPO_BINS = 32  # log-spaced, 24..320 bpm (quarter notes)
 TEMPO_MIN, TEMPO_MAX = 24.0, 320.0
 VEL_BINS = 8
+# Grace notes: the notated value and whether the stem is slashed (acciaccatura) or not (appoggiatura).
+GRACE_TYPES = ("eighth", "16th", "32nd", "quarter", "64th", "half")
+GRACE_KINDS = tuple((t, slash) for t in GRACE_TYPES for slash in (True, False))
 
 
 class ScoreVocab:
@@ -29,10 +32,10 @@ class ScoreVocab:
     pad_id, bos_id, eos_id = 0, 1, 2
 
     def __init__(self, ppq: int = 24, max_parts: int = 16, max_bar_quarters: int = 16,
-                 max_dur_quarters: int = 16, velocity: bool = False, tempo: bool = True):
+                 max_dur_quarters: int = 16, velocity: bool = False, tempo: bool = True, grace: bool = True):
         if ppq < 1 or max_parts < 1 or max_bar_quarters < 1 or max_dur_quarters < 1:
             raise ValueError("ppq, max_parts, max_bar_quarters and max_dur_quarters must be >= 1")
-        self.ppq, self.max_parts, self.velocity, self.tempo = ppq, max_parts, velocity, tempo
+        self.ppq, self.max_parts, self.velocity, self.tempo, self.grace = ppq, max_parts, velocity, tempo, grace
         self.max_bar_quarters, self.max_dur_quarters = max_bar_quarters, max_dur_quarters
         self.max_bar, self.max_dur = max_bar_quarters * ppq, max_dur_quarters * ppq
         self.time_signatures = [
@@ -42,7 +45,9 @@ class ScoreVocab:
         self.ts_index = {ts: i for i, ts in enumerate(self.time_signatures)}
         sizes = {BAR: 1, TS: len(self.time_signatures), KEY: len(KEY_RANGE), TEMPO: TEMPO_BINS if tempo else 0,
                  LEN: self.max_bar, PART: max_parts, POS: self.max_bar, VEL: VEL_BINS if velocity else 0,
-                 PITCH: 128, DUR: self.max_dur}
+                 PITCH: 128, DUR: self.max_dur, GRACE: len(GRACE_KINDS) if grace else 0}
+        # Grace ids come last, so a tokenizer without them (grace=False, the state of tokenizers saved before
+        # grace tokens existed) has exactly the old ids, and with them every other id is unchanged too.
         types, values = [PAD, BOS, EOS], [0, 0, 0]
         self.start: dict[int, int] = {}
         for kind, size in sizes.items():
@@ -83,6 +88,9 @@ class ScoreVocab:
             return (*SPECIALS, "Bar")[kind]
         if kind == TS:
             return "TS_{}/{}".format(*self.time_signatures[value])
+        if kind == GRACE:
+            kind_, slash = GRACE_KINDS[value]
+            return f"Grace_{kind_}{'' if slash else '_noslash'}"
         return f"{TYPE_NAMES[kind]}_{value}"
 
     def transpose(self, ids: np.ndarray, semitones: int) -> np.ndarray:

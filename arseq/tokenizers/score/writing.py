@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from arseq.tokenizers.score.events import Bar, Events, Note
-from arseq.tokenizers.score.vocab import ScoreVocab
+from arseq.tokenizers.score.vocab import GRACE_KINDS, ScoreVocab
 
 # Default General MIDI programs by part index: distinct, so parts stay apart in a MIDI round trip,
 # and none of them is a transposing instrument in music21 (that would shift written pitches).
@@ -25,8 +25,13 @@ def to_score(vocab: ScoreVocab, ev: Events) -> Any:
     num_parts = max(1, ev.num_parts)
     bars = ev.bars or [Bar(0, vocab.ts_steps((4, 4)), (4, 4), 0)]
     by_part: list[list[Note]] = [[] for _ in range(num_parts)]
+    graces: list[list[list[Note]]] = [[[] for _ in bars] for _ in range(num_parts)]
+    starts = [b.start for b in bars]
     for n in ev.notes:
-        by_part[n.part].append(n)
+        if n.grace:  # in the bar of its onset, in the order they are played
+            graces[n.part][max(0, bisect.bisect_right(starts, n.onset) - 1)].append(n)
+        else:
+            by_part[n.part].append(n)
     for pi in range(num_parts):
         part = stream.Part(id=f"P{pi + 1}")
         inst = instrument.Instrument()
@@ -52,8 +57,14 @@ def to_score(vocab: ScoreVocab, ev: Events) -> Any:
                 else:
                     m.paddingRight = pad
             voices = _assign_voices(segments[bi])
-            containers = [m] if len(voices) <= 1 else [stream.Voice(id=str(v + 1)) for v in range(len(voices))]
-            for box, voice in zip(containers, voices or [[]]):
+            # a grace note goes before its principal note; one with none at its onset goes in a voice of its
+            # own, whose rests are split there (MusicXML places a grace note only between elements)
+            principal = {pos for voice in voices for pos, _, _ in voice}
+            lone = sorted({g.onset - bar.start for g in graces[pi][bi]} - principal)
+            if lone or not voices:
+                voices.append([])
+            containers = [m] if len(voices) == 1 else [stream.Voice(id=str(v + 1)) for v in range(len(voices))]
+            for box, voice in zip(containers, voices):
                 end = 0
                 for pos, dur, group in voice:
                     _rests(note, box, vocab.ppq, end, pos)
@@ -64,7 +75,15 @@ def to_score(vocab: ScoreVocab, ev: Events) -> Any:
                         box.coreInsert(Fraction(at, vocab.ppq), _make_note(note, chord, tie, ties, bar.key, Fraction(piece, vocab.ppq)))
                         at += piece
                     end = pos + dur
+                for pos in lone if voice is voices[-1] and not voice else ():
+                    _rests(note, box, vocab.ppq, end, pos)
+                    end = pos
                 _rests(note, box, vocab.ppq, end, bar.length)
+            for g in graces[pi][bi]:
+                pos = g.onset - bar.start
+                box = next((b for b, v in zip(containers, voices) if any(p == pos for p, _, _ in v)), containers[-1])
+                box.coreInsert(Fraction(pos, vocab.ppq), _grace_note(note, g, bar.key))
+            for box in containers:
                 box.coreElementsChanged()
             if len(voices) > 1:
                 for v in containers:
@@ -147,11 +166,37 @@ def _tie_piece(tie_type: str | None, i: int, n: int) -> str | None:
     return "continue" if before and after else "start" if after else "stop" if before else None
 
 
+def _grace_note(note: Any, g: Note, sharps: int) -> Any:
+    """A music21 grace note (zero length; sorts before the principal note at its offset)."""
+    from music21 import duration
+
+    value, slash = GRACE_KINDS[g.grace - 1]
+    n = _note_at(note, g.pitch)
+    n.duration = duration.GraceDuration(value)
+    n.duration.slash = slash
+    _spell(n, sharps)
+    if g.vel != 64:
+        n.volume.velocity = g.vel
+    return n
+
+
+def _note_at(note: Any, midi: int, **kwargs: Any) -> Any:
+    """A Note of MIDI pitch `midi`: music21 reads a bare int below 12 as a pitch class in octave 4."""
+    from music21 import pitch
+
+    return note.Note(pitch.Pitch(midi=midi), **kwargs)
+
+
+def _spell(n: Any, sharps: int) -> None:
+    """Flats in flat keys: music21 spells black keys as sharps."""
+    if sharps < 0 and n.pitch.accidental is not None and n.pitch.accidental.alter > 0:
+        n.pitch = n.pitch.getEnharmonic()
+
+
 def _make_note(note: Any, chord: Any, tie: Any, group: list, sharps: int, ql: Fraction) -> Any:
     def one(pitch: int, tie_type: str | None, vel: int) -> Any:
-        n = note.Note(pitch, quarterLength=ql)
-        if sharps < 0 and n.pitch.accidental is not None and n.pitch.accidental.alter > 0:
-            n.pitch = n.pitch.getEnharmonic()
+        n = _note_at(note, pitch, quarterLength=ql)
+        _spell(n, sharps)
         if vel != 64:
             n.volume.velocity = vel
         if tie_type:
