@@ -22,6 +22,12 @@ from arseq.errors import DataError
 from arseq.models.sampling import Constraint
 
 
+def split_condition(spec: str) -> tuple[str, str | None]:
+    """`FIELD=VALUE` (quotes around the value allowed) as (field, value); value None without '='."""
+    name, eq, value = spec.partition("=")
+    return name.strip(), value.strip().strip("\"'") if eq else None
+
+
 @dataclass
 class Controls:
     """The control tokens of a conditioned model (saved in its checkpoint as `conditions`)."""
@@ -62,9 +68,8 @@ class Controls:
         """`--cond FIELD=VALUE` flags as control ids (unknown for fields not given); one-line errors."""
         given: dict[str, str] = {}
         for spec in specs:
-            name, eq, value = spec.partition("=")
-            name, value = name.strip(), value.strip().strip("\"'")
-            if not eq or not name:
+            name, value = split_condition(spec)
+            if value is None or not name:
                 raise DataError(f"--cond {spec!r}: expected FIELD=VALUE, e.g. --cond {next(iter(self.fields), 'tag')}=...")
             if name not in self.fields:
                 raise DataError(f"--cond {spec!r}: this model knows the condition field(s) {', '.join(self.fields)}, not {name!r}")
@@ -120,9 +125,9 @@ class Controls:
 
     @classmethod
     def learn(cls, offset: int, names: Sequence[str], items: Sequence[dict[str, str]], drop: float) -> "Controls | None":
-        """The fields among `names` that some item has a value for; None when there is none."""
+        """The fields among `names` with two values or more in the items (one value conditions nothing); None when none has."""
         counts = {n: Counter(v for item in items if (v := item.get(n)) is not None) for n in names}
-        fields = {n: sorted(c) for n, c in counts.items() if c}
+        fields = {n: sorted(c) for n, c in counts.items() if len(c) >= 2}
         if not fields:
             return None
         return cls(offset, fields, drop, {n: dict(sorted(counts[n].items())) for n in fields})

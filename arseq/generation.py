@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from arseq.checkpoint import Loaded
+from arseq.conditioning import split_condition
 from arseq.data.prepare import DataConfig, Prepared, prepare
 from arseq.modalities import DataError, EvalInputs, Modality, Plan, Request, Sample
 from arseq.models.sampling import SamplingConfig, generate
@@ -210,7 +211,24 @@ def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list
         chosen = np.random.default_rng(0).choice(len(items), n, replace=False)
         result["data_metrics"] = modality_metrics(modality, tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)], train_items)
         result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))
+        if request.conditions and controls is not None:
+            result["conditions_obeyed"] = obeyed(modality, tok, controls, request.conditions, [s.prompt + s.tokens for s in samples])
     return result
+
+
+def obeyed(modality: Modality, tok: Any, controls: Any, conditions: list[str], sequences: list[list[int]]) -> dict[str, Any]:
+    """Per requested field the modality can read back from a sample (a piece's analysed key): the share of
+    samples showing the value asked for, next to that value's share of the training items."""
+    shown = modality.condition_values(tok, sequences)
+    out: dict[str, Any] = {}
+    for spec in conditions:
+        name, value = split_condition(spec)
+        read = [s[name] for s in shown if name in s]
+        if read:
+            counts = controls.counts.get(name, {})
+            out[name] = {"asked": value, "share": float(np.mean([v == value for v in read])), "samples_read": len(read),
+                         "training_share": counts.get(value, 0) / max(1, sum(counts.values()))}
+    return out
 
 
 def prepare_model(loaded: Loaded, run: RunOptions) -> None:

@@ -16,13 +16,14 @@ from arseq.errors import DataError
 
 
 def controls() -> Controls:
-    return Controls.learn(10, ["tag", "size"], [{"tag": "b", "size": "big"}, {"tag": "a"}, {"tag": "b"}], drop=0.5)
+    return Controls.learn(10, ["tag", "size", "one"], [{"tag": "b", "size": "big", "one": "x"}, {"tag": "a", "one": "x"}, {"tag": "b"},
+                                                       {"size": "small"}], drop=0.5)
 
 
 def test_learned_values_ids_and_parsing():
     c = controls()
-    assert c.fields == {"tag": ["a", "b"], "size": ["big"]} and c.size == 5 and c.width == 2
-    assert c.counts == {"tag": {"a": 1, "b": 2}, "size": {"big": 1}}
+    assert c.fields == {"tag": ["a", "b"], "size": ["big", "small"]} and c.size == 6 and c.width == 2  # "one": one value, no field
+    assert c.counts == {"tag": {"a": 1, "b": 2}, "size": {"big": 1, "small": 1}}
     assert [c.unknown_id("tag"), c.value_id("tag", "a"), c.value_id("tag", "b"), c.unknown_id("size"), c.value_id("size", "big")] == [10, 11, 12, 13, 14]
     assert c.ids({"tag": "b"}) == [12, 13] and c.ids({"tag": "never seen", "size": "big"}) == [10, 14]
     assert c.parse(["tag=a"]) == [11, 13] and c.parse(['size="big"', "tag=b"]) == [12, 14]
@@ -47,14 +48,14 @@ def test_hidden_controls_never_reach_the_modality_constraint():
     row = [1, 12, 13, 5]
     hide = c.hide(inner)
     mask = hide([row])
-    assert mask.shape == (1, 15) and not mask[0, 10:].any() and mask[0, 3] and seen[-1] == [1, 5]
+    assert mask.shape == (1, 16) and not mask[0, 10:].any() and mask[0, 3] and seen[-1] == [1, 5]
     row += [6, 7]
     hide([row])
     assert seen[-1] == [1, 5, 6, 7]
     del row[-2:]  # rejected tokens rolled back (speculative decoding)
     hide([row])
     assert seen[-1] == [1, 5]
-    assert c.hide(None)([[1, 12, 13]])[0].tolist() == [True] * 10 + [False] * 5
+    assert c.hide(None)([[1, 12, 13]])[0].tolist() == [True] * 10 + [False] * 6
 
 
 def test_training_hides_conditions_at_the_drop_rate(tmp_path):

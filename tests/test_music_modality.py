@@ -230,3 +230,23 @@ def test_metrics_summarize_and_evaluate(chorales):
     ev = m.evaluate(tok, report)
     notes = int(np.sum(tok.types[seqs[0]] == PITCH))
     assert ev["nll_per_note"] == pytest.approx(n_pred / notes)
+
+
+def test_conditions_read_from_a_chorale_and_windows_holding_them_are_not_transposed(chorales):
+    from arseq.conditioning import Controls
+    from arseq.modalities.music_conditions import composer_of, piece_conditions
+
+    m = MUSIC(workers=1)
+    tok = m.tokenizer
+    path = dict(chorales)["bach/bwv269"]
+    ev = tok.decode_events(tok.encode(converter.parse(path)))
+    assert piece_conditions(ev, path) == {"meter": "3/4", "key": "G major", "composer": "bach"}  # music21's analysis: G major
+    assert composer_of("/my/music/joplin/maple_leaf.mid") == "joplin"
+    items = [{"key": "G major"}, {"key": "A minor"}]
+    controls = Controls.learn(tok.vocab_size, ["key"], items, 0.1)
+    window = np.asarray(controls.insert(tok.encode(converter.parse(path))[:40], controls.ids(items[0])))
+    rng = np.random.default_rng(0)
+    assert np.array_equal(m.augment(window, rng), window)  # its key token must stay true
+    plain = np.asarray(tok.encode(converter.parse(path))[10:50])
+    assert any(not np.array_equal(m.augment(plain, rng), plain) for _ in range(5))  # others are transposed
+    assert m.condition_values(tok, [list(tok.encode(converter.parse(path)))])[0] == {"meter": "3/4", "key": "G major"}

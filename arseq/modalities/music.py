@@ -29,6 +29,7 @@ from arseq.modalities import (
     Sample,
     Skipped,
 )
+from arseq.modalities.music_conditions import FIELDS, piece_conditions
 from arseq.modalities.music_corpus import bach_chorales, music21_composers
 from arseq.modalities.music_metrics import key_scale, score_metrics
 from arseq.modalities.music_reading import (
@@ -67,6 +68,7 @@ class MusicModality(Modality):
     name = "music"
     tokenizer_kinds = {ScoreTokenizer.kind: ScoreTokenizer}
     suffixes = SUFFIXES
+    condition_fields = FIELDS
 
     def __init__(self, transpose: list[int] = [-5, 6], ppq: int = 24, max_parts: int = 16,  # noqa: B006
                  velocity: bool = False, tempo: bool = True, grace: bool = True, max_bar_quarters: int = 16,
@@ -98,14 +100,18 @@ class MusicModality(Modality):
                             "(or give data.paths)")
         items = SOURCES[source]() if source is not None else [(str(f), str(f)) for f in files]
         jobs = [(name, path, tokenizer.to_dict(), check_roundtrip) for name, path in items]
+        paths = dict(items)
         for name, tokens, exact, info, reason in read_in_parallel(jobs, self.workers):
             if reason is not None:
                 yield Skipped(name, reason)
             else:
-                yield Example(tokens, name, exact, info)
+                yield Example(tokens, name, exact, info, piece_conditions(tokenizer.decode_events(tokens), paths[name]))
 
     def augment(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Transpose the window by a random number of semitones in range, keeping every pitch in MIDI range."""
+        """Transpose the window by a random number of semitones in range, keeping every pitch in MIDI range.
+        A window holding a piece's conditions (control ids, past the vocabulary) is kept: its key token holds."""
+        if int(tokens.max()) >= self.tokenizer.vocab_size:
+            return tokens
         span = self.tokenizer.pitch_span(tokens)
         if span is None:
             return tokens
@@ -173,6 +179,10 @@ class MusicModality(Modality):
             "grace_notes": int(sum(e.info.get("grace", 0) for e in examples)),
             **roundtrip_report(examples),
         }
+
+    def condition_values(self, tokenizer: ScoreTokenizer, sequences: list[list[int]]) -> list[dict[str, str]]:
+        """Key and meter as the samples show them (the composer is not in the notes)."""
+        return [piece_conditions(tokenizer.decode_events(s)) for s in sequences]
 
     def metrics(self, tokenizer: ScoreTokenizer, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
         return score_metrics([tokenizer.decode_events(s) for s in sequences])

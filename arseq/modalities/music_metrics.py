@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from arseq.modalities.music_conditions import analysed_key
 from arseq.tokenizers.score import Events
 
 # Usual ranges (MIDI) of the four chorale voices, soprano to bass, for the out-of-range metric.
@@ -52,16 +53,6 @@ def key_scale(ev: Events) -> set[int]:
 
     Minor keys count the raised sixth and seventh as in key (melodic/harmonic minor), as Bach uses them.
     """
-    from music21 import analysis, note, stream
-
-    weights = np.zeros(12)
-    for n in ev.notes:
-        weights[n.pitch % 12] += n.dur
-    weights = np.maximum(1, np.round(64 * weights / weights.sum())) * (weights > 0)  # quarters, total ~64
-    s = stream.Stream()
-    for pc in np.flatnonzero(weights):
-        s.append(note.Note(60 + int(pc), quarterLength=float(weights[pc])))
-    k = analysis.discrete.KrumhanslSchmuckler().getSolution(s)
-    tonic = k.tonic.pitchClass
-    steps = (0, 2, 4, 5, 7, 9, 11) if k.mode == "major" else (0, 2, 3, 5, 7, 8, 9, 10, 11)
+    tonic, mode, _ = analysed_key(ev)
+    steps = (0, 2, 4, 5, 7, 9, 11) if mode == "major" else (0, 2, 3, 5, 7, 8, 9, 10, 11)
     return {(tonic + s) % 12 for s in steps}
