@@ -1,0 +1,101 @@
+"""A KV cache whose rows advance at their own pace, for speculative decoding.
+
+Every pass still writes all rows at the same cache slots (`input_pos` is shared, as in
+arseq.models.decoding), but each row keeps a bitmap of the slots that hold its tokens: a row that fed
+fewer tokens (right-aligned, the rest are holes), or whose draft tokens were rejected, just marks those
+slots invalid, and the attention mask hides them. Rotary positions are per row (a row's tokens count
+from its own window start), so a row reads exactly the keys it would have alone. When the slots run
+out the cache is compacted (each row's valid slots gathered to the front, order kept).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from arseq.models.transformer import KVCache, Transformer
+
+
+class RowCache:
+    """Per-row bookkeeping over a static KV cache attached to `model`: `fed[i]` tokens of row i's
+    sequence are in the cache, those from `start[i]` on (its window: position = index - start)."""
+
+    def __init__(self, model: Transformer, batch: int, slots: int, pad_id: int = 0):
+        self.model, self.pad_id, self.slots = model, pad_id, slots
+        cfg = model.cfg
+        dtype, self.device = model.norm.weight.dtype, model.norm.weight.device
+        # Built here, not with setup_cache: slots may exceed the context (holes use slots, not positions)
+        self.caches = [KVCache(batch, cfg.n_head, slots, cfg.head_dim, dtype, self.device) for _ in model.blocks]
+        for block, cache in zip(model.blocks, self.caches):
+            block.attn.cache = cache
+        self.valid = torch.zeros(batch, slots, dtype=torch.bool, device=self.device)
+        self.slot_ids = torch.arange(slots, device=self.device)
+        self.slot = 0  # the next free slot (shared by all rows)
+        self.fed = [0] * batch
+        self.start = [0] * batch
+
+    @property
+    def context(self) -> int:
+        return self.model.cfg.max_seq_len
+
+    def feed(self, seqs: list[list[int]], active: list[bool]) -> Tensor:
+        """Feed each active row's tokens not yet in the cache (right-aligned; other rows feed holes) and
+        return logits (B, T, vocab): column T-1 is every active row's newest token."""
+        cols = [s[f:] if a else [] for s, f, a in zip(seqs, self.fed, active)]
+        T = max(1, max(len(c) for c in cols))
+        if self.slot + T > self.slots:
+            self.compact()
+            if self.slot + T > self.slots:
+                raise RuntimeError(f"speculative decoding: {T} tokens do not fit the {self.slots}-slot cache")
+        tokens, positions, real = [], [], []
+        for i, c in enumerate(cols):
+            hole = T - len(c)
+            tokens.append([self.pad_id] * hole + c)
+            first = self.fed[i] - self.start[i]
+            positions.append([0] * hole + list(range(first, first + len(c))))
+            real.append([False] * hole + [True] * len(c))
+            self.fed[i] += len(c)
+        if max(max(p) for p in positions) >= self.context:
+            raise RuntimeError("speculative decoding: a row ran past the model's context")
+        tok = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        input_pos = self.slot_ids[self.slot : self.slot + T]
+        self.valid[:, self.slot : self.slot + T] = torch.tensor(real, dtype=torch.bool, device=self.device)
+        mask = (self.slot_ids[None, :] <= input_pos[:, None])[None] & self.valid[:, None, :]  # (B, T, slots)
+        mask |= (self.slot_ids[None, :] == input_pos[:, None])[None]  # holes see themselves: no empty softmax rows
+        self.slot += T
+        return self.model(tok, input_pos=input_pos, positions=pos, mask=mask[:, None])
+
+    def rollback(self, keep: list[int]) -> None:
+        """Row i keeps only the first keep[i] tokens of its sequence (the rest were rejected)."""
+        drop = [max(0, f - k) for f, k in zip(self.fed, keep)]
+        if not any(drop):
+            return
+        n = torch.tensor(drop, device=self.device)[:, None]
+        after = self.valid.flip(1).cumsum(1).flip(1)  # valid slots at or after each slot, per row
+        self.valid &= ~(after <= n)
+        self.fed = [f - d for f, d in zip(self.fed, drop)]
+
+    def restart(self, row: int, start: int) -> None:
+        """Slide row's window to begin at index `start`: its tokens are fed again from there."""
+        self.valid[row] = False
+        self.start[row] = self.fed[row] = start
+
+    def compact(self) -> None:
+        """Gather each row's valid slots to the front (holes first, in front of shorter rows), freeing the rest."""
+        counts = self.valid.sum(1)
+        width = int(counts.max())
+        key = torch.where(self.valid, self.slot_ids[None, :], -1)
+        order = key.sort(dim=1).values[:, self.slots - width :]  # (B, width): invalid (-1) first, then slots in order
+        valid = order >= 0
+        index = order.clamp(min=0)
+        for cache in self.caches:
+            for buf in (cache.k, cache.v):
+                gathered = buf.gather(2, index[:, None, :, None].expand(-1, buf.shape[1], -1, buf.shape[3]))
+                buf[:, :, :width] = gathered
+                buf[:, :, width:] = 0
+        self.valid.zero_()
+        self.valid[:, :width] = valid
+        self.slot = width
+
+    def close(self) -> None:
+        self.model.clear_cache()
