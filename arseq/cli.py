@@ -152,6 +152,11 @@ def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quantize", default="none", metavar="{none,int8}", help="int8: int8 weights, per-channel scales")
     g.add_argument("--dtype", default=None, metavar="{float32,bfloat16,float16}",
                    help="compute dtype (default: float32 on CPU, bfloat16 on a GPU that supports it)")
+    g.add_argument("--draft", default=None, metavar="CKPT|ngram",
+                   help="speculative decoding, same samples faster: a small model with this model's tokenizer (checkpoint, run "
+                        "folder or export) proposes tokens, or 'ngram': what followed the last n-gram earlier (eager: not compiled)")
+    g.add_argument("--draft-tokens", type=int, default=4, help="with --draft: tokens proposed per pass of the model")
+    g.add_argument("--ngram", type=int, default=3, help="with --draft ngram: the longest n-gram looked up")
 
 
 def _base_sampling_parser(verb: str) -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from arseq import drafting
 from arseq.checkpoint import Loaded, load_checkpoint_file
 from arseq.data.loader import train_loader, val_loader
 from arseq.data.prepare import DataConfig, Prepared, prepare
@@ -197,11 +198,13 @@ def fit_prompts(modality: Modality, tok: Any, prompts: list[list[int]], context:
 
 def sample(
     loaded: Loaded, args: argparse.Namespace, num_samples: int, batch_size: int, stream: bool = True,
-    cfg: SamplingConfig | None = None,
+    cfg: SamplingConfig | None = None, spec: drafting.Speculative | None = None,
 ) -> list[Sample]:
-    """Generate `num_samples` samples with the modality's prompts, constraint and streamer."""
+    """Generate `num_samples` samples with the modality's prompts, constraint and streamer (speculatively
+    with --draft: `spec`, or one made from args)."""
     tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
     cfg = cfg if cfg is not None else sampling_config(loaded, args)
+    spec = spec if spec is not None else drafting.from_args(loaded, args)  # --draft (arseq.drafting)
     prompts = fit_prompts(modality, tok, modality.prompts(tok, args, num_samples), model.cfg.max_seq_len, cfg.max_new_tokens)
     streamer = modality.streamer(tok, args) if stream else None
     out: list[Sample] = []
@@ -221,12 +224,17 @@ def sample(
                 if not finished[row] or t == tok.eos_id:
                     streamer(row, t)
 
-        gen = generate(model, batch, cfg, pad_id=tok.pad_id, seeds=seeds, constraint=constraint, on_token=on_token if streamer else None,
-                       compile=getattr(args, "compile", False))
+        if spec is not None:  # --draft
+            gen = spec.generate(loaded, batch, cfg, seeds, constraint, on_token if streamer else None)
+        else:
+            gen = generate(model, batch, cfg, pad_id=tok.pad_id, seeds=seeds, constraint=constraint, on_token=on_token if streamer else None,
+                           compile=getattr(args, "compile", False))
         scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, gen.tokens, gen.stopped)]
         nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id)
         for p, t, s, n, c in zip(batch, gen.tokens, gen.stopped, nll, count):
             out.append(Sample(list(p), t, s, float(n / c) if c else float("nan")))
+    if spec is not None:  # --draft
+        print(spec.stats.line(), file=sys.stderr)
     return out
 
 
@@ -291,7 +299,10 @@ def run_evaluate(loaded: Loaded, args: argparse.Namespace, data_paths: list[str]
     if args.num_samples > 0:
         cfg = sampling_config(loaded, args)
         result["sampling"] = {k: v for k, v in asdict(cfg).items() if k != "stop_tokens"}
-        samples = sample(loaded, args, args.num_samples, batch_size, stream=False, cfg=cfg)
+        spec = drafting.from_args(loaded, args)  # --draft
+        samples = sample(loaded, args, args.num_samples, batch_size, stream=False, cfg=cfg, spec=spec)
+        if spec is not None:
+            result["speculative"] = spec.report()
         result["sample_metrics"] = modality_metrics(modality, tok, [s.prompt + s.tokens for s in samples], train_items)
         n = min(len(items), max(args.num_samples, 100))  # a seeded sample of the held-out items, not the first n
         chosen = np.random.default_rng(0).choice(len(items), n, replace=False)

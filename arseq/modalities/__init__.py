@@ -18,12 +18,13 @@ from arseq.modalities.base import (
     Example,
     Modality,
     OutputFiles,
+    PrefixCounts,
     Sample,
     Skipped,
 )
 
 __all__ = [
-    "Constraint", "DataError", "EvalInputs", "Example", "Modality", "OutputFiles", "Sample", "Skipped",
+    "Constraint", "DataError", "EvalInputs", "Example", "Modality", "OutputFiles", "PrefixCounts", "Sample", "Skipped",
     "PluginWarning", "Registered", "loadable", "registered", "resolve",
 ]
 

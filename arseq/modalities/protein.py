@@ -43,6 +43,7 @@ from arseq.modalities import (
     Example,
     Modality,
     OutputFiles,
+    PrefixCounts,
     Sample,
     Skipped,
 )
@@ -271,14 +272,12 @@ class ProteinModality(Modality):
         lo = max(1, getattr(args, "min_length", None) or 1)
         hi = getattr(args, "max_length", None)
         eos = tokenizer.eos_id
-        counted: dict[int, tuple[list[int], int, int]] = {}  # id(row) -> (row, tokens counted, residues)
+        residues = PrefixCounts(lengths.tolist(), skip=1)  # per row, also when cut back (row[0] is BOS)
 
         def allowed(rows: list[list[int]]) -> torch.Tensor:
             mask = torch.zeros(len(rows), len(lengths), dtype=torch.bool)
             for i, row in enumerate(rows):
-                _, done, n = counted.get(id(row), (row, 1, 0))  # row[0] is BOS
-                n += int(lengths[row[done:]].sum()) if len(row) > done else 0
-                counted[id(row)] = (row, len(row), n)
+                n = residues(row)
                 if row[-1] == eos and len(row) > 1:  # finished row: anything valid keeps the sampler happy
                     mask[i, eos] = True
                     continue

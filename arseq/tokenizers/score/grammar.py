@@ -6,6 +6,9 @@ disagree about what a sequence means.
 """
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import numpy as np
 
 from arseq.tokenizers.score.events import Bar, Events, Note, clip_to_last_bar
@@ -39,6 +42,24 @@ class Grammar:
         self.part_end: dict[int, int] = {}
         self.max_end = 0  # where the longest-ringing note so far ends
         self.part_vel: dict[int, int] = {}
+
+    # ---- rollback (speculative decoding takes rejected tokens back) ------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The state, cheaply: `bars` and `notes` only ever grow and only the last bar changes."""
+        state = dict(self.__dict__)
+        state.update(bars=len(self.bars), notes=len(self.notes), part_end=dict(self.part_end), part_vel=dict(self.part_vel),
+                     last_bar=copy.copy(self.bars[-1]) if self.bars else None)
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Back to a `snapshot` taken earlier on this grammar (its tokens fed since are forgotten)."""
+        bars, notes, last_bar = self.bars, self.notes, state["last_bar"]
+        self.__dict__.update({k: v for k, v in state.items() if k != "last_bar"})
+        del bars[state["bars"] :], notes[state["notes"] :]
+        if last_bar is not None:
+            bars[-1] = copy.copy(last_bar)
+        self.bars, self.notes = bars, notes
+        self.part_end, self.part_vel = dict(state["part_end"]), dict(state["part_vel"])
 
     # ---- derived state -------------------------------------------------------------------------
     @property

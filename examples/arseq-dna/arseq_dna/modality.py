@@ -20,7 +20,7 @@ from Bio import SeqIO
 from Bio.Seq import Seq
 from Bio.SeqRecord import SeqRecord
 
-from arseq.modalities import Constraint, DataError, EvalInputs, Example, Modality, Sample, Skipped
+from arseq.modalities import Constraint, DataError, EvalInputs, Example, Modality, PrefixCounts, Sample, Skipped
 from arseq.tokenizers import Tokenizer
 
 from arseq_dna import synthetic
@@ -127,17 +127,16 @@ class DnaModality(Modality):
         bases = torch.from_numpy(tokenizer.token_bases)
         allowed = bases > 0
         allowed[tokenizer.n_id] = False
-        length, seen = args.length, {}  # id(row) -> (tokens counted, bases in them)
+        length = args.length
+        counted = PrefixCounts(tokenizer.token_bases.tolist())  # bases so far; rows may be cut back (speculative decoding)
 
         def mask(rows: list[list[int]]) -> torch.Tensor:
             out = allowed.expand(len(rows), -1).clone()
             if length is None:
                 out[:, tokenizer.eos_id] = True
                 return out
-            for i, row in enumerate(rows):  # rows grow in place: count only the new tokens
-                counted, total = seen.get(id(row), (0, 0))
-                total += int(bases[row[counted:]].sum())
-                seen[id(row)] = (len(row), total)
+            for i, row in enumerate(rows):
+                total = counted(row)
                 out[i] &= bases <= length - total
                 out[i, tokenizer.eos_id] = total >= length
             return out
