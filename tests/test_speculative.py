@@ -237,3 +237,40 @@ def test_prefix_counts_follow_rows_cut_back():
     row += [3, 3]
     assert counts(row) == 7
     assert counts([3, 3]) == 3  # another list: counted afresh
+
+
+# ---- command line and Python API ----------------------------------------------------------------
+def test_cli_draft_gives_plain_greedy_output_and_reports(trained, tmp_path, capsys):
+    import json
+
+    from arseq import checkpoint
+    from arseq.api import load
+    from arseq.cli import main
+
+    ckpt = str(trained / "checkpoints" / "last.ckpt")
+    assert main(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "draft")]) == 0  # an export works as a draft
+    capsys.readouterr()
+    base = ["generate", "--checkpoint", ckpt, "--prompt", "the ", "--temperature", "0", "--max-new-tokens", "40"]
+    outs = {}
+    for name, extra in {"plain": [], "draft": ["--draft", str(tmp_path / "draft"), "--draft-tokens", "3"],
+                        "ngram": ["--draft", "ngram", "--ngram", "2"]}.items():
+        assert main(base + extra) == 0
+        outs[name], err = capsys.readouterr()
+        assert ("speculative: acceptance" in err) == (name != "plain")
+    assert outs["draft"] == outs["plain"] == outs["ngram"]
+    assert main(["evaluate", "--checkpoint", ckpt, "--num-samples", "2", "--max-new-tokens", "20", "--draft", "ngram"]) == 0
+    report = json.loads(capsys.readouterr().out)["speculative"]
+    assert report["draft"] == "ngram" and {"acceptance_rate", "tokens_per_target_pass", "tokens_per_s"} <= set(report)
+    model = load(ckpt)
+    a = model.generate(2, draft=str(tmp_path / "draft"), temperature=0, max_new_tokens=15, prompt="the ")
+    b = model.generate(2, temperature=0, max_new_tokens=15, prompt="the ")
+    assert [s.tokens for s in a] == [s.tokens for s in b]
+    # a draft with another tokenizer (same size, one character replaced): one line, exit code 2
+    state = json.loads((tmp_path / "draft" / "tokenizer.json").read_text())
+    other = next(c for c in "~^|#@" if c not in state["chars"])
+    (tmp_path / "draft" / "tokenizer.json").write_text(json.dumps({**state, "chars": state["chars"][:-1] + other}))
+    assert checkpoint.load(tmp_path / "draft").tokenizer.vocab_size == model.loaded.tokenizer.vocab_size
+    capsys.readouterr()
+    assert main(base + ["--draft", str(tmp_path / "draft")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--draft" in err and "tokenizer differs" in err
