@@ -15,6 +15,16 @@ from torch import Tensor
 from arseq.models.transformer import KVCache, Transformer
 
 
+class _Window(KVCache):
+    """A KV cache that hands back only its first `limit` slots: a pass attends to the slots in use, not all."""
+
+    limit = 0
+
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        super().update(input_pos, k, v)
+        return self.k[:, :, : self.limit], self.v[:, :, : self.limit]
+
+
 class RowCache:
     """Per-row bookkeeping over a static KV cache attached to `model`: `fed[i]` tokens of row i's
     sequence are in the cache, those from `start[i]` on (its window: position = index - start)."""
@@ -24,7 +34,7 @@ class RowCache:
         cfg = model.cfg
         dtype, self.device = model.norm.weight.dtype, model.norm.weight.device
         # Built here, not with setup_cache: slots may exceed the context (holes use slots, not positions)
-        self.caches = [KVCache(batch, cfg.n_head, slots, cfg.head_dim, dtype, self.device) for _ in model.blocks]
+        self.caches = [_Window(batch, cfg.n_head, slots, cfg.head_dim, dtype, self.device) for _ in model.blocks]
         for block, cache in zip(model.blocks, self.caches):
             block.attn.cache = cache
         self.valid = torch.zeros(batch, slots, dtype=torch.bool, device=self.device)
@@ -46,23 +56,29 @@ class RowCache:
             self.compact()
             if self.slot + T > self.slots:
                 raise RuntimeError(f"speculative decoding: {T} tokens do not fit the {self.slots}-slot cache")
-        tokens, positions, real = [], [], []
+        tokens, positions = [], []
         for i, c in enumerate(cols):
             hole = T - len(c)
-            tokens.append([self.pad_id] * hole + c)
             first = self.fed[i] - self.start[i]
+            if first + len(c) > self.context:
+                raise RuntimeError("speculative decoding: a row ran past the model's context")
+            tokens.append([self.pad_id] * hole + c)
             positions.append([0] * hole + list(range(first, first + len(c))))
-            real.append([False] * hole + [True] * len(c))
             self.fed[i] += len(c)
-        if max(max(p) for p in positions) >= self.context:
-            raise RuntimeError("speculative decoding: a row ran past the model's context")
         tok = torch.tensor(tokens, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
-        input_pos = self.slot_ids[self.slot : self.slot + T]
-        self.valid[:, self.slot : self.slot + T] = torch.tensor(real, dtype=torch.bool, device=self.device)
-        mask = (self.slot_ids[None, :] <= input_pos[:, None])[None] & self.valid[:, None, :]  # (B, T, slots)
-        mask |= (self.slot_ids[None, :] == input_pos[:, None])[None]  # holes see themselves: no empty softmax rows
-        self.slot += T
+        end = self.slot + T
+        input_pos = self.slot_ids[self.slot : end]
+        if all(len(c) == T for c in cols):
+            self.valid[:, self.slot : end] = True
+        else:
+            self.valid[:, self.slot : end] = torch.tensor([[j >= T - len(c) for j in range(T)] for c in cols], device=self.device)
+        for cache in self.caches:
+            cache.limit = end
+        slots = self.slot_ids[:end]
+        mask = (slots[None, :] <= input_pos[:, None])[None] & self.valid[:, None, :end]  # (B, T, end)
+        mask |= (slots[None, :] == input_pos[:, None])[None]  # holes see themselves: no empty softmax rows
+        self.slot = end
         return self.model(tok, input_pos=input_pos, positions=pos, mask=mask[:, None])
 
     def rollback(self, keep: list[int]) -> None:
