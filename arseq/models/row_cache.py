@@ -75,11 +75,15 @@ class RowCache:
             self.valid[:, self.slot : end] = torch.tensor([[j >= T - len(c) for j in range(T)] for c in cols], device=self.device)
         for cache in self.caches:
             cache.limit = end
-        slots = self.slot_ids[:end]
-        mask = (slots[None, :] <= input_pos[:, None])[None] & self.valid[:, None, :end]  # (B, T, end)
-        mask |= (slots[None, :] == input_pos[:, None])[None]  # holes see themselves: no empty softmax rows
+        if T == 1 and all(cols):  # the common draft step: one token per row, nothing to hide but other rows' slots
+            mask = self.valid[:, None, None, :end]
+        else:
+            slots = self.slot_ids[:end]
+            mask = (slots[None, :] <= input_pos[:, None])[None] & self.valid[:, None, :end]  # (B, T, end)
+            mask |= (slots[None, :] == input_pos[:, None])[None]  # holes see themselves: no empty softmax rows
+            mask = mask[:, None]
         self.slot = end
-        return self.model(tok, input_pos=input_pos, positions=pos, mask=mask[:, None])
+        return self.model(tok, input_pos=input_pos, positions=pos, mask=mask)
 
     def rollback(self, keep: list[int]) -> None:
         """Row i keeps only the first keep[i] tokens of its sequence (the rest were rejected)."""
