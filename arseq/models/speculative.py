@@ -135,6 +135,7 @@ def speculative_generate(
             seen[i, p] = True
     stats, emitted = SpecStats(), 0
     want = k if draft is not None else max(1, k // 2)  # proposals per pass; the n-gram proposer adapts it
+    skip, backoff = 0, 1  # n-gram: passes left without proposals, and the next such pause
     models = [(model, RowCache(model, B, _slots(width, steps, k, context), pad_id))]
     if draft is not None:
         models.append((draft, RowCache(draft, B, _slots(width, steps, k, draft.cfg.max_seq_len), pad_id)))
@@ -151,7 +152,8 @@ def speculative_generate(
                     target.restart(i, L[i] - context // 2)
             room = min(context - (L[i] - target.start[i]) for i in range(B) if active[i])
             budget = max(steps - len(gen[i]) for i in range(B) if active[i]) - 1
-            k_r = max(0, min(want, room, budget))
+            k_r = max(0, min(want, room, budget)) if not skip else 0
+            skip = max(0, skip - 1)
             if draft is not None and k_r > 0:
                 dctx = draft.cfg.max_seq_len
                 for i in range(B):
@@ -184,22 +186,15 @@ def speculative_generate(
                     seen_s.append(seen)
             logits = target.feed(seqs, active)  # every proposal scored in one pass
             stats.target_passes += sum(active)
-            T = logits.shape[1]
-            cols = torch.tensor([[T - 1 - nprop[i] + min(j, nprop[i]) for j in range(k_r + 1)] for i in range(B)], device=device)
-            logits = logits.gather(1, cols[:, :, None].expand(-1, -1, V))  # (B, k_r + 1, V): position L + j
-            n = _accepted(logits, props, nprop, k_r, cfg, allowed_s, seen_s, q_s, gens, shared, active)
-            for i in range(B):
-                del seqs[i][L[i] + n[i] :]
-            allowed = constraint(seqs).to(device) if constraint is not None else None  # rows only shrank
-            at = torch.tensor(n, device=device)
-            rows = torch.arange(B, device=device)
-            final = process_logits(logits[rows, at], cfg, torch.stack(seen_s, 1)[rows, at] if seen is not None else None, allowed)
-            c = _correction(final, at, props, nprop, q_s, cfg, gens, shared)
-            target.rollback([L[i] + n[i] for i in range(B)])
-            if dcache is not None:
-                dcache.rollback([L[i] + n[i] for i in range(B)])
-            if seen is not None:
-                seen = torch.stack(seen_s, 1)[rows, at].clone()
+            if k_r == 0:  # nothing proposed: a plain decoding step
+                allowed = constraint(seqs).to(device) if constraint is not None else None
+                n = [0] * B
+                c = choose(process_logits(logits[:, -1], cfg, seen, allowed), cfg, gens if gens is not None else shared).tolist()
+            else:
+                n, c, seen = _verify(logits, seqs, L, props, nprop, k_r, cfg, constraint, allowed_s, seen_s, q_s, gens, shared, active)
+                target.rollback([L[i] + n[i] for i in range(B)])
+                if dcache is not None:
+                    dcache.rollback([L[i] + n[i] for i in range(B)])
             for i in range(B):
                 if not active[i]:
                     continue
@@ -218,9 +213,13 @@ def speculative_generate(
                         done[i] = True
                     if done[i]:
                         break
-            if draft is None and any(nprop):  # adapt the number of n-gram proposals
-                full = all(n[i] == nprop[i] for i in range(B) if nprop[i])
-                want = min(k, want + 1) if full else max(1, want - 1)
+            if draft is None and any(nprop):  # n-gram: more proposals while they are kept, fewer (none for a while) if not
+                if all(n[i] == nprop[i] for i in range(B) if nprop[i]):
+                    want, backoff = min(k, want + 1), 1
+                elif want > 1:
+                    want -= 1
+                else:
+                    skip, backoff = backoff, min(32, 2 * backoff)
             if on_token is not None:
                 emitted = _emit(on_token, gen, done, stopped, emitted, pad_id)
     finally:
@@ -230,6 +229,25 @@ def speculative_generate(
     stats.seconds = time.perf_counter() - t0
     tokens = [g[:-1] if s else g for g, s in zip(gen, stopped)]
     return SpecGeneration(tokens, stopped, stats)
+
+
+def _verify(logits: Tensor, seqs: list[list[int]], L: list[int], props: list[list[int]], nprop: list[int], k_r: int,
+            cfg: SamplingConfig, constraint: Constraint | None, allowed_s: list, seen_s: list, q_s: list, gens, shared,
+            active: list[bool]) -> tuple[list[int], list[int], Tensor | None]:
+    """Accept/reject the proposals of one pass; return per row the number kept, the target's own next token,
+    and the repetition-penalty `seen` after the kept ones. Rows are cut back to their kept proposals."""
+    B, V, device = logits.shape[0], logits.shape[-1], logits.device
+    T = logits.shape[1]
+    cols = torch.tensor([[T - 1 - nprop[i] + min(j, nprop[i]) for j in range(k_r + 1)] for i in range(B)], device=device)
+    logits = logits.gather(1, cols[:, :, None].expand(-1, -1, V))  # (B, k_r + 1, V): position L + j
+    n = _accepted(logits, props, nprop, k_r, cfg, allowed_s, seen_s, q_s, gens, shared, active)
+    for i in range(B):
+        del seqs[i][L[i] + n[i] :]
+    allowed = constraint(seqs).to(device) if constraint is not None else None  # rows only shrank
+    at, rows = torch.tensor(n, device=device), torch.arange(B, device=device)
+    seen = torch.stack(seen_s, 1)[rows, at].clone() if seen_s else None
+    final = process_logits(logits[rows, at], cfg, seen, allowed)
+    return n, _correction(final, at, props, nprop, q_s, cfg, gens, shared), seen
 
 
 def _rand(count: list[int], gens: list[torch.Generator] | None, shared: torch.Generator | None, device: torch.device) -> Tensor:
