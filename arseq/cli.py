@@ -156,7 +156,7 @@ def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
                    help="speculative decoding, same samples faster: a small model with this model's tokenizer (checkpoint, run "
                         "folder or export) proposes tokens, or 'ngram': what followed the last n-gram earlier (eager: not compiled)")
     g.add_argument("--draft-tokens", type=int, default=4, help="with --draft: tokens proposed per pass of the model")
-    g.add_argument("--ngram", type=int, default=3, help="with --draft ngram: the longest n-gram looked up")
+    g.add_argument("--ngram", type=int, default=6, help="with --draft ngram: the longest n-gram looked up (down to half of it)")
 
 
 def _base_sampling_parser(verb: str) -> argparse.ArgumentParser:

@@ -42,10 +42,10 @@ def from_args(loaded: Loaded, args: argparse.Namespace) -> Speculative | None:
     if not isinstance(k, int) or k < 1:
         raise DataError(f"--draft-tokens must be a positive integer, got {k!r}")
     if spec == "ngram":
-        n = getattr(args, "ngram", 3)
+        n = getattr(args, "ngram", 6)
         if not isinstance(n, int) or n < 1:
             raise DataError(f"--ngram must be a positive integer, got {n!r}")
-        return Speculative(NGram(n=n, min_n=min(2, n)), k)
+        return Speculative(NGram(n=n, min_n=(n + 1) // 2), k)
     return Speculative(DraftModel(load_draft(spec, loaded, args).model), k)
 
 

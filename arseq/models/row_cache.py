@@ -21,7 +21,8 @@ class _Window(KVCache):
     limit = 0
 
     def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        super().update(input_pos, k, v)
+        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
         return self.k[:, :, : self.limit], self.v[:, :, : self.limit]
 
 
@@ -52,6 +53,8 @@ class RowCache:
         return logits (B, T, vocab): column T-1 is every active row's newest token."""
         cols = [s[f:] if a else [] for s, f, a in zip(seqs, self.fed, active)]
         T = max(1, max(len(c) for c in cols))
+        if T == 1 and all(cols) and self.slot < self.slots:
+            return self._step([c[0] for c in cols])
         if self.slot + T > self.slots:
             self.compact()
             if self.slot + T > self.slots:
@@ -75,15 +78,27 @@ class RowCache:
             self.valid[:, self.slot : end] = torch.tensor([[j >= T - len(c) for j in range(T)] for c in cols], device=self.device)
         for cache in self.caches:
             cache.limit = end
-        if T == 1 and all(cols):  # the common draft step: one token per row, nothing to hide but other rows' slots
-            mask = self.valid[:, None, None, :end]
-        else:
-            slots = self.slot_ids[:end]
-            mask = (slots[None, :] <= input_pos[:, None])[None] & self.valid[:, None, :end]  # (B, T, end)
-            mask |= (slots[None, :] == input_pos[:, None])[None]  # holes see themselves: no empty softmax rows
-            mask = mask[:, None]
+        slots = self.slot_ids[:end]
+        mask = (slots[None, :] <= input_pos[:, None])[None] & self.valid[:, None, :end]  # (B, T, end)
+        mask |= (slots[None, :] == input_pos[:, None])[None]  # holes see themselves: no empty softmax rows
+        mask = mask[:, None]
         self.slot = end
         return self.model(tok, input_pos=input_pos, positions=pos, mask=mask)
+
+    def _step(self, tokens: list[int]) -> Tensor:
+        """`feed` of one token per row: the decode step, with as little bookkeeping as possible."""
+        slot = self.slot
+        positions = [[f - s] for f, s in zip(self.fed, self.start)]
+        if max(positions)[0] >= self.context:
+            raise RuntimeError("speculative decoding: a row ran past the model's context")
+        self.fed = [f + 1 for f in self.fed]
+        self.valid[:, slot] = True
+        self.slot = slot + 1
+        for cache in self.caches:
+            cache.limit = slot + 1
+        tok = torch.tensor([[t] for t in tokens], device=self.device)
+        pos = torch.tensor(positions, device=self.device)
+        return self.model(tok, input_pos=self.slot_ids[slot : slot + 1], positions=pos, mask=self.valid[:, None, None, : slot + 1])
 
     def rollback(self, keep: list[int]) -> None:
         """Row i keeps only the first keep[i] tokens of its sequence (the rest were rejected)."""

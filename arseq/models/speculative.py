@@ -76,8 +76,8 @@ class NGram:
     """Prompt-lookup proposals (arseq.models.ngram_draft). Adaptive: the number proposed shrinks while
     proposals are rejected and grows back while they are kept, so a poor match costs little."""
 
-    n: int = 3
-    min_n: int = 2
+    n: int = 6  # longer n-grams are rarer but surer: on music, 6..3 kept 77 % of proposals, 3..2 only 56 %
+    min_n: int = 3
 
 
 def _slots(width: int, steps: int, k: int, context: int) -> int:
