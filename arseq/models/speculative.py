@@ -19,14 +19,14 @@ proposals are rejected (never both in one interval): see docs/plugins.md.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 from arseq.models.ngram_draft import lookup
 from arseq.models.row_cache import RowCache
-from arseq.models.sampling import Constraint, Generation, OnToken, SamplingConfig, choose, process_logits
+from arseq.models.sampling import Constraint, Generation, OnToken, SamplingConfig, choose, generate, process_logits
 from arseq.models.transformer import Transformer
 
 
@@ -222,6 +222,10 @@ def speculative_generate(
                     skip, backoff = backoff, min(32, 2 * backoff)
             if on_token is not None:
                 emitted = _emit(on_token, gen, done, stopped, emitted, pad_id)
+            if draft is None and not done[0] and _give_up(stats, B, target.start[0], len(seqs[0]), context):
+                _plain_rest(model, seqs[0], gen[0], stopped, steps, cfg, pad_id, constraint, on_token,
+                            gens[0] if gens is not None else shared, stats)
+                break
     finally:
         for m, training in was:
             m.clear_cache()
@@ -248,6 +252,29 @@ def _verify(logits: Tensor, seqs: list[list[int]], L: list[int], props: list[lis
     seen = torch.stack(seen_s, 1)[rows, at].clone() if seen_s else None
     final = process_logits(logits[rows, at], cfg, seen, allowed)
     return n, _correction(final, at, props, nprop, q_s, cfg, gens, shared), seen
+
+
+def _give_up(stats: SpecStats, batch: int, start: int, length: int, context: int) -> bool:
+    """Whether n-gram proposals pay too little (< 1.25 tokens per pass after 32 tokens) to cover this loop's
+    own cost, and one row can go on with plain `generate` (its window has not slid: the constraint needs
+    the whole row)."""
+    return batch == 1 and start == 0 and length <= context and stats.tokens >= 32 and stats.tokens < 1.25 * stats.target_passes
+
+
+def _plain_rest(model: Transformer, seq: list[int], gen: list[int], stopped: list[bool], steps: int, cfg: SamplingConfig,
+                pad_id: int, constraint: Constraint | None, on_token: OnToken | None, generator: torch.Generator | None,
+                stats: SpecStats) -> None:
+    """Finish one row with plain decoding (fresh seed drawn from the row's generator: the same distribution)."""
+    seeds = [int(torch.randint(0, 2**62, (1,), generator=generator))] if generator is not None else None
+    offset = len(gen)
+    shifted = (lambda step, tokens, finished: on_token(step + offset, tokens, finished)) if on_token is not None else None
+    rest = generate(model, [list(seq)], replace(cfg, max_new_tokens=steps - offset, seed=None), pad_id=pad_id,
+                    constraint=constraint, on_token=shifted, seeds=seeds)
+    new = rest.tokens[0] + ([cfg.stop_tokens[0]] if rest.stopped[0] and cfg.stop_tokens else [])
+    gen += new
+    stopped[0] = rest.stopped[0]
+    stats.tokens += len(new)
+    stats.target_passes += len(new)
 
 
 def _rand(count: list[int], gens: list[torch.Generator] | None, shared: torch.Generator | None, device: torch.device) -> Tensor:
