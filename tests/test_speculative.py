@@ -280,7 +280,7 @@ def test_failing_ngram_proposals_fall_back_to_plain_decoding(monkeypatch):
     """Proposals that are always wrong: after 64 tokens the row finishes with plain decoding, same output."""
     import arseq.models.speculative as spec_module
 
-    target = tiny(20)
+    target = tiny(20, context=128)
     wrong = lambda tokens, k, n, min_n: [(tokens[-1] + 1) % 20 if target(torch.tensor([tokens]))[0, -1].argmax() != (tokens[-1] + 1) % 20 else (tokens[-1] + 2) % 20]  # noqa: E731
     monkeypatch.setattr(spec_module, "lookup", wrong)
     cfg = SamplingConfig(max_new_tokens=100, temperature=0)
@@ -289,3 +289,7 @@ def test_failing_ngram_proposals_fall_back_to_plain_decoding(monkeypatch):
     assert spec.tokens == generate(target, [[1, 2, 3]], cfg).tokens
     assert spec.stats.accepted == 0 and spec.stats.proposed < 64  # gave up on proposing early
     assert streamed == list(range(100))  # every step streamed once, in order
+    short = tiny(20, context=24)  # past a slide (no constraint, no penalty): the plain rest starts from the window
+    monkeypatch.setattr(spec_module, "lookup", lambda tokens, k, n, min_n: [(tokens[-1] + 7) % 20])
+    spec = speculative_generate(short, [[1, 2, 3]], cfg, NGram(), k=4)
+    assert spec.tokens == generate(short, [[1, 2, 3]], cfg).tokens and spec.stats.proposed < 64

@@ -222,8 +222,10 @@ def speculative_generate(
                     skip, backoff = backoff, min(32, 2 * backoff)
             if on_token is not None:
                 emitted = _emit(on_token, gen, done, stopped, emitted, pad_id)
-            if draft is None and not done[0] and _give_up(stats, B, target.start[0], len(seqs[0]), context):
-                _plain_rest(model, seqs[0], gen[0], stopped, steps, cfg, pad_id, constraint, on_token,
+            whole = constraint is None and cfg.repetition_penalty == 1.0  # nothing needs the tokens before the window
+            if draft is None and not done[0] and _give_up(stats, B, target.start[0] == 0 or whole):
+                start = target.start[0] if len(seqs[0]) - target.start[0] <= context else len(seqs[0]) - context // 2
+                _plain_rest(model, seqs[0][start:], gen[0], stopped, steps, cfg, pad_id, constraint, on_token,
                             gens[0] if gens is not None else shared, stats)
                 break
     finally:
@@ -254,11 +256,11 @@ def _verify(logits: Tensor, seqs: list[list[int]], L: list[int], props: list[lis
     return n, _correction(final, at, props, nprop, q_s, cfg, gens, shared), seen
 
 
-def _give_up(stats: SpecStats, batch: int, start: int, length: int, context: int) -> bool:
+def _give_up(stats: SpecStats, batch: int, window_ok: bool) -> bool:
     """Whether n-gram proposals pay too little (< 1.15 tokens per pass after 64 tokens; sampled text and
     music: 1.00-1.07, greedy music 1.21 and rising) to cover this loop's own cost, and one row can go on
-    with plain `generate` (its window has not slid: the constraint needs the whole row)."""
-    return batch == 1 and start == 0 and length <= context and stats.tokens >= 64 and stats.tokens < 1.15 * stats.target_passes
+    with plain `generate` from its window (unless that slid and a constraint or penalty needs the whole row)."""
+    return batch == 1 and window_ok and stats.tokens >= 64 and stats.tokens < 1.15 * stats.target_passes
 
 
 def _plain_rest(model: Transformer, seq: list[int], gen: list[int], stopped: list[bool], steps: int, cfg: SamplingConfig,
