@@ -277,7 +277,7 @@ def test_cli_draft_gives_plain_greedy_output_and_reports(trained, tmp_path, caps
 
 
 def test_failing_ngram_proposals_fall_back_to_plain_decoding(monkeypatch):
-    """Proposals that are always wrong: after 64 tokens the row finishes with plain decoding, same output."""
+    """Proposals that are always wrong: after 32 tokens the row finishes with plain decoding, same output."""
     import arseq.models.speculative as spec_module
 
     target = tiny(20, context=128)
