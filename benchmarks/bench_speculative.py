@@ -121,7 +121,10 @@ def main() -> None:
     p.add_argument("--draft-tokens", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-big", action="store_true", help="skip the 8 x 384 text target")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     paths = {
         "text": (args.text_target or train("text", False, args.work, args.steps), args.text_draft or train("text", True, args.work, args.steps)),
