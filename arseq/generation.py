@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from arseq import drafting
 from arseq.checkpoint import Loaded
 from arseq.conditioning import split_condition
 from arseq.data.prepare import DataConfig, Prepared, prepare
@@ -38,6 +39,10 @@ class RunOptions:
         compile: off, on or auto: torch.compile the decode step (CUDA graphs on a GPU); auto falls back to eager where it cannot work
         quantize: none or int8 (int8 weights, per-channel scales)
         dtype: float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on a GPU that supports it)
+        draft: speculative decoding, the same samples faster: a small model with this model's tokenizer (checkpoint,
+            run folder or export) proposes tokens, or 'ngram': what followed the last n-gram earlier (eager: not compiled)
+        draft_tokens: with --draft: tokens proposed per pass of the model
+        ngram: with --draft ngram: the longest n-gram looked up (down to half of it)
     """
 
     batch_size: int = 16
@@ -45,6 +50,9 @@ class RunOptions:
     compile: str | bool = "off"
     quantize: str = "none"
     dtype: str | None = None
+    draft: str | None = None
+    draft_tokens: int = 4
+    ngram: int = 6
 
 
 def check_hooks(modality: Modality) -> None:
@@ -101,8 +109,10 @@ def make_plan(loaded: Loaded, request: Request) -> tuple[Plan, SamplingConfig]:
     return plan, cfg
 
 
-def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, compile: Any = False, stream: bool = True) -> list[Sample]:
-    """Sample one sequence per prompt of the plan, with its constraint (and streamer, when `stream`)."""
+def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, compile: Any = False, stream: bool = True,
+           spec: drafting.Speculative | None = None) -> list[Sample]:
+    """Sample one sequence per prompt of the plan, with its constraint (and streamer, when `stream`);
+    speculatively with `spec` (--draft)."""
     tok, model, controls = loaded.tokenizer, loaded.model, loaded.controls
     prompts, streamer = plan.prompts, plan.streamer if stream else None
     out: list[Sample] = []
@@ -122,12 +132,17 @@ def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, com
                 if not finished[row] or t == tok.eos_id:
                     streamer(row, t)
 
-        gen = generate(model, batch, cfg, pad_id=tok.pad_id, seeds=seeds, constraint=constraint,
-                       on_token=on_token if streamer else None, compile=compile)
+        if spec is not None:
+            gen = spec.generate(loaded, batch, cfg, seeds, constraint, on_token if streamer else None)
+        else:
+            gen = generate(model, batch, cfg, pad_id=tok.pad_id, seeds=seeds, constraint=constraint,
+                           on_token=on_token if streamer else None, compile=compile)
         scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, gen.tokens, gen.stopped)]
         nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id)
         for p, t, s, n, c in zip(batch, gen.tokens, gen.stopped, nll, count):
             out.append(Sample(controls.strip(p) if controls else list(p), t, s, float(n / c) if c else float("nan")))
+    if spec is not None:
+        print(spec.stats.line(), file=sys.stderr)
     return out
 
 
@@ -205,7 +220,10 @@ def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list
         result["sampling"] = {k: v for k, v in asdict(cfg).items() if k != "stop_tokens"}
         if request.conditions:
             result["sampling"]["conditions"] = list(request.conditions)
-        samples = sample(loaded, plan, cfg, run.batch_size, run.compile, stream=False)
+        spec = drafting.from_args(loaded, run)
+        samples = sample(loaded, plan, cfg, run.batch_size, run.compile, stream=False, spec=spec)
+        if spec is not None:
+            result["speculative"] = spec.report()
         result["sample_metrics"] = modality_metrics(modality, tok, [s.prompt + s.tokens for s in samples], train_items)
         n = min(len(items), max(request.num_samples, 100))  # a seeded sample of the held-out items, not the first n
         chosen = np.random.default_rng(0).choice(len(items), n, replace=False)
@@ -249,7 +267,7 @@ def run_generate(loaded: Loaded, request: Request, run: RunOptions) -> tuple[lis
         raise DataError(f"{request.out}: already exists; pass --overwrite to replace it, or choose another --out")
     prepare_model(loaded, run)
     plan, cfg = make_plan(loaded, request)
-    samples = sample(loaded, plan, cfg, run.batch_size, run.compile)
+    samples = sample(loaded, plan, cfg, run.batch_size, run.compile, spec=drafting.from_args(loaded, run))
     if request.out is not None:
         request.out = Path(request.out)
     return samples, loaded.modality.write(loaded.tokenizer, samples, request, plan)

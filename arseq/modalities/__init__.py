@@ -19,6 +19,7 @@ from arseq.modalities.base import (
     Modality,
     OutputFiles,
     Plan,
+    PrefixCounts,
     Request,
     Sample,
     SamplingOptions,
@@ -26,7 +27,7 @@ from arseq.modalities.base import (
 )
 
 __all__ = [
-    "Constraint", "DataError", "EvalInputs", "Example", "Modality", "OutputFiles", "Plan", "Request", "Sample", "SamplingOptions", "Skipped",
+    "Constraint", "DataError", "EvalInputs", "Example", "Modality", "OutputFiles", "Plan", "PrefixCounts", "Request", "Sample", "SamplingOptions", "Skipped",
     "PluginWarning", "Registered", "loadable", "registered", "resolve",
 ]
 

@@ -22,6 +22,25 @@ from arseq.tokenizers.base import Tokenizer
 
 
 
+class PrefixCounts:
+    """Running sums of a per-token value over each row's tokens after the first `skip` (e.g. residues or
+    bases so far), for constraints: rows that grow are counted incrementally, rows cut back are too."""
+
+    def __init__(self, values: Sequence[int], skip: int = 0):
+        self.values, self.skip = list(values), skip
+        self.rows: dict[int, tuple[list[int], list[int]]] = {}  # id(row) -> (row, sums[k]: over row[skip:skip + k])
+
+    def __call__(self, row: list[int]) -> int:
+        kept, sums = self.rows.get(id(row), (None, None))
+        if kept is not row:  # a new row (ids of dead lists are reused)
+            sums = [0]
+        del sums[max(0, len(row) - self.skip) + 1 :]
+        for t in row[self.skip + len(sums) - 1 :]:
+            sums.append(sums[-1] + self.values[t])
+        self.rows[id(row)] = (row, sums)
+        return sums[-1]
+
+
 @dataclass
 class Example:
     """One item of a dataset (document, piece, image, protein) as token ids, specials included."""

@@ -39,6 +39,7 @@ from arseq.modalities import (
     Modality,
     OutputFiles,
     Plan,
+    PrefixCounts,
     Request,
     Sample,
     Skipped,
@@ -292,14 +293,12 @@ class ProteinModality(Modality):
         lo = max(1, opts.min_length or 1)
         hi = opts.max_length
         eos = tokenizer.eos_id
-        counted: dict[int, tuple[list[int], int, int]] = {}  # id(row) -> (row, tokens counted, residues)
+        residues = PrefixCounts(lengths.tolist(), skip=1)  # per row, also when cut back (row[0] is BOS)
 
         def allowed(rows: list[list[int]]) -> torch.Tensor:
             mask = torch.zeros(len(rows), len(lengths), dtype=torch.bool)
             for i, row in enumerate(rows):
-                _, done, n = counted.get(id(row), (row, 1, 0))  # row[0] is BOS
-                n += int(lengths[row[done:]].sum()) if len(row) > done else 0
-                counted[id(row)] = (row, len(row), n)
+                n = residues(row)
                 if row[-1] == eos and len(row) > 1:  # finished row: anything valid keeps the sampler happy
                     mask[i, eos] = True
                     continue

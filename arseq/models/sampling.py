@@ -16,7 +16,10 @@ from arseq.models.decoding import causal_mask, prefill
 from arseq.models.inference import Compile, decoder
 from arseq.models.transformer import Transformer
 
-# Given each row's tokens so far, return a bool (rows, vocab) tensor of the tokens allowed next.
+# Given each row's tokens so far (prompt + generated), return a bool tensor (rows, vocab): True where a
+# token is allowed. The row lists persist between calls, so a constraint may keep per-row state keyed on
+# them: between two calls a row grows (tokens appended) or, in speculative decoding, shrinks (rejected
+# tokens removed from its end), never both (see docs/plugins.md and PrefixCounts).
 Constraint = Callable[[list[list[int]]], Tensor]
 # Called after every step with the step index, the tokens just chosen (B,) and which rows are done (B,).
 OnToken = Callable[[int, Tensor, Tensor], None]

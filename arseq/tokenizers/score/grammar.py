@@ -11,6 +11,8 @@ block, grace notes come first, in the order they are played, then the ordinary n
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from arseq.tokenizers.score.events import Bar, Events, Note, clip_to_last_bar
@@ -47,6 +49,24 @@ class Grammar:
         self.part_end: dict[int, int] = {}
         self.max_end = 0  # where the longest-ringing note so far ends
         self.part_vel: dict[int, int] = {}
+
+    # ---- rollback (speculative decoding takes rejected tokens back) ------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The state, cheaply: `bars` and `notes` only ever grow and only the last bar changes."""
+        state = dict(self.__dict__)
+        state.update(bars=len(self.bars), notes=len(self.notes), part_end=dict(self.part_end), part_vel=dict(self.part_vel),
+                     last_bar=_copy_bar(self.bars[-1]) if self.bars else None)
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Back to a `snapshot` taken earlier on this grammar (its tokens fed since are forgotten)."""
+        bars, notes, last_bar = self.bars, self.notes, state["last_bar"]
+        self.__dict__.update({k: v for k, v in state.items() if k != "last_bar"})
+        del bars[state["bars"] :], notes[state["notes"] :]
+        if last_bar is not None:
+            bars[-1] = _copy_bar(last_bar)
+        self.bars, self.notes = bars, notes
+        self.part_end, self.part_vel = dict(state["part_end"]), dict(state["part_vel"])
 
     # ---- derived state -------------------------------------------------------------------------
     @property
@@ -285,3 +305,8 @@ class Grammar:
         num_parts = max((n.part for n in notes), default=-1) + 1
         return Events(self.bars, notes, num_parts, dropped=int(half_built),
                       repairs=self.repairs + (clipped if self.ended else 0))
+
+
+def _copy_bar(bar: Bar) -> Bar:
+    """A copy of a bar (faster than copy.copy, which matters once per sampled token)."""
+    return Bar(bar.start, bar.length, bar.ts, bar.key, bar.tempo)

@@ -21,7 +21,7 @@ from Bio.Seq import Seq
 from Bio.SeqRecord import SeqRecord
 
 from arseq.modalities import (
-    Constraint, DataError, EvalInputs, Example, Modality, OutputFiles, Plan, Request, Sample, Skipped,
+    Constraint, DataError, EvalInputs, Example, Modality, OutputFiles, Plan, PrefixCounts, Request, Sample, Skipped,
 )
 from arseq.tokenizers import Tokenizer
 
@@ -137,17 +137,15 @@ class DnaModality(Modality):
         bases = torch.from_numpy(tokenizer.token_bases)
         allowed = bases > 0
         allowed[tokenizer.n_id] = False
-        seen = {}  # id(row) -> (row, tokens counted, bases in them); the row is kept so its id is never reused
+        counted = PrefixCounts(tokenizer.token_bases.tolist())  # bases so far; rows may be cut back (speculative decoding)
 
         def mask(rows: list[list[int]]) -> torch.Tensor:
             out = allowed.expand(len(rows), -1).clone()
             if length is None:
                 out[:, tokenizer.eos_id] = True
                 return out
-            for i, row in enumerate(rows):  # rows grow in place: count only the new tokens
-                _, counted, total = seen.get(id(row), (row, 0, 0))
-                total += int(bases[row[counted:]].sum())
-                seen[id(row)] = (row, len(row), total)
+            for i, row in enumerate(rows):
+                total = counted(row)
                 out[i] &= bases <= length - total
                 out[i, tokenizer.eos_id] = total >= length
             return out

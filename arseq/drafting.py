@@ -1,0 +1,72 @@
+"""`--draft` for generate/evaluate (and `arseq.load(...).generate(draft=...)`): speculative decoding
+(arseq.models.speculative) with a draft checkpoint or export of the same tokenizer, or `ngram`
+(prompt lookup, no model). Loading, checking and the per-run report live here, not in workflows."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from arseq.checkpoint import Loaded
+from arseq.errors import DataError
+from arseq.models.sampling import Constraint, Generation, OnToken, SamplingConfig
+from arseq.models.speculative import DraftModel, NGram, SpecStats, speculative_generate
+
+
+@dataclass
+class Speculative:
+    """The proposer of one generate/evaluate run and what it achieved over all batches."""
+
+    proposer: DraftModel | NGram
+    k: int
+    stats: SpecStats = field(default_factory=SpecStats)
+
+    def generate(self, loaded: Loaded, prompts: list[list[int]], cfg: SamplingConfig, seeds: list[int] | None,
+                 constraint: Constraint | None, on_token: OnToken | None) -> Generation:
+        gen = speculative_generate(loaded.model, prompts, cfg, self.proposer, k=self.k, pad_id=loaded.tokenizer.pad_id,
+                                   constraint=constraint, on_token=on_token, seeds=seeds)
+        self.stats.add(gen.stats)
+        return gen
+
+    def report(self) -> dict[str, Any]:
+        """The figures for evaluate's JSON: acceptance rate, tokens per target pass, tokens/s."""
+        return {"draft": "ngram" if isinstance(self.proposer, NGram) else "model", "draft_tokens": self.k, **self.stats.as_dict()}
+
+
+def from_args(loaded: Loaded, args: Any) -> Speculative | None:
+    """The run's speculative decoder from --draft/--draft-tokens/--ngram (`args`: arseq.generation.RunOptions), or None without --draft."""
+    spec = getattr(args, "draft", None)
+    if not spec:
+        return None
+    k = getattr(args, "draft_tokens", 4)
+    if not isinstance(k, int) or k < 1:
+        raise DataError(f"--draft-tokens must be a positive integer, got {k!r}")
+    if spec == "ngram":
+        n = getattr(args, "ngram", 6)
+        if not isinstance(n, int) or n < 1:
+            raise DataError(f"--ngram must be a positive integer, got {n!r}")
+        return Speculative(NGram(n=n, min_n=(n + 1) // 2), k)
+    return Speculative(DraftModel(load_draft(spec, loaded, args).model), k)
+
+
+def load_draft(path: str, loaded: Loaded, args: Any) -> Loaded:
+    """The draft model, checked against the target (same tokenizer) and placed like it (device, dtype, int8)."""
+    from arseq import checkpoint
+    from arseq.models.inference import prepare_for_inference
+
+    try:
+        draft = checkpoint.load(path, getattr(args, "modality", None), getattr(args, "trust_modality_import", False))
+    except FileNotFoundError as e:
+        raise DataError(f"--draft {path}: {e}") from None
+    ours, theirs = loaded.tokenizer, draft.tokenizer
+    if theirs.vocab_size != ours.vocab_size:
+        raise DataError(f"--draft {path}: its vocabulary has {theirs.vocab_size} tokens, the model's {ours.vocab_size}; "
+                        "a draft needs the model's tokenizer")
+    if theirs.to_dict() != ours.to_dict():
+        raise DataError(f"--draft {path}: its tokenizer differs from the model's (same size, other tokens); "
+                        "train the draft on the same data and tokenizer")
+    if draft.controls != loaded.controls:
+        raise DataError(f"--draft {path}: its condition tokens differ from the model's; train the draft on the same data "
+                        "with the same data.conditions")
+    device = loaded.model.norm.weight.device
+    prepare_for_inference(draft.model, device, getattr(args, "dtype", None), getattr(args, "quantize", "none"))
+    return draft
