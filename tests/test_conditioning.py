@@ -143,3 +143,13 @@ def test_score_gives_each_item_its_own_conditions(tagged, capsys):
     assert [row["tokens"] for row in result["items"]] == residues
     tagged_ppl = [row["perplexity"] for row in result["items"][:120]]
     assert np.median(tagged_ppl) < 1.5  # given its tag, a protein is nearly certain
+
+
+def test_speculative_decoding_of_a_conditioned_model_equals_plain(tagged, capsys):
+    _, ckpt = tagged
+    base = ["generate", "--checkpoint", str(ckpt), "--cond", "tag=polyW", "--num-samples", "3", "--temperature", "0",
+            "--max-length", "25"]
+    assert main(base) == 0
+    plain = capsys.readouterr().out
+    assert main(base + ["--draft", "ngram"]) == 0
+    assert capsys.readouterr().out == plain and plain.count(">design") == 3
