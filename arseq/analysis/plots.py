@@ -32,13 +32,17 @@ def curves_plot(kinds: dict[str, Any], key: str, ylabel: str, title: str) -> Cal
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_xlabel("offset after the injected error (tokens)")
         ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-        plt.close(fig)
+        _save(plt, fig, ax, title, path)
 
     return write
+
+
+def _save(plt: Any, fig: Any, ax: Any, title: str, path: Path) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
 
 
 def survival_plot(s: dict[str, Any], title: str) -> Callable[[Path], None]:
@@ -54,10 +58,6 @@ def survival_plot(s: dict[str, Any], title: str) -> Callable[[Path], None]:
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("generated tokens n")
         ax.set_ylabel("P(no error in the first n)")
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-        plt.close(fig)
+        _save(plt, fig, ax, title, path)
 
     return write
