@@ -284,3 +284,24 @@ def test_notes_longer_than_the_longest_dur_round_trip():
     g.feed(ids[at + 2])
     g.feed(ids[at + 3])
     assert not g.allowed()[TOK.start[DUR] : TOK.start[DUR] + TOK.max_dur].any()  # after a shorter Dur: the note is done
+
+
+def test_walks_through_the_top_pitch_and_long_notes_never_dead_end():
+    """The highest pitch held past the longest Dur (`Dur_max Dur_x`), then a Pos at the same onset, left no
+    allowed token (a sampler's NaN): the grammar must not offer an onset no note can join."""
+    rng = np.random.default_rng(0)
+    weights = np.ones(TOK.vocab_size)
+    weights[TOK.start[PITCH] + 127] = 300.0  # the top pitch, again and again
+    weights[TOK.start[DUR] + TOK.max_dur - 1] = 300.0  # the longest Dur, so that notes are lengthened
+    weights[TOK.types == POS] = 20.0
+    weights[TOK.eos_id] = 0.0
+    for _ in range(20):
+        g = Grammar(TOK)
+        g.feed(TOK.bos_id)
+        for _ in range(300):
+            allowed = g.allowed()
+            assert allowed.any(), "no token allowed"
+            p = allowed * weights
+            if not p.any():
+                p = allowed.astype(float)
+            assert g.feed(int(rng.choice(TOK.vocab_size, p=p / p.sum())))

@@ -150,6 +150,8 @@ class Grammar:
         if self._note_part() is not None:
             cursor, last = self._block_view()
             lo = last[0] if last is not None else 0
+            if last is not None and not self._onset_open(last):  # no note may join the last one's onset
+                lo += 1
             if lo < bar.length:
                 ok[t.start[POS] + lo : t.start[POS] + bar.length] = True
             if cursor < bar.length:
@@ -168,6 +170,12 @@ class Grammar:
 
     def _onset(self) -> int:
         return self.pos if self.pos is not None else self._block_view()[0]
+
+    def _onset_open(self, last: tuple[int, int, int]) -> bool:
+        """Whether a note can still follow `last` (onset, pitch, dur) at its onset: a higher pitch, the same
+        pitch with a Dur as long (not after a note lengthened past the longest Dur), or a grace note."""
+        t = self.t
+        return last[1] + (last[2] > t.max_dur) < 128 or bool(t.grace and last[1] < 0)
 
     def _allow_note_start(self, ok: np.ndarray) -> None:
         t = self.t

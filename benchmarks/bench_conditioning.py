@@ -1,0 +1,66 @@
+"""Does a conditioned model obey its conditions? For every value of a field seen at least --min-count times in
+training, sample --samples pieces with `--cond FIELD=VALUE`, read the value back from each sample
+(`Modality.condition_values`: music's analysed key and meter) and report the share that shows it, next to
+the share of unconditioned samples that show it (the baseline) and the value's share of the training items.
+
+    python -m benchmarks.bench_conditioning --checkpoint runs/music --field key --samples 16 --bars 8
+
+Prints JSON. Figures for music keys and meters are in README's Conditioning section.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+
+import arseq
+from arseq.generation import make_plan, sample
+from arseq.modalities import Request, SamplingOptions
+
+
+def read_back(loaded, field: str, conditions: list[str], n: int, seed: int, options) -> list[str]:
+    request = Request(n, sampling=SamplingOptions(seed=seed), options=options, conditions=conditions)
+    plan, cfg = make_plan(loaded, request)
+    samples = sample(loaded, plan, cfg, batch_size=n, stream=False)
+    shown = loaded.modality.condition_values(loaded.tokenizer, [s.prompt + s.tokens for s in samples])
+    return [s[field] for s in shown if field in s]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--field", default="key")
+    p.add_argument("--samples", type=int, default=16, help="samples per value (and 2x that unconditioned)")
+    p.add_argument("--min-count", type=int, default=10, help="values seen at least this often in training")
+    p.add_argument("--bars", type=int, default=8, help="music: bars per sample")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    model = arseq.load(args.checkpoint)
+    loaded = model.loaded
+    controls = loaded.controls
+    if controls is None or args.field not in controls.fields:
+        raise SystemExit(f"{args.checkpoint}: not conditioned on {args.field!r}")
+    opts = loaded.modality.generate_options
+    options = opts(bars=args.bars) if opts is not None and "bars" in opts.__dataclass_fields__ else None
+    counts = controls.counts[args.field]
+    values = [v for v, c in sorted(counts.items(), key=lambda kv: -kv[1]) if c >= args.min_count]
+    t0 = time.perf_counter()
+    free = Counter(read_back(loaded, args.field, [], 2 * args.samples, args.seed, options))
+    free_total = max(1, sum(free.values()))
+    rows = {}
+    for value in values:
+        read = read_back(loaded, args.field, [f"{args.field}={value}"], args.samples, args.seed, options)
+        rows[value] = {"share": sum(r == value for r in read) / max(1, len(read)), "read": len(read),
+                       "unconditioned_share": free[value] / free_total, "training_items": counts[value]}
+    shares = [r["share"] for r in rows.values()]
+    print(json.dumps({
+        "checkpoint": args.checkpoint, "field": args.field, "samples_per_value": args.samples, "bars": args.bars,
+        "values": rows, "mean_share": sum(shares) / max(1, len(shares)),
+        "mean_unconditioned_share": sum(r["unconditioned_share"] for r in rows.values()) / max(1, len(rows)),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
