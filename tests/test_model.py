@@ -87,6 +87,19 @@ def test_constraint_and_stop_token(model):
     assert not banned & {t for row in gen.tokens for t in row}
 
 
+def test_a_constraint_that_allows_nothing_ends_the_row_instead_of_failing(model):
+    def constraint(rows):  # a dead end after three tokens in row 0 only
+        allowed = torch.ones(len(rows), 50, dtype=torch.bool)
+        allowed[:, 2] = False
+        if len(rows[0]) >= 4:
+            allowed[0] = False
+        return allowed
+
+    gen = generate(model, [[1], [1]], SamplingConfig(max_new_tokens=8, temperature=0.9, top_p=0.9, seed=0, stop_tokens=(2,)),
+                   constraint=constraint)
+    assert gen.stopped == [True, False] and len(gen.tokens[0]) == 3 and len(gen.tokens[1]) == 8
+
+
 def test_sequence_nll_counts_every_token_once_and_matches_direct_loss(model):
     seq = torch.randint(0, 50, (1, 30))
     nll, count = sequence_nll(model, [seq[0].tolist()])

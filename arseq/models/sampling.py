@@ -60,6 +60,10 @@ def process_logits(logits: Tensor, cfg: SamplingConfig, seen: Tensor | None, all
     """Apply the constraint, repetition penalty, temperature and top-k/top-p/min-p filters (in that order)."""
     logits = logits.float()
     if allowed is not None:
+        empty = ~allowed.any(dim=-1)
+        if cfg.stop_tokens and bool(empty.any()):  # a constraint that allows nothing ends the row (not a NaN)
+            allowed = allowed.clone()
+            allowed[empty.nonzero()[:, :1], torch.tensor(cfg.stop_tokens, device=allowed.device)] = True
         logits = logits.masked_fill(~allowed, float("-inf"))
     if seen is not None and cfg.repetition_penalty != 1.0:  # CTRL's penalty, as in Hugging Face
         penalised = torch.where(logits > 0, logits / cfg.repetition_penalty, logits * cfg.repetition_penalty)
