@@ -9,9 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
-from arseq.errors import DataError, first_line, one_line
+from arseq.config_files import read_config
+from arseq.errors import DataError, one_line
 
 VERBS = {
     "train": "train a model from a YAML config",
@@ -35,10 +34,7 @@ def _modality_name(argv: Sequence[str]) -> str | None:
         if arg.startswith("--config="):
             arg, value = "--config", arg.split("=", 1)[1]
         if arg == "--config" and value:
-            try:
-                cfg = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError) as e:
-                raise DataError(f"{value}: cannot read config ({first_line(e)})") from None
+            cfg = read_config(value)
             section = cfg.get("modality") if isinstance(cfg, dict) else None
             if isinstance(section, dict) and "name" in section:
                 name = section["name"]

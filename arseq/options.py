@@ -10,9 +10,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
 
-from arseq.errors import DataError, first_line, one_line
+from arseq.config_files import read_config
+from arseq.errors import DataError, one_line
 from arseq.generation import RunOptions
 from arseq.modalities import Request, SamplingOptions
 
@@ -93,10 +93,7 @@ def early(argv: Sequence[str]) -> dict[str, Any]:
         if not eq and i + 1 < len(args):
             value = args[i + 1]
         if name == "config" and value:
-            try:
-                cfg = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError) as e:
-                raise DataError(f"{value}: cannot read config ({first_line(e)})") from None
+            cfg = read_config(value)
             if not isinstance(cfg, dict):
                 raise DataError(f"{value}: a config must be a mapping of option names to values")
             found.update({k: cfg[k] for k in LOAD_KEYS if k in cfg})
