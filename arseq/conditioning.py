@@ -64,19 +64,32 @@ class Controls:
         """One control id per field: the value's, or unknown where it is missing or unseen."""
         return [self.value_id(f, values[f]) if values.get(f) in known else self.unknown_id(f) for f, known in self.fields.items()]
 
-    def parse(self, specs: Sequence[str]) -> list[int]:
-        """`--cond FIELD=VALUE` flags as control ids (unknown for fields not given); one-line errors."""
+    def given(self, specs: Sequence[str]) -> dict[str, str]:
+        """`--cond FIELD=VALUE` flags as field -> value, checked against what the model knows; one-line errors."""
         given: dict[str, str] = {}
         for spec in specs:
             name, value = split_condition(spec)
             if value is None or not name:
                 raise DataError(f"--cond {spec!r}: expected FIELD=VALUE, e.g. --cond {next(iter(self.fields), 'tag')}=...")
-            if name not in self.fields:
-                raise DataError(f"--cond {spec!r}: this model knows the condition field(s) {', '.join(self.fields)}, not {name!r}")
-            if value not in self.fields[name]:
-                raise DataError(f"--cond {spec!r}: {name} {value!r} was never seen in training; known: {', '.join(self.fields[name])}")
+            self.check(name, value, f"--cond {spec!r}")
             given[name] = value
-        return self.ids(given)
+        return given
+
+    def check(self, name: str, value: str, flag: str) -> None:
+        """A DataError naming `flag` unless the model knows the field and was trained on the value."""
+        if name not in self.fields:
+            raise DataError(f"{flag}: this model knows the condition field(s) {', '.join(self.fields)}, not {name!r}")
+        if value not in self.fields[name]:
+            raise DataError(f"{flag}: {name} {value!r} was never seen in training; known: {', '.join(self.fields[name])}")
+
+    def read(self, tokens: Sequence[int]) -> dict[str, str]:
+        """The values a conditioned sequence's control tokens name (fields with an unknown token left out)."""
+        out: dict[str, str] = {}
+        for slot, (name, values) in enumerate(self.fields.items()):
+            i = int(tokens[1 + slot]) - self._base(name) - 1 if len(tokens) > 1 + slot else -1
+            if 0 <= i < len(values):
+                out[name] = values[i]
+        return out
 
     def insert(self, tokens: Sequence[int], ids: Sequence[int]) -> list[int]:
         """The control ids right after BOS (tokens[0])."""

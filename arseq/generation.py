@@ -11,16 +11,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from arseq import drafting
 from arseq.checkpoint import Loaded
-from arseq.conditioning import split_condition
+from arseq.conditioning import Controls, split_condition
 from arseq.data.prepare import DataConfig, Prepared, prepare
-from arseq.modalities import DataError, EvalInputs, Modality, Plan, Request, Sample
+from arseq.modalities import DataError, EvalInputs, Example, Modality, Plan, Request, Sample
 from arseq.models.sampling import SamplingConfig, generate
 from arseq.models.scoring import sequence_nll, unigram_baseline
 from arseq.workflows import resolve_device
@@ -92,6 +92,7 @@ def make_plan(loaded: Loaded, request: Request) -> tuple[Plan, SamplingConfig]:
     controls = loaded.controls
     if request.conditions and controls is None:
         raise DataError(f"--cond {request.conditions[0]}: this model was trained without conditions")
+    request.condition_values = dict(controls.fields) if controls is not None else {}
     plan = modality.plan(tok, request)
     try:
         cfg = request.sampling.resolve(plan.sampling, (tok.eos_id,))
@@ -102,8 +103,12 @@ def make_plan(loaded: Loaded, request: Request) -> tuple[Plan, SamplingConfig]:
     width = controls.width if controls is not None else 0
     plan.prompts = fit_prompts(modality, tok, plan.prompts, loaded.model.cfg.max_seq_len - width, cfg.max_new_tokens)
     if controls is not None:  # the conditions after BOS; the modality's constraint never sees them
-        ids = controls.parse(request.conditions)
-        plan.prompts = [controls.insert(p, ids) for p in plan.prompts]
+        given = controls.given(request.conditions)
+        plan.conditions = [{**values, **given} for values in plan.conditions or [{}] * len(plan.prompts)]
+        for values in plan.conditions:
+            for name, value in values.items():
+                controls.check(name, value, f"the {modality.name} options' condition {name}={value}")
+        plan.prompts = [controls.insert(p, controls.ids(values)) for p, values in zip(plan.prompts, plan.conditions)]
         inner = plan.constraint
         plan.constraint = lambda: controls.hide(inner() if inner is not None else None)
     return plan, cfg
@@ -230,22 +235,36 @@ def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list
         result["data_metrics"] = modality_metrics(modality, tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)], train_items)
         result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))
         if request.conditions and controls is not None:
-            result["conditions_obeyed"] = obeyed(modality, tok, controls, request.conditions, [s.prompt + s.tokens for s in samples])
+            train_conditioned = train_data.train.items() if train_data is not None else []
+            result["conditions_obeyed"] = obeyed(modality, tok, controls, request.conditions, [s.prompt + s.tokens for s in samples],
+                                                 examples(controls, train_conditioned), examples(controls, conditioned))
     return result
 
 
-def obeyed(modality: Modality, tok: Any, controls: Any, conditions: list[str], sequences: list[list[int]]) -> dict[str, Any]:
-    """Per requested field the modality can read back from a sample (a piece's analysed key): the share of
-    samples showing the value asked for, next to that value's share of the training items."""
-    shown = modality.condition_values(tok, sequences)
+def examples(controls: Controls, sequences: Sequence[Sequence[int]]) -> list[Example]:
+    """Conditioned sequences as the modality sees items: its own tokens, and the values their control tokens name."""
+    return [Example(controls.strip(s), conditions=controls.read(s)) for s in sequences]
+
+
+def obeyed(modality: Modality, tok: Any, controls: Controls, conditions: list[str], sequences: list[list[int]],
+           reference: Sequence[Example] = (), held: Sequence[Example] = (), max_held: int = 300) -> dict[str, Any]:
+    """Per requested field the modality can read back from a sample (a piece's analysed key, an image's class by a
+    classifier fitted on `reference`): the share of samples showing the value asked for, next to that value's share
+    of the training items, and the reader's agreement with the true values of (up to `max_held`) held-out items:
+    the share a perfectly obedient model could reach as read."""
+    shown = modality.condition_values(tok, sequences, reference)
+    held = list(held)[:max_held]
+    real = modality.condition_values(tok, [list(e.tokens) for e in held], reference) if held else []
     out: dict[str, Any] = {}
     for spec in conditions:
         name, value = split_condition(spec)
         read = [s[name] for s in shown if name in s]
         if read:
             counts = controls.counts.get(name, {})
+            agree = [r[name] == e.conditions[name] for r, e in zip(real, held) if name in r and name in e.conditions]
             out[name] = {"asked": value, "share": float(np.mean([v == value for v in read])), "samples_read": len(read),
-                         "training_share": counts.get(value, 0) / max(1, sum(counts.values()))}
+                         "training_share": counts.get(value, 0) / max(1, sum(counts.values())),
+                         "held_out_agreement": float(np.mean(agree)) if agree else None, "held_out_read": len(agree)}
     return out
 
 

@@ -1,11 +1,14 @@
 """Does a conditioned model obey its conditions? For every value of a field seen at least --min-count times in
 training, sample --samples pieces with `--cond FIELD=VALUE`, read the value back from each sample
-(`Modality.condition_values`: music's analysed key and meter) and report the share that shows it, next to
-the share of unconditioned samples that show it (the baseline) and the value's share of the training items.
+(`Modality.condition_values`: music's analysed key and meter, an image's class by a logistic regression
+fitted on the training images) and report the share that shows it, next to the share of unconditioned
+samples that show it (the baseline), the value's share of the training items, and the ceiling: how often
+the same reader finds their own value in the real held-out items.
 
     python -m benchmarks.bench_conditioning --checkpoint runs/music --field key --samples 16 --bars 8
+    python -m benchmarks.bench_conditioning --checkpoint runs/image --field label --samples 50
 
-Prints JSON. Figures for music keys and meters are in README's Conditioning section.
+Prints JSON. Figures are in README's Conditioning section.
 """
 from __future__ import annotations
 
@@ -15,15 +18,15 @@ import time
 from collections import Counter
 
 import arseq
-from arseq.generation import make_plan, sample
+from arseq.generation import examples, held_out, make_plan, sample
 from arseq.modalities import Request, SamplingOptions
 
 
-def read_back(loaded, field: str, conditions: list[str], n: int, seed: int, options) -> list[str]:
+def read_back(loaded, field: str, conditions: list[str], n: int, seed: int, options, reference) -> list[str]:
     request = Request(n, sampling=SamplingOptions(seed=seed), options=options, conditions=conditions)
     plan, cfg = make_plan(loaded, request)
-    samples = sample(loaded, plan, cfg, batch_size=n, stream=False)
-    shown = loaded.modality.condition_values(loaded.tokenizer, [s.prompt + s.tokens for s in samples])
+    samples = sample(loaded, plan, cfg, batch_size=min(n, 64), stream=False)
+    shown = loaded.modality.condition_values(loaded.tokenizer, [s.prompt + s.tokens for s in samples], reference)
     return [s[field] for s in shown if field in s]
 
 
@@ -46,11 +49,16 @@ def main() -> None:
     counts = controls.counts[args.field]
     values = [v for v, c in sorted(counts.items(), key=lambda kv: -kv[1]) if c >= args.min_count]
     t0 = time.perf_counter()
-    free = Counter(read_back(loaded, args.field, [], 2 * args.samples, args.seed, options))
+    train_data, val, _ = held_out(loaded, None)
+    reference = examples(controls, train_data.train.items()) if train_data is not None else []
+    held = [e for e in examples(controls, val) if args.field in e.conditions]
+    real = loaded.modality.condition_values(loaded.tokenizer, [list(e.tokens) for e in held], reference)
+    agree = [r[args.field] == e.conditions[args.field] for r, e in zip(real, held) if args.field in r]
+    free = Counter(read_back(loaded, args.field, [], 2 * args.samples, args.seed, options, reference))
     free_total = max(1, sum(free.values()))
     rows = {}
     for value in values:
-        read = read_back(loaded, args.field, [f"{args.field}={value}"], args.samples, args.seed, options)
+        read = read_back(loaded, args.field, [f"{args.field}={value}"], args.samples, args.seed, options, reference)
         rows[value] = {"share": sum(r == value for r in read) / max(1, len(read)), "read": len(read),
                        "unconditioned_share": free[value] / free_total, "training_items": counts[value]}
     shares = [r["share"] for r in rows.values()]
@@ -58,6 +66,7 @@ def main() -> None:
         "checkpoint": args.checkpoint, "field": args.field, "samples_per_value": args.samples, "bars": args.bars,
         "values": rows, "mean_share": sum(shares) / max(1, len(shares)),
         "mean_unconditioned_share": sum(r["unconditioned_share"] for r in rows.values()) / max(1, len(rows)),
+        "held_out_agreement": sum(agree) / len(agree) if agree else None, "held_out_read": len(agree),
         "seconds": round(time.perf_counter() - t0, 1),
     }, indent=1))
 

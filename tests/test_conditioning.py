@@ -26,10 +26,11 @@ def test_learned_values_ids_and_parsing():
     assert c.counts == {"tag": {"a": 1, "b": 2}, "size": {"big": 1, "small": 1}}
     assert [c.unknown_id("tag"), c.value_id("tag", "a"), c.value_id("tag", "b"), c.unknown_id("size"), c.value_id("size", "big")] == [10, 11, 12, 13, 14]
     assert c.ids({"tag": "b"}) == [12, 13] and c.ids({"tag": "never seen", "size": "big"}) == [10, 14]
-    assert c.parse(["tag=a"]) == [11, 13] and c.parse(['size="big"', "tag=b"]) == [12, 14]
+    assert c.ids(c.given(["tag=a"])) == [11, 13] and c.ids(c.given(['size="big"', "tag=b"])) == [12, 14]
+    assert c.read([0, 12, 14, 5]) == {"size": "big", "tag": "b"} and c.read([0, 10, 13, 5]) == {} and c.read([0, 11, 13]) == {"tag": "a"}
     for bad, why in (["tag"], "FIELD=VALUE"), (["colour=red"], "knows the condition field"), (["tag=c"], "known: a, b"):
         with pytest.raises(DataError, match=why):
-            c.parse(bad)
+            c.given(bad)
     assert c.insert([1, 5, 6, 2], [12, 13]) == [1, 12, 13, 5, 6, 2] and c.strip([1, 12, 13, 5, 6, 2]) == [1, 5, 6, 2]
     assert Controls.from_dict(json.loads(json.dumps(c.to_dict()))) == c and Controls.from_dict(None) is None
     assert Controls.learn(10, ["tag"], [{}, {"size": "x"}], 0.1) is None

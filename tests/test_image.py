@@ -16,8 +16,13 @@ from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.patch import PatchTokenizer, kmeans, psnr, to_mode
 
 
-def _args(prompt: str | None = None, out=None, n: int = 1, **options) -> Request:
-    return Request(n, prompt, options=ImageGenerate(**options), out=out)
+DIGITS = [str(i) for i in range(10)]
+
+
+def _args(prompt: str | None = None, out=None, n: int = 1, cond=(), labels=DIGITS, **options) -> Request:
+    """A request as the core hands it to `plan`: `condition_values` holds the classes the model knows."""
+    return Request(n, prompt, options=ImageGenerate(**options), out=out, conditions=list(cond),
+                   condition_values={"label": list(labels)} if labels else {})
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +49,11 @@ def test_palette_mode_is_lossless_for_all_gray_levels():
 def test_digits_are_lossless_with_17_levels(digits):
     _, tok, examples = digits
     assert len(examples) == 1797 and all(isinstance(e, Example) for e in examples)
-    assert len(tok.codebook) == 17 and tok.lossless and tok.labels == [str(i) for i in range(10)]
+    assert len(tok.codebook) == 17 and tok.lossless and tok.labels == []  # the class is a condition, not a token
     assert all(e.exact for e in examples)
-    assert all(len(e.tokens) == 67 for e in examples)  # BOS label 64 codes EOS
+    assert all(len(e.tokens) == 66 for e in examples)  # BOS 64 codes EOS
+    assert [e.conditions for e in examples[:3]] == [{"label": "0"}, {"label": "1"}, {"label": "2"}]
+    assert {e.conditions["label"] for e in examples} == set(DIGITS)
     assert tok.fit_stats["fit_images"] == 1797 and tok.fit_stats["heldout_images"] == 179 and tok.fit_stats["heldout_psnr_db"] is None and tok.fit_stats["heldout_exact"]
 
 
@@ -54,7 +61,7 @@ def test_state_is_json_and_rebuilds_the_same_tokenizer(digits):
     m, tok, examples = digits
     again = m.load_tokenizer(json.loads(json.dumps(tok.to_dict())))
     assert again.vocab_size == tok.vocab_size and again.labels == tok.labels
-    assert list(examples[5].tokens) == again.encode(tok.decode_pixels(examples[5].tokens), label="5")
+    assert list(examples[5].tokens) == again.encode(tok.decode_pixels(examples[5].tokens))
 
 
 def _blobs(seed: int, centres: np.ndarray, n: int = 4000) -> torch.Tensor:
@@ -159,7 +166,7 @@ def test_folder_labels_and_bad_files_are_skipped_with_reasons(tmp_path):
 
     m = ImageModality(mode="RGB", size=8, patch_size=2, codebook_size=8)
     tok = m.build_tokenizer(files, None)
-    assert tok.labels == ["cat", "dog"]
+    assert tok.labels == []
     records = list(m.read(files, None, tok, check_roundtrip=True))
     skipped = {s.file: s.reason for s in records if isinstance(s, Skipped)}
     assert set(skipped) == {str(tmp_path / "empty"), str(truncated), str(text), str(tiny)}
@@ -169,8 +176,8 @@ def test_folder_labels_and_bad_files_are_skipped_with_reasons(tmp_path):
     assert "smaller than one" in skipped[str(tiny)]
     examples = {e.name: e for e in records if isinstance(e, Example)}
     assert len(examples) == 8 and str(cmyk) in examples
-    assert tok.decode_label(examples[str(full)].tokens) == "dog" and tok.decode_label(examples[str(cmyk)].tokens) == "cat"
-    assert all(len(e.tokens) == 3 + 16 for e in examples.values())
+    assert examples[str(full)].conditions == {"label": "dog"} and examples[str(cmyk)].conditions == {"label": "cat"}
+    assert all(len(e.tokens) == 2 + 16 for e in examples.values())
     summary = m.summarize(tok, list(examples.values()))
     assert summary["labels"] == {"cat": 4, "dog": 4} and summary["tokens_per_image"] == 16
 
@@ -211,18 +218,30 @@ def test_constraint_makes_every_sample_a_full_image(digits):
     samples = _sample(m, tok, _args(), n=6)
     for s in samples:
         ids = np.asarray(s.prompt + s.tokens)
-        assert s.stopped and tok.decode_label(ids) is not None
-        assert int(tok.is_code(ids).sum()) == 64 and len(ids) == 66  # BOS label codes (EOS stripped)
+        assert s.stopped and int(tok.is_code(ids).sum()) == 64 and len(ids) == 65  # BOS codes (EOS stripped)
 
 
-def test_label_flag_conditions_samples(digits):
+def test_label_flag_asks_the_core_for_the_label_condition(digits):
     m, tok, _ = digits
-    threes = _sample(m, tok, _args(label="3"))
-    sevens = _sample(m, tok, _args(label=7))
-    assert {tok.decode_label(s.prompt) for s in threes} == {"3"} and {tok.decode_label(s.prompt) for s in sevens} == {"7"}
-    assert [s.tokens for s in threes] != [s.tokens for s in sevens]
-    with pytest.raises(DataError, match="unknown class label"):
-        m.plan(tok, _args(label="cat"))
+    assert m.plan(tok, _args(label="3", n=2)).conditions == [{"label": "3"}] * 2
+    assert m.plan(tok, _args(label=1, labels=["a", "b", "c"])).conditions == [{"label": "b"}]  # an index when not a name
+    assert m.plan(tok, _args(n=2)).conditions == [{}, {}]  # unconditional
+    for args, why in ((_args(label="cat"), "unknown class label"), (_args(label="3", labels=()), "trained without class labels"),
+                      (_args(label="3", cond=["label=4"]), "give the class once")):
+        with pytest.raises(DataError, match=why):
+            m.plan(tok, args)
+
+
+def test_a_model_from_before_conditions_keeps_its_label_token():
+    """Checkpoints whose tokenizer holds the class labels still sample class-conditionally."""
+    m = ImageModality(mode="L", size=8, patch_size=1, codebook_size=17)
+    tok = PatchTokenizer.fit(list(np.random.default_rng(0).integers(0, 17, (4, 8, 8, 1), dtype=np.uint8)), size=8, patch_size=1,
+                             mode="L", codebook_size=17, labels=["cat", "dog"])
+    args = _args(label="dog", labels=())
+    for s in _sample(m, tok, args, n=3):
+        ids = np.asarray(s.prompt + s.tokens)
+        assert tok.decode_label(s.prompt) == "dog" and int(tok.is_code(ids).sum()) == 64 and len(ids) == 66  # BOS label codes
+    assert m.plan(tok, args).conditions is None
 
 
 def test_completion_keeps_prompt_rows_pixel_exact_and_writes_side_by_side(digits, tmp_path):
@@ -232,7 +251,8 @@ def test_completion_keeps_prompt_rows_pixel_exact_and_writes_side_by_side(digits
     Image.fromarray(original[..., 0], "L").save(prompt_png)
     args = _args(prompt=str(prompt_png), prompt_rows=3)
     samples = _sample(m, tok, args, n=3)
-    assert [tok.decode_label(s.prompt) for s in samples] == ["0", "1", "2"]  # classes cycle without --label
+    assert m.plan(tok, args).conditions == [{"label": "0"}, {"label": "1"}, {"label": "2"}]  # classes cycle without --label
+    assert m.plan(tok, _args(prompt=str(prompt_png), n=2, cond=["label=4"])).conditions == [{}, {}]  # --cond label=4 decides
     for s in samples:
         assert np.array_equal(tok.decode_pixels(s.prompt + s.tokens)[:3], original[:3])
     args.out = tmp_path / "out"
@@ -253,7 +273,7 @@ def test_completion_keeps_prompt_rows_pixel_exact_and_writes_side_by_side(digits
 
 def test_write_to_terminal_prints_ascii(digits, capsys):
     m, tok, examples = digits
-    assert m.write(tok, [Sample([1], list(examples[0].tokens[1:-1]), True, 0.5)], _args(), Plan([])) == []
+    assert m.write(tok, [Sample([1], list(examples[0].tokens[1:-1]), True, 0.5)], _args(), Plan([], conditions=[{"label": "0"}])) == []
     out = capsys.readouterr().out
     assert "label 0" in out and "@" in out and len(out.splitlines()) >= 9
 
@@ -296,6 +316,5 @@ def test_a_prompt_too_long_for_the_context_keeps_whole_patch_rows(digits, tmp_pa
     prompt_png = tmp_path / "prompt.png"
     Image.fromarray(tok.decode_pixels(examples[5].tokens)[..., 0], "L").save(prompt_png)
     full = m.plan(tok, _args(prompt=str(prompt_png), prompt_rows=tok.grid)).prompts[0]
-    kept, what = m.fit_prompt(tok, full, 2 + 3 * tok.grid + 5)  # room for three rows and a bit
-    assert kept == full[: 2 + 3 * tok.grid] and what == "its first 3 patch rows"
-    assert tok.decode_label(kept) == tok.decode_label(full)  # BOS and label stay
+    kept, what = m.fit_prompt(tok, full, 1 + 3 * tok.grid + 5)  # room for three rows and a bit
+    assert kept == full[: 1 + 3 * tok.grid] and what == "its first 3 patch rows"

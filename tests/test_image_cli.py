@@ -92,3 +92,19 @@ def test_evaluate_reports_bits_per_dim_and_baselines(ckpt, capsys):
 def test_bad_label_is_one_line_error(ckpt, capsys):
     code, _, err = run(capsys, "generate", "--checkpoint", ckpt, "--label", "cat")
     assert code != 0 and "unknown class label" in err and "Traceback" not in err
+
+
+def test_evaluate_reads_the_class_of_samples_back_with_a_classifier(ckpt, capsys):
+    """--cond label=3: each sample's class by a logistic regression fitted on the training digits; the same
+    classifier on the real held-out digits (their own labels) is the ceiling, and it must be a good one."""
+    code, out, err = run(capsys, "evaluate", "--checkpoint", ckpt, "--num-samples", 4, "--seed", 0, "--cond", "label=3")
+    assert code == 0, err
+    result = json.loads(out)
+    obeyed = result["conditions_obeyed"]["label"]
+    assert obeyed["asked"] == "3" and obeyed["samples_read"] == 4 and 0 <= obeyed["share"] <= 1
+    assert obeyed["held_out_read"] == 297 and obeyed["held_out_agreement"] > 0.9
+    assert obeyed["training_share"] == pytest.approx(0.1, abs=0.02)
+    label = result["conditions"]["label"]
+    assert label["items"] == 297 and 0 <= label["accuracy"] <= 1 and label["perplexity_true"] > 1
+    code, _, err = run(capsys, "generate", "--checkpoint", ckpt, "--label", "3", "--cond", "label=4")
+    assert code == 2 and "give the class once" in err and "Traceback" not in err

@@ -28,7 +28,7 @@ from arseq.data.files import expand_paths
 from arseq.modalities.base import DataError, Example, Modality, Skipped
 from arseq.tokenizers.base import Tokenizer
 
-CACHE_FORMAT = 3  # 2: entries carry checksums.json; 3: conditions (controls.json)
+CACHE_FORMAT = 4  # 2: entries carry checksums.json; 3: conditions (controls.json); 4: image classes as conditions
 
 
 @dataclass

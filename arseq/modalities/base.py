@@ -136,9 +136,11 @@ class Modality:
         holds the training items, for figures that compare with them (composition, novelty)."""
         return {}
 
-    def condition_values(self, tokenizer: Tokenizer, sequences: list[list[int]]) -> list[dict[str, str]]:
+    def condition_values(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()
+                         ) -> list[dict[str, str]]:
         """The condition values each token sequence shows, where the modality can read them back (a
-        generated piece's analysed key): `evaluate --cond` reports how often samples obey. Default: none."""
+        generated piece's analysed key, an image's class by a classifier fitted on `reference`: training
+        items with their `conditions`): `evaluate --cond` reports how often samples obey. Default: none."""
         return [{} for _ in sequences]
 
     def evaluate(self, tokenizer: Tokenizer, report: "EvalInputs") -> dict[str, Any]:

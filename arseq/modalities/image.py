@@ -7,11 +7,15 @@ folders of images; when the files sit in subfolders of a common folder, the firs
 the class label (torchvision's ImageFolder layout). Any pillow mode is accepted (see `to_mode`: alpha on
 white, 16-bit scaled, CMYK/palette converted); animated images use their first frame.
 
-A sequence is ``BOS [label] code... EOS``: the label token is there when the data has labels and
-`conditional` is on. Sampling is constrained to exactly that shape, so every sample is a full image.
-`--prompt IMAGE --prompt-rows R` keeps the image's top R rows of patches (token rows; pixel rows in
-palette mode, `patch_size: 1`) and samples the rest; without `--label`, the samples cycle through the
-classes. Kept rows are the tokenizer's reconstruction, hence pixel-exact when it is lossless.
+A sequence is ``BOS code... EOS``; with `conditional` on and labelled data the class is the condition
+field `label` (a control token after BOS, `arseq.conditioning`: `--label 7` is `--cond label=7`; trained
+with a drop rate, so the same model also samples without one). Sampling is constrained to exactly that
+shape, so every sample is a full image. `--prompt IMAGE --prompt-rows R` keeps the image's top R rows of
+patches (token rows; pixel rows in palette mode, `patch_size: 1`) and samples the rest; without
+`--label`, the samples cycle through the classes. Kept rows are the tokenizer's reconstruction, hence
+pixel-exact when it is lossless. `evaluate --cond label=L` reads each sample's class back with a logistic
+regression fitted on the training images (`condition_values`). Models from before the shared conditioning
+keep the label as a tokenizer token (``BOS label code... EOS``) and still load and sample.
 
 `evaluate` adds `bits_per_dim`: the model's NLL of every predicted token (label and EOS included, so an
 upper bound on -log2 p(image)) per pixel channel, next to count baselines fitted on the training split
@@ -46,10 +50,12 @@ from arseq.modalities import (
 from arseq.modalities.image_files import class_root, load_digits, natural_order, open_image
 from arseq.modalities.image_metrics import baseline_bits, psnr_from_mse
 from arseq.modalities.render import ascii_art, tile
-from arseq.tokenizers.patch import PatchTokenizer
+from arseq.conditioning import split_condition
+from arseq.tokenizers.patch import PatchTokenizer, pick_label
 
 SOURCES = ("digits",)
 LN2 = math.log(2)
+MAX_CLASSIFIER_IMAGES = 5000  # condition_values fits its classifier on at most this many training images
 
 
 @dataclass
@@ -82,13 +88,14 @@ class ImageModality(Modality):
         patch_size: pixels per patch side; 1 = one token per pixel (a colour palette, as in iGPT).
         codebook_size: K, the most codebook vectors; fewer when the training patches have fewer distinct
             values (then the codebook is exactly those values: lossless).
-        conditional: put a class-label token after BOS when the data has labels.
+        conditional: condition on the class (field `label`) when the data has labels.
         codebook_seed: seed of the k-means fit and of its held-out images.
         max_fit_patches: k-means runs on at most this many training patches.
     """
 
     name = "image"
     tokenizer_kinds = {PatchTokenizer.kind: PatchTokenizer}
+    condition_fields = {"label": "the class: the digit, or the image's class folder (ImageFolder layout)"}
     suffixes = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm")
 
     def __init__(self, mode: str = "L", size: int = 32, patch_size: int = 1, codebook_size: int = 256,
@@ -155,23 +162,22 @@ class ImageModality(Modality):
             causes = "; ".join(f"{name}: {problem}" for name, _, _, problem in found[:3])
             more = f"; and {len(found) - 3} more" if len(found) > 3 else ""
             raise DataError(f"no usable image among {len(files)} files ({causes}{more})" if files else "no images to fit the tokenizer on")
-        labels = sorted({label for _, label in items if label is not None}, key=natural_order)
         pixels = [p for p, _ in items]
-        tok = self._fit(pixels, labels)
+        tok = self._fit(pixels)
         mse = float(np.mean([self._sq_err(tok, p) for p in pixels]))
         stats: dict[str, Any] = {"fit_images": len(pixels), "fit_psnr_db": psnr_from_mse(mse), "fit_exact": mse == 0}
         order = np.random.default_rng(self.codebook_seed).permutation(len(pixels))
         n_held = len(pixels) // 10 if len(pixels) >= 10 else int(len(pixels) > 1)
         if n_held:
-            probe = self._fit([pixels[i] for i in order[n_held:]], labels)
+            probe = self._fit([pixels[i] for i in order[n_held:]])
             mse = float(np.mean([self._sq_err(probe, pixels[i]) for i in order[:n_held]]))
             stats.update(heldout_images=n_held, heldout_psnr_db=psnr_from_mse(mse), heldout_exact=mse == 0)
         tok.fit_stats = stats
         return tok
 
-    def _fit(self, pixels: list[np.ndarray], labels: list[str]) -> PatchTokenizer:
+    def _fit(self, pixels: list[np.ndarray]) -> PatchTokenizer:
         return PatchTokenizer.fit(pixels, size=self.size, patch_size=self.patch_size, mode=self.mode,
-                                  codebook_size=self.codebook_size, labels=labels, seed=self.codebook_seed,
+                                  codebook_size=self.codebook_size, seed=self.codebook_seed,
                                   max_patches=self.max_fit_patches)
 
     @staticmethod
@@ -181,25 +187,25 @@ class ImageModality(Modality):
 
     def read(self, files: list[Path], source: str | None, tokenizer: PatchTokenizer, check_roundtrip: bool = False
              ) -> Iterator[Example | Skipped]:
-        labels = tokenizer.labels if self.conditional else []
-        if source is None and labels:
+        labels = tokenizer.labels if self.conditional else []  # a tokenizer with labels: a model from before conditions
+        if source is None and self.conditional:
             root = class_root(files)
             seen = {p.name for f in files for p in Path(f).parents}
             for d in sorted(root.iterdir()) if root is not None and root.is_dir() else []:
                 if d.is_dir() and not d.name.startswith(".") and d.name not in seen:
                     yield Skipped(str(d), "empty class folder: no image files")
-        for name, pixels, label, problem in self._items(files, source, labels):
+        for name, pixels, label, problem in self._items(files, source, labels or None):
             if pixels is None:
                 yield Skipped(name, problem or "unreadable")
                 continue
             tokens = tokenizer.encode(pixels, label if labels else None)
             rec = tokenizer.decode_pixels(tokens)
             sq = float(np.mean((rec.astype(np.float64) - pixels) ** 2))
-            info = {"sq_err": sq, "label": float(labels.index(label)) if labels and label in labels else -1.0}
-            yield Example(tokens, name, exact=bool(sq == 0) if check_roundtrip else None, info=info)
+            yield Example(tokens, name, exact=bool(sq == 0) if check_roundtrip else None, info={"sq_err": sq},
+                          conditions={"label": label} if label is not None and not labels else {})
 
     def summarize(self, tokenizer: PatchTokenizer, examples: list[Example]) -> dict[str, Any]:
-        counts = Counter(int(e.info.get("label", -1)) for e in examples)
+        counts = Counter(e.conditions.get("label") or tokenizer.decode_label(e.tokens) for e in examples)
         mse = float(np.mean([e.info.get("sq_err", 0.0) for e in examples])) if examples else 0.0
         return {
             "images": len(examples),
@@ -209,7 +215,7 @@ class ImageModality(Modality):
             "codebook_lossless": tokenizer.lossless,
             "reconstruction_psnr_db": psnr_from_mse(mse),
             "codebook_fit": tokenizer.fit_stats,
-            "labels": {tokenizer.labels[i]: n for i, n in sorted(counts.items()) if i >= 0},
+            "labels": {name: counts[name] for name in sorted(filter(None, counts), key=natural_order)},
         }
 
     # ---- generation ------------------------------------------------------------------------------
@@ -223,23 +229,32 @@ class ImageModality(Modality):
         if prompt is not None:
             pixels, rows = prompt
             kept = (tok.codes(pixels)[: rows * tok.grid] + tok.code_offset).tolist()
-        labels = self._label_ids(tok, opts.label, prompt is not None, request.num_samples)
-        return Plan([[tok.bos_id] + label + kept for label in labels], constraint=partial(self._constraint, tok),
-                    parsed=prompt, new_tokens=tok.num_patches + 2)  # label + every patch + EOS: the constraint ends it exactly
+        labels = self._labels(tok, request, prompt is not None)
+        if tok.labels:  # a model from before conditions: the label is a token of the tokenizer
+            heads = [[tok.label_id(label)] if label else [] for label in labels]
+            return Plan([[tok.bos_id] + head + kept for head in heads], constraint=partial(self._constraint, tok),
+                        parsed=prompt, new_tokens=tok.num_patches + 2)  # label + every patch + EOS: the constraint ends it exactly
+        return Plan([[tok.bos_id] + kept for _ in labels], constraint=partial(self._constraint, tok), parsed=prompt,
+                    new_tokens=tok.num_patches + 1, conditions=[{"label": label} if label else {} for label in labels])
 
-    def _label_ids(self, tok: PatchTokenizer, label: str | None, completing: bool, n: int) -> list[list[int]]:
-        """The label token each sample starts with: --label; cycled over all classes when completing a
-        prompt image without --label; none (the model samples it) otherwise."""
+    def _labels(self, tok: PatchTokenizer, request: Request, completing: bool) -> list[str | None]:
+        """The class of each sample: --label; cycled over all classes when completing a prompt image without
+        --label or --cond label=...; none otherwise (the old models sample their label token, the others
+        sample unconditionally)."""
+        names, label, n = tok.labels or request.condition_values.get("label", []), request.options.label, request.num_samples
+        asked = [c for c in request.conditions if split_condition(c)[0] == "label"]
         if label is not None:
-            if not tok.labels:
+            if not names:
                 raise DataError("--label: this model was trained without class labels")
+            if asked:
+                raise DataError(f"--label {label} and --cond {asked[0]}: give the class once")
             try:
-                return [[tok.label_id(label)]] * n
+                return [pick_label(names, label)] * n
             except ValueError as e:
                 raise DataError(f"--label: {e}") from None
-        if tok.labels and completing:
-            return [[tok.label_offset + i % len(tok.labels)] for i in range(n)]
-        return [[]] * n
+        if names and completing and not asked:
+            return [names[i % len(names)] for i in range(n)]
+        return [None] * n
 
     def _prompt_pixels(self, tok: PatchTokenizer, path: str | None, prompt_rows: int | None) -> tuple[np.ndarray, int] | None:
         """The prompt image's pixels and the number of patch rows kept, or None without --prompt."""
@@ -280,7 +295,8 @@ class ImageModality(Modality):
     def write(self, tokenizer: PatchTokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         tok = tokenizer
         images = [tok.decode(s.prompt + s.tokens) for s in samples]
-        labels = [tok.decode_label(s.prompt + s.tokens) for s in samples]
+        labels = [tok.decode_label(s.prompt + s.tokens) for s in samples] if tok.labels else \
+            [values.get("label") for values in plan.conditions or [{}] * len(samples)]
         if request.out is None:
             for i, label in enumerate(labels):
                 head = f"sample {i}" + (f" (label {label})" if label is not None else "")
@@ -348,6 +364,27 @@ class ImageModality(Modality):
             out[f"label_{name}"] = counts[name] / max(len(sequences), 1)
         return out
 
+
+    def condition_values(self, tokenizer: PatchTokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()
+                         ) -> list[dict[str, str]]:
+        """The class of each image by a logistic regression fitted on the labelled reference images (scikit-learn;
+        pixels scaled to 0..1): how `evaluate --cond label=...` checks that samples show the class asked for."""
+        tok = tokenizer
+        train = [(self._codes(tok, [e.tokens]), e.conditions["label"]) for e in reference if "label" in e.conditions]
+        train = [(codes, label) for codes, label in train if len(codes)][:MAX_CLASSIFIER_IMAGES]  # complete images only
+        if len({label for _, label in train}) < 2:
+            return [{} for _ in sequences]
+        from sklearn.linear_model import LogisticRegression
+
+        def features(codes: np.ndarray) -> np.ndarray:
+            return tok.codebook[codes].reshape(len(codes), -1).astype(np.float32) / 255
+
+        classifier = LogisticRegression(max_iter=2000).fit(features(np.concatenate([c for c, _ in train])), [label for _, label in train])
+        shown: list[dict[str, str]] = []
+        for s in sequences:
+            codes = self._codes(tok, [s])
+            shown.append({"label": str(classifier.predict(features(codes))[0])} if len(codes) else {})
+        return shown
 
     def plausible_mistake(self, tokenizer: PatchTokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
         """A neighbouring pixel value: the code whose patch is nearest to this one's (greyscale 1-pixel codes: next level)."""

@@ -180,7 +180,8 @@ class MusicModality(Modality):
             **roundtrip_report(examples),
         }
 
-    def condition_values(self, tokenizer: ScoreTokenizer, sequences: list[list[int]]) -> list[dict[str, str]]:
+    def condition_values(self, tokenizer: ScoreTokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()
+                         ) -> list[dict[str, str]]:
         """Key and meter as the samples show them (the composer is not in the notes)."""
         return [piece_conditions(tokenizer.decode_events(s)) for s in sequences]
 

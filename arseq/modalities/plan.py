@@ -54,6 +54,8 @@ class Request:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     options: Any = None
     conditions: list[str] = field(default_factory=list)  # FIELD=VALUE: control tokens for a conditioned model
+    # Filled by the core before `plan`: the values the model knows per condition field (none: unconditioned).
+    condition_values: dict[str, list[str]] = field(default_factory=dict)
     out: Path | None = None  # generate: the output file or folder; None prints
     overwrite: bool = False  # replace files `out` would write that exist already
 
@@ -69,3 +71,6 @@ class Plan:
     streamer: Callable[[int, int], None] | None = None  # fed (row, token) as tokens are sampled
     parsed: Any = None
     new_tokens: int | None = None  # every sample needs exactly this many (an image's patches): replaces max_new_tokens
+    # Per prompt, condition values the modality's own options ask for (--label 7: {"label": "7"}); `--cond`
+    # flags win over them. After the core's planning: every prompt's values, as sampled (for `write`).
+    conditions: list[dict[str, str]] | None = None

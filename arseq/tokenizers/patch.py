@@ -9,7 +9,8 @@ lossless on them (8-bit grayscale with K >= 256, or digits' 17 gray levels with 
 `patch_size: 1` is an iGPT-style colour palette.
 
 Ids: 0, 1, 2 = pad, bos, eos; then one id per codebook vector (sorted dark to bright); then one id per
-class label. A sequence is ``BOS [label] code... EOS``.
+class label (models from before arseq's shared conditioning; since, the class is a control token of the
+core, `arseq.conditioning`, and the tokenizer has no labels). A sequence is ``BOS [label] code... EOS``.
 """
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ from PIL import Image, ImageOps
 from arseq.tokenizers.base import SPECIALS
 
 MODES = ("L", "RGB")
+
+
+def pick_label(names: Sequence[str], label: str | int) -> str:
+    """The class `label` names: a name, or an index when it is an int or a digit string not among the names."""
+    name = str(label)
+    if name in names:
+        return name
+    if isinstance(label, int) or name.lstrip("-").isdigit():
+        i = int(name)
+        if 0 <= i < len(names):
+            return names[i]
+    raise ValueError(f"unknown class label {label!r}; labels: {', '.join(names) or '(none)'}")
 
 
 def to_mode(image: Image.Image, mode: str) -> Image.Image:
@@ -190,16 +203,8 @@ class PatchTokenizer:
         return self.label_offset + len(self.labels)
 
     def label_id(self, label: str | int) -> int:
-        """Token id of a class label given by name, or by index when it is an int or a digit string not
-        among the names."""
-        name = str(label)
-        if name in self.labels:
-            return self.label_offset + self.labels.index(name)
-        if isinstance(label, int) or name.lstrip("-").isdigit():
-            i = int(name)
-            if 0 <= i < len(self.labels):
-                return self.label_offset + i
-        raise ValueError(f"unknown class label {label!r}; labels: {', '.join(self.labels) or '(none)'}")
+        """Token id of a class label given by name, or by index (see `pick_label`)."""
+        return self.label_offset + self.labels.index(pick_label(self.labels, label))
 
     def is_code(self, ids: np.ndarray) -> np.ndarray:
         return (ids >= self.code_offset) & (ids < self.label_offset)
