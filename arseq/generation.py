@@ -108,9 +108,15 @@ def make_plan(loaded: Loaded, request: Request) -> tuple[Plan, SamplingConfig]:
         for values in plan.conditions:
             for name, value in values.items():
                 controls.check(name, value, f"the {modality.name} options' condition {name}={value}")
+        if cfg.guidance != 1.0:
+            if not any(plan.conditions):
+                raise DataError("--guidance: no condition to follow; give --cond FIELD=VALUE (or the modality's own, e.g. --label)")
+            plan.guide = [controls.insert(p, controls.ids({})) for p in plan.prompts]
         plan.prompts = [controls.insert(p, controls.ids(values)) for p, values in zip(plan.prompts, plan.conditions)]
         inner = plan.constraint
         plan.constraint = lambda: controls.hide(inner() if inner is not None else None)
+    elif cfg.guidance != 1.0:
+        raise DataError("--guidance: this model was trained without conditions")
     return plan, cfg
 
 
@@ -120,6 +126,8 @@ def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, com
     speculatively with `spec` (--draft)."""
     tok, model, controls = loaded.tokenizer, loaded.model, loaded.controls
     prompts, streamer = plan.prompts, plan.streamer if stream else None
+    if spec is not None and plan.guide is not None:
+        raise DataError("--guidance with --draft: speculative decoding does not guide; drop one of them")
     out: list[Sample] = []
     batches = range(0, len(prompts), batch_size)
     if streamer is None and len(prompts) > 1:
@@ -137,11 +145,12 @@ def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, com
                 if not finished[row] or t == tok.eos_id:
                     streamer(row, t)
 
+        guide = plan.guide[b0 : b0 + batch_size] if plan.guide is not None else None
         if spec is not None:
             gen = spec.generate(loaded, batch, cfg, seeds, constraint, on_token if streamer else None)
         else:
             gen = generate(model, batch, cfg, pad_id=tok.pad_id, seeds=seeds, constraint=constraint,
-                           on_token=on_token if streamer else None, compile=compile)
+                           on_token=on_token if streamer else None, compile=compile, guide=guide)
         scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, gen.tokens, gen.stopped)]
         nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id)
         for p, t, s, n, c in zip(batch, gen.tokens, gen.stopped, nll, count):

@@ -3,7 +3,8 @@ training, sample --samples pieces with `--cond FIELD=VALUE`, read the value back
 (`Modality.condition_values`: music's analysed key and meter, an image's class by a logistic regression
 fitted on the training images) and report the share that shows it, next to the share of unconditioned
 samples that show it (the baseline), the value's share of the training items, and the ceiling: how often
-the same reader finds their own value in the real held-out items.
+the same reader finds their own value in the real held-out items (music: in their first --bars bars; a key
+read off 8 bars of a real chorale is its whole-piece key 79 % of the time, off 16 bars 97 %).
 
     python -m benchmarks.bench_conditioning --checkpoint runs/music --field key --samples 16 --bars 8
     python -m benchmarks.bench_conditioning --checkpoint runs/image --field label --samples 50
@@ -30,6 +31,12 @@ def read_back(loaded, field: str, conditions: list[str], n: int, seed: int, opti
     return [s[field] for s in shown if field in s]
 
 
+def first_bars(tok, tokens: list[int], bars: int) -> list[int]:
+    """A real piece cut to its first `bars` bars (music), so the ceiling is read on as much music as a sample holds."""
+    at = [i for i, t in enumerate(tokens) if t == tok.bar_id]
+    return tokens[: at[bars]] if len(at) > bars else tokens
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
@@ -52,7 +59,8 @@ def main() -> None:
     train_data, val, _ = held_out(loaded, None)
     reference = examples(controls, train_data.train.items()) if train_data is not None else []
     held = [e for e in examples(controls, val) if args.field in e.conditions]
-    real = loaded.modality.condition_values(loaded.tokenizer, [list(e.tokens) for e in held], reference)
+    crop = (lambda t: first_bars(loaded.tokenizer, t, args.bars)) if options is not None else (lambda t: t)
+    real = loaded.modality.condition_values(loaded.tokenizer, [crop(list(e.tokens)) for e in held], reference)
     agree = [r[args.field] == e.conditions[args.field] for r, e in zip(real, held) if args.field in r]
     free = Counter(read_back(loaded, args.field, [], 2 * args.samples, args.seed, options, reference))
     free_total = max(1, sum(free.values()))

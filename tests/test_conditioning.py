@@ -154,3 +154,47 @@ def test_speculative_decoding_of_a_conditioned_model_equals_plain(tagged, capsys
     plain = capsys.readouterr().out
     assert main(base + ["--draft", "ngram"]) == 0
     assert capsys.readouterr().out == plain and plain.count(">design") == 3
+
+
+def test_guidance_follows_the_guided_distribution_token_for_token():
+    """Greedy with --guidance s picks argmax(log p_u + s (log p_c - log p_u)) at every step, p_c given the
+    conditioned prompt, p_u the guide prompt (a different length: left-padded), both fed the chosen tokens."""
+    from arseq.models.sampling import SamplingConfig, generate, guided
+    from arseq.models.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=12, max_seq_len=32, n_layer=1, n_head=2, d_model=16)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # large random weights: a model that does not just repeat its last token
+            p.normal_(0, 0.5)
+    cond, guide = [[1, 9, 4], [1, 10, 4]], [[1, 4], [1, 4]]
+    cfg = SamplingConfig(max_new_tokens=10, temperature=0, guidance=2.5)
+    out = generate(model, cond, cfg, guide=guide).tokens
+    for c, g, tokens in zip(cond, guide, out):
+        for t in range(len(tokens)):
+            with torch.no_grad():
+                lc = model(torch.tensor([c + tokens[:t]]))[:, -1]
+                lu = model(torch.tensor([g + tokens[:t]]))[:, -1]
+            assert int(guided(lc, lu, 2.5).argmax()) == tokens[t]
+    plain = generate(model, cond, SamplingConfig(max_new_tokens=10, temperature=0)).tokens
+    assert generate(model, cond, SamplingConfig(max_new_tokens=10, temperature=0, guidance=1.0), guide=guide).tokens == plain
+    assert out != plain  # guidance changed something: the test is not vacuous
+
+
+def test_guidance_obeys_and_needs_a_condition(tagged, tmp_path, capsys):
+    root, ckpt = tagged
+    out = tmp_path / "w.fasta"
+    assert main(["generate", "--checkpoint", str(ckpt), "--cond", "tag=polyW", "--guidance", "2", "--num-samples", "4",
+                 "--seed", "0", "--max-length", "25", "--out", str(out)]) == 0
+    seqs = [str(r.seq) for r in SeqIO.parse(out, "fasta")]
+    assert len(seqs) == 4 and np.mean([s.count("W") / max(1, len(s)) for s in seqs]) > 0.9
+    capsys.readouterr()
+    for extra, why in ((["--guidance", "2"], "no condition to follow"), (["--cond", "tag=polyW", "--guidance", "2", "--draft", "ngram"], "--draft")):
+        assert main(["generate", "--checkpoint", str(ckpt), "--max-length", "5", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0]
+
+
+def test_guidance_on_a_model_without_conditions_is_one_line(trained, capsys):
+    assert main(["generate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--guidance", "2"]) == 2
+    assert "trained without conditions" in capsys.readouterr().err

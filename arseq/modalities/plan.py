@@ -26,6 +26,8 @@ class SamplingOptions:
         min_p: drop tokens less likely than min_p times the likeliest
         repetition_penalty: > 1 discourages tokens already present (core default 1.0)
         seed: same seed, same samples, at any batch size (sample i is seeded with seed + i)
+        guidance: classifier-free guidance scale for conditioned samples (--cond, --label): > 1 follows the
+            conditions more closely, at two model rows per sample (core default 1.0: off)
     """
 
     max_new_tokens: int | None = None
@@ -35,6 +37,7 @@ class SamplingOptions:
     min_p: float | None = None
     repetition_penalty: float | None = None
     seed: int | None = None
+    guidance: float | None = None
 
     def resolve(self, defaults: dict[str, Any], stop_tokens: tuple[int, ...]) -> SamplingConfig:
         """The SamplingConfig to sample with: the core's defaults, then the modality's, then these values."""
@@ -74,3 +77,4 @@ class Plan:
     # Per prompt, condition values the modality's own options ask for (--label 7: {"label": "7"}); `--cond`
     # flags win over them. After the core's planning: every prompt's values, as sampled (for `write`).
     conditions: list[dict[str, str]] | None = None
+    guide: list[list[int]] | None = None  # filled by the core with --guidance: each prompt without its conditions

@@ -35,6 +35,7 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop_tokens: tuple[int, ...] = field(default_factory=tuple)
+    guidance: float = 1.0  # classifier-free guidance scale (with `generate(guide=...)`); 1 = the conditional model alone
 
     def __post_init__(self) -> None:
         checks = [
@@ -44,6 +45,7 @@ class SamplingConfig:
             (self.top_p is None or 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (self.min_p is None or 0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (self.guidance >= 0, "guidance must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -85,6 +87,13 @@ def process_logits(logits: Tensor, cfg: SamplingConfig, seen: Tensor | None, all
     return logits
 
 
+def guided(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022; for language models Sanchez et al. 2023): the
+    unconditional log-probabilities moved `scale` times the way the condition moves them."""
+    base = uncond.float().log_softmax(dim=-1)
+    return base + scale * (cond.float().log_softmax(dim=-1) - base)
+
+
 def choose(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
     """Greedy, or a draw per row; with one generator per row, a row's draws do not depend on its batch."""
     if cfg.temperature == 0:
@@ -114,6 +123,7 @@ def generate(
     on_token: OnToken | None = None,
     compile: Compile = False,
     seeds: list[int] | None = None,
+    guide: list[list[int]] | None = None,
 ) -> Generation:
     """Sample a continuation for every prompt at once (batched, KV-cached).
 
@@ -122,41 +132,50 @@ def generate(
     the newest half of its context and decoding goes on (a sliding window). `compile` (True, "auto")
     runs the decode step through torch.compile, built once per batch size and cache length. `seeds`
     (one per prompt) seed each row on its own, so a row samples the same whatever batch it is in.
+    `guide` (one per prompt: the prompt without its conditions) runs beside each row to guide it by
+    `cfg.guidance` (classifier-free guidance: two rows per sample in every pass).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (e.g. BOS)")
+    if guide is not None and len(guide) != len(prompts):
+        raise ValueError(f"{len(guide)} guide prompts for {len(prompts)} prompts")
+    B = len(prompts)
+    if guide is not None and cfg.guidance != 1.0:
+        prompts = prompts + guide  # rows B.. run the guide prompts and are fed the tokens rows ..B choose
+    else:
+        guide = None
     context = model.cfg.max_seq_len
     width = max(len(p) for p in prompts)
     if width > context:
         raise ValueError(f"prompt of {width} tokens is longer than the model's context of {context}")
     device = model.norm.weight.device
-    B, V, steps = len(prompts), model.cfg.vocab_size, cfg.max_new_tokens
-    buf = torch.full((B, width + min(steps, context)), pad_id, dtype=torch.long, device=device)  # every token, left-padded
+    R, V, steps = len(prompts), model.cfg.vocab_size, cfg.max_new_tokens
+    buf = torch.full((R, width + min(steps, context)), pad_id, dtype=torch.long, device=device)  # every token, left-padded
     for i, p in enumerate(prompts):
         buf[i, width - len(p) : width] = torch.tensor(p, dtype=torch.long)
     pad_lens = [width - len(p) for p in prompts]
     pad = torch.tensor(pad_lens, device=device) if any(pad_lens) else None
     if seeds is not None:
-        if len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        if len(seeds) != B:
+            raise ValueError(f"{len(seeds)} seeds for {B} prompts")
         generator: torch.Generator | list[torch.Generator] | None = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     else:
         generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     seen = None
     if cfg.repetition_penalty != 1.0:
         seen = torch.zeros(B, V, dtype=torch.bool, device=device)
-        seen.scatter_(1, buf[:, :width], True)
+        seen.scatter_(1, buf[:B, :width], True)
         if pad is not None:
-            seen[:, pad_id] = torch.tensor([any(t == pad_id for t in p) for p in prompts], device=device)
+            seen[:, pad_id] = torch.tensor([any(t == pad_id for t in p) for p in prompts[:B]], device=device)
     stop = torch.tensor(sorted(set(cfg.stop_tokens)), dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)  # generated tokens before the stop token
-    rows = [list(p) for p in prompts] if constraint is not None else []
+    rows = [list(p) for p in prompts[:B]] if constraint is not None else []
 
     was_training = model.training
     model.eval()
     cache_len = min(context, width + steps)
-    step_fn = decoder(model, B, cache_len, compile)  # attaches the KV cache
+    step_fn = decoder(model, R, cache_len, compile)  # attaches the KV cache
     causal = causal_mask(cache_len, device)
     try:
         logits, done = prefill(model, buf[:, :width], pad, causal), 0
@@ -164,6 +183,8 @@ def generate(
         filled = width  # the same, as a Python int
         for step in range(steps):
             allowed = constraint(rows) if constraint is not None else None
+            if guide is not None:
+                logits = guided(logits[:B], logits[B:], cfg.guidance)
             nxt = choose(process_logits(logits, cfg, seen, allowed), cfg, generator)
             nxt = torch.where(finished, pad_id, nxt)
             is_stop = torch.isin(nxt, stop) & ~finished
@@ -173,8 +194,9 @@ def generate(
                     if not was_done:
                         row.append(t)
             finished |= is_stop
+            feed = nxt if guide is None else torch.cat([nxt, nxt])
             buf = _grow(buf, width + step + 1, pad_id)
-            buf[:, width + step] = nxt
+            buf[:, width + step] = feed
             done = step + 1
             if seen is not None:
                 seen.scatter_(1, nxt[:, None], True)
@@ -189,11 +211,11 @@ def generate(
                 logits, filled = prefill(model, buf[:, total - keep : total], pad, causal), keep
                 slot.fill_(keep)
                 continue
-            logits = step_fn(model, nxt, slot, pad, causal)
+            logits = step_fn(model, feed, slot, pad, causal)
             slot += 1
             filled += 1
     finally:
         model.clear_cache()
         model.train(was_training)
-    generated = buf[:, width : width + done].tolist()
+    generated = buf[:B, width : width + done].tolist()
     return Generation([g[:n] for g, n in zip(generated, lengths.tolist())], finished.tolist())
