@@ -11,6 +11,7 @@ constraint, its writer and its metrics (`hide`, `strip`).
 """
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -108,17 +109,26 @@ class Controls:
         return table
 
     def hide(self, inner: Constraint | None) -> Constraint:
-        """The modality's constraint on rows without their control tokens, and never a control token next."""
-        width, vocab = self.width, self.offset + self.size
-        views: dict[int, tuple[list[int], list[int]]] = {}  # id(row) -> (row, its tokens without controls)
+        """The modality's constraint on rows without their control tokens, and never a control token next.
+        Control ids later in a row (only where sampling ran without this constraint, as `analyze drift`
+        replays it) are hidden too."""
+        width, lo, vocab = self.width, self.offset, self.offset + self.size
+        # id(row) -> (row, its tokens without controls, the row index of each of them, row tokens read)
+        views: dict[int, tuple[list[int], list[int], list[int], int]] = {}
 
         def allowed(rows: list[list[int]]) -> torch.Tensor:
             shown = []
             for row in rows:
-                _, view = views.get(id(row), (row, [row[0]]))
-                del view[max(1, len(row) - width) :]  # a row may shrink (rejected tokens rolled back)
-                view.extend(row[len(view) + width :])
-                views[id(row)] = (row, view)
+                kept, view, src, read = views.get(id(row), (None, [], [], 0))
+                if kept is not row:  # a new row (ids of dead lists are reused)
+                    view, src, read = [row[0]], [0], 1 + width
+                cut = bisect.bisect_left(src, len(row))  # a row may shrink (rejected tokens rolled back)
+                del view[max(1, cut) :], src[max(1, cut) :]
+                for i in range(min(read, len(row)), len(row)):
+                    if not lo <= row[i] < vocab:
+                        view.append(row[i])
+                        src.append(i)
+                views[id(row)] = (row, view, src, len(row))
                 shown.append(view)
             mask = torch.zeros(len(rows), vocab, dtype=torch.bool)
             mask[:, : self.offset] = inner(shown) if inner is not None else True

@@ -57,6 +57,12 @@ def test_hidden_controls_never_reach_the_modality_constraint():
     hide([row])
     assert seen[-1] == [1, 5]
     assert c.hide(None)([[1, 12, 13]])[0].tolist() == [True] * 10 + [False] * 6
+    row += [14, 6]  # a control id sampled without the constraint (arseq analyze drift replays it) stays hidden
+    hide([row])
+    assert seen[-1] == [1, 5, 6]
+    del row[-2:]
+    hide([row])
+    assert seen[-1] == [1, 5]
 
 
 def test_training_hides_conditions_at_the_drop_rate(tmp_path):

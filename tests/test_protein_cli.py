@@ -78,3 +78,45 @@ def test_bad_fasta_is_one_line_cli_error(tmp_path, monkeypatch, capsys):
     last = err.replace("\r", "\n").strip().splitlines()[-1]  # after any progress bar
     assert "Traceback" not in err and last.startswith("arseq prepare: error:")
     assert "bad.fasta" in last and "record 1 (x)" in last and "'24'" in last
+
+
+def test_drift_on_a_conditioned_model_never_touches_control_tokens(tmp_path, monkeypatch, capsys):
+    """The tag's control token after BOS is neither an injection site nor an injected wrong token."""
+    from arseq.analysis import drift as tf
+
+    monkeypatch.setenv("ARSEQ_CACHE_DIR", str(tmp_path / "cache"))
+    for name, n, seed in (("train.fasta", 40, 0), ("val.fasta", 8, 1)):
+        records = fasta(tmp_path / name, n, seed).read_text().replace(" test protein", "").splitlines()
+        tags = iter(["Nucleus-U", "Cytoplasm-S"] * n)
+        (tmp_path / name).write_text("\n".join(f"{r} {next(tags)} test" if r.startswith(">") else r for r in records) + "\n")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"""
+seed: 0
+modality: {{name: protein, tokenizer: protein}}
+data: {{paths: {tmp_path / "train.fasta"}, val_paths: {tmp_path / "val.fasta"}, block_size: 32, batch_size: 4}}
+model: {{n_layer: 1, n_head: 2, d_model: 16}}
+optim: {{lr: 1.0e-3, warmup_steps: 2}}
+trainer: {{max_steps: 4, val_check_interval: 2, check_val_every_n_epoch: null, limit_val_batches: 2,
+          accelerator: cpu, enable_progress_bar: false, enable_model_summary: false, default_root_dir: {tmp_path / "runs"}}}
+""")
+    assert cli.main(["train", "--config", str(config)]) == 0
+    ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
+    seen: dict = {}
+    measure = tf.measure
+
+    def spy(model, items, sites, offsets, **kw):
+        seen.update(sites=sites, specials=kw["specials"], vocab=model.cfg.vocab_size)
+        return measure(model, items, sites, offsets, **kw)
+
+    monkeypatch.setattr(tf, "measure", spy)
+    capsys.readouterr()
+    # every position of every piece is a site: position 1 (the tag) would be one without the fix
+    argv = ["analyze", "drift", "--checkpoint", str(ckpt), "--items", "20", "--positions", "40", "--offsets", "4",
+            "--num-samples", "2", "--max-new-tokens", "10", "--bootstrap", "20", "--no-divergence"]
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["sites"] == len(seen["sites"]) > 0
+    controls = set(range(seen["vocab"] - 3, seen["vocab"]))  # unknown, Cytoplasm-S, Nucleus-U after the residues
+    assert controls <= set(seen["specials"])
+    assert min(s.pos for s in seen["sites"]) == 2  # BOS at 0, the tag at 1
+    wrong = {w for s in seen["sites"] for w in s.wrong.values() if w is not None}
+    assert wrong and not wrong & controls

@@ -212,14 +212,17 @@ def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str
     train_data, items, where = generation.held_out(loaded, call.data_paths)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    sites = tf.choose_sites(items, args.items, args.positions, args.offsets, model.cfg.max_seq_len, rng)
+    controls = loaded.controls  # a conditioned model: never inject at, or inject, a control token
+    width = controls.width if controls is not None else 0
+    control_ids = range(controls.offset, controls.offset + controls.size) if controls is not None else range(0)
+    sites = tf.choose_sites(items, args.items, args.positions, args.offsets, model.cfg.max_seq_len, rng, start=1 + width)
     if not sites:
         raise DataError(f"no held-out item is longer than --offsets {args.offsets} + 2 tokens ({where}); lower --offsets")
 
     def mistake(tokens: np.ndarray, pos: int, r: np.random.Generator) -> int | None:
         return modality.plausible_mistake(tok, tokens, pos, r)
 
-    measured = tf.measure(model, items, sites, args.offsets, specials=(tok.pad_id, tok.bos_id, tok.eos_id), mistake=mistake,
+    measured = tf.measure(model, items, sites, args.offsets, specials=(tok.pad_id, tok.bos_id, tok.eos_id, *control_ids), mistake=mistake,
                           kinds=args.kinds, batch_size=call.run.batch_size, pad_id=tok.pad_id, seed=seed, diverge=args.divergence)
     injected = tf.report(measured, args.bootstrap, seed)
     t1 = time.perf_counter()

@@ -51,14 +51,15 @@ class DriftResult:
 
 
 def choose_sites(items: Sequence[np.ndarray], units: int, positions: int, offsets: int, unit_len: int,
-                 rng: np.random.Generator) -> list[Site]:
+                 rng: np.random.Generator, start: int = 1) -> list[Site]:
     """`positions` random positions in each of `units` random pieces of the data, each leaving `offsets` true
     tokens after it. A piece is an item, or a `unit_len` slice of a longer one (one long text file still gives
-    many independent pieces: the bootstrap resamples pieces)."""
+    many independent pieces: the bootstrap resamples pieces). Positions before `start` (BOS, and a
+    conditioned model's control tokens after it) are never chosen."""
     pieces = []
     for i, item in enumerate(items):
-        last = len(item) - offsets  # positions 1..last-1 leave K true tokens after them
-        for lo in range(1, max(1, last), unit_len):
+        last = len(item) - offsets  # positions start..last-1 leave K true tokens after them
+        for lo in range(start, max(start, last), unit_len):
             hi = min(lo + unit_len, last)
             if hi > lo:
                 pieces.append((i, lo, hi))

@@ -382,7 +382,8 @@ class ProteinModality(Modality):
         from arseq.modalities.near_miss import similar_residues
 
         t = int(tokens[position])
-        piece = tokenizer.pieces[t] if t not in (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id) else ""
+        special = (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
+        piece = tokenizer.pieces[t] if 0 <= t < len(tokenizer.pieces) and t not in special else ""  # not a control token
         spots = [i for i, a in enumerate(piece) if a in STANDARD]
         if not spots:
             return None
