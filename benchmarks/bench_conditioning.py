@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from collections import Counter
 
 import arseq
@@ -23,8 +24,10 @@ from arseq.generation import examples, held_out, make_plan, sample
 from arseq.modalities import Request, SamplingOptions
 
 
-def read_back(loaded, field: str, conditions: list[str], n: int, seed: int, options, reference) -> list[str]:
-    request = Request(n, sampling=SamplingOptions(seed=seed), options=options, conditions=conditions)
+def read_back(loaded, field: str, conditions: list[str], n: int, sampling: SamplingOptions, options, reference) -> list[str]:
+    if not conditions:
+        sampling = replace(sampling, guidance=None)  # nothing to guide towards
+    request = Request(n, sampling=sampling, options=options, conditions=conditions)
     plan, cfg = make_plan(loaded, request)
     samples = sample(loaded, plan, cfg, batch_size=min(n, 64), stream=False)
     shown = loaded.modality.condition_values(loaded.tokenizer, [s.prompt + s.tokens for s in samples], reference)
@@ -45,6 +48,8 @@ def main() -> None:
     p.add_argument("--min-count", type=int, default=10, help="values seen at least this often in training")
     p.add_argument("--bars", type=int, default=8, help="music: bars per sample")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=None, help="default: the modality's")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance of the conditioned samples")
     args = p.parse_args()
     model = arseq.load(args.checkpoint)
     loaded = model.loaded
@@ -55,6 +60,7 @@ def main() -> None:
     options = opts(bars=args.bars) if opts is not None and "bars" in opts.__dataclass_fields__ else None
     counts = controls.counts[args.field]
     values = [v for v, c in sorted(counts.items(), key=lambda kv: -kv[1]) if c >= args.min_count]
+    sampling = SamplingOptions(seed=args.seed, temperature=args.temperature, guidance=args.guidance)
     t0 = time.perf_counter()
     train_data, val, _ = held_out(loaded, None)
     reference = examples(controls, train_data.train.items()) if train_data is not None else []
@@ -62,16 +68,17 @@ def main() -> None:
     crop = (lambda t: first_bars(loaded.tokenizer, t, args.bars)) if options is not None else (lambda t: t)
     real = loaded.modality.condition_values(loaded.tokenizer, [crop(list(e.tokens)) for e in held], reference)
     agree = [r[args.field] == e.conditions[args.field] for r, e in zip(real, held) if args.field in r]
-    free = Counter(read_back(loaded, args.field, [], 2 * args.samples, args.seed, options, reference))
+    free = Counter(read_back(loaded, args.field, [], 2 * args.samples, sampling, options, reference))
     free_total = max(1, sum(free.values()))
     rows = {}
     for value in values:
-        read = read_back(loaded, args.field, [f"{args.field}={value}"], args.samples, args.seed, options, reference)
+        read = read_back(loaded, args.field, [f"{args.field}={value}"], args.samples, sampling, options, reference)
         rows[value] = {"share": sum(r == value for r in read) / max(1, len(read)), "read": len(read),
                        "unconditioned_share": free[value] / free_total, "training_items": counts[value]}
     shares = [r["share"] for r in rows.values()]
     print(json.dumps({
         "checkpoint": args.checkpoint, "field": args.field, "samples_per_value": args.samples, "bars": args.bars,
+        "temperature": args.temperature, "guidance": args.guidance,
         "values": rows, "mean_share": sum(shares) / max(1, len(shares)),
         "mean_unconditioned_share": sum(r["unconditioned_share"] for r in rows.values()) / max(1, len(rows)),
         "held_out_agreement": sum(agree) / len(agree) if agree else None, "held_out_read": len(agree),
