@@ -105,9 +105,8 @@ def make_plan(loaded: Loaded, request: Request) -> tuple[Plan, SamplingConfig]:
     if controls is not None:  # the conditions after BOS; the modality's constraint never sees them
         given = controls.given(request.conditions)
         plan.conditions = [{**values, **given} for values in plan.conditions or [{}] * len(plan.prompts)]
-        for values in plan.conditions:
-            for name, value in values.items():
-                controls.check(name, value, f"the {modality.name} options' condition {name}={value}")
+        for name, value in {kv for values in plan.conditions for kv in values.items()}:
+            controls.check(name, value, f"the {modality.name} options' condition {name}={value}")
         if cfg.guidance != 1.0:
             if not any(plan.conditions):
                 raise DataError("--guidance: no condition to follow; give --cond FIELD=VALUE (or the modality's own, e.g. --label)")
@@ -261,9 +260,9 @@ def obeyed(modality: Modality, tok: Any, controls: Controls, conditions: list[st
     classifier fitted on `reference`): the share of samples showing the value asked for, next to that value's share
     of the training items, and the reader's agreement with the true values of (up to `max_held`) held-out items:
     the share a perfectly obedient model could reach as read."""
-    shown = modality.condition_values(tok, sequences, reference)
     held = list(held)[:max_held]
-    real = modality.condition_values(tok, [list(e.tokens) for e in held], reference) if held else []
+    read_all = modality.condition_values(tok, sequences + [list(e.tokens) for e in held], reference)  # one reader fit
+    shown, real = read_all[: len(sequences)], read_all[len(sequences) :]
     out: dict[str, Any] = {}
     for spec in conditions:
         name, value = split_condition(spec)

@@ -24,14 +24,13 @@ from arseq.generation import examples, held_out, make_plan, sample
 from arseq.modalities import Request, SamplingOptions
 
 
-def read_back(loaded, field: str, conditions: list[str], n: int, sampling: SamplingOptions, options, reference) -> list[str]:
+def draw(loaded, conditions: list[str], n: int, sampling: SamplingOptions, options) -> list[list[int]]:
+    """n samples (token sequences) asked for `conditions`."""
     if not conditions:
         sampling = replace(sampling, guidance=None)  # nothing to guide towards
     request = Request(n, sampling=sampling, options=options, conditions=conditions)
     plan, cfg = make_plan(loaded, request)
-    samples = sample(loaded, plan, cfg, batch_size=min(n, 64), stream=False)
-    shown = loaded.modality.condition_values(loaded.tokenizer, [s.prompt + s.tokens for s in samples], reference)
-    return [s[field] for s in shown if field in s]
+    return [s.prompt + s.tokens for s in sample(loaded, plan, cfg, batch_size=min(n, 64), stream=False)]
 
 
 def first_bars(tok, tokens: list[int], bars: int) -> list[int]:
@@ -66,13 +65,18 @@ def main() -> None:
     reference = examples(controls, train_data.train.items()) if train_data is not None else []
     held = [e for e in examples(controls, val) if args.field in e.conditions]
     crop = (lambda t: first_bars(loaded.tokenizer, t, args.bars)) if options is not None else (lambda t: t)
-    real = loaded.modality.condition_values(loaded.tokenizer, [crop(list(e.tokens)) for e in held], reference)
-    agree = [r[args.field] == e.conditions[args.field] for r, e in zip(real, held) if args.field in r]
-    free = Counter(read_back(loaded, args.field, [], 2 * args.samples, sampling, options, reference))
+    groups = {None: draw(loaded, [], 2 * args.samples, sampling, options)}  # unconditioned: the baseline
+    groups.update({v: draw(loaded, [f"{args.field}={v}"], args.samples, sampling, options) for v in values})
+    real = [crop(list(e.tokens)) for e in held]
+    everything = [seq for seqs in groups.values() for seq in seqs] + real
+    shown = iter(loaded.modality.condition_values(loaded.tokenizer, everything, reference))  # one call: one reader fit
+    read_of = {v: [r[args.field] for r in (next(shown) for _ in seqs) if args.field in r] for v, seqs in groups.items()}
+    agree = [r[args.field] == e.conditions[args.field] for r, e in zip(shown, held) if args.field in r]
+    free = Counter(read_of[None])
     free_total = max(1, sum(free.values()))
     rows = {}
     for value in values:
-        read = read_back(loaded, args.field, [f"{args.field}={value}"], args.samples, sampling, options, reference)
+        read = read_of[value]
         rows[value] = {"share": sum(r == value for r in read) / max(1, len(read)), "read": len(read),
                        "unconditioned_share": free[value] / free_total, "training_items": counts[value]}
     shares = [r["share"] for r in rows.values()]

@@ -364,7 +364,6 @@ class ImageModality(Modality):
             out[f"label_{name}"] = counts[name] / max(len(sequences), 1)
         return out
 
-
     def condition_values(self, tokenizer: PatchTokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()
                          ) -> list[dict[str, str]]:
         """The class of each image by a logistic regression fitted on the labelled reference images (scikit-learn;
@@ -380,11 +379,10 @@ class ImageModality(Modality):
             return tok.codebook[codes].reshape(len(codes), -1).astype(np.float32) / 255
 
         classifier = LogisticRegression(max_iter=2000).fit(features(np.concatenate([c for c, _ in train])), [label for _, label in train])
-        shown: list[dict[str, str]] = []
-        for s in sequences:
-            codes = self._codes(tok, [s])
-            shown.append({"label": str(classifier.predict(features(codes))[0])} if len(codes) else {})
-        return shown
+        complete = [len(self._codes(tok, [s])) == 1 for s in sequences]
+        codes = self._codes(tok, [s for s, ok in zip(sequences, complete) if ok])
+        guesses = iter(classifier.predict(features(codes)).tolist() if len(codes) else [])  # one batched prediction
+        return [{"label": str(next(guesses))} if ok else {} for ok in complete]
 
     def plausible_mistake(self, tokenizer: PatchTokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
         """A neighbouring pixel value: the code whose patch is nearest to this one's (greyscale 1-pixel codes: next level)."""

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from arseq.conditioning import Controls
-
 from arseq.modalities import (
     DataError,
     EvalInputs,
