@@ -242,20 +242,11 @@ def test_conditions_read_from_a_chorale_and_windows_holding_them_are_not_transpo
     ev = tok.decode_events(tok.encode(converter.parse(path)))
     assert piece_conditions(ev, path) == {"meter": "3/4", "key": "G major", "composer": "bach"}  # music21's analysis: G major
     assert composer_of("/my/music/joplin/maple_leaf.mid") == "joplin"
-    items = [{"key": "G major"}, {"key": "A minor"}, {"key": "A major"}]
+    items = [{"key": "G major"}, {"key": "A minor"}]
     controls = Controls.learn(tok.vocab_size, ["key"], items, 0.1)
     window = np.asarray(controls.insert(tok.encode(converter.parse(path))[:40], controls.ids(items[0])))
     rng = np.random.default_rng(0)
-    assert np.array_equal(m.augment(window, rng), window)  # without the controls: kept, its key token stays true
-    seen = {}
-    for _ in range(40):  # with them: transposed, and the key token names the key the notes are now in
-        out = m.augment(window, rng, controls=controls)
-        shift = int(np.median(tok.pitch_span(out)) - np.median(tok.pitch_span(window)))  # the span moves with the shift
-        seen[shift] = controls.read(out).get("key")
-        ev = tok.decode_events(controls.strip(out))
-        assert [n.pitch for n in ev.notes] == [n.pitch + shift for n in tok.decode_events(controls.strip(window)).notes]
-    assert seen[0] == "G major" and seen[2] == "A major"  # G + 2 = A
-    assert all(seen[s] is None for s in seen if s not in (0, 2)), seen  # keys training never saw: the unknown token
+    assert np.array_equal(m.augment(window, rng), window)  # its key token must stay true
     plain = np.asarray(tok.encode(converter.parse(path))[10:50])
     assert any(not np.array_equal(m.augment(plain, rng), plain) for _ in range(5))  # others are transposed
     assert m.condition_values(tok, [list(tok.encode(converter.parse(path)))])[0] == {"meter": "3/4", "key": "G major"}

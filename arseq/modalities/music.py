@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from arseq.conditioning import Controls
 from arseq.modalities import (
     DataError,
     EvalInputs,
@@ -30,7 +29,7 @@ from arseq.modalities import (
     Sample,
     Skipped,
 )
-from arseq.modalities.music_conditions import FIELDS, piece_conditions, transposed_keys
+from arseq.modalities.music_conditions import FIELDS, piece_conditions
 from arseq.modalities.music_corpus import bach_chorales, music21_composers
 from arseq.modalities.music_metrics import key_scale, score_metrics
 from arseq.modalities.music_reading import (
@@ -108,14 +107,10 @@ class MusicModality(Modality):
             else:
                 yield Example(tokens, name, exact, info, piece_conditions(tokenizer.decode_events(tokens), paths[name]))
 
-    def augment(self, tokens: np.ndarray, rng: np.random.Generator, controls: Controls | None = None) -> np.ndarray:
+    def augment(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Transpose the window by a random number of semitones in range, keeping every pitch in MIDI range.
-        A window holding a piece's conditions (control ids, past the vocabulary) is transposed with its key
-        token moved along, to the key the shift names (the key field's unknown token when training never saw
-        that key); without `controls` such a window is kept."""
-        vocab = self.tokenizer.vocab_size
-        own = tokens < vocab
-        if not own.all() and controls is None:
+        A window holding a piece's conditions (control ids, past the vocabulary) is kept: its key token holds."""
+        if int(tokens.max()) >= self.tokenizer.vocab_size:
             return tokens
         span = self.tokenizer.pitch_span(tokens)
         if span is None:
@@ -123,16 +118,7 @@ class MusicModality(Modality):
         lo, hi = max(self.transpose[0], -span[0]), min(self.transpose[1], 127 - span[1])
         if lo > hi:
             return tokens
-        shift = int(rng.integers(lo, hi + 1))
-        out = tokens.copy()
-        out[own] = self.tokenizer.transpose(tokens[own], shift)
-        if controls is not None and "key" in controls.fields and shift and not own.all():
-            values, unknown = controls.fields["key"], controls.unknown_id("key")
-            moved = transposed_keys(tuple(values), shift)
-            for i in np.flatnonzero((tokens > unknown) & (tokens <= unknown + len(values))):
-                to = moved[int(tokens[i]) - unknown - 1]
-                out[i] = unknown if to is None else unknown + 1 + to
-        return out
+        return self.tokenizer.transpose(tokens, int(rng.integers(lo, hi + 1))).astype(tokens.dtype, copy=False)
 
     # ---- generation ---------------------------------------------------------------------------
     generate_options = MusicGenerate
