@@ -69,6 +69,23 @@ def test_compiled_greedy_equals_eager_and_the_step_is_built_once(model):
     assert list(inference._COMPILED[model].values()) == [(step, caches)]
 
 
+@pytest.mark.parametrize("rows", [1, 8, 40])
+def test_compiled_linear_takes_the_fused_reduction_for_few_rows_and_equals_f_linear(rows, monkeypatch):
+    from arseq.models import linear as linear_module
+
+    taken = []
+    real_linear = torch.nn.functional.linear
+    monkeypatch.setattr(linear_module.F, "linear", lambda *a: taken.append(True) or real_linear(*a))
+    torch.manual_seed(0)
+    x, w = torch.randn(rows, 1, 48), torch.randn(24, 48)
+    q, scale = torch.randint(-127, 128, (24, 48), dtype=torch.int8), torch.rand(24)
+    fn = torch.compile(lambda x: (linear_module.linear(x, w), linear_module.linear(x, q) * scale), fullgraph=True)
+    y, yq = fn(x)
+    torch.testing.assert_close(y, real_linear(x, w), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(yq, real_linear(x, q.float()) * scale, rtol=1e-5, atol=1e-4)
+    assert bool(taken) == (rows > linear_module.FUSED_ROWS)  # decode-sized passes never reach the BLAS GEMV
+
+
 def _broken_compile(*args, **kwargs):
     raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\n  traceback line")
 

@@ -6,9 +6,9 @@ both the lookup and that token's logit. Why our own ~60 lines: torchao (`quantiz
 the well-kept implementation, is not installed in arseq's environment and would be a heavy dependency
 for two small modules; `torch.ao.quantization.quantize_dynamic` also quantizes activations and runs on
 CPU only; `torch._weight_int8pack_mm` exists but measured ~100x slower than float32 F.linear for one
-row on this CPU. The plain dequantizing matmul below runs on CPU and GPU, eager and compiled; compiled,
-the small-batch path is written as a reduction so the compiler fuses dequantization into it and reads
-int8 from memory (the point of weight-only int8 at batch 1: a quarter of the bytes per token).
+row on this CPU. The plain dequantizing matmul (arseq.models.linear) runs on CPU and GPU, eager and
+compiled; in a compiled decode step the dequantization fuses into the weight read, so only int8 bytes
+are read (the point of weight-only int8 at batch 1: a quarter of the bytes per token).
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-SCHEMES = ("none", "int8")
-FUSED_ROWS = 16  # compiled passes with at most this many rows use the fused reduction (decode steps)
+from arseq.models.linear import linear
 
+SCHEMES = ("none", "int8")
 
 def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric int8 per row of (out, in) `w`: (int8 weights, float32 scales) with w ~= q * scale[:, None]."""
@@ -46,11 +46,7 @@ class Int8Linear(nn.Module):
         return cls(_frozen(q), _frozen(scale.to(linear.weight.dtype)), linear.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.compiler.is_compiling() and x.numel() // x.shape[-1] <= FUSED_ROWS:
-            y = (x.unsqueeze(-2) * self.weight.to(x.dtype)).sum(-1)  # a GEMV the compiler fuses with the int8 read
-        else:
-            y = F.linear(x, self.weight.to(x.dtype))
-        y = y * self.scale.to(x.dtype)
+        y = linear(x, self.weight) * self.scale.to(x.dtype)  # compiled decode: dequantization fuses into the read
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
