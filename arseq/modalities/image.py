@@ -379,10 +379,10 @@ class ImageModality(Modality):
             return tok.codebook[codes].reshape(len(codes), -1).astype(np.float32) / 255
 
         classifier = LogisticRegression(max_iter=2000).fit(features(np.concatenate([c for c, _ in train])), [label for _, label in train])
-        complete = [len(self._codes(tok, [s])) == 1 for s in sequences]
-        codes = self._codes(tok, [s for s, ok in zip(sequences, complete) if ok])
+        per = [self._codes(tok, [s]) for s in sequences]  # (1 or 0, num_patches): complete image or not
+        codes = np.concatenate(per) if per else np.zeros((0, tok.num_patches), dtype=np.int64)
         guesses = iter(classifier.predict(features(codes)).tolist() if len(codes) else [])  # one batched prediction
-        return [{"label": str(next(guesses))} if ok else {} for ok in complete]
+        return [{"label": str(next(guesses))} if len(c) else {} for c in per]
 
     def plausible_mistake(self, tokenizer: PatchTokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
         """A neighbouring pixel value: the code whose patch is nearest to this one's (greyscale 1-pixel codes: next level)."""

@@ -1,8 +1,8 @@
 """The model's linear layer: F.linear, except in the few-row passes of a compiled decode step, where it is
 written as a reduction (x * W).sum(-1). Why: at batch 1 a decode step is bound by reading the weights, and
 torch.compile (Inductor) turns the reduction into one fused loop that streams W at the memory's speed,
-while on CPU it hands F.linear to the BLAS GEMV, measured at ~0.4 of that speed for these shapes (2 cores:
-5 vs 13 GB/s). int8 weights (arseq.models.quantize) go through the same function, so their dequantization
+while on CPU it hands F.linear to the BLAS GEMV, measured at ~0.4 of that speed for these shapes (2 idle
+cores: ~7.5 vs 17-22 GB/s). int8 weights (arseq.models.quantize) go through the same function, so their dequantization
 fuses into that loop and only int8 bytes are read. On CUDA, cuBLAS already reads float weights at full
 speed, so float weights keep F.linear there.
 """

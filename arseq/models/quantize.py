@@ -20,6 +20,7 @@ from arseq.models.linear import linear
 
 SCHEMES = ("none", "int8")
 
+
 def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric int8 per row of (out, in) `w`: (int8 weights, float32 scales) with w ~= q * scale[:, None]."""
     w = w.detach().float()
