@@ -28,7 +28,7 @@ import torch
 from arseq.api import load
 from arseq.models.sampling import generate
 from arseq.models.speculative import DraftModel, NGram, speculative_generate
-from arseq.workflows import sampling_config
+from arseq.generation import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -56,15 +56,14 @@ def train(name: str, draft: bool, work: Path, steps: int, extra: list[str] = ())
 def arm_runner(model, name: str, temperature: float, new_tokens: int, draft_model, k: int):
     """Closures generating one sample at batch 1 with the modality's prompt and constraint."""
     loaded = model.loaded
-    args = model._args("generate", {"temperature": temperature, "max_new_tokens": new_tokens, "seed": 0, "prompt":
-                                    "ROMEO:\n" if name == "text" else None})
-    cfg = sampling_config(loaded, args)
-    tok, modality = loaded.tokenizer, loaded.modality
-    prompts = modality.prompts(tok, args, 1)
+    call = model._call("generate", {"temperature": temperature, "max_new_tokens": new_tokens, "seed": 0,
+                                    "prompt": "ROMEO:\n" if name == "text" else None})
+    plan, cfg = make_plan(loaded, call.request)
+    tok, prompts = loaded.tokenizer, plan.prompts[:1]
 
     def run(arm: str, seed: int):
         c = cfg if temperature == 0 else replace(cfg, seed=seed)
-        constraint = modality.constraint(tok, args)
+        constraint = plan.constraint() if plan.constraint is not None else None
         t0 = time.perf_counter()
         if arm == "plain":
             gen, stats = generate(loaded.model, prompts, c, pad_id=tok.pad_id, constraint=constraint), None

@@ -86,6 +86,22 @@ def test_compiled_linear_takes_the_fused_reduction_for_few_rows_and_equals_f_lin
     assert bool(taken) == (rows > linear_module.FUSED_ROWS)  # decode-sized passes never reach the BLAS GEMV
 
 
+@pytest.mark.parametrize("queries", [1, 5, 40])
+def test_compiled_attention_is_written_out_for_few_queries_and_equals_sdpa(queries, monkeypatch):
+    from arseq.models import attention as attention_module
+
+    taken = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", lambda *a, **k: taken.append(True) or real_sdpa(*a, **k))
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, queries, 8), torch.randn(2, 3, 50, 8), torch.randn(2, 3, 50, 8)
+    mask = torch.rand(2, 1, queries, 50) < 0.6
+    mask[..., 0] = True  # every query sees a slot
+    y = torch.compile(lambda *a: attention_module.attention(*a, False, 0.0), fullgraph=True)(q, k, v, mask)
+    torch.testing.assert_close(y, real_sdpa(q, k, v, attn_mask=mask), rtol=1e-5, atol=1e-5)
+    assert bool(taken) == (queries > attention_module.FUSED_QUERIES)  # decode-sized passes skip the opaque kernel
+
+
 def _broken_compile(*args, **kwargs):
     raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\n  traceback line")
 

@@ -72,6 +72,24 @@ def test_past_the_context_a_row_slides_as_if_alone():
         assert speculative_generate(target, PROMPTS, cfg, proposer, k=3).tokens == alone
 
 
+def test_compiled_passes_give_plain_greedy_output_and_are_built_once():
+    """--compile: the one-token and (k+1)-token passes compiled (shorter feeds padded with holes to k+1), the
+    same tokens as plain greedy decoding in a left-padded batch that slides; a second run reuses them."""
+    from arseq.models import inference
+    from arseq.models.row_cache import cached_pass
+
+    target = tiny(20, context=24)
+    cfg = SamplingConfig(max_new_tokens=50, temperature=0)
+    alone = [generate(target, [p], cfg).tokens[0] for p in PROMPTS]
+    draft = DraftModel(tiny(20, context=24, layers=1, width=16, seed=5))
+    for proposer in (draft, NGram()):
+        assert speculative_generate(target, PROMPTS, cfg, proposer, k=3, compile=True).tokens == alone
+    built = {key: entry for key, entry in inference._COMPILED[target].items() if key[0] is cached_pass}
+    assert len(built) == 1 and all(step.fn is not None for step, _ in built.values())  # one (batch, slots) entry, used
+    assert speculative_generate(target, PROMPTS, cfg, NGram(), k=3, compile=True).tokens == alone
+    assert {key: entry for key, entry in inference._COMPILED[target].items() if key[0] is cached_pass} == built
+
+
 def test_draft_must_share_the_vocabulary():
     with pytest.raises(ValueError, match="vocabulary"):
         speculative_generate(tiny(20), [[1]], SamplingConfig(max_new_tokens=3), DraftModel(tiny(21)))

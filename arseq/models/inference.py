@@ -1,8 +1,9 @@
 """Inference settings shared by `generate` and `evaluate`: the compiled decode step, the dtype, and
 int8 weights (arseq.models.quantize), applied to a loaded model in one call (`prepare_for_inference`).
 
-The compiled step is built once per (model, batch, cache length, dtype, device) and kept together with
-its KV cache buffers: later batches of the same run replay it (a CUDA graph needs fixed addresses).
+A compiled pass (the decode step; speculative decoding's row passes) is built once per (model, batch,
+cache length, dtype, device) and kept together with its KV cache buffers: later batches of the same run
+replay it (a CUDA graph needs fixed addresses).
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ COMPILE_CHOICES = ("off", "on", "auto")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Step = Callable[[Transformer, Tensor, Tensor, "Tensor | None", Tensor], Tensor]
 
-# model -> {(batch, cache_len, dtype, device, mode): (step, caches)}; entries go with their model
-_COMPILED: weakref.WeakKeyDictionary[Transformer, dict[tuple, tuple[Step, list[KVCache]]]] = weakref.WeakKeyDictionary()
+# model -> {(fn, batch, cache_len, dtype, device, mode): (compiled fn, caches)}; entries go with their model
+_COMPILED: weakref.WeakKeyDictionary[Transformer, dict[tuple, tuple["Compiled", list[KVCache]]]] = weakref.WeakKeyDictionary()
 
 
 def compile_mode(value: Compile) -> str:
@@ -37,33 +38,45 @@ def compile_mode(value: Compile) -> str:
     return value
 
 
-class CompiledStep:
-    """`decode_step` through torch.compile; the first call (where compiling happens) turns a failure into
-    one line, or into one warning line and the eager step when `fallback` (compile="auto")."""
+class Compiled:
+    """`fn` through torch.compile; the first call (where compiling happens) turns a failure into one line,
+    or into one warning line and eager `fn` when `fallback` (compile="auto")."""
 
-    def __init__(self, device: torch.device, fallback: bool):
-        self.device, self.fallback = device, fallback
-        self.fn: Step | None = None
+    def __init__(self, fn: Callable[..., Tensor], device: torch.device, fallback: bool):
+        self.eager, self.device, self.fallback = fn, device, fallback
+        self.fn: Callable[..., Tensor] | None = None
 
-    def __call__(self, model: Transformer, token: Tensor, input_pos: Tensor, pad: Tensor | None, causal: Tensor) -> Tensor:
+    def __call__(self, *args: object) -> Tensor:
         if self.fn is not None:
-            return self.fn(model, token, input_pos, pad, causal)
+            return self.fn(*args)
         try:
-            # CUDA: CUDA graphs replay the whole step in one launch. dynamic=False: one graph per shape,
-            # no symbolic sizes (a static step is the point).
+            # CUDA: CUDA graphs replay the whole pass in one launch. dynamic=False: one graph per shape,
+            # no symbolic sizes (a static pass is the point).
             mode = "reduce-overhead" if self.device.type == "cuda" else None
-            fn = torch.compile(decode_step, mode=mode, dynamic=False, fullgraph=True)
-            out = fn(model, token, input_pos, pad, causal)
+            fn = torch.compile(self.eager, mode=mode, dynamic=False, fullgraph=True)
+            out = fn(*args)
         except Exception as e:  # noqa: BLE001 - whatever stops the compiler (no C++ compiler, no Triton ...)
             if not self.fallback:
                 raise ValueError(f"--compile: torch.compile does not work on {self.device} ({first_line(e)}); "
                                  "use --compile off, or auto to fall back") from None
             print(f"warning: --compile auto: torch.compile does not work on {self.device} ({first_line(e)}); "
                   "decoding eagerly", file=sys.stderr)
-            fn = decode_step
-            out = decode_step(model, token, input_pos, pad, causal)
+            fn = self.eager
+            out = fn(*args)
         self.fn = fn
         return out
+
+
+def compiled(model: Transformer, fn: Callable[..., Tensor], batch: int, cache_len: int, mode: str,
+             caches: Callable[[], list[KVCache]]) -> tuple[Compiled, list[KVCache]]:
+    """`fn` compiled for `model` at (batch, cache length), with the KV cache buffers it was built with
+    (made by `caches` the first time): one entry per model, function, shape, dtype, device and mode."""
+    p = model.norm.weight
+    key = (fn, batch, cache_len, p.dtype, p.device, mode)
+    entries = _COMPILED.setdefault(model, {})
+    if key not in entries:
+        entries[key] = (Compiled(fn, p.device, fallback=mode == "auto"), caches())
+    return entries[key]
 
 
 def decoder(model: Transformer, batch: int, cache_len: int, compile: Compile = False) -> Step:
@@ -72,12 +85,7 @@ def decoder(model: Transformer, batch: int, cache_len: int, compile: Compile = F
     if mode == "off":
         model.setup_cache(batch, cache_len)
         return decode_step
-    p = model.norm.weight
-    key = (batch, cache_len, p.dtype, p.device, mode)
-    entries = _COMPILED.setdefault(model, {})
-    if key not in entries:
-        entries[key] = (CompiledStep(p.device, fallback=mode == "auto"), model.setup_cache(batch, cache_len))
-    step, caches = entries[key]
+    step, caches = compiled(model, decode_step, batch, cache_len, mode, lambda: model.setup_cache(batch, cache_len))
     model.setup_cache(batch, cache_len, caches)  # the same buffers as when the step was built
     return step
 

@@ -6,36 +6,45 @@ fewer tokens (right-aligned, the rest are holes), or whose draft tokens were rej
 slots invalid, and the attention mask hides them. Rotary positions are per row (a row's tokens count
 from its own window start), so a row reads exactly the keys it would have alone. When the slots run
 out the cache is compacted (each row's valid slots gathered to the front, order kept).
+
+Shapes are static as in plain decoding (the whole buffer, a full-width mask), so with `compile` the
+one-token pass and the `width`-token pass (shorter feeds are padded with holes to it) are compiled once
+and replayed; longer feeds (the prompt, a slid window) run eagerly.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from arseq.models.inference import Compile, compile_mode, compiled
 from arseq.models.transformer import KVCache, Transformer
 
 
-class _Window(KVCache):
-    """A KV cache that hands back only its first `limit` slots: a pass attends to the slots in use, not all."""
-
-    limit = 0
-
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
-        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
-        return self.k[:, :, : self.limit], self.v[:, :, : self.limit]
+def cached_pass(model: Transformer, tokens: Tensor, input_pos: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
+    """Logits (B, T, V) of `tokens` (B, T) written at cache slots `input_pos` (T,): what torch.compile sees."""
+    return model(tokens, input_pos=input_pos, positions=positions, mask=mask)
 
 
 class RowCache:
     """Per-row bookkeeping over a static KV cache attached to `model`: `fed[i]` tokens of row i's
     sequence are in the cache, those from `start[i]` on (its window: position = index - start)."""
 
-    def __init__(self, model: Transformer, batch: int, slots: int, pad_id: int = 0):
-        self.model, self.pad_id, self.slots = model, pad_id, slots
+    def __init__(self, model: Transformer, batch: int, slots: int, pad_id: int = 0, compile: Compile = False, width: int = 1):
+        self.model, self.pad_id, self.slots, self.width = model, pad_id, slots, width
         cfg = model.cfg
         dtype, self.device = model.norm.weight.dtype, model.norm.weight.device
-        # Built here, not with setup_cache: slots may exceed the context (holes use slots, not positions)
-        self.caches = [_Window(batch, cfg.n_head, slots, cfg.head_dim, dtype, self.device) for _ in model.blocks]
+
+        def build() -> list[KVCache]:  # not setup_cache: slots may exceed the context (holes use slots, not positions)
+            return [KVCache(batch, cfg.n_head, slots, cfg.head_dim, dtype, self.device) for _ in model.blocks]
+
+        mode = compile_mode(compile)
+        if mode == "off":
+            self.caches, self.compiled = build(), None
+        else:  # the buffers the compiled passes were built with, cleared
+            self.compiled, self.caches = compiled(model, cached_pass, batch, slots, mode, build)
+            for cache in self.caches:
+                cache.k.zero_()
+                cache.v.zero_()
         for block, cache in zip(model.blocks, self.caches):
             block.attn.cache = cache
         self.valid = torch.zeros(batch, slots, dtype=torch.bool, device=self.device)
@@ -43,6 +52,10 @@ class RowCache:
         self.slot = 0  # the next free slot (shared by all rows)
         self.fed = [0] * batch
         self.start = [0] * batch
+
+    def _pass(self, tokens: Tensor, input_pos: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
+        static = self.compiled is not None and tokens.shape[1] in (1, self.width)
+        return (self.compiled if static else cached_pass)(self.model, tokens, input_pos, positions, mask)
 
     @property
     def context(self) -> int:
@@ -55,6 +68,8 @@ class RowCache:
         T = max(1, max(len(c) for c in cols))
         if T == 1 and all(cols) and self.slot < self.slots:
             return self._step([c[0] for c in cols])
+        if self.compiled is not None and 1 < T < self.width:
+            T = self.width  # holes in front: the compiled shape
         if self.slot + T > self.slots:
             self.compact()
             if self.slot + T > self.slots:
@@ -71,19 +86,16 @@ class RowCache:
         tok = torch.tensor(tokens, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         end = self.slot + T
-        input_pos = self.slot_ids[self.slot : end]
+        input_pos = torch.arange(self.slot, end, device=self.device)
         if all(len(c) == T for c in cols):
             self.valid[:, self.slot : end] = True
         else:
             self.valid[:, self.slot : end] = torch.tensor([[j >= T - len(c) for j in range(T)] for c in cols], device=self.device)
-        for cache in self.caches:
-            cache.limit = end
-        slots = self.slot_ids[:end]
-        mask = (slots[None, :] <= input_pos[:, None])[None] & self.valid[:, None, :end]  # (B, T, end)
+        slots = self.slot_ids
+        mask = (slots[None, :] <= input_pos[:, None])[None] & self.valid[:, None, :]  # (B, T, slots)
         mask |= (slots[None, :] == input_pos[:, None])[None]  # holes see themselves: no empty softmax rows
-        mask = mask[:, None]
         self.slot = end
-        return self.model(tok, input_pos=input_pos, positions=pos, mask=mask)
+        return self._pass(tok, input_pos, pos, mask[:, None])
 
     def _step(self, tokens: list[int]) -> Tensor:
         """`feed` of one token per row: the decode step, with as little bookkeeping as possible."""
@@ -94,11 +106,9 @@ class RowCache:
         self.fed = [f + 1 for f in self.fed]
         self.valid[:, slot] = True
         self.slot = slot + 1
-        for cache in self.caches:
-            cache.limit = slot + 1
         tok = torch.tensor([[t] for t in tokens], device=self.device)
         pos = torch.tensor(positions, device=self.device)
-        return self.model(tok, input_pos=self.slot_ids[slot : slot + 1], positions=pos, mask=self.valid[:, None, None, : slot + 1])
+        return self._pass(tok, torch.arange(slot, slot + 1, device=self.device), pos, self.valid[:, None, None, :])
 
     def rollback(self, keep: list[int]) -> None:
         """Row i keeps only the first keep[i] tokens of its sequence (the rest were rejected)."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from arseq.models.inference import Compile
 from arseq.models.ngram_draft import lookup
 from arseq.models.row_cache import RowCache
 from arseq.models.sampling import Constraint, Generation, OnToken, SamplingConfig, choose, generate, process_logits
@@ -99,9 +100,11 @@ def speculative_generate(
     constraint: Constraint | None = None,
     on_token: OnToken | None = None,
     seeds: list[int] | None = None,
+    compile: Compile = False,
 ) -> SpecGeneration:
     """Like arseq.models.sampling.generate (same arguments and result), with proposals from `proposer`:
-    up to `k` per target pass. The result's `stats` say how many were kept."""
+    up to `k` per target pass. The result's `stats` say how many were kept. `compile` compiles both
+    models' passes of one token and the target's of k + 1 (the draft's of 2: what it catches up per pass)."""
     t0 = time.perf_counter()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (e.g. BOS)")
@@ -136,9 +139,9 @@ def speculative_generate(
     stats, emitted = SpecStats(), 0
     want = k if draft is not None else max(1, k // 2)  # proposals per pass; the n-gram proposer adapts it
     skip, backoff = 0, 1  # n-gram: passes left without proposals, and the next such pause
-    models = [(model, RowCache(model, B, _slots(width, steps, k, context), pad_id))]
+    models = [(model, RowCache(model, B, _slots(width, steps, k, context), pad_id, compile, width=k + 1))]
     if draft is not None:
-        models.append((draft, RowCache(draft, B, _slots(width, steps, k, draft.cfg.max_seq_len), pad_id)))
+        models.append((draft, RowCache(draft, B, _slots(width, steps, k, draft.cfg.max_seq_len), pad_id, compile, width=2)))
     target, dcache = models[0][1], models[-1][1] if draft is not None else None
     was = [(m, m.training) for m, _ in models]
     for m, _ in models:
@@ -226,7 +229,7 @@ def speculative_generate(
             if draft is None and not done[0] and _give_up(stats, B, target.start[0] == 0 or whole):
                 start = target.start[0] if len(seqs[0]) - target.start[0] <= context else len(seqs[0]) - context // 2
                 _plain_rest(model, seqs[0][start:], gen[0], stopped, steps, cfg, pad_id, constraint, on_token,
-                            gens[0] if gens is not None else shared, stats)
+                            gens[0] if gens is not None else shared, stats, compile)
                 break
     finally:
         for m, training in was:
@@ -265,13 +268,13 @@ def _give_up(stats: SpecStats, batch: int, window_ok: bool) -> bool:
 
 def _plain_rest(model: Transformer, seq: list[int], gen: list[int], stopped: list[bool], steps: int, cfg: SamplingConfig,
                 pad_id: int, constraint: Constraint | None, on_token: OnToken | None, generator: torch.Generator | None,
-                stats: SpecStats) -> None:
+                stats: SpecStats, compile: Compile) -> None:
     """Finish one row with plain decoding (fresh seed drawn from the row's generator: the same distribution)."""
     seeds = [int(torch.randint(0, 2**62, (1,), generator=generator))] if generator is not None else None
     offset = len(gen)
     shifted = (lambda step, tokens, finished: on_token(step + offset, tokens, finished)) if on_token is not None else None
     rest = generate(model, [list(seq)], replace(cfg, max_new_tokens=steps - offset, seed=None), pad_id=pad_id,
-                    constraint=constraint, on_token=shifted, seeds=seeds)
+                    constraint=constraint, on_token=shifted, seeds=seeds, compile=compile)
     new = rest.tokens[0] + ([cfg.stop_tokens[0]] if rest.stopped[0] and cfg.stop_tokens else [])
     gen += new
     stopped[0] = rest.stopped[0]

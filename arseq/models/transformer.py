@@ -1,5 +1,5 @@
 """A decoder-only transformer: token embedding, rotary positions, pre-norm blocks (RMSNorm), SwiGLU MLPs,
-PyTorch's fused scaled-dot-product attention and an optional static KV cache for sampling.
+PyTorch's fused scaled-dot-product attention (arseq.models.attention) and an optional static KV cache for sampling.
 
 It knows token ids, a vocabulary size and a maximum sequence length, and nothing about any modality.
 """
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from arseq.models.attention import attention
 from arseq.models.linear import Linear
 
 
@@ -100,9 +101,7 @@ class Attention(nn.Module):
             k, v = self.cache.update(input_pos, k, v)
         # Causal by flag only without a cache (training, scoring): cached passes always bring a mask.
         is_causal = mask is None and T > 1
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 

@@ -1,0 +1,28 @@
+"""The model's attention: PyTorch's fused scaled_dot_product_attention, except in the few-query passes of a
+compiled pass on CPU (decode steps, speculative decoding's verify passes), where it is written out as
+reductions. Why: there Inductor calls SDPA as an opaque kernel (~50-90 us per layer for one query on 2
+cores, more than the layer's matmuls), while the written-out form, q.k summed over the head dim, a softmax,
+and p.v summed over the slots, compiles into a few fused loops with the rest of the layer. On CUDA the
+fused kernel inside a CUDA graph is already the fast path, so it is kept there.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+FUSED_QUERIES = 16  # compiled CPU passes with at most this many queries per row use the written-out form
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, dropout: float) -> Tensor:
+    """softmax(q k^T / sqrt(d), masked) v for (B, H, T, D) queries over (B, H, S, D) keys and values; `mask`
+    (B or 1, 1, T, S) is True where a query sees a slot."""
+    fused = (torch.compiler.is_compiling() and mask is not None and q.shape[-2] <= FUSED_QUERIES
+             and q.device.type == "cpu" and dropout == 0.0)
+    if not fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout)
+    scores = (q.float().unsqueeze(-2) * k.float().unsqueeze(-3)).sum(-1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    p = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return (p.unsqueeze(-1) * v.float().unsqueeze(-3)).sum(-2).to(q.dtype)  # (B, H, T, D)
