@@ -8,6 +8,7 @@ from typing import Any
 
 from arseq.checkpoint import Loaded
 from arseq.errors import DataError
+from arseq.models.inference import Compile
 from arseq.models.sampling import Constraint, Generation, OnToken, SamplingConfig
 from arseq.models.speculative import DraftModel, NGram, SpecStats, speculative_generate
 
@@ -21,9 +22,9 @@ class Speculative:
     stats: SpecStats = field(default_factory=SpecStats)
 
     def generate(self, loaded: Loaded, prompts: list[list[int]], cfg: SamplingConfig, seeds: list[int] | None,
-                 constraint: Constraint | None, on_token: OnToken | None) -> Generation:
+                 constraint: Constraint | None, on_token: OnToken | None, compile: Compile = False) -> Generation:
         gen = speculative_generate(loaded.model, prompts, cfg, self.proposer, k=self.k, pad_id=loaded.tokenizer.pad_id,
-                                   constraint=constraint, on_token=on_token, seeds=seeds)
+                                   constraint=constraint, on_token=on_token, seeds=seeds, compile=compile)
         self.stats.add(gen.stats)
         return gen
 

@@ -36,11 +36,11 @@ class RunOptions:
     Args:
         batch_size: samples (or evaluation chunks) per forward pass
         device: cpu, cuda, cuda:1 ... (default: cuda when available)
-        compile: off, on or auto: torch.compile the decode step (CUDA graphs on a GPU); auto falls back to eager where it cannot work
+        compile: off, on or auto: torch.compile the decode step, and with --draft both models' passes (CUDA graphs on a GPU); auto falls back to eager where it cannot work
         quantize: none or int8 (int8 weights, per-channel scales)
         dtype: float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on a GPU that supports it)
         draft: speculative decoding, the same samples faster: a small model with this model's tokenizer (checkpoint,
-            run folder or export) proposes tokens, or 'ngram': what followed the last n-gram earlier (eager: not compiled)
+            run folder or export) proposes tokens, or 'ngram': what followed the last n-gram earlier
         draft_tokens: with --draft: tokens proposed per pass of the model
         ngram: with --draft ngram: the longest n-gram looked up (down to half of it)
     """
@@ -146,7 +146,7 @@ def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, com
 
         guide = plan.guide[b0 : b0 + batch_size] if plan.guide is not None else None
         if spec is not None:
-            gen = spec.generate(loaded, batch, cfg, seeds, constraint, on_token if streamer else None)
+            gen = spec.generate(loaded, batch, cfg, seeds, constraint, on_token if streamer else None, compile)
         else:
             gen = generate(model, batch, cfg, pad_id=tok.pad_id, seeds=seeds, constraint=constraint,
                            on_token=on_token if streamer else None, compile=compile, guide=guide)

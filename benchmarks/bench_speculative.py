@@ -9,9 +9,11 @@ a larger text target (8 layers x 384) shows how the speed-up grows with the targ
         --music-draft CKPT --big-target CKPT] [--work DIR] [--steps 1500] [--new-tokens 256] [--repeats 5]
 
 Arms are interleaved (plain, draft, ngram, plain, ...) so that load on a shared machine hits all alike;
-figures are medians of --repeats (sampled arms: seed = repeat). Prints one JSON object: per modality and
-temperature {"plain", "draft", "ngram"} tokens/s, speed-ups over plain, acceptance rates and tokens per
-target pass, and whether greedy outputs were identical to plain's.
+figures are medians of --repeats (sampled arms: seed = repeat). Each arm runs eagerly and, unless
+--no-compile, compiled as well (`*_compiled`: plain's decode step, both models' speculative passes), each
+speculative arm compared with plain decoding of the same kind. Prints one JSON object: per modality and
+temperature the arms' tokens/s, speed-ups, acceptance rates and tokens per target pass, and whether greedy
+outputs were identical to plain eager decoding's.
 """
 from __future__ import annotations
 
@@ -62,14 +64,16 @@ def arm_runner(model, name: str, temperature: float, new_tokens: int, draft_mode
     tok, prompts = loaded.tokenizer, plan.prompts[:1]
 
     def run(arm: str, seed: int):
+        arm, compiled = arm.removesuffix("_compiled"), arm.endswith("_compiled")
         c = cfg if temperature == 0 else replace(cfg, seed=seed)
         constraint = plan.constraint() if plan.constraint is not None else None
         t0 = time.perf_counter()
         if arm == "plain":
-            gen, stats = generate(loaded.model, prompts, c, pad_id=tok.pad_id, constraint=constraint), None
+            gen, stats = generate(loaded.model, prompts, c, pad_id=tok.pad_id, constraint=constraint, compile=compiled), None
         else:
             proposer = DraftModel(draft_model) if arm == "draft" else NGram()
-            gen = speculative_generate(loaded.model, prompts, c, proposer, k=k, pad_id=tok.pad_id, constraint=constraint)
+            gen = speculative_generate(loaded.model, prompts, c, proposer, k=k, pad_id=tok.pad_id, constraint=constraint,
+                                       compile=compiled)
             stats = gen.stats
         seconds = time.perf_counter() - t0
         return gen.tokens[0], len(gen.tokens[0]) + gen.stopped[0], seconds, stats
@@ -81,12 +85,14 @@ def measure(target: str, draft: str, name: str, temperature: float, args) -> dic
     model, draft_model = load(target), load(draft).loaded.model
     assert model.loaded.tokenizer.to_dict() == load(draft).loaded.tokenizer.to_dict()
     run = arm_runner(model, name, temperature, args.new_tokens, draft_model, args.draft_tokens)
-    arms = ("plain", "draft", "ngram")
+    arms = ["plain", "draft", "ngram"]
+    arms += [] if args.no_compile else [f"{a}_compiled" for a in arms]
     for arm in arms:
-        run(arm, 0)  # warm-up
+        run(arm, 0)  # warm-up (and compiling)
+    spec = [a for a in arms if not a.startswith("plain")]
     rates: dict[str, list[float]] = {a: [] for a in arms}
-    accept: dict[str, list[float]] = {a: [] for a in arms[1:]}
-    per_pass: dict[str, list[float]] = {a: [] for a in arms[1:]}
+    accept: dict[str, list[float]] = {a: [] for a in spec}
+    per_pass: dict[str, list[float]] = {a: [] for a in spec}
     outputs: dict[str, list] = {a: [] for a in arms}
     for r in range(args.repeats):
         for arm in arms:
@@ -99,7 +105,7 @@ def measure(target: str, draft: str, name: str, temperature: float, args) -> dic
     med = {a: statistics.median(v) for a, v in rates.items()}
     out = {
         "tokens_per_s": {a: round(v, 1) for a, v in med.items()},
-        "speedup": {a: round(med[a] / med["plain"], 3) for a in arms[1:]},
+        "speedup": {a: round(med[a] / med["plain_compiled" if a.endswith("_compiled") else "plain"], 3) for a in spec},  # over plain of the same kind
         "acceptance_rate": {a: round(statistics.median(v), 3) for a, v in accept.items()},
         "tokens_per_target_pass": {a: round(statistics.median(v), 2) for a, v in per_pass.items()},
         "mean_new_tokens": round(statistics.mean(len(t) for t in outputs["plain"]), 1),
@@ -120,6 +126,7 @@ def main() -> None:
     p.add_argument("--draft-tokens", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-big", action="store_true", help="skip the 8 x 384 text target")
+    p.add_argument("--no-compile", action="store_true", help="eager arms only")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     args = p.parse_args()
     if args.threads:
@@ -139,7 +146,7 @@ def main() -> None:
                                        ["--model.n_layer", "8", "--model.d_model", "384", "--model.n_head", "6"])
         result["text_8x384"] = {"temperature_0.0": measure(big, paths["text"][1], "text", 0.0, args), "target": big}
     result["meta"] = {"torch_threads": torch.get_num_threads(), "new_tokens": args.new_tokens, "draft_tokens": args.draft_tokens,
-                      "repeats": args.repeats, "batch": 1, "device": "cpu"}
+                      "repeats": args.repeats, "batch": 1, "device": "cpu", "compiled_arms": not args.no_compile}
     print(json.dumps(result))
 
 
