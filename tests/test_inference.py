@@ -187,3 +187,12 @@ def test_evaluate_int8_reports_a_close_perplexity(trained, capsys):
         assert main(["evaluate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), *flags]) == 0
         ppl.append(json.loads(capsys.readouterr().out)["perplexity"])
     assert ppl[0] != ppl[1] and abs(ppl[1] / ppl[0] - 1) < 0.02
+
+
+def test_compiled_passes_of_many_models_each_keep_their_own_graphs():
+    """More (model, shape) pairs than torch.compile's recompile limit (8) in one process: no hard failure."""
+    cfg = SamplingConfig(max_new_tokens=3, temperature=0)
+    for seed in range(9):
+        torch.manual_seed(seed)
+        m = Transformer(TransformerConfig(vocab_size=20, max_seq_len=32, n_layer=1, n_head=2, d_model=8 + 4 * seed)).eval()
+        assert generate(m, [[1, 2]], cfg, compile=True).tokens == generate(m, [[1, 2]], cfg).tokens

@@ -8,6 +8,7 @@ replay it (a CUDA graph needs fixed addresses).
 from __future__ import annotations
 
 import sys
+import types
 import weakref
 from collections.abc import Callable
 from typing import Literal
@@ -45,6 +46,10 @@ class Compiled:
     def __init__(self, fn: Callable[..., Tensor], device: torch.device, fallback: bool):
         self.eager, self.device, self.fallback = fn, device, fallback
         self.fn: Callable[..., Tensor] | None = None
+        # torch.compile keeps graphs per code object, at most 8 (recompile_limit, then a hard failure with
+        # fullgraph): a copy with its own code object gives each pass its own one or two graphs, whatever
+        # other models and shapes a process compiles, and a shorter list of guards to check per call.
+        self.own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
     def __call__(self, *args: object) -> Tensor:
         if self.fn is not None:
@@ -53,7 +58,7 @@ class Compiled:
             # CUDA: CUDA graphs replay the whole pass in one launch. dynamic=False: one graph per shape,
             # no symbolic sizes (a static pass is the point).
             mode = "reduce-overhead" if self.device.type == "cuda" else None
-            fn = torch.compile(self.eager, mode=mode, dynamic=False, fullgraph=True)
+            fn = torch.compile(self.own, mode=mode, dynamic=False, fullgraph=True)
             out = fn(*args)
         except Exception as e:  # noqa: BLE001 - whatever stops the compiler (no C++ compiler, no Triton ...)
             if not self.fallback:
