@@ -55,10 +55,11 @@ class Compiled:
         if self.fn is not None:
             return self.fn(*args)
         try:
-            # CUDA: CUDA graphs replay the whole pass in one launch. dynamic=False: one graph per shape,
-            # no symbolic sizes (a static pass is the point).
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            fn = torch.compile(self.own, mode=mode, dynamic=False, fullgraph=True)
+            # CUDA: CUDA graphs replay the whole pass in one launch. CPU: the graph's wrapper in C++ instead of
+            # Python (its ~50 buffer allocations and checks per call): 5-31 % more tokens/s at batch 1 in
+            # same-process A/B runs. dynamic=False: one graph per shape, no symbolic sizes (a static pass is the point).
+            how = {"mode": "reduce-overhead"} if self.device.type == "cuda" else {"options": {"cpp_wrapper": True}}
+            fn = torch.compile(self.own, dynamic=False, fullgraph=True, **how)
             out = fn(*args)
         except Exception as e:  # noqa: BLE001 - whatever stops the compiler (no C++ compiler, no Triton ...)
             if not self.fallback:
