@@ -43,8 +43,7 @@ class RowCache:
         else:  # the buffers the compiled passes were built with, cleared
             self.compiled, self.caches = compiled(model, cached_pass, batch, slots, mode, build)
             for cache in self.caches:
-                cache.k.zero_()
-                cache.v.zero_()
+                cache.clear()
         for block, cache in zip(model.blocks, self.caches):
             block.attn.cache = cache
         self.valid = torch.zeros(batch, slots, dtype=torch.bool, device=self.device)

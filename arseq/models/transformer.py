@@ -84,6 +84,12 @@ class KVCache(nn.Module):
         self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
         return self.k, self.v
 
+    def clear(self) -> None:
+        """Zero the buffers for reuse: stale slots are masked out anyway, but a NaN left by an earlier run
+        would leak through the mask (0 * NaN)."""
+        self.k.zero_()
+        self.v.zero_()
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
@@ -209,10 +215,9 @@ class Transformer(nn.Module):
         fits = caches is not None and all(c.k.shape == shape and c.k.dtype == dtype and c.k.device == device for c in caches)
         if not fits:
             caches = [KVCache(batch, self.cfg.n_head, max_len, self.cfg.head_dim, dtype, device) for _ in self.blocks]
-        else:  # stale rows are masked out anyway; zeros keep a NaN of an earlier run from leaking through the mask
+        else:
             for c in caches:
-                c.k.zero_()
-                c.v.zero_()
+                c.clear()
         for block, cache in zip(self.blocks, caches):
             block.attn.cache = cache
         return caches
