@@ -5,8 +5,10 @@ A modality names its fields (`Modality.condition_fields`) and puts each item's v
 vocabulary, one token per field for "unknown" and one per value. Every item becomes
 `BOS <field=value>... tokens EOS`: one control token per field, in a fixed order, the unknown one where an
 item has no value. Training swaps each control token for its field's unknown token with probability
-`drop`, so the same model also samples unconditionally. `generate --cond FIELD=VALUE` puts the tokens into
-every prompt (unknown for fields not given). The modality never sees them: the core hides them from its
+`drop`, so the same model also samples unconditionally. Every training window of a long item starts with
+the item's BOS and control tokens (its head: CTRL's control codes head every training sequence), and
+sampling keeps the head in the context when the window slides, so a piece past the context still knows
+its key. `generate --cond FIELD=VALUE` puts the tokens into every prompt (unknown for fields not given). The modality never sees them: the core hides them from its
 constraint, its writer and its metrics (`hide`, `strip`).
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Controls:
     fields: dict[str, list[str]]  # field -> the values seen in the data, sorted
     drop: float = 0.1  # training: chance that a control token is replaced by its field's unknown token
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # field -> value -> items (training data)
+    every_window: bool = False  # the head starts every training window (models trained before it: only each item)
 
     @property
     def size(self) -> int:
@@ -46,6 +49,12 @@ class Controls:
     def width(self) -> int:
         """Control tokens per sequence (one per field)."""
         return len(self.fields)
+
+    @property
+    def head(self) -> int:
+        """Tokens that start every training window and stay in the context when sampling slides (BOS and
+        the control tokens); 0 for models whose training saw them only at the start of each item."""
+        return 1 + self.width if self.every_window else 0
 
     def _base(self, name: str) -> int:
         base = self.offset
@@ -137,14 +146,15 @@ class Controls:
         return allowed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"offset": self.offset, "fields": self.fields, "drop": self.drop, "counts": self.counts}
+        return {"offset": self.offset, "fields": self.fields, "drop": self.drop, "counts": self.counts,
+                "every_window": self.every_window}
 
     @classmethod
     def from_dict(cls, state: dict[str, Any] | None) -> "Controls | None":
         if not state:
             return None
         return cls(int(state["offset"]), {k: list(v) for k, v in state["fields"].items()}, float(state.get("drop", 0.1)),
-                   {k: dict(v) for k, v in state.get("counts", {}).items()})
+                   {k: dict(v) for k, v in state.get("counts", {}).items()}, bool(state.get("every_window", False)))
 
     @classmethod
     def learn(cls, offset: int, names: Sequence[str], items: Sequence[dict[str, str]], drop: float) -> "Controls | None":
@@ -153,4 +163,4 @@ class Controls:
         fields = {n: sorted(c) for n, c in counts.items() if len(c) >= 2}
         if not fields:
             return None
-        return cls(offset, fields, drop, {n: dict(sorted(counts[n].items())) for n in fields})
+        return cls(offset, fields, drop, {n: dict(sorted(counts[n].items())) for n in fields}, every_window=True)

@@ -22,9 +22,9 @@ class Speculative:
     stats: SpecStats = field(default_factory=SpecStats)
 
     def generate(self, loaded: Loaded, prompts: list[list[int]], cfg: SamplingConfig, seeds: list[int] | None,
-                 constraint: Constraint | None, on_token: OnToken | None, compile: Compile = False) -> Generation:
+                 constraint: Constraint | None, on_token: OnToken | None, compile: Compile = False, head: int = 0) -> Generation:
         gen = speculative_generate(loaded.model, prompts, cfg, self.proposer, k=self.k, pad_id=loaded.tokenizer.pad_id,
-                                   constraint=constraint, on_token=on_token, seeds=seeds, compile=compile)
+                                   constraint=constraint, on_token=on_token, seeds=seeds, compile=compile, head=head)
         self.stats.add(gen.stats)
         return gen
 
@@ -65,7 +65,8 @@ def load_draft(path: str, loaded: Loaded, args: Any) -> Loaded:
     if theirs.to_dict() != ours.to_dict():
         raise DataError(f"--draft {path}: its tokenizer differs from the model's (same size, other tokens); "
                         "train the draft on the same data and tokenizer")
-    if draft.controls != loaded.controls:
+    same = (lambda c: None if c is None else (c.offset, c.fields))  # how training placed them may differ
+    if same(draft.controls) != same(loaded.controls):
         raise DataError(f"--draft {path}: its condition tokens differ from the model's; train the draft on the same data "
                         "with the same data.conditions")
     device = loaded.model.norm.weight.device

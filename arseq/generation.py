@@ -124,6 +124,7 @@ def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, com
     """Sample one sequence per prompt of the plan, with its constraint (and streamer, when `stream`);
     speculatively with `spec` (--draft)."""
     tok, model, controls = loaded.tokenizer, loaded.model, loaded.controls
+    head = controls.head if controls is not None else 0  # BOS and the conditions stay in the context
     prompts, streamer = plan.prompts, plan.streamer if stream else None
     if spec is not None and plan.guide is not None:
         raise DataError("--guidance with --draft: speculative decoding does not guide; drop one of them")
@@ -146,12 +147,12 @@ def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, com
 
         guide = plan.guide[b0 : b0 + batch_size] if plan.guide is not None else None
         if spec is not None:
-            gen = spec.generate(loaded, batch, cfg, seeds, constraint, on_token if streamer else None, compile)
+            gen = spec.generate(loaded, batch, cfg, seeds, constraint, on_token if streamer else None, compile, head)
         else:
             gen = generate(model, batch, cfg, pad_id=tok.pad_id, seeds=seeds, constraint=constraint,
-                           on_token=on_token if streamer else None, compile=compile, guide=guide)
+                           on_token=on_token if streamer else None, compile=compile, guide=guide, head=head)
         scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, gen.tokens, gen.stopped)]
-        nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id)
+        nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id, head=head)
         for p, t, s, n, c in zip(batch, gen.tokens, gen.stopped, nll, count):
             out.append(Sample(controls.strip(p) if controls else list(p), t, s, float(n / c) if c else float("nan")))
     if spec is not None:
@@ -201,7 +202,8 @@ def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list
     context = model.cfg.max_seq_len
     stride = stride or max(1, context // 2)
     start = [1 + (controls.width if controls else 0)] * len(conditioned)  # the item's tokens, given its conditions
-    nll, count = sequence_nll(model, conditioned, start=start, batch_size=run.batch_size, pad_id=tok.pad_id, stride=stride, progress=True)
+    nll, count = sequence_nll(model, conditioned, start=start, batch_size=run.batch_size, pad_id=tok.pad_id, stride=stride,
+                              progress=True, head=controls.head if controls else 0)
     strip = (lambda seqs: [np.asarray(controls.strip(s), dtype=np.int64) for s in seqs]) if controls else list
     items = strip(conditioned)  # what the modality sees: its own tokens
     loss = float(nll.sum() / max(1, count.sum()))

@@ -2,7 +2,9 @@
 the model and Lightning (generate and evaluate: arseq.generation). The CLI only parses arguments and calls these."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict
+from functools import partial
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -93,9 +95,11 @@ def run_train(
     module = ARModule(asdict(model_cfg), optim, meta, compile)
     init_note = initialise(module.model, source, init_from_resize_vocab) if source else None
     augment = None if type(modality).augment is Modality.augment else modality.augment
+    if augment is not None and "controls" in inspect.signature(augment).parameters:  # it can move condition tokens along
+        augment = partial(augment, controls=prepared.controls)
     train = train_loader(prepared.directory / "train.npy", data.block_size, data.batch_size, seed, augment, data.num_workers,
                          prepared.controls)
-    val = val_loader(prepared.val, data.block_size, data.batch_size, tok.pad_id)
+    val = val_loader(prepared.val, data.block_size, data.batch_size, tok.pad_id, prepared.controls.head if prepared.controls else 0)
 
     root = trainer_args.pop("default_root_dir", None) or "runs"
     loggers: list[Any] = [CSVLogger(root, name=modality.name)]

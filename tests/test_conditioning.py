@@ -69,6 +69,7 @@ def test_training_hides_conditions_at_the_drop_rate(tmp_path):
     c = controls()
     stream = np.tile(np.array([1, 12, 13, 5, 6, 2], dtype=np.uint16), 2000)
     np.save(tmp_path / "train.npy", stream)
+    np.save(tmp_path / "train_offsets.npy", np.arange(0, len(stream) + 1, 6))
     for drop, low, high in ((0.0, 0.0, 0.0), (0.5, 0.45, 0.55), (1.0, 1.0, 1.0)):
         c.drop = drop
         x, _ = next(iter(RandomWindows(tmp_path / "train.npy", 60, 64, seed=0, controls=c)))
@@ -77,6 +78,41 @@ def test_training_hides_conditions_at_the_drop_rate(tmp_path):
         assert low <= hidden <= high, (drop, hidden)
         assert not ((x == 11) | (x == 14)).any()  # no value ever turns into another value
         assert int((x == 13).sum() + (x == 10).sum() + (x == 12).sum()) > 0
+
+
+def test_every_training_window_starts_with_its_items_head(tmp_path):
+    """Windows drawn inside an item longer than a window start with its BOS and control tokens, then go on from
+    where they were drawn; the first token after the head is no target there (an item starts after its head)."""
+    c = controls()
+    c.drop = 0.0
+    items = [[1, 11 + i % 2, 13 + i % 2, *range(100 * i + 20, 100 * i + 90), 2] for i in range(1, 9)]  # 74 tokens each
+    np.save(tmp_path / "train.npy", np.concatenate(items).astype(np.uint16))
+    np.save(tmp_path / "train_offsets.npy", np.cumsum([0] + [len(it) for it in items]))
+    stream = np.concatenate(items).tolist()
+    x, y = next(iter(RandomWindows(tmp_path / "train.npy", 24, 256, seed=0, controls=c)))
+    assert c.head == 3
+    inside = 0
+    for xi, yi in zip(x.tolist(), y.tolist()):
+        m = next(t for t in range(3, 24) if xi[t] >= 20)  # an item's own token: where the rest was drawn
+        j = stream.index(xi[m]) - (m - 3)
+        item = items[j // 74]
+        assert xi[:3] == item[:3] and xi[3:] == stream[j : j + 21]  # its item's BOS and controls, then a stretch
+        masked = [t for t in range(23) if yi[t] == -100]
+        assert all(yi[t] == xi[t + 1] for t in range(23) if t not in masked)
+        if xi[3] != item[3]:
+            inside += 1
+            assert masked == [2]
+        else:
+            assert masked == []
+    assert 150 < inside < 256  # most windows start inside an item
+    short = [it[:3] + it[3:10] + [2] for it in items]  # 11 tokens: items that fit a window are left as they are
+    np.save(tmp_path / "train.npy", np.concatenate(short).astype(np.uint16))
+    np.save(tmp_path / "train_offsets.npy", np.cumsum([0] + [len(it) for it in short]))
+    x, y = next(iter(RandomWindows(tmp_path / "train.npy", 24, 64, seed=0, controls=c)))
+    flat = np.concatenate(short).tolist()
+    assert all(any(flat[j : j + 24] == xi for j in range(len(flat))) for xi in x.tolist()) and (y != -100).all()
+    old = Controls.from_dict({k: v for k, v in c.to_dict().items() if k != "every_window"})
+    assert old.head == 0  # a model trained before: heads only at the start of each item (sampling does not keep them)
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +152,11 @@ def test_a_conditioned_model_obeys_and_is_measured(tagged, tmp_path, capsys):
     root, ckpt = tagged
     for tag, residue in (("polyA", "A"), ("polyW", "W")):
         out = tmp_path / f"{tag}.fasta"
-        assert main(["generate", "--checkpoint", str(ckpt), "--cond", f"tag={tag}", "--num-samples", "8", "--seed", "0",
+        assert main(["generate", "--checkpoint", str(ckpt), "--cond", f"tag={tag}", "--num-samples", "16", "--seed", "0",
                      "--max-length", "25", "--out", str(out)]) == 0
         seqs = [str(r.seq) for r in SeqIO.parse(out, "fasta")]
         share = np.mean([s.count(residue) / max(1, len(s)) for s in seqs])
-        assert len(seqs) == 8 and share > 0.9, (tag, seqs)
+        assert len(seqs) == 16 and share > 0.9, (tag, seqs)  # unconditioned: ~0.5
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(ckpt)]) == 0
     report = json.loads(capsys.readouterr().out)["conditions"]["tag"]

@@ -27,14 +27,16 @@ def model() -> Transformer:
     return Transformer(TransformerConfig(vocab_size=50, max_seq_len=48, n_layer=2, n_head=4, d_model=32)).eval()
 
 
-def reference_greedy(model, prompts, n):
-    """The sliding-window decode in plain full passes: each row's real tokens of the window, padding never seen."""
+def reference_greedy(model, prompts, n, head=0):
+    """The sliding-window decode in plain full passes: each row's real tokens of the window, padding never seen;
+    a row cut by a slide keeps its first `head` tokens in front."""
     context, keep, width = model.cfg.max_seq_len, model.cfg.max_seq_len // 2, max(map(len, prompts))
     rows = [[None] * (width - len(p)) + list(p) for p in prompts]  # None: left padding
     start = 0  # first buffer column the cache holds (the same for every row, as in `generate`)
     for _ in range(n):
-        for row in rows:
-            real = [t for t in row[start:] if t is not None]
+        for p, row in zip(prompts, rows):
+            cut = start > width - len(p)  # real tokens of this row fell out of the window
+            real = list(p[:head]) + row[start + head :] if cut and head else [t for t in row[start:] if t is not None]
             row.append(int(model(torch.tensor([real]))[0, -1].argmax()))
         if len(rows[0]) - 1 - start == context:  # the cache was full before the newest token: slide
             start = len(rows[0]) - keep
@@ -44,6 +46,21 @@ def reference_greedy(model, prompts, n):
 def test_static_decode_matches_full_passes_for_left_padded_rows_and_the_sliding_window(model):
     prompts = [[5, 6, 7, 8, 9, 10], [1, 2], [3]]
     assert generate(model, prompts, GREEDY).tokens == reference_greedy(model, prompts, GREEDY.max_new_tokens)
+
+
+def test_a_slide_keeps_each_prompts_head_in_front_of_the_window(model):
+    """`head`: a conditioned prompt's BOS and control tokens stay in the context past a slide (rows that the
+    slide does not cut keep all their tokens, left-padded)."""
+    with torch.no_grad():  # sharper weights: greedy output that does not repeat one token, so the head shows
+        for p in model.parameters():
+            p.mul_(3)
+    prompts = [[5, 6, 7, 8, 9, 10], [1, 2, 3], [3, 4, 4]]
+    out = generate(model, prompts, GREEDY, head=3)
+    assert out.tokens == reference_greedy(model, prompts, GREEDY.max_new_tokens, head=3)
+    assert out.tokens != generate(model, prompts, GREEDY).tokens  # the head changed what came after the slide
+    assert generate(model, prompts, GREEDY, head=3, compile=True).tokens == out.tokens
+    with pytest.raises(ValueError, match="head 4"):
+        generate(model, prompts, GREEDY, head=4)  # longer than a prompt
 
 
 def test_huge_max_new_tokens_allocates_only_what_is_generated(model):

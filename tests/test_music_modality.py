@@ -232,7 +232,7 @@ def test_metrics_summarize_and_evaluate(chorales):
     assert ev["nll_per_note"] == pytest.approx(n_pred / notes)
 
 
-def test_conditions_read_from_a_chorale_and_windows_holding_them_are_not_transposed(chorales):
+def test_conditions_read_from_a_chorale_and_windows_holding_them_transpose_to_known_keys(chorales):
     from arseq.conditioning import Controls
     from arseq.modalities.music_conditions import composer_of, piece_conditions
 
@@ -242,11 +242,23 @@ def test_conditions_read_from_a_chorale_and_windows_holding_them_are_not_transpo
     ev = tok.decode_events(tok.encode(converter.parse(path)))
     assert piece_conditions(ev, path) == {"meter": "3/4", "key": "G major", "composer": "bach"}  # music21's analysis: G major
     assert composer_of("/my/music/joplin/maple_leaf.mid") == "joplin"
-    items = [{"key": "G major"}, {"key": "A minor"}]
+    items = [{"key": "G major"}, {"key": "A minor"}, {"key": "A major"}, {"key": "F major"}]
     controls = Controls.learn(tok.vocab_size, ["key"], items, 0.1)
     window = np.asarray(controls.insert(tok.encode(converter.parse(path))[:40], controls.ids(items[0])))
     rng = np.random.default_rng(0)
-    assert np.array_equal(m.augment(window, rng), window)  # its key token must stay true
+    assert np.array_equal(m.augment(window, rng), window)  # without the controls: kept, its key token stays true
+    seen = {}
+    for _ in range(60):  # with them: transposed to keys training saw, the key token naming the key the notes are in
+        out = m.augment(window, rng, controls=controls)
+        notes = [n.pitch for n in tok.decode_events(controls.strip(out)).notes]
+        shift = notes[0] - tok.decode_events(controls.strip(window)).notes[0].pitch
+        assert notes == [n.pitch + shift for n in tok.decode_events(controls.strip(window)).notes]
+        seen[shift] = controls.read(out).get("key")
+    assert seen == {0: "G major", 2: "A major", -2: "F major"}  # G, G + 2 = A, G - 2 = F: never a key it never saw
+    hidden = window.copy()
+    hidden[1] = controls.unknown_id("key")  # the key hidden: any shift in range
+    first = {tok.decode_events(controls.strip(m.augment(hidden, rng, controls=controls))).notes[0].pitch for _ in range(60)}
+    assert len(first) > 3
     plain = np.asarray(tok.encode(converter.parse(path))[10:50])
     assert any(not np.array_equal(m.augment(plain, rng), plain) for _ in range(5))  # others are transposed
     assert m.condition_values(tok, [list(tok.encode(converter.parse(path)))])[0] == {"meter": "3/4", "key": "G major"}

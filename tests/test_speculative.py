@@ -72,6 +72,18 @@ def test_past_the_context_a_row_slides_as_if_alone():
         assert speculative_generate(target, PROMPTS, cfg, proposer, k=3).tokens == alone
 
 
+def test_a_slide_keeps_the_head_as_plain_decoding_does():
+    """With `head` (a conditioned prompt's BOS and controls), a row that slides keeps them in front, as plain
+    generate does for that row alone."""
+    target = tiny(20, context=24)
+    cfg = SamplingConfig(max_new_tokens=70, temperature=0)
+    prompts = [[1, 7, 8, 3], [1, 9, 9], [2, 5, 6, 7, 1]]
+    alone = [generate(target, [p], cfg, head=3).tokens[0] for p in prompts]
+    assert alone != [generate(target, [p], cfg).tokens[0] for p in prompts]
+    for proposer in (DraftModel(tiny(20, context=12, layers=1, width=16, seed=5)), DraftModel(copy.deepcopy(target)), NGram()):
+        assert speculative_generate(target, prompts, cfg, proposer, k=3, head=3).tokens == alone
+
+
 def test_compiled_passes_give_plain_greedy_output_and_are_built_once():
     """--compile: the one-token and (k+1)-token passes compiled (shorter feeds padded with holes to k+1), the
     same tokens as plain greedy decoding in a left-padded batch that slides; a second run reuses them."""

@@ -19,9 +19,11 @@ from arseq.models.transformer import Transformer
 MAX_ITEMS = 300  # classification scores every item once per value: a seeded sample keeps it to minutes
 
 
-def _nll(model: Transformer, items: list[list[int]], start: int, batch_size: int, pad_id: int, stride: int) -> tuple[np.ndarray, int]:
+def _nll(model: Transformer, items: list[list[int]], start: int, batch_size: int, pad_id: int, stride: int,
+         head: int) -> tuple[np.ndarray, int]:
     """Per item summed NLL of its tokens after the control tokens, and how many tokens that is in all."""
-    nll, count = sequence_nll(model, items, start=[start] * len(items), batch_size=batch_size, pad_id=pad_id, stride=stride)
+    nll, count = sequence_nll(model, items, start=[start] * len(items), batch_size=batch_size, pad_id=pad_id, stride=stride,
+                              head=head)
     return nll, int(count.sum())
 
 
@@ -45,10 +47,10 @@ def condition_report(model: Transformer, controls: Controls, items: Sequence[Seq
         def with_value(token: int) -> list[list[int]]:
             return [it[: 1 + slot] + [token] + it[2 + slot :] for it in known]
 
-        true_nll, tokens = _nll(model, known, start, batch_size, pad_id, stride)
-        unknown_nll, _ = _nll(model, with_value(unknown), start, batch_size, pad_id, stride)
+        true_nll, tokens = _nll(model, known, start, batch_size, pad_id, stride, controls.head)
+        unknown_nll, _ = _nll(model, with_value(unknown), start, batch_size, pad_id, stride, controls.head)
         ids = [controls.value_id(name, v) for v in values]
-        scores = np.stack([_nll(model, with_value(t), start, batch_size, pad_id, stride)[0] for t in ids], axis=1)
+        scores = np.stack([_nll(model, with_value(t), start, batch_size, pad_id, stride, controls.head)[0] for t in ids], axis=1)
         truth = [values[ids.index(it[1 + slot])] for it in known]
         guess = [values[i] for i in scores.argmin(axis=1)]
         majority = max(controls.counts.get(name, {}).items(), key=lambda kv: kv[1], default=(values[0], 0))[0]

@@ -28,7 +28,8 @@ from arseq.data.files import expand_paths
 from arseq.modalities.base import DataError, Example, Modality, Skipped
 from arseq.tokenizers.base import Tokenizer
 
-CACHE_FORMAT = 4  # 2: entries carry checksums.json; 3: conditions (controls.json); 4: image classes as conditions
+CACHE_FORMAT = 5  # 2: entries carry checksums.json; 3: conditions (controls.json); 4: image classes as conditions;
+# 5: conditions head every training window
 
 
 @dataclass

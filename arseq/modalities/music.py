@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from arseq.conditioning import Controls
+
 from arseq.modalities import (
     DataError,
     EvalInputs,
@@ -29,7 +31,7 @@ from arseq.modalities import (
     Sample,
     Skipped,
 )
-from arseq.modalities.music_conditions import FIELDS, piece_conditions
+from arseq.modalities.music_conditions import FIELDS, piece_conditions, transposed_keys
 from arseq.modalities.music_corpus import bach_chorales, music21_composers
 from arseq.modalities.music_metrics import key_scale, score_metrics
 from arseq.modalities.music_reading import (
@@ -107,18 +109,33 @@ class MusicModality(Modality):
             else:
                 yield Example(tokens, name, exact, info, piece_conditions(tokenizer.decode_events(tokens), paths[name]))
 
-    def augment(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def augment(self, tokens: np.ndarray, rng: np.random.Generator, controls: Controls | None = None) -> np.ndarray:
         """Transpose the window by a random number of semitones in range, keeping every pitch in MIDI range.
-        A window holding a piece's conditions (control ids, past the vocabulary) is kept: its key token holds."""
-        if int(tokens.max()) >= self.tokenizer.vocab_size:
+        A window holding a piece's conditions (control ids, past the vocabulary) moves its key token along,
+        by a shift that lands on a key training has seen (so the unknown key token never comes to mean
+        "a key too rare to name"); without `controls` such a window is kept as it is."""
+        own = tokens < self.tokenizer.vocab_size
+        if not own.all() and controls is None:
             return tokens
-        span = self.tokenizer.pitch_span(tokens)
+        span = self.tokenizer.pitch_span(tokens[own])
         if span is None:
             return tokens
-        lo, hi = max(self.transpose[0], -span[0]), min(self.transpose[1], 127 - span[1])
-        if lo > hi:
+        shifts = range(max(self.transpose[0], -span[0]), min(self.transpose[1], 127 - span[1]) + 1)
+        keys = np.zeros(0, dtype=np.int64)
+        if controls is not None and "key" in controls.fields and not own.all():
+            values, unknown = tuple(controls.fields["key"]), controls.unknown_id("key")
+            keys = np.flatnonzero((tokens > unknown) & (tokens <= unknown + len(values)))  # known key tokens
+            shifts = [s for s in shifts if all(transposed_keys(values, s)[tokens[i] - unknown - 1] is not None for i in keys)]
+        if not shifts:
             return tokens
-        return self.tokenizer.transpose(tokens, int(rng.integers(lo, hi + 1))).astype(tokens.dtype, copy=False)
+        shift = int(shifts[rng.integers(len(shifts))])
+        if shift == 0:
+            return tokens
+        out = tokens.copy()
+        out[own] = self.tokenizer.transpose(tokens[own], shift)
+        for i in keys:
+            out[i] = unknown + 1 + transposed_keys(values, shift)[tokens[i] - unknown - 1]
+        return out
 
     # ---- generation ---------------------------------------------------------------------------
     generate_options = MusicGenerate

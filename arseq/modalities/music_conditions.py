@@ -6,6 +6,7 @@ key="D minor"` reports the share of samples whose analysed key is the one asked 
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,26 @@ def analysed_key(ev: Events) -> tuple[int, str, str]:
         s.append(note.Note(60 + int(pc), quarterLength=float(weights[pc])))
     k = analysis.discrete.KrumhanslSchmuckler().getSolution(s)
     return k.tonic.pitchClass, k.mode, f"{k.tonic.name.replace('-', 'b')} {k.mode}"
+
+
+@lru_cache(maxsize=None)
+def key_pitch_class(name: str) -> tuple[int, str] | None:
+    """(tonic pitch class, mode) of a key named as `analysed_key` names it ("Bb major"); None for another name."""
+    from music21 import pitch
+
+    tonic, _, mode = name.partition(" ")
+    try:
+        return pitch.Pitch(tonic[:1] + tonic[1:].replace("b", "-")).pitchClass, mode
+    except Exception:  # music21 raises several kinds for a name that is not a pitch
+        return None
+
+
+@lru_cache(maxsize=None)
+def transposed_keys(values: tuple[str, ...], semitones: int) -> tuple[int | None, ...]:
+    """Per key in `values`: the index in `values` of the key `semitones` higher (same mode), None when absent."""
+    where = {key_pitch_class(v): i for i, v in enumerate(values)}
+    moved = [key_pitch_class(v) for v in values]
+    return tuple(None if k is None else where.get(((k[0] + semitones) % 12, k[1])) for k in moved)
 
 
 def composer_of(path: str) -> str | None:

@@ -27,7 +27,8 @@ def cached_pass(model: Transformer, tokens: Tensor, input_pos: Tensor, positions
 
 class RowCache:
     """Per-row bookkeeping over a static KV cache attached to `model`: `fed[i]` tokens of row i's
-    sequence are in the cache, those from `start[i]` on (its window: position = index - start)."""
+    sequence are in the cache, those from `start[i]` on (its window: position = index - start), after
+    the row's first `head[i]` tokens where a slide kept them (positions 0..head-1: see `restart`)."""
 
     def __init__(self, model: Transformer, batch: int, slots: int, pad_id: int = 0, compile: Compile = False, width: int = 1):
         self.model, self.pad_id, self.slots, self.width = model, pad_id, slots, width
@@ -51,6 +52,8 @@ class RowCache:
         self.slot = 0  # the next free slot (shared by all rows)
         self.fed = [0] * batch
         self.start = [0] * batch
+        self.head = [0] * batch  # tokens of the sequence's start kept in front of the window
+        self.pending = [0] * batch  # of those, still to feed
 
     def _pass(self, tokens: Tensor, input_pos: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
         static = self.compiled is not None and tokens.shape[1] in (1, self.width)
@@ -63,7 +66,7 @@ class RowCache:
     def feed(self, seqs: list[list[int]], active: list[bool]) -> Tensor:
         """Feed each active row's tokens not yet in the cache (right-aligned; other rows feed holes) and
         return logits (B, T, vocab): column T-1 is every active row's newest token."""
-        cols = [s[f:] if a else [] for s, f, a in zip(seqs, self.fed, active)]
+        cols = [s[:p] + s[f:] if a else [] for s, f, p, a in zip(seqs, self.fed, self.pending, active)]
         T = max(1, max(len(c) for c in cols))
         if T == 1 and all(cols) and self.slot < self.slots:
             return self._step([c[0] for c in cols])
@@ -76,12 +79,13 @@ class RowCache:
         tokens, positions = [], []
         for i, c in enumerate(cols):
             hole = T - len(c)
-            first = self.fed[i] - self.start[i]
+            first = self.fed[i] - self.start[i] - self.pending[i]
             if first + len(c) > self.context:
                 raise RuntimeError("speculative decoding: a row ran past the model's context")
             tokens.append([self.pad_id] * hole + c)
             positions.append([0] * hole + list(range(first, first + len(c))))
-            self.fed[i] += len(c)
+            self.fed[i] += len(c) - self.pending[i]
+            self.pending[i] = 0
         tok = torch.tensor(tokens, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         end = self.slot + T
@@ -119,10 +123,18 @@ class RowCache:
         self.valid &= ~(after <= n)
         self.fed = [f - d for f, d in zip(self.fed, drop)]
 
-    def restart(self, row: int, start: int) -> None:
-        """Slide row's window to begin at index `start`: its tokens are fed again from there."""
+    def restart(self, row: int, start: int, head: int = 0) -> None:
+        """Slide row's window to begin at index `start`: its tokens are fed again from there, the first
+        `head` of them replaced by the sequence's first `head` (as plain `generate` keeps a prompt's head)."""
         self.valid[row] = False
-        self.start[row] = self.fed[row] = start
+        self.start[row] = start
+        self.fed[row] = start + head
+        self.head[row] = self.pending[row] = head
+
+    def window(self, row: int, seq: list[int]) -> list[int]:
+        """The tokens row's window holds (or will, once fed)."""
+        h = self.head[row]
+        return seq[:h] + seq[self.start[row] + h :]
 
     def compact(self) -> None:
         """Gather each row's valid slots to the front (holes first, in front of shorter rows), freeing the rest."""

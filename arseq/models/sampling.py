@@ -124,12 +124,14 @@ def generate(
     compile: Compile = False,
     seeds: list[int] | None = None,
     guide: list[list[int]] | None = None,
+    head: int = 0,
 ) -> Generation:
     """Sample a continuation for every prompt at once (batched, KV-cached).
 
     The loop stays on the device: it reads values back only for a constraint (which needs each row's
     tokens) and every few steps to stop early. When the context is full, every row is re-prefilled from
-    the newest half of its context and decoding goes on (a sliding window). `compile` (True, "auto")
+    the newest half of its context and decoding goes on (a sliding window); the first `head` tokens of
+    every prompt (a conditioned prompt's BOS and control tokens) stay in front of it. `compile` (True, "auto")
     runs the decode step through torch.compile, built once per batch size and cache length. `seeds`
     (one per prompt) seed each row on its own, so a row samples the same whatever batch it is in.
     `guide` (one per prompt: the prompt without its conditions) runs beside each row to guide it by
@@ -148,6 +150,8 @@ def generate(
     width = max(len(p) for p in prompts)
     if width > context:
         raise ValueError(f"prompt of {width} tokens is longer than the model's context of {context}")
+    if not 0 <= head <= min(min(map(len, prompts)), context // 2 - 1):
+        raise ValueError(f"head {head}: must be shorter than half the context and no longer than any prompt")
     device = model.norm.weight.device
     R, V, steps = len(prompts), model.cfg.vocab_size, cfg.max_new_tokens
     buf = torch.full((R, width + min(steps, context)), pad_id, dtype=torch.long, device=device)  # every token, left-padded
@@ -205,10 +209,9 @@ def generate(
             if step == steps - 1 or ((constraint is not None or step % 8 == 7) and bool(finished.all())):
                 break
             if filled == cache_len:  # slide: keep the newest half of the context and prefill again
-                keep, total = context // 2, width + step + 1
-                if pad is not None:
-                    pad = (pad - (total - keep)).clamp(min=0)
-                logits, filled = prefill(model, buf[:, total - keep : total], pad, causal), keep
+                keep = context // 2
+                window, pad = slid(buf, width + step + 1, keep, pad, head)
+                logits, filled = prefill(model, window, pad, causal), keep
                 slot.fill_(keep)
                 continue
             logits = step_fn(model, feed, slot, pad, causal)
@@ -219,3 +222,19 @@ def generate(
         model.train(was_training)
     generated = buf[:B, width : width + done].tolist()
     return Generation([g[:n] for g, n in zip(generated, lengths.tolist())], finished.tolist())
+
+
+def slid(buf: Tensor, total: int, keep: int, pad: Tensor | None, head: int) -> tuple[Tensor, Tensor | None]:
+    """The window after a slide, left-padded, and its padding: each row's last `keep` of its `total` columns;
+    with `head`, a row that had more real tokens than that keeps its first `head` real ones and its newest
+    keep - head."""
+    window = buf[:, total - keep : total]
+    if pad is None and not head:
+        return window, None
+    lead = pad if pad is not None else torch.zeros(len(buf), dtype=torch.long, device=buf.device)
+    if head:
+        window = window.clone()
+        for i, p in enumerate(lead.tolist()):
+            if total - p > keep:  # cut: its head in front of its newest tokens
+                window[i, :head] = buf[i, p : p + head]
+    return window, (lead - (total - keep)).clamp(min=0) if pad is not None else None

@@ -18,12 +18,17 @@ Chunk = tuple[int, int, np.ndarray]  # (sequence index, first target offset with
 
 
 def chunk_sequences(
-    seqs: Sequence[Sequence[int]], context: int, start: Sequence[int] | None = None, stride: int | None = None
+    seqs: Sequence[Sequence[int]], context: int, start: Sequence[int] | None = None, stride: int | None = None,
+    head: int = 0,
 ) -> list[Chunk]:
-    """Cut sequences into scoring windows; tokens before `start[i]` (e.g. a prompt) are context only."""
+    """Cut sequences into scoring windows; tokens before `start[i]` (e.g. a prompt) are context only. With
+    `head`, every window after a sequence's first starts with the sequence's first `head` tokens (a
+    conditioned item's BOS and control tokens, as training and sampling keep them)."""
     stride = context if stride is None else stride
     if not 0 < stride <= context:
         raise ValueError(f"stride must be in 1..{context}, got {stride}")
+    if not 0 <= head < context:
+        raise ValueError(f"head must be in 0..{context - 1}, got {head}")
     chunks: list[Chunk] = []
     for i, s in enumerate(seqs):
         s = np.asarray(s, dtype=np.int64)
@@ -31,12 +36,14 @@ def chunk_sequences(
         scored_to = 0  # targets s[1 : scored_to + 1] are taken care of
         c0 = 0
         while scored_to < len(s) - 1:
-            piece = s[c0 : c0 + context + 1]
-            lo = max(scored_to + 1, first) - c0  # first target offset within this window
+            h = head if c0 > 0 else 0
+            body = s[c0 : c0 + context + 1 - h]
+            piece = np.concatenate([s[:h], body]) if h else body
+            lo = max(scored_to + 1, first) - c0 + h  # first target offset within this window
             if lo < len(piece):
                 chunks.append((i, lo, piece))
-            scored_to = c0 + len(piece) - 1
-            c0 += stride
+            scored_to = c0 + len(body) - 1
+            c0 = max(c0 + 1, scored_to - (context - stride))  # the next window's first token is context only
     return chunks
 
 
@@ -61,9 +68,10 @@ def sequence_nll(
     pad_id: int = 0,
     stride: int | None = None,
     progress: bool = False,
+    head: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per sequence: summed NLL (nats) of its scored tokens, and how many were scored."""
-    chunks = chunk_sequences(seqs, model.cfg.max_seq_len, start, stride)
+    """Per sequence: summed NLL (nats) of its scored tokens, and how many were scored (`head`: see chunk_sequences)."""
+    chunks = chunk_sequences(seqs, model.cfg.max_seq_len, start, stride, head)
     chunks.sort(key=lambda c: len(c[2]))
     nll = np.zeros(len(seqs), dtype=np.float64)
     count = np.zeros(len(seqs), dtype=np.int64)

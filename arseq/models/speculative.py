@@ -101,6 +101,7 @@ def speculative_generate(
     on_token: OnToken | None = None,
     seeds: list[int] | None = None,
     compile: Compile = False,
+    head: int = 0,
 ) -> SpecGeneration:
     """Like arseq.models.sampling.generate (same arguments and result), with proposals from `proposer`:
     up to `k` per target pass. The result's `stats` say how many were kept. `compile` compiles both
@@ -114,6 +115,8 @@ def speculative_generate(
     width = max(len(p) for p in prompts)
     if width > context:
         raise ValueError(f"prompt of {width} tokens is longer than the model's context of {context}")
+    if not 0 <= head <= min(min(map(len, prompts)), context // 2 - 1):
+        raise ValueError(f"head {head}: must be shorter than half the context and no longer than any prompt")
     draft = proposer.model if isinstance(proposer, DraftModel) else None
     if draft is model:
         raise ValueError("--draft: the draft must be another model object than the target (they hold separate caches)")
@@ -152,7 +155,7 @@ def speculative_generate(
             L = [len(s) for s in seqs]
             for i in range(B):  # a row whose window is full slides to its newest half (as plain generate)
                 if active[i] and L[i] - target.start[i] > context:
-                    target.restart(i, L[i] - context // 2)
+                    target.restart(i, L[i] - context // 2, head)
             room = min(context - (L[i] - target.start[i]) for i in range(B) if active[i])
             budget = max(steps - len(gen[i]) for i in range(B) if active[i]) - 1
             k_r = max(0, min(want, room, budget)) if not skip else 0
@@ -161,7 +164,7 @@ def speculative_generate(
                 dctx = draft.cfg.max_seq_len
                 for i in range(B):
                     if active[i] and L[i] + k_r - 1 - dcache.start[i] > dctx:
-                        dcache.restart(i, L[i] - dctx // 2)
+                        dcache.restart(i, L[i] - dctx // 2, min(head, dctx // 2 - 1))
             if draft is None and k_r > 0:
                 props = [lookup(s, k_r, proposer.n, proposer.min_n) if a else [] for s, a in zip(seqs, active)]
             else:
@@ -227,9 +230,10 @@ def speculative_generate(
                 emitted = _emit(on_token, gen, done, stopped, emitted, pad_id)
             whole = constraint is None and cfg.repetition_penalty == 1.0  # nothing needs the tokens before the window
             if draft is None and not done[0] and _give_up(stats, B, target.start[0] == 0 or whole):
-                start = target.start[0] if len(seqs[0]) - target.start[0] <= context else len(seqs[0]) - context // 2
-                _plain_rest(model, seqs[0][start:], gen[0], stopped, steps, cfg, pad_id, constraint, on_token,
-                            gens[0] if gens is not None else shared, stats, compile)
+                if len(seqs[0]) - target.start[0] > context:  # the window is full: slide as plain decoding would
+                    target.restart(0, len(seqs[0]) - context // 2, head)
+                _plain_rest(model, target.window(0, seqs[0]), gen[0], stopped, steps, cfg, pad_id, constraint, on_token,
+                            gens[0] if gens is not None else shared, stats, compile, head)
                 break
     finally:
         for m, training in was:
@@ -268,13 +272,13 @@ def _give_up(stats: SpecStats, batch: int, window_ok: bool) -> bool:
 
 def _plain_rest(model: Transformer, seq: list[int], gen: list[int], stopped: list[bool], steps: int, cfg: SamplingConfig,
                 pad_id: int, constraint: Constraint | None, on_token: OnToken | None, generator: torch.Generator | None,
-                stats: SpecStats, compile: Compile) -> None:
+                stats: SpecStats, compile: Compile, head: int) -> None:
     """Finish one row with plain decoding (fresh seed drawn from the row's generator: the same distribution)."""
     seeds = [int(torch.randint(0, 2**62, (1,), generator=generator))] if generator is not None else None
     offset = len(gen)
     shifted = (lambda step, tokens, finished: on_token(step + offset, tokens, finished)) if on_token is not None else None
     rest = generate(model, [list(seq)], replace(cfg, max_new_tokens=steps - offset, seed=None), pad_id=pad_id,
-                    constraint=constraint, on_token=shifted, seeds=seeds, compile=compile)
+                    constraint=constraint, on_token=shifted, seeds=seeds, compile=compile, head=head)
     new = rest.tokens[0] + ([cfg.stop_tokens[0]] if rest.stopped[0] and cfg.stop_tokens else [])
     gen += new
     stopped[0] = rest.stopped[0]
