@@ -133,6 +133,29 @@ def test_compile_that_cannot_work_is_one_line_or_falls_back_with_auto(model, mon
     assert len(err) == 1 and err[0].startswith("warning: --compile auto:")
 
 
+def test_a_later_graph_that_fails_to_compile_is_one_line_too(monkeypatch, capsys):
+    """The speculative passes compile two shapes: the second failing after the first worked is no traceback."""
+    def compile_once(fn, **kwargs):
+        shapes = set()
+
+        def run(*args):
+            shapes.add(tuple(args[1].shape))
+            if len(shapes) > 1:
+                raise RuntimeError("CppCompileError: C++ compile error\n  long log")
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_once)
+    step = inference.Compiled(lambda m, x: x * 2, torch.device("cpu"), fallback=False)
+    assert step(None, torch.ones(1, 1)).sum() == 2
+    with pytest.raises(ValueError, match=r"^--compile: torch.compile does not work on cpu \(CppCompileError") as e:
+        step(None, torch.ones(1, 5))
+    assert "\n" not in str(e.value)
+    auto = inference.Compiled(lambda m, x: x * 2, torch.device("cpu"), fallback=True)
+    assert auto(None, torch.ones(1, 1)).sum() == 2 and auto(None, torch.ones(1, 5)).sum() == 10  # eager from then on
+    assert capsys.readouterr().err.count("warning: --compile auto:") == 1
+
+
 def test_int8_logits_are_close_and_greedy_mostly_equal(model):
     with torch.no_grad():  # a sharper model than the init, so that greedy choices are not coin flips
         for name, p in model.named_parameters():

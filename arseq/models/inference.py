@@ -40,37 +40,37 @@ def compile_mode(value: Compile) -> str:
 
 
 class Compiled:
-    """`fn` through torch.compile; the first call (where compiling happens) turns a failure into one line,
-    or into one warning line and eager `fn` when `fallback` (compile="auto")."""
+    """`fn` through torch.compile. A call that compiles (the first, and any later one with a new shape,
+    as the speculative passes of two widths) turns a failure into one line, or into one warning line and
+    eager `fn` from then on when `fallback` (compile="auto")."""
 
     def __init__(self, fn: Callable[..., Tensor], device: torch.device, fallback: bool):
         self.eager, self.device, self.fallback = fn, device, fallback
-        self.fn: Callable[..., Tensor] | None = None
         # torch.compile keeps graphs per code object, at most 8 (recompile_limit, then a hard failure with
         # fullgraph): a copy with its own code object gives each pass its own one or two graphs, whatever
         # other models and shapes a process compiles, and a shorter list of guards to check per call.
         self.own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        # CUDA: CUDA graphs replay the whole pass in one launch. CPU: the graph's wrapper in C++ instead of
+        # Python (its ~50 buffer allocations and checks per call): 5-31 % more tokens/s at batch 1 in
+        # same-process A/B runs. dynamic=False: one graph per shape, no symbolic sizes (a static pass is the point).
+        self.how = {"mode": "reduce-overhead"} if device.type == "cuda" else {"options": {"cpp_wrapper": True}}
+        self.fn: Callable[..., Tensor] | None = None
 
     def __call__(self, *args: object) -> Tensor:
-        if self.fn is not None:
-            return self.fn(*args)
         try:
-            # CUDA: CUDA graphs replay the whole pass in one launch. CPU: the graph's wrapper in C++ instead of
-            # Python (its ~50 buffer allocations and checks per call): 5-31 % more tokens/s at batch 1 in
-            # same-process A/B runs. dynamic=False: one graph per shape, no symbolic sizes (a static pass is the point).
-            how = {"mode": "reduce-overhead"} if self.device.type == "cuda" else {"options": {"cpp_wrapper": True}}
-            fn = torch.compile(self.own, dynamic=False, fullgraph=True, **how)
-            out = fn(*args)
+            if self.fn is None:
+                self.fn = torch.compile(self.own, dynamic=False, fullgraph=True, **self.how)
+            return self.fn(*args)
         except Exception as e:  # noqa: BLE001 - whatever stops the compiler (no C++ compiler, no Triton ...)
+            if self.fn is self.eager:
+                raise
             if not self.fallback:
                 raise ValueError(f"--compile: torch.compile does not work on {self.device} ({first_line(e)}); "
                                  "use --compile off, or auto to fall back") from None
             print(f"warning: --compile auto: torch.compile does not work on {self.device} ({first_line(e)}); "
                   "decoding eagerly", file=sys.stderr)
-            fn = self.eager
-            out = fn(*args)
-        self.fn = fn
-        return out
+            self.fn = self.eager
+            return self.fn(*args)
 
 
 def compiled(model: Transformer, fn: Callable[..., Tensor], batch: int, cache_len: int, mode: str,
