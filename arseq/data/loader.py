@@ -29,8 +29,8 @@ class RandomWindows(IterableDataset):
     The stream stays on disk (memmap), so memory does not grow with the corpus. Each DDP rank and
     loader worker draws from its own seeded generator. With conditions (`controls.head` > 0) a window
     that starts inside an item longer than a window starts with the item's head (BOS and control tokens)
-    instead, then goes on from where it was drawn; the token right after the head is not a target there (after a head comes
-    the item's start, not an arbitrary point of it).
+    instead, then goes on from where it was drawn; the token right after the head is not a target there
+    (after a head comes the item's start, not an arbitrary point of it).
     """
 
     def __init__(self, token_file: Path, block_size: int, batch_size: int, seed: int, augment: Augment | None = None,

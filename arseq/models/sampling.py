@@ -150,8 +150,7 @@ def generate(
     width = max(len(p) for p in prompts)
     if width > context:
         raise ValueError(f"prompt of {width} tokens is longer than the model's context of {context}")
-    if not 0 <= head <= min(min(map(len, prompts)), context // 2 - 1):
-        raise ValueError(f"head {head}: must be shorter than half the context and no longer than any prompt")
+    check_head(head, prompts, context)
     device = model.norm.weight.device
     R, V, steps = len(prompts), model.cfg.vocab_size, cfg.max_new_tokens
     buf = torch.full((R, width + min(steps, context)), pad_id, dtype=torch.long, device=device)  # every token, left-padded
@@ -222,6 +221,12 @@ def generate(
         model.train(was_training)
     generated = buf[:B, width : width + done].tolist()
     return Generation([g[:n] for g, n in zip(generated, lengths.tolist())], finished.tolist())
+
+
+def check_head(head: int, prompts: list[list[int]], context: int) -> None:
+    """A prompt head that a slide can keep: no longer than any prompt, shorter than half the context."""
+    if not 0 <= head <= min(min(map(len, prompts)), context // 2 - 1):
+        raise ValueError(f"head {head}: must be shorter than half the context and no longer than any prompt")
 
 
 def slid(buf: Tensor, total: int, keep: int, pad: Tensor | None, head: int) -> tuple[Tensor, Tensor | None]:

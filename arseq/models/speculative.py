@@ -27,7 +27,8 @@ from torch import Tensor
 from arseq.models.inference import Compile
 from arseq.models.ngram_draft import lookup
 from arseq.models.row_cache import RowCache
-from arseq.models.sampling import Constraint, Generation, OnToken, SamplingConfig, choose, generate, process_logits
+from arseq.models.sampling import (Constraint, Generation, OnToken, SamplingConfig, check_head, choose, generate,
+                                   process_logits)
 from arseq.models.transformer import Transformer
 
 
@@ -115,8 +116,7 @@ def speculative_generate(
     width = max(len(p) for p in prompts)
     if width > context:
         raise ValueError(f"prompt of {width} tokens is longer than the model's context of {context}")
-    if not 0 <= head <= min(min(map(len, prompts)), context // 2 - 1):
-        raise ValueError(f"head {head}: must be shorter than half the context and no longer than any prompt")
+    check_head(head, prompts, context)
     draft = proposer.model if isinstance(proposer, DraftModel) else None
     if draft is model:
         raise ValueError("--draft: the draft must be another model object than the target (they hold separate caches)")
