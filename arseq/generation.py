@@ -94,8 +94,12 @@ def make_plan(loaded: Loaded, request: Request) -> tuple[Plan, SamplingConfig]:
         raise DataError(f"--cond {request.conditions[0]}: this model was trained without conditions")
     request.condition_values = dict(controls.fields) if controls is not None else {}
     plan = modality.plan(tok, request)
+    if controls is not None:
+        given = controls.given(request.conditions)
+        plan.conditions = [{**values, **given} for values in plan.conditions or [{}] * len(plan.prompts)]
+    defaults = {**plan.sampling, **modality.conditioned_sampling} if controls is not None and any(plan.conditions) else plan.sampling
     try:
-        cfg = request.sampling.resolve(plan.sampling, (tok.eos_id,))
+        cfg = request.sampling.resolve(defaults, (tok.eos_id,))
     except ValueError as e:
         raise DataError(f"sampling: {e}") from None
     if plan.new_tokens is not None:
@@ -103,8 +107,6 @@ def make_plan(loaded: Loaded, request: Request) -> tuple[Plan, SamplingConfig]:
     width = controls.width if controls is not None else 0
     plan.prompts = fit_prompts(modality, tok, plan.prompts, loaded.model.cfg.max_seq_len - width, cfg.max_new_tokens)
     if controls is not None:  # the conditions after BOS; the modality's constraint never sees them
-        given = controls.given(request.conditions)
-        plan.conditions = [{**values, **given} for values in plan.conditions or [{}] * len(plan.prompts)]
         for name, value in {kv for values in plan.conditions for kv in values.items()}:
             controls.check(name, value, f"the {modality.name} options' condition {name}={value}")
         if cfg.guidance != 1.0:
@@ -127,7 +129,8 @@ def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, com
     head = controls.head if controls is not None else 0  # BOS and the conditions stay in the context
     prompts, streamer = plan.prompts, plan.streamer if stream else None
     if spec is not None and plan.guide is not None:
-        raise DataError("--guidance with --draft: speculative decoding does not guide; drop one of them")
+        raise DataError(f"--draft: speculative decoding does not guide, and these samples are guided (guidance {cfg.guidance:g}: "
+                        f"--guidance, or the {loaded.modality.name} default for conditioned samples); add --guidance 1 or drop --draft")
     out: list[Sample] = []
     batches = range(0, len(prompts), batch_size)
     if streamer is None and len(prompts) > 1:

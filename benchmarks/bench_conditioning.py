@@ -22,15 +22,16 @@ from collections import Counter
 import arseq
 from arseq.generation import examples, held_out, make_plan, sample
 from arseq.modalities import Request, SamplingOptions
+from arseq.models import SamplingConfig
 
 
-def draw(loaded, conditions: list[str], n: int, sampling: SamplingOptions, options) -> list[list[int]]:
-    """n samples (token sequences) asked for `conditions`."""
+def draw(loaded, conditions: list[str], n: int, sampling: SamplingOptions, options) -> tuple[list[list[int]], SamplingConfig]:
+    """n samples (token sequences) asked for `conditions`, and the sampling settings they were drawn with."""
     if not conditions:
         sampling = replace(sampling, guidance=None)  # nothing to guide towards
     request = Request(n, sampling=sampling, options=options, conditions=conditions)
     plan, cfg = make_plan(loaded, request)
-    return [s.prompt + s.tokens for s in sample(loaded, plan, cfg, batch_size=min(n, 64), stream=False)]
+    return [s.prompt + s.tokens for s in sample(loaded, plan, cfg, batch_size=min(n, 64), stream=False)], cfg
 
 
 def first_bars(tok, tokens: list[int], bars: int) -> list[int]:
@@ -47,8 +48,8 @@ def main() -> None:
     p.add_argument("--min-count", type=int, default=10, help="values seen at least this often in training")
     p.add_argument("--bars", type=int, default=8, help="music: bars per sample")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=None, help="default: the modality's")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance of the conditioned samples")
+    p.add_argument("--temperature", type=float, default=None, help="default: the modality's (for conditioned samples)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance of the conditioned samples (default: the modality's)")
     args = p.parse_args()
     model = arseq.load(args.checkpoint)
     loaded = model.loaded
@@ -59,14 +60,17 @@ def main() -> None:
     options = opts(bars=args.bars) if opts is not None and "bars" in opts.__dataclass_fields__ else None
     counts = controls.counts[args.field]
     values = [v for v, c in sorted(counts.items(), key=lambda kv: -kv[1]) if c >= args.min_count]
+    if not values:
+        raise SystemExit(f"{args.checkpoint}: no {args.field} value was seen {args.min_count} times in training (--min-count)")
     sampling = SamplingOptions(seed=args.seed, temperature=args.temperature, guidance=args.guidance)
     t0 = time.perf_counter()
     train_data, val, _ = held_out(loaded, None)
     reference = examples(controls, train_data.train.items()) if train_data is not None else []
     held = [e for e in examples(controls, val) if args.field in e.conditions]
     crop = (lambda t: first_bars(loaded.tokenizer, t, args.bars)) if options is not None else (lambda t: t)
-    groups = {None: draw(loaded, [], 2 * args.samples, sampling, options)}  # unconditioned: the baseline
-    groups.update({v: draw(loaded, [f"{args.field}={v}"], args.samples, sampling, options) for v in values})
+    groups = {None: draw(loaded, [], 2 * args.samples, sampling, options)[0]}  # unconditioned: the baseline
+    for v in values:
+        groups[v], cfg = draw(loaded, [f"{args.field}={v}"], args.samples, sampling, options)
     real = [crop(list(e.tokens)) for e in held]
     everything = [seq for seqs in groups.values() for seq in seqs] + real
     shown = iter(loaded.modality.condition_values(loaded.tokenizer, everything, reference))  # one call: one reader fit
@@ -82,7 +86,7 @@ def main() -> None:
     shares = [r["share"] for r in rows.values()]
     print(json.dumps({
         "checkpoint": args.checkpoint, "field": args.field, "samples_per_value": args.samples, "bars": args.bars,
-        "temperature": args.temperature, "guidance": args.guidance,
+        "temperature": cfg.temperature, "guidance": cfg.guidance,  # the conditioned samples', as drawn
         "values": rows, "mean_share": sum(shares) / max(1, len(shares)),
         "mean_unconditioned_share": sum(r["unconditioned_share"] for r in rows.values()) / max(1, len(rows)),
         "held_out_agreement": sum(agree) / len(agree) if agree else None, "held_out_read": len(agree),

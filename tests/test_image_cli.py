@@ -108,3 +108,24 @@ def test_evaluate_reads_the_class_of_samples_back_with_a_classifier(ckpt, capsys
     assert label["items"] == 297 and 0 <= label["accuracy"] <= 1 and label["perplexity_true"] > 1
     code, _, err = run(capsys, "generate", "--checkpoint", ckpt, "--label", "3", "--cond", "label=4")
     assert code == 2 and "give the class once" in err and "Traceback" not in err
+
+
+def test_a_class_asked_for_samples_at_the_image_defaults_for_conditioned_samples(ckpt, capsys):
+    """Asked for a class, images sample at temperature 0.7 with guidance 2 (the modality's
+    `conditioned_sampling`); without one at the core's defaults; an option given wins either way."""
+    from arseq.checkpoint import load
+    from arseq.generation import make_plan
+    from arseq.modalities import Request, SamplingOptions
+
+    loaded = load(ckpt)
+    options = loaded.modality.generate_options
+    asked = make_plan(loaded, Request(2, options=options(label="3")))
+    assert (asked[1].temperature, asked[1].guidance) == (0.7, 2.0) and asked[0].guide is not None
+    free = make_plan(loaded, Request(2, options=options()))
+    assert (free[1].temperature, free[1].guidance) == (1.0, 1.0) and free[0].guide is None
+    mine = make_plan(loaded, Request(2, sampling=SamplingOptions(guidance=1.0, temperature=0.9), conditions=["label=3"]))
+    assert (mine[1].temperature, mine[1].guidance) == (0.9, 1.0) and mine[0].guide is None
+    code, _, err = run(capsys, "generate", "--checkpoint", ckpt, "--label", "3", "--draft", "ngram")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "add --guidance 1" in err
+    code, _, err = run(capsys, "generate", "--checkpoint", ckpt, "--label", "3", "--draft", "ngram", "--guidance", "1", "--num-samples", 1)
+    assert code == 0, err

@@ -100,6 +100,9 @@ class Modality:
     # A dataclass of this modality's generate/evaluate options (fields with defaults; the docstring's
     # `Args:` section is their --help). None: no options of its own. See arseq.modalities.plan.
     generate_options: ClassVar[type | None] = None
+    # Sampling defaults for conditioned samples, over `plan`'s (options given still win): e.g. guidance,
+    # where a model follows its conditions much more closely with it (README: music keys, digits).
+    conditioned_sampling: ClassVar[dict[str, Any]] = {}
 
     def plan(self, tokenizer: Tokenizer, request: Request) -> Plan:
         """Turn a request into prompts (one per sample), sampling defaults, a constraint and a streamer.
