@@ -27,7 +27,8 @@ class SamplingOptions:
         repetition_penalty: > 1 discourages tokens already present (core default 1.0)
         seed: same seed, same samples, at any batch size (sample i is seeded with seed + i)
         guidance: classifier-free guidance scale for conditioned samples (--cond, --label): > 1 follows the
-            conditions more closely, at two model rows per sample (core default 1.0: off)
+            conditions more closely, at two model rows per sample (core default 1.0: off; music and images
+            guide conditioned samples at 2 unless told otherwise)
     """
 
     max_new_tokens: int | None = None
