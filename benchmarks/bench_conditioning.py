@@ -82,6 +82,7 @@ def main() -> None:
     for value in values:
         read = read_of[value]
         rows[value] = {"share": sum(r == value for r in read) / max(1, len(read)), "read": len(read),
+                       "misread_as": dict(Counter(r for r in read if r != value).most_common(3)),
                        "unconditioned_share": free[value] / free_total, "training_items": counts[value]}
     shares = [r["share"] for r in rows.values()]
     print(json.dumps({

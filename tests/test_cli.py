@@ -234,3 +234,32 @@ def test_generate_options_from_yaml_equal_the_same_flags(trained, tmp_path, caps
     (tmp_path / "bad.yaml").write_text("temperature: warm\n")
     code, _, err = run(capsys, "generate", "--checkpoint", str(ckpt), "--config", str(tmp_path / "bad.yaml"))
     assert code == 2 and "temperature" in err and len(err.strip().splitlines()) == 1
+
+
+class RecordStartWeights(L.Callback):
+    seen: list[dict] = []
+
+    def on_train_start(self, trainer, module):
+        RecordStartWeights.seen.append({k: v.clone() for k, v in module.state_dict().items()})
+
+
+def test_ema_checkpoints_serve_the_average_and_resume_from_the_raw_weights(tiny_config, tmp_path, capsys):
+    """Lightning's EMAWeightAveraging as a config callback (configs/image/digits.yaml uses it): checkpoints hold
+    the averaged weights, which is what generate/evaluate load; resuming continues from the raw ones."""
+    ema = {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.9}}
+    code, out, _ = run(capsys, "train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path),
+                       "--trainer.callbacks", json.dumps([ema]))
+    assert code == 0
+    last = Path(out.split("last checkpoint: ")[1].split()[0])
+    ckpt = torch.load(last, weights_only=True)
+    averaged, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    assert averaged.keys() == raw.keys() and any(not torch.equal(averaged[k], raw[k]) for k in raw)
+    served = checkpoint.load(last).model.state_dict()
+    for name, weight in served.items():
+        torch.testing.assert_close(weight, averaged[f"model.{name}"], atol=0, rtol=0)
+    record = {"class_path": f"{__name__}.RecordStartWeights"}
+    code, out, _ = run(capsys, "train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path),
+                       "--ckpt_path", str(last), "--trainer.max_steps", "70", "--trainer.callbacks", json.dumps([ema, record]))
+    assert code == 0 and torch.load(Path(out.split("last checkpoint: ")[1].split()[0]), weights_only=True)["global_step"] == 70
+    start = RecordStartWeights.seen[-1]
+    assert all(torch.equal(start[k], raw[k]) for k in raw)

@@ -111,8 +111,8 @@ def test_evaluate_reads_the_class_of_samples_back_with_a_classifier(ckpt, capsys
 
 
 def test_a_class_asked_for_samples_at_the_image_defaults_for_conditioned_samples(ckpt, capsys):
-    """Asked for a class, images sample at temperature 0.7 with guidance 2 (the modality's
-    `conditioned_sampling`); without one at the core's defaults; an option given wins either way."""
+    """Asked for a class, images sample with guidance 1.5 (the modality's `conditioned_sampling`);
+    without one at the core's defaults; an option given wins either way."""
     from arseq.checkpoint import load
     from arseq.generation import make_plan
     from arseq.modalities import Request, SamplingOptions
@@ -120,7 +120,7 @@ def test_a_class_asked_for_samples_at_the_image_defaults_for_conditioned_samples
     loaded = load(ckpt)
     options = loaded.modality.generate_options
     asked = make_plan(loaded, Request(2, options=options(label="3")))
-    assert (asked[1].temperature, asked[1].guidance) == (0.7, 2.0) and asked[0].guide is not None
+    assert (asked[1].temperature, asked[1].guidance) == (1.0, 1.5) and asked[0].guide is not None
     free = make_plan(loaded, Request(2, options=options()))
     assert (free[1].temperature, free[1].guidance) == (1.0, 1.0) and free[0].guide is None
     mine = make_plan(loaded, Request(2, sampling=SamplingOptions(guidance=1.0, temperature=0.9), conditions=["label=3"]))
