@@ -262,3 +262,21 @@ def test_conditions_read_from_a_chorale_and_windows_holding_them_transpose_to_kn
     plain = np.asarray(tok.encode(converter.parse(path))[10:50])
     assert any(not np.array_equal(m.augment(plain, rng), plain) for _ in range(5))  # others are transposed
     assert m.condition_values(tok, [list(tok.encode(converter.parse(path)))])[0] == {"meter": "3/4", "key": "G major"}
+
+
+def test_music21_composers_source_takes_chosen_folders_capped_per_composer(tmp_path):
+    """modality.composers / per_composer pick the works of data.source music21_composers (a balanced corpus)."""
+    from arseq.modalities.music_corpus import music21_composers
+
+    chosen = music21_composers(("monteverdi", "mozart"), per_composer=3)
+    assert [name.split("/")[0] for name, _ in chosen] == ["monteverdi"] * 3 + ["mozart"] * 3
+    assert all(Path(path).is_file() for _, path in chosen) and len({name for name, _ in chosen}) == 6
+    read = list(MUSIC(composers=["mozart"], per_composer=2, workers=1).read([], "music21_composers", MUSIC().tokenizer))
+    assert [e.name.split("/")[0] for e in read] == ["mozart", "mozart"]
+    assert all(isinstance(e, Example) and e.conditions["composer"] == "mozart" for e in read)
+    with pytest.raises(DataError, match="per_composer must be a positive integer"):
+        MUSIC(per_composer=0)
+    with pytest.raises(DataError, match="choose works of data.source music21_composers"):
+        list(MUSIC(per_composer=2).read([], "bach_chorales", MUSIC().tokenizer))
+    with pytest.raises(DataError, match="no folder 'bachh'"):
+        list(MUSIC(composers=["bachh"]).read([], "music21_composers", MUSIC().tokenizer))

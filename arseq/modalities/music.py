@@ -32,7 +32,7 @@ from arseq.modalities import (
     Skipped,
 )
 from arseq.modalities.music_conditions import FIELDS, piece_conditions, transposed_keys
-from arseq.modalities.music_corpus import bach_chorales, music21_composers
+from arseq.modalities.music_corpus import COMPOSERS, bach_chorales, music21_composers
 from arseq.modalities.music_metrics import key_scale, score_metrics
 from arseq.modalities.music_reading import (
     SUFFIXES,
@@ -74,13 +74,18 @@ class MusicModality(Modality):
 
     def __init__(self, transpose: list[int] = [-5, 6], ppq: int = 24, max_parts: int = 16,  # noqa: B006
                  velocity: bool = False, tempo: bool = True, grace: bool = True, max_bar_quarters: int = 16,
-                 max_dur_quarters: int = 16, workers: int = 2):
+                 max_dur_quarters: int = 16, workers: int = 2, composers: list[str] | None = None,
+                 per_composer: int | None = None):
         if len(transpose) != 2 or transpose[0] > transpose[1]:
             raise DataError(f"modality.transpose must be [low, high] semitones, got {transpose}")
         self.transpose = (int(transpose[0]), int(transpose[1]))
         self.options = dict(ppq=ppq, max_parts=max_parts, velocity=velocity, tempo=tempo, grace=grace,
                             max_bar_quarters=max_bar_quarters, max_dur_quarters=max_dur_quarters)
         self.workers = max(1, workers)
+        if per_composer is not None and per_composer < 1:
+            raise DataError(f"modality.per_composer must be a positive integer, got {per_composer}")
+        # data.source music21_composers: which corpus folders, and at most how many works of each
+        self.composers, self.per_composer = composers, per_composer
         self.tokenizer = ScoreTokenizer(**self.options)  # built from options alone, so `augment` has it
 
     # ---- data ---------------------------------------------------------------------------------
@@ -100,7 +105,12 @@ class MusicModality(Modality):
         if source not in (None, *SOURCES):
             raise DataError(f"data.source {source!r}: the music modality knows {' and '.join(map(repr, SOURCES))} "
                             "(or give data.paths)")
-        items = SOURCES[source]() if source is not None else [(str(f), str(f)) for f in files]
+        if (self.composers is not None or self.per_composer is not None) and source != "music21_composers":
+            raise DataError("modality.composers and modality.per_composer choose works of data.source music21_composers")
+        if source == "music21_composers":
+            items = music21_composers(tuple(self.composers or COMPOSERS), self.per_composer)
+        else:
+            items = SOURCES[source]() if source is not None else [(str(f), str(f)) for f in files]
         jobs = [(name, path, tokenizer.to_dict(), check_roundtrip) for name, path in items]
         paths = dict(items)
         for name, tokens, exact, info, reason in read_in_parallel(jobs, self.workers):
