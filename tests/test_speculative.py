@@ -307,6 +307,28 @@ def test_cli_draft_gives_plain_greedy_output_and_reports(trained, tmp_path, caps
     assert "\n" not in err and "--draft" in err and "tokenizer differs" in err
 
 
+def test_ngram_gives_up_below_the_break_even_of_compiled_cpu_passes(monkeypatch):
+    """Proposals that yield 2 tokens per pass: worth it eagerly (break-even 1.15), not when compiled on a CPU, where
+    a verify pass costs 2.4-3.2 one-token passes (break-even 2.5); same output either way."""
+    import arseq.models.speculative as spec_module
+
+    target = tiny(20, context=128)
+
+    def half_right(tokens, k, n, min_n):  # the model's next token, then a wrong one
+        right = int(target(torch.tensor([tokens]))[0, -1].argmax())
+        after = int(target(torch.tensor([tokens + [right]]))[0, -1].argmax())
+        return [right, (after + 1) % 20][:k]
+
+    monkeypatch.setattr(spec_module, "lookup", half_right)
+    cfg = SamplingConfig(max_new_tokens=100, temperature=0)
+    plain = generate(target, [[1, 2, 3]], cfg).tokens
+    eager = speculative_generate(target, [[1, 2, 3]], cfg, NGram(), k=4)
+    compiled = speculative_generate(target, [[1, 2, 3]], cfg, NGram(), k=4, compile=True)
+    assert eager.tokens == compiled.tokens == plain
+    assert eager.stats.tokens / eager.stats.target_passes == pytest.approx(2, abs=0.1)  # kept on proposing
+    assert compiled.stats.proposed < 40 < eager.stats.proposed  # gave up after 32 tokens
+
+
 def test_failing_ngram_proposals_fall_back_to_plain_decoding(monkeypatch):
     """Proposals that are always wrong: after 32 tokens the row finishes with plain decoding, same output."""
     import arseq.models.speculative as spec_module
