@@ -102,11 +102,12 @@ class TextModality(Modality):
                     streamer=self._streamer(tokenizer, request.prompt) if stream else None)
 
     def _streamer(self, tokenizer: Tokenizer, prompt: str | None) -> Callable[[int, int], None]:
-        printed, ids = [""], []
-        if prompt:
-            sys.stdout.write(prompt)
+        printed, ids, started = [""], [], [False]
 
         def emit(row: int, token: int) -> None:
+            if not started[0]:  # the prompt goes out with the first token: making a plan prints nothing
+                sys.stdout.write(prompt or "")
+                started[0] = True
             if token == tokenizer.eos_id:
                 return
             ids.append(token)
