@@ -326,7 +326,7 @@ def test_ngram_gives_up_below_the_break_even_of_compiled_cpu_passes(monkeypatch)
     compiled = speculative_generate(target, [[1, 2, 3]], cfg, NGram(), k=4, compile=True)
     assert eager.tokens == compiled.tokens == plain
     assert eager.stats.tokens / eager.stats.target_passes == pytest.approx(2, abs=0.1)  # kept on proposing
-    assert compiled.stats.proposed < 40 < eager.stats.proposed  # gave up after 32 tokens
+    assert compiled.stats.proposed < 24 and eager.stats.proposed > 40  # compiled: gave up after 16 tokens
 
 
 def test_failing_ngram_proposals_fall_back_to_plain_decoding(monkeypatch):

@@ -146,7 +146,7 @@ def speculative_generate(
     if draft is not None:
         models.append((draft, RowCache(draft, B, _slots(width, steps, k, draft.cfg.max_seq_len), pad_id, compile, width=2)))
     target, dcache = models[0][1], models[-1][1] if draft is not None else None
-    break_even = BREAK_EVEN[device.type == "cpu" and compile_mode(compile) != "off"]
+    give_up = GIVE_UP[device.type == "cpu" and compile_mode(compile) != "off"]
     was = [(m, m.training) for m, _ in models]
     for m, _ in models:
         m.eval()
@@ -230,7 +230,7 @@ def speculative_generate(
             if on_token is not None:
                 emitted = _emit(on_token, gen, done, stopped, emitted, pad_id)
             whole = constraint is None and cfg.repetition_penalty == 1.0  # nothing needs the tokens before the window
-            if draft is None and not done[0] and _give_up(stats, B, target.start[0] == 0 or whole, break_even):
+            if draft is None and not done[0] and _give_up(stats, B, target.start[0] == 0 or whole, give_up):
                 if len(seqs[0]) - target.start[0] > context:  # the window is full: slide as plain decoding would
                     target.restart(0, len(seqs[0]) - context // 2, head)
                 _plain_rest(model, target.window(0, seqs[0]), gen[0], stopped, steps, cfg, pad_id, constraint, on_token,
@@ -264,19 +264,23 @@ def _verify(logits: Tensor, seqs: list[list[int]], L: list[int], props: list[lis
     return n, _correction(final, at, props, nprop, q_s, cfg, gens, shared), seen
 
 
-# Tokens per target pass that n-gram proposals must yield to pay for themselves, by whether passes are compiled
-# on a CPU. Eager (and on a GPU) the loop's own cost is what counts: sampled text and music at 1.00-1.14 tokens
-# per pass were slower than plain decoding, greedy music at 1.23 faster. A compiled CPU pass of k + 1 tokens
+# When n-gram proposals do not pay for themselves: (after how many tokens, under how many tokens per target
+# pass), by whether passes are compiled on a CPU. Eager (and on a GPU) the loop's own cost is what counts:
+# sampled text and music at 1.00-1.14 tokens per pass were slower than plain decoding, greedy music at 1.23
+# faster, and greedy text reaches 2.12 only after its first 16 tokens. A compiled CPU pass of k + 1 tokens
 # costs 2.4-3.2 one-token passes (bound by arithmetic, docs/speculative.md): text at 2.12 tokens per pass was
-# 0.82x plain compiled decoding, the 8 x 384 target at 3.66 1.56x. Constants, not timings, so that a seed
-# gives the same samples however loaded the machine is.
-BREAK_EVEN = {False: 1.15, True: 2.5}
+# 0.82x plain compiled decoding, the 8 x 384 target at 3.66 1.56x; deciding after 16 tokens there instead of
+# 32 took failing arms from 0.93-0.96x to 0.95-0.97x. Constants, not timings, so that a seed gives the same
+# samples however loaded the machine is.
+GIVE_UP = {False: (32, 1.15), True: (16, 2.5)}
 
 
-def _give_up(stats: SpecStats, batch: int, window_ok: bool, break_even: float) -> bool:
-    """Whether n-gram proposals pay too little (under `break_even` tokens per pass after 32 tokens) and one row
-    can go on with plain `generate` from its window (unless that slid and a constraint or penalty needs the whole row)."""
-    return batch == 1 and window_ok and stats.tokens >= 32 and stats.tokens < break_even * stats.target_passes
+def _give_up(stats: SpecStats, batch: int, window_ok: bool, rule: tuple[int, float]) -> bool:
+    """Whether n-gram proposals pay too little (`rule`: fewer tokens per pass than its second figure after its
+    first) and one row can go on with plain `generate` from its window (unless that slid and a constraint or
+    penalty needs the whole row)."""
+    after, break_even = rule
+    return batch == 1 and window_ok and stats.tokens >= after and stats.tokens < break_even * stats.target_passes
 
 
 def _plain_rest(model: Transformer, seq: list[int], gen: list[int], stopped: list[bool], steps: int, cfg: SamplingConfig,
