@@ -222,7 +222,7 @@ class ImageModality(Modality):
     generate_options = ImageGenerate
     # Samples asked for a digit show it 90-93 % of the time with guidance 1.5 at temperature 1 (the shipped
     # digits model, four seeds), 85-89 % unguided; sharper settings (temperature 0.7, guidance 2: 87-90 %)
-    # turn most "1"s into "7"s (benchmarks/bench_conditioning.py, README).
+    # cost the "1"s, most then read as 4s (benchmarks/bench_conditioning.py, README).
     conditioned_sampling = {"guidance": 1.5}
 
     def plan(self, tokenizer: PatchTokenizer, request: Request) -> Plan:

@@ -270,8 +270,8 @@ def _verify(logits: Tensor, seqs: list[list[int]], L: list[int], props: list[lis
 # faster, and greedy text reaches 2.12 only after its first 16 tokens. A compiled CPU pass of k + 1 tokens
 # costs 2.4-3.2 one-token passes (bound by arithmetic, docs/speculative.md): text at 2.12 tokens per pass was
 # 0.82x plain compiled decoding, the 8 x 384 target at 3.66 1.56x; deciding after 16 tokens there instead of
-# 32 took failing arms from 0.93-0.96x to 0.95-0.97x. Constants, not timings, so that a seed gives the same
-# samples however loaded the machine is.
+# 32 took the arms that give up from 0.93-0.96x to 0.94-0.98x. Constants, not timings, so that a seed gives
+# the same samples however loaded the machine is.
 GIVE_UP = {False: (32, 1.15), True: (16, 2.5)}
 
 
