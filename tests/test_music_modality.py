@@ -264,7 +264,7 @@ def test_conditions_read_from_a_chorale_and_windows_holding_them_transpose_to_kn
     assert m.condition_values(tok, [list(tok.encode(converter.parse(path)))])[0] == {"meter": "3/4", "key": "G major"}
 
 
-def test_music21_composers_source_takes_chosen_folders_capped_per_composer(tmp_path):
+def test_music21_composers_source_takes_chosen_folders_capped_per_composer():
     """modality.composers / per_composer pick the works of data.source music21_composers (a balanced corpus)."""
     from arseq.modalities.music_corpus import music21_composers
 

@@ -20,9 +20,9 @@ def test_every_folder_has_configs():
                          ids=lambda stack: "+".join(p.stem for p in stack))
 def test_config_parses_and_its_callbacks_build(stack, capsys):
     argv = ["train"] + [arg for p in stack for arg in ("--config", str(p))] + ["--print_config"]
-    with pytest.raises(SystemExit) as exit:
+    with pytest.raises(SystemExit) as stopped:
         main(argv)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert exit.value.code in (0, None) and printed["trainer"]["max_steps"] >= 1
+    assert stopped.value.code in (0, None) and printed["trainer"]["max_steps"] >= 1
     for spec in printed["trainer"].get("callbacks") or []:
         assert not isinstance(_instantiate(spec), dict)
