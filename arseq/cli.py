@@ -21,6 +21,7 @@ VERBS = {
     "modalities": "list the registered modalities",
     "score": "per-item NLL, perplexity and token count of given files (CSV; JSON on stdout)",
     "analyze": "do errors compound? 'arseq analyze drift': injected errors and free-running survival",
+    "serve": "an HTTP server with continuous batching and a web page (needs 'arseq[serve]')",
 }
 EPILOG = "Run 'arseq VERB --help' for the options of a verb."
 
@@ -221,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from arseq.analysis import commands
 
             return commands.run_score(rest) if verb == "score" else commands.run_analyze(rest)
+        if verb == "serve":
+            from arseq.serve.command import run_serve
+
+            return run_serve(rest)
         return run_export(rest) if verb == "export" else run_modalities(rest)
     except (DataError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
         if os.environ.get("ARSEQ_DEBUG"):

@@ -1,0 +1,310 @@
+"""The HTTP side: a Starlette app over one engine loop.
+
+`POST /v1/completions` (OpenAI's shape, SSE with `data: [DONE]`), `POST /v1/generate` (arseq's: options and
+conditions in, the modality's files out as base64, progress as SSE), `GET /v1/model`, `GET /health`,
+`GET /metrics` and the web page at `/`. Errors are one-line JSON naming the field at fault.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request as HttpRequest
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from arseq.checkpoint import Loaded
+from arseq.errors import one_line
+from arseq.serve.jobs import JobPlan, plan_job, text_of, write_files
+from arseq.serve.loop import EngineLoop, Job, _as_request_error
+from arseq.serve.metrics import Metrics
+from arseq.serve.schema import Parsed, RequestError, Schema, parse
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+KEEPALIVE_S = 1.0  # an idle stream sends an SSE comment this often (and so notices a client that left)
+
+
+@dataclass
+class Settings:
+    name: str = "arseq"
+    slots: int = 8
+    max_queue: int = 64
+    max_new_tokens_limit: int = 4096
+    timeout: float | None = 600.0
+    max_body_bytes: int = 1 << 20
+
+
+class Server:
+    """The state behind the routes: model, schema, engine loop, metrics, and the thread that writes files."""
+
+    def __init__(self, loaded: Loaded, make_engine: Callable[[], Any], settings: Settings):
+        self.loaded, self.settings = loaded, settings
+        self.metrics = Metrics()
+        self.schema = Schema(loaded, settings.max_new_tokens_limit)
+        self.loop = EngineLoop(loaded, make_engine, self.metrics, settings.max_queue)
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="arseq-write")  # music21, pillow: one at a time
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        return self.schema.describe(s.name, {"slots": s.slots, "max_queue": s.max_queue, "timeout_s": s.timeout,
+                                             "max_body_bytes": s.max_body_bytes})
+
+
+def error_response(e: RequestError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+async def read_json(request: HttpRequest, limit: int) -> Any:
+    """The body as JSON: 413 past `limit` bytes, 400 when it is not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the request body is {declared} bytes; the limit is {limit}", None)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(413, f"the request body is over the limit of {limit} bytes", None)
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"malformed JSON: {one_line(e)}", None) from None
+
+
+def sse(data: Any, event: str | None = None) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+class Run:
+    """One request in flight: its queue of engine events, its texts so far, and the way out if the client leaves."""
+
+    def __init__(self, server: Server, plan: JobPlan, http: HttpRequest):
+        self.server, self.plan, self.http = server, plan, http
+        self.queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def emit(event: tuple) -> None:
+            try:
+                loop.call_soon_threadsafe(self.queue.put_nowait, event)
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                pass
+
+        timeout = server.settings.timeout
+        self.job = Job(plan, emit, time.monotonic() + timeout if timeout else None)
+        n = len(plan.rows)
+        self.tokens: list[list[int]] = [[] for _ in range(n)]
+        self.texts = ["" for _ in range(n)]
+        self.finished = False
+        self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        server.loop.submit(self.job)
+
+    async def events(self) -> AsyncIterator[tuple]:
+        """Engine events until the request ends; ("idle",) while nothing happens; a client that left cancels it."""
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(self.queue.get(), KEEPALIVE_S)
+                except asyncio.TimeoutError:
+                    if await self.http.is_disconnected():
+                        return
+                    yield ("idle",)
+                    continue
+                if event[0] == "token":
+                    self.tokens[event[1]].append(event[2])
+                elif event[0] in ("done", "error"):
+                    self.finished = True
+                yield event
+                if self.finished:
+                    return
+        finally:
+            if not self.finished:
+                self.server.loop.cancel(self.job)
+
+    def delta(self, sample: int) -> str:
+        """New text of a sample since the last call (nothing while a multi-byte character is incomplete)."""
+        text = text_of(self.server.loaded, self.tokens[sample])
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.texts[sample] = text[len(self.texts[sample]):], text
+        return new
+
+
+async def _start(server: Server, http: HttpRequest, openai: bool) -> tuple[Run, Parsed]:
+    parsed = parse(server.schema, await read_json(http, server.settings.max_body_bytes), openai)
+    loop = asyncio.get_running_loop()
+    try:
+        plan = await loop.run_in_executor(None, plan_job, server.loaded, parsed, server.settings.max_new_tokens_limit)
+    except Exception as e:  # noqa: BLE001 - the modality refused the options: 422 naming them; else 500
+        raise _as_request_error(e) from None
+    return Run(server, plan, http), parsed
+
+
+def _usage(run: Run) -> dict[str, int]:
+    prompt = sum(len(r.prompt) for r in run.plan.rows)
+    done = sum(len(t) for t in run.tokens)
+    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+
+
+async def completions(http: HttpRequest) -> Response:
+    server: Server = http.app.state.server
+    run, parsed = await _start(server, http, openai=True)
+    name = server.settings.name
+
+    def chunk(sample: int, text: str, tokens: list[int], finish: str | None) -> dict[str, Any]:
+        return {"id": run.id, "object": "text_completion", "created": run.created, "model": name,
+                "choices": [{"index": sample, "text": text, "token_ids": tokens, "logprobs": None, "finish_reason": finish}]}
+
+    if parsed.stream:
+        async def stream() -> AsyncIterator[str]:
+            async for event in run.events():
+                if event[0] == "idle":
+                    yield ": keepalive\n\n"
+                elif event[0] == "token":
+                    yield sse(chunk(event[1], run.delta(event[1]), [event[2]], None))
+                elif event[0] == "error":
+                    yield sse(event[1].body())
+                else:
+                    for i, s in enumerate(event[2]):
+                        yield sse(chunk(i, run.delta(i), [], "stop" if s.stopped else "length"))
+            yield sse("[DONE]")
+            server.metrics.requests.labels("completions", "200").inc()
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    samples = await _result(run)
+    choices = [{"index": i, "text": text_of(server.loaded, s.tokens), "token_ids": s.tokens, "logprobs": None,
+                "finish_reason": "stop" if s.stopped else "length"} for i, s in enumerate(samples)]
+    server.metrics.requests.labels("completions", "200").inc()
+    return JSONResponse({"id": run.id, "object": "text_completion", "created": run.created, "model": name,
+                         "choices": choices, "usage": _usage(run), "seed": run.plan.seed})
+
+
+async def _result(run: Run) -> list[Any]:
+    async for event in run.events():
+        if event[0] == "error":
+            raise event[1]
+        if event[0] == "done":
+            return event[2]
+    raise RequestError(499, "the client closed the connection", None)
+
+
+async def _generated(run: Run, samples: list[Any]) -> dict[str, Any]:
+    server = run.server
+    loop = asyncio.get_running_loop()
+    try:
+        files = await loop.run_in_executor(server.writer, write_files, server.loaded, run.plan, samples)
+    except Exception as e:  # noqa: BLE001
+        log.error("writing files failed: %s", one_line(e), exc_info=e)
+        raise _as_request_error(e) from None
+    text = server.schema.prompt_kind is not None
+    return {
+        "id": run.id.replace("cmpl-", "gen-"), "object": "generation", "created": run.created, "model": server.settings.name,
+        "modality": server.loaded.modality.name, "seed": run.plan.seed, "sampling": run.plan.sampling,
+        "samples": [{"index": i, "prompt_tokens": s.prompt, "tokens": s.tokens, "stopped": s.stopped,
+                     "perplexity": s.perplexity, **({"text": text_of(server.loaded, s.tokens)} if text else {})}
+                    for i, s in enumerate(samples)],
+        "files": files, "usage": _usage(run),
+    }
+
+
+async def generate(http: HttpRequest) -> Response:
+    server: Server = http.app.state.server
+    run, parsed = await _start(server, http, openai=False)
+    if not parsed.stream:
+        body = await _generated(run, await _result(run))
+        server.metrics.requests.labels("generate", "200").inc()
+        return JSONResponse(body)
+    text = server.schema.prompt_kind is not None
+
+    async def stream() -> AsyncIterator[str]:
+        yield sse({"samples": len(run.plan.rows), "max_new_tokens": run.plan.cfg.max_new_tokens, "seed": run.plan.seed},
+                  "start")
+        async for event in run.events():
+            if event[0] == "idle":
+                yield ": keepalive\n\n"
+            elif event[0] == "token":
+                yield sse({"sample": event[1], "token": event[2], **({"text": run.delta(event[1])} if text else {})}, "token")
+            elif event[0] == "error":
+                yield sse(event[1].body(), "error")
+            else:
+                yield sse({"samples": len(event[2])}, "writing")
+                try:
+                    yield sse(await _generated(run, event[2]), "result")
+                except RequestError as e:
+                    yield sse(e.body(), "error")
+        yield sse("[DONE]")
+        server.metrics.requests.labels("generate", "200").inc()
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def model_info(http: HttpRequest) -> Response:
+    return JSONResponse(http.app.state.server.describe())
+
+
+async def models(http: HttpRequest) -> Response:
+    d = http.app.state.server.describe()
+    return JSONResponse({"object": "list", "data": [{"id": d["id"], "object": "model", "owned_by": "arseq"}]})
+
+
+async def health(http: HttpRequest) -> Response:
+    server: Server = http.app.state.server
+    ok = server.loop.thread.is_alive() and not server.loop.stopping
+    return JSONResponse({"status": "ok" if ok else "unavailable", "rows_active": server.loop.engine.active,
+                         "requests_waiting": server.loop.waiting()}, status_code=200 if ok else 503)
+
+
+async def metrics(http: HttpRequest) -> Response:
+    return Response(http.app.state.server.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def index(http: HttpRequest) -> Response:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def _endpoint(http: HttpRequest) -> str:
+    return http.url.path.rsplit("/", 1)[-1] or "index"
+
+
+async def refused(http: HttpRequest, e: Exception) -> Response:
+    assert isinstance(e, RequestError)
+    http.app.state.server.metrics.requests.labels(_endpoint(http), str(e.status)).inc()
+    return error_response(e)
+
+
+async def crashed(http: HttpRequest, e: Exception) -> Response:
+    """Anything unexpected: 500 with one line; the server goes on."""
+    log.error("request failed: %s", one_line(e), exc_info=e)
+    http.app.state.server.metrics.requests.labels(_endpoint(http), "500").inc()
+    return error_response(RequestError(500, f"internal error: {type(e).__name__}: {one_line(e)}", None))
+
+
+def create_app(loaded: Loaded, make_engine: Callable[[], Any], settings: Settings | None = None) -> Any:
+    """The ASGI app (with its engine loop, started and stopped by the app's lifespan)."""
+    server = Server(loaded, make_engine, settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        server.loop.start()
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, server.loop.stop, 5.0)
+        server.writer.shutdown(wait=True)
+
+    routes = [
+        Route("/", index), Route("/health", health), Route("/metrics", metrics),
+        Route("/v1/model", model_info), Route("/v1/models", models),
+        Route("/v1/completions", completions, methods=["POST"]), Route("/v1/generate", generate, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={RequestError: refused, Exception: crashed})
+    app.state.server = server
+    return app

@@ -1,0 +1,141 @@
+"""One HTTP request as engine rows, and its samples back as the files the modality writes.
+
+`plan_job` turns a checked request into the rows `arseq generate` would sample for the same options (the
+modality's plan, sample i seeded with seed + i, one constraint for the request's rows, guidance prompts and
+the conditioned head), so a seeded request gives what `arseq generate --seed` gives. `write_files` writes
+the samples into a private temporary folder the server creates, reads them back and deletes it.
+"""
+from __future__ import annotations
+
+import base64
+import mimetypes
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from arseq.checkpoint import Loaded
+from arseq.modalities import Plan, Request, Sample
+from arseq.serve.schema import Parsed
+
+MEDIA = {".mid": "audio/midi", ".musicxml": "application/vnd.recordare.musicxml+xml", ".png": "image/png",
+         ".wav": "audio/wav", ".fasta": "text/x-fasta", ".csv": "text/csv", ".txt": "text/plain"}
+
+
+@dataclass
+class RowSpec:
+    prompt: list[int]
+    seed: int
+    guide: list[int] | None
+
+
+@dataclass
+class JobPlan:
+    """What the engine loop needs for one request."""
+
+    rows: list[RowSpec]
+    cfg: Any  # arseq.decode.SamplingConfig
+    constraint: Any
+    head: int
+    plan: Plan
+    request: Request
+    seed: int
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        return {f.name: getattr(self.cfg, f.name) for f in fields(self.cfg) if f.name != "stop_tokens"}
+
+
+def engine_config(cfg: Any) -> Any:
+    """The core's resolved sampling settings as the engine's SamplingConfig."""
+    from arseq.decode import SamplingConfig
+
+    names = {f.name for f in fields(SamplingConfig)}
+    return SamplingConfig(**{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in names})
+
+
+def plan_job(loaded: Loaded, parsed: Parsed, max_new_tokens_limit: int) -> JobPlan:
+    """The rows of a request (DataError for options the modality refuses)."""
+    from arseq.generation import make_plan
+
+    request = parsed.request
+    seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(31)
+    request.sampling.seed = seed  # every row seeded, so an unseeded request can be repeated from its answer
+    plan, cfg = make_plan(loaded, request)
+    if parsed.token_prompt is not None:  # after BOS and the control tokens the plan put in front
+        ids = parsed.token_prompt[1:] if parsed.token_prompt[0] == loaded.tokenizer.bos_id else parsed.token_prompt
+        plan.prompts = [p + ids for p in plan.prompts]
+        plan.guide = [g + ids for g in plan.guide] if plan.guide is not None else None
+    cfg = engine_config(cfg)
+    if cfg.max_new_tokens > max_new_tokens_limit:
+        cfg.max_new_tokens = max_new_tokens_limit
+    controls = loaded.controls
+    head = controls.head if controls is not None else 0
+    guide = plan.guide if plan.guide is not None and cfg.guidance != 1.0 else None
+    rows = [RowSpec(p, seed + i, guide[i] if guide is not None else None) for i, p in enumerate(plan.prompts)]
+    constraint = plan.constraint() if plan.constraint is not None else None
+    return JobPlan(rows, cfg, constraint, head, plan, request, seed)
+
+
+def samples_of(loaded: Loaded, job: JobPlan, results: list[tuple[list[int], bool]]) -> list[Sample]:
+    """Samples as `arseq generate` makes them: prompts without control tokens, and each one's mean NLL."""
+    from arseq.models.scoring import sequence_nll
+
+    tok, controls = loaded.tokenizer, loaded.controls
+    prompts = [r.prompt for r in job.rows]
+    scored = [p + t + ([tok.eos_id] if s else []) for p, (t, s) in zip(prompts, results)]
+    nll, count = sequence_nll(loaded.model, scored, start=[len(p) for p in prompts], pad_id=tok.pad_id, head=job.head)
+    return [Sample(controls.strip(p) if controls else list(p), list(t), bool(s), float(n / c) if c else float("nan"))
+            for p, (t, s), n, c in zip(prompts, results, nll, count)]
+
+
+def text_of(loaded: Loaded, tokens: list[int]) -> str:
+    """Tokens as text where the tokenizer decodes to text (text, proteins), else their names, else ''."""
+    tok = loaded.tokenizer
+    if loaded.modality.name in ("text", "protein"):
+        try:
+            out = tok.decode(tokens)
+            return out if isinstance(out, str) else ""
+        except Exception:  # noqa: BLE001 - a partial multi-byte token: nothing to show yet
+            return ""
+    name = getattr(tok, "token_name", None)
+    return " ".join(name(t) for t in tokens) if name is not None else ""
+
+
+def write_files(loaded: Loaded, job: JobPlan, samples: list[Sample]) -> list[dict[str, Any]]:
+    """The modality's files for these samples (and a WAV of each piece of music), as base64 with names and media
+    types; written in a private temporary folder that is deleted before returning."""
+    tmp = Path(tempfile.mkdtemp(prefix="arseq-serve-"))
+    try:
+        request = job.request
+        out = tmp / "samples"
+        out.mkdir()
+        request.out = out
+        request.overwrite = False
+        written = [Path(p) for p in loaded.modality.write(loaded.tokenizer, samples, request, job.plan)]
+        written += _audio(loaded, samples, out)
+        files = []
+        for path in sorted(set(written), key=lambda p: (p.parent != out, str(p))):
+            name = path.relative_to(out).as_posix() if path.is_relative_to(out) else path.name
+            media = MEDIA.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            files.append({"name": name, "media_type": media, "data": base64.b64encode(path.read_bytes()).decode("ascii")})
+        return files
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _audio(loaded: Loaded, samples: list[Sample], out: Path) -> list[Path]:
+    """A WAV beside each piece's MIDI file (music only)."""
+    tok = loaded.tokenizer
+    if loaded.modality.name != "music" or not hasattr(tok, "decode_events"):
+        return []
+    from arseq.modalities.music_audio import render_wav
+
+    paths = []
+    for i, s in enumerate(samples):
+        path = out / f"sample_{i:03d}.wav"
+        path.write_bytes(render_wav(tok.decode_events(s.prompt + s.tokens), tok.ppq))
+        paths.append(path)
+    return paths

@@ -1,0 +1,245 @@
+"""The engine loop: one thread owns the model and the engine, admits requests' rows between steps, and hands
+every token to asyncio as it is chosen.
+
+Requests arrive from the event loop (`submit`, `cancel`) through a locked inbox; the thread plans them, submits
+their rows, steps the engine while any row is waiting or decoding, and sleeps on an event otherwise. Anything a
+request's own code raises (its plan, its constraint, scoring or reading its samples) fails that request alone;
+an exception in a step fails the requests that were decoding, and the loop goes on with a fresh engine.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from arseq.checkpoint import Loaded
+from arseq.errors import DataError, one_line
+from arseq.serve.jobs import JobPlan, samples_of
+from arseq.serve.metrics import Metrics
+from arseq.serve.schema import RequestError
+
+log = logging.getLogger(__name__)
+Emit = Callable[[tuple], None]  # ("token", sample, token) | ("done", JobPlan, samples) | ("error", RequestError)
+
+
+@dataclass
+class Job:
+    plan: JobPlan  # planned by the event loop's side (`jobs.plan_job`), so a refusal is answered before any stream
+    emit: Emit  # thread-safe: hands the event to the request's asyncio queue
+    deadline: float | None
+    submitted: float = field(default_factory=time.monotonic)
+    ids: list[int] = field(default_factory=list)  # engine row ids, one per sample (guide rows are the engine's)
+    results: dict[int, Any] = field(default_factory=dict)  # sample -> Finished
+    first_token: float | None = None
+    last_token: dict[int, float] = field(default_factory=dict)
+    failed: RequestError | None = None
+    cancelled: bool = False
+    done: bool = False
+
+
+class EngineLoop:
+    """The thread that runs the engine. `make_engine()` builds a fresh engine (at start, and after a step failed)."""
+
+    def __init__(self, loaded: Loaded, make_engine: Callable[[], Any], metrics: Metrics, max_queue: int):
+        self.loaded, self.make_engine, self.metrics = loaded, make_engine, metrics
+        self.max_queue = max_queue
+        self.engine = make_engine()
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.inbox: list[Job] = []
+        self.cancels: list[Job] = []
+        self.jobs: list[Job] = []  # planned, not done
+        self.by_row: dict[int, tuple[Job, int]] = {}
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="arseq-engine", daemon=True)
+
+    # ---- the event loop's side ---------------------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def waiting(self) -> int:
+        """Requests not yet decoding: in the inbox, or planned with no token chosen yet."""
+        with self.lock:
+            return len(self.inbox) + sum(1 for j in self.jobs if j.first_token is None)
+
+    def submit(self, job: Job) -> None:
+        """Queue a request; RequestError 429 past `max_queue` waiting ones, 503 while shutting down."""
+        with self.lock:
+            if self.stopping:
+                raise RequestError(503, "the server is shutting down", None)
+            waiting = len(self.inbox) + sum(1 for j in self.jobs if j.first_token is None)
+            if waiting >= self.max_queue:
+                self.metrics.rejected.labels("queue_full").inc()
+                raise RequestError(429, f"the queue is full ({waiting} requests waiting); retry later", None,
+                                   {"Retry-After": "1"})
+            self.inbox.append(job)
+        self.wake.set()
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: its rows leave at the next step."""
+        with self.lock:
+            job.cancelled = True
+            self.cancels.append(job)
+        self.wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop admitting; finish the rows decoding (cancelled after `timeout` seconds); end the thread."""
+        with self.lock:
+            self.stopping = True
+            pending, self.inbox = self.inbox, []
+        for job in pending:
+            job.emit(("error", RequestError(503, "the server is shutting down", None)))
+        self.stop_by = time.monotonic() + timeout
+        self.wake.set()
+        self.thread.join(timeout + 5)
+
+    # ---- the thread --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self.lock:
+                new, self.inbox = self.inbox, []
+                cancels, self.cancels = self.cancels, []
+                stopping = self.stopping
+            for job in new:
+                self._admit(job)
+            for job in cancels:
+                self._drop(job, None)
+            self._expire(stopping)
+            if stopping and not self.jobs:
+                return
+            if self.engine.waiting or self.engine.active:
+                self._step()
+            else:
+                self.wake.wait(0.5)
+                self.wake.clear()
+            self.metrics.rows_active.set(self.engine.active)
+            self.metrics.rows_waiting.set(self.engine.waiting)
+            self.metrics.requests_waiting.set(self.waiting())
+            self.metrics.requests_running.set(sum(1 for j in self.jobs if j.first_token is not None))
+
+    def _admit(self, job: Job) -> None:
+        if job.cancelled:
+            return
+        plan = job.plan
+        try:
+            constraint = self._guarded(job, plan.constraint) if plan.constraint is not None else None
+            for i, row in enumerate(plan.rows):
+                rid = self.engine.submit(row.prompt, plan.cfg, seed=row.seed, constraint=constraint, guide=row.guide,
+                                         head=plan.head, on_token=self._on_token(job, i))
+                job.ids.append(rid)
+                self.by_row[rid] = (job, i)
+            self.jobs.append(job)
+        except Exception as e:  # noqa: BLE001 - the request's own failure: answer it, keep serving
+            self._fail(job, e)
+
+    def _guarded(self, job: Job, constraint: Callable) -> Callable:
+        """The request's constraint; if it raises, the request fails and its rows may take any token until they leave."""
+        def allowed(rows: list[list[int]]) -> torch.Tensor:
+            try:
+                return constraint(rows)
+            except Exception as e:  # noqa: BLE001
+                if job.failed is None:
+                    job.failed = _as_request_error(e)
+                return torch.ones(len(rows), self.loaded.model.cfg.vocab_size, dtype=torch.bool)
+        return allowed
+
+    def _on_token(self, job: Job, sample: int) -> Callable[[int, bool], None]:
+        stops = set(job.plan.cfg.stop_tokens)
+
+        def on_token(token: int, done: bool) -> None:
+            now = time.monotonic()
+            if job.first_token is None:
+                job.first_token = now
+                self.metrics.ttft.observe(now - job.submitted)
+            last = job.last_token.get(sample)
+            if last is not None:
+                self.metrics.itl.observe(now - last)
+            job.last_token[sample] = now
+            if done and token in stops:
+                return
+            self.metrics.tokens.inc()
+            if not job.cancelled:
+                job.emit(("token", sample, token))
+        return on_token
+
+    def _step(self) -> None:
+        try:
+            finished = self.engine.step()
+        except Exception as e:  # noqa: BLE001 - fail what was decoding, start again with a fresh engine
+            log.exception("engine step failed")
+            for job in list(self.jobs):
+                self._drop(job, RequestError(500, f"decoding failed: {one_line(e)}", None))
+            self.by_row.clear()
+            self.engine = self.make_engine()
+            return
+        for f in finished:
+            owner = self.by_row.pop(f.id, None)
+            if owner is None:
+                continue
+            job, sample = owner
+            job.results[sample] = f
+            if getattr(f, "error", None) and job.failed is None:
+                job.failed = RequestError(500, f"decoding failed: {f.error}", None)
+        for job in list(self.jobs):
+            if job.failed is not None:
+                self._drop(job, job.failed)
+            elif len(job.results) == len(job.ids):
+                self._complete(job)
+
+    def _complete(self, job: Job) -> None:
+        self.jobs.remove(job)
+        job.done = True
+        if job.cancelled:
+            return
+        try:
+            results = [(list(job.results[i].tokens), bool(job.results[i].stopped)) for i in range(len(job.ids))]
+            samples = samples_of(self.loaded, job.plan, results)
+        except Exception as e:  # noqa: BLE001
+            self._fail(job, e)
+            return
+        self.metrics.latency.observe(time.monotonic() - job.submitted)
+        job.emit(("done", job.plan, samples))
+
+    def _drop(self, job: Job, error: RequestError | None) -> None:
+        """Cancel a job's rows (they leave at the next step); answer it with `error` unless the client is gone."""
+        for rid in job.ids:
+            self.engine.cancel(rid)
+            self.by_row.pop(rid, None)
+        if job in self.jobs:
+            self.jobs.remove(job)
+        if not job.done:
+            job.done = True
+            if error is not None:
+                job.emit(("error", error))
+            elif job.cancelled:
+                self.metrics.cancelled.labels("disconnect").inc()
+
+    def _expire(self, stopping: bool) -> None:
+        now = time.monotonic()
+        for job in list(self.jobs):
+            if job.deadline is not None and now > job.deadline:
+                self.metrics.cancelled.labels("timeout").inc()
+                self._drop(job, RequestError(504, f"timeout: the request ran longer than the server's --timeout of "
+                                             f"{job.deadline - job.submitted:g} s", None))
+            elif stopping and now > self.stop_by:
+                self._drop(job, RequestError(503, "the server is shutting down", None))
+
+    def _fail(self, job: Job, e: Exception) -> None:
+        error = _as_request_error(e)
+        if error.status >= 500:
+            log.error("request failed: %s", one_line(e), exc_info=e)
+        self._drop(job, error)
+
+
+def _as_request_error(e: Exception) -> RequestError:
+    """A modality's refusal (DataError, ValueError from checks) is the client's 422; anything else the server's 500."""
+    if isinstance(e, RequestError):
+        return e
+    if isinstance(e, (DataError, ValueError)):
+        return RequestError(422, one_line(e), None)
+    return RequestError(500, f"internal error: {type(e).__name__}: {one_line(e)}", None)

@@ -1,0 +1,286 @@
+"""What a served model accepts, described (`GET /v1/model`) and checked (every POST body).
+
+Request bodies are flat JSON objects of the Python API's option names (`temperature`, `top_p`, a modality's
+`bars` or `label`, ...) plus `num_samples` (or `n`), `prompt`, `conditions` and `stream`; the completions
+endpoint also takes OpenAI's names (`max_tokens`, `n`). Only the core's sampling options and the modality's
+own options are accepted: nothing that names a file, a checkpoint, a device or code (`out`, `draft`,
+`config`, `checkpoint`, `modality`, ...) exists here. Every problem is a `RequestError` naming its field.
+"""
+from __future__ import annotations
+
+import re
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from arseq.checkpoint import Loaded
+from arseq.modalities import Request, SamplingOptions
+from arseq.models.sampling import SamplingConfig
+
+MAX_SAMPLES = 64  # samples per request
+MAX_SEED = 2**63 - 1
+# (lowest, highest, lowest excluded) of the core's sampling options
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "temperature": (0.0, 100.0, False), "top_k": (1, 2**31, False), "top_p": (0.0, 1.0, True),
+    "min_p": (0.0, 1.0, False), "repetition_penalty": (0.0, 100.0, True), "guidance": (0.0, 100.0, False),
+    "seed": (0, MAX_SEED, False),
+}
+OPENAI_ALIASES = {"max_tokens": "max_new_tokens", "n": "num_samples"}
+# OpenAI fields taken and ignored, and those refused unless they are left at their neutral value
+IGNORED = {"model", "user"}
+NEUTRAL = {"stop": (None, [], ""), "echo": (None, False), "logprobs": (None, 0, False), "suffix": (None, ""),
+           "best_of": (None, 1), "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
+           "logit_bias": (None, {})}
+
+
+class RequestError(Exception):
+    """A request the server refuses: HTTP `status`, the `field` at fault (or None), one line."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.field, self.headers = status, field, headers or {}
+
+    def body(self) -> dict[str, Any]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": str(self), "type": kind, "field": self.field, "code": self.status}}
+
+
+def arg_help(cls: type) -> dict[str, str]:
+    """A dataclass's `Args:` docstring section, one line per field."""
+    doc = cls.__doc__ or ""
+    section = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+    out: dict[str, str] = {}
+    for m in re.finditer(r"^\s+(\w+): (.+(?:\n\s{12,}.+)*)", section, re.M):
+        out[m.group(1)] = " ".join(m.group(2).split())
+    return out
+
+
+@dataclass
+class Option:
+    name: str
+    type: str  # integer, number, boolean, string
+    group: str  # sampling or the modality's name
+    default: Any = None
+    choices: list[Any] | None = None
+    help: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    nullable: bool = True
+
+
+def _option(name: str, hint: Any, group: str, default: Any, help: str) -> Option:
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    base = args[0]
+    nullable = type(None) in typing.get_args(hint)
+    if typing.get_origin(base) is Literal:
+        return Option(name, "string", group, default, list(typing.get_args(base)), help, nullable=nullable)
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string"}.get(base)
+    if kind is None:
+        raise TypeError(f"option {name}: type {hint} cannot be given over HTTP")
+    lo, hi, _ = RANGES.get(name, (None, None, False))
+    return Option(name, kind, group, default, None, help, lo, hi, nullable)
+
+
+def _default(f: Any) -> Any:
+    return f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
+
+
+@dataclass
+class Schema:
+    """The options a served model takes, its conditions and limits."""
+
+    loaded: Loaded
+    max_new_tokens_limit: int
+    options: dict[str, Option] = field(default_factory=dict)
+    conditions: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        modality = self.loaded.modality
+        effective = asdict(SamplingConfig())
+        effective.update(self.sampling_defaults())
+        helps = arg_help(SamplingOptions)
+        for f in fields(SamplingOptions):
+            self.options[f.name] = _option(f.name, typing.get_type_hints(SamplingOptions)[f.name], "sampling",
+                                           effective.get(f.name), helps.get(f.name, ""))
+        self.options["max_new_tokens"].minimum, self.options["max_new_tokens"].maximum = 1, self.max_new_tokens_limit
+        if self.options["max_new_tokens"].default is not None:
+            self.options["max_new_tokens"].default = min(self.options["max_new_tokens"].default, self.max_new_tokens_limit)
+        cls = modality.generate_options
+        if cls is not None:
+            helps = arg_help(cls)
+            for f in fields(cls):
+                self.options[f.name] = _option(f.name, typing.get_type_hints(cls)[f.name], modality.name, _default(f),
+                                               helps.get(f.name, ""))
+        controls = self.loaded.controls
+        self.conditions = {k: list(v) for k, v in controls.fields.items()} if controls is not None else {}
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        """The modality's sampling defaults for an unconditioned request (conditioned ones add `conditioned_sampling`)."""
+        from arseq.generation import make_plan
+
+        try:
+            plan, cfg = make_plan(self.loaded, Request(num_samples=1))
+        except Exception:  # a plugin whose plan needs options: the core's defaults
+            return {}
+        out = {k: v for k, v in asdict(cfg).items() if k != "stop_tokens"}
+        if plan.new_tokens is not None:
+            out["max_new_tokens"] = plan.new_tokens
+        return out
+
+    @property
+    def prompt_kind(self) -> str | None:
+        """What a text `prompt` is for this model: text to continue, a protein motif, or nothing (a file would be)."""
+        return {"text": "text", "protein": "motif"}.get(self.loaded.modality.name)
+
+    def describe(self, name: str, limits: dict[str, Any]) -> dict[str, Any]:
+        loaded = self.loaded
+        modality = loaded.modality
+        return {
+            "id": name, "object": "model", "modality": modality.name,
+            "context": loaded.model.cfg.max_seq_len, "vocab_size": loaded.model.cfg.vocab_size,
+            "conditions": self.conditions,
+            "conditioned_sampling": dict(modality.conditioned_sampling) if self.conditions else {},
+            "options": [asdict(o) for o in self.options.values()],
+            "prompt": self.prompt_kind,
+            "limits": {"max_samples": MAX_SAMPLES, "max_new_tokens": self.max_new_tokens_limit, **limits},
+        }
+
+
+@dataclass
+class Parsed:
+    """A checked request: the core's Request (no `out` yet), token-id prompts, and how to answer."""
+
+    request: Request
+    stream: bool = False
+    token_prompt: list[int] | None = None
+
+
+def _check_value(opt: Option, value: Any, where: str) -> Any:
+    if value is None:
+        if opt.nullable:
+            return None
+        raise RequestError(400, f"{where}: must not be null", where)
+    if opt.type == "boolean" and not isinstance(value, bool):
+        raise RequestError(400, f"{where}: expected true or false, got {value!r}", where)
+    if opt.type == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise RequestError(400, f"{where}: expected an integer, got {value!r}", where)
+    if opt.type == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+            raise RequestError(400, f"{where}: expected a number, got {value!r}", where)
+        value = float(value)
+    if opt.type == "string" and not isinstance(value, str):
+        raise RequestError(400, f"{where}: expected a string, got {value!r}", where)
+    if opt.choices is not None and value not in opt.choices:
+        raise RequestError(422, f"{where}: must be one of {', '.join(map(str, opt.choices))}, got {value!r}", where)
+    if opt.type in ("integer", "number"):
+        lo, hi, open_lo = RANGES.get(opt.name, (opt.minimum, opt.maximum, False))
+        if opt.name == "max_new_tokens":
+            lo, hi = opt.minimum, opt.maximum
+        if lo is not None and (value < lo or (open_lo and value == lo)) or hi is not None and value > hi:
+            low = f"> {lo:g}" if open_lo else f">= {lo:g}"
+            raise RequestError(422, f"{where}: must be {low} and <= {hi:g}, got {value!r}", where)
+    return value
+
+
+def parse(schema: Schema, body: Any, openai: bool = False) -> Parsed:
+    """A request body checked against the schema; RequestError (4xx) naming the field otherwise."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object", None)
+    body = dict(body)
+    stream = body.pop("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError(400, f"stream: expected true or false, got {stream!r}", "stream")
+    if openai:
+        for key in IGNORED:
+            body.pop(key, None)
+        for key, neutral in NEUTRAL.items():
+            if key in body and body.pop(key) not in neutral:
+                raise RequestError(422, f"{key}: not supported by this server (leave it out)", key)
+        for alias, name in OPENAI_ALIASES.items():
+            if alias in body:
+                if name in body:
+                    raise RequestError(400, f"{alias}: give {alias} or {name}, not both", alias)
+                body[name] = body.pop(alias)
+    elif "n" in body:
+        body.setdefault("num_samples", body.pop("n"))
+    num = body.pop("num_samples", 1)
+    if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= MAX_SAMPLES:
+        raise RequestError(422 if isinstance(num, int) and not isinstance(num, bool) else 400,
+                           f"num_samples: expected an integer from 1 to {MAX_SAMPLES}, got {num!r}", "num_samples")
+    prompt, token_prompt = body.pop("prompt", None), None
+    conditions = _conditions(schema, body.pop("conditions", None))
+    values: dict[str, Any] = {}
+    for key, value in body.items():
+        opt = schema.options.get(key)
+        if opt is None:
+            known = ", ".join(["num_samples", "prompt", "conditions", "stream", *schema.options])
+            raise RequestError(400, f"{key}: unknown option; known: {known}", key)
+        values[key] = _check_value(opt, value, key)
+    sampling = SamplingOptions(**{f.name: values.get(f.name) for f in fields(SamplingOptions)})
+    cls = schema.loaded.modality.generate_options
+    own = {k: v for k, v in values.items() if k not in schema.options or schema.options[k].group != "sampling"}
+    options = cls(**own) if cls is not None else None
+    if isinstance(prompt, list):
+        token_prompt = _token_prompt(schema, prompt)
+        prompt = None
+    elif prompt is not None:
+        prompt = _text_prompt(schema, prompt, options)
+    return Parsed(Request(num_samples=num, prompt=prompt, sampling=sampling, options=options, conditions=conditions),
+                  stream, token_prompt)
+
+
+def _conditions(schema: Schema, given: Any) -> list[str]:
+    if given is None:
+        return []
+    if not isinstance(given, dict):
+        raise RequestError(400, f"conditions: expected an object of field: value, got {given!r}", "conditions")
+    if given and not schema.conditions:
+        raise RequestError(422, "conditions: this model was trained without conditions", "conditions")
+    out = []
+    for name, value in given.items():
+        where = f"conditions.{name}"
+        if name not in schema.conditions:
+            raise RequestError(422, f"{where}: unknown condition field; known: {', '.join(schema.conditions)}", where)
+        if value is None:
+            continue
+        if not isinstance(value, str) or value not in schema.conditions[name]:
+            raise RequestError(422, f"{where}: {value!r} was never seen in training; known: {', '.join(schema.conditions[name])}", where)
+        out.append(f"{name}={value}")
+    return out
+
+
+def _token_prompt(schema: Schema, ids: list[Any]) -> list[int]:
+    vocab = schema.loaded.tokenizer.vocab_size  # the modality's own ids: control tokens come from `conditions`
+    if not ids or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in ids):
+        raise RequestError(422, f"prompt: token ids must be a non-empty list of integers in [0, {vocab})", "prompt")
+    room = schema.loaded.model.cfg.max_seq_len - (schema.loaded.controls.width if schema.loaded.controls else 0) - 2
+    if len(ids) > room:
+        raise RequestError(422, f"prompt: {len(ids)} tokens; this model's context allows at most {room}", "prompt")
+    return ids
+
+
+def _text_prompt(schema: Schema, prompt: Any, options: Any) -> str | None:
+    if not isinstance(prompt, str):
+        raise RequestError(400, f"prompt: expected a string or a list of token ids, got {type(prompt).__name__}", "prompt")
+    kind = schema.prompt_kind
+    if kind is None:
+        raise RequestError(422, f"prompt: a {schema.loaded.modality.name} model's prompt is a file, which this server does "
+                           "not read; send token ids instead", "prompt")
+    room = schema.loaded.model.cfg.max_seq_len - (schema.loaded.controls.width if schema.loaded.controls else 0) - 2
+    if len(prompt) > 8 * room:  # before encoding anything large
+        raise RequestError(422, f"prompt: {len(prompt)} characters, more than this model's context of {room} tokens holds", "prompt")
+    try:
+        n = len(schema.loaded.tokenizer.encode(prompt)) if kind == "text" else len(prompt)
+    except ValueError as e:
+        raise RequestError(422, f"prompt: {e}", "prompt") from None
+    if n > room:
+        raise RequestError(422, f"prompt: {n} tokens; this model's context allows at most {room}", "prompt")
+    if kind == "motif":  # a protein prompt is a motif: given as `prefix`, which is never read as a file
+        if options.prefix:
+            raise RequestError(422, "prompt: give the start motif as prompt or prefix, not both", "prompt")
+        options.prefix = prompt or None
+        return None
+    return prompt

@@ -1,0 +1,252 @@
+"""`arseq serve` over real HTTP on a loopback port: completions and generate for every built-in modality,
+streaming and not; seeded requests equal `arseq generate --seed`; a client that leaves frees its slot; a full
+queue gives 429; bad requests get one-line 4xx naming the field and the server keeps serving."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import wave
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("prometheus_client")
+
+from serving import Served, events, tiny_model, wait_for  # noqa: E402
+
+from arseq.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    made = {}
+
+    def get(name):
+        if name not in made:
+            made[name] = tiny_model(name, tmp_path_factory.mktemp(f"serve_{name}"))
+        return made[name]
+    return get
+
+
+@pytest.fixture(scope="module")
+def text(trained):
+    s = Served(trained / "checkpoints" / "last.ckpt", slots=4, max_queue=8)
+    yield s
+    s.stop()
+
+
+def cli_files(tmp_path, ckpt, *args):
+    out = tmp_path / "cli"
+    out.mkdir()  # a folder: proteins write designs.fasta in it, as the server does
+    assert main(["generate", "--checkpoint", str(ckpt), "--out", str(out), *map(str, args)]) == 0
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def served_files(body):
+    return {f["name"]: base64.b64decode(f["data"]) for f in body["files"]}
+
+
+def test_text_completion_equals_generate_and_streams(text, trained, tmp_path):
+    body = {"prompt": "the cat", "max_tokens": 40, "n": 2, "seed": 11, "temperature": 0.8}
+    status, out = text.post("/v1/completions", body)
+    assert status == 200 and out["object"] == "text_completion" and len(out["choices"]) == 2
+    assert out["usage"]["completion_tokens"] == sum(len(c["token_ids"]) for c in out["choices"])
+    files = cli_files(tmp_path, trained / "checkpoints" / "last.ckpt", "--prompt", "the cat", "--max-new-tokens", 40,
+                      "--num-samples", 2, "--seed", 11, "--temperature", 0.8)
+    assert [files[f"sample_{i:03d}.txt"].decode() for i in range(2)] == ["the cat" + c["text"] for c in out["choices"]]
+
+    conn, r = text.stream("/v1/completions", body)
+    assert r.status == 200 and r.getheader("content-type").startswith("text/event-stream")
+    frames = [data for _, data in events(r)]
+    conn.close()
+    assert frames[-1] == "[DONE]"
+    chunks = [json.loads(f) for f in frames[:-1]]
+    streamed = ["".join(c["choices"][0]["text"] for c in chunks if c["choices"][0]["index"] == i) for i in range(2)]
+    assert streamed == [c["text"] for c in out["choices"]]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]] == \
+        [c["finish_reason"] for c in out["choices"]]
+
+
+def test_token_id_prompts_and_the_same_sample_under_load(text):
+    ids = text.loaded.tokenizer.encode("a dog")
+    alone = text.post("/v1/completions", {"prompt": ids, "max_tokens": 30, "seed": 5})[1]["choices"][0]["token_ids"]
+    conns = [text.stream("/v1/completions", {"prompt": "we like", "max_tokens": 60, "seed": s}) for s in (1, 2)]
+    busy = text.post("/v1/completions", {"prompt": ids, "max_tokens": 30, "seed": 5})[1]["choices"][0]["token_ids"]
+    for c, r in conns:
+        assert list(events(r))[-1][1] == "[DONE]"
+        c.close()
+    assert busy == alone and len(alone) > 0
+
+
+def test_generate_text_files_and_progress_events(text):
+    conn, r = text.stream("/v1/generate", {"prompt": "birds", "num_samples": 2, "max_new_tokens": 20, "seed": 3})
+    seen = list(events(r))
+    conn.close()
+    names = [n for n, _ in seen]
+    assert names[0] == "start" and "token" in names and names[-2] == "result" and seen[-1][1] == "[DONE]"
+    result = json.loads(seen[-2][1])
+    assert sorted(served_files(result)) == ["sample_000.txt", "sample_001.txt"]
+    assert all(f["media_type"] == "text/plain" for f in result["files"]) and result["seed"] == 3
+    tokens = [json.loads(d)["token"] for n, d in seen if n == "token" and json.loads(d)["sample"] == 0]
+    assert tokens == result["samples"][0]["tokens"]
+
+
+def test_music_generate_with_key_and_meter_equals_generate(models, tmp_path):
+    from arseq.modalities.music_audio import duration_seconds
+
+    ckpt = models("music")
+    s = Served(ckpt)
+    try:
+        info = json.loads(s.get("/v1/model")[1])
+        assert info["modality"] == "music" and {"key", "meter"} <= set(info["conditions"])
+        key, meter = info["conditions"]["key"][0], info["conditions"]["meter"][0]
+        options = {o["name"]: o for o in info["options"]}
+        assert options["temperature"]["default"] == 0.9 and options["bars"]["group"] == "music"
+        status, body = s.post("/v1/generate", {"num_samples": 2, "max_new_tokens": 80, "bars": 2, "seed": 4,
+                                               "conditions": {"key": key, "meter": meter}})
+        assert status == 200, body
+        files = served_files(body)
+        assert sorted(files) == [f"sample_{i:03d}{x}" for i in range(2) for x in (".mid", ".musicxml", ".png", ".wav")]
+        cli = cli_files(tmp_path, ckpt, "--num-samples", 2, "--max-new-tokens", 80, "--bars", 2, "--seed", 4,
+                        "--cond", f"key={key}", "--cond", f"meter={meter}")
+        assert all(files[n] == cli[n] for n in cli if n.endswith((".mid", ".png")))
+        tok = s.loaded.tokenizer
+        for i, sample in enumerate(body["samples"]):
+            with wave.open(io.BytesIO(files[f"sample_{i:03d}.wav"])) as w:
+                seconds = w.getnframes() / w.getframerate()
+            assert abs(seconds - duration_seconds(tok.decode_events(sample["prompt_tokens"] + sample["tokens"]), tok.ppq)) < 1e-3
+        status, body = s.post("/v1/completions", {"prompt": [tok.bos_id], "max_tokens": 12, "seed": 1})
+        assert status == 200 and body["choices"][0]["text"].split()[0] != ""  # token names
+    finally:
+        s.stop()
+
+
+def test_image_generate_with_a_digit_equals_generate(models, tmp_path):
+    ckpt = models("image")
+    s = Served(ckpt)
+    try:
+        info = json.loads(s.get("/v1/model")[1])
+        assert info["conditions"]["label"] == [str(d) for d in range(10)]
+        status, body = s.post("/v1/generate", {"num_samples": 3, "label": "7", "seed": 2})
+        assert status == 200, body
+        files = served_files(body)
+        assert sorted(files) == ["grid.png", "sample_000_7.png", "sample_001_7.png", "sample_002_7.png"]
+        assert files == cli_files(tmp_path, ckpt, "--num-samples", 3, "--label", 7, "--seed", 2)
+        conn, r = s.stream("/v1/completions", {"max_tokens": 8, "seed": 0, "conditions": {"label": "3"}})
+        assert list(events(r))[-1][1] == "[DONE]"
+        conn.close()
+    finally:
+        s.stop()
+
+
+def test_protein_generate_with_a_tag_and_motif_equals_generate(models, tmp_path):
+    ckpt = models("protein")
+    s = Served(ckpt)
+    try:
+        info = json.loads(s.get("/v1/model")[1])
+        assert info["conditions"] == {"tag": ["polyA", "polyW"]} and info["prompt"] == "motif"
+        request = {"num_samples": 3, "prompt": "MK", "max_length": 20, "seed": 9, "conditions": {"tag": "polyW"}}
+        status, body = s.post("/v1/generate", request)
+        assert status == 200, body
+        files = served_files(body)
+        assert sorted(files) == ["designs.csv", "designs.fasta"]
+        cli = cli_files(tmp_path, ckpt, "--num-samples", 3, "--prompt", "MK", "--max-length", 20, "--seed", 9,
+                        "--cond", "tag=polyW")
+        assert files == cli and all(sample["text"] is not None for sample in body["samples"])
+        status, body = s.post("/v1/completions", {"prompt": "MA", "max_tokens": 10, "seed": 9})
+        assert status == 200 and body["choices"][0]["text"].isalpha() or body["choices"][0]["text"] == ""
+    finally:
+        s.stop()
+
+
+BAD = [  # (body or raw bytes, status, field)
+    (b"{not json", 400, None),
+    ([1, 2], 400, None),
+    ({"temperature": "hot"}, 400, "temperature"),
+    ({"temperature": -1}, 422, "temperature"),
+    ({"top_p": 0}, 422, "top_p"),
+    ({"top_k": 1.5}, 400, "top_k"),
+    ({"max_tokens": 10**9}, 422, "max_new_tokens"),
+    ({"n": 0}, 422, "num_samples"),
+    ({"n": 1000}, 422, "num_samples"),
+    ({"seed": True}, 400, "seed"),
+    ({"colour": "red"}, 400, "colour"),
+    ({"out": "/tmp/x"}, 400, "out"),
+    ({"draft": "runs/other"}, 400, "draft"),
+    ({"checkpoint": "runs/other"}, 400, "checkpoint"),
+    ({"conditions": {"key": "C major"}}, 422, "conditions"),
+    ({"prompt": {"file": "/etc/passwd"}}, 400, "prompt"),
+    ({"prompt": [10**6]}, 422, "prompt"),
+    ({"prompt": "x" * 5000}, 422, "prompt"),
+    ({"prompt": "hi", "stop": ["\n"]}, 422, "stop"),
+    ({"stream": "yes"}, 400, "stream"),
+]
+
+
+@pytest.mark.parametrize("body, status, field", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(text, body, status, field):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    got, _, data = text.request("POST", "/v1/completions", raw=raw)
+    error = json.loads(data)["error"]
+    assert got == status and error["field"] == field and "\n" not in error["message"], error
+    assert text.post("/v1/completions", {"prompt": "a", "max_tokens": 2})[0] == 200
+
+
+def test_body_limit_paths_and_a_failing_request(text, monkeypatch):
+    status, _, data = text.request("POST", "/v1/generate", raw=b"{" + b" " * (2 << 20) + b"}")
+    assert status == 413 and "limit" in json.loads(data)["error"]["message"]
+    status, body = text.post("/v1/generate", {"prompt_file": "/etc/passwd"})
+    assert status == 400 and body["error"]["field"] == "prompt_file"
+    modality = text.loaded.modality
+    real = type(modality).plan
+
+    def broken(tok, request):
+        plan = real(modality, tok, request)
+        plan.constraint = lambda: (lambda rows: 1 / 0)
+        return plan
+    monkeypatch.setattr(modality, "plan", broken)
+    status, body = text.post("/v1/completions", {"prompt": "a", "max_tokens": 5})
+    assert status == 500 and "ZeroDivisionError" in body["error"]["message"]
+    monkeypatch.undo()
+    assert text.post("/v1/completions", {"prompt": "a", "max_tokens": 5})[0] == 200
+
+
+def test_disconnect_frees_the_slot_and_a_full_queue_gives_429(trained):
+    s = Served(trained / "checkpoints" / "last.ckpt", slots=1, max_queue=1)
+    try:
+        long = {"prompt": "the", "max_tokens": 4000, "seed": 0}
+        conn, r = s.stream("/v1/completions", long)
+        next(events(r))  # decoding: its row holds the one slot
+        waiting = s.stream("/v1/completions", long)
+        wait_for(lambda: s.metric("arseq_requests_waiting") == 1)
+        status, headers, data = s.request("POST", "/v1/completions", {"prompt": "a", "max_tokens": 2})
+        assert status == 429 and headers["retry-after"] == "1" and json.loads(data)["error"]["code"] == 429
+        assert s.metric("arseq_requests_rejected_total", 'reason="queue_full"') == 1
+        for c, _ in (waiting, (conn, r)):
+            c.sock.close()
+            c.close()
+        wait_for(lambda: s.metric("arseq_rows_active") == 0 and s.metric("arseq_requests_cancelled_total", 'reason="disconnect"') == 2)
+        assert s.post("/v1/completions", {"prompt": "a", "max_tokens": 2})[0] == 200
+    finally:
+        s.stop()
+
+
+def test_timeout_health_metrics_and_page(trained):
+    s = Served(trained / "checkpoints" / "last.ckpt", slots=2, timeout=0.3)
+    try:
+        status, body = s.post("/v1/completions", {"prompt": "the", "max_tokens": 4000})
+        assert status == 504 and body["error"]["message"].startswith("timeout")
+        assert json.loads(s.get("/health")[1])["status"] == "ok"
+        assert s.post("/v1/completions", {"prompt": "a", "max_tokens": 3})[0] == 200
+        text = s.get("/metrics")[1].decode()
+        for name in ("arseq_requests_running", "arseq_requests_waiting", "arseq_generated_tokens_total",
+                     "arseq_time_to_first_token_seconds_bucket", "arseq_inter_token_latency_seconds_bucket",
+                     "arseq_request_latency_seconds_bucket", "arseq_requests_rejected_total", 'reason="timeout"'):
+            assert name in text, name
+        status, page = s.get("/")
+        assert status == 200 and b"/v1/model" in s.get("/static/app.js")[1] and b"<script" in page
+        assert b"http://" not in page and b"https://" not in page  # nothing from elsewhere
+    finally:
+        s.stop()
