@@ -25,7 +25,17 @@ SMOKE = {
 }
 
 
-def tiny_model(name: str, root: Path) -> Path:
+_TRAINED: dict[str, Path] = {}  # shared by the test modules of one session
+
+
+def tiny_model(name: str, tmp_path_factory: Any) -> Path:
+    """A tiny model of a built-in modality, trained once per test session (see `train_tiny`)."""
+    if name not in _TRAINED:
+        _TRAINED[name] = train_tiny(name, tmp_path_factory.mktemp(f"serve_{name}"))
+    return _TRAINED[name]
+
+
+def train_tiny(name: str, root: Path) -> Path:
     """Train a tiny (untrained, really: 4 steps) model of a built-in modality, with conditions where it has them:
     music (key, meter: five chorales), image (the digit), protein (a tag in each FASTA header)."""
     data = root / "data"

@@ -21,13 +21,7 @@ from arseq.cli import main  # noqa: E402
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    made = {}
-
-    def get(name):
-        if name not in made:
-            made[name] = tiny_model(name, tmp_path_factory.mktemp(f"serve_{name}"))
-        return made[name]
-    return get
+    return lambda name: tiny_model(name, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -233,18 +227,19 @@ def test_disconnect_frees_the_slot_and_a_full_queue_gives_429(trained):
         s.stop()
 
 
-def test_timeout_health_metrics_and_page(trained):
-    s = Served(trained / "checkpoints" / "last.ckpt", slots=2, timeout=0.3)
+def test_timeout_health_metrics_and_page(models):
+    s = Served(models("image"), slots=1, timeout=1.0)  # 64 images of 66 tokens, one at a time: seconds
     try:
-        status, body = s.post("/v1/completions", {"prompt": "the", "max_tokens": 4000})
+        status, body = s.post("/v1/generate", {"num_samples": 64})
         assert status == 504 and body["error"]["message"].startswith("timeout")
         assert json.loads(s.get("/health")[1])["status"] == "ok"
-        assert s.post("/v1/completions", {"prompt": "a", "max_tokens": 3})[0] == 200
+        assert s.post("/v1/completions", {"max_tokens": 3})[0] == 200
         text = s.get("/metrics")[1].decode()
         for name in ("arseq_requests_running", "arseq_requests_waiting", "arseq_generated_tokens_total",
                      "arseq_time_to_first_token_seconds_bucket", "arseq_inter_token_latency_seconds_bucket",
                      "arseq_request_latency_seconds_bucket", "arseq_requests_rejected_total", 'reason="timeout"'):
             assert name in text, name
+        wait_for(lambda: s.metric("arseq_rows_active") == 0)
         status, page = s.get("/")
         assert status == 200 and b"/v1/model" in s.get("/static/app.js")[1] and b"<script" in page
         assert b"http://" not in page and b"https://" not in page  # nothing from elsewhere
