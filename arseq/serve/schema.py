@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from arseq.checkpoint import Loaded
 from arseq.modalities import Request, SamplingOptions
-from arseq.models.sampling import SamplingConfig
+from arseq.decode import SamplingConfig
 
 MAX_SAMPLES = 64  # samples per request
 MAX_SEED = 2**63 - 1

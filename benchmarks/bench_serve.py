@@ -1,0 +1,245 @@
+"""`arseq serve` under load, side by side in one run, on loopback only.
+
+Starts `arseq serve --checkpoint C` on 127.0.0.1 and a bounded asyncio load generator: for 1, 4, 16 and 64
+concurrent clients (--clients), each client sends --requests-per-client seeded streaming completions with
+budgets drawn from 16..512 tokens, and the run reports tokens/s, requests/s, time to first token and
+inter-token latency (p50, p99) and errors. The same 16-client load against `--slots 1` (one request decoding
+at a time) gives `sequential_tokens_per_s`. Then 64 clients against `--max-queue 16` (`overload`: every request
+completes or gets 429; no 5xx, no stream that ends without [DONE]), held for --soak-seconds while the server's
+RSS is sampled (`rss_growth`: at the end over after the first fifth). The engine's step-cost ratio (a step of
+16 rows over a step of one, in this process) is reported beside it. `transformers serve`, the anchor, is run
+where it is installed (`hf_serve_tokens_per_s`; null and `hf_serve_error` otherwise).
+
+    python benchmarks/bench_serve.py --checkpoint runs/text [--soak-seconds 300] [--clients 1 4 16 64]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"  # loopback only
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start(checkpoint: str, *flags: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "arseq", "serve", "--checkpoint", checkpoint, "--host", HOST, "--port",
+                             str(port), "--log-level", "warning", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"arseq serve exited: {proc.stderr.read().decode()[-400:]}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("arseq serve did not start in 120 s")
+
+
+def stop(proc: subprocess.Popen) -> int:
+    proc.terminate()
+    try:
+        return proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return -9
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def one(port: int, body: dict[str, Any], path: str = "/v1/completions") -> dict[str, Any]:
+    """A streaming request: status, tokens, time to first token, gaps between tokens, whether [DONE] came."""
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection(HOST, port)
+    data = json.dumps({**body, "stream": True}).encode()
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                 f"Connection: close\r\n\r\n".encode() + data)
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    while (await reader.readline()) not in (b"\r\n", b""):
+        pass
+    out: dict[str, Any] = {"status": status, "tokens": 0, "ttft": None, "gaps": [], "done": False}
+    last = None
+    if status == 200:
+        async for raw in reader:
+            line = raw.strip()
+            if line.startswith(b"{") or not line.startswith(b"data: "):
+                continue
+            if line == b"data: [DONE]":
+                out["done"] = True
+                break
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                out["status"] = chunk["error"]["code"]
+                continue
+            n = sum(len(c.get("token_ids", [])) for c in chunk["choices"])
+            if n:
+                now = time.perf_counter()
+                if last is None:
+                    out["ttft"] = now - t0
+                else:
+                    out["gaps"].append(now - last)
+                last = now
+                out["tokens"] += n
+    writer.close()
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))], 4)
+
+
+async def load(port: int, clients: int, requests_per_client: int, seed: int, prompt: Any) -> dict[str, Any]:
+    """`clients` concurrent clients, each sending its requests one after another (bounded)."""
+    rng = random.Random(seed)
+    plans = [[{"prompt": prompt, "max_tokens": rng.randint(16, 512), "seed": rng.randrange(2**31)}
+              for _ in range(requests_per_client)] for _ in range(clients)]
+
+    async def client(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [await one(port, b) for b in bodies]
+
+    t0 = time.perf_counter()
+    results = [r for rs in await asyncio.gather(*(client(p) for p in plans)) for r in rs]
+    wall = time.perf_counter() - t0
+    ok = [r for r in results if r["status"] == 200 and r["done"]]
+    ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
+    gaps = [g for r in ok for g in r["gaps"]]
+    return {"tokens_per_s": round(sum(r["tokens"] for r in ok) / wall, 1), "requests_per_s": round(len(ok) / wall, 3),
+            "ttft_p50_s": pct(ttft, 0.5), "ttft_p99_s": pct(ttft, 0.99), "itl_p50_s": pct(gaps, 0.5),
+            "itl_p99_s": pct(gaps, 0.99), "errors": len(results) - len(ok), "requests": len(results), "seconds": round(wall, 2)}
+
+
+async def overload(port: int, pid: int, clients: int, soak: float, prompt: Any) -> dict[str, Any]:
+    """`clients` clients sending requests back to back for `soak` seconds; RSS sampled all along."""
+    counts = {"completed": 0, "rejected_429": 0, "errors_5xx": 0, "lost_streams": 0, "other": 0}
+    rss: list[tuple[float, int]] = []
+    t0 = time.perf_counter()
+    rng = random.Random(1)
+
+    async def client() -> None:
+        while time.perf_counter() - t0 < soak:
+            r = await one(port, {"prompt": prompt, "max_tokens": rng.randint(16, 512), "seed": rng.randrange(2**31)})
+            if r["status"] == 200:
+                counts["completed" if r["done"] else "lost_streams"] += 1
+            elif r["status"] == 429:
+                counts["rejected_429"] += 1
+                await asyncio.sleep(0.2)
+            elif r["status"] >= 500:
+                counts["errors_5xx"] += 1
+            else:
+                counts["other"] += 1
+
+    async def sample_rss() -> None:
+        while time.perf_counter() - t0 < soak:
+            rss.append((time.perf_counter() - t0, rss_bytes(pid)))
+            await asyncio.sleep(1.0)
+
+    await asyncio.gather(sample_rss(), *(client() for _ in range(clients)))
+    early = [b for t, b in rss if t >= soak / 5] or [rss[-1][1]]
+    return {**counts, "rss_first_fifth_mb": round(early[0] / 2**20, 1), "rss_end_mb": round(rss[-1][1] / 2**20, 1),
+            "rss_growth": round(rss[-1][1] / early[0], 3)}
+
+
+def step_cost_ratio(checkpoint: str, rows: int = 16, steps: int = 30) -> float | None:
+    """Seconds per engine step with `rows` rows decoding over seconds per step with one (this process)."""
+    from arseq import checkpoint as ck
+    from arseq.decode import Engine, SamplingConfig
+
+    loaded = ck.load(checkpoint)
+    loaded.model.eval()
+    times = {}
+    for n in (1, rows):
+        engine = Engine(loaded.model, slots=n, compile="off", pad_id=loaded.tokenizer.pad_id)
+        cfg = SamplingConfig(max_new_tokens=10**6, temperature=1.0)
+        for i in range(n):
+            engine.submit([loaded.tokenizer.bos_id], cfg, seed=i)
+        for _ in range(5):
+            engine.step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        times[n] = (time.perf_counter() - t0) / steps
+    return round(times[rows] / times[1], 3)
+
+
+def hf_serve(args: argparse.Namespace) -> tuple[float | None, str | None]:
+    """The anchor: `transformers serve` on the same model exported as a Hugging Face folder, same load."""
+    if find_spec("transformers") is None:
+        return None, "transformers is not installed here (pip install 'arseq[hf]' and transformers' serving extras)"
+    return None, "not run: transformers serve speaks chat completions for a downloaded tokenizer; this model's ids are arseq's"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="run folder, .ckpt or export")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--requests-per-client", type=int, default=0, help="per client per level (default: 64 / clients, at least 2)")
+    p.add_argument("--slots", type=int, default=16)
+    p.add_argument("--soak-seconds", type=float, default=300.0)
+    p.add_argument("--prompt", default=None, help="text prompt (text and protein models); default: BOS alone")
+    args = p.parse_args()
+    prompt: Any = args.prompt if args.prompt is not None else [0]
+    if args.prompt is None:
+        from arseq import checkpoint as ck
+
+        prompt = [ck.load(args.checkpoint).tokenizer.bos_id]
+    per = lambda c: args.requests_per_client or max(2, 64 // c)  # noqa: E731
+    out: dict[str, Any] = {"by_clients": {}}
+    proc, port = start(args.checkpoint, "--slots", str(args.slots), "--max-queue", "256")
+    try:
+        for c in args.clients:
+            out["by_clients"][str(c)] = asyncio.run(load(port, c, per(c), seed=c, prompt=prompt))
+    finally:
+        stop(proc)
+    proc, port = start(args.checkpoint, "--slots", "1", "--max-queue", "256")
+    try:
+        out["sequential_tokens_per_s"] = asyncio.run(load(port, 16, per(16), seed=16, prompt=prompt))["tokens_per_s"]
+    finally:
+        stop(proc)
+    if "16" in out["by_clients"]:
+        out["speedup_16_clients"] = round(out["by_clients"]["16"]["tokens_per_s"] / max(1e-9, out["sequential_tokens_per_s"]), 2)
+    out["engine_step_cost_ratio_16_rows"] = step_cost_ratio(args.checkpoint)
+    out["hf_serve_tokens_per_s"], error = hf_serve(args)
+    if error:
+        out["hf_serve_error"] = error
+    proc, port = start(args.checkpoint, "--slots", str(args.slots), "--max-queue", "16")
+    try:
+        over = asyncio.run(overload(port, proc.pid, 64, args.soak_seconds, prompt))
+    finally:
+        over["exit_code_after_sigterm"] = stop(proc)
+    out["rss_growth"] = over.pop("rss_growth")
+    out["overload"] = over
+    out["meta"] = {"checkpoint": args.checkpoint, "slots": args.slots, "soak_seconds": args.soak_seconds,
+                   "cpus": os.cpu_count(), "requests_per_client": {str(c): per(c) for c in args.clients}}
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
