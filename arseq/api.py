@@ -10,7 +10,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from arseq import checkpoint, generation
+from arseq.errors import DataError
+from arseq.limits import check_call
+from arseq.outputs import claimed
 from arseq import options as typed
 from arseq.modalities import Sample
 
@@ -34,20 +39,46 @@ class Model:
         """Sample `n` sequences; with `out`, also write the modality's files there (never over existing
         files unless `overwrite`). Returns the samples (prompt and new token ids, perplexity)."""
         call = self._call("generate", {**kwargs, "num_samples": n, "out": out, "overwrite": overwrite})
-        return generation.run_generate(self.loaded, call.request, call.run)[0]
+        check_call(self.loaded, call, "generate")
+        with claimed(call.request.out):
+            return generation.run_generate(self.loaded, call.request, call.run)[0]
 
     def evaluate(self, *, data_paths: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
         """What `arseq evaluate` prints: held-out loss, perplexity, baselines, the modality's figures."""
         call = self._call("evaluate", {**kwargs, "data_paths": data_paths})
+        check_call(self.loaded, call, "evaluate")
+        checkpoint.use_stored_data(self.loaded, call.data_paths)
         return generation.run_evaluate(self.loaded, call.request, call.run, call.data_paths, call.stride)
 
     def score(self, sequences: list[list[int]], *, batch_size: int = 16, stride: int | None = None) -> list[float]:
         """Mean NLL (nats per predicted token) of each token sequence (BOS first), scored in windows if long."""
         from arseq.models.scoring import sequence_nll
 
+        check_sequences(sequences, self.loaded.model.cfg.vocab_size)
+        context = self.loaded.model.cfg.max_seq_len
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"score: batch_size must be an integer >= 1, got {batch_size!r}")
+        if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or not 0 < stride <= context):
+            raise DataError(f"score: stride must be an integer between 1 and the model's context ({context}), got {stride!r}")
         nll, count = sequence_nll(self.loaded.model, sequences, batch_size=batch_size,
                                   pad_id=self.loaded.tokenizer.pad_id, stride=stride)
         return [float(a / b) if b else float("nan") for a, b in zip(nll, count)]
+
+
+def check_sequences(sequences: Any, vocab_size: int) -> None:
+    """Token id sequences as `score` needs them: lists of ints in [0, vocab_size); one line naming the first
+    that is not (an id out of range indexes past the embedding: a traceback deep in torch, or garbage)."""
+    if isinstance(sequences, (str, bytes)) or not hasattr(sequences, "__len__"):
+        raise DataError(f"score: sequences must be a list of token id lists, got {type(sequences).__name__}")
+    for i, seq in enumerate(sequences):
+        if isinstance(seq, (str, bytes)) or not hasattr(seq, "__iter__"):
+            raise DataError(f"score: sequence {i} is a {type(seq).__name__}, not a list of token ids")
+        ids = np.asarray(list(seq))
+        if ids.size and ids.dtype.kind not in "iu":
+            raise DataError(f"score: sequence {i} holds {ids.dtype} values, not integer token ids")
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+            bad = int(ids.min() if ids.min() < 0 else ids.max())
+            raise DataError(f"score: sequence {i} has token id {bad}, outside the vocabulary of {vocab_size}")
 
 
 def load(path: str | os.PathLike, *, modality: str | None = None, trust_modality_import: bool = False) -> Model:

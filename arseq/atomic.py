@@ -20,10 +20,12 @@ Content = Union[str, bytes, Callable[[Path], None]]
 TEMP_MARK = ".tmp"  # temporary files are named .NAME.RANDOM.tmpSUFFIX: hidden, and found again after a kill
 
 
-def _umask() -> int:
+def file_mode_mask() -> int:
+    """The process's umask (read by setting it and setting it back: there is no getter)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
 
 
 def _stage(path: Path, content: Content) -> Path:
@@ -41,7 +43,7 @@ def _stage(path: Path, content: Content) -> Path:
                 view = view[os.write(fd, view):]
         os.fsync(fd)
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~file_mode_mask())
     except BaseException:
         try:
             os.close(fd)
@@ -112,7 +114,7 @@ class OutputFiles:
         """Fail before writing anything if a planned file may not be replaced."""
         for path in self.planned:
             if path.resolve() in self.protect:
-                raise DataError(f"{path}: refusing to overwrite an input of this command (the prompt); choose another --out")
+                raise DataError(f"{path}: refusing to overwrite an input of this command; choose another --out")
             existing = next(p for p in path.parents if p.exists())
             if not existing.is_dir():
                 raise DataError(f"{existing}: is a file, not a folder; choose another --out")
@@ -131,7 +133,7 @@ class OutputFiles:
             for path, content in self.planned.items():
                 staged.append((_stage(path, content), path))
             for tmp, path in staged:
-                os.replace(tmp, path)
+                _place(tmp, path, self.overwrite)
         except BaseException:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
@@ -144,6 +146,25 @@ class OutputFiles:
         for folder in dict.fromkeys(p.parent for p in self.planned):
             _fsync_dir(folder)
         return list(self.planned)
+
+
+def _place(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Rename the staged file into place; without `overwrite`, by a hard link, which fails if `path` appeared
+    since `check` (another process wrote it: it must not be replaced silently)."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise DataError(f"{path}: appeared while this command ran (another process wrote it); kept it, "
+                        "choose another --out or pass --overwrite") from None
+    except OSError:  # a filesystem without hard links: the checked rename
+        if path.exists():
+            raise DataError(f"{path}: appeared while this command ran (another process wrote it); kept it") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 def _make_folder(folder: Path) -> list[Path]:

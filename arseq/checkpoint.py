@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -18,15 +19,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from arseq.atomic import atomic_write
+from arseq.atomic import atomic_write, file_mode_mask
 from arseq.conditioning import Controls
 from arseq.errors import first_line, one_line
 from arseq.interop import hf
+from arseq.limits import check_model, check_zip_entries, inside
+from arseq.outputs import claimed
 from arseq.modalities import DataError, Modality, resolve
 from arseq.models.quantize import SCHEMES, quantize_model, scheme_of
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.base import Tokenizer, read_tokenizer_state
 
+log = logging.getLogger(__name__)
 EXPORT_FORMAT = 1
 QUANTIZED_FORMAT = 2  # int8 weights: an arseq that knows only format 1 refuses these in one line
 
@@ -42,6 +46,28 @@ class Loaded:
     def controls(self) -> Controls | None:
         """The control tokens of a conditioned model (None: trained without conditions)."""
         return Controls.from_dict(self.meta.get("conditions"))
+
+
+def strip_data_paths(meta: dict[str, Any]) -> dict[str, Any]:
+    """`meta` without the file paths of its data section. Exports and HF folders are models from elsewhere:
+    the paths they name (`/etc/passwd`, `/usr/**/*`) are never read; a built-in `source` stays."""
+    data = meta.get("data")
+    if isinstance(data, dict):
+        meta = {**meta, "data": {**data, "paths": None, "val_paths": None}}
+    return meta
+
+
+def use_stored_data(loaded: Loaded, data_paths: list[str] | None) -> None:
+    """Before evaluate/drift: the data paths stored in a checkpoint are read only when the user names none
+    (and then said on stderr); with --data.paths they are dropped, so nothing the file names is read."""
+    data = loaded.meta.get("data")
+    if not isinstance(data, dict):
+        return
+    stored = [p for key in ("paths", "val_paths") for p in ([data.get(key)] if isinstance(data.get(key), str) else data.get(key) or [])]
+    if data_paths:
+        loaded.meta = strip_data_paths(loaded.meta)
+    elif stored:
+        log.warning("arseq: no --data.paths: reading the data paths stored in the checkpoint: %s", ", ".join(map(str, stored)))
 
 
 def build_modality(meta: dict[str, Any], where: str, modality: str | None = None, trust_import: bool = False) -> Modality:
@@ -65,12 +91,13 @@ def _assemble(
     model_cfg: dict[str, Any], state: dict[str, torch.Tensor] | Path, meta: dict[str, Any], tok_state: dict[str, Any],
     where: str, modality: str | None = None, trust_import: bool = False, quantization: str = "none",
 ) -> Loaded:
+    check_model(model_cfg, where)
     try:
         cfg = TransformerConfig(**model_cfg)
     except (TypeError, ValueError) as e:
         raise DataError(f"{where}: bad model config ({e})") from None
     chosen = build_modality(meta, where, modality, trust_import)
-    tokenizer = chosen.load_tokenizer(tok_state)
+    tokenizer = rebuild_tokenizer(chosen, tok_state, where)
     try:
         controls = Controls.from_dict(meta.get("conditions"))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -92,15 +119,33 @@ def _assemble(
     return Loaded(model.eval(), tokenizer, chosen, meta)
 
 
+def rebuild_tokenizer(modality: Modality, state: Any, where: str) -> Tokenizer:
+    """The modality's tokenizer from stored state; state of the wrong shape (missing keys, wrong types,
+    garbage BPE) is one line naming the file, whatever the tokenizer class raises."""
+    if not isinstance(state, dict):
+        raise DataError(f"{where}: tokenizer state is a {type(state).__name__}, not a mapping")
+    try:
+        return modality.load_tokenizer(state)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+    except Exception as e:  # KeyError, TypeError, RecursionError..., and the HF tokenizers library's plain Exception
+        raise DataError(f"{where}: tokenizer state is unusable ({one_line(e, with_type=True, limit=200)})") from None
+
+
 def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    if path.is_file():
+        check_zip_entries(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DataError(f"{path}: no such checkpoint") from None
     except Exception as e:  # pickle/zip errors: whatever it is, it is not ours
         raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or "arseq" not in ckpt or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("arseq"), dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise DataError(f"{path}: not an arseq checkpoint (no arseq metadata)")
+    missing = [k for k in ("model", "modality", "tokenizer") if k not in ckpt["arseq"]]
+    if missing:
+        raise DataError(f"{path}: arseq metadata lacks {', '.join(missing)}")
     return ckpt
 
 
@@ -108,8 +153,10 @@ def find_checkpoint(path: Path) -> Path:
     """Let users name a run folder: `runs/music` (newest version) or `runs/music/version_3` -> its best .ckpt."""
     if not path.is_dir() or (path / "config.json").exists():
         return path
-    versions = sorted(path.glob("version_*"), key=lambda p: p.stat().st_mtime)
-    run = versions[-1] if versions and not (path / "checkpoints").is_dir() else path
+    # The newest version that holds a checkpoint: a run killed before its first one, or a resume that had
+    # nothing to do, leaves a newer version folder without any.
+    versions = sorted((v for v in path.glob("version_*") if _has_checkpoint(v / "checkpoints")), key=lambda p: p.stat().st_mtime)
+    run = versions[-1] if versions and not _has_checkpoint(path / "checkpoints") else path
     ckpts = run / "checkpoints"
     best = sorted(ckpts.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
     if best:
@@ -117,6 +164,10 @@ def find_checkpoint(path: Path) -> Path:
     if (ckpts / "last.ckpt").exists():
         return ckpts / "last.ckpt"
     raise DataError(f"{path}: no checkpoint, export or run folder with checkpoints here")
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    return (folder / "last.ckpt").is_file() or any(folder.glob("best-*.ckpt"))
 
 
 @dataclass
@@ -140,22 +191,25 @@ def read_parts(path: str | os.PathLike) -> Parts:
             if not (path / hf.HF_META).exists():
                 return Parts(model_cfg, state, None, None, str(path))
             try:
-                meta = json.loads((path / hf.HF_META).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                meta = json.loads(inside(path, hf.HF_META).read_text(encoding="utf-8"))
+                if not isinstance(meta, dict):
+                    raise ValueError("not a mapping")
+            except (OSError, ValueError, RecursionError):
                 raise DataError(f"{path / hf.HF_META}: not readable arseq settings") from None
-            return Parts(model_cfg, state, meta, read_tokenizer_state(path / hf.HF_TOKENIZER), str(path))
-        config_file = path / "config.json"
+            return Parts(model_cfg, state, strip_data_paths(meta), read_tokenizer_state(inside(path, hf.HF_TOKENIZER)), str(path))
+        config_file = inside(path, "config.json")
         try:
             config = json.loads(config_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             raise DataError(f"{path}: not an arseq export (no readable config.json)") from None
         if not isinstance(config, dict) or config.get("format") not in (EXPORT_FORMAT, QUANTIZED_FORMAT) or "model" not in config:
             raise DataError(f"{config_file}: not an arseq export config (format {EXPORT_FORMAT} or {QUANTIZED_FORMAT})")
         quantization = config.get("quantization", "none") if config["format"] == QUANTIZED_FORMAT else "none"
         if quantization not in SCHEMES:
             raise DataError(f"{config_file}: quantization {quantization!r} is unknown to this arseq (--quantize: {', '.join(SCHEMES)})")
-        tok_state = read_tokenizer_state(path / "tokenizer.json")
-        return Parts(config["model"], path / "model.safetensors", config, tok_state, str(path), quantization)
+        tok_state = read_tokenizer_state(inside(path, "tokenizer.json"))
+        check_model(config["model"], str(config_file))
+        return Parts(config["model"], inside(path, "model.safetensors"), strip_data_paths(config), tok_state, str(path), quantization)
     ckpt = load_checkpoint_file(path)
     meta = ckpt["arseq"]
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
@@ -197,20 +251,27 @@ def export(loaded: Loaded, out: str | os.PathLike, format: str = "arseq", quanti
     if format == "hf":  # fail before writing anything
         hf.require_transformers()
         hf.check_exportable(loaded.model.cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        os.chmod(tmp, 0o755)
-        if format == "hf":
-            hf.write_hf_folder(tmp, loaded, EXPORT_FORMAT)
-        else:
-            _write_arseq(tmp, loaded, model)
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with claimed(out):  # another export into `out` refuses; the folders of killed ones are ours to remove
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise DataError(f"{out}: already exists and is not an empty folder; choose another --out")
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            os.chmod(tmp, 0o777 & ~file_mode_mask())
+            if format == "hf":
+                hf.write_hf_folder(tmp, loaded, EXPORT_FORMAT)
+            else:
+                _write_arseq(tmp, loaded, model)
+            for file in tmp.rglob("*"):  # safetensors and transformers write 0600 files: the umask's mode, like ours
+                if file.is_file():
+                    os.chmod(file, 0o666 & ~file_mode_mask())
+            if out.exists():
+                out.rmdir()
+            os.rename(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
 
 

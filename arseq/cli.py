@@ -142,7 +142,8 @@ def _add_trust_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_sampling_verb(verb: str, argv: list[str]) -> int:
-    from arseq import checkpoint, generation, options
+    from arseq import checkpoint, generation, limits, options
+    from arseq.outputs import claimed, to_json
 
     pre = options.early(argv)
     if not pre.get("checkpoint"):
@@ -159,11 +160,14 @@ def run_sampling_verb(verb: str, argv: list[str]) -> int:
         parser.print_help()
         return 0
     call = options.to_call(options.parse(parser, argv, options.kinds(opts)), opts)
+    limits.check_call(loaded, call, verb)
     if verb == "evaluate":
+        checkpoint.use_stored_data(loaded, call.data_paths)
         result = generation.run_evaluate(loaded, call.request, call.run, call.data_paths, call.stride)
-        print(json.dumps(result, indent=1, default=float))
+        print(to_json(result, indent=1))  # NaN (e.g. no token to predict) is null: the output stays JSON
         return 0
-    _, written = generation.run_generate(loaded, call.request, call.run)
+    with claimed(call.request.out):  # a second run into this --out refuses instead of replacing our files
+        _, written = generation.run_generate(loaded, call.request, call.run)
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0
@@ -227,10 +231,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_serve(rest)
         return run_export(rest) if verb == "export" else run_modalities(rest)
-    except (DataError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+    except (DataError, ValueError, OSError, RecursionError) as e:  # OSError: full disk, name too long, not a folder...
         if os.environ.get("ARSEQ_DEBUG"):
             raise
-        print(f"arseq {verb}: error: {one_line(e)}", file=sys.stderr)
+        print(f"arseq {verb}: error: {one_line(e, limit=1000)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeError (OutOfMemoryError on CUDA)
+        if os.environ.get("ARSEQ_DEBUG") or not (isinstance(e, MemoryError) or "allocate" in str(e) or "out of memory" in str(e)):
+            raise
+        print(f"arseq {verb}: error: out of memory (a size from a file or a flag is larger than this machine can hold)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"arseq {verb}: interrupted", file=sys.stderr)

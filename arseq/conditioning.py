@@ -81,6 +81,8 @@ class Controls:
             name, value = split_condition(spec)
             if value is None or not name:
                 raise DataError(f"--cond {spec!r}: expected FIELD=VALUE, e.g. --cond {next(iter(self.fields), 'tag')}=...")
+            if name in given:  # the second would silently win: which one the user meant is unknown
+                raise DataError(f"--cond {spec!r}: field {name!r} given twice ({name}={given[name]} too); give each field once")
             self.check(name, value, f"--cond {spec!r}")
             given[name] = value
         return given

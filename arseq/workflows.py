@@ -14,7 +14,8 @@ import torch
 from arseq.checkpoint import load_checkpoint_file
 from arseq.data.loader import train_loader, val_loader
 from arseq.data.prepare import DataConfig, prepare
-from arseq.errors import first_line
+from arseq.errors import first_line, one_line
+from arseq.limits import check_model
 from arseq.modalities import DataError, Modality
 from arseq.models.optim import OptimConfig
 from arseq.models.transformer import TransformerConfig
@@ -59,12 +60,15 @@ def run_train(
         raise DataError("set trainer.max_steps: training runs for a number of steps, not epochs")
     if not isinstance(trainer_args["max_steps"], int) or trainer_args["max_steps"] < 1:
         raise DataError(f"trainer.max_steps must be a positive integer, got {trainer_args['max_steps']!r}")
-    TransformerConfig(vocab_size=1, max_seq_len=data.block_size, **model)  # fail on a bad size before reading data
+    probe = TransformerConfig(vocab_size=1, max_seq_len=data.block_size, **model)  # fail on a bad size before reading data
+    check_model(asdict(probe), "config", batch=data.batch_size, names={"max_seq_len": "data.block_size"})
+    check_trainer_args(trainer_args)
     OptimConfig(**optim)
     L.seed_everything(seed, verbose=False)
     tokenizer, resumed = None, None
     if ckpt_path:  # resume with the checkpoint's tokenizer, never a refitted one
-        resumed = load_checkpoint_file(Path(ckpt_path))["arseq"]
+        state = load_checkpoint_file(Path(ckpt_path))
+        resumed = state["arseq"]
         tokenizer = modality.load_tokenizer(resumed["tokenizer"])
         clean_checkpoint_folder(Path(ckpt_path).parent)  # what a kill of that run left behind
     source = None
@@ -84,6 +88,10 @@ def run_train(
         if differ:
             raise DataError(f"--ckpt_path {ckpt_path}: its model differs from the config's ({', '.join(differ)}); "
                             "resume with the config it was trained with")
+        done = state.get("global_step", 0)
+        if isinstance(done, int) and done >= trainer_args["max_steps"]:  # Lightning would do nothing, in a new run folder
+            raise DataError(f"--ckpt_path {ckpt_path}: already trained for {done} steps, trainer.max_steps is "
+                            f"{trainer_args['max_steps']}; raise trainer.max_steps to train on")
     meta = {
         "modality": {"name": selector or modality.name, "options": options},
         "tokenizer": tok.to_dict(),
@@ -102,9 +110,10 @@ def run_train(
     val = val_loader(prepared.val, data.block_size, data.batch_size, tok.pad_id, prepared.controls.head if prepared.controls else 0)
 
     root = trainer_args.pop("default_root_dir", None) or "runs"
-    loggers: list[Any] = [CSVLogger(root, name=modality.name)]
+    run_dir, version = claim_run_folder(Path(root) / modality.name)  # no other run writes its checkpoints here
+    loggers: list[Any] = [CSVLogger(root, name=modality.name, version=version)]
     if find_spec("tensorboard") or find_spec("tensorboardX"):
-        loggers.append(TensorBoardLogger(root, name=modality.name, version=loggers[0].version, default_hp_metric=False))
+        loggers.append(TensorBoardLogger(root, name=modality.name, version=version, default_hp_metric=False))
     last = LastCheckpoint(every_n_steps=None if val is not None else max(1, trainer_args["max_steps"] // 10))  # no validation: save ten times
     best = ModelCheckpoint(
         monitor="val/loss", mode="min", save_top_k=1, filename="best-step{step}-loss{val/loss:.4f}",
@@ -117,7 +126,9 @@ def run_train(
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())  # a kill never leaves a broken last.ckpt
     trainer_args["plugins"] = plugins
-    trainer = L.Trainer(default_root_dir=root, callbacks=callbacks, **trainer_args)
+    if trainer_args["logger"] in (False, None, []):  # no logger: checkpoints go to the claimed folder, not root
+        root = str(run_dir)
+    trainer = make_trainer(default_root_dir=root, callbacks=callbacks, **trainer_args)
     if compile:
         check_compile(trainer.strategy.root_device)
     if trainer.is_global_zero:
@@ -130,11 +141,49 @@ def run_train(
     run_dir = Path(trainer.log_dir or root)
     if trainer.is_global_zero:
         best_path = (best.best_model_path if best else "") or "-"
-        print(f"run directory: {run_dir}\n  last checkpoint: {last.path}\n  best checkpoint: {best_path}")
+        last_path = last.path if last.path is not None and last.path.exists() else "-"
+        print(f"run directory: {run_dir}\n  last checkpoint: {last_path}\n  best checkpoint: {best_path}")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Join gloo/NCCL's threads now: left to static destructors at exit, they abort the process (rc -6)
         torch.distributed.destroy_process_group()
     return run_dir
+
+
+def claim_run_folder(parent: Path) -> tuple[Path, int]:
+    """The next free `version_N` under `parent`, created here (mkdir is exclusive): two runs started into one
+    root, or a run without a logger, never share (and never replace each other's) checkpoints."""
+    parent.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[8:]) for p in parent.glob("version_*") if p.name[8:].isdigit()]
+    version = max(taken, default=-1) + 1
+    while True:
+        try:
+            (parent / f"version_{version}").mkdir()
+            return parent / f"version_{version}", version
+        except FileExistsError:
+            version += 1
+
+
+def check_trainer_args(args: dict[str, Any]) -> None:
+    """Trainer settings Lightning would take and then fail on mid-run (or with a traceback): one line first."""
+    accumulate = args.get("accumulate_grad_batches", 1)
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise DataError(f"trainer.accumulate_grad_batches must be an integer >= 1, got {accumulate!r}")
+    accelerator = str(args.get("accelerator", "auto")).lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise DataError(f"trainer.accelerator {accelerator}: no CUDA GPU on this machine (use cpu or auto)")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise DataError("trainer.accelerator mps: MPS is not available on this machine (use cpu or auto)")
+
+
+def make_trainer(**kwargs: Any) -> Any:
+    """lightning.Trainer, its configuration errors (MisconfigurationException, ValueError) as one line."""
+    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return L.Trainer(**kwargs)
+    except (MisconfigurationException, ValueError, TypeError) as e:
+        raise DataError(f"trainer: {one_line(e, limit=300)}") from None
 
 
 def check_compile(device: torch.device) -> None:

@@ -78,7 +78,7 @@ def test_sigkill_during_checkpoint_writes_never_breaks_last_ckpt(tmp_path, corpu
             config = tmp_path / f"c{round}.yaml"
             config.write_text(KILL_CONFIG.format(data=corpus, steps=100, root=root), encoding="utf-8")
             argv = ["train", "--config", str(config)] + (["--ckpt_path", str(previous)] if previous else [])
-            last = root / "checkpoints" / "last.ckpt"
+            last = root / "text" / "version_0" / "checkpoints" / "last.ckpt"  # without a logger too: a run folder of its own
             _kill_during_a_write(argv, env, [last.parent, shm], last, delay)
             step = _loads(last)
             assert step is not None and step > 0, f"round {round}: last.ckpt unreadable after SIGKILL"
@@ -89,7 +89,7 @@ def test_sigkill_during_checkpoint_writes_never_breaks_last_ckpt(tmp_path, corpu
         done = subprocess.run([sys.executable, "-m", "arseq", "train", "--config", str(final), "--ckpt_path", str(previous)],
                               env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
-        assert _loads(tmp_path / "final" / "checkpoints" / "last.ckpt") == step + 5  # resumed where the kill left it
+        assert _loads(tmp_path / "final" / "text" / "version_0" / "checkpoints" / "last.ckpt") == step + 5  # resumed where the kill left it
         assert not [p.name for p in previous.parent.iterdir() if p.name.startswith(".")]  # stale temp files removed
     finally:
         shutil.rmtree(shm, ignore_errors=True)

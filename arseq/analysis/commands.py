@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -16,16 +15,19 @@ import numpy as np
 from arseq.analysis.drift import KINDS
 from arseq.atomic import OutputFiles
 from arseq.errors import DataError
+from arseq.limits import check_run
+from arseq.outputs import claimed, csv_cell, printable_name, to_json
 
 SCORE_HELP = "per-item NLL, perplexity and token count of given files (CSV; JSON on stdout)"
 ANALYZE_HELP = "measure whether errors compound: 'arseq analyze drift' (injected errors and free-running survival)"
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
+    """CSV text; cells a spreadsheet would run as formulas are made text, non-UTF-8 names printable."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["empty"], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     return buf.getvalue()
 
 
@@ -57,12 +59,19 @@ def score_parser() -> argparse.ArgumentParser:
 
 
 def run_score(argv: list[str]) -> int:
+    args = score_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+    with claimed(args.out):  # a second score into this --out refuses instead of replacing our table
+        return _score(args)
+
+
+def _score(args: argparse.Namespace) -> int:
     from arseq.analysis.score import item_row, token_label, token_scores
     from arseq.data.files import expand_paths
     from arseq.data.prepare import _collect
     from arseq.models.scoring import sequence_nll
 
-    args = score_parser().parse_args(argv)
     loaded = _load(args)
     tok, model = loaded.tokenizer, loaded.model
     context = model.cfg.max_seq_len
@@ -83,19 +92,19 @@ def run_score(argv: list[str]) -> int:
     if args.per_token:
         scored = [(lp[width:], rk[width:]) for lp, rk in token_scores(model, seqs, batch_size=args.batch_size, pad_id=tok.pad_id, stride=stride)]
         seqs = [np.delete(s, np.s_[1 : 1 + width]) for s in seqs]
-        rows = [item_row(e.name, -float(lp.sum()), len(lp)) for e, (lp, _) in zip(examples, scored)]
+        rows = [item_row(printable_name(e.name), -float(lp.sum()), len(lp)) for e, (lp, _) in zip(examples, scored)]
     else:
         nll, count = sequence_nll(model, seqs, start=[1 + width] * len(seqs), batch_size=args.batch_size, pad_id=tok.pad_id,
                                   stride=stride, progress=True)
-        rows = [item_row(e.name, float(n), int(c)) for e, n, c in zip(examples, nll, count)]
+        rows = [item_row(printable_name(e.name), float(n), int(c)) for e, n, c in zip(examples, nll, count)]
     total_nll, total = sum(r["nll_sum"] for r in rows), sum(r["tokens"] for r in rows)
-    result: dict[str, Any] = {"items": rows, "skipped": [{"file": s.file, "reason": s.reason} for s in skipped],
+    result: dict[str, Any] = {"items": rows, "skipped": [{"file": printable_name(s.file), "reason": s.reason} for s in skipped],
                               "total": item_row("(all)", total_nll, total), "context": context, "stride": stride}
     if args.out is not None:
-        files_out = OutputFiles(overwrite=args.overwrite, protect=args.data_paths)
+        files_out = OutputFiles(overwrite=args.overwrite, protect=[*args.data_paths, *files])  # never over an input
         files_out.add(args.out, _csv(rows))
         if args.per_token:
-            token_rows = [{"name": e.name, "index": j + 1, "token": int(s[j + 1]), "label": token_label(tok, int(s[j + 1])),
+            token_rows = [{"name": printable_name(e.name), "index": j + 1, "token": int(s[j + 1]), "label": token_label(tok, int(s[j + 1])),
                            "logprob": float(lp[j]), "rank": int(rk[j])}
                           for e, s, (lp, rk) in zip(examples, seqs, scored) for j in range(len(lp))]
             files_out.add(args.out.with_name(args.out.stem + ".tokens.csv"), _csv(token_rows))
@@ -104,7 +113,7 @@ def run_score(argv: list[str]) -> int:
     elif args.per_token:
         for row, (lp, rk) in zip(rows, scored):
             row["logprobs"], row["ranks"] = lp.tolist(), rk.tolist()
-    print(json.dumps(result, indent=1, default=float))
+    print(to_json(result, indent=1))
     return 0
 
 
@@ -183,17 +192,20 @@ def run_drift(argv: list[str]) -> int:
             raise DataError(f"--{flag} must be >= 1")
     if call.run.batch_size < 1:
         raise DataError("--batch-size must be >= 1")
-    loaded.model.to(workflows.resolve_device(call.run.device))
-    if args.out is not None:  # fail before minutes of work, not after
-        plan = OutputFiles(overwrite=args.overwrite)
-        for name in OUTPUTS:
-            plan.add(Path(args.out) / name, "")
-        plan.check()
-    result = drift(loaded, args, call, call.request.sampling.seed or 0)
-    if args.out is not None:
-        for path in write_drift(result, Path(args.out), args.overwrite, loaded.modality.name):
-            print(f"wrote {path}", file=sys.stderr)
-    print(json.dumps(result, indent=1, default=float))
+    check_run(loaded.model.cfg, call.request.num_samples, call.run.batch_size, minimum_samples=0)
+    generation.prepare_model(loaded, call.run)  # --device, --dtype, --quantize, --compile as generate
+    with claimed(args.out):  # a second drift into this --out refuses instead of replacing our files
+        if args.out is not None:  # fail before minutes of work, not after
+            plan = OutputFiles(overwrite=args.overwrite)
+            for name in OUTPUTS:
+                plan.add(Path(args.out) / name, "")
+            plan.check()
+        checkpoint.use_stored_data(loaded, call.data_paths)
+        result = drift(loaded, args, call, call.request.sampling.seed or 0)
+        if args.out is not None:
+            for path in write_drift(result, Path(args.out), args.overwrite, loaded.modality.name):
+                print(f"wrote {path}", file=sys.stderr)
+    print(to_json(result, indent=1))
     return 0
 
 
@@ -229,11 +241,10 @@ def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str
     survival: dict[str, Any] = {}
     if call.request.num_samples > 0:
         plan, cfg = generation.make_plan(loaded, call.request)
-        prompts, batch = plan.prompts, call.run.batch_size
-        generated = []
-        for b0 in range(0, len(prompts), batch):
-            cfg.seed = seed + b0
-            generated += generate(model, prompts[b0 : b0 + batch], cfg, pad_id=tok.pad_id).tokens  # no constraint
+        prompts = plan.prompts
+        head = controls.head if controls is not None else 0  # no constraint, no guidance: the model alone
+        generated = generate(model, prompts, cfg, pad_id=tok.pad_id, seeds=[seed + i for i in range(len(prompts))],
+                             head=head, slots=min(call.run.batch_size, len(prompts)), compile=call.run.compile).tokens
         reference = train_data.train.items() if train_data is not None else items
         constraint = plan.constraint() if plan.constraint is not None else None
         errors = fr.mark_errors(prompts, generated, constraint, modality.error_predicate(tok, reference))
@@ -251,7 +262,7 @@ def write_drift(result: dict[str, Any], out: Path, overwrite: bool, name: str) -
     from arseq.analysis.plots import curves_plot, survival_plot
 
     files = OutputFiles(overwrite=overwrite)
-    files.add(out / "drift.json", json.dumps(result, indent=1, default=float))
+    files.add(out / "drift.json", to_json(result, indent=1))
     kinds = result["injected"]
     for key, label in (("excess_nll", "excess NLL (nats)"), ("kl", "KL(clean || corrupted) (nats)"), ("divergence", "greedy continuations differ")):
         if not all(key in c for c in kinds.values()):

@@ -8,6 +8,7 @@ one is found on loading and rebuilt.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -107,7 +108,11 @@ class Prepared:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("ARSEQ_CACHE_DIR") or Path.home() / ".cache" / "arseq")
+    """$ARSEQ_CACHE_DIR, else ~/.cache/arseq; a file there is one line, not errors from every path inside it."""
+    root = Path(os.environ.get("ARSEQ_CACHE_DIR") or Path.home() / ".cache" / "arseq")
+    if root.exists() and not root.is_dir():
+        raise DataError(f"cache folder {root} (ARSEQ_CACHE_DIR) is a file, not a folder")
+    return root
 
 
 def _fingerprint(files: list[Path]) -> list[tuple[str, int, int]]:
@@ -163,12 +168,51 @@ def _write_split(directory: Path, name: str, seqs: list[np.ndarray], dtype: np.d
             raise DataError(f"the modality produced token id {bad}, outside the tokenizer's vocabulary of {vocab_size}")
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    tokens = np.lib.format.open_memmap(directory / f"{name}.npy", mode="w+", dtype=dtype, shape=(int(offsets[-1]),))
-    for s, a in zip(seqs, offsets[:-1]):
-        tokens[a : a + len(s)] = s
-    tokens.flush()
-    del tokens
+    # Written, not memory-mapped: a full disk is then ENOSPC (one line), where writing through a map died by
+    # SIGBUS; the space is reserved first, so a disk too small fails before a byte of the tokens is written.
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (int(offsets[-1]),)}
+    with open(directory / f"{name}.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        _reserve(f, f.tell() + int(offsets[-1]) * dtype.itemsize)
+        for s in seqs:
+            f.write(np.asarray(s, dtype=dtype).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
     np.save(directory / f"{name}_offsets.npy", offsets)
+
+
+def _reserve(f: Any, size: int) -> None:
+    """Allocate `size` bytes for the file now (ENOSPC here, not midway); a no-op where unsupported."""
+    try:
+        os.posix_fallocate(f.fileno(), 0, size)
+    except AttributeError:
+        return
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise
+
+
+def remove_stale_builds(root: Path) -> list[Path]:
+    """Delete the temporary entry folders (`.tmp-PID-*`, `.trash-*`) of prepare runs that were killed:
+    their process is gone, so no one will finish or remove them (one was ~100 MB, kept forever)."""
+    removed = []
+    for folder in [*root.glob(".tmp-*"), *root.glob("*/.trash-*")]:
+        pid = folder.name.split("-")[1] if folder.name.startswith(".tmp-") else ""
+        alive = pid.isdigit() and _alive(int(pid))
+        if folder.is_dir() and not alive and (pid.isdigit() or time.time() - folder.stat().st_mtime > 3600):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _controls(modality: Modality, data: DataConfig, tokenizer: Tokenizer, examples: list[Example],
@@ -308,7 +352,8 @@ def prepare(
                                for f in controls.fields}
 
     cache_root().mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=".tmp-"))
+    remove_stale_builds(cache_root())
+    tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=f".tmp-{os.getpid()}-"))
     try:
         vocab = tokenizer.vocab_size + (controls.size if controls else 0)
         _write_split(tmp, "train", train_seqs, _dtype(vocab), vocab)

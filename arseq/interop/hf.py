@@ -22,6 +22,7 @@ from torch import Tensor
 
 from arseq.errors import first_line
 from arseq.atomic import atomic_write
+from arseq.limits import check_model, inside
 from arseq.modalities import DataError
 from arseq.models.sampling import SamplingConfig
 from arseq.models.transformer import Transformer, TransformerConfig
@@ -35,6 +36,9 @@ LLAMA_TYPES = ("llama", "mistral")  # same layout; mistral only without a bindin
 MAPPED = {"vocab_size", "max_seq_len", "n_layer", "n_head", "d_model", "mlp_hidden", "attn_dropout", "tie_weights",
           "bias", "rope_base", "norm_eps"}
 TRAINING_ONLY = {"dropout"}
+# TransformerConfig size fields as config.json spells them (so a refusal names the field the file has)
+HF_NAMES = {"vocab_size": "vocab_size", "max_seq_len": "max_position_embeddings", "n_layer": "num_hidden_layers",
+            "n_head": "num_attention_heads", "d_model": "hidden_size", "mlp_hidden": "intermediate_size"}
 LOGITS_TOLERANCE = 1e-4  # float32
 
 
@@ -159,8 +163,8 @@ def from_hf_state(state: dict[str, Tensor], cfg: TransformerConfig, where: str) 
 def is_hf_folder(path: Path) -> bool:
     """A folder whose config.json is a transformers config (it names a model_type)."""
     try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        config = json.loads(inside(path, "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(config, dict) and "model_type" in config
 
@@ -179,15 +183,17 @@ def _read_tensors(path: Path, where: str) -> dict[str, Tensor]:
 
     for single, index in (("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json")):
         if (path / single).exists():
-            return read(path / single)
+            return read(inside(path, single))
         if (path / index).exists():
             try:
-                shards = sorted(set(json.loads((path / index).read_text(encoding="utf-8"))["weight_map"].values()))
-            except (OSError, ValueError, KeyError, AttributeError):
+                names = json.loads(inside(path, index).read_text(encoding="utf-8"))["weight_map"].values()
+                shards = sorted(set(names))
+            except (OSError, ValueError, KeyError, AttributeError, TypeError, RecursionError):
                 raise DataError(f"{path / index}: not a readable weight index") from None
+            files = [inside(path, shard) for shard in shards]  # every name checked before any file is read
             state: dict[str, Tensor] = {}
-            for shard in shards:
-                state.update(read(path / shard))
+            for file in files:
+                state.update(read(file))
             return state
     raise DataError(f"{where}: no model.safetensors or pytorch_model.bin in this folder")
 
@@ -196,10 +202,13 @@ def read_hf_folder(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(TransformerConfig kwargs, arseq state dict) of a Llama-family HF folder."""
     where = str(path)
     try:
-        hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        hf = json.loads(inside(path, "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         raise DataError(f"{where}: no readable config.json") from None
+    if not isinstance(hf, dict):
+        raise DataError(f"{where}: config.json is not a mapping")
     model_cfg = config_from_hf(hf, where)
+    check_model(model_cfg, f"{where}/config.json", prefix="", names=HF_NAMES)  # before any weight is read
     try:
         cfg = TransformerConfig(**model_cfg)
     except ValueError as e:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Checkpoint
 
+from arseq.errors import DataError
 from arseq.models.checkpoint_io import clean_checkpoint_folder
 from arseq.models.optim import OptimConfig, lr_factor, make_optimizer
 from arseq.models.transformer import Transformer, TransformerConfig
@@ -50,6 +51,9 @@ class ARModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = self._loss(x, y)
+        if not torch.isfinite(loss):  # diverged: stop before a NaN model is saved (or kept as "best")
+            raise DataError(f"training diverged: the loss is {loss.item()} at step {self.trainer.global_step} "
+                            f"(lower optim.lr, now {self.optim.lr:g}; last.ckpt keeps the last finite state)")
         self.log("train/loss", loss, prog_bar=True)
         now = time.perf_counter()
         if self._tick is not None and self.trainer.global_step % self.trainer.log_every_n_steps == 0:
@@ -70,6 +74,9 @@ class ARModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         total = self.trainer.strategy.reduce(self._val, reduce_op="sum")
         loss = (total[0] / total[1].clamp(min=1)).float()
+        if not self.trainer.sanity_checking and not torch.isfinite(loss):
+            raise DataError(f"training diverged: the validation loss is {loss.item()} at step {self.trainer.global_step} "
+                            f"(lower optim.lr, now {self.optim.lr:g})")
         self.log("val/loss", loss, prog_bar=True)
         self.log_dict({"val/perplexity": loss.exp(), "val/bits_per_token": loss / LN2})
 
@@ -113,6 +120,10 @@ class LastCheckpoint(Checkpoint):
 
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.global_step != self._step and not trainer.sanity_checking:
+            bad = next((n for n, p in trainer.lightning_module.named_parameters() if not torch.isfinite(p).all()), None)
+            if bad is not None:  # never replace the last good state with a diverged one
+                raise DataError(f"training diverged: {bad} holds NaN or infinite values at step {trainer.global_step} "
+                                "(lower optim.lr; last.ckpt keeps the last finite state)")
             trainer.save_checkpoint(self.path, weights_only=False)  # full state, for resuming
             self._step = trainer.global_step
 

@@ -51,8 +51,8 @@ def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike) -> None:
 def read_tokenizer_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable tokenizer file ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: not a readable tokenizer file ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(state, dict) or "kind" not in state:
         raise ValueError(f"{path}: not an arseq tokenizer file (no 'kind' field)")
     return state

@@ -1,0 +1,236 @@
+"""Hostile files and careless flags (issue 29), one table per class: bounded memory and time, reads only where
+pointed, nothing lost, one line.
+
+Each refusal is checked the same way: exit code 2, exactly one line on stderr naming the file, flag or field,
+no traceback, and nothing written or changed outside the output. Memory bombs run in one subprocess under
+RLIMIT_AS (a bomb that got past its check would die there in seconds, not take the machine), the race is
+two real processes, and the full disk is a 1 MB tmpfs (skipped where it cannot be mounted).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+from hostile_files import (TEXT, altered, base_parts, deep_json, make_ckpt, make_export, make_hf, train_config, yaml_bomb,
+                           zip_bomb)
+
+from arseq.cli import main
+from arseq.errors import DataError
+
+BOMB_MEMORY = 3 * 2**30  # RLIMIT_AS of the bomb subprocess: imports fit, any real bomb does not
+BOMB_SECONDS = 15.0  # each bomb must be refused within this (measured: ~0.1 s each after the imports)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """Every crafted file of the tables, built once (milliseconds each: no training)."""
+    root = tmp_path_factory.mktemp("hostile")
+    data = root / "train.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    f = {"root": root, "data": data, "ok": make_ckpt(root / "ok.ckpt", data_paths=str(data))}
+    f["big"] = make_ckpt(root / "big.ckpt", model={"n_layer": 2000, "d_model": 4096})
+    f["ctx"] = make_ckpt(root / "ctx.ckpt", model={"max_seq_len": 10**10})
+    f["vocab"] = make_ckpt(root / "vocab.ckpt", model={"vocab_size": 10**11})
+    f["zip"] = zip_bomb(f["ok"], root / "zip.ckpt")
+    f["yaml"] = yaml_bomb(root / "bomb.yaml")
+    f["hf_ctx"] = make_hf(root / "hf_ctx", {"max_position_embeddings": 10**10})
+    f["config"] = train_config(root / "train.yaml", data, root / "runs")
+    f["export"] = make_export(f["ok"], root / "export")
+    meta, _ = base_parts()
+    for name, changes in {"empty_meta": {"arseq": {}}, "tok_keys": {"tokenizer": {"kind": "char"}},
+                          "tok_type": {"tokenizer": 5}, "bpe": {"tokenizer": {"kind": "bpe", "json": "garbage"}},
+                          "modality5": {"modality": {"name": 5}}, "model_list": {"model": [1, 2]},
+                          "model_float": {"model": {**meta["model"], "n_layer": 1.5}}}.items():
+        if name == "empty_meta":
+            torch.save({"arseq": {}, "state_dict": {}}, root / f"{name}.ckpt")
+        else:
+            make_ckpt(root / f"{name}.ckpt", meta=changes)
+        f[name] = root / f"{name}.ckpt"
+    f["done"] = make_ckpt(root / "done.ckpt", model={"max_seq_len": 16}, global_step=10)  # the config's model
+    (root / "a_file").write_text("x")
+    return f
+
+
+def tree(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+            if p.is_file() and not any(part in skip for part in p.relative_to(root).parts)}
+
+
+def one_line(err: str, expect: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "Traceback" not in lines[0] and lines[0].startswith("arseq "), lines[0]
+    assert expect in lines[0], lines[0]
+    return lines[0]
+
+
+# ---- 1. small files and flags that would take all memory: one subprocess under RLIMIT_AS -------------------
+BOMBS: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
+    "2000 layers x 4096 wide": (lambda f: ["generate", "--checkpoint", str(f["big"])], "model.n_layer=2000"),
+    "max_seq_len 1e10": (lambda f: ["evaluate", "--checkpoint", str(f["ctx"])], "model.max_seq_len=10000000000"),
+    "vocab_size 1e11": (lambda f: ["export", "--checkpoint", str(f["vocab"]), "--out", str(f["root"] / "x")], "model.vocab_size"),
+    "HF max_position_embeddings 1e10": (lambda f: ["generate", "--checkpoint", str(f["hf_ctx"])], "max_position_embeddings"),
+    "zip entry inflating 1000x": (lambda f: ["generate", "--checkpoint", str(f["zip"])], "zip entry"),
+    "YAML billion laughs": (lambda f: ["prepare", "--config", str(f["yaml"])], "alias"),
+    "YAML billion laughs (generate)": (lambda f: ["generate", "--config", str(f["yaml"])], "alias"),
+    "--num-samples 1e9": (lambda f: ["generate", "--checkpoint", str(f["ok"]), "--num-samples", "1000000000"], "--num-samples"),
+    "--draft-tokens 1e8": (lambda f: ["generate", "--checkpoint", str(f["ok"]), "--draft", "ngram", "--draft-tokens",
+                                      "100000000"], "--draft-tokens"),
+    "--data.block_size 1e9": (lambda f: ["train", "--config", str(f["config"]), "--data.block_size", "1000000000"],
+                              "data.block_size=1000000000"),
+}
+
+DRIVER = """
+import contextlib, io, json, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
+from arseq.cli import main
+results = {}
+for name, argv in json.loads(sys.stdin.read()).items():
+    err, t0 = io.StringIO(), time.perf_counter()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = main(argv)
+        except BaseException as e:
+            rc = repr(e)[:300]
+    results[name] = {"rc": rc, "err": err.getvalue(), "seconds": time.perf_counter() - t0}
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def bombs(files, tmp_path_factory) -> dict[str, dict[str, Any]]:
+    cases = {name: build(files) for name, (build, _) in BOMBS.items()}
+    env = {**os.environ, "ARSEQ_CACHE_DIR": str(tmp_path_factory.mktemp("bomb_cache"))}
+    before = tree(files["root"])
+    done = subprocess.run([sys.executable, "-c", DRIVER, str(BOMB_MEMORY)], input=json.dumps(cases), capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert tree(files["root"]) == before  # no bomb wrote anything
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", list(BOMBS))
+def test_memory_bomb_is_refused_in_seconds_with_one_line(bombs, name):
+    result = bombs[name]
+    assert result["rc"] == 2, result
+    one_line(result["err"], BOMBS[name][1])
+    assert result["seconds"] < BOMB_SECONDS, result
+
+
+# ---- 2, 5, 6. files and flags refused in one line, in process ------------------------------------------------
+def _hf_index(files: dict[str, Path], name: str, shard: str) -> list[str]:
+    folder = make_hf(files["root"] / name, index={"model.embed_tokens.weight": shard})
+    return ["generate", "--checkpoint", str(folder)]
+
+
+def _symlinked(files: dict[str, Path], name: str, inner: str) -> list[str]:
+    folder = files["root"] / name
+    shutil.copytree(files["export"], folder)
+    (folder / inner).unlink()
+    (folder / inner).symlink_to(files["root"] / "a_file" if inner != "model.safetensors" else files["export"] / inner)
+    return ["generate", "--checkpoint", str(folder)]
+
+
+def _deep_tokenizer(files: dict[str, Path]) -> list[str]:
+    folder = files["root"] / "deep_export"
+    shutil.copytree(files["export"], folder)
+    (folder / "tokenizer.json").write_text(deep_json(), encoding="utf-8")
+    return ["generate", "--checkpoint", str(folder)]
+
+
+def _ckpt(name: str, *flags: str, verb: str = "generate") -> Callable[[dict[str, Path]], list[str]]:
+    return lambda f: [verb, "--checkpoint", str(f[name]), *flags]
+
+
+def _train(*flags: str) -> Callable[[dict[str, Path]], list[str]]:
+    return lambda f: ["train", "--config", str(f["config"]), *flags]
+
+
+REFUSED: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
+    # 1. absurd flags
+    "--num-samples 2e7": (_ckpt("ok", "--num-samples", "20000000"), "--num-samples"),
+    "--draft-tokens past the context": (_ckpt("ok", "--draft", "ngram", "--draft-tokens", "33"), "--draft-tokens 33"),
+    "--batch-size 0": (_ckpt("ok", "--batch-size", "0"), "--batch-size"),
+    "YAML recursive alias": (lambda f: ["generate", "--config", str(_write(f, "rec.yaml", "a: &x [1, *x]\n"))], "recursive"),
+    # 2. reads stay inside model folders
+    "HF shard ../../x": (lambda f: _hf_index(f, "hf_up", "../../x.safetensors"), "leads outside"),
+    "HF shard /etc/passwd": (lambda f: _hf_index(f, "hf_abs", "/etc/passwd"), "leads outside"),
+    "export tokenizer.json symlinked out": (lambda f: _symlinked(f, "link_tok", "tokenizer.json"), "outside"),
+    "export model.safetensors symlinked out": (lambda f: _symlinked(f, "link_model", "model.safetensors"), "outside"),
+    # 5. run folders
+    "resume past max_steps": (lambda f: ["train", "--config", str(f["config"]), "--ckpt_path", str(f["done"])], "already trained"),
+    # 6. one line for the rest
+    "arseq: {}": (_ckpt("empty_meta"), "arseq metadata lacks"),
+    "tokenizer state missing keys": (_ckpt("tok_keys"), "tokenizer state is unusable"),
+    "tokenizer state of the wrong type": (_ckpt("tok_type"), "not a mapping"),
+    "garbage BPE JSON": (_ckpt("bpe"), "tokenizer state is unusable"),
+    "modality.name: 5": (_ckpt("modality5"), "modality"),
+    "model config a list": (_ckpt("model_list"), "not a mapping"),
+    "model config n_layer 1.5": (_ckpt("model_float"), "model.n_layer"),
+    "deeply nested tokenizer.json": (_deep_tokenizer, "tokenizer"),
+    "--out under a file (NotADirectoryError)": (lambda f: ["generate", "--checkpoint", str(f["ok"]), "--out",
+                                                          str(f["root"] / "a_file" / "s.txt")], "is a file"),
+    "--out name too long (ENAMETOOLONG)": (lambda f: ["generate", "--checkpoint", str(f["ok"]), "--out",
+                                                     str(f["root"] / ("x" * 300 + ".txt"))], "too long"),
+    "trainer.default_root_dir a file": (_train("--trainer.default_root_dir", "A_FILE"), "a_file"),
+    "trainer.accumulate_grad_batches 0": (_train("--trainer.accumulate_grad_batches", "0"), "accumulate_grad_batches"),
+    "score --batch-size -1": (lambda f: ["score", "--checkpoint", str(f["ok"]), "--data.paths", str(f["data"]),
+                                         "--batch-size", "-1"], "--batch-size"),
+    "score --per-token --batch-size -1": (lambda f: ["score", "--checkpoint", str(f["ok"]), "--data.paths", str(f["data"]),
+                                                     "--per-token", "--batch-size", "-1"], "--batch-size"),
+}
+if not torch.cuda.is_available():
+    REFUSED["trainer.accelerator gpu without a GPU"] = (_train("--trainer.accelerator", "gpu"), "no CUDA GPU")
+
+
+def _write(files: dict[str, Path], name: str, text: str) -> Path:
+    (files["root"] / name).write_text(text, encoding="utf-8")
+    return files["root"] / name
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_refused_in_one_line(files, name, capsys):
+    argv = [str(files["root"] / "a_file") if a == "A_FILE" else a for a in REFUSED[name][0](files)]
+    capsys.readouterr()
+    before = tree(files["root"])
+    assert main(argv) == 2
+    one_line(capsys.readouterr().err, REFUSED[name][1])
+    assert tree(files["root"]) == before  # nothing written or changed
+
+
+def test_cache_dir_a_file_is_one_line(files, monkeypatch, capsys):
+    monkeypatch.setenv("ARSEQ_CACHE_DIR", str(files["root"] / "a_file"))
+    assert main(["evaluate", "--checkpoint", str(files["ok"]), "--data.paths", str(files["data"])]) == 2
+    one_line(capsys.readouterr().err, "a_file")
+
+
+def test_api_score_refuses_bad_ids_in_one_line(files):
+    import arseq
+
+    model = arseq.load(files["ok"])
+    assert len(model.score([[1, 3, 4]])) == 1
+    for bad, expect in (([[1, 99]], "token id 99"), ("abc", "list of token id lists"), ([[1, "a"]], "not integer"),
+                        ([[1, -1]], "token id -1"), ([[1.5, 2]], "not integer")):
+        with pytest.raises(DataError, match=expect):
+            model.score(bad)
+    with pytest.raises(DataError, match="batch_size"):
+        model.score([[1, 3]], batch_size=-1)
+
+
+def test_a_condition_field_given_twice_is_refused():
+    from arseq.conditioning import Controls
+
+    controls = Controls(offset=8, fields={"tag": ["A", "B"]})
+    assert controls.given(["tag=A"]) == {"tag": "A"}
+    with pytest.raises(DataError, match="given twice"):
+        controls.given(["tag=A", "tag=B"])
