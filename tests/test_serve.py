@@ -210,7 +210,7 @@ def test_body_limit_paths_and_a_failing_request(text, monkeypatch):
 def test_disconnect_frees_the_slot_and_a_full_queue_gives_429(trained):
     s = Served(trained / "checkpoints" / "last.ckpt", slots=1, max_queue=1)
     try:
-        long = {"prompt": "the", "max_tokens": 4000, "seed": 0}
+        long = {"prompt": "the", "max_tokens": 4000, "temperature": 0}  # greedy: the text goes on, no EOS
         conn, r = s.stream("/v1/completions", long)
         next(events(r))  # decoding: its row holds the one slot
         waiting = s.stream("/v1/completions", long)
@@ -222,6 +222,12 @@ def test_disconnect_frees_the_slot_and_a_full_queue_gives_429(trained):
             c.sock.close()
             c.close()
         wait_for(lambda: s.metric("arseq_rows_active") == 0 and s.metric("arseq_requests_cancelled_total", 'reason="disconnect"') == 2)
+        c = s.conn()  # not streamed: the server notices within a second or so
+        c.request("POST", "/v1/completions", body=json.dumps(long), headers={"Content-Type": "application/json"})
+        wait_for(lambda: s.metric("arseq_rows_active") == 1)
+        c.sock.close()
+        c.close()
+        wait_for(lambda: s.metric("arseq_rows_active") == 0 and s.metric("arseq_requests_cancelled_total", 'reason="disconnect"') == 3)
         assert s.post("/v1/completions", {"prompt": "a", "max_tokens": 2})[0] == 200
     finally:
         s.stop()
@@ -245,3 +251,43 @@ def test_timeout_health_metrics_and_page(models):
         assert b"http://" not in page and b"https://" not in page  # nothing from elsewhere
     finally:
         s.stop()
+
+
+def test_sigterm_finishes_running_requests_and_exits_0(trained):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "arseq", "serve", "--checkpoint", str(trained), "--port", str(port),
+                             "--log-level", "warning"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        s = Served.__new__(Served)
+        s.port = port
+        conn, r = s.stream("/v1/completions", {"prompt": "the", "max_tokens": 300, "seed": 0})
+        stream = events(r)
+        next(stream)
+        proc.send_signal(signal.SIGTERM)
+        assert list(stream)[-1][1] == "[DONE]"  # the running request finishes
+        conn.close()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_verb_checks_its_flags(capsys):
+    assert main(["serve", "--checkpoint", "x", "--slots", "0"]) == 2
+    assert "--slots must be >= 1" in capsys.readouterr().err

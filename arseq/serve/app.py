@@ -111,16 +111,19 @@ class Run:
         server.loop.submit(self.job)
 
     async def events(self) -> AsyncIterator[tuple]:
-        """Engine events until the request ends; ("idle",) while nothing happens; a client that left cancels it."""
+        """Engine events until the request ends; ("idle",) while nothing happens. A client that left (checked every
+        KEEPALIVE_S seconds) ends it, and its rows leave the engine at the next step."""
+        checked = time.monotonic()
         try:
             while True:
                 try:
                     event = await asyncio.wait_for(self.queue.get(), KEEPALIVE_S)
                 except asyncio.TimeoutError:
+                    event = ("idle",)
+                if time.monotonic() - checked >= KEEPALIVE_S:
+                    checked = time.monotonic()
                     if await self.http.is_disconnected():
                         return
-                    yield ("idle",)
-                    continue
                 if event[0] == "token":
                     self.tokens[event[1]].append(event[2])
                 elif event[0] in ("done", "error"):

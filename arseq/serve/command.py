@@ -6,8 +6,11 @@ after which they are cancelled; then the engine loop stops and the process exits
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-from typing import Any, Sequence
+import signal
+import threading
+from typing import Any, Iterator, Sequence
 
 from arseq.errors import DataError
 
@@ -83,5 +86,24 @@ def run_serve(argv: Sequence[str]) -> int:
         log.warning("binding %s: anyone who can reach it can use this model (there is no authentication)", args.host)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=args.grace,
                             limit_concurrency=max(256, 4 * args.max_queue))
-    uvicorn.Server(config).run()
+    server = quiet_exit(uvicorn.Server)(config)
+    server.run()
     return 0
+
+
+def quiet_exit(server_cls: type) -> type:
+    """uvicorn's Server, whose SIGTERM/SIGINT start the graceful shutdown and then let the process exit 0 (uvicorn
+    re-raises the signal after shutting down, which would end the process with it)."""
+    class Server(server_cls):  # type: ignore[misc, valid-type]
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+    return Server
