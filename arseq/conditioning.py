@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from arseq.errors import DataError
-from arseq.models.sampling import Constraint
+from arseq.decode.config import Constraint
 
 
 def split_condition(spec: str) -> tuple[str, str | None]:

@@ -1,36 +1,18 @@
 """`--draft` for generate/evaluate (and `arseq.load(...).generate(draft=...)`): speculative decoding
-(arseq.models.speculative) with a draft checkpoint or export of the same tokenizer, or `ngram`
+(arseq.decode.speculative) with a draft checkpoint or export of the same tokenizer, or `ngram`
 (prompt lookup, no model). Loading, checking and the per-run report live here, not in workflows."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from arseq.checkpoint import Loaded
+from arseq.decode import DraftModel, NGram, Speculative
 from arseq.errors import DataError
-from arseq.models.inference import Compile
-from arseq.models.sampling import Constraint, Generation, OnToken, SamplingConfig
-from arseq.models.speculative import DraftModel, NGram, SpecStats, speculative_generate
 
 
-@dataclass
-class Speculative:
-    """The proposer of one generate/evaluate run and what it achieved over all batches."""
-
-    proposer: DraftModel | NGram
-    k: int
-    stats: SpecStats = field(default_factory=SpecStats)
-
-    def generate(self, loaded: Loaded, prompts: list[list[int]], cfg: SamplingConfig, seeds: list[int] | None,
-                 constraint: Constraint | None, on_token: OnToken | None, compile: Compile = False, head: int = 0) -> Generation:
-        gen = speculative_generate(loaded.model, prompts, cfg, self.proposer, k=self.k, pad_id=loaded.tokenizer.pad_id,
-                                   constraint=constraint, on_token=on_token, seeds=seeds, compile=compile, head=head)
-        self.stats.add(gen.stats)
-        return gen
-
-    def report(self) -> dict[str, Any]:
-        """The figures for evaluate's JSON: acceptance rate, tokens per target pass, tokens/s."""
-        return {"draft": "ngram" if isinstance(self.proposer, NGram) else "model", "draft_tokens": self.k, **self.stats.as_dict()}
+def report(spec: Speculative) -> dict[str, Any]:
+    """The figures for evaluate's JSON: acceptance rate, tokens per target pass, tokens/s."""
+    return {"draft": "ngram" if isinstance(spec.proposer, NGram) else "model", "draft_tokens": spec.k, **spec.stats.as_dict()}
 
 
 def from_args(loaded: Loaded, args: Any) -> Speculative | None:

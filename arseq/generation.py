@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from arseq import drafting
 from arseq.checkpoint import Loaded
 from arseq.conditioning import Controls, split_condition
 from arseq.data.prepare import DataConfig, Prepared, prepare
 from arseq.modalities import DataError, EvalInputs, Example, Modality, Plan, Request, Sample
-from arseq.models.sampling import SamplingConfig, generate
+from arseq.decode import SamplingConfig, Speculative, generate
 from arseq.models.scoring import sequence_nll, unigram_baseline
 from arseq.workflows import resolve_device
 
@@ -122,41 +121,43 @@ def make_plan(loaded: Loaded, request: Request) -> tuple[Plan, SamplingConfig]:
 
 
 def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, compile: Any = False, stream: bool = True,
-           spec: drafting.Speculative | None = None) -> list[Sample]:
-    """Sample one sequence per prompt of the plan, with its constraint (and streamer, when `stream`);
-    speculatively with `spec` (--draft)."""
+           spec: Speculative | None = None) -> list[Sample]:
+    """Sample one sequence per prompt of the plan on the decode engine (`batch_size` rows at once, rows joining
+    as others end), with its constraint (and streamer, when `stream`); speculatively with `spec` (--draft)."""
     tok, model, controls = loaded.tokenizer, loaded.model, loaded.controls
     head = controls.head if controls is not None else 0  # BOS and the conditions stay in the context
     prompts, streamer = plan.prompts, plan.streamer if stream else None
     if spec is not None and plan.guide is not None:
         raise DataError(f"--draft: speculative decoding does not guide, and these samples are guided (guidance {cfg.guidance:g}: "
                         f"--guidance, or the {loaded.modality.name} default for conditioned samples); add --guidance 1 or drop --draft")
-    out: list[Sample] = []
-    batches = range(0, len(prompts), batch_size)
+    bar = None
     if streamer is None and len(prompts) > 1:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc="generating", unit="batch", leave=False, disable=None)
-    for b0 in batches:
+        bar = tqdm(total=len(prompts), desc="generating", unit="sample", leave=False, disable=None)
+
+    def on_token(row: int, token: int, done: bool) -> None:
+        if streamer is not None:
+            streamer(row, token)
+        if bar is not None and done:
+            bar.update()
+
+    slots = min(batch_size, len(prompts)) * (2 if plan.guide is not None else 1)
+    try:
+        gen = generate(model, prompts, cfg, pad_id=tok.pad_id, constraint=plan.constraint() if plan.constraint else None,
+                       guide=plan.guide, head=head, on_token=on_token, compile=compile, slots=slots, speculative=spec)
+    except ValueError as e:
+        raise DataError(f"generate: {e}") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    out: list[Sample] = []
+    for b0 in range(0, len(prompts), batch_size):
         batch = prompts[b0 : b0 + batch_size]
-        # Sample i is seeded with seed + i: the same samples at any --batch-size
-        seeds = [cfg.seed + b0 + i for i in range(len(batch))] if cfg.seed is not None else None
-        constraint = plan.constraint() if plan.constraint is not None else None
-
-        def on_token(step: int, tokens: torch.Tensor, finished: torch.Tensor) -> None:
-            for row, t in enumerate(tokens.tolist()):
-                if not finished[row] or t == tok.eos_id:
-                    streamer(row, t)
-
-        guide = plan.guide[b0 : b0 + batch_size] if plan.guide is not None else None
-        if spec is not None:
-            gen = spec.generate(loaded, batch, cfg, seeds, constraint, on_token if streamer else None, compile, head)
-        else:
-            gen = generate(model, batch, cfg, pad_id=tok.pad_id, seeds=seeds, constraint=constraint,
-                           on_token=on_token if streamer else None, compile=compile, guide=guide, head=head)
-        scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, gen.tokens, gen.stopped)]
+        tokens, stopped = gen.tokens[b0 : b0 + batch_size], gen.stopped[b0 : b0 + batch_size]
+        scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, tokens, stopped)]
         nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id, head=head)
-        for p, t, s, n, c in zip(batch, gen.tokens, gen.stopped, nll, count):
+        for p, t, s, n, c in zip(batch, tokens, stopped, nll, count):
             out.append(Sample(controls.strip(p) if controls else list(p), t, s, float(n / c) if c else float("nan")))
     if spec is not None:
         print(spec.stats.line(), file=sys.stderr)
@@ -241,7 +242,7 @@ def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list
         spec = drafting.from_args(loaded, run)
         samples = sample(loaded, plan, cfg, run.batch_size, run.compile, stream=False, spec=spec)
         if spec is not None:
-            result["speculative"] = spec.report()
+            result["speculative"] = drafting.report(spec)
         result["sample_metrics"] = modality_metrics(modality, tok, [s.prompt + s.tokens for s in samples], train_items)
         n = min(len(items), max(request.num_samples, 100))  # a seeded sample of the held-out items, not the first n
         chosen = np.random.default_rng(0).choice(len(items), n, replace=False)

@@ -201,7 +201,7 @@ def test_speculative_decoding_of_a_conditioned_model_equals_plain(tagged, capsys
 def test_guidance_follows_the_guided_distribution_token_for_token():
     """Greedy with --guidance s picks argmax(log p_u + s (log p_c - log p_u)) at every step, p_c given the
     conditioned prompt, p_u the guide prompt (a different length: left-padded), both fed the chosen tokens."""
-    from arseq.models.sampling import SamplingConfig, generate, guided
+    from arseq.decode import SamplingConfig, generate, guided
     from arseq.models.transformer import Transformer, TransformerConfig
 
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ from arseq.cli import main
 from arseq.interop import hf
 from arseq.modalities import DataError
 from arseq.modalities.music import MusicModality
-from arseq.models.sampling import SamplingConfig, generate
+from arseq.decode import SamplingConfig, generate
 from arseq.models.transformer import Transformer, TransformerConfig
 
 

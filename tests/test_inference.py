@@ -8,13 +8,8 @@ import torch
 
 from arseq import checkpoint
 from arseq.cli import main
-from arseq.models import (
-    SamplingConfig,
-    Transformer,
-    TransformerConfig,
-    generate,
-    inference,
-)
+from arseq.decode import SamplingConfig, generate
+from arseq.models import Transformer, TransformerConfig, inference
 from arseq.models.inference import prepare_for_inference, resolve_dtype
 from arseq.models.quantize import Int8Embedding, Int8Linear, quantize_model
 
@@ -28,29 +23,26 @@ def model() -> Transformer:
 
 
 def reference_greedy(model, prompts, n, head=0):
-    """The sliding-window decode in plain full passes: each row's real tokens of the window, padding never seen;
-    a row cut by a slide keeps its first `head` tokens in front."""
-    context, keep, width = model.cfg.max_seq_len, model.cfg.max_seq_len // 2, max(map(len, prompts))
-    rows = [[None] * (width - len(p)) + list(p) for p in prompts]  # None: left padding
-    start = 0  # first buffer column the cache holds (the same for every row, as in `generate`)
-    for _ in range(n):
-        for p, row in zip(prompts, rows):
-            cut = start > width - len(p)  # real tokens of this row fell out of the window
-            real = list(p[:head]) + row[start + head :] if cut and head else [t for t in row[start:] if t is not None]
-            row.append(int(model(torch.tensor([real]))[0, -1].argmax()))
-        if len(rows[0]) - 1 - start == context:  # the cache was full before the newest token: slide
-            start = len(rows[0]) - keep
-    return [row[width:] for row in rows]
+    """The sliding-window decode in plain full passes, row by row: a row whose window outgrows the context
+    keeps its first `head` tokens and its newest, half the context in all."""
+    context, keep, out = model.cfg.max_seq_len, model.cfg.max_seq_len // 2, []
+    for p in prompts:
+        seq, start = list(p), head
+        for _ in range(n):
+            if head + len(seq) - start > context:
+                start = len(seq) - (keep - head)
+            seq.append(int(model(torch.tensor([seq[:head] + seq[start:]]))[0, -1].argmax()))
+        out.append(seq[len(p) :])
+    return out
 
 
-def test_static_decode_matches_full_passes_for_left_padded_rows_and_the_sliding_window(model):
+def test_static_decode_matches_full_passes_for_rows_of_any_length_and_the_sliding_window(model):
     prompts = [[5, 6, 7, 8, 9, 10], [1, 2], [3]]
     assert generate(model, prompts, GREEDY).tokens == reference_greedy(model, prompts, GREEDY.max_new_tokens)
 
 
 def test_a_slide_keeps_each_prompts_head_in_front_of_the_window(model):
-    """`head`: a conditioned prompt's BOS and control tokens stay in the context past a slide (rows that the
-    slide does not cut keep all their tokens, left-padded)."""
+    """`head`: a conditioned prompt's BOS and control tokens stay in the context past a slide."""
     with torch.no_grad():  # sharper weights: greedy output that does not repeat one token, so the head shows
         for p in model.parameters():
             p.mul_(3)

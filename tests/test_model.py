@@ -2,8 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arseq.models import SamplingConfig, Transformer, TransformerConfig, generate, sequence_nll
-from arseq.models.sampling import process_logits
+from arseq.decode import SamplingConfig, generate, process_logits
+from arseq.decode.logits import Params
+from arseq.models import Transformer, TransformerConfig, sequence_nll
 from arseq.models.scoring import chunk_sequences
 
 
@@ -11,6 +12,10 @@ from arseq.models.scoring import chunk_sequences
 def model() -> Transformer:
     torch.manual_seed(0)
     return Transformer(TransformerConfig(vocab_size=50, max_seq_len=48, n_layer=2, n_head=4, d_model=32)).eval()
+
+
+def params(**cfg) -> Params:
+    return Params.of([SamplingConfig(**cfg)], 4, torch.device("cpu"))
 
 
 def recompute_greedy(model, prompt, n):
@@ -24,7 +29,8 @@ def test_cached_logits_match_full_pass(model):
     x = torch.randint(0, 50, (3, 40))
     full = model(x)
     model.setup_cache(3)
-    steps = [model(x[:, :25], start=0)] + [model(x[:, t : t + 1], start=t) for t in range(25, 40)]
+    at = lambda a, b: torch.arange(a, b).expand(3, b - a)  # noqa: E731
+    steps = [model(x[:, :25], pos=at(0, 25))] + [model(x[:, t : t + 1], pos=at(t, t + 1)) for t in range(25, 40)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
 
 
@@ -55,16 +61,16 @@ def test_same_seed_same_sample_other_seed_other_sample(model):
 
 def test_top_p_drops_the_tail_and_min_p_drops_the_unlikely():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = process_logits(logits, SamplingConfig(top_p=0.7), None, None).isfinite()
+    kept = process_logits(logits, params(top_p=0.7), None, None).isfinite()
     assert kept.tolist() == [[True, True, False, False]]
-    kept = process_logits(logits, SamplingConfig(min_p=0.25), None, None).isfinite()
+    kept = process_logits(logits, params(min_p=0.25), None, None).isfinite()
     assert kept.tolist() == [[True, True, True, False]]
 
 
 def test_repetition_penalty_lowers_seen_tokens():
     logits = torch.tensor([[2.0, -1.0, 2.0, -1.0]])
     seen = torch.tensor([[True, True, False, False]])
-    out = process_logits(logits, SamplingConfig(repetition_penalty=2.0, temperature=0), seen, None)
+    out = process_logits(logits, params(repetition_penalty=2.0, temperature=0), seen, None)
     assert out.tolist() == [[1.0, -2.0, 2.0, -1.0]]
 
 
@@ -88,14 +94,15 @@ def test_constraint_and_stop_token(model):
 
 
 def test_a_constraint_that_allows_nothing_ends_the_row_instead_of_failing(model):
-    def constraint(rows):  # a dead end after three tokens in row 0 only
+    def constraint(rows):  # a dead end after three tokens in the row that starts with 1 only
         allowed = torch.ones(len(rows), 50, dtype=torch.bool)
         allowed[:, 2] = False
-        if len(rows[0]) >= 4:
-            allowed[0] = False
+        for i, row in enumerate(rows):
+            if row[0] == 1 and len(row) >= 4:
+                allowed[i] = False
         return allowed
 
-    gen = generate(model, [[1], [1]], SamplingConfig(max_new_tokens=8, temperature=0.9, top_p=0.9, seed=0, stop_tokens=(2,)),
+    gen = generate(model, [[1], [3]], SamplingConfig(max_new_tokens=8, temperature=0.9, top_p=0.9, seed=0, stop_tokens=(2,)),
                    constraint=constraint)
     assert gen.stopped == [True, False] and len(gen.tokens[0]) == 3 and len(gen.tokens[1]) == 8
 

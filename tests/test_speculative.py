@@ -1,4 +1,4 @@
-"""Speculative decoding (arseq.models.speculative): greedy output is plain greedy decoding's token for
+"""Speculative decoding (arseq.decode.speculative): greedy output is plain greedy decoding's token for
 token (batches, left padding, sliding windows, every modality's constraint); sampled tokens follow the
 target's exact distribution (chi-square, with a deliberately bad draft); constraints follow rows cut back."""
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from arseq.models import SamplingConfig, Transformer, TransformerConfig, generate
-from arseq.models.ngram_draft import lookup
-from arseq.models.sampling import process_logits
-from arseq.models.speculative import DraftModel, NGram, speculative_generate
+from arseq.decode import DraftModel, NGram, SamplingConfig, Speculative, generate, process_logits
+from arseq.decode.logits import Params
+from arseq.decode.ngram import lookup
+from arseq.models import Transformer, TransformerConfig
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "arseq-dna"
 
@@ -30,7 +30,11 @@ def tiny(vocab: int, context: int = 64, layers: int = 2, width: int = 32, seed: 
     return model.eval()
 
 
-PROMPTS = [[1, 2, 3, 4, 5, 6], [1], [1, 7, 7]]  # left-padded in a batch
+PROMPTS = [[1, 2, 3, 4, 5, 6], [1], [1, 7, 7]]  # rows of different lengths
+
+
+def speculative_generate(target: Transformer, prompts: list[list[int]], cfg: SamplingConfig, proposer, k: int = 4, **options):
+    return generate(target, prompts, cfg, speculative=Speculative(proposer, k), **options)
 
 
 def proposers(target: Transformer) -> dict[str, DraftModel | NGram]:
@@ -40,7 +44,7 @@ def proposers(target: Transformer) -> dict[str, DraftModel | NGram]:
 
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
 @pytest.mark.parametrize("k", [1, 4])
-def test_greedy_equals_plain_greedy_in_left_padded_batches(k, penalty):
+def test_greedy_equals_plain_greedy_in_batches_of_rows_of_any_length(k, penalty):
     target = tiny(20)
     cfg = SamplingConfig(max_new_tokens=40, temperature=0, repetition_penalty=penalty, stop_tokens=(3,))
     plain = generate(target, PROMPTS, cfg)
@@ -85,10 +89,10 @@ def test_a_slide_keeps_the_head_as_plain_decoding_does():
 
 
 def test_compiled_passes_give_plain_greedy_output_and_are_built_once():
-    """--compile: the one-token and (k+1)-token passes compiled (shorter feeds padded with holes to k+1), the
-    same tokens as plain greedy decoding in a left-padded batch that slides; a second run reuses them."""
+    """--compile: the one-token and (k+1)-token passes compiled (shorter feeds padded to k+1), the same tokens as
+    plain greedy decoding in a batch that slides; a second run reuses them."""
+    from arseq.decode.slots import cached_pass
     from arseq.models import inference
-    from arseq.models.row_cache import cached_pass
 
     target = tiny(20, context=24)
     cfg = SamplingConfig(max_new_tokens=50, temperature=0)
@@ -127,7 +131,7 @@ def exact_joint(model: Transformer, prompt: list[int], steps: int, cfg: Sampling
             logits = model(torch.tensor([prefix]))[:, -1]
             seen = torch.zeros(1, V, dtype=torch.bool)
             seen[0, prefix] = True
-            p *= float(process_logits(logits, cfg, seen, None).softmax(-1)[0, seq[j]])
+            p *= float(process_logits(logits, Params.of([cfg], V, logits.device), seen, None).softmax(-1)[0, seq[j]])
             if p == 0:
                 break
         probs[seq] = p
@@ -242,18 +246,26 @@ def test_stateful_constraints_roll_back(name):
     a = generate(target, [prompts[-1]], cfg, pad_id=tok.pad_id, constraint=make()).tokens[0]
     b = generate(target, [prompts[-1]], SamplingConfig(max_new_tokens=40, temperature=1.0, seed=1), pad_id=tok.pad_id,
                  constraint=make()).tokens[0]
-    constraint, row = make(), list(prompts[-1])
+    prompt = list(prompts[-1])
+    constraint, row = make(), list(prompt)
+
+    def fresh() -> torch.Tensor:  # a new constraint that saw the prompt first (music counts bars from there), then the row
+        other, grown = make(), list(prompt)
+        other([grown])
+        grown += row[len(prompt) :]
+        return other([grown])
+
     schedule = [(a, 30), (None, 12), (b, 25), (None, 3), (a, 40)]  # (tokens to append, or None: cut back by n)
     for tokens, n in schedule:
         if tokens is None:
             del row[len(row) - n :]
-            assert torch.equal(constraint([row]), make()([list(row)]))
+            assert torch.equal(constraint([row]), fresh())
             continue
         for t in tokens[:n]:
             if not bool(constraint([row])[0, t]):
                 break  # a token of the other sample that does not fit here: stop growing
             row.append(t)
-            assert torch.equal(constraint([row]), make()([list(row)]))
+            assert torch.equal(constraint([row]), fresh())
 
 
 def test_prefix_counts_follow_rows_cut_back():
@@ -310,7 +322,7 @@ def test_cli_draft_gives_plain_greedy_output_and_reports(trained, tmp_path, caps
 def test_ngram_gives_up_below_the_break_even_of_compiled_cpu_passes(monkeypatch):
     """Proposals that yield 2 tokens per pass: worth it eagerly (break-even 1.15), not when compiled on a CPU, where
     a verify pass costs 2.4-3.2 one-token passes (break-even 2.5); same output either way."""
-    import arseq.models.speculative as spec_module
+    import arseq.decode.speculative as spec_module
 
     target = tiny(20, context=128)
 
@@ -330,19 +342,19 @@ def test_ngram_gives_up_below_the_break_even_of_compiled_cpu_passes(monkeypatch)
 
 
 def test_failing_ngram_proposals_fall_back_to_plain_decoding(monkeypatch):
-    """Proposals that are always wrong: after 32 tokens the row finishes with plain decoding, same output."""
-    import arseq.models.speculative as spec_module
+    """Proposals that are always wrong: after 32 tokens the row stops proposing (plain decoding), same output."""
+    import arseq.decode.speculative as spec_module
 
     target = tiny(20, context=128)
     wrong = lambda tokens, k, n, min_n: [(tokens[-1] + 1) % 20 if target(torch.tensor([tokens]))[0, -1].argmax() != (tokens[-1] + 1) % 20 else (tokens[-1] + 2) % 20]  # noqa: E731
     monkeypatch.setattr(spec_module, "lookup", wrong)
     cfg = SamplingConfig(max_new_tokens=100, temperature=0)
     streamed: list[int] = []
-    spec = speculative_generate(target, [[1, 2, 3]], cfg, NGram(), k=4, on_token=lambda step, t, f: streamed.append(step))
+    spec = speculative_generate(target, [[1, 2, 3]], cfg, NGram(), k=4, on_token=lambda row, t, done: streamed.append(t))
     assert spec.tokens == generate(target, [[1, 2, 3]], cfg).tokens
     assert spec.stats.accepted == 0 and spec.stats.proposed < 64  # gave up on proposing early
-    assert streamed == list(range(100))  # every step streamed once, in order
-    short = tiny(20, context=24)  # past a slide (no constraint, no penalty): the plain rest starts from the window
+    assert streamed == spec.tokens[0]  # every token streamed once, in order
+    short = tiny(20, context=24)  # past a slide
     monkeypatch.setattr(spec_module, "lookup", lambda tokens, k, n, min_n: [(tokens[-1] + 7) % 20])
     spec = speculative_generate(short, [[1, 2, 3]], cfg, NGram(), k=4)
     assert spec.tokens == generate(short, [[1, 2, 3]], cfg).tokens and spec.stats.proposed < 64

@@ -218,7 +218,7 @@ def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str
     from arseq import generation
     from arseq.analysis import drift as tf
     from arseq.analysis import survival as fr
-    from arseq.models.sampling import generate
+    from arseq.decode import generate
 
     tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
     train_data, items, where = generation.held_out(loaded, call.data_paths)

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arseq.models.decoding import causal_mask, decode_step, prefill, row_positions, slot_mask
 from arseq.models.transformer import Transformer
 
 KINDS = ("random", "likeliest_wrong", "plausible")
@@ -114,22 +113,23 @@ def measure(
         for b0 in range(0, len(sites), batch_size):
             batch = sites[b0 : b0 + batch_size]
             B = len(batch)
-            prefix = torch.full((B, C0), pad_id, dtype=torch.long)
+            prefix = torch.full((B, C0), pad_id, dtype=torch.long)  # each row from position 0, padded after its end
             suffix = torch.empty((B, K), dtype=torch.long)  # x[j..j+K-1]: what is fed after the prefix
             target = torch.empty((B, K), dtype=torch.long)  # x[j+1..j+K]
-            pad = torch.empty(B, dtype=torch.long)
+            ends = torch.empty(B, dtype=torch.long)
             for r, s in enumerate(batch):
                 x = np.asarray(items[s.item], dtype=np.int64)
                 before = x[max(0, s.pos - C0) : s.pos]
-                prefix[r, C0 - len(before) :] = torch.from_numpy(before)
-                pad[r] = C0 - len(before)
+                prefix[r, : len(before)] = torch.from_numpy(before)
+                ends[r] = len(before)
                 suffix[r] = torch.from_numpy(x[s.pos : s.pos + K])
                 target[r] = torch.from_numpy(x[s.pos + 1 : s.pos + K + 1])
-            prefix, suffix, target, pad = prefix.to(device), suffix.to(device), target.to(device), pad.to(device)
+            prefix, suffix, target, ends = prefix.to(device), suffix.to(device), target.to(device), ends.to(device)
             model.setup_cache(B, context)
-            at_j = prefill(model, prefix, pad, causal_mask(context, prefix.device)).float()  # the model's prediction of x[j]
+            logits = model(prefix, pos=torch.arange(C0, device=device).expand(B, C0))  # a row's padding comes after it
+            at_j = logits[torch.arange(B, device=device), ends - 1].float()  # the model's prediction of x[j]
             _pick_wrong(batch, at_j, suffix[:, 0], banned, mistake, items, rng, kinds)
-            clean_lp, clean_greedy = _continue(model, suffix, pad, C0, K, diverge)
+            clean_lp, clean_greedy = _continue(model, suffix, ends, K, diverge)
             clean_nll = -clean_lp.gather(-1, target[..., None]).squeeze(-1)
             clean_rows.append(clean_nll.cpu().numpy())
             for kind in kinds:
@@ -139,7 +139,7 @@ def measure(
                 idx = torch.tensor(rows, device=device)
                 corrupted = suffix.clone()
                 corrupted[idx, 0] = torch.tensor([batch[r].wrong[kind] for r in rows], device=device)
-                lp, greedy = _continue(model, corrupted, pad, C0, K, diverge)
+                lp, greedy = _continue(model, corrupted, ends, K, diverge)
                 nll = -lp.gather(-1, target[..., None]).squeeze(-1)
                 p_clean = clean_lp.exp()
                 kl = (p_clean * (clean_lp - lp)).sum(-1)
@@ -182,73 +182,16 @@ def _pick_wrong(batch: list[Site], at_j: torch.Tensor, true: torch.Tensor, banne
         s.wrong["plausible"] = int(w) if w is not None and w != t else None
 
 
-def _continue(model: Transformer, suffix: torch.Tensor, pad: torch.Tensor, c0: int, k: int,
+def _continue(model: Transformer, suffix: torch.Tensor, ends: torch.Tensor, k: int,
               diverge: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """After the cached prefix: log-probs of the next token after each of the K fed tokens (teacher forcing),
-    and (with `diverge`; else zeros) K greedy tokens generated from the first fed token on (free running)."""
-    causal = causal_mask(model.cfg.max_seq_len, suffix.device)  # the cache holds the whole context
-    input_pos = torch.arange(c0, c0 + k, device=suffix.device)
-    logits = model(suffix, input_pos=input_pos, positions=row_positions(input_pos, pad),
-                   mask=slot_mask(causal, pad, input_pos)).float()
-    logp = F.log_softmax(logits, dim=-1)
+    """After the cached prefixes (row r's ends at position ends[r]): log-probs of the next token after each of
+    the K fed tokens (teacher forcing), and (with `diverge`; else zeros) K greedy tokens generated from the
+    first fed token on (free running)."""
+    pos = ends[:, None] + torch.arange(k, device=suffix.device)[None, :]
+    logp = F.log_softmax(model(suffix, pos=pos).float(), dim=-1)
     greedy = torch.zeros_like(suffix)
     token = suffix[:, 0]
     for step in range(k if diverge else 0):  # overwrites the cache slots of the suffix one at a time; the prefix stays
-        step_logits = decode_step(model, token, input_pos[step : step + 1], pad, causal)
-        token = step_logits.argmax(-1)
+        token = model(token[:, None], pos=pos[:, step : step + 1])[:, -1].argmax(-1)
         greedy[:, step] = token
     return logp, greedy
-
-
-def bootstrap_curve(values: np.ndarray, groups: np.ndarray, n_boot: int = 1000, level: float = 0.95,
-                    seed: int = 0) -> dict[str, list[float]]:
-    """Mean over rows per offset, with a percentile CI from resampling whole pieces of data (positions
-    in one piece are not independent)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return {"mean": [], "lo": [], "hi": []}
-    uniq, inv = np.unique(groups, return_inverse=True)
-    sums = np.zeros((len(uniq), values.shape[1]))
-    np.add.at(sums, inv, values)
-    counts = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
-    draws = np.random.default_rng(seed).integers(0, len(uniq), size=(n_boot, len(uniq)))
-    weights = np.zeros((n_boot, len(uniq)))
-    np.add.at(weights, (np.arange(n_boot)[:, None], draws), 1.0)
-    means = (weights @ sums) / np.maximum(weights @ counts, 1)[:, None]
-    a = (1 - level) / 2
-    return {"mean": values.mean(0).tolist(), "lo": np.quantile(means, a, axis=0).tolist(),
-            "hi": np.quantile(means, 1 - a, axis=0).tolist()}
-
-
-def summarize_curve(mean: Sequence[float]) -> dict[str, float | int | None]:
-    """Peak excess, recovery half-life (first offset after the peak below half of it; None: not within K)
-    and the share of the peak still there at offset K (1: no recovery at all, 0: full recovery)."""
-    m = np.asarray(mean, dtype=np.float64)
-    if m.size == 0:
-        return {"peak": None, "peak_offset": None, "half_life": None, "remaining_share": None}
-    peak_at = int(np.argmax(m))
-    peak = float(m[peak_at])
-    below = np.flatnonzero(m[peak_at:] < peak / 2) if peak > 0 else np.array([0])
-    half = int(peak_at + below[0] + 1) if below.size else None
-    return {"peak": peak, "peak_offset": peak_at + 1, "half_life": half,
-            "remaining_share": float(m[-1] / peak) if peak > 0 else 0.0}
-
-
-def report(result: DriftResult, n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
-    """The JSON-able curves and summary numbers of every kind."""
-    out = {}
-    for kind in result.excess:
-        if len(result.excess[kind]) == 0:
-            continue
-        g = result.groups[kind]
-        excess = bootstrap_curve(result.excess[kind], g, n_boot, seed=seed)
-        out[kind] = {
-            "sites": int(len(g)),
-            "pieces": int(len(np.unique(g))),
-            "excess_nll": excess,
-            "kl": bootstrap_curve(result.kl[kind], g, n_boot, seed=seed),
-            **({"divergence": bootstrap_curve(result.diverged[kind].astype(np.float64), g, n_boot, seed=seed)}
-               if len(result.diverged[kind]) else {}),
-            **summarize_curve(excess["mean"]),
-        }
-    return out

@@ -24,7 +24,7 @@ from arseq.errors import first_line
 from arseq.atomic import atomic_write
 from arseq.limits import check_model, inside
 from arseq.modalities import DataError
-from arseq.models.sampling import SamplingConfig
+from arseq.decode.config import SamplingConfig
 from arseq.models.transformer import Transformer, TransformerConfig
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import numpy as np
 from arseq.atomic import OutputFiles  # noqa: F401  (re-exported: part of the plugin API)
 from arseq.errors import DataError  # noqa: F401
 from arseq.modalities.plan import Plan, Request, SamplingOptions  # noqa: F401
-from arseq.models.sampling import Constraint  # noqa: F401
+from arseq.decode.config import Constraint  # noqa: F401
 from arseq.tokenizers.base import Tokenizer
 
 

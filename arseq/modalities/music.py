@@ -41,7 +41,7 @@ from arseq.modalities.music_reading import (
     roundtrip_report,
 )
 from arseq.modalities.render import piano_roll
-from arseq.models.sampling import SamplingConfig
+from arseq.decode.config import SamplingConfig
 from arseq.tokenizers.score import PITCH, Events, Grammar, ScoreTokenizer
 
 # Nucleus sampling slightly cooled: at T = 1 the 0.8 M-parameter CPU model's samples were 90 % in key (held-out

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from arseq.models.sampling import Constraint, SamplingConfig
+from arseq.decode.config import Constraint, SamplingConfig
 
 
 @dataclass

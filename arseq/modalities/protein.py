@@ -63,7 +63,7 @@ from arseq.modalities.protein_metrics import (
     novelty,
     spread,
 )
-from arseq.models.sampling import SamplingConfig
+from arseq.decode.config import SamplingConfig
 from arseq.tokenizers.protein import (
     NONSTANDARD,
     STANDARD,

@@ -1,6 +1,5 @@
-"""The shared model: a plain-PyTorch causal transformer, its sampler and scorer. No modality in sight."""
-from arseq.models.sampling import Generation, SamplingConfig, generate
+"""The shared model: a plain-PyTorch causal transformer and its scorer. No modality in sight."""
 from arseq.models.scoring import sequence_nll
 from arseq.models.transformer import Transformer, TransformerConfig
 
-__all__ = ["Generation", "SamplingConfig", "Transformer", "TransformerConfig", "generate", "sequence_nll"]
+__all__ = ["Transformer", "TransformerConfig", "sequence_nll"]

@@ -17,14 +17,12 @@ import torch
 from torch import Tensor
 
 from arseq.errors import first_line
-from arseq.models.decoding import decode_step
 from arseq.models.quantize import quantize_model
 from arseq.models.transformer import KVCache, Transformer
 
 Compile = bool | Literal["off", "on", "auto"]
 COMPILE_CHOICES = ("off", "on", "auto")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-Step = Callable[[Transformer, Tensor, Tensor, "Tensor | None", Tensor], Tensor]
 
 # model -> {(fn, batch, cache_len, dtype, device, mode): (compiled fn, caches)}; entries go with their model
 _COMPILED: weakref.WeakKeyDictionary[Transformer, dict[tuple, tuple["Compiled", list[KVCache]]]] = weakref.WeakKeyDictionary()
@@ -83,17 +81,6 @@ def compiled(model: Transformer, fn: Callable[..., Tensor], batch: int, cache_le
     if key not in entries:
         entries[key] = (Compiled(fn, p.device, fallback=mode == "auto"), caches())
     return entries[key]
-
-
-def decoder(model: Transformer, batch: int, cache_len: int, compile: Compile = False) -> Step:
-    """Attach a KV cache for (batch, cache_len) to `model` and return the decode step to call with it."""
-    mode = compile_mode(compile)
-    if mode == "off":
-        model.setup_cache(batch, cache_len)
-        return decode_step
-    step, caches = compiled(model, decode_step, batch, cache_len, mode, lambda: model.setup_cache(batch, cache_len))
-    model.setup_cache(batch, cache_len, caches)  # the same buffers as when the step was built
-    return step
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:

@@ -79,16 +79,28 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
-        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
-        return self.k, self.v
+    def update(self, pos: Tensor, k: Tensor, v: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, H, T, D) at each row's positions `pos` (B, T); return the keys and values of those
+        rows: the whole buffer when `rows` is None (every slot: the static decode pass), else a copy of the
+        slots `rows` (B,) after writing (a prefill of some slots)."""
+        index = pos[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        if rows is None:
+            return self.k.scatter_(2, index, k.to(self.k.dtype)), self.v.scatter_(2, index, v.to(self.v.dtype))
+        keys = self.k.index_select(0, rows).scatter_(2, index, k.to(self.k.dtype))
+        values = self.v.index_select(0, rows).scatter_(2, index, v.to(self.v.dtype))
+        self.k.index_copy_(0, rows, keys)
+        self.v.index_copy_(0, rows, values)
+        return keys, values
 
-    def clear(self) -> None:
-        """Zero the buffers for reuse: stale slots are masked out anyway, but a NaN left by an earlier run
-        would leak through the mask (0 * NaN)."""
-        self.k.zero_()
-        self.v.zero_()
+    def clear(self, rows: Tensor | None = None) -> None:
+        """Zero the buffers (or the slots `rows`) for reuse: stale positions are masked out anyway, but a NaN
+        left by an earlier row would leak through the mask (0 * NaN)."""
+        if rows is None:
+            self.k.zero_()
+            self.v.zero_()
+        else:
+            self.k.index_fill_(0, rows, 0)
+            self.v.index_fill_(0, rows, 0)
 
 
 class Attention(nn.Module):
@@ -99,12 +111,13 @@ class Attention(nn.Module):
         self.proj = Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.cache: KVCache | None = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor | None, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cached: tuple[Tensor, Tensor | None] | None,
+                mask: Tensor | None) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if input_pos is not None:
-            k, v = self.cache.update(input_pos, k, v)
+        if cached is not None:
+            k, v = self.cache.update(cached[0], k, v, cached[1])
         # Causal by flag only without a cache (training, scoring): cached passes always bring a mask.
         is_causal = mask is None and T > 1
         y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
@@ -131,8 +144,9 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor | None, mask: Tensor | None) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), cos, sin, input_pos, mask))
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cached: tuple[Tensor, Tensor | None] | None,
+                mask: Tensor | None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, cached, mask))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -162,54 +176,38 @@ class Transformer(nn.Module):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(
-        self,
-        idx: Tensor,
-        *,
-        input_pos: Tensor | None = None,
-        positions: Tensor | None = None,
-        mask: Tensor | None = None,
-        start: int | None = None,
-        last_only: bool = False,
-    ) -> Tensor:
+    def forward(self, idx: Tensor, *, pos: Tensor | None = None, rows: Tensor | None = None, last_only: bool = False) -> Tensor:
         """Logits (B, T, vocab) for ids (B, T).
 
-        Training calls this with ids alone: a causal pass at positions 0..T-1. Sampling (after
-        `setup_cache`) passes `input_pos` (T,), the cache slots of idx's columns, and a boolean `mask`
-        (B or 1, 1, T, cache length) of the slots each query sees (default: the causal one); per-row
-        rotary `positions` (B, T) (default: input_pos) handle left-padded prompts. `start` is shorthand
-        for input_pos = start .. start + T - 1.
+        Training and scoring call this with ids alone: a causal pass at positions 0..T-1. Sampling (after
+        `setup_cache`) passes `pos` (B, T): each token's position, which is also its slot in its row's KV
+        cache, so rows of one pass sit at different places; a query sees its row's slots up to its own.
+        `rows` (B,) names the cache rows the batch is (default: all of them, in order).
         """
         T = idx.shape[1]
-        if start is not None:
-            if start + T > self.cfg.max_seq_len:
-                raise ValueError(f"sequence of {start + T} tokens exceeds the model's context of {self.cfg.max_seq_len}")
-            input_pos = torch.arange(start, start + T, device=idx.device)
-        if input_pos is None and positions is None:
+        if pos is None:
             if T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens exceeds the model's context of {self.cfg.max_seq_len}")
-            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
-        else:
-            pos = input_pos if positions is None else positions
-            cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, D/2), or (B, T, D/2) per row
-            if pos.dim() == 2:
-                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        if input_pos is not None and mask is None:
+            cos, sin, cached, mask = self.rope_cos[:T], self.rope_sin[:T], None, None
+        else:  # positions past the context are padding (never seen by a real token): any rotation will do
+            at = pos.clamp(max=self.cfg.max_seq_len - 1)
+            cos, sin = self.rope_cos[at].unsqueeze(1), self.rope_sin[at].unsqueeze(1)  # (B, 1, T, D/2)
             slots = torch.arange(self.blocks[0].attn.cache.k.shape[2], device=idx.device)
-            mask = (slots[None, :] <= input_pos[:, None])[None, None]
+            cached, mask = (pos, rows), (slots[None, None, :] <= pos[:, :, None]).unsqueeze(1)  # (B, 1, T, slots)
         x = self.drop(self.embed(idx))
         for block in self.blocks:
-            x = block(x, cos, sin, input_pos, mask)
+            x = block(x, cos, sin, cached, mask)
         x = self.norm(x[:, -1:] if last_only else x)
         return self.lm_head(x)
 
     def setup_cache(self, batch: int, max_len: int | None = None, caches: list[KVCache] | None = None) -> list[KVCache]:
-        """Attach a KV cache for `batch` rows and up to `max_len` slots (default: the context).
+        """Attach a KV cache for `batch` rows of `max_len` slots each (default: the context; a little more
+        leaves room for the padding of a pass of several tokens near the end of a row).
 
-        `caches` from an earlier call are reused when their shape fits (a compiled decode step keeps
-        its buffers); the caches attached are returned.
+        `caches` from an earlier call are reused when their shape fits (a compiled pass keeps its
+        buffers); the caches attached are returned.
         """
-        max_len = min(max_len or self.cfg.max_seq_len, self.cfg.max_seq_len)
+        max_len = max_len or self.cfg.max_seq_len
         dtype, device = self.norm.weight.dtype, self.norm.weight.device  # activations (weights may be int8)
         shape = (batch, self.cfg.n_head, max_len, self.cfg.head_dim)
         fits = caches is not None and all(c.k.shape == shape and c.k.dtype == dtype and c.k.device == device for c in caches)

@@ -52,19 +52,22 @@ class Grammar:
 
     # ---- rollback (speculative decoding takes rejected tokens back) ------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """The state, cheaply: `bars` and `notes` only ever grow and only the last bar changes."""
+        """The state, cheaply: `bars` and `notes` only ever grow, only the last bar changes, and only the last
+        note is replaced (a further Dur lengthens it)."""
         state = dict(self.__dict__)
         state.update(bars=len(self.bars), notes=len(self.notes), part_end=dict(self.part_end), part_vel=dict(self.part_vel),
-                     last_bar=_copy_bar(self.bars[-1]) if self.bars else None)
+                     last_bar=_copy_bar(self.bars[-1]) if self.bars else None, last_note=self.notes[-1] if self.notes else None)
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
         """Back to a `snapshot` taken earlier on this grammar (its tokens fed since are forgotten)."""
         bars, notes, last_bar = self.bars, self.notes, state["last_bar"]
-        self.__dict__.update({k: v for k, v in state.items() if k != "last_bar"})
+        self.__dict__.update({k: v for k, v in state.items() if k not in ("last_bar", "last_note")})
         del bars[state["bars"] :], notes[state["notes"] :]
         if last_bar is not None:
             bars[-1] = _copy_bar(last_bar)
+        if state["last_note"] is not None:
+            notes[-1] = state["last_note"]
         self.bars, self.notes = bars, notes
         self.part_end, self.part_vel = dict(state["part_end"]), dict(state["part_vel"])
 
