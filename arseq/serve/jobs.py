@@ -12,11 +12,12 @@ import mimetypes
 import secrets
 import shutil
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from arseq.checkpoint import Loaded
+from arseq.decode import SamplingConfig
 from arseq.modalities import Plan, Request, Sample
 from arseq.serve.schema import Parsed
 
@@ -36,7 +37,7 @@ class JobPlan:
     """What the engine loop needs for one request."""
 
     rows: list[RowSpec]
-    cfg: Any  # arseq.decode.SamplingConfig
+    cfg: SamplingConfig
     constraint: Any
     head: int
     plan: Plan
@@ -46,14 +47,6 @@ class JobPlan:
     @property
     def sampling(self) -> dict[str, Any]:
         return {f.name: getattr(self.cfg, f.name) for f in fields(self.cfg) if f.name != "stop_tokens"}
-
-
-def engine_config(cfg: Any) -> Any:
-    """The core's resolved sampling settings as the engine's SamplingConfig."""
-    from arseq.decode import SamplingConfig
-
-    names = {f.name for f in fields(SamplingConfig)}
-    return SamplingConfig(**{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in names})
 
 
 def plan_job(loaded: Loaded, parsed: Parsed, max_new_tokens_limit: int) -> JobPlan:
@@ -68,9 +61,8 @@ def plan_job(loaded: Loaded, parsed: Parsed, max_new_tokens_limit: int) -> JobPl
         ids = parsed.token_prompt[1:] if parsed.token_prompt[0] == loaded.tokenizer.bos_id else parsed.token_prompt
         plan.prompts = [p + ids for p in plan.prompts]
         plan.guide = [g + ids for g in plan.guide] if plan.guide is not None else None
-    cfg = engine_config(cfg)
-    if cfg.max_new_tokens > max_new_tokens_limit:
-        cfg.max_new_tokens = max_new_tokens_limit
+    if cfg.max_new_tokens > max_new_tokens_limit:  # a modality's own budget (an image's patches) past the limit
+        cfg = replace(cfg, max_new_tokens=max_new_tokens_limit)
     controls = loaded.controls
     head = controls.head if controls is not None else 0
     guide = plan.guide if plan.guide is not None and cfg.guidance != 1.0 else None

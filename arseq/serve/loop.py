@@ -8,7 +8,6 @@ an exception in a step fails the requests that were decoding, and the loop goes 
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -18,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from arseq.checkpoint import Loaded
+from arseq.decode import Row
 from arseq.errors import DataError, one_line
 from arseq.serve.jobs import JobPlan, samples_of
 from arseq.serve.metrics import Metrics
@@ -130,21 +130,13 @@ class EngineLoop:
         try:
             constraint = self._guarded(job, plan.constraint) if plan.constraint is not None else None
             for i, row in enumerate(plan.rows):
-                rid = self._submit(row.prompt, plan.cfg, seed=row.seed, constraint=constraint, guide=row.guide,
-                                   head=plan.head, on_token=self._on_token(job, i))
+                rid = self.engine.submit(Row(row.prompt, plan.cfg, seed=row.seed, constraint=constraint, guide=row.guide,
+                                             head=plan.head, on_token=self._on_token(job, i)))
                 job.ids.append(rid)
                 self.by_row[rid] = (job, i)
             self.jobs.append(job)
         except Exception as e:  # noqa: BLE001 - the request's own failure: answer it, keep serving
             self._fail(job, e)
-
-    def _submit(self, prompt: list[int], cfg: Any, **row: Any) -> int:
-        """One row into the engine: `submit(Row(...))`, or `submit(prompt, cfg, **row)` for an engine taking them so."""
-        if "row" in inspect.signature(self.engine.submit).parameters:
-            from arseq.decode import Row
-
-            return self.engine.submit(Row(prompt, cfg, **row))
-        return self.engine.submit(prompt, cfg, **row)
 
     def _guarded(self, job: Job, constraint: Callable) -> Callable:
         """The request's constraint; if it raises, the request fails and its rows may take any token until they leave."""
