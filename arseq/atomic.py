@@ -100,7 +100,7 @@ class OutputFiles:
 
     def __init__(self, overwrite: bool = False, protect: Iterable[str | os.PathLike | None] = ()):
         self.overwrite = overwrite
-        self.protect = {Path(p).resolve() for p in protect if p and Path(p).exists()}
+        self.protect = {Path(p).resolve() for p in protect if p and _exists(p)}
         self.planned: dict[Path, Content] = {}
 
     def add(self, path: str | os.PathLike, content: Content) -> Path:
@@ -165,6 +165,14 @@ def _place(tmp: Path, path: Path, overwrite: bool) -> None:
         os.replace(tmp, path)
         return
     tmp.unlink()
+
+
+def _exists(name: str | os.PathLike) -> bool:
+    """Path.exists() for what may be text, not a path (a prompt too long to be a file name: ENAMETOOLONG)."""
+    try:
+        return Path(name).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _make_folder(folder: Path) -> list[Path]:

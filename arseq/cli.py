@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -205,6 +207,15 @@ def run_modalities(argv: list[str]) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is: the cleanup of writes in progress runs (temporary files, claims,
+    prepare's entry folder) as for Ctrl-C, where the default action left hundreds of hidden temp files."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
@@ -217,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return 0
     verb, rest = argv[0], argv[1:]
+    previous = None
+    if verb not in ("train", "serve") and threading.current_thread() is threading.main_thread():  # they have their own
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         if verb in ("train", "prepare"):
             return run_config_verb(verb, rest)
@@ -242,9 +256,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"arseq {verb}: error: out of memory (a size from a file or a flag is larger than this machine can hold)",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"arseq {verb}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print(f"arseq {verb}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ buffers) and compared with the memory this process may use; too much is one line
 from __future__ import annotations
 
 import os
+import re
 import resource
+import signal
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -170,3 +173,44 @@ def check_call(loaded: Any, call: Any, verb: str) -> None:
     """check_run for a parsed generate/evaluate call (arseq.options.Call) on a loaded model."""
     check_run(loaded.model.cfg, call.request.num_samples, call.run.batch_size, call.run.draft, call.run.draft_tokens,
               minimum_samples=int(verb == "generate"))
+
+
+PATTERN_SECONDS = 1.0  # per search: a useful tag pattern takes microseconds on a header
+
+
+class _Expired(Exception):
+    pass
+
+
+def bounded_search(pattern: re.Pattern[str], text: str, what: str, seconds: float = PATTERN_SECONDS) -> re.Match[str] | None:
+    """`pattern.search(text)` stopped after `seconds` (one line naming `what`): patterns can come from files
+    (a checkpoint's modality options) and backtrack for minutes. CPython's regex engine checks for signals,
+    so a SIGALRM timer interrupts it; off the main thread (no signals) the text is cut to MAX_PATTERN_TEXT."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        return pattern.search(text[:MAX_PATTERN_TEXT])
+
+    def expire(signum: int, frame: Any) -> None:
+        raise _Expired
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return pattern.search(text)
+    except _Expired:
+        raise DataError(f"{what} {pattern.pattern!r}: still searching {len(text)} characters after {seconds:g} s "
+                        "(catastrophic backtracking?); use a simpler pattern") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+MAX_PATTERN_TEXT = 1000
+
+
+def is_file(name: str) -> bool:
+    """Path(name).is_file() for a string that may be a motif or text rather than a path: a name too long for
+    the filesystem (ENAMETOOLONG, a 256-letter motif) or otherwise unusable is simply not a file."""
+    try:
+        return Path(name).is_file()
+    except (OSError, ValueError):
+        return False

@@ -9,7 +9,6 @@ two real processes, and the full disk is a 1 MB tmpfs (skipped where it cannot b
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -18,11 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pytest
 import torch
-from hostile_files import (TEXT, altered, base_parts, deep_json, make_ckpt, make_export, make_hf, train_config, yaml_bomb,
-                           zip_bomb)
+from hostile_files import (TEXT, base_parts, config_file, deep_json, make_ckpt, make_export, make_hf, midi_gap, train_config,
+                           yaml_bomb, zip_bomb)
 
 from arseq.cli import main
 from arseq.errors import DataError
@@ -56,6 +54,10 @@ def files(tmp_path_factory) -> dict[str, Path]:
         else:
             make_ckpt(root / f"{name}.ckpt", meta=changes)
         f[name] = root / f"{name}.ckpt"
+    music = {"modality": {"name": "music", "workers": 1}, "data": {"paths": None, "val_fraction": 0.0}}
+    for name, gap, division in (("gap28", 2**28 - 1, 96), ("gap6", 10**6, 1)):
+        music["data"]["paths"] = str(midi_gap(root / f"{name}.mid", gap, division))
+        f[name] = config_file(root / f"{name}.yaml", music)
     f["done"] = make_ckpt(root / "done.ckpt", model={"max_seq_len": 16}, global_step=10)  # the config's model
     (root / "a_file").write_text("x")
     return f
@@ -86,6 +88,8 @@ BOMBS: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
     "--num-samples 1e9": (lambda f: ["generate", "--checkpoint", str(f["ok"]), "--num-samples", "1000000000"], "--num-samples"),
     "--draft-tokens 1e8": (lambda f: ["generate", "--checkpoint", str(f["ok"]), "--draft", "ngram", "--draft-tokens",
                                       "100000000"], "--draft-tokens"),
+    "MIDI note of 2^28 ticks (37 bytes)": (lambda f: ["prepare", "--config", str(f["gap28"])], "quarter notes"),
+    "MIDI note of 10^6 ticks at 1 per quarter": (lambda f: ["prepare", "--config", str(f["gap6"])], "quarter notes"),
     "--data.block_size 1e9": (lambda f: ["train", "--config", str(f["config"]), "--data.block_size", "1000000000"],
                               "data.block_size=1000000000"),
 }
@@ -234,3 +238,36 @@ def test_a_condition_field_given_twice_is_refused():
     assert controls.given(["tag=A"]) == {"tag": "A"}
     with pytest.raises(DataError, match="given twice"):
         controls.given(["tag=A", "tag=B"])
+
+
+# ---- patterns, motifs and corrupt members of a dataset ------------------------------------------------------
+def test_a_pattern_from_a_file_runs_under_a_time_limit(tmp_path):
+    from arseq.modalities.protein import ProteinModality
+
+    fasta = tmp_path / "h.fasta"
+    fasta.write_text(">" + "a" * 35 + "!\nMKTAYIAKQRQISFVKSHFSRQ\n", encoding="utf-8")
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match="tag_pattern"):
+        list(ProteinModality(tag_pattern="^(a+)+$").proteins([fasta]))  # minutes of backtracking unbounded
+    assert time.perf_counter() - t0 < 5
+    assert [p[2] for p in ProteinModality(tag_pattern="^(a+)").proteins([fasta])] == ["a" * 35]
+
+
+def test_a_long_motif_is_a_motif_not_a_file_name():
+    from arseq.modalities.protein_fasta import start_motifs
+
+    assert start_motifs(None, "M" * 300) == ["M" * 300]  # ENAMETOOLONG when tried as a path
+
+
+def test_a_truncated_fasta_gz_among_good_files_is_skipped(tmp_path, capsys):
+    import gzip
+
+    records = "".join(f">p{i}\nMKTAYIAKQRQ{'ACDEFGHIKLMNPQRSTVWY'[i % 20] * 8}ISFVKSHFSRQ\n" for i in range(60))
+    (tmp_path / "good.fasta").write_text(records, encoding="utf-8")
+    packed = gzip.compress(records.encode())
+    (tmp_path / "cut.fasta.gz").write_bytes(packed[: len(packed) // 2])
+    config = config_file(tmp_path / "p.yaml", {"modality": {"name": "protein"}, "data": {"paths": str(tmp_path), "val_fraction": 0.1}})
+    assert main(["prepare", "--config", str(config)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["train_items"] + stats["val_items"] == 20  # the good file's distinct proteins
+    assert [s["file"] for s in stats["skipped"]] == [str(tmp_path / "cut.fasta.gz")]

@@ -66,6 +66,25 @@ def test_a_second_run_into_a_claimed_out_refuses_and_a_killed_claim_is_taken_ove
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # the claim file is gone too
 
 
+def test_sigterm_during_generate_leaves_no_litter(ckpt, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "samples"
+    proc = subprocess.Popen([sys.executable, "-m", "arseq", "generate", "--checkpoint", str(ckpt), "--num-samples", "3000",
+                             "--max-new-tokens", "30", "--device", "cpu", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    claim = tmp_path / ".samples.arseq-claim"
+    deadline = time.monotonic() + 120
+    while not claim.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == "arseq generate: terminated" and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no claim, no temp file, no half-written folder
+
+
 def test_score_never_writes_over_its_inputs(ckpt, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()

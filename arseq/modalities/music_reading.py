@@ -123,19 +123,76 @@ def read_events(tok: ScoreTokenizer, path: Path) -> Events:
 
 
 def _check_midi(path: Path) -> None:
-    """Catch truncated MIDI files, which music21 reads silently as their first few notes."""
+    """Catch truncated MIDI files, which music21 reads silently as their first few notes, and files whose
+    length in time or events would take all memory or hours in music21 (a 45-byte file with one gap of
+    2^28 ticks became 5.4 GB): bounded by MAX_MIDI_QUARTERS and MAX_MIDI_EVENTS before parsing."""
     data = path.read_bytes()
     if data[:4] != b"MThd" or len(data) < 14:
         raise DataError(f"{path}: not a MIDI file (no MThd header)")
     at = 8 + int.from_bytes(data[4:8], "big")
     tracks = int.from_bytes(data[10:12], "big")
+    division = int.from_bytes(data[12:14], "big")
+    per_quarter = division if division and not division & 0x8000 else 480  # SMPTE timing: ticks are frames
+    events = 0
     for i in range(tracks):
         if at + 8 > len(data):
             raise DataError(f"{path}: truncated MIDI (header promises {tracks} tracks, file ends in track {i + 1})")
         size = int.from_bytes(data[at + 4 : at + 8], "big")
         if at + 8 + size > len(data):
             raise DataError(f"{path}: truncated MIDI (track {i + 1} declares {size} bytes, {len(data) - at - 8} present)")
+        ticks, count = _track_extent(data, at + 8, at + 8 + size)
+        events += count
+        if ticks / per_quarter > MAX_MIDI_QUARTERS:
+            raise DataError(f"{path}: track {i + 1} lasts {ticks:,} ticks ({ticks / per_quarter:,.0f} quarter notes), "
+                            f"more than {MAX_MIDI_QUARTERS:,}")
+        if events > MAX_MIDI_EVENTS:
+            raise DataError(f"{path}: more than {MAX_MIDI_EVENTS:,} MIDI events")
         at += 8 + size
+
+
+MAX_MIDI_QUARTERS = 50_000  # ~7 hours at 120 bpm; the longest Bach chorale is ~200
+MAX_MIDI_EVENTS = 2_000_000
+
+
+def _track_extent(data: bytes, at: int, end: int) -> tuple[int, int]:
+    """(total delta ticks, events) of one MTrk chunk's events. Lenient: a malformed event ends the scan
+    (music21 says what is wrong with the file); only the sizes matter here."""
+    ticks = events = 0
+    running = 0
+    while at < end:
+        delta, at = _varlen(data, at, end)
+        if at >= end:
+            break
+        ticks += delta
+        events += 1
+        status = data[at]
+        if status == 0xFF:  # meta event: type, length, data
+            length, at = _varlen(data, at + 2, end)
+            at += length
+        elif status in (0xF0, 0xF7):  # sysex: length, data
+            length, at = _varlen(data, at + 1, end)
+            at += length
+        else:
+            if status & 0x80:
+                running, at = status, at + 1
+            elif not running:
+                break
+            at += 1 if running & 0xF0 in (0xC0, 0xD0) else 2
+    return ticks, events
+
+
+def _varlen(data: bytes, at: int, end: int) -> tuple[int, int]:
+    """A MIDI variable-length quantity (at most 4 bytes) at `at`, and the position after it."""
+    value = 0
+    for _ in range(4):
+        if at >= end:
+            return value, end
+        byte = data[at]
+        at += 1
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            break
+    return value, at
 
 
 def prompt_tokens(tok: ScoreTokenizer, path: Path, bars: int | None) -> list[int]:

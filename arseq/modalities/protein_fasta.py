@@ -12,6 +12,7 @@ from typing import Iterator, TextIO
 from Bio import SeqIO
 
 from arseq.errors import DataError, first_line
+from arseq.limits import bounded_search, is_file
 from arseq.tokenizers.protein import ALPHABET
 
 _INVALID = re.compile(r"[^A-Z]")
@@ -35,6 +36,7 @@ def fasta_records(path: Path) -> Iterator[tuple[int, str, str, str]]:
     """(1-based index, id, raw sequence, header line) per record; raises FileProblem with a one-line reason."""
     count = 0
     try:
+        _check_whole_gzip(path)  # a truncated .gz is skipped whole, before any of its records is used
         with open_text(path) as handle:
             first = next((line for line in handle if line.strip()), "")
         if not first:
@@ -54,11 +56,23 @@ def fasta_records(path: Path) -> Iterator[tuple[int, str, str, str]]:
         raise FileProblem(f"cannot read ({e.strerror or e})") from None
 
 
+def _check_whole_gzip(path: Path) -> None:
+    """Decompress a gzip file to its end once (nothing kept): truncation or corruption raises here, before
+    any record is yielded, so the file is skipped instead of aborting a run that used half of it."""
+    with open(path, "rb") as raw:
+        if raw.read(2) != b"\x1f\x8b":
+            return
+    with gzip.open(path, "rb") as handle:
+        while handle.read(1 << 20):
+            pass
+
+
 def header_tag(header: str, field: int | None, pattern: re.Pattern[str] | None) -> str | None:
     """A record's tag: the first group of `pattern` in its header line, else its `field`-th whitespace
-    field (1 = the id), or None where the header has none."""
+    field (1 = the id), or None where the header has none. The pattern may come from a checkpoint
+    (modality.tag_pattern): it runs under a time limit (`^(a+)+$` took minutes on a 35-character header)."""
     if pattern is not None:
-        found = pattern.search(header)
+        found = bounded_search(pattern, header, "modality.tag_pattern")
         return (found.group(1) if found.groups() else found.group(0)) if found else None
     parts = header.split()
     return parts[field - 1] if field is not None and 1 <= field <= len(parts) else None
@@ -91,7 +105,7 @@ def start_motifs(prefix: str | None, prompt: str | None) -> list[str]:
     text = prefix or prompt
     if not text:
         return [""]
-    if prompt and Path(prompt).is_file():
+    if prompt and is_file(prompt):
         try:
             records = [(f"{prompt}: record {i} ({rid})", raw) for i, rid, raw, _ in fasta_records(Path(prompt))]
         except FileProblem as e:
