@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request as HttpRequest
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -26,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 from arseq.checkpoint import Loaded
 from arseq.errors import one_line
 from arseq.serve.jobs import JobPlan, plan_job, text_of, write_files
-from arseq.serve.loop import EngineLoop, Job, _as_request_error
+from arseq.serve.loop import EngineLoop, Job, as_request_error
 from arseq.serve.metrics import Metrics
 from arseq.serve.schema import Parsed, RequestError, Schema, parse
 
@@ -132,8 +133,13 @@ class Run:
                 if self.finished:
                     return
         finally:
-            if not self.finished:
-                self.server.loop.cancel(self.job)
+            self.close()
+
+    def close(self) -> None:
+        """Cancel the request unless it ended (also run after a stream whose client left before it began)."""
+        if not self.finished:
+            self.finished = True
+            self.server.loop.cancel(self.job)
 
     def delta(self, sample: int) -> str:
         """New text of a sample since the last call (nothing while a multi-byte character is incomplete)."""
@@ -150,7 +156,7 @@ async def _start(server: Server, http: HttpRequest, openai: bool) -> tuple[Run, 
     try:
         plan = await loop.run_in_executor(None, plan_job, server.loaded, parsed, server.settings.max_new_tokens_limit)
     except Exception as e:  # noqa: BLE001 - the modality refused the options: 422 naming them; else 500
-        raise _as_request_error(e) from None
+        raise as_request_error(e) from None
     return Run(server, plan, http), parsed
 
 
@@ -183,7 +189,8 @@ async def completions(http: HttpRequest) -> Response:
                         yield sse(chunk(i, run.delta(i), [], "stop" if s.stopped else "length"))
             yield sse("[DONE]")
             server.metrics.requests.labels("completions", "200").inc()
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                                 background=BackgroundTask(run.close))
     samples = await _result(run)
     choices = [{"index": i, "text": text_of(server.loaded, s.tokens), "token_ids": s.tokens, "logprobs": None,
                 "finish_reason": "stop" if s.stopped else "length"} for i, s in enumerate(samples)]
@@ -208,7 +215,7 @@ async def _generated(run: Run, samples: list[Any]) -> dict[str, Any]:
         files = await loop.run_in_executor(server.writer, write_files, server.loaded, run.plan, samples)
     except Exception as e:  # noqa: BLE001
         log.error("writing files failed: %s", one_line(e), exc_info=e)
-        raise _as_request_error(e) from None
+        raise as_request_error(e) from None
     text = server.schema.prompt_kind is not None
     return {
         "id": run.id.replace("cmpl-", "gen-"), "object": "generation", "created": run.created, "model": server.settings.name,
@@ -247,7 +254,8 @@ async def generate(http: HttpRequest) -> Response:
                     yield sse(e.body(), "error")
         yield sse("[DONE]")
         server.metrics.requests.labels("generate", "200").inc()
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                                 background=BackgroundTask(run.close))
 
 
 async def model_info(http: HttpRequest) -> Response:

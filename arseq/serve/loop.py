@@ -112,6 +112,7 @@ class EngineLoop:
                 self._drop(job, None)
             self._expire(stopping)
             if stopping and not self.jobs:
+                self._close_engine()
                 return
             if self.engine.waiting or self.engine.active:
                 self._step()
@@ -122,6 +123,14 @@ class EngineLoop:
             self.metrics.rows_waiting.set(self.engine.waiting)
             self.metrics.requests_waiting.set(self.waiting())
             self.metrics.requests_running.set(sum(1 for j in self.jobs if j.first_token is not None))
+
+    def _close_engine(self) -> None:
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - a broken engine is being replaced anyway
+                log.exception("closing the engine failed")
 
     def _admit(self, job: Job) -> None:
         if job.cancelled:
@@ -145,7 +154,7 @@ class EngineLoop:
                 return constraint(rows)
             except Exception as e:  # noqa: BLE001
                 if job.failed is None:
-                    job.failed = _as_request_error(e)
+                    job.failed = as_request_error(e)
                 return torch.ones(len(rows), self.loaded.model.cfg.vocab_size, dtype=torch.bool)
         return allowed
 
@@ -176,6 +185,7 @@ class EngineLoop:
             for job in list(self.jobs):
                 self._drop(job, RequestError(500, f"decoding failed: {one_line(e)}", None))
             self.by_row.clear()
+            self._close_engine()
             self.engine = self.make_engine()
             return
         for f in finished:
@@ -231,13 +241,13 @@ class EngineLoop:
                 self._drop(job, RequestError(503, "the server is shutting down", None))
 
     def _fail(self, job: Job, e: Exception) -> None:
-        error = _as_request_error(e)
+        error = as_request_error(e)
         if error.status >= 500:
             log.error("request failed: %s", one_line(e), exc_info=e)
         self._drop(job, error)
 
 
-def _as_request_error(e: Exception) -> RequestError:
+def as_request_error(e: Exception) -> RequestError:
     """A modality's refusal (DataError, ValueError from checks) is the client's 422; anything else the server's 500."""
     if isinstance(e, RequestError):
         return e
