@@ -291,3 +291,38 @@ def test_sigterm_finishes_running_requests_and_exits_0(trained):
 def test_serve_verb_checks_its_flags(capsys):
     assert main(["serve", "--checkpoint", "x", "--slots", "0"]) == 2
     assert "--slots must be >= 1" in capsys.readouterr().err
+
+
+def test_the_dna_plugin_is_served_like_a_built_in(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from arseq import modalities
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "arseq-dna"
+    monkeypatch.syspath_prepend(str(example))
+    if "dna" not in modalities.registered():  # registered as if pip-installed (see test_plugins.py)
+        info = tmp_path / "site" / "arseq_dna-0.1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: arseq-dna\nVersion: 0.1.0\n")
+        (info / "entry_points.txt").write_text(f"[{modalities.ENTRY_POINT_GROUP}]\ndna = arseq_dna.modality:DnaModality\n")
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    config = tmp_path / "dna.yaml"
+    config.write_text((example / "arseq_dna" / "configs" / "tiny.yaml").read_text())
+    assert main(["train", "--config", str(config), "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
+                 "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir",
+                 str(tmp_path / "runs"), "--data.block_size", "64", "--model.n_layer", "1", "--model.d_model", "32"]) == 0
+    ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
+    s = Served(ckpt)
+    try:
+        assert json.loads(s.get("/v1/model")[1])["modality"] == "dna"
+        status, body = s.post("/v1/generate", {"num_samples": 3, "length": 40, "seed": 1})
+        assert status == 200, body
+        assert served_files(body) == cli_files(tmp_path, ckpt, "--num-samples", 3, "--length", 40, "--seed", 1)
+        status, body = s.post("/v1/completions", {"prompt": "ATG", "max_tokens": 5})
+        assert status == 422 and body["error"]["field"] == "prompt"  # a plugin's prompt may be a file: token ids only
+        conn, r = s.stream("/v1/completions", {"prompt": s.loaded.tokenizer.encode("ATG"), "max_tokens": 12, "seed": 0})
+        frames = [d for _, d in events(r)]
+        conn.close()
+        assert frames[-1] == "[DONE]" and len(frames) >= 3
+    finally:
+        s.stop()
