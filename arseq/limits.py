@@ -7,6 +7,7 @@ buffers) and compared with the memory this process may use; too much is one line
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -14,7 +15,7 @@ import signal
 import threading
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from arseq.errors import DataError
 
@@ -150,11 +151,14 @@ def inside(folder: Path, name: str) -> Path:
 
 
 def check_run(model_cfg: Any, num_samples: int, batch_size: int, draft: str | None = None, draft_tokens: int = 4,
-              minimum_samples: int = 1) -> None:
-    """generate/evaluate/drift flags against the model they run: --num-samples (each sample's tokens are kept),
-    --batch-size (a KV cache of that many rows), --draft-tokens (proposed tokens must fit the context)."""
+              minimum_samples: int = 1, max_new_tokens: int | None = None) -> None:
+    """generate/evaluate/drift flags against the model they run: --num-samples and --max-new-tokens (every
+    sample's tokens are kept), --batch-size (a KV cache of that many rows), --draft-tokens (proposed tokens
+    must fit the context)."""
     ctx, layers, width = model_cfg.max_seq_len, model_cfg.n_layer, model_cfg.d_model
     check_count("--num-samples", num_samples, ctx * TOKEN_BYTES, minimum_samples)
+    if max_new_tokens is not None:
+        check_count("--max-new-tokens", max_new_tokens, max(1, num_samples) * TOKEN_BYTES)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
     rows = max(1, min(batch_size, num_samples))  # a batch never holds more rows than there are samples
@@ -172,22 +176,25 @@ def check_run(model_cfg: Any, num_samples: int, batch_size: int, draft: str | No
 def check_call(loaded: Any, call: Any, verb: str) -> None:
     """check_run for a parsed generate/evaluate call (arseq.options.Call) on a loaded model."""
     check_run(loaded.model.cfg, call.request.num_samples, call.run.batch_size, call.run.draft, call.run.draft_tokens,
-              minimum_samples=int(verb == "generate"))
+              minimum_samples=int(verb == "generate"), max_new_tokens=getattr(call.request.sampling, "max_new_tokens", None))
 
 
 PATTERN_SECONDS = 1.0  # per search: a useful tag pattern takes microseconds on a header
+FILE_SECONDS = 120.0  # per input file while preparing data (ARSEQ_FILE_SECONDS overrides)
 
 
-class _Expired(Exception):
-    pass
+class _Expired(BaseException):
+    """Raised by the timer; a BaseException, so that libraries' `except Exception` cannot swallow it."""
 
 
-def bounded_search(pattern: re.Pattern[str], text: str, what: str, seconds: float = PATTERN_SECONDS) -> re.Match[str] | None:
-    """`pattern.search(text)` stopped after `seconds` (one line naming `what`): patterns can come from files
-    (a checkpoint's modality options) and backtrack for minutes. CPython's regex engine checks for signals,
-    so a SIGALRM timer interrupts it; off the main thread (no signals) the text is cut to MAX_PATTERN_TEXT."""
+@contextlib.contextmanager
+def time_limit(seconds: float, message: str) -> Iterator[None]:
+    """Run the block for at most `seconds`, else a one-line DataError(`message`). A SIGALRM timer: CPython's
+    regex engine and pure-Python parsers (music21) check for signals. Off the main thread, or where there is
+    no setitimer, the block runs unbounded."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        return pattern.search(text[:MAX_PATTERN_TEXT])
+        yield
+        return
 
     def expire(signum: int, frame: Any) -> None:
         raise _Expired
@@ -195,13 +202,31 @@ def bounded_search(pattern: re.Pattern[str], text: str, what: str, seconds: floa
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        return pattern.search(text)
+        yield
     except _Expired:
-        raise DataError(f"{what} {pattern.pattern!r}: still searching {len(text)} characters after {seconds:g} s "
-                        "(catastrophic backtracking?); use a simpler pattern") from None
+        raise DataError(message) from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def file_seconds() -> float:
+    """The time budget of reading one input file: ARSEQ_FILE_SECONDS, else FILE_SECONDS."""
+    try:
+        return max(0.001, float(os.environ.get("ARSEQ_FILE_SECONDS") or FILE_SECONDS))
+    except ValueError:
+        raise DataError(f"ARSEQ_FILE_SECONDS must be a number of seconds, got {os.environ['ARSEQ_FILE_SECONDS']!r}") from None
+
+
+def bounded_search(pattern: re.Pattern[str], text: str, what: str, seconds: float = PATTERN_SECONDS) -> re.Match[str] | None:
+    """`pattern.search(text)` stopped after `seconds` (one line naming `what`): patterns can come from files
+    (a checkpoint's modality options) and backtrack for minutes. Off the main thread (no timer) the text is
+    cut to MAX_PATTERN_TEXT characters."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        return pattern.search(text[:MAX_PATTERN_TEXT])
+    with time_limit(seconds, f"{what} {pattern.pattern!r}: still searching {len(text)} characters after {seconds:g} s "
+                             "(catastrophic backtracking?); use a simpler pattern"):
+        return pattern.search(text)
 
 
 MAX_PATTERN_TEXT = 1000

@@ -48,7 +48,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
     for name, changes in {"empty_meta": {"arseq": {}}, "tok_keys": {"tokenizer": {"kind": "char"}},
                           "tok_type": {"tokenizer": 5}, "bpe": {"tokenizer": {"kind": "bpe", "json": "garbage"}},
                           "modality5": {"modality": {"name": 5}}, "model_list": {"model": [1, 2]},
-                          "model_float": {"model": {**meta["model"], "n_layer": 1.5}}}.items():
+                          "model_float": {"model": {**meta["model"], "n_layer": 1.5}},
+                          "image_option": {"modality": {"name": "image", "options": {"size": 100_000, "patch_size": 1}}},
+                          "image_tok": {"modality": {"name": "image", "options": {"size": 8, "patch_size": 1}},
+                                        "tokenizer": {"kind": "patch", "codebook": [[0], [255]], "size": 100_000,
+                                                      "patch_size": 1, "mode": "L"}}}.items():
         if name == "empty_meta":
             torch.save({"arseq": {}, "state_dict": {}}, root / f"{name}.ckpt")
         else:
@@ -165,6 +169,9 @@ REFUSED: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
     "--num-samples 2e7": (_ckpt("ok", "--num-samples", "20000000"), "--num-samples"),
     "--draft-tokens past the context": (_ckpt("ok", "--draft", "ngram", "--draft-tokens", "33"), "--draft-tokens 33"),
     "--batch-size 0": (_ckpt("ok", "--batch-size", "0"), "--batch-size"),
+    "--max-new-tokens 1e10": (_ckpt("ok", "--max-new-tokens", "10000000000"), "--max-new-tokens"),
+    "image modality.size 100,000 in a file": (_ckpt("image_option"), "modality.size 100000"),
+    "image tokenizer size 100,000 in a file": (_ckpt("image_tok"), "size 100000"),
     "YAML recursive alias": (lambda f: ["generate", "--config", str(_write(f, "rec.yaml", "a: &x [1, *x]\n"))], "recursive"),
     # 2. reads stay inside model folders
     "HF shard ../../x": (lambda f: _hf_index(f, "hf_up", "../../x.safetensors"), "leads outside"),
@@ -271,3 +278,21 @@ def test_a_truncated_fasta_gz_among_good_files_is_skipped(tmp_path, capsys):
     stats = json.loads(capsys.readouterr().out)
     assert stats["train_items"] + stats["val_items"] == 20  # the good file's distinct proteins
     assert [s["file"] for s in stats["skipped"]] == [str(tmp_path / "cut.fasta.gz")]
+
+
+def test_prepare_skips_a_file_past_its_time_budget(tmp_path, monkeypatch, capsys):
+    import glob
+
+    import music21
+
+    shipped = sorted(glob.glob(str(Path(music21.__file__).parent / "midi" / "testPrimitive" / "*.mid")))[:2]
+    if len(shipped) < 2:
+        pytest.skip("music21's test MIDI files are not installed")
+    for i, source in enumerate(shipped):
+        shutil.copy(source, tmp_path / f"{i}.mid")
+    config = config_file(tmp_path / "m.yaml", {"modality": {"name": "music", "workers": 1},
+                                              "data": {"paths": str(tmp_path), "val_fraction": 0.0}})
+    monkeypatch.setenv("ARSEQ_FILE_SECONDS", "0.001")  # no file can be parsed this fast: each is skipped with its reason
+    assert main(["prepare", "--config", str(config)]) == 2
+    line = one_line(capsys.readouterr().err, "no usable training items")
+    assert "per-file budget" in line

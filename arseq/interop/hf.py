@@ -22,7 +22,7 @@ from torch import Tensor
 
 from arseq.errors import first_line
 from arseq.atomic import atomic_write
-from arseq.limits import check_model, inside
+from arseq.limits import check_model, check_zip_entries, inside
 from arseq.modalities import DataError
 from arseq.decode.config import SamplingConfig
 from arseq.models.transformer import Transformer, TransformerConfig
@@ -177,7 +177,10 @@ def _read_tensors(path: Path, where: str) -> dict[str, Tensor]:
         try:
             if file.suffix == ".safetensors":
                 return load_file(str(file))
+            check_zip_entries(file)  # before torch.load inflates them
             return torch.load(file, map_location="cpu", weights_only=True)
+        except DataError:
+            raise
         except Exception as e:  # corrupt or foreign files: whatever it is, one line
             raise DataError(f"{file}: unreadable weights ({type(e).__name__}: {first_line(e)})") from None
 

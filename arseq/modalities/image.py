@@ -51,7 +51,7 @@ from arseq.modalities.image_files import class_root, load_digits, natural_order,
 from arseq.modalities.image_metrics import baseline_bits, psnr_from_mse
 from arseq.modalities.render import ascii_art, tile
 from arseq.conditioning import split_condition
-from arseq.tokenizers.patch import PatchTokenizer, pick_label
+from arseq.tokenizers.patch import MAX_PATCHES, PatchTokenizer, pick_label
 
 SOURCES = ("digits",)
 LN2 = math.log(2)
@@ -104,6 +104,9 @@ class ImageModality(Modality):
             raise DataError(f"modality.mode must be 'L' or 'RGB', got {mode!r}")
         if size < 1 or patch_size < 1 or size % patch_size:
             raise DataError(f"modality.size ({size}) must be a positive multiple of modality.patch_size ({patch_size})")
+        if (size // patch_size) ** 2 > MAX_PATCHES:
+            raise DataError(f"modality.size {size} with modality.patch_size {patch_size} makes images of "
+                            f"{(size // patch_size) ** 2:,} tokens, more than {MAX_PATCHES:,}")
         if codebook_size < 1 or max_fit_patches < 1:
             raise DataError("modality.codebook_size and modality.max_fit_patches must be >= 1")
         self.mode, self.size, self.patch_size = mode, size, patch_size

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from arseq.errors import DataError, one_line
+from arseq.limits import file_seconds, time_limit
 from arseq.modalities.base import Example
 from arseq.modalities.music_corpus import bach_chorales  # noqa: F401  (imported from here before music_corpus)
 from arseq.tokenizers.score import Events, ScoreTokenizer
@@ -51,8 +52,10 @@ def _tokenizer(state: tuple) -> ScoreTokenizer:
 def _load(name: str, path: str, state: dict, check_roundtrip: bool) -> tuple:
     """(name, tokens, exact, info, skip reason) for one file: parsed, encoded, optionally round-tripped."""
     tok = _tokenizer(tuple(sorted(state.items())))
+    seconds = file_seconds()
     try:
-        events = read_events(tok, Path(path))
+        with time_limit(seconds, f"{path}: still reading after {seconds:g} s (the per-file budget, ARSEQ_FILE_SECONDS); skipped"):
+            events = read_events(tok, Path(path))
     except DataError as e:
         return name, None, None, {}, str(e).removeprefix(f"{path}: ")
     ids = np.asarray(tok.encode_events(events), dtype=np.int32)

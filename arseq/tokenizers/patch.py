@@ -148,6 +148,9 @@ def kmeans(
     return centres
 
 
+MAX_PATCHES = 1 << 20  # tokens per image: 1024 x 1024 pixels at patch_size 1 (a file's size: 100,000 took forever)
+
+
 class PatchTokenizer:
     kind: ClassVar[str] = "patch"
     pad_id, bos_id, eos_id = 0, 1, 2
@@ -158,6 +161,9 @@ class PatchTokenizer:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if size < 1 or patch_size < 1 or size % patch_size:
             raise ValueError(f"size {size} must be a positive multiple of patch_size {patch_size}")
+        if (size // patch_size) ** 2 > MAX_PATCHES:  # one token per patch: generating an image would never end
+            raise ValueError(f"size {size} with patch_size {patch_size} makes images of {(size // patch_size) ** 2:,} tokens, "
+                             f"more than {MAX_PATCHES:,}")
         self.size, self.patch_size, self.mode = size, patch_size, mode
         self.channels = 1 if mode == "L" else 3
         self.codebook = np.asarray(codebook, dtype=np.uint8).reshape(len(codebook), -1)
