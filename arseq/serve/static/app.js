@@ -63,6 +63,7 @@ async function loadModel() {
   for (const o of model.options) {
     if (o.name.startsWith("prompt_")) continue;  // they need a prompt file, which the server does not read
     if (o.name === "prefix" && model.prompt === "motif") continue;  // the prompt box is the start motif
+    if (o.group !== "sampling" && o.name in model.conditions) continue;  // an image's label: chosen with the conditions
     const visible = o.group !== "sampling" || o.name === "seed" || o.name === "max_new_tokens";
     $(visible ? "own-options" : "sampling-options").append(optionInput(o));
   }
