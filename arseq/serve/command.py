@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def check(args: argparse.Namespace) -> None:
-    for name, lo in (("slots", 1), ("max_queue", 0), ("max_new_tokens_limit", 1), ("max_body_bytes", 1024), ("port", 0)):
+    for name, lo in (("slots", 1), ("max_queue", 1), ("max_new_tokens_limit", 1), ("max_body_bytes", 1024), ("port", 0)):
         if getattr(args, name) < lo:
             raise DataError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(args, name)}")
     if args.timeout < 0 or args.grace < 0:

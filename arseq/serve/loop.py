@@ -56,6 +56,7 @@ class EngineLoop:
         self.jobs: list[Job] = []  # planned, not done
         self.by_row: dict[int, tuple[Job, int]] = {}
         self.stopping = False
+        self.stop_by = float("inf")  # while stopping: rows still decoding then are cancelled
         self.thread = threading.Thread(target=self._run, name="arseq-engine", daemon=True)
 
     # ---- the event loop's side ---------------------------------------------------------------------
@@ -90,11 +91,11 @@ class EngineLoop:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop admitting; finish the rows decoding (cancelled after `timeout` seconds); end the thread."""
         with self.lock:
+            self.stop_by = time.monotonic() + timeout
             self.stopping = True
             pending, self.inbox = self.inbox, []
         for job in pending:
             job.emit(("error", RequestError(503, "the server is shutting down", None)))
-        self.stop_by = time.monotonic() + timeout
         self.wake.set()
         self.thread.join(timeout + 5)
 
@@ -102,27 +103,37 @@ class EngineLoop:
     def _run(self) -> None:
         torch.set_grad_enabled(False)
         while True:
-            with self.lock:
-                new, self.inbox = self.inbox, []
-                cancels, self.cancels = self.cancels, []
-                stopping = self.stopping
-            for job in new:
-                self._admit(job)
-            for job in cancels:
-                self._drop(job, None)
-            self._expire(stopping)
-            if stopping and not self.jobs:
-                self._close_engine()
-                return
-            if self.engine.waiting or self.engine.active:
-                self._step()
-            else:
-                self.wake.wait(0.5)
-                self.wake.clear()
-            self.metrics.rows_active.set(self.engine.active)
-            self.metrics.rows_waiting.set(self.engine.waiting)
-            self.metrics.requests_waiting.set(self.waiting())
-            self.metrics.requests_running.set(sum(1 for j in self.jobs if j.first_token is not None))
+            try:
+                if self._turn():
+                    return
+            except Exception:  # noqa: BLE001 - a bug of this loop's own: say so, keep serving
+                log.exception("engine loop error")
+                time.sleep(0.1)
+
+    def _turn(self) -> bool:
+        """Admit, cancel and expire requests, then one engine step (or a nap when idle); True when stopped."""
+        self.wake.clear()
+        with self.lock:
+            new, self.inbox = self.inbox, []
+            cancels, self.cancels = self.cancels, []
+            stopping = self.stopping
+        for job in new:
+            self._admit(job)
+        for job in cancels:
+            self._drop(job, None)
+        self._expire(stopping)
+        if stopping and not self.jobs:
+            self._close_engine()
+            return True
+        if self.engine.waiting or self.engine.active:
+            self._step()
+        else:
+            self.wake.wait(0.5)
+        self.metrics.rows_active.set(self.engine.active)
+        self.metrics.rows_waiting.set(self.engine.waiting)
+        self.metrics.requests_waiting.set(self.waiting())
+        self.metrics.requests_running.set(sum(1 for j in self.jobs if j.first_token is not None))
+        return False
 
     def _close_engine(self) -> None:
         close = getattr(self.engine, "close", None)
