@@ -47,8 +47,8 @@ class Model:
         """What `arseq evaluate` prints: held-out loss, perplexity, baselines, the modality's figures."""
         call = self._call("evaluate", {**kwargs, "data_paths": data_paths})
         check_call(self.loaded, call, "evaluate")
-        checkpoint.use_stored_data(self.loaded, call.data_paths)
-        return generation.run_evaluate(self.loaded, call.request, call.run, call.data_paths, call.stride)
+        with checkpoint.stored_data(self.loaded, call.data_paths):
+            return generation.run_evaluate(self.loaded, call.request, call.run, call.data_paths, call.stride)
 
     def score(self, sequences: list[list[int]], *, batch_size: int = 16, stride: int | None = None) -> list[float]:
         """Mean NLL (nats per predicted token) of each token sequence (BOS first), scored in windows if long."""

@@ -5,6 +5,7 @@ Checkpoints are read with `torch.load(weights_only=True)`: no code from a file i
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -13,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -57,17 +58,27 @@ def strip_data_paths(meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def use_stored_data(loaded: Loaded, data_paths: list[str] | None) -> None:
-    """Before evaluate/drift: the data paths stored in a checkpoint are read only when the user names none
-    (and then said on stderr); with --data.paths they are dropped, so nothing the file names is read."""
+@contextlib.contextmanager
+def stored_data(loaded: Loaded, data_paths: list[str] | None) -> Iterator[None]:
+    """Around evaluate/drift: the data paths stored in a checkpoint are read only when the user names none
+    (and then said on stderr); with --data.paths they are hidden for the call, so nothing the file names is
+    read. (Exports and HF folders never give theirs: see strip_data_paths.)"""
     data = loaded.meta.get("data")
     if not isinstance(data, dict):
+        yield
         return
     stored = [p for key in ("paths", "val_paths") for p in ([data.get(key)] if isinstance(data.get(key), str) else data.get(key) or [])]
-    if data_paths:
-        loaded.meta = strip_data_paths(loaded.meta)
-    elif stored:
-        log.warning("arseq: no --data.paths: reading the data paths stored in the checkpoint: %s", ", ".join(map(str, stored)))
+    if not data_paths:
+        if stored:
+            log.warning("arseq: no --data.paths: reading the data paths stored in the checkpoint: %s", ", ".join(map(str, stored)))
+        yield
+        return
+    meta = loaded.meta
+    loaded.meta = strip_data_paths(meta)
+    try:
+        yield
+    finally:
+        loaded.meta = meta
 
 
 def build_modality(meta: dict[str, Any], where: str, modality: str | None = None, trust_import: bool = False) -> Modality:

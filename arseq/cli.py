@@ -164,8 +164,8 @@ def run_sampling_verb(verb: str, argv: list[str]) -> int:
     call = options.to_call(options.parse(parser, argv, options.kinds(opts)), opts)
     limits.check_call(loaded, call, verb)
     if verb == "evaluate":
-        checkpoint.use_stored_data(loaded, call.data_paths)
-        result = generation.run_evaluate(loaded, call.request, call.run, call.data_paths, call.stride)
+        with checkpoint.stored_data(loaded, call.data_paths):
+            result = generation.run_evaluate(loaded, call.request, call.run, call.data_paths, call.stride)
         print(to_json(result, indent=1))  # NaN (e.g. no token to predict) is null: the output stays JSON
         return 0
     with claimed(call.request.out):  # a second run into this --out refuses instead of replacing our files

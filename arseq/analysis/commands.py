@@ -200,8 +200,8 @@ def run_drift(argv: list[str]) -> int:
             for name in OUTPUTS:
                 plan.add(Path(args.out) / name, "")
             plan.check()
-        checkpoint.use_stored_data(loaded, call.data_paths)
-        result = drift(loaded, args, call, call.request.sampling.seed or 0)
+        with checkpoint.stored_data(loaded, call.data_paths):
+            result = drift(loaded, args, call, call.request.sampling.seed or 0)
         if args.out is not None:
             for path in write_drift(result, Path(args.out), args.overwrite, loaded.modality.name):
                 print(f"wrote {path}", file=sys.stderr)
