@@ -7,6 +7,7 @@ asked for it, and a failure midway leaves neither half-written files nor folders
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -34,7 +35,13 @@ def _stage(path: Path, content: Content) -> Path:
     try:
         if callable(content):
             os.close(fd)
-            content(Path(tmp))
+            try:
+                content(Path(tmp))
+            except Exception as e:  # torch.save reports a full disk as a RuntimeError ("unexpected pos ...")
+                if not isinstance(e, OSError) and _nearly_full(path.parent):
+                    raise OSError(errno.ENOSPC, f"No space left on device (writing {path.name}: {type(e).__name__})",
+                                  str(path)) from None
+                raise
             fd = os.open(tmp, os.O_RDONLY)
         else:
             data = content.encode("utf-8") if isinstance(content, str) else content
@@ -52,6 +59,15 @@ def _stage(path: Path, content: Content) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return Path(tmp)
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Less than 1 MiB free where `folder` is: a library's failed write there was most likely a full disk."""
+    try:
+        stat = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return False
+    return stat.f_bavail * stat.f_frsize < 2**20
 
 
 def _fsync_dir(folder: Path) -> None:

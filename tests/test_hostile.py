@@ -218,6 +218,8 @@ def test_refused_in_one_line(files, name, capsys):
     assert main(argv) == 2
     one_line(capsys.readouterr().err, REFUSED[name][1])
     assert tree(files["root"]) == before  # nothing written or changed
+    cache = Path(os.environ["ARSEQ_CACHE_DIR"])
+    assert not [*cache.glob(".*"), *cache.glob("*/.*")]  # no temporary entry left in the cache root
 
 
 def test_stored_data_paths_are_read_only_when_none_are_given_and_never_for_exports(tmp_path, monkeypatch, capsys, caplog):

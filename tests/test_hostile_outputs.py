@@ -168,6 +168,12 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(ckpt, tmp_path, disk, monkey
         assert main(argv) == 2, argv
         only_line(capsys.readouterr().err, "No space left on device")
         assert sorted(p.name for p in disk.iterdir()) == ["cache", "filler"], argv  # no temp file, claim or folder
+    small = train_config(tmp_path / "t.yaml", ckpt.parent / "train.txt", disk / "runs", logger=False)
+    done = subprocess.run([sys.executable, "-m", "arseq", "train", "--config", str(small)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "ARSEQ_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 2  # torch.save's RuntimeError on a full disk is ENOSPC, one line
+    last_error(done.stderr, "No space left on device")
+    assert not [p for p in disk.rglob(".*")]  # the checkpoint's temporary file is gone
 
 
 # ---- 7. reports stay JSON ---------------------------------------------------------------------------------
