@@ -195,3 +195,57 @@ def _continue(model: Transformer, suffix: torch.Tensor, ends: torch.Tensor, k: i
         token = model(token[:, None], pos=pos[:, step : step + 1])[:, -1].argmax(-1)
         greedy[:, step] = token
     return logp, greedy
+
+
+def bootstrap_curve(values: np.ndarray, groups: np.ndarray, n_boot: int = 1000, level: float = 0.95,
+                    seed: int = 0) -> dict[str, list[float]]:
+    """Mean over rows per offset, with a percentile CI from resampling whole pieces of data (positions
+    in one piece are not independent)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return {"mean": [], "lo": [], "hi": []}
+    uniq, inv = np.unique(groups, return_inverse=True)
+    sums = np.zeros((len(uniq), values.shape[1]))
+    np.add.at(sums, inv, values)
+    counts = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(uniq), size=(n_boot, len(uniq)))
+    weights = np.zeros((n_boot, len(uniq)))
+    np.add.at(weights, (np.arange(n_boot)[:, None], draws), 1.0)
+    means = (weights @ sums) / np.maximum(weights @ counts, 1)[:, None]
+    a = (1 - level) / 2
+    return {"mean": values.mean(0).tolist(), "lo": np.quantile(means, a, axis=0).tolist(),
+            "hi": np.quantile(means, 1 - a, axis=0).tolist()}
+
+
+def summarize_curve(mean: Sequence[float]) -> dict[str, float | int | None]:
+    """Peak excess, recovery half-life (first offset after the peak below half of it; None: not within K)
+    and the share of the peak still there at offset K (1: no recovery at all, 0: full recovery)."""
+    m = np.asarray(mean, dtype=np.float64)
+    if m.size == 0:
+        return {"peak": None, "peak_offset": None, "half_life": None, "remaining_share": None}
+    peak_at = int(np.argmax(m))
+    peak = float(m[peak_at])
+    below = np.flatnonzero(m[peak_at:] < peak / 2) if peak > 0 else np.array([0])
+    half = int(peak_at + below[0] + 1) if below.size else None
+    return {"peak": peak, "peak_offset": peak_at + 1, "half_life": half,
+            "remaining_share": float(m[-1] / peak) if peak > 0 else 0.0}
+
+
+def report(result: DriftResult, n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """The JSON-able curves and summary numbers of every kind."""
+    out = {}
+    for kind in result.excess:
+        if len(result.excess[kind]) == 0:
+            continue
+        g = result.groups[kind]
+        excess = bootstrap_curve(result.excess[kind], g, n_boot, seed=seed)
+        out[kind] = {
+            "sites": int(len(g)),
+            "pieces": int(len(np.unique(g))),
+            "excess_nll": excess,
+            "kl": bootstrap_curve(result.kl[kind], g, n_boot, seed=seed),
+            **({"divergence": bootstrap_curve(result.diverged[kind].astype(np.float64), g, n_boot, seed=seed)}
+               if len(result.diverged[kind]) else {}),
+            **summarize_curve(excess["mean"]),
+        }
+    return out
