@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from arseq.decode import rng
 from arseq.decode.config import Finished, Row, SamplingConfig
 from arseq.decode.logits import Params, choose, guided, not_finite, process_logits
 from arseq.decode.slots import Slots
@@ -71,8 +72,7 @@ class Engine:
         self.fed = [0] * slots  # positions of each slot in the cache
         S, V, dev = slots, self.vocab, self.device
         self.cur = torch.full((S,), pad_id, dtype=torch.long, device=dev)  # the token each slot feeds next
-        self.seeds = torch.zeros(S, dtype=torch.long, device=dev)
-        self.counter = torch.zeros(S, dtype=torch.long, device=dev)
+        self.seeds, self.counts = [0] * S, [0] * S  # each row's random stream: its seed and draws so far
         self.seen = torch.zeros(S, V, dtype=torch.bool, device=dev)  # tokens in each row (repetition penalty)
         self.stops = torch.zeros(S, V, dtype=torch.bool, device=dev)  # each row's stop tokens
         self.params, self.guidance, self.partner = self._settings()
@@ -146,7 +146,7 @@ class Engine:
                 self._load(slot, live.seq(slot), loaded)
                 self._reset(slot, live)
             self.live[live.slot] = live
-        self.params, self.guidance, self.partner = self._settings()
+            self.params, self.guidance, self.partner = self._settings()
 
     @staticmethod
     def _guided(row: Row) -> bool:
@@ -167,7 +167,7 @@ class Engine:
 
     def _reset(self, slot: int, live: Live) -> None:
         cfg = live.row.cfg
-        self.seeds[slot], self.counter[slot] = live.seed, 0
+        self.seeds[slot], self.counts[slot] = live.seed, 0
         self.seen[slot] = False
         self.seen[slot, torch.tensor(live.seq(slot), device=self.device)] = True
         self.stops[slot] = False
@@ -254,10 +254,14 @@ class Engine:
             logits = torch.where(has, guided(logits, logits[self.partner], self.guidance), logits.float())
         penalised = any(live.row.cfg.repetition_penalty != 1.0 for live in self.live.values())
         x = process_logits(logits, self.params, self.seen if penalised else None, allowed)
-        tokens = choose(x, self.params, self.seeds, self.counter)
-        self.counter += 1
+        tokens = choose(x, self.params, self.keys(rng.TOKEN))
+        self.counts = [c + 1 for c in self.counts]
         out = torch.stack([tokens, not_finite(x).long()]).tolist()
         return out[0], [bool(b) for b in out[1]]
+
+    def keys(self, stream: int) -> list[int] | None:
+        """Every slot's key for its next draw of `stream` (None when no row samples)."""
+        return rng.keys(self.seeds, self.counts, stream) if self.params.sampled else None
 
     def commit(self, chosen: list[int] | dict[int, list[int]], bad: list[bool]) -> list[Finished]:
         """Append each row's chosen token(s) (a list per slot from speculative decoding), stream them, end

@@ -24,6 +24,7 @@ class Params:
     min_p: Tensor  # 0 where unused
     penalty: Tensor  # 1 where unused
     filters: bool  # any row uses top-k, top-p or min-p
+    sampled: bool  # any row draws (temperature > 0)
 
     @staticmethod
     def of(cfgs: list[SamplingConfig], vocab: int, device: torch.device) -> Params:
@@ -37,12 +38,13 @@ class Params:
             col([c.min_p or 0.0 for c in cfgs]),
             col([c.repetition_penalty for c in cfgs]),
             any(c.top_k is not None or c.top_p is not None or c.min_p for c in cfgs),
+            any(c.temperature > 0 for c in cfgs),
         )
 
     def repeat(self, n: int) -> Params:
         """Each row's settings n times in a row (row-major): for the n positions of a verify pass."""
         r = [t.repeat_interleave(n) for t in (self.temperature, self.top_k, self.top_p, self.min_p, self.penalty)]
-        return Params(*r, self.filters)
+        return Params(*r, self.filters, self.sampled)
 
 
 def process_logits(logits: Tensor, p: Params, seen: Tensor | None, allowed: Tensor | None) -> Tensor:
@@ -76,19 +78,20 @@ def guided(cond: Tensor, uncond: Tensor, scale: Tensor | float) -> Tensor:
     return base + scale * (cond.float().log_softmax(-1) - base)
 
 
-def draw(probs: Tensor, seed: Tensor, counter: Tensor, stream: int = rng.TOKEN) -> Tensor:
+def draw(probs: Tensor, keys: list[int]) -> Tensor:
     """One token per row from `probs` (N, V): the exponential race argmax(p / E), E ~ Exp(1) from the row's
-    own counter-based stream (arseq.decode.rng), which picks token i with probability p_i."""
-    u = rng.uniform(seed, counter, stream, probs.shape[-1])
+    own counter-based stream (`keys`: arseq.decode.rng), which picks token i with probability p_i."""
+    u = rng.uniform(keys, probs.shape[-1], probs.device)
     return (probs / -torch.log(u)).argmax(-1)
 
 
-def choose(logits: Tensor, p: Params, seed: Tensor, counter: Tensor) -> Tensor:
-    """Processed logits (N, V) -> tokens (N,): the argmax for greedy rows, a draw for the others."""
+def choose(logits: Tensor, p: Params, keys: list[int] | None) -> Tensor:
+    """Processed logits (N, V) -> tokens (N,): the argmax for greedy rows, a draw for the others (`keys`:
+    None when every row is greedy)."""
     greedy = logits.argmax(-1)
-    if not bool((p.temperature > 0).any()):
+    if keys is None:
         return greedy
-    return torch.where(p.temperature > 0, draw(logits.softmax(-1), seed, counter), greedy)
+    return torch.where(p.temperature > 0, draw(logits.softmax(-1), keys), greedy)
 
 
 def not_finite(logits: Tensor) -> Tensor:

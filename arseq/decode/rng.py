@@ -2,10 +2,11 @@
 
 Why not torch.Generator: a generator per row means one multinomial call per row per step (Python work that
 grows with the batch, and a kernel launch each on a GPU) and cannot live inside a CUDA graph. A counter-based
-hash gives every row its own stream from two integer tensors, drawn for all rows in a few tensor operations,
-identical on every device, and a row's draws never depend on the rows beside it. The mixer is Chris Wellons'
-`lowbias32` (a 32-bit integer hash with near-ideal avalanche); multiplications are split into 16-bit halves so
-int64 arithmetic never overflows.
+hash gives every row its own stream: each row's key is hashed on the host from its seed and counter (a few
+integer operations per row), and the (rows, lanes) uniforms come from one hash of key ^ lane on the device,
+identical on every device; a row's draws never depend on the rows beside it. The mixer is a 32-bit integer
+hash from Chris Wellons' hash prospector (multipliers below 2^31, so int64 products of 32-bit values never
+overflow).
 """
 from __future__ import annotations
 
@@ -13,27 +14,39 @@ import torch
 from torch import Tensor
 
 _M32 = 0xFFFFFFFF
+_A, _B = 0x21F0AAAD, 0x735A2D97
 TOKEN, ACCEPT, DRAFT = 0x1B873593, 0x5BD1E995, 0x68E31DA4  # streams: token draws, speculative acceptance, draft proposals
 
 
-def _mul(x: Tensor, c: int) -> Tensor:
-    """x * c mod 2^32 for x in [0, 2^32), without leaving int64's range."""
-    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
+def _mix_int(x: int) -> int:
+    x ^= x >> 16
+    x = (x * _A) & _M32
+    x ^= x >> 15
+    x = (x * _B) & _M32
+    return x ^ (x >> 15)
 
 
-def mix(x: Tensor) -> Tensor:
-    """lowbias32 on int64 tensors holding 32-bit values."""
+def _mix(x: Tensor) -> Tensor:
     x = x ^ (x >> 16)
-    x = _mul(x, 0x7FEB352D)
+    x = (x * _A) & _M32
     x = x ^ (x >> 15)
-    x = _mul(x, 0x846CA68B)
-    return x ^ (x >> 16)
+    x = (x * _B) & _M32
+    return x ^ (x >> 15)
 
 
-def uniform(seed: Tensor, counter: Tensor, stream: int, lanes: int) -> Tensor:
-    """(..., lanes) uniforms in (0, 1) for int64 `seed` and `counter` of the same shape (...)."""
-    key = mix(mix((seed >> 32) & _M32 ^ stream) ^ (seed & _M32))
-    key = mix(key ^ (counter & _M32))
-    lane = mix(torch.arange(lanes, device=seed.device, dtype=torch.int64) + 0x9E3779B9 & _M32)
-    bits = mix(mix(key[..., None] ^ lane) + 0x632BE5AB & _M32)
+def keys(seeds: list[int], counters: list[int], stream: int) -> list[int]:
+    """Each row's 32-bit key for its `counter`-th draw of `stream`."""
+    return [_mix_int(_mix_int(_mix_int(_mix_int(stream ^ (s >> 32) & _M32) ^ s & _M32) ^ c & _M32))
+            for s, c in zip(seeds, counters)]
+
+
+_LANES: dict[tuple[int, torch.device], Tensor] = {}
+
+
+def uniform(key: list[int], lanes: int, device: torch.device) -> Tensor:
+    """(len(key), lanes) uniforms in (0, 1): lane j of row i from key[i] and j."""
+    lane = _LANES.get((lanes, device))
+    if lane is None:
+        lane = _LANES[(lanes, device)] = _mix(torch.arange(lanes, dtype=torch.int64, device=device) * 0x9E3779B1 & _M32)
+    bits = _mix(torch.tensor(key, dtype=torch.int64, device=device)[:, None] ^ lane)
     return ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))

@@ -174,8 +174,8 @@ class Speculative:
             else:
                 x = process_logits(logits, engine.params, _seen(engine, props), allowed[j])
                 q.append(x.softmax(-1))
-                picked = torch.where(engine.params.temperature > 0, draw(q[-1], engine.seeds, engine.counter, rng.DRAFT + j),
-                                     x.argmax(-1)).tolist()
+                keys = engine.keys(rng.DRAFT + j)
+                picked = (torch.where(engine.params.temperature > 0, draw(q[-1], keys), x.argmax(-1)) if keys else x.argmax(-1)).tolist()
                 step = {s: picked[s] for s in live if j < want[s]}
                 if j + 1 < k:
                     logits = self._draft_step(engine, step)
@@ -249,7 +249,8 @@ class Speculative:
         probs = p.softmax(-1)
         pd = probs.gather(-1, d[..., None]).squeeze(-1)
         qd = torch.stack(q, 1).gather(-1, d[..., None]).squeeze(-1) if q else torch.ones_like(pd)
-        u = rng.uniform(engine.seeds, engine.counter, rng.ACCEPT, k)
+        keys = engine.keys(rng.ACCEPT)
+        u = rng.uniform(keys, k, dev) if keys else torch.ones(S, k, device=dev)
         ok = torch.where(engine.params.temperature[:, None] > 0, u * qd < pd, p.argmax(-1) == d)
         ok &= torch.arange(k, device=dev)[None, :] < n[:, None]
         out = torch.stack([ok.long().cumprod(1).sum(1), bad.long()]).tolist()
@@ -276,8 +277,9 @@ class Speculative:
         mass = residual.sum(-1, keepdim=True)
         residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p)
         dist = torch.where((at < n)[:, None], residual, p)
-        drawn = torch.where(engine.params.temperature > 0, draw(dist, engine.seeds, engine.counter), x.argmax(-1))
-        engine.counter += 1
+        keys = engine.keys(rng.TOKEN)
+        drawn = torch.where(engine.params.temperature > 0, draw(dist, keys), x.argmax(-1)) if keys else x.argmax(-1)
+        engine.counts = [c + 1 for c in engine.counts]
         out = torch.stack([drawn, not_finite(x).long()]).tolist()
         return out[0], [bool(b) for b in out[1]]
 
