@@ -60,20 +60,24 @@ def memory_budget() -> int:
     return budget
 
 
-def _size_field(cfg: Mapping[str, Any], key: str, where: str, prefix: str) -> int | None:
+def _size_field(cfg: Mapping[str, Any], key: str, where: str, name: str) -> int | None:
     value = cfg.get(key)
     if value is None and key == "mlp_hidden":
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DataError(f"{where}: {prefix}{key} must be a positive integer, got {value!r}")
+        raise DataError(f"{where}: {name} must be a positive integer, got {value!r}")
     return value
 
 
-def model_bytes(cfg: Mapping[str, Any], batch: int = 1, where: str = "model", prefix: str = "model.") -> dict[str, int]:
+def model_bytes(cfg: Mapping[str, Any], batch: int = 1, where: str = "model", prefix: str = "model.",
+                names: Mapping[str, str] | None = None) -> dict[str, int]:
     """The bytes a TransformerConfig's keyword arguments allocate, per cause: parameters (float32), and the
     context's RoPE tables plus a KV cache of `batch` rows. Raises on a size that is not a positive integer."""
-    vocab, ctx, layers, heads, width = (_size_field(cfg, k, where, prefix) for k in SIZE_FIELDS[:5])
-    hidden = _size_field(cfg, "mlp_hidden", where, prefix) or 32 * -(-8 * width // (3 * 32))
+    def field(key: str) -> int | None:
+        return _size_field(cfg, key, where, (names or {}).get(key, prefix + key))
+
+    vocab, ctx, layers, heads, width = (field(k) for k in SIZE_FIELDS[:5])
+    hidden = field("mlp_hidden") or 32 * -(-8 * width // (3 * 32))
     per_layer = 4 * width * width + 3 * width * hidden + 2 * width
     embed = vocab * width * (1 if cfg.get("tie_weights", True) else 2)
     return {
@@ -89,13 +93,14 @@ def check_model(cfg: Mapping[str, Any], where: str, prefix: str = "model.", batc
     `names` spells a field as the user gave it (max_seq_len comes from data.block_size in a config)."""
     if not isinstance(cfg, Mapping):
         raise DataError(f"{where}: the model config is not a mapping ({type(cfg).__name__})")
-    parts = model_bytes(cfg, batch, where, prefix)
+    parts = model_bytes(cfg, batch, where, prefix, names)
     total, budget = sum(parts.values()), memory_budget()
     if total <= budget:
         return
     cause = max(parts, key=parts.__getitem__)
-    fields = {"layers": ("n_layer", "d_model"), "vocabulary": ("vocab_size", "d_model"), "context": ("max_seq_len",)}[cause]
-    named = ", ".join(f"{(names or {}).get(f, prefix + f)}={cfg[f]}" for f in fields)
+    fields = {"layers": ("n_layer", "d_model", "mlp_hidden"), "vocabulary": ("vocab_size", "d_model"),
+              "context": ("max_seq_len",)}[cause]
+    named = ", ".join(f"{(names or {}).get(f, prefix + f)}={cfg[f]}" for f in fields if cfg.get(f) is not None)
     raise DataError(f"{where}: {named} would need {_gb(total)} ({cause}: {_gb(parts[cause])}), more than the "
                     f"{_gb(budget)} of memory here")
 

@@ -42,6 +42,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     f["zip"] = zip_bomb(f["ok"], root / "zip.ckpt")
     f["yaml"] = yaml_bomb(root / "bomb.yaml")
     f["hf_ctx"] = make_hf(root / "hf_ctx", {"max_position_embeddings": 10**10})
+    f["hf_mlp"] = make_hf(root / "hf_mlp", {"intermediate_size": 10**9, "num_hidden_layers": 40})
     f["config"] = train_config(root / "train.yaml", data, root / "runs")
     f["export"] = make_export(f["ok"], root / "export")
     meta, _ = base_parts()
@@ -86,6 +87,7 @@ BOMBS: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
     "max_seq_len 1e10": (lambda f: ["evaluate", "--checkpoint", str(f["ctx"])], "model.max_seq_len=10000000000"),
     "vocab_size 1e11": (lambda f: ["export", "--checkpoint", str(f["vocab"]), "--out", str(f["root"] / "x")], "model.vocab_size"),
     "HF max_position_embeddings 1e10": (lambda f: ["generate", "--checkpoint", str(f["hf_ctx"])], "max_position_embeddings"),
+    "HF intermediate_size 1e9 x 40 layers": (lambda f: ["generate", "--checkpoint", str(f["hf_mlp"])], "intermediate_size=1000000000"),
     "zip entry inflating 1000x": (lambda f: ["generate", "--checkpoint", str(f["zip"])], "zip entry"),
     "YAML billion laughs": (lambda f: ["prepare", "--config", str(f["yaml"])], "alias"),
     "YAML billion laughs (generate)": (lambda f: ["generate", "--config", str(f["yaml"])], "alias"),
