@@ -166,7 +166,10 @@ def test_int8_logits_are_close_and_greedy_mostly_equal(model):
     assert generate(q, [[1, 2, 3]], GREEDY, compile=True).tokens[0] == b  # the fused compiled path: same tokens
 
 
-def test_bfloat16_decodes_and_bad_values_are_one_line(model):
+def test_bfloat16_decodes_and_bad_values_are_one_line(model, monkeypatch):
+    from arseq.models import cpu_features  # play a CPU with bf16 arithmetic (without: test_linear_routes)
+
+    monkeypatch.setattr(cpu_features, "FOUND", cpu_features.FOUND | {"avx512_bf16"})
     prepare_for_inference(model, "cpu", "bfloat16")
     assert model.norm.weight.dtype == torch.bfloat16
     assert len(generate(model, [[1, 2]], SamplingConfig(max_new_tokens=5, temperature=0)).tokens[0]) == 5

@@ -1,14 +1,16 @@
-"""int8 weight-only quantization: every linear layer and the embedding keep int8 weights with one float
-scale per output channel (per token row for the embedding); activations stay in the model's dtype.
+"""int8 weight quantization: every linear layer and the embedding keep int8 weights with one float
+scale per output channel (per token row for the embedding); the model's activations stay in its dtype.
 
 A tied embedding / lm_head shares one int8 matrix and one scale vector: a token row's scale serves
-both the lookup and that token's logit. Why our own ~60 lines: torchao (`quantize_(m, int8_weight_only())`),
+both the lookup and that token's logit. Why our own lines: torchao (`quantize_(m, int8_weight_only())`),
 the well-kept implementation, is not installed in arseq's environment and would be a heavy dependency
-for two small modules; `torch.ao.quantization.quantize_dynamic` also quantizes activations and runs on
-CPU only; `torch._weight_int8pack_mm` exists but measured ~100x slower than float32 F.linear for one
-row on this CPU. The plain dequantizing matmul (arseq.models.linear) runs on CPU and GPU, eager and
-compiled; in a compiled decode step the dequantization fuses into the weight read, so only int8 bytes
-are read (the point of weight-only int8 at batch 1: a quarter of the bytes per token).
+for two small modules; `torch.ao.quantization.quantize_dynamic` replaces modules wholesale and runs on
+CPU only. The product itself is chosen by arseq.models.linear's rule: on CUDA and on AVX-512 CPUs the
+dequantizing matmul, which a compiled decode step fuses into the weight read (only int8 bytes are read:
+the point of int8 at batch 1); on an AVX2 CPU, FBGEMM's int8 x int8 product with the activations
+quantized per call (arseq.models.fbgemm_int8), because Inductor's int8 loop is 7x slower than its float32
+one there. `torch._weight_int8pack_mm` measured 3-50x slower than float32 F.linear (1-8 rows, AVX2 host;
+~100x for one row on the AVX-512 host), `torch._int_mm` is a plain loop on CPU (~100x).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from arseq.models.fbgemm_int8 import owner_id
 from arseq.models.linear import linear
 
 SCHEMES = ("none", "int8")
@@ -40,6 +43,17 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.weight, self.scale = weight, scale
         self.bias = None if bias is None else _frozen(bias.detach().clone())
+        self.owner = owner_id(self)  # names this layer's FBGEMM pack (arseq.models.fbgemm_int8)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)  # a copy or pickle packs its own weights again when it first needs them
+        for key in ("_fbgemm_pack", "_fbgemm_owner", "owner"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.owner = owner_id(self)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
@@ -47,7 +61,7 @@ class Int8Linear(nn.Module):
         return cls(_frozen(q), _frozen(scale.to(linear.weight.dtype)), linear.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = linear(x, self.weight) * self.scale.to(x.dtype)  # compiled decode: dequantization fuses into the read
+        y = linear(x, self.weight, self.scale, self.owner)  # the route: arseq.models.linear
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
