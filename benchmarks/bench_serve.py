@@ -95,7 +95,9 @@ async def one(port: int, body: dict[str, Any], path: str = "/v1/completions") ->
             if "error" in chunk:
                 out["status"] = chunk["error"]["code"]
                 continue
-            n = sum(len(c.get("token_ids", [])) for c in chunk["choices"])
+            # arseq sends each chunk's token ids; transformers serve one token's text per chunk
+            n = sum(len(c["token_ids"]) if "token_ids" in c else int(bool(c.get("text"))) for c in chunk["choices"])
+            out["finished"] = out.get("finished", False) or any(c.get("finish_reason") for c in chunk["choices"])
             if n:
                 now = time.perf_counter()
                 if last is None:
@@ -116,11 +118,15 @@ def pct(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))], 4)
 
 
-async def load(port: int, clients: int, requests_per_client: int, seed: int, prompt: Any) -> dict[str, Any]:
-    """`clients` concurrent clients, each sending its requests one after another (bounded)."""
+async def load(port: int, clients: int, requests_per_client: int, seed: int, prompt: Any, model: str | None = None
+               ) -> dict[str, Any]:
+    """`clients` concurrent clients, each sending its requests one after another (bounded). With `model` (transformers
+    serve), requests name it and carry no seed."""
     rng = random.Random(seed)
     plans = [[{"prompt": prompt, "max_tokens": rng.randint(16, 512), "seed": rng.randrange(2**31)}
               for _ in range(requests_per_client)] for _ in range(clients)]
+    if model is not None:
+        plans = [[{"model": model, "prompt": b["prompt"], "max_tokens": b["max_tokens"]} for b in p] for p in plans]
 
     async def client(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [await one(port, b) for b in bodies]
@@ -128,7 +134,8 @@ async def load(port: int, clients: int, requests_per_client: int, seed: int, pro
     t0 = time.perf_counter()
     results = [r for rs in await asyncio.gather(*(client(p) for p in plans)) for r in rs]
     wall = time.perf_counter() - t0
-    ok = [r for r in results if r["status"] == 200 and r["done"]]
+    # arseq's streams must end with [DONE]; transformers serve's end with a finish_reason
+    ok = [r for r in results if r["status"] == 200 and (r["done"] or model is not None and r.get("finished"))]
     ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
     gaps = [g for r in ok for g in r["gaps"]]
     return {"tokens_per_s": round(sum(r["tokens"] for r in ok) / wall, 1), "requests_per_s": round(len(ok) / wall, 3),
@@ -170,16 +177,16 @@ async def overload(port: int, pid: int, clients: int, soak: float, prompt: Any) 
 def step_cost_ratio(checkpoint: str, rows: int = 16, steps: int = 30) -> float | None:
     """Seconds per engine step with `rows` rows decoding over seconds per step with one (this process)."""
     from arseq import checkpoint as ck
-    from arseq.decode import Engine, SamplingConfig
+    from arseq.decode import Engine, Row, SamplingConfig
 
     loaded = ck.load(checkpoint)
     loaded.model.eval()
     times = {}
     for n in (1, rows):
         engine = Engine(loaded.model, slots=n, compile="off", pad_id=loaded.tokenizer.pad_id)
-        cfg = SamplingConfig(max_new_tokens=10**6, temperature=1.0)
+        cfg = SamplingConfig(max_new_tokens=10**5, temperature=1.0)
         for i in range(n):
-            engine.submit([loaded.tokenizer.bos_id], cfg, seed=i)
+            engine.submit(Row([loaded.tokenizer.bos_id], cfg, seed=i))
         for _ in range(5):
             engine.step()
         t0 = time.perf_counter()
@@ -189,18 +196,74 @@ def step_cost_ratio(checkpoint: str, rows: int = 16, steps: int = 30) -> float |
     return round(times[rows] / times[1], 3)
 
 
-def hf_serve(args: argparse.Namespace) -> tuple[float | None, str | None]:
-    """The anchor: `transformers serve` on the same model exported as a Hugging Face folder, same load."""
+def hf_folder(checkpoint: str, out: Path) -> None:
+    """The model as a Hugging Face folder `transformers serve` can load: `arseq export --format hf`, plus a
+    character-level tokenizer.json with arseq's ids (arseq's own ids are no Hugging Face tokenizer)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from arseq import checkpoint as ck
+
+    loaded = ck.load(checkpoint)
+    tok = loaded.tokenizer
+    if tok.kind != "char":
+        raise RuntimeError(f"a {tok.kind} tokenizer has no Hugging Face twin here (character-level text models only)")
+    ck.export(loaded, out, "hf", "none")
+    vocab = {"<pad>": tok.pad_id, "<s>": tok.bos_id, "</s>": tok.eos_id}
+    vocab.update({tok.decode([i]): i for i in range(tok.vocab_size) if i not in vocab.values()})
+    hf = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    hf.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), "isolated")
+    hf.decoder = decoders.Fuse()
+    PreTrainedTokenizerFast(tokenizer_object=hf, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    config["max_position_embeddings"] = max(config["max_position_embeddings"], 1024)  # budgets past arseq's window
+    (out / "config.json").write_text(json.dumps(config))
+
+
+def hf_serve(args: argparse.Namespace, prompt: Any, clients: int, per: int) -> tuple[float | None, str | None]:
+    """The anchor: `transformers serve --continuous-batching` on the same model, the same load (no seeds: it
+    takes none per request)."""
+    import tempfile
+
     if find_spec("transformers") is None:
-        return None, "transformers is not installed here (pip install 'arseq[hf]' and transformers' serving extras)"
-    return None, "not run: transformers serve speaks chat completions for a downloaded tokenizer; this model's ids are arseq's"
+        return None, "transformers is not installed (pip install 'transformers[serving]')"
+    if not isinstance(prompt, str):
+        return None, "needs a text prompt (--prompt) for a character-level text model"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "hf"
+        try:
+            hf_folder(args.checkpoint, folder)
+        except Exception as e:  # noqa: BLE001
+            return None, f"no Hugging Face folder: {e}"
+        port = free_port()
+        proc = subprocess.Popen(["transformers", "serve", str(folder), "--host", HOST, "--port", str(port), "--continuous-batching",
+                                 "--device", "cpu", "--dtype", "float32", "--log-level", "warning"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 600
+            while True:
+                if proc.poll() is not None:
+                    return None, "transformers serve exited: " + proc.stderr.read().decode().strip().splitlines()[-1][:300]
+                if time.monotonic() > deadline:
+                    return None, "transformers serve did not answer /health in 600 s"
+                try:
+                    with socket.create_connection((HOST, port), timeout=0.5):
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            result = asyncio.run(load(port, clients, per, seed=clients, prompt=prompt, model=str(folder)))
+            if result["errors"]:
+                return None, f"{result['errors']} of {result['requests']} requests failed"
+            return result["tokens_per_s"], None
+        finally:
+            stop(proc)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run folder, .ckpt or export")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
-    p.add_argument("--requests-per-client", type=int, default=0, help="per client per level (default: 64 / clients, at least 2)")
+    p.add_argument("--requests-per-client", type=int, default=0, help="per client per level (default: 16 / clients, at least 2)")
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--soak-seconds", type=float, default=300.0)
     p.add_argument("--prompt", default=None, help="text prompt (text and protein models); default: BOS alone")
@@ -210,7 +273,7 @@ def main() -> None:
         from arseq import checkpoint as ck
 
         prompt = [ck.load(args.checkpoint).tokenizer.bos_id]
-    per = lambda c: args.requests_per_client or max(2, 64 // c)  # noqa: E731
+    per = lambda c: args.requests_per_client or max(2, 16 // c)  # noqa: E731
     out: dict[str, Any] = {"by_clients": {}}
     proc, port = start(args.checkpoint, "--slots", str(args.slots), "--max-queue", "256")
     try:
@@ -226,7 +289,10 @@ def main() -> None:
     if "16" in out["by_clients"]:
         out["speedup_16_clients"] = round(out["by_clients"]["16"]["tokens_per_s"] / max(1e-9, out["sequential_tokens_per_s"]), 2)
     out["engine_step_cost_ratio_16_rows"] = step_cost_ratio(args.checkpoint)
-    out["hf_serve_tokens_per_s"], error = hf_serve(args)
+    out["hf_serve_tokens_per_s"], error = hf_serve(args, prompt, 16, per(16))
+    if out["hf_serve_tokens_per_s"]:
+        out["speedup_vs_hf_serve_16_clients"] = round(out["by_clients"]["16"]["tokens_per_s"] / out["hf_serve_tokens_per_s"], 2) \
+            if "16" in out["by_clients"] else None
     if error:
         out["hf_serve_error"] = error
     proc, port = start(args.checkpoint, "--slots", str(args.slots), "--max-queue", "16")
