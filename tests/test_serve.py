@@ -276,7 +276,7 @@ def test_sigterm_finishes_running_requests_and_exits_0(trained):
                 time.sleep(0.1)
         s = Served.__new__(Served)
         s.port = port
-        conn, r = s.stream("/v1/completions", {"prompt": "the", "max_tokens": 300, "seed": 0})
+        conn, r = s.stream("/v1/completions", {"prompt": "the", "max_tokens": 100, "temperature": 0})
         stream = events(r)
         next(stream)
         proc.send_signal(signal.SIGTERM)
