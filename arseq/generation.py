@@ -248,11 +248,19 @@ def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list
         chosen = np.random.default_rng(0).choice(len(items), n, replace=False)
         result["data_metrics"] = modality_metrics(modality, tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)], train_items)
         result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))
+        result["lengths"] = {"samples": quantiles([len(s.prompt) + len(s.tokens) + s.stopped for s in samples]),
+                             "held_out": quantiles([len(item) for item in items])}
         if request.conditions and controls is not None:
             train_conditioned = train_data.train.items() if train_data is not None else []
             result["conditions_obeyed"] = obeyed(modality, tok, controls, request.conditions, [s.prompt + s.tokens for s in samples],
                                                  examples(controls, train_conditioned), examples(controls, conditioned))
     return result
+
+
+def quantiles(lengths: list[int]) -> dict[str, float]:
+    """Tokens per sequence (BOS and EOS included): where samples end next to where held-out items do."""
+    q = np.quantile(np.asarray(lengths, dtype=np.float64), [0, 0.1, 0.5, 0.9, 1]) if lengths else [float("nan")] * 5
+    return dict(zip(("min", "p10", "median", "p90", "max"), (float(v) for v in q)))
 
 
 def examples(controls: Controls, sequences: Sequence[Sequence[int]]) -> list[Example]:

@@ -22,7 +22,7 @@ from collections import Counter
 import arseq
 from arseq.generation import examples, held_out, make_plan, sample
 from arseq.modalities import Request, SamplingOptions
-from arseq.models import SamplingConfig
+from arseq.decode import SamplingConfig
 
 
 def draw(loaded, conditions: list[str], n: int, sampling: SamplingOptions, options) -> tuple[list[list[int]], SamplingConfig]:

@@ -28,8 +28,7 @@ from pathlib import Path
 import torch
 
 from arseq.api import load
-from arseq.models.sampling import generate
-from arseq.models.speculative import DraftModel, NGram, speculative_generate
+from arseq.decode import DraftModel, NGram, Speculative, generate
 from arseq.generation import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,8 +71,8 @@ def arm_runner(model, name: str, temperature: float, new_tokens: int, draft_mode
             gen, stats = generate(loaded.model, prompts, c, pad_id=tok.pad_id, constraint=constraint, compile=compiled), None
         else:
             proposer = DraftModel(draft_model) if arm == "draft" else NGram()
-            gen = speculative_generate(loaded.model, prompts, c, proposer, k=k, pad_id=tok.pad_id, constraint=constraint,
-                                       compile=compiled)
+            gen = generate(loaded.model, prompts, c, pad_id=tok.pad_id, constraint=constraint, compile=compiled,
+                           speculative=Speculative(proposer, k))
             stats = gen.stats
         seconds = time.perf_counter() - t0
         return gen.tokens[0], len(gen.tokens[0]) + gen.stopped[0], seconds, stats

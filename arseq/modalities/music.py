@@ -42,7 +42,7 @@ from arseq.modalities.music_reading import (
 )
 from arseq.modalities.render import piano_roll
 from arseq.decode.config import SamplingConfig
-from arseq.tokenizers.score import PITCH, Events, Grammar, ScoreTokenizer
+from arseq.tokenizers.score import DUR, PITCH, Events, Grammar, ScoreTokenizer
 
 # Nucleus sampling slightly cooled: at T = 1 the 0.8 M-parameter CPU model's samples were 90 % in key (held-out
 # chorales: 95 %), with these 92 %, their pitch-class entropy then matching the data's (configs/music/bach_chorales.yaml).
@@ -58,11 +58,13 @@ class MusicGenerate:
     """music options (samples use temperature 0.9 and top_p 0.95 unless given: cutting the unlikely tail keeps small models in key)
 
     Args:
-        bars: stop each sample after N new bars
+        bars: exactly N new bars per sample
+        min_bars: without --bars, a sample ends no earlier than after this many new bars (the shortest Bach chorales run 8)
         prompt_bars: with --prompt FILE (MIDI/MusicXML/...): continue after its first N bars
     """
 
     bars: int | None = None
+    min_bars: int = 8
     prompt_bars: int | None = None
 
 
@@ -156,10 +158,12 @@ class MusicModality(Modality):
     def plan(self, tokenizer: ScoreTokenizer, request: Request) -> Plan:
         opts: MusicGenerate = request.options
         sampling: dict[str, Any] = dict(SAMPLING_DEFAULTS)
-        if opts.bars is not None:
-            if opts.bars < 1:
-                raise DataError(f"--bars must be >= 1, got {opts.bars}")
-            sampling["max_new_tokens"] = max(SamplingConfig.max_new_tokens, 64 * opts.bars)
+        if opts.bars is not None and opts.bars < 1:
+            raise DataError(f"--bars must be >= 1, got {opts.bars}")
+        if opts.min_bars < 0:
+            raise DataError(f"--min-bars must be >= 0, got {opts.min_bars}")
+        least = opts.bars if opts.bars is not None else opts.min_bars
+        sampling["max_new_tokens"] = max(SamplingConfig.max_new_tokens, 64 * least)
         if request.prompt:
             prompt = list(prompt_tokens(tokenizer, Path(request.prompt), opts.prompt_bars))
         elif opts.prompt_bars is not None:
@@ -167,7 +171,7 @@ class MusicModality(Modality):
         else:
             prompt = [tokenizer.bos_id]
         return Plan([list(prompt) for _ in range(request.num_samples)], sampling,
-                    constraint=partial(GrammarConstraint, tokenizer, opts.bars))
+                    constraint=partial(GrammarConstraint, tokenizer, opts.bars, least))
 
     def fit_prompt(self, tokenizer: ScoreTokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
         """The header and the first whole bars that fit, then a bar line (as --prompt-bars does)."""
@@ -251,8 +255,8 @@ class MusicModality(Modality):
         return out_of_key
 # ---- generation --------------------------------------------------------------------------------
 class GrammarConstraint:
-    """Sampling constraint: only tokens the grammar allows; after `bars` new bars, no new notes (only the
-    bar lines a still-ringing note needs before EOS).
+    """Sampling constraint: only tokens the grammar allows; no EOS before `min_bars` new bars; after `bars`
+    new bars, no new notes (only the bar lines a still-ringing note needs before EOS).
 
     Keeps one incremental `Grammar` per row (the sampler grows the same row lists in place) and, for the
     last `KEEP` prefix lengths, a snapshot and the mask: a row cut back (speculative decoding rejected
@@ -261,8 +265,8 @@ class GrammarConstraint:
 
     KEEP = 64
 
-    def __init__(self, tok: ScoreTokenizer, bars: int | None = None):
-        self.tok, self.bars = tok, bars
+    def __init__(self, tok: ScoreTokenizer, bars: int | None = None, min_bars: int = 0):
+        self.tok, self.bars, self.min_bars = tok, bars, min_bars
         self.closing = np.zeros(tok.vocab_size, dtype=bool)
         self.closing[[tok.bar_id, tok.eos_id]] = True
         self.state: dict[int, tuple[list[int], Grammar, dict[int, tuple], int]] = {}  # id -> (row, grammar, {len: (snapshot, mask)}, bars0)
@@ -300,9 +304,19 @@ class GrammarConstraint:
 
     def _mask(self, g: Grammar, bars0: int) -> np.ndarray:
         mask = g.allowed()
+        new_bars = len(g.bars) - bars0
+        if new_bars < self.min_bars and mask.any():
+            mask[self.tok.eos_id] = False  # too short to end yet (if nothing else fits, the row ends anyway)
+            if not mask.any():
+                mask[self.tok.eos_id] = True
         if self.bars is None:
             return mask
-        new_bars = len(g.bars) - bars0
+        room = g.room()
+        if room is not None and new_bars >= 1:  # no note rings past the last bar asked for (same-length bars assumed)
+            room += max(0, self.bars - new_bars) * g.bar.length
+            durs = mask[self.tok.start[DUR] : self.tok.start[DUR] + self.tok.max_dur]  # a view: Dur d at index d - 1
+            if durs[:room].any():
+                durs[room:] = False
         if new_bars > self.bars and (mask & self.closing).any():
             mask &= self.closing  # a bar opened only to let a held note end: no new notes in it
         if new_bars >= self.bars and mask[self.tok.eos_id]:

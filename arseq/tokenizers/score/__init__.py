@@ -35,7 +35,7 @@ music21 is imported inside the functions that need it, so importing this package
 from arseq.tokenizers.score.events import Bar, Events, Note
 from arseq.tokenizers.score.grammar import Grammar
 from arseq.tokenizers.score.tokenizer import ScoreTokenizer
-from arseq.tokenizers.score.vocab import KEY, PART, PITCH, TS
+from arseq.tokenizers.score.vocab import DUR, KEY, PART, PITCH, TS
 from arseq.tokenizers.score.writing import VOICE_NAMES
 
-__all__ = ["KEY", "PART", "PITCH", "TS", "VOICE_NAMES", "Bar", "Events", "Grammar", "Note", "ScoreTokenizer"]
+__all__ = ["DUR", "KEY", "PART", "PITCH", "TS", "VOICE_NAMES", "Bar", "Events", "Grammar", "Note", "ScoreTokenizer"]

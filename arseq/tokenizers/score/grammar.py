@@ -171,6 +171,10 @@ class Grammar:
         p = self._note_part()
         return max(0, self.part_end.get(p, 0) - self.bar.start), None
 
+    def room(self) -> int | None:
+        """Steps from the pending note's onset to the end of its bar (None when no Dur is being chosen)."""
+        return self.bar.length - self._onset() if self.pitch is not None and self.bar is not None else None
+
     def _onset(self) -> int:
         return self.pos if self.pos is not None else self._block_view()[0]
 

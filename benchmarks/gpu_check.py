@@ -1,0 +1,113 @@
+"""The GPU check: one prepared script, a few minutes on one GPU, one JSON object on stdout.
+
+For each modality a tiny model is trained for a few steps from its shipped config (music: Bach chorales;
+images: digits; proteins: the Swiss-Prot sample in ../shared/data; text: tiny Shakespeare), then sampled on
+the GPU through the decode engine: constrained and conditioned with guidance, eager in float32, compiled
+(CUDA graphs) in bfloat16, speculative with n-gram drafts, and greedy eager vs compiled for identity. Then
+bench_generate and bench_engine run on CUDA. Every arm records ok / its one-line error, seconds and tokens/s;
+nothing here asserts, so one failure does not hide the others.
+
+    python -m benchmarks.gpu_check [--steps 30] [--skip-bench]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+CONFIGS = {
+    "music": ("configs/music/bach_chorales.yaml", []),
+    "image": ("configs/image/digits.yaml", []),
+    "protein": ("configs/protein/swissprot_small.yaml", [f"--data.paths={SHARED / 'proteins_train.fasta'}",
+                                                        f"--data.val_paths={SHARED / 'proteins_val.fasta'}"]),
+    "text": ("configs/text/shakespeare_char_cpu.yaml", [f"--data.paths={SHARED / 'tinyshakespeare.txt'}"]),
+}
+
+
+def train(name: str, root: Path, steps: int) -> Path:
+    from arseq.cli import main
+
+    config, extra = CONFIGS[name]
+    argv = ["train", "--config", str(ROOT / config), *extra, f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
+            "--trainer.check_val_every_n_epoch=null", "--trainer.limit_val_batches=2", "--trainer.accelerator=gpu",
+            "--trainer.devices=1", f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false"]
+    if main(argv) != 0:
+        raise RuntimeError(f"training {name} failed")
+    return sorted((root / name).glob("version_*"))[-1]
+
+
+def arm(fn) -> dict:
+    t0 = time.perf_counter()
+    try:
+        out = fn()
+        seconds = time.perf_counter() - t0
+        tokens = sum(len(s.tokens) for s in out)
+        return {"ok": True, "seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1), "out": out}
+    except Exception as e:  # noqa: BLE001 - recorded, the check goes on
+        return {"ok": False, "error": f"{type(e).__name__}: {e}".splitlines()[0], "where": traceback.format_exc().splitlines()[-3:]}
+
+
+def check_modality(name: str, run: Path) -> dict:
+    import arseq
+
+    m = arseq.load(run)
+    controls = m.loaded.controls
+    cond = [f"{f}={next(iter(v))}" for f, v in list(controls.fields.items())[:1]] if controls is not None else []
+    base = {"device": "cuda", "seed": 0, "max_new_tokens": 96, "cond": cond, "batch_size": 8}
+    arms = {
+        "eager_fp32_guided": lambda: m.generate(8, dtype="float32", compile="off", guidance=2.0 if cond else 1.0, **base),
+        "compiled_bf16_guided": lambda: m.generate(8, dtype="bfloat16", compile="on", guidance=2.0 if cond else 1.0, **base),
+        "speculative_ngram_compiled": lambda: m.generate(8, dtype="bfloat16", compile="on", guidance=1.0, draft="ngram", **base),
+        "greedy_eager": lambda: m.generate(4, dtype="float32", compile="off", temperature=0, guidance=1.0, **base),
+        "greedy_compiled": lambda: m.generate(4, dtype="float32", compile="on", temperature=0, guidance=1.0, **base),
+    }
+    result = {k: arm(fn) for k, fn in arms.items()}
+    a, b = result["greedy_eager"], result["greedy_compiled"]
+    same = a["ok"] and b["ok"] and [s.tokens for s in a["out"]] == [s.tokens for s in b["out"]]
+    for r in result.values():
+        r.pop("out", None)
+    return {"conditions": cond, "identical_greedy_compiled": same, **result}
+
+
+def bench(module: str, *flags: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", module, *flags], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    try:
+        return json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1], "rc": done.returncode}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=30, help="training steps per tiny model")
+    ap.add_argument("--skip-bench", action="store_true")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print(json.dumps({"error": "no CUDA device"}))
+        sys.exit(2)
+    out: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "modalities": {}}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in CONFIGS:
+            try:
+                out["modalities"][name] = check_modality(name, train(name, Path(tmp), args.steps))
+            except Exception as e:  # noqa: BLE001
+                out["modalities"][name] = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+    if not args.skip_bench:
+        out["bench_generate"] = bench("benchmarks.bench_generate", "--device", "cuda", "--new-tokens", "128", "--repeats", "3")
+        out["bench_engine"] = bench("benchmarks.bench_engine", "--device", "cuda", "--compile", "on")
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Music length control: `--bars N` gives exactly N new bars; without it a sample does not end before
+`min_bars` new bars (the shortest training chorales), even from a model that would rather stop at once."""
+from __future__ import annotations
+
+import torch
+
+from arseq.decode import SamplingConfig, generate
+from arseq.modalities.music import GrammarConstraint
+from arseq.tokenizers.score import ScoreTokenizer
+from test_speculative import tiny
+
+TOK = ScoreTokenizer()
+
+
+def eager_to_stop():
+    """A random model whose EOS logit is raised: left alone it ends as soon as the grammar lets it."""
+    model = tiny(TOK.vocab_size, context=512, scale=0.3, seed=2)
+    with torch.no_grad():
+        model.lm_head.weight[TOK.eos_id] *= 0
+        model.lm_head.weight[TOK.eos_id] += model.norm.weight.sign() * 3.0
+    return model
+
+
+def bars_of(tokens: list[int]) -> int:
+    return len(TOK.decode_events([TOK.bos_id, *tokens]).bars)
+
+
+def test_bars_gives_exactly_that_many_new_bars():
+    model = eager_to_stop()
+    cfg = SamplingConfig(max_new_tokens=2000, temperature=1.0, stop_tokens=(TOK.eos_id,))
+    for n in (1, 3):
+        gen = generate(model, [[TOK.bos_id]] * 4, cfg, constraint=GrammarConstraint(TOK, n, n), seeds=list(range(4)))
+        assert all(gen.stopped)
+        assert [bars_of(t) for t in gen.tokens] == [n] * 4
+
+
+def test_min_bars_keeps_samples_from_ending_early():
+    model = eager_to_stop()
+    cfg = SamplingConfig(max_new_tokens=2000, temperature=1.0, stop_tokens=(TOK.eos_id,))
+    free = generate(model, [[TOK.bos_id]] * 4, cfg, constraint=GrammarConstraint(TOK), seeds=list(range(4)))
+    assert min(bars_of(t) for t in free.tokens) < 4  # the test is not vacuous: this model stops early
+    held = generate(model, [[TOK.bos_id]] * 4, cfg, constraint=GrammarConstraint(TOK, None, 4), seeds=list(range(4)))
+    assert all(held.stopped) and min(bars_of(t) for t in held.tokens) >= 4
