@@ -162,7 +162,7 @@ def check_run(model_cfg: Any, num_samples: int, batch_size: int, draft: str | No
     must fit the context)."""
     ctx, layers, width = model_cfg.max_seq_len, model_cfg.n_layer, model_cfg.d_model
     check_count("--num-samples", num_samples, ctx * TOKEN_BYTES, minimum_samples)
-    if max_new_tokens is not None:
+    if isinstance(max_new_tokens, int) and max_new_tokens >= 1:  # below 1: the sampling settings say so
         check_count("--max-new-tokens", max_new_tokens, max(1, num_samples) * TOKEN_BYTES)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
