@@ -128,16 +128,20 @@ def run_train(
     trainer_args["plugins"] = plugins
     if trainer_args["logger"] in (False, None, []):  # no logger: checkpoints go to the claimed folder, not root
         root = str(run_dir)
-    trainer = make_trainer(default_root_dir=root, callbacks=callbacks, **trainer_args)
-    if compile:
-        check_compile(trainer.strategy.root_device)
-    if trainer.is_global_zero:
-        conditioned = f" (conditioned on {', '.join(prepared.controls.fields)})" if prepared.controls else ""
-        print(f"model: {module.model.num_params() / 1e6:.2f}M parameters, vocab {prepared.vocab_size}{conditioned}, context {data.block_size}; "
-              f"data: {prepared.train.num_tokens:,} train / {prepared.val.num_tokens:,} val tokens")
-        if init_note:
-            print(init_note)
-    trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
+    try:
+        trainer = make_trainer(default_root_dir=root, callbacks=callbacks, **trainer_args)
+        if compile:
+            check_compile(trainer.strategy.root_device)
+        if trainer.is_global_zero:
+            conditioned = f" (conditioned on {', '.join(prepared.controls.fields)})" if prepared.controls else ""
+            print(f"model: {module.model.num_params() / 1e6:.2f}M parameters, vocab {prepared.vocab_size}{conditioned}, context {data.block_size}; "
+                  f"data: {prepared.train.num_tokens:,} train / {prepared.val.num_tokens:,} val tokens")
+            if init_note:
+                print(init_note)
+        trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
+    except BaseException:
+        remove_if_empty(run_dir)  # a run that failed before writing anything leaves no empty version_N
+        raise
     run_dir = Path(trainer.log_dir or root)
     if trainer.is_global_zero:
         best_path = (best.best_model_path if best else "") or "-"
@@ -161,6 +165,14 @@ def claim_run_folder(parent: Path) -> tuple[Path, int]:
             return parent / f"version_{version}", version
         except FileExistsError:
             version += 1
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove `folder` and its subfolders if no file was written in them (a failed run's claimed folder)."""
+    if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+        for sub in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            sub.rmdir()
+        folder.rmdir()
 
 
 def check_trainer_args(args: dict[str, Any]) -> None:

@@ -247,6 +247,12 @@ def test_stored_data_paths_are_read_only_when_none_are_given_and_never_for_expor
     assert str(secret) in map(str, read)
 
 
+def test_a_run_that_fails_before_writing_leaves_no_version_folder(files, capsys):
+    assert main(["train", "--config", str(files["config"]), "--trainer.strategy", "bogus"]) == 2  # Lightning refuses it
+    one_line(capsys.readouterr().err, "strategy")
+    assert not list((files["root"] / "runs").glob("*/version_*"))
+
+
 def test_cache_dir_a_file_is_one_line(files, monkeypatch, capsys):
     monkeypatch.setenv("ARSEQ_CACHE_DIR", str(files["root"] / "a_file"))
     assert main(["evaluate", "--checkpoint", str(files["ok"]), "--data.paths", str(files["data"])]) == 2
