@@ -185,5 +185,7 @@ def test_bad_requests_are_one_line():
         generate(model, [list(range(1, 18))], GREEDY)
     with pytest.raises(ValueError, match="at least one token"):
         Engine(model, 2).submit(Row([], GREEDY))
+    with pytest.raises(ValueError, match="needs 2 slots"):
+        Engine(model, 1).submit(Row([1], SamplingConfig(guidance=2), guide=[1]))
     with pytest.raises(ValueError, match="does not guide"):
         Engine(model, 2, speculative=Speculative(NGram())).submit(Row([1], SamplingConfig(guidance=2), guide=[1]))

@@ -90,6 +90,8 @@ class Engine:
         check_row(row, self.length)
         if self.spec is not None and self._guided(row):
             raise ValueError("speculative decoding does not guide: use guidance 1 (off), or no draft")
+        if self._guided(row) and self.slots < 2:
+            raise ValueError("guidance runs two rows per sample (with and without conditions): it needs 2 slots or more")
         rid = next(self.ids)
         self.queue.append((rid, row))
         return rid
