@@ -62,6 +62,8 @@ def test_evaluate_prints_json(trained, capsys, corpus):
     assert code == 0 and {"loss", "perplexity", "bits_per_token", "baselines", "sample_metrics", "data_metrics"} <= result.keys()
     assert result["loss"] < result["baselines"]["unigram"]["loss"]
     assert abs(result["perplexity"] - np.exp(result["loss"])) < 1e-6
+    lengths = result["lengths"]  # the samples' lengths next to the held-out items': BOS + up to 20 new tokens
+    assert 1 < lengths["samples"]["min"] <= lengths["samples"]["max"] <= 22 and lengths["held_out"]["median"] > 1
     code, out, _ = run(capsys, "evaluate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--data.paths", str(corpus))
     assert code == 0 and json.loads(out)["items"] == 1
     full = json.loads(out)
