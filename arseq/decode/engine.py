@@ -254,12 +254,15 @@ class Engine:
         if any(live.partner >= 0 for live in self.live.values()):
             has = (self.partner != torch.arange(self.slots, device=self.device))[:, None]
             logits = torch.where(has, guided(logits, logits[self.partner], self.guidance), logits.float())
-        penalised = any(live.row.cfg.repetition_penalty != 1.0 for live in self.live.values())
-        x = process_logits(logits, self.params, self.seen if penalised else None, allowed)
+        x = process_logits(logits, self.params, self.seen if self.penalised() else None, allowed)
         tokens = choose(x, self.params, self.keys(rng.TOKEN))
         self.counts = [c + 1 for c in self.counts]
         out = torch.stack([tokens, not_finite(x).long()]).tolist()
         return out[0], [bool(b) for b in out[1]]
+
+    def penalised(self) -> bool:
+        """Whether any row decoding now has a repetition penalty."""
+        return any(live.row.cfg.repetition_penalty != 1.0 for live in self.live.values())
 
     def keys(self, stream: int) -> list[int] | None:
         """Every slot's key for its next draw of `stream` (None when no row samples)."""
@@ -295,7 +298,7 @@ class Engine:
                 fed_tokens += [live.tokens[-1]] * len(slots)
         if fed_slots:
             self.cur[fed_slots] = torch.tensor(fed_tokens, device=self.device)
-        if seen_slots:
+        if seen_slots and self.penalised():  # only a penalised row reads its `seen` (every row's is rebuilt when it joins)
             self.seen[seen_slots, seen_tokens] = True
         if done:
             self.params, self.guidance, self.partner = self._settings()

@@ -318,13 +318,9 @@ def _kept_tokens(live, chosen: list[int]) -> int:
     return min(stops[0] + 1 if stops else len(chosen), cfg.max_new_tokens - live.generated)
 
 
-def _penalised(engine) -> bool:
-    return any(live.row.cfg.repetition_penalty != 1.0 for live in engine.live.values())
-
-
 def _seen(engine, props: dict[int, list[int]]) -> Tensor | None:
     """The repetition penalty's tokens per slot with this round's proposals so far."""
-    if not _penalised(engine):
+    if not engine.penalised():
         return None
     seen = engine.seen.clone()
     for s, p in props.items():
@@ -334,7 +330,7 @@ def _seen(engine, props: dict[int, list[int]]) -> Tensor | None:
 
 def _seen_stack(engine, d: Tensor, n: Tensor) -> Tensor | None:
     """(S * k, V): the penalty's tokens before each of the k positions (the proposals before it added)."""
-    if not _penalised(engine):
+    if not engine.penalised():
         return None
     S, k = d.shape
     add = torch.zeros(S, k, engine.vocab, dtype=torch.bool, device=d.device)
