@@ -59,16 +59,20 @@ def arm(fn) -> dict:
 def check_modality(name: str, run: Path) -> dict:
     import arseq
 
-    m = arseq.load(run)
-    controls = m.loaded.controls
+    controls = arseq.load(run).loaded.controls
     cond = [f"{f}={next(iter(v))}" for f, v in list(controls.fields.items())[:1]] if controls is not None else []
     base = {"device": "cuda", "seed": 0, "max_new_tokens": 96, "cond": cond, "batch_size": 8}
+    guide = 2.0 if cond else 1.0
+
+    def fresh(n: int, **kw):  # a freshly loaded model per arm: --dtype converts the model it is given
+        return lambda: arseq.load(run).generate(n, **base, **kw)
+
     arms = {
-        "eager_fp32_guided": lambda: m.generate(8, dtype="float32", compile="off", guidance=2.0 if cond else 1.0, **base),
-        "compiled_bf16_guided": lambda: m.generate(8, dtype="bfloat16", compile="on", guidance=2.0 if cond else 1.0, **base),
-        "speculative_ngram_compiled": lambda: m.generate(8, dtype="bfloat16", compile="on", guidance=1.0, draft="ngram", **base),
-        "greedy_eager": lambda: m.generate(4, dtype="float32", compile="off", temperature=0, guidance=1.0, **base),
-        "greedy_compiled": lambda: m.generate(4, dtype="float32", compile="on", temperature=0, guidance=1.0, **base),
+        "eager_fp32_guided": fresh(8, dtype="float32", compile="off", guidance=guide),
+        "compiled_bf16_guided": fresh(8, dtype="bfloat16", compile="on", guidance=guide),
+        "speculative_ngram_compiled": fresh(8, dtype="bfloat16", compile="on", guidance=1.0, draft="ngram"),
+        "greedy_eager": fresh(4, dtype="float32", compile="off", temperature=0, guidance=1.0),
+        "greedy_compiled": fresh(4, dtype="float32", compile="on", temperature=0, guidance=1.0),
     }
     result = {k: arm(fn) for k, fn in arms.items()}
     a, b = result["greedy_eager"], result["greedy_compiled"]
