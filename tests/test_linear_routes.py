@@ -60,12 +60,13 @@ def test_the_rule_follows_the_cpu_and_falls_back_without_a_feature(monkeypatch):
     assert rule_route("cpu", torch.int8, True, 1, True) == "fbgemm_int8"  # Inductor's int8 loop is slow on AVX2
     assert rule_route("cpu", torch.int8, True, 8, False) == "fbgemm_int8"  # eager decoding makes the same choice
     assert rule_route("cpu", torch.int8, True, 64, False) == "blas"  # prefill and scoring: weights-only error
-    assert rule_route("cpu", torch.float32, False, 8, True) == "reduce"
+    assert rule_route("cpu", torch.float32, False, 8, True) == "blas"  # MKL's sgemm beat Inductor's loop on AVX2
     assert rule_route("cpu", torch.float32, False, 64, True) == "blas"
     assert rule_route("cpu", torch.int8, False, 8, True) == "reduce"  # no scale: no FBGEMM pack
     monkeypatch.setattr(cpu_features, "FOUND", avx2 | {"avx512"})
     assert rule_route("cpu", torch.int8, True, 1, True) == "reduce"  # measured best on the AVX-512 host
     assert rule_route("cpu", torch.int8, True, 1, False) == "blas"
+    assert rule_route("cpu", torch.float32, False, 8, True) == "reduce"
     monkeypatch.setattr(cpu_features, "FOUND", frozenset())  # no AVX2: no FBGEMM, the plain routes
     assert rule_route("cpu", torch.int8, True, 1, True) == "reduce"
     assert not cpu_features.fbgemm_int8()

@@ -59,6 +59,18 @@ FOUND: frozenset[str] = _detect()
 FBGEMM_BUILT: bool = "fbgemm" in torch.backends.quantized.supported_engines
 
 
+def _fbgemm_ops() -> bool:
+    # The quantized-tensor API these ops take is deprecated in torch 2.13: a build without them falls back.
+    try:
+        return all((torch.ops.quantized.linear_prepack, torch.ops.quantized.linear_dynamic,
+                    torch._make_per_channel_quantized_tensor))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+FBGEMM_BUILT = FBGEMM_BUILT and _fbgemm_ops()
+
+
 def features() -> frozenset[str]:
     """The names of FEATURES this CPU has (or ARSEQ_CPU_FEATURES says it has)."""
     return FOUND

@@ -13,6 +13,7 @@ decode step (the packed weights are a C++ object a graph cannot hold): the owner
 from __future__ import annotations
 
 import itertools
+import warnings
 import weakref
 
 import torch
@@ -32,9 +33,11 @@ def owner_id(module: nn.Module) -> int:
 
 
 def _pack(q: Tensor, scale: Tensor) -> object:
-    channels = torch._make_per_channel_quantized_tensor(
-        q, scale.detach().double(), torch.zeros(q.shape[0], dtype=torch.long), 0)
-    return torch.ops.quantized.linear_prepack(channels, None)
+    with warnings.catch_warnings():  # torch 2.13 deprecates quantized tensors (cpu_features checks they exist)
+        warnings.simplefilter("ignore", UserWarning)
+        channels = torch._make_per_channel_quantized_tensor(
+            q, scale.detach().double(), torch.zeros(q.shape[0], dtype=torch.long), 0)
+        return torch.ops.quantized.linear_prepack(channels, None)
 
 
 def packed(q: Tensor, scale: Tensor, owner: int) -> object:

@@ -1,25 +1,36 @@
 """The model's linear layer: one function (`linear`) that picks, per call, how to compute x @ W.T from the
-device, the weight's dtype, the CPU's features and the number of rows. `route` is the whole rule:
+device, the weight's dtype, the CPU's features and the number of rows. `rule_route` is the whole rule:
 
-- "blas": F.linear (cuBLAS, MKL/oneDNN). Always on CUDA for float weights, and on CPU outside compiled
-  few-row passes (training, prefill, scoring, eager decoding).
-- "reduce": (x * W).sum(-1), which Inductor compiles into one fused loop that streams W once per row and
-  fuses int8 dequantization into the read (only int8 bytes are read). Compiled passes of at most
-  FUSED_ROWS rows on CUDA (int8) and on a CPU with AVX-512 (the host the README's figures came from:
-  ~2.5x the BLAS GEMV's read speed for one row, 1082 tokens/s int8 + compiled).
-- "fbgemm_int8": int8 weights on a CPU *without* AVX-512 where FBGEMM runs (AVX2), passes of at most
-  FUSED_ROWS rows, eager and compiled (arseq.models.fbgemm_int8). Longer passes (prefill, scoring, the
-  perplexity `evaluate` reports) keep "blas" on the dequantized weights: FBGEMM quantizes a whole input to
-  7 bits with one scale, 3.8 % relative logit error over 160 rows in tests vs 1-2 % for the weights alone. Measured on a 2-core AVX2 host (AMD EPYC, no AVX-512/VNNI/
-  AMX): Inductor's reduction converts int8 to float 8 lanes at a time through a partial load, so one
-  2048 x 384 int8 layer took 1744 us for one row vs 257 us for the same loop over float32 weights, and
-  23.7 ms for 8 rows (1 thread); FBGEMM's integer product took 85 us / 408 us (float32 sgemm 81 / 608 us).
+- CUDA: "blas" (cuBLAS) for float weights; int8 takes "reduce" in compiled passes of <= FUSED_ROWS rows.
+- CPU with AVX-512 (the host of the README's 2026-12 figures): "reduce", (x * W).sum(-1), in compiled passes
+  of <= FUSED_ROWS rows (decode steps, verify passes), which Inductor compiles into one fused loop that streams
+  W once per row and fuses int8 dequantization into the read: ~2.5x the BLAS GEMV's read speed for one
+  row there, 1082 tokens/s int8 + compiled. "blas" (MKL/oneDNN) otherwise.
+- CPU without AVX-512 (AVX2), measured on a 2-core AMD EPYC guest (no AVX-512/VNNI/BF16/AMX), compiled
+  decode step of bench_step's 6 x 384 model, one thread, ms at 1 / 2 / 4 / 8 rows / a 5-token verify pass
+  (same-process interleaved medians, interquartile spread 11 % of the median; a loaded shared host):
+    float32 "reduce"        10.7 / 20.7 / 39.1 / 57.1 / 28.7
+    float32 "blas"           9.9 / 13.7 / 25.8 / 45.9 / 21.4   <- kept: MKL's sgemm beats Inductor's loop here
+    int8 "reduce"           46.1 / 91.8 / 186  / 358  / 209    (int8 -> float 8 lanes at a time via a partial load)
+    int8 "fbgemm_int8"      11.1 / 13.0 / 22.0 / 45.1 / 14.2   <- kept
+  "fbgemm_int8" (arseq.models.fbgemm_int8): FBGEMM's int8 x int8 product, the activations quantized per call
+  (7 bits, one scale per input), for int8 passes of <= FUSED_ROWS rows, eager and compiled (so that both make
+  the same choices). Longer int8 passes (prefill, scoring, the perplexity `evaluate` reports) take "blas" on
+  the dequantized weights: one activation scale over 160 rows gave 3.8 % relative logit error in tests vs
+  1-2 % for the weights alone. Held-out perplexity through 8-row decode steps (4 x 128 char model, 10,240
+  tokens): float32 5.7002, int8 dequantized 5.7013 (+0.02 %), int8 FBGEMM 5.7111 (+0.19 %).
+  Most of what an 8-row step costs beyond a 1-row one here is the KV cache, not the matmuls: at cache
+  length 32 instead of 272 the 8-row step is 13.2 ms (int8) / 17.5 ms (float32) instead of 33.7 / 34.1.
 
-Measured and not kept (same host, same-process interleaved A/B, medians; figures in benchmarks/bench_step.py's
-JSON and the README): `torch._int_mm` on CPU (a plain loop: 1.8 ms / 59 ms for the layer above),
-`torch._weight_int8pack_mm` (0.25-16 ms, 3-50x float32), bfloat16 F.linear without AVX512-BF16 (oneDNN
-converts in software: 2-40x float32), MKL's packed sgemm (`mkl._mkl_linear`: 0.8-2x sgemm, no consistent
-gain over 1-8 rows), FBGEMM's fp16-weight GEMM (1.0-1.3x sgemm's speed but not float32's numbers).
+Measured and not kept, per layer (same host, 1 thread, interleaved medians; one 2048 x 384 layer at 1 / 8
+rows unless said): `torch._int_mm` (a plain loop on CPU: 1.8 / 59 ms), `torch._weight_int8pack_mm` (0.44 /
+11.6 ms vs sgemm 0.09 / 0.37), bfloat16 F.linear without AVX512-BF16 (oneDNN converts in software: 0.18 /
+12 ms), MKL's packed sgemm (`mkl._mkl_linear`: 0.08 / 0.33 ms, 0.5-1.3x sgemm's speed over the model's shapes
+and 1-8 rows, no consistent gain), Inductor's C++ GEMM template (max_autotune + freezing: 1.06 ms at 8 rows vs
+1.01 sgemm and 1.51 "reduce", 30-40 s of autotuning per shape; for the 8-row 384 x 1024 layer its autotuner
+chose MKL over itself), "reduce" with the rows innermost (1.22 ms at 8 rows: 5-20 % better than "reduce",
+still behind sgemm), FBGEMM's fp16-weight GEMM (0.16 / 0.51 ms vs sgemm 0.21 / 0.57 at 2 threads, but not
+float32's numbers).
 """
 from __future__ import annotations
 
@@ -59,10 +70,13 @@ def rule_route(device: str, weight_dtype: torch.dtype, scaled: bool, rows: int, 
     few = compiling and rows <= FUSED_ROWS
     if device != "cpu":
         return "reduce" if few and weight_dtype == torch.int8 else "blas"
-    if (weight_dtype == torch.int8 and scaled and rows <= FUSED_ROWS and cpu_features.fbgemm_int8()
-            and not cpu_features.has("avx512")):
-        return "fbgemm_int8"  # eager too: eager and compiled decoding then make the same choices
-    return "reduce" if few else "blas"
+    if cpu_features.has("avx512"):
+        return "reduce" if few else "blas"
+    if weight_dtype == torch.int8:
+        if scaled and rows <= FUSED_ROWS and cpu_features.fbgemm_int8():
+            return "fbgemm_int8"  # eager too: eager and compiled decoding then make the same choices
+        return "reduce" if few else "blas"
+    return "blas"
 
 
 def route(x: Tensor, weight: Tensor, scale: Tensor | None = None) -> str:
