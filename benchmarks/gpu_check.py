@@ -33,12 +33,12 @@ CONFIGS = {
 }
 
 
-def train(name: str, root: Path, steps: int) -> Path:
+def train(name: str, root: Path, steps: int, device: str) -> Path:
     from arseq.cli import main
 
     config, extra = CONFIGS[name]
     argv = ["train", "--config", str(ROOT / config), *extra, f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
-            "--trainer.check_val_every_n_epoch=null", "--trainer.limit_val_batches=2", "--trainer.accelerator=gpu",
+            "--trainer.check_val_every_n_epoch=null", "--trainer.limit_val_batches=2", f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
             "--trainer.devices=1", f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false"]
     if main(argv) != 0:
         raise RuntimeError(f"training {name} failed")
@@ -56,16 +56,16 @@ def arm(fn) -> dict:
         return {"ok": False, "error": f"{type(e).__name__}: {e}".splitlines()[0], "where": traceback.format_exc().splitlines()[-3:]}
 
 
-def check_modality(name: str, run: Path) -> dict:
+def check_modality(name: str, run: Path, device: str) -> dict:
     import arseq
 
     controls = arseq.load(run).loaded.controls
     cond = [f"{f}={next(iter(v))}" for f, v in list(controls.fields.items())[:1]] if controls is not None else []
-    base = {"device": "cuda", "seed": 0, "max_new_tokens": 96, "cond": cond, "batch_size": 8}
+    base = {"device": device, "seed": 0, "max_new_tokens": 96, "cond": cond, "batch_size": 8}
     guide = 2.0 if cond else 1.0
 
-    def fresh(n: int, **kw):  # a freshly loaded model per arm: --dtype converts the model it is given
-        return lambda: arseq.load(run).generate(n, **base, **kw)
+    def fresh(n: int, **kw):  # a freshly loaded model per arm (--dtype converts the model it is given); files, not stdout
+        return lambda: arseq.load(run).generate(n, out=Path(tempfile.mkdtemp()), **base, **kw)
 
     arms = {
         "eager_fp32_guided": fresh(8, dtype="float32", compile="off", guidance=guide),
@@ -94,21 +94,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=30, help="training steps per tiny model")
     ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--device", default="cuda", help="cpu: a rehearsal of the script where no GPU is lent")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"error": "no CUDA device"}))
         sys.exit(2)
-    out: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "modalities": {}}
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    out: dict = {"device": device_name, "torch": torch.__version__, "modalities": {}}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for name in CONFIGS:
             try:
-                out["modalities"][name] = check_modality(name, train(name, Path(tmp), args.steps))
+                out["modalities"][name] = check_modality(name, train(name, Path(tmp), args.steps, args.device), args.device)
             except Exception as e:  # noqa: BLE001
                 out["modalities"][name] = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
     if not args.skip_bench:
-        out["bench_generate"] = bench("benchmarks.bench_generate", "--device", "cuda", "--new-tokens", "128", "--repeats", "3")
-        out["bench_engine"] = bench("benchmarks.bench_engine", "--device", "cuda", "--compile", "on")
+        out["bench_generate"] = bench("benchmarks.bench_generate", "--device", args.device, "--new-tokens", "128", "--repeats", "3")
+        out["bench_engine"] = bench("benchmarks.bench_engine", "--device", args.device, "--compile", "on")
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out, indent=1))
 

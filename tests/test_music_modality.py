@@ -14,7 +14,7 @@ from music21 import converter, stream  # noqa: E402
 from arseq.modalities import DataError, EvalInputs, Example, Plan, Request, Sample, SamplingOptions, Skipped, resolve  # noqa: E402
 from arseq.modalities.music import GrammarConstraint, MusicGenerate  # noqa: E402
 from arseq.modalities.music_reading import bach_chorales, prompt_tokens  # noqa: E402
-from arseq.tokenizers.score import PART, PITCH  # noqa: E402
+from arseq.tokenizers.score import DUR, PART, PITCH  # noqa: E402
 
 MUSIC = resolve("music")
 
@@ -147,7 +147,8 @@ def test_constrained_sampling_stops_after_the_requested_bars(chorales):
         assert tok.encode_events(events) == row
 
 
-def test_bars_limit_lets_a_held_note_end_without_new_notes(chorales):
+def test_bars_limit_keeps_every_note_inside_the_last_bar(chorales):
+    """--bars 1: no EOS before the new bar, no duration that rings past it, and EOS once its notes end."""
     m = MUSIC()
     tok = m.tokenizer
     plan = m.plan(tok, Request(1, chorales[0][1], options=MusicGenerate(bars=1, prompt_bars=2)))
@@ -157,15 +158,15 @@ def test_bars_limit_lets_a_held_note_end_without_new_notes(chorales):
     def allowed() -> np.ndarray:
         return np.flatnonzero(constraint([row]).numpy()[0])
 
-    assert tok.bar_id in allowed()  # the sampler asks first with the prompt alone
+    assert tok.bar_id in allowed() and tok.eos_id not in allowed()  # the sampler asks first with the prompt alone
     row.append(tok.bar_id)  # the one new bar
     if not any(tok.types[a] == PITCH for a in allowed()):
         row.append(int(next(a for a in allowed() if tok.types[a] == PART)))
     row.append(int(next(a for a in allowed() if tok.types[a] == PITCH)))
-    row.append(int(allowed()[-1]))  # its longest duration: it rings past the bar line
-    assert tok.eos_id not in allowed() and tok.bar_id in allowed()
-    row.append(tok.bar_id)
-    assert set(allowed()) <= {tok.bar_id, tok.eos_id}  # only the held note may go on
+    durations = [a for a in allowed() if tok.types[a] == DUR]
+    assert len(durations) < tok.max_dur  # the longest ones would ring past the bar line
+    row.append(int(durations[-1]))  # the longest allowed: it ends at the bar line
+    assert tok.eos_id in allowed() and tok.bar_id not in allowed()
 
 
 def test_sampling_defaults_yield_to_given_options():
