@@ -48,9 +48,13 @@ def test_fbgemm_int8_is_close_to_the_dequantized_product_eager_and_compiled(laye
         assert route(x, q, scale) == "fbgemm_int8"
         eager = owner(x)
         compiled = torch.compile(lambda x: owner(x), fullgraph=True, dynamic=False)(x)
-    # Activations quantized to 7 bits over the whole input: ~1 % of the output's scale.
+    # Activations quantized to 7 bits per row: ~1 % of the output's scale.
     assert ((eager - exact).norm() / exact.norm()).item() < 0.03
     torch.testing.assert_close(compiled, eager)
+    with forced_route("fbgemm_int8"):  # each row alone gives the same bits: no dependence on the batch
+        alone = torch.cat([owner(x[i : i + 1] * (10.0 if i == 0 else 1.0)) for i in range(rows)])
+        together = owner(torch.cat((x[:1] * 10.0, x[1:])))
+    assert torch.equal(alone, together)
 
 
 def test_the_rule_follows_the_cpu_and_falls_back_without_a_feature(monkeypatch):

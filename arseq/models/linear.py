@@ -14,11 +14,13 @@ device, the weight's dtype, the CPU's features and the number of rows. `rule_rou
     int8 "reduce"           46.1 / 91.8 / 186  / 358  / 209    (int8 -> float 8 lanes at a time via a partial load)
     int8 "fbgemm_int8"      11.1 / 13.0 / 22.0 / 45.1 / 14.2   <- kept
   "fbgemm_int8" (arseq.models.fbgemm_int8): FBGEMM's int8 x int8 product, the activations quantized per call
-  (7 bits, one scale per input), for int8 passes of <= FUSED_ROWS rows, eager and compiled (so that both make
-  the same choices). Longer int8 passes (prefill, scoring, the perplexity `evaluate` reports) take "blas" on
-  the dequantized weights: one activation scale over 160 rows gave 3.8 % relative logit error in tests vs
-  1-2 % for the weights alone. Held-out perplexity through 8-row decode steps (4 x 128 char model, 10,240
-  tokens): float32 5.7002, int8 dequantized 5.7013 (+0.02 %), int8 FBGEMM 5.7111 (+0.19 %).
+  to 7 bits, each row on its own scale (a row's result does not depend on the batch), for int8 passes of
+  <= FUSED_ROWS rows, eager and compiled (so that both make the same choices). The int8 row above used one
+  scale per input; per row costs 9-16 % more (A/B in arseq.models.fbgemm_int8). Longer int8 passes
+  (prefill, scoring, the perplexity `evaluate` reports) take "blas" on the dequantized weights, whose error
+  is the weights' alone (one activation scale over 160 rows had given 3.8 % relative logit error in tests,
+  the weights alone 1-2 %). Held-out perplexity through 8-row decode steps (4 x 128 char model, 10,240
+  tokens): float32 5.7002, int8 dequantized 5.7013 (+0.02 %), int8 FBGEMM 5.7081 (+0.14 %).
   Most of what an 8-row step costs beyond a 1-row one here is the KV cache, not the matmuls: at cache
   length 32 instead of 272 the 8-row step is 13.2 ms (int8) / 17.5 ms (float32) instead of 33.7 / 34.1.
 
@@ -42,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from arseq.models import cpu_features
-from arseq.models.fbgemm_int8 import int8_linear
+from arseq.models.fbgemm_int8 import int8_product
 
 FUSED_ROWS = 16  # compiled passes with at most this many rows (decode steps, verify passes) may take "reduce"
 ROUTES = ("blas", "reduce", "fbgemm_int8")
@@ -95,7 +97,7 @@ def linear(x: Tensor, weight: Tensor, scale: Tensor | None = None, owner: int = 
     (int8 weights' per-channel scale). `owner` names the module whose weight it is (FBGEMM's pack)."""
     how = route(x, weight, scale)
     if how == "fbgemm_int8":
-        return int8_linear(x, weight, scale, owner)
+        return int8_product(x, weight, scale, owner)
     w = weight.to(x.dtype)
     y = (x.unsqueeze(-2) * w).sum(-1) if how == "reduce" else F.linear(x, w)
     return y if scale is None else y * scale.to(x.dtype)
