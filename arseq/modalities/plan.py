@@ -20,6 +20,7 @@ class SamplingOptions:
 
     Args:
         max_new_tokens: tokens to generate per sample at most (core default 256)
+        min_new_tokens: no stop token before this many new tokens (core default 0)
         temperature: 0 = greedy (core default 1.0)
         top_k: sample among the k likeliest tokens
         top_p: sample among the likeliest tokens holding this probability mass
@@ -32,6 +33,7 @@ class SamplingOptions:
     """
 
     max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
