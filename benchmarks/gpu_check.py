@@ -12,6 +12,7 @@ nothing here asserts, so one failure does not hide the others.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     out: dict = {"device": device_name, "torch": torch.__version__, "modalities": {}}
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):  # stdout: the JSON alone
         for name in CONFIGS:
             try:
                 out["modalities"][name] = check_modality(name, train(name, Path(tmp), args.steps, args.device), args.device)
