@@ -12,12 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from arseq import checkpoint, generation
+from arseq.artifacts import checkpoint
+from arseq.app import generation
 from arseq.errors import DataError
 from arseq.limits import check_call
 from arseq.outputs import claimed
-from arseq import options as typed
+from arseq.app import options as typed
 from arseq.modalities import Sample
+from arseq.models.scoring import sequence_nll
 
 
 @dataclass
@@ -52,8 +54,6 @@ class Model:
 
     def score(self, sequences: list[list[int]], *, batch_size: int = 16, stride: int | None = None) -> list[float]:
         """Mean NLL (nats per predicted token) of each token sequence (BOS first), scored in windows if long."""
-        from arseq.models.scoring import sequence_nll
-
         check_sequences(sequences, self.loaded.model.cfg.vocab_size)
         context = self.loaded.model.cfg.max_seq_len
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -179,7 +179,7 @@ def check_run(model_cfg: Any, num_samples: int, batch_size: int, draft: str | No
 
 
 def check_call(loaded: Any, call: Any, verb: str) -> None:
-    """check_run for a parsed generate/evaluate call (arseq.options.Call) on a loaded model."""
+    """check_run for a parsed generate/evaluate call (arseq.app.options.Call) on a loaded model."""
     check_run(loaded.model.cfg, call.request.num_samples, call.run.batch_size, call.run.draft, call.run.draft_tokens,
               minimum_samples=int(verb == "generate"), max_new_tokens=getattr(call.request.sampling, "max_new_tokens", None))
 

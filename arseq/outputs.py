@@ -10,7 +10,9 @@ claim also removes the temporary files that killed runs left in the output (arse
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import io
 import json
 import math
 import os
@@ -150,3 +152,12 @@ def csv_cell(value: Any) -> Any:
         if value[:1] in ("=", "+", "-", "@", "\t", "\r"):
             return "'" + value
     return value
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """CSV text; cells a spreadsheet would run as formulas are made text, non-UTF-8 names printable."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["empty"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
+    return buf.getvalue()

@@ -20,7 +20,7 @@ from dataclasses import replace
 from collections import Counter
 
 import arseq
-from arseq.generation import examples, held_out, make_plan, sample
+from arseq.app.generation import examples, held_out, make_plan, sample
 from arseq.modalities import Request, SamplingOptions
 from arseq.decode import SamplingConfig
 

@@ -17,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from arseq import checkpoint, workflows
+from arseq.artifacts import checkpoint
+from arseq.app import generation
 from arseq.analysis import drift as tf
 
 
@@ -39,7 +40,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     loaded = checkpoint.load(args.checkpoint)
     loaded.model.to(torch.device(args.device))
-    train, items, where = workflows.held_out(loaded, None)
+    train, items, where = generation.held_out(loaded, None)
     if args.split == "train":
         items, where = train.train.items(), "training split"
     tok = loaded.tokenizer

@@ -176,7 +176,7 @@ async def overload(port: int, pid: int, clients: int, soak: float, prompt: Any) 
 
 def step_cost_ratio(checkpoint: str, rows: int = 16, steps: int = 30) -> float | None:
     """Seconds per engine step with `rows` rows decoding over seconds per step with one (this process)."""
-    from arseq import checkpoint as ck
+    from arseq.artifacts import checkpoint as ck
     from arseq.decode import Engine, Row, SamplingConfig
 
     loaded = ck.load(checkpoint)
@@ -202,13 +202,13 @@ def hf_folder(checkpoint: str, out: Path) -> None:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from arseq import checkpoint as ck
+    from arseq.artifacts import checkpoint as ck
 
     loaded = ck.load(checkpoint)
     tok = loaded.tokenizer
     if tok.kind != "char":
         raise RuntimeError(f"a {tok.kind} tokenizer has no Hugging Face twin here (character-level text models only)")
-    ck.export(loaded, out, "hf", "none")
+    export_model(loaded, out, "hf", "none")
     vocab = {"<pad>": tok.pad_id, "<s>": tok.bos_id, "</s>": tok.eos_id}
     vocab.update({tok.decode([i]): i for i in range(tok.vocab_size) if i not in vocab.values()})
     hf = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
@@ -270,7 +270,7 @@ def main() -> None:
     args = p.parse_args()
     prompt: Any = args.prompt if args.prompt is not None else [0]
     if args.prompt is None:
-        from arseq import checkpoint as ck
+        from arseq.artifacts import checkpoint as ck
 
         prompt = [ck.load(args.checkpoint).tokenizer.bos_id]
     per = lambda c: args.requests_per_client or max(2, 16 // c)  # noqa: E731

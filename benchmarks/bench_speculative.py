@@ -29,7 +29,7 @@ import torch
 
 from arseq.api import load
 from arseq.decode import DraftModel, NGram, Speculative, generate
-from arseq.generation import make_plan
+from arseq.app.generation import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from arseq.data.loader import train_loader
-from arseq.models.optim import OptimConfig, lr_factor, make_optimizer
+from arseq.train.optim import OptimConfig, lr_factor, make_optimizer
 from arseq.models.transformer import Transformer, TransformerConfig
 
 # nanoGPT's CPU "baby GPT" (configs/text/shakespeare_char_cpu.yaml)
@@ -68,7 +68,7 @@ def bare(path: Path, steps: int, warmup: int, seed: int, optim: str, block: int,
 def through_arseq(path: Path, steps: int, warmup: int, seed: int, optim: str, block: int, batch: int, compile: bool = False) -> float:
     import lightning as L
 
-    from arseq.models.lightning_module import ARModule
+    from arseq.train.module import ARModule
 
     class Clock(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):

@@ -44,16 +44,16 @@ def make_ckpt(path: Path, model: dict[str, Any] | None = None, meta: dict[str, A
 
 
 def make_export(ckpt: Path, out: Path) -> Path:
-    from arseq import checkpoint
+    from arseq.artifacts import checkpoint
 
-    return checkpoint.export(checkpoint.load(ckpt), out)
+    return export_model(checkpoint.load(ckpt), out)
 
 
 def make_hf(folder: Path, config: dict[str, Any] | None = None, index: dict[str, str] | None = None) -> Path:
     """A Llama-layout HF folder of the tiny model (config.json + model.safetensors, or a shard index)."""
     from safetensors.torch import save_file
 
-    from arseq.interop import hf
+    from arseq.artifacts import hf
     from arseq.models.transformer import TransformerConfig
 
     meta, state = base_parts()

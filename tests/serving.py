@@ -68,7 +68,8 @@ class Served:
     def __init__(self, checkpoint: Path, **settings: Any):
         import uvicorn
 
-        from arseq import checkpoint as ck, generation
+        from arseq.artifacts import checkpoint as ck
+        from arseq.app import generation
         from arseq.serve.app import Settings, create_app
 
         self.loaded = ck.load(checkpoint)

@@ -52,7 +52,7 @@ def test_same_seed_same_samples_at_any_batch_size(trained):
 
 def test_a_plugin_with_the_old_metrics_signature_still_evaluates():
     from arseq.modalities import Modality
-    from arseq.generation import modality_metrics
+    from arseq.app.generation import modality_metrics
 
     class Old(Modality):
         name = "old"

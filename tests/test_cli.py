@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from arseq import checkpoint
+from arseq.artifacts import checkpoint
 from arseq.cli import main
 
 

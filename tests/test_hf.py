@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from arseq import checkpoint
-from arseq.checkpoint import Loaded
+from arseq.app.export import export_model
+from arseq.artifacts import checkpoint
+from arseq.artifacts.checkpoint import Loaded
 from arseq.cli import main
-from arseq.interop import hf
+from arseq.artifacts import hf
 from arseq.modalities import DataError
 from arseq.modalities.music import MusicModality
 from arseq.decode import SamplingConfig, generate
@@ -135,7 +136,7 @@ def test_hf_export_of_a_music_model_carries_biases_and_the_modality_sampling_def
     cfg = TransformerConfig(vocab_size=tok.vocab_size, max_seq_len=48, n_layer=2, n_head=4, d_model=32, bias=bias, tie_weights=tie)
     meta = {"modality": {"name": "music", "options": {}}, "data": {"source": "bach_chorales"}, "model": cfg.__dict__}
     loaded = Loaded(perturbed(Transformer(cfg)), tok, modality, meta)
-    out = checkpoint.export(loaded, tmp_path / "music", format="hf")
+    out = export_model(loaded, tmp_path / "music", format="hf")
     gen = json.loads((out / "generation_config.json").read_text())
     assert (gen["temperature"], gen["top_p"]) == (0.9, 0.95)  # music's defaults, as `arseq generate` samples
     theirs = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()

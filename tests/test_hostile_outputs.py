@@ -97,7 +97,7 @@ def test_score_never_writes_over_its_inputs(ckpt, tmp_path, capsys):
 
 
 def test_runs_never_share_checkpoints_and_divergence_stops_with_one_line(ckpt, tmp_path, capsys):
-    from arseq.checkpoint import find_checkpoint
+    from arseq.artifacts.checkpoint import find_checkpoint
 
     root = tmp_path / "runs"
     config = train_config(tmp_path / "c.yaml", ckpt.parent / "train.txt", root, logger=False)
@@ -126,7 +126,7 @@ def test_runs_never_share_checkpoints_and_divergence_stops_with_one_line(ckpt, t
 
 
 def test_run_folders_resolve_to_the_newest_version_holding_a_checkpoint(ckpt, tmp_path):
-    from arseq.checkpoint import find_checkpoint
+    from arseq.artifacts.checkpoint import find_checkpoint
 
     runs = tmp_path / "text"
     (runs / "version_0" / "checkpoints").mkdir(parents=True)
@@ -209,7 +209,7 @@ def test_a_killed_prepares_temp_folder_is_removed_by_the_next(ckpt, tmp_path, mo
 
 
 def test_score_csv_neutralizes_formulas_and_writes_non_utf8_names(ckpt, tmp_path, capsys):
-    from arseq.analysis.commands import _csv
+    from arseq.app.analysis_verbs import _csv
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -113,8 +113,8 @@ def test_evaluate_reads_the_class_of_samples_back_with_a_classifier(ckpt, capsys
 def test_a_class_asked_for_samples_at_the_image_defaults_for_conditioned_samples(ckpt, capsys):
     """Asked for a class, images sample with guidance 1.5 (the modality's `conditioned_sampling`);
     without one at the core's defaults; an option given wins either way."""
-    from arseq.checkpoint import load
-    from arseq.generation import make_plan
+    from arseq.artifacts.checkpoint import load
+    from arseq.app.generation import make_plan
     from arseq.modalities import Request, SamplingOptions
 
     loaded = load(ckpt)

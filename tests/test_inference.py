@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from arseq import checkpoint
+from arseq.artifacts import checkpoint
 from arseq.cli import main
 from arseq.decode import SamplingConfig, generate
 from arseq.models import Transformer, TransformerConfig, inference

@@ -10,7 +10,7 @@ import torch
 from music21 import chord, converter, meter, note, stream  # noqa: E402
 from safetensors.torch import save_model  # noqa: E402
 
-from arseq import checkpoint  # noqa: E402
+from arseq.artifacts import checkpoint  # noqa: E402
 from arseq.modalities.base import Example  # noqa: E402
 from arseq.modalities.music import GrammarConstraint, MusicModality  # noqa: E402
 from arseq.modalities.music_reading import _load, roundtrip_losses, roundtrip_report  # noqa: E402

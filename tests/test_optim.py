@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from arseq.models import Transformer, TransformerConfig
-from arseq.models.optim import Muon, OptimConfig, lr_factor, make_optimizer, orthogonalise
+from arseq.train.optim import Muon, OptimConfig, lr_factor, make_optimizer, orthogonalise
 
 
 def tiny_model() -> Transformer:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from arseq import options
+from arseq.app import options
 from arseq.errors import DataError
 from arseq.modalities import SamplingOptions
 from arseq.modalities.music import MusicGenerate

@@ -6,9 +6,9 @@ from pathlib import Path
 import music21
 import torch
 
-from arseq.checkpoint import Loaded
+from arseq.artifacts.checkpoint import Loaded
 from arseq.cli import main
-from arseq.generation import make_plan, sample
+from arseq.app.generation import make_plan, sample
 from arseq.modalities import Request, SamplingOptions, resolve
 from arseq.modalities.music import MusicGenerate
 from arseq.modalities.music_reading import prompt_tokens

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from arseq.cli import _instantiate, main
+from arseq.app.train_verb import instantiate
+from arseq.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MAIN = sorted(p for p in CONFIGS.glob("*/*.yaml") if not p.stem.endswith("_draft"))
@@ -25,4 +26,4 @@ def test_config_parses_and_its_callbacks_build(stack, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert stopped.value.code in (0, None) and printed["trainer"]["max_steps"] >= 1
     for spec in printed["trainer"].get("callbacks") or []:
-        assert not isinstance(_instantiate(spec), dict)
+        assert not isinstance(instantiate(spec), dict)

@@ -286,7 +286,7 @@ def test_prefix_counts_follow_rows_cut_back():
 def test_cli_draft_gives_plain_greedy_output_and_reports(trained, tmp_path, capsys):
     import json
 
-    from arseq import checkpoint
+    from arseq.artifacts import checkpoint
     from arseq.api import load
     from arseq.cli import main
 

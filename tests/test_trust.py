@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from arseq import checkpoint
+from arseq.app.export import export_model
+from arseq.artifacts import checkpoint
 from arseq.cli import main
 from arseq.modalities import DataError
 
@@ -49,7 +50,7 @@ def test_a_checkpoint_cannot_make_arseq_import_a_module(evil, capsys):
 
 def test_an_export_cannot_make_arseq_import_a_module(evil, tmp_path, trained, monkeypatch):
     monkeypatch.delitem(sys.modules, "this", raising=False)  # importing `this` prints the Zen of Python
-    out = checkpoint.export(checkpoint.load(_best(trained)), tmp_path / "export")
+    out = export_model(checkpoint.load(_best(trained)), tmp_path / "export")
     config = (out / "config.json").read_text(encoding="utf-8")
     (out / "config.json").write_text(config.replace('"name": "text"', '"name": "this:Modality"'), encoding="utf-8")
     with pytest.raises(DataError, match="this:Modality"):

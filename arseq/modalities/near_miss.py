@@ -7,6 +7,7 @@ from functools import lru_cache
 from typing import Callable, Sequence
 
 import numpy as np
+from arseq.tokenizers.protein import STANDARD
 
 KEYBOARD = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
 WORD = re.compile(r"[A-Za-z']+")
@@ -63,8 +64,6 @@ def vocabulary(texts: Sequence[str]) -> set[str]:
 def similar_residues() -> dict[str, str]:
     """Per standard amino acid, the others BLOSUM62 scores as likely substitutions (score > 0), else the best."""
     from Bio.Align import substitution_matrices
-
-    from arseq.tokenizers.protein import STANDARD
 
     m = substitution_matrices.load("BLOSUM62")
     out = {}

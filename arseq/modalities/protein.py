@@ -72,6 +72,7 @@ from arseq.tokenizers.protein import (
     residue_lengths,
     standard_ids,
 )
+from arseq.modalities.near_miss import similar_residues
 
 ProteinTokenizers = ProteinTokenizer | ProteinBPETokenizer
 
@@ -379,8 +380,6 @@ class ProteinModality(Modality):
 
     def plausible_mistake(self, tokenizer: ProteinTokenizers, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
         """A substituted amino acid: one residue of the token swapped for one BLOSUM62 scores as a likely substitution."""
-        from arseq.modalities.near_miss import similar_residues
-
         t = int(tokens[position])
         special = (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
         piece = tokenizer.pieces[t] if 0 <= t < len(tokenizer.pieces) and t not in special else ""  # not a control token

@@ -27,6 +27,7 @@ from arseq.modalities.base import (
 from arseq.tokenizers.base import Tokenizer
 from arseq.tokenizers.bpe import BPETokenizer
 from arseq.tokenizers.char import CharTokenizer
+from arseq.modalities.near_miss import typo, unknown_words, vocabulary
 
 
 class TextModality(Modality):
@@ -157,15 +158,11 @@ class TextModality(Modality):
     # ---- error analysis --------------------------------------------------------------------------
     def plausible_mistake(self, tokenizer: Tokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
         """A typo: one letter of the token replaced by a neighbouring key."""
-        from arseq.modalities.near_miss import typo
-
         special = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
         return None if int(tokens[position]) in special else typo(tokenizer, int(tokens[position]), rng)
 
     def error_predicate(self, tokenizer: Tokenizer, reference: list[np.ndarray]) -> Callable[[Any], np.ndarray]:
         """A word that never occurs in the training text is an error (marked on the token that ends it)."""
-        from arseq.modalities.near_miss import unknown_words, vocabulary
-
         special = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
         known = vocabulary([tokenizer.decode(r) for r in reference])
         return unknown_words(lambda t: " " if t in special else tokenizer.decode([t]), known)

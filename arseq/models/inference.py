@@ -7,7 +7,7 @@ replay it (a CUDA graph needs fixed addresses).
 """
 from __future__ import annotations
 
-import sys
+import logging
 import types
 import weakref
 from collections.abc import Callable
@@ -19,6 +19,9 @@ from torch import Tensor
 from arseq.errors import first_line
 from arseq.models.quantize import quantize_model
 from arseq.models.transformer import KVCache, Transformer
+from arseq.models import cpu_features
+
+log = logging.getLogger(__name__)
 
 Compile = bool | Literal["off", "on", "auto"]
 COMPILE_CHOICES = ("off", "on", "auto")
@@ -65,8 +68,8 @@ class Compiled:
             if not self.fallback:
                 raise ValueError(f"--compile: torch.compile does not work on {self.device} ({first_line(e)}); "
                                  "use --compile off, or auto to fall back") from None
-            print(f"warning: --compile auto: torch.compile does not work on {self.device} ({first_line(e)}); "
-                  "decoding eagerly", file=sys.stderr)
+            log.warning(f"warning: --compile auto: torch.compile does not work on {self.device} ({first_line(e)}); "
+                        "decoding eagerly")
             self.fn = self.eager
             return self.fn(*args)
 
@@ -89,10 +92,6 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     bfloat16 on a CPU is taken where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX, which oneDNN
     uses); elsewhere it falls back to float32 with one warning line: oneDNN then converts in software,
     measured 2-40x slower than float32 per linear layer on an AVX2 host, for no gain in quality."""
-    import logging
-
-    from arseq.models import cpu_features  # imported here: the only part of this module that probes the CPU
-
     if name is None:
         cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if cuda_bf16 else torch.float32
@@ -102,7 +101,7 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} does not support bfloat16; use float16 or float32")
     if dtype is torch.bfloat16 and device.type == "cpu" and not (cpu_features.native_bf16() and _cpu_runs(dtype)):
-        logging.getLogger(__name__).warning("--dtype bfloat16: this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX); using float32")
+        log.warning("--dtype bfloat16: this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX); using float32")
         return torch.float32
     if dtype is torch.float16 and device.type == "cpu" and not _cpu_runs(dtype):
         raise ValueError("--dtype float16: this CPU build cannot compute in float16; use float32")

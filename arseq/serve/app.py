@@ -24,7 +24,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from arseq.checkpoint import Loaded
+from arseq.artifacts.checkpoint import Loaded
 from arseq.errors import one_line
 from arseq.serve.jobs import JobPlan, plan_job, text_of, write_files
 from arseq.serve.loop import EngineLoop, Job, as_request_error

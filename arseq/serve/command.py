@@ -13,6 +13,9 @@ import threading
 from typing import Any, Iterator, Sequence
 
 from arseq.errors import DataError
+from arseq.app import generation
+from arseq.artifacts import checkpoint
+from arseq.decode import Engine
 
 log = logging.getLogger("arseq.serve")
 
@@ -52,7 +55,6 @@ def check(args: argparse.Namespace) -> None:
 
 def build(args: argparse.Namespace) -> Any:
     """Load the model and make the app (the engine is built when the app starts)."""
-    from arseq import checkpoint, generation
     from arseq.serve.app import Settings, create_app
 
     loaded = checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import)
@@ -61,8 +63,6 @@ def build(args: argparse.Namespace) -> Any:
                                                            dtype=args.dtype))
 
     def make_engine() -> Any:
-        from arseq.decode import Engine
-
         return Engine(loaded.model, slots=args.slots, compile=args.compile, pad_id=loaded.tokenizer.pad_id)
 
     settings = Settings(name=args.name or loaded.modality.name, slots=args.slots, max_queue=args.max_queue,

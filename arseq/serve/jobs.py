@@ -16,10 +16,13 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from arseq.checkpoint import Loaded
+from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import SamplingConfig
 from arseq.modalities import Plan, Request, Sample
 from arseq.serve.schema import Parsed
+from arseq.app.generation import make_plan
+from arseq.models.scoring import sequence_nll
+from arseq.modalities.music_audio import render_wav
 
 MEDIA = {".mid": "audio/midi", ".musicxml": "application/vnd.recordare.musicxml+xml", ".png": "image/png",
          ".wav": "audio/wav", ".fasta": "text/x-fasta", ".csv": "text/csv", ".txt": "text/plain"}
@@ -51,8 +54,6 @@ class JobPlan:
 
 def plan_job(loaded: Loaded, parsed: Parsed, max_new_tokens_limit: int) -> JobPlan:
     """The rows of a request (DataError for options the modality refuses)."""
-    from arseq.generation import make_plan
-
     request = parsed.request
     seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(31)
     request.sampling.seed = seed  # every row seeded, so an unseeded request can be repeated from its answer
@@ -73,8 +74,6 @@ def plan_job(loaded: Loaded, parsed: Parsed, max_new_tokens_limit: int) -> JobPl
 
 def samples_of(loaded: Loaded, job: JobPlan, results: list[tuple[list[int], bool]]) -> list[Sample]:
     """Samples as `arseq generate` makes them: prompts without control tokens, and each one's mean NLL."""
-    from arseq.models.scoring import sequence_nll
-
     tok, controls = loaded.tokenizer, loaded.controls
     prompts = [r.prompt for r in job.rows]
     scored = [p + t + ([tok.eos_id] if s else []) for p, (t, s) in zip(prompts, results)]
@@ -123,8 +122,6 @@ def _audio(loaded: Loaded, samples: list[Sample], out: Path) -> list[Path]:
     tok = loaded.tokenizer
     if loaded.modality.name != "music" or not hasattr(tok, "decode_events"):
         return []
-    from arseq.modalities.music_audio import render_wav
-
     paths = []
     for i, s in enumerate(samples):
         path = out / f"sample_{i:03d}.wav"

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from arseq.checkpoint import Loaded
+from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import Row
 from arseq.errors import DataError, one_line
 from arseq.serve.jobs import JobPlan, samples_of

@@ -13,9 +13,10 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from arseq.checkpoint import Loaded
+from arseq.artifacts.checkpoint import Loaded
 from arseq.modalities import Request, SamplingOptions
 from arseq.decode import SamplingConfig
+from arseq.app.generation import make_plan
 
 MAX_SAMPLES = 64  # samples per request
 MAX_SEED = 2**63 - 1
@@ -116,8 +117,6 @@ class Schema:
 
     def sampling_defaults(self) -> dict[str, Any]:
         """The modality's sampling defaults for an unconditioned request (conditioned ones add `conditioned_sampling`)."""
-        from arseq.generation import make_plan
-
         try:
             plan, cfg = make_plan(self.loaded, Request(num_samples=1))
         except Exception:  # a plugin whose plan needs options: the core's defaults

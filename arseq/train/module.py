@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Checkpoint
 
 from arseq.errors import DataError
-from arseq.models.checkpoint_io import clean_checkpoint_folder
-from arseq.models.optim import OptimConfig, lr_factor, make_optimizer
+from arseq.train.checkpoint_io import clean_checkpoint_folder
+from arseq.train.optim import OptimConfig, lr_factor, make_optimizer
 from arseq.models.transformer import Transformer, TransformerConfig
 
 LN2 = math.log(2)

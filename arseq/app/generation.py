@@ -1,7 +1,7 @@
 """generate and evaluate as plain functions: a typed Request goes to the modality's `plan` once, the core
 samples (batched, seeded per sample) and scores, and the modality writes files.
 
-Used by the CLI (arseq.options parses flags and YAML into these types) and by the Python API (arseq.api).
+Used by the CLI (arseq.app.options parses flags and YAML into these types) and by the Python API (arseq.api).
 """
 from __future__ import annotations
 
@@ -9,49 +9,26 @@ import inspect
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from arseq import drafting
-from arseq.checkpoint import Loaded
+from arseq.app import drafting
+from arseq.app.run_options import RunOptions
+from arseq.artifacts.checkpoint import Loaded
 from arseq.conditioning import Controls, split_condition
 from arseq.data.prepare import DataConfig, Prepared, prepare
 from arseq.modalities import DataError, EvalInputs, Example, Modality, Plan, Request, Sample
 from arseq.decode import SamplingConfig, Speculative, generate
 from arseq.models.scoring import sequence_nll, unigram_baseline
-from arseq.workflows import resolve_device
+from arseq.models.device import resolve_device
+from arseq.analysis.obedience import condition_report
+from arseq.models.inference import prepare_for_inference
 
 # The generation hooks before typed options (arseq 0.1): a plugin overriding them gets one line, not a traceback.
 OLD_HOOKS = ("add_generate_arguments", "configure_sampling", "prompts", "constraint", "streamer")
-
-
-@dataclass
-class RunOptions:
-    """How the model runs
-
-    Args:
-        batch_size: samples (or evaluation chunks) per forward pass
-        device: cpu, cuda, cuda:1 ... (default: cuda when available)
-        compile: off, on or auto: torch.compile the decode step, and with --draft both models' passes (CUDA graphs on a GPU); auto falls back to eager where it cannot work
-        quantize: none or int8 (int8 weights, per-channel scales)
-        dtype: float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on a GPU that supports it)
-        draft: speculative decoding, the same samples faster: a small model with this model's tokenizer (checkpoint,
-            run folder or export) proposes tokens, or 'ngram': what followed the last n-gram earlier
-        draft_tokens: with --draft: tokens proposed per pass of the model
-        ngram: with --draft ngram: the longest n-gram looked up (down to half of it)
-    """
-
-    batch_size: int = 16
-    device: str | None = None
-    compile: str | bool = "off"
-    quantize: str = "none"
-    dtype: str | None = None
-    draft: str | None = None
-    draft_tokens: int = 4
-    ngram: int = 6
 
 
 def check_hooks(modality: Modality) -> None:
@@ -231,15 +208,13 @@ def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list
     extra = modality.evaluate(tok, report)
     result.update({**extra, "baselines": {**result["baselines"], **extra.get("baselines", {})}})
     if controls is not None:
-        from arseq.analysis.obedience import condition_report
-
         result["conditions"] = condition_report(model, controls, conditioned, run.batch_size, tok.pad_id, stride)
     if request.num_samples > 0:
         plan, cfg = make_plan(loaded, request)
         result["sampling"] = {k: v for k, v in asdict(cfg).items() if k != "stop_tokens"}
         if request.conditions:
             result["sampling"]["conditions"] = list(request.conditions)
-        spec = drafting.from_args(loaded, run)
+        spec = drafting.from_run(loaded, run)
         samples = sample(loaded, plan, cfg, run.batch_size, run.compile, stream=False, spec=spec)
         if spec is not None:
             result["speculative"] = drafting.report(spec)
@@ -292,8 +267,6 @@ def obeyed(modality: Modality, tok: Any, controls: Controls, conditions: list[st
 
 def prepare_model(loaded: Loaded, run: RunOptions) -> None:
     """Check the run options and put the model on its device, in its dtype, int8 or compiled as asked."""
-    from arseq.models.inference import prepare_for_inference
-
     if run.batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {run.batch_size}")
     prepare_for_inference(loaded.model, resolve_device(run.device), run.dtype, run.quantize, run.compile)
@@ -308,7 +281,7 @@ def run_generate(loaded: Loaded, request: Request, run: RunOptions) -> tuple[lis
         raise DataError(f"{request.out}: already exists; pass --overwrite to replace it, or choose another --out")
     prepare_model(loaded, run)
     plan, cfg = make_plan(loaded, request)
-    samples = sample(loaded, plan, cfg, run.batch_size, run.compile, spec=drafting.from_args(loaded, run))
+    samples = sample(loaded, plan, cfg, run.batch_size, run.compile, spec=drafting.from_run(loaded, run))
     if request.out is not None:
         request.out = Path(request.out)
     return samples, loaded.modality.write(loaded.tokenizer, samples, request, plan)

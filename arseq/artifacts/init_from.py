@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from arseq.checkpoint import Parts, read_parts
+from arseq.artifacts.checkpoint import Parts, read_parts
 from arseq.modalities import DataError, Modality
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.base import Tokenizer

@@ -28,7 +28,7 @@ from arseq.decode.config import SamplingConfig
 from arseq.models.transformer import Transformer, TransformerConfig
 
 if TYPE_CHECKING:
-    from arseq.checkpoint import Loaded
+    from arseq.artifacts.checkpoint import Loaded
 
 HF_META, HF_TOKENIZER = "arseq.json", "arseq_tokenizer.json"
 LLAMA_TYPES = ("llama", "mistral")  # same layout; mistral only without a binding sliding window
@@ -219,14 +219,6 @@ def read_hf_folder(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     return model_cfg, from_hf_state(_read_tensors(path, where), cfg, where)
 
 
-def modality_sampling(loaded: Any) -> SamplingConfig:
-    """The SamplingConfig `arseq generate` uses when no sampling option is given: the modality's defaults."""
-    from arseq.generation import make_plan
-    from arseq.modalities import Request
-
-    return make_plan(loaded, Request(num_samples=1))[1]
-
-
 def generation_kwargs(s: SamplingConfig, bos_id: int, eos_id: int, pad_id: int) -> dict[str, Any]:
     """`transformers.GenerationConfig` arguments for arseq's sampling settings (top_k 0: HF's default is 50)."""
     out: dict[str, Any] = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id,
@@ -250,8 +242,8 @@ def _check_logits(model: Transformer, hf_model: Any) -> None:
         raise DataError(f"--format hf: the converted model's logits differ by {diff:.2e} (> {LOGITS_TOLERANCE}); not exported")
 
 
-def write_hf_folder(folder: Path, loaded: "Loaded", export_format: int) -> None:
-    """Write HF's config/weights/generation config and arseq's settings and tokenizer into `folder`."""
+def write_hf_folder(folder: Path, loaded: "Loaded", export_format: int, sampling: SamplingConfig) -> None:
+    """Write HF's config/weights, a generation config of `sampling`, and arseq's settings and tokenizer into `folder`."""
     transformers = require_transformers()
     tok, model = loaded.tokenizer, copy.deepcopy(loaded.model).float().eval()
     ids = (tok.bos_id, tok.eos_id, tok.pad_id)
@@ -268,7 +260,6 @@ def write_hf_folder(folder: Path, loaded: "Loaded", export_format: int) -> None:
     finally:
         if shown:
             bars.enable_progress_bar()
-    sampling = modality_sampling(loaded)
     transformers.GenerationConfig(**generation_kwargs(sampling, *ids)).save_pretrained(str(folder))
     meta = {k: v for k, v in loaded.meta.items() if k != "tokenizer"}
     meta.update(format=export_format, layout="hf-llama", model=asdict(model.cfg))

@@ -4,6 +4,7 @@ dataclasses (SamplingOptions, RunOptions, the modality's `generate_options`), so
 """
 from __future__ import annotations
 
+import argparse
 import json
 import typing
 from dataclasses import dataclass, fields
@@ -13,7 +14,7 @@ from typing import Any, Sequence
 
 from arseq.config_files import read_config
 from arseq.errors import DataError, one_line
-from arseq.generation import RunOptions
+from arseq.app.run_options import RunOptions
 from arseq.modalities import Request, SamplingOptions
 
 HELP = {
@@ -194,3 +195,11 @@ def defaults(verb: str, generate_options: type | None) -> dict[str, Any]:
     if verb != "generate":
         out["data_paths"] = None
     return out
+
+
+def add_trust_arguments(p: argparse.ArgumentParser) -> None:
+    """A file names its modality; only registered ones are used unless the user chooses otherwise here."""
+    p.add_argument("--modality", default=None, metavar="NAME_OR_IMPORT_PATH",
+                   help="use this modality (registered name or package.module:Class) instead of the one the file names")
+    p.add_argument("--trust-modality-import", action="store_true",
+                   help="allow the import path of a modality stored in the file (imports that module: trust the file first)")

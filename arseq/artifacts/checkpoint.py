@@ -1,33 +1,28 @@
-"""Load a model, its tokenizer and its modality from a Lightning checkpoint or an export directory,
-and write exports (config.json + model.safetensors + tokenizer.json, or a Hugging Face folder).
+"""Load a model, its tokenizer and its modality from a Lightning checkpoint, an export directory or a
+Hugging Face folder (writing exports: arseq.artifacts.export).
 
 Checkpoints are read with `torch.load(weights_only=True)`: no code from a file is ever unpickled.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
 
-from arseq.atomic import atomic_write, file_mode_mask
 from arseq.conditioning import Controls
 from arseq.errors import first_line, one_line
-from arseq.interop import hf
+from arseq.artifacts import hf
 from arseq.limits import check_model, check_zip_entries, inside
-from arseq.outputs import claimed
 from arseq.modalities import DataError, Modality, resolve
-from arseq.models.quantize import SCHEMES, quantize_model, scheme_of
+from arseq.models.quantize import SCHEMES, quantize_model
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.base import Tokenizer, read_tokenizer_state
 
@@ -42,6 +37,9 @@ class Loaded:
     tokenizer: Tokenizer
     modality: Modality
     meta: dict[str, Any]  # modality name/options, data config, model config, conditions
+    # How the modality was chosen at load (`load`'s arguments): a draft model loaded for this one is trusted alike.
+    chosen_modality: str | None = None
+    trust_import: bool = False
 
     @property
     def controls(self) -> Controls | None:
@@ -237,61 +235,7 @@ def load(path: str | os.PathLike, modality: str | None = None, trust_import: boo
     if parts.meta is None or parts.tokenizer is None:
         raise DataError(f"{parts.where}: a Hugging Face model without arseq's tokenizer and modality ({hf.HF_META}); "
                         "start a run from it with 'arseq train --init-from'")
-    return _assemble(parts.model_cfg, parts.state, parts.meta, parts.tokenizer, parts.where, modality, trust_import,
-                     parts.quantization)
-
-
-def export(loaded: Loaded, out: str | os.PathLike, format: str = "arseq", quantize: str = "none") -> Path:
-    """Write a self-contained export directory; refuses to touch a non-empty existing one.
-
-    `format="hf"`: a Hugging Face LlamaForCausalLM folder that arseq reads too (see arseq.interop.hf).
-    `quantize="int8"` (arseq format) stores int8 weights and per-channel scales (about 4x smaller), loaded as they are.
-    """
-    if quantize not in SCHEMES:
-        raise DataError(f"--quantize must be one of {', '.join(SCHEMES)}, got {quantize!r}")
-    if format == "hf" and (quantize != "none" or scheme_of(loaded.model) != "none"):
-        raise DataError("--format hf writes float weights: drop --quantize (a Llama folder has no int8 layout here)")
-    model = loaded.model
-    if quantize != "none" and scheme_of(model) != quantize:
-        model = quantize_model(copy.deepcopy(model).cpu(), quantize)  # the caller's model stays as it was
-    out = Path(out)
-    if format not in ("arseq", "hf"):
-        raise DataError(f"--format {format!r}: choose arseq or hf")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out}: already exists and is not an empty folder; choose another --out")
-    if format == "hf":  # fail before writing anything
-        hf.require_transformers()
-        hf.check_exportable(loaded.model.cfg)
-    with claimed(out):  # another export into `out` refuses; the folders of killed ones are ours to remove
-        for stale in out.parent.glob(f".{out.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise DataError(f"{out}: already exists and is not an empty folder; choose another --out")
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-        try:
-            os.chmod(tmp, 0o777 & ~file_mode_mask())
-            if format == "hf":
-                hf.write_hf_folder(tmp, loaded, EXPORT_FORMAT)
-            else:
-                _write_arseq(tmp, loaded, model)
-            for file in tmp.rglob("*"):  # safetensors and transformers write 0600 files: the umask's mode, like ours
-                if file.is_file():
-                    os.chmod(file, 0o666 & ~file_mode_mask())
-            if out.exists():
-                out.rmdir()
-            os.rename(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return out
-
-
-def _write_arseq(tmp: Path, loaded: Loaded, model: Transformer) -> None:
-    """config.json + model.safetensors + tokenizer.json: arseq's own format (format 2 when quantized)."""
-    config = {k: v for k, v in loaded.meta.items() if k != "tokenizer"}
-    config.update(format=EXPORT_FORMAT, model=model.cfg.__dict__)
-    if scheme_of(model) != "none":
-        config.update(format=QUANTIZED_FORMAT, quantization=scheme_of(model))
-    atomic_write(tmp / "config.json", json.dumps(config, indent=2))
-    atomic_write(tmp / "tokenizer.json", json.dumps(loaded.tokenizer.to_dict(), ensure_ascii=False))
-    save_model(model, str(tmp / "model.safetensors"))
+    loaded = _assemble(parts.model_cfg, parts.state, parts.meta, parts.tokenizer, parts.where, modality, trust_import,
+                       parts.quantization)
+    loaded.chosen_modality, loaded.trust_import = modality, trust_import
+    return loaded

@@ -1,13 +1,16 @@
 """`--draft` for generate/evaluate (and `arseq.load(...).generate(draft=...)`): speculative decoding
 (arseq.decode.speculative) with a draft checkpoint or export of the same tokenizer, or `ngram`
-(prompt lookup, no model). Loading, checking and the per-run report live here, not in workflows."""
+(prompt lookup, no model): loading and checking the draft, and the per-run report."""
 from __future__ import annotations
 
 from typing import Any
 
-from arseq.checkpoint import Loaded
+from arseq.app.run_options import RunOptions
+from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import DraftModel, NGram, Speculative
 from arseq.errors import DataError
+from arseq.artifacts import checkpoint
+from arseq.models.inference import prepare_for_inference
 
 
 def report(spec: Speculative) -> dict[str, Any]:
@@ -15,29 +18,25 @@ def report(spec: Speculative) -> dict[str, Any]:
     return {"draft": "ngram" if isinstance(spec.proposer, NGram) else "model", "draft_tokens": spec.k, **spec.stats.as_dict()}
 
 
-def from_args(loaded: Loaded, args: Any) -> Speculative | None:
-    """The run's speculative decoder from --draft/--draft-tokens/--ngram (`args`: arseq.generation.RunOptions), or None without --draft."""
-    spec = getattr(args, "draft", None)
+def from_run(loaded: Loaded, run: RunOptions) -> Speculative | None:
+    """The run's speculative decoder from --draft/--draft-tokens/--ngram, or None without --draft."""
+    spec, k, n = run.draft, run.draft_tokens, run.ngram
     if not spec:
         return None
-    k = getattr(args, "draft_tokens", 4)
     if not isinstance(k, int) or k < 1:
         raise DataError(f"--draft-tokens must be a positive integer, got {k!r}")
     if spec == "ngram":
-        n = getattr(args, "ngram", 6)
         if not isinstance(n, int) or n < 1:
             raise DataError(f"--ngram must be a positive integer, got {n!r}")
         return Speculative(NGram(n=n, min_n=(n + 1) // 2), k)
-    return Speculative(DraftModel(load_draft(spec, loaded, args).model), k)
+    return Speculative(DraftModel(load_draft(spec, loaded, run).model), k)
 
 
-def load_draft(path: str, loaded: Loaded, args: Any) -> Loaded:
-    """The draft model, checked against the target (same tokenizer) and placed like it (device, dtype, int8)."""
-    from arseq import checkpoint
-    from arseq.models.inference import prepare_for_inference
-
+def load_draft(path: str, loaded: Loaded, run: RunOptions) -> Loaded:
+    """The draft model, checked against the target (same tokenizer) and placed like it (device, dtype, int8); its
+    modality is chosen as the target's was (`--modality`, `--trust-modality-import`)."""
     try:
-        draft = checkpoint.load(path, getattr(args, "modality", None), getattr(args, "trust_modality_import", False))
+        draft = checkpoint.load(path, loaded.chosen_modality, loaded.trust_import)
     except FileNotFoundError as e:
         raise DataError(f"--draft {path}: {e}") from None
     ours, theirs = loaded.tokenizer, draft.tokenizer
@@ -52,5 +51,5 @@ def load_draft(path: str, loaded: Loaded, args: Any) -> Loaded:
         raise DataError(f"--draft {path}: its condition tokens differ from the model's; train the draft on the same data "
                         "with the same data.conditions")
     device = loaded.model.norm.weight.device
-    prepare_for_inference(draft.model, device, getattr(args, "dtype", None), getattr(args, "quantize", "none"))
+    prepare_for_inference(draft.model, device, run.dtype, run.quantize)
     return draft

@@ -1,30 +1,35 @@
-"""prepare and train as plain functions usable from Python: the glue between modalities, the data cache,
-the model and Lightning (generate and evaluate: arseq.generation). The CLI only parses arguments and calls these."""
+"""Training as a plain function: the modality's data cache, the transformer in its LightningModule, and
+Lightning's Trainer with arseq's checkpointing (atomic, a claimed run folder, best and last checkpoints)."""
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import asdict
 from functools import partial
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.fabric.plugins import CheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from arseq.checkpoint import load_checkpoint_file
+from arseq.artifacts.checkpoint import load_checkpoint_file
+from arseq.artifacts.init_from import initialise, read_source
 from arseq.data.loader import train_loader, val_loader
 from arseq.data.prepare import DataConfig, prepare
 from arseq.errors import first_line, one_line
 from arseq.limits import check_model
 from arseq.modalities import DataError, Modality
-from arseq.models.optim import OptimConfig
 from arseq.models.transformer import TransformerConfig
+from arseq.train.checkpoint_io import AtomicCheckpointIO, clean_checkpoint_folder
+from arseq.train.module import ARModule, LastCheckpoint
+from arseq.train.optim import OptimConfig
 
-
-def run_prepare(modality: Modality, options: dict[str, Any], data: DataConfig, check_roundtrip: bool = False) -> dict[str, Any]:
-    """Tokenize and cache; return the JSON report of `arseq prepare`."""
-    prepared = prepare(modality, options, data, check_roundtrip=check_roundtrip)
-    return {**prepared.stats, "seconds": round(prepared.seconds, 4), "cached": prepared.cached, "cache_dir": str(prepared.directory)}
+log = logging.getLogger(__name__)
 
 
 def run_train(
@@ -45,17 +50,8 @@ def run_train(
 
     `selector` is how the config named the modality (a registered name or an import path); it is
     stored in checkpoints so that loading finds an unregistered modality class too. `init_from` starts
-    from existing weights (see arseq.interop.init_from); `ckpt_path` resumes a run.
+    from existing weights (see arseq.artifacts.init_from); `ckpt_path` resumes a run.
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    from lightning.fabric.plugins import CheckpointIO
-
-    from arseq.models.checkpoint_io import AtomicCheckpointIO, clean_checkpoint_folder
-    from arseq.models.lightning_module import ARModule, LastCheckpoint
-
     if trainer_args.get("max_steps") in (None, -1):
         raise DataError("set trainer.max_steps: training runs for a number of steps, not epochs")
     if not isinstance(trainer_args["max_steps"], int) or trainer_args["max_steps"] < 1:
@@ -73,8 +69,6 @@ def run_train(
         clean_checkpoint_folder(Path(ckpt_path).parent)  # what a kill of that run left behind
     source = None
     if init_from:  # fine-tune: an arseq source's tokenizer too, so that token ids keep their meaning
-        from arseq.interop.init_from import initialise, read_source
-
         if ckpt_path:
             raise DataError("--init-from starts a new run from weights, --ckpt_path resumes a run: give one of them")
         source = read_source(init_from, modality, model, data.block_size)
@@ -134,10 +128,10 @@ def run_train(
             check_compile(trainer.strategy.root_device)
         if trainer.is_global_zero:
             conditioned = f" (conditioned on {', '.join(prepared.controls.fields)})" if prepared.controls else ""
-            print(f"model: {module.model.num_params() / 1e6:.2f}M parameters, vocab {prepared.vocab_size}{conditioned}, context {data.block_size}; "
+            log.info(f"model: {module.model.num_params() / 1e6:.2f}M parameters, vocab {prepared.vocab_size}{conditioned}, context {data.block_size}; "
                   f"data: {prepared.train.num_tokens:,} train / {prepared.val.num_tokens:,} val tokens")
             if init_note:
-                print(init_note)
+                log.info(init_note)
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
     except BaseException:
         remove_if_empty(run_dir)  # a run that failed before writing anything leaves no empty version_N
@@ -146,7 +140,7 @@ def run_train(
     if trainer.is_global_zero:
         best_path = (best.best_model_path if best else "") or "-"
         last_path = last.path if last.path is not None and last.path.exists() else "-"
-        print(f"run directory: {run_dir}\n  last checkpoint: {last_path}\n  best checkpoint: {best_path}")
+        log.info(f"run directory: {run_dir}\n  last checkpoint: {last_path}\n  best checkpoint: {best_path}")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Join gloo/NCCL's threads now: left to static destructors at exit, they abort the process (rc -6)
         torch.distributed.destroy_process_group()
@@ -189,9 +183,6 @@ def check_trainer_args(args: dict[str, Any]) -> None:
 
 def make_trainer(**kwargs: Any) -> Any:
     """lightning.Trainer, its configuration errors (MisconfigurationException, ValueError) as one line."""
-    import lightning as L
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
     try:
         return L.Trainer(**kwargs)
     except (MisconfigurationException, ValueError, TypeError) as e:
@@ -204,25 +195,3 @@ def check_compile(device: torch.device) -> None:
         torch.compile(lambda x: x * 2 + 1)(torch.zeros(4, device=device))
     except Exception as e:
         raise DataError(f"compile: true, but torch.compile does not work on {device}: {first_line(e)} (set compile: false)") from None
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """`--device` as a torch.device this machine has (default: cuda when available), else one line."""
-    try:
-        device = torch.device(name or default_device())
-    except (RuntimeError, ValueError):
-        raise DataError(f"--device {name}: not a device name (cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DataError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise DataError(f"--device {name}: MPS is not available on this machine (use --device cpu)")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise DataError(f"--device {name}: unsupported device type {device.type!r} (cpu, cuda, cuda:N, mps)")
-    return device

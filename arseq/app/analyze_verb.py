@@ -1,9 +1,6 @@
-"""`arseq score` and `arseq analyze drift`: their flags and what they write (the CLI only dispatches here)."""
+"""`arseq analyze drift`: do errors compound? Injected errors (teacher-forced) and free-running survival."""
 from __future__ import annotations
 
-import argparse
-import csv
-import io
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -12,112 +9,21 @@ from typing import Any, Literal
 
 import numpy as np
 
+from arseq.analysis import drift as tf
+from arseq.analysis import survival as fr
 from arseq.analysis.drift import KINDS
+from arseq.analysis.plots import curves_plot, survival_plot
+from arseq.app import generation, options
+from arseq.artifacts import checkpoint
 from arseq.atomic import OutputFiles
+from arseq.decode import generate
 from arseq.errors import DataError
 from arseq.limits import check_run
-from arseq.outputs import claimed, csv_cell, printable_name, to_json
+from arseq.outputs import claimed, csv_text, to_json
 
-SCORE_HELP = "per-item NLL, perplexity and token count of given files (CSV; JSON on stdout)"
-ANALYZE_HELP = "measure whether errors compound: 'arseq analyze drift' (injected errors and free-running survival)"
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    """CSV text; cells a spreadsheet would run as formulas are made text, non-UTF-8 names printable."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["empty"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
-    return buf.getvalue()
+HELP = "measure whether errors compound: 'arseq analyze drift' (injected errors and free-running survival)"
 
 
-def _load(args: argparse.Namespace):
-    from arseq import checkpoint, workflows
-
-    loaded = checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import)
-    loaded.model.to(workflows.resolve_device(args.device))
-    return loaded
-
-
-# ---- score -------------------------------------------------------------------------------------
-def score_parser() -> argparse.ArgumentParser:
-    from arseq.cli import _add_trust_arguments
-
-    p = argparse.ArgumentParser(prog="arseq score", description=SCORE_HELP + ". Ranking FASTA variants or MIDI "
-                                "files by likelihood: lower nll_mean is likelier.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a .ckpt, a run folder or an export")
-    p.add_argument("--data.paths", dest="data_paths", nargs="+", required=True, help="files, folders or globs to score")
-    p.add_argument("--per-token", action="store_true",
-                   help="also each token's log-probability and rank (1 = the model's likeliest): OUT.tokens.csv with --out, else in the JSON")
-    p.add_argument("--out", type=Path, default=None, help="write the per-item table here as CSV")
-    p.add_argument("--overwrite", action="store_true", help="replace files that --out would write and that exist already")
-    p.add_argument("--stride", type=int, default=None, help="window advance for items longer than the context (default: half the context)")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    _add_trust_arguments(p)
-    return p
-
-
-def run_score(argv: list[str]) -> int:
-    args = score_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
-    with claimed(args.out):  # a second score into this --out refuses instead of replacing our table
-        return _score(args)
-
-
-def _score(args: argparse.Namespace) -> int:
-    from arseq.analysis.score import item_row, token_label, token_scores
-    from arseq.data.files import expand_paths
-    from arseq.data.prepare import _collect
-    from arseq.models.scoring import sequence_nll
-
-    loaded = _load(args)
-    tok, model = loaded.tokenizer, loaded.model
-    context = model.cfg.max_seq_len
-    stride = args.stride or max(1, context // 2)
-    if not 0 < stride <= context:
-        raise DataError(f"--stride must be between 1 and the model's context ({context}), got {args.stride}")
-    files = expand_paths(args.data_paths, loaded.modality.suffixes, "--data.paths")
-    examples, skipped = _collect(loaded.modality, files, None, tok, False, "reading", True)
-    examples = [e for e in examples if len(e.tokens) > 1]
-    if not examples:
-        reasons = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3])
-        raise DataError(f"--data.paths: no item to score{' (' + reasons + ')' if reasons else ''}")
-    controls, width = loaded.controls, loaded.controls.width if loaded.controls else 0
-    if controls is not None:  # a conditioned model scores each item given its own conditions (unknown where it has none)
-        seqs = [np.asarray(controls.insert(list(e.tokens), controls.ids(e.conditions)), dtype=np.int64) for e in examples]
-    else:
-        seqs = [np.asarray(e.tokens, dtype=np.int64) for e in examples]
-    if args.per_token:
-        scored = [(lp[width:], rk[width:]) for lp, rk in token_scores(model, seqs, batch_size=args.batch_size, pad_id=tok.pad_id, stride=stride)]
-        seqs = [np.delete(s, np.s_[1 : 1 + width]) for s in seqs]
-        rows = [item_row(printable_name(e.name), -float(lp.sum()), len(lp)) for e, (lp, _) in zip(examples, scored)]
-    else:
-        nll, count = sequence_nll(model, seqs, start=[1 + width] * len(seqs), batch_size=args.batch_size, pad_id=tok.pad_id,
-                                  stride=stride, progress=True)
-        rows = [item_row(printable_name(e.name), float(n), int(c)) for e, n, c in zip(examples, nll, count)]
-    total_nll, total = sum(r["nll_sum"] for r in rows), sum(r["tokens"] for r in rows)
-    result: dict[str, Any] = {"items": rows, "skipped": [{"file": printable_name(s.file), "reason": s.reason} for s in skipped],
-                              "total": item_row("(all)", total_nll, total), "context": context, "stride": stride}
-    if args.out is not None:
-        files_out = OutputFiles(overwrite=args.overwrite, protect=[*args.data_paths, *files])  # never over an input
-        files_out.add(args.out, _csv(rows))
-        if args.per_token:
-            token_rows = [{"name": printable_name(e.name), "index": j + 1, "token": int(s[j + 1]), "label": token_label(tok, int(s[j + 1])),
-                           "logprob": float(lp[j]), "rank": int(rk[j])}
-                          for e, s, (lp, rk) in zip(examples, seqs, scored) for j in range(len(lp))]
-            files_out.add(args.out.with_name(args.out.stem + ".tokens.csv"), _csv(token_rows))
-        for path in files_out.commit():
-            print(f"wrote {path}", file=sys.stderr)
-    elif args.per_token:
-        for row, (lp, rk) in zip(rows, scored):
-            row["logprobs"], row["ranks"] = lp.tolist(), rk.tolist()
-    print(to_json(result, indent=1))
-    return 0
-
-
-# ---- analyze drift -----------------------------------------------------------------------------
 @dataclass
 class DriftOptions:
     """drift measurement
@@ -147,8 +53,6 @@ class DriftOptions:
 
 def drift_parser(generate_options: type | None):
     """evaluate's options (but --stride: a site fits the context) and the drift measurement's."""
-    from arseq import options
-
     p = options.parser("drift", generate_options, prog="arseq analyze drift", num_samples=64)
     p.description = ("Do errors compound? Injected errors scored teacher-forced (excess NLL and KL per offset, "
                      "recovery half-life) and free-running survival S(n) against (1 - e)^n. JSON on stdout; "
@@ -161,7 +65,7 @@ def drift_parser(generate_options: type | None):
 def run_analyze(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: arseq analyze drift --checkpoint C [--data.paths ...] [--items N] [--offsets K] [--out DIR]\n\n"
-              f"{ANALYZE_HELP}.\nRun 'arseq analyze drift --help' for the options.")
+              f"{HELP}.\nRun 'arseq analyze drift --help' for the options.")
         return 0
     if argv[0] != "drift":
         raise DataError(f"unknown analysis {argv[0]!r}; available: drift")
@@ -169,8 +73,6 @@ def run_analyze(argv: list[str]) -> int:
 
 
 def run_drift(argv: list[str]) -> int:
-    from arseq import checkpoint, generation, options, workflows
-
     pre = options.early(argv)
     if not pre.get("checkpoint"):
         if pre["help"]:
@@ -213,13 +115,8 @@ OUTPUTS = ("drift.json", "excess_nll.csv", "kl.csv", "divergence.csv", "survival
 
 
 def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str, Any]:
-    """Both measurements on a loaded model; the JSON of `arseq analyze drift`. `call` (arseq.options.Call)
+    """Both measurements on a loaded model; the JSON of `arseq analyze drift`. `call` (arseq.app.options.Call)
     holds the sampling options of the free-running samples."""
-    from arseq import generation
-    from arseq.analysis import drift as tf
-    from arseq.analysis import survival as fr
-    from arseq.decode import generate
-
     tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
     train_data, items, where = generation.held_out(loaded, call.data_paths)
     rng = np.random.default_rng(seed)
@@ -259,8 +156,6 @@ def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str
 
 def write_drift(result: dict[str, Any], out: Path, overwrite: bool, name: str) -> list[Path]:
     """drift.json, one CSV per curve (kinds as a column), and the plots, all or nothing."""
-    from arseq.analysis.plots import curves_plot, survival_plot
-
     files = OutputFiles(overwrite=overwrite)
     files.add(out / "drift.json", to_json(result, indent=1))
     kinds = result["injected"]
@@ -269,13 +164,13 @@ def write_drift(result: dict[str, Any], out: Path, overwrite: bool, name: str) -
             continue
         rows = [{"kind": k, "offset": o + 1, "mean": c[key]["mean"][o], "lo": c[key]["lo"][o], "hi": c[key]["hi"][o]}
                 for k, c in kinds.items() for o in range(len(c[key]["mean"]))]
-        files.add(out / f"{key}.csv", _csv(rows))
+        files.add(out / f"{key}.csv", csv_text(rows))
         if key != "divergence":
             files.add(out / f"{key}.png", curves_plot(kinds, key, label, f"{name}: {label} after one injected error"))
     s = result["free_running"].get("curve")
     if s:
         cols = ("n", "survival", "survival_lo", "survival_hi", "independent", "independent_lo", "independent_hi")
-        files.add(out / "survival.csv", _csv([dict(zip(cols, v)) for v in zip(*(s[c] for c in cols))]))
+        files.add(out / "survival.csv", csv_text([dict(zip(cols, v)) for v in zip(*(s[c] for c in cols))]))
         ratio = result["free_running"]["clustering"]["ratio"]
         files.add(out / "survival.png", survival_plot(s, f"{name}: survival without the constraint (clustering ratio "
                                                       f"{'n/a' if ratio is None else f'{ratio:.2f}'})"))
