@@ -6,10 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # written once, in pyproject.toml; read lazily (importlib.metadata costs ~40 ms)
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("arseq")
+        except PackageNotFoundError:  # a source tree that is not installed
+            return "0+unknown"
     if name in ("load", "Model"):  # lazily: `import arseq` (and the CLI's start) stays free of torch
         from arseq import api
 
