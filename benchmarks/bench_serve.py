@@ -202,6 +202,7 @@ def hf_folder(checkpoint: str, out: Path) -> None:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
+    from arseq.app.export import export_model
     from arseq.artifacts import checkpoint as ck
 
     loaded = ck.load(checkpoint)

@@ -44,6 +44,7 @@ def make_ckpt(path: Path, model: dict[str, Any] | None = None, meta: dict[str, A
 
 
 def make_export(ckpt: Path, out: Path) -> Path:
+    from arseq.app.export import export_model
     from arseq.artifacts import checkpoint
 
     return export_model(checkpoint.load(ckpt), out)

@@ -145,10 +145,10 @@ def held_out(loaded: Loaded, data_paths: list[str] | None) -> tuple[Prepared | N
     """The training data (None when it is gone), the items to evaluate (--data.paths, else the validation
     split), and where they came from; all tokenized with the checkpoint's tokenizer."""
     modality, tok = loaded.modality, loaded.tokenizer
-    options = loaded.meta["modality"].get("options", {})
+    options = loaded.meta.modality_options
     controls = loaded.controls
     conditions = list(controls.fields) if controls is not None else []  # a model from before conditions had none
-    trained_on = DataConfig(**{**loaded.meta["data"], "conditions": conditions})
+    trained_on = DataConfig(**{**loaded.meta.data, "conditions": conditions})
     try:
         train_data: Prepared | None = prepare(modality, options, trained_on, tokenizer=tok, controls=controls)
     except DataError:

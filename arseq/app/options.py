@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+from jsonargparse import ActionConfigFile, ArgumentParser
+
 from arseq.config_files import read_config
 from arseq.errors import DataError, one_line
 from arseq.app.run_options import RunOptions
@@ -70,6 +72,8 @@ def normalize(argv: Sequence[str], kinds: dict[str, str]) -> list[str]:
             out.append(f"--{name}={value}")
         elif kind == "bool" and (i == len(argv) or argv[i].lower() not in ("true", "false")):
             out += [f"--{name}", "true"]
+        elif kind == "optional" and (i == len(argv) or argv[i].startswith("--")):  # --compile alone: on
+            out += [f"--{name}", "true"]
         elif kind == "list":
             values = []
             while i < len(argv) and not argv[i].startswith("--"):
@@ -104,9 +108,7 @@ def early(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def parser(verb: str, generate_options: type | None, prog: str | None = None, num_samples: int | None = None):
-    """The parser of `verb` (generate, evaluate, or drift: evaluate's without --stride)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
+    """The parser of `verb` (generate, evaluate, or drift: evaluate's without --stride and --draft)."""
     p = ArgumentParser(prog=prog or f"arseq {verb}", exit_on_error=False, description=HELP.get(verb, "") + ". Flags "
                        "take - or _ (--top-k, --top_k); the same options, as YAML keys, from --config FILE.")
     p.add_argument("--config", action=ActionConfigFile, help="YAML file of these options (e.g. temperature: 0.8); flags override it")
@@ -123,7 +125,8 @@ def parser(verb: str, generate_options: type | None, prog: str | None = None, nu
     p.add_argument("--cond", type=list[str], default=[],
                    help="FIELD=VALUE for a conditioned model (repeat for several fields): e.g. --cond tag=Cell.membrane-M")
     p.add_class_arguments(SamplingOptions, None, as_group=True)
-    p.add_class_arguments(RunOptions, None, as_group=True)
+    # drift scores with the model itself: a draft model would change nothing it measures
+    p.add_class_arguments(RunOptions, None, as_group=True, skip={"draft", "draft_tokens", "ngram"} if verb == "drift" else None)
     if verb == "generate":
         p.add_argument("--out", type=Path | None, default=None, help="output file or folder (default: print)")
         p.add_argument("--overwrite", type=bool, default=False, help="replace files that --out would write and that exist already")
@@ -145,7 +148,8 @@ def parser(verb: str, generate_options: type | None, prog: str | None = None, nu
 
 def kinds(generate_options: type | None) -> dict[str, str]:
     classes = [SamplingOptions, RunOptions] + ([generate_options] if generate_options else [])
-    return {**field_kinds(classes), "overwrite": "bool", "trust_modality_import": "bool", "data.paths": "list", "cond": "list"}
+    return {**field_kinds(classes), "overwrite": "bool", "trust_modality_import": "bool", "data.paths": "list", "cond": "list",
+            "compile": "optional"}
 
 
 def parse(p: Any, argv: Sequence[str], kinds_: dict[str, str]) -> Any:

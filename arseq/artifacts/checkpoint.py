@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model
 
+from arseq.artifacts.metadata import RunMeta
 from arseq.conditioning import Controls
 from arseq.errors import first_line, one_line
 from arseq.artifacts import hf
@@ -36,7 +37,7 @@ class Loaded:
     model: Transformer
     tokenizer: Tokenizer
     modality: Modality
-    meta: dict[str, Any]  # modality name/options, data config, model config, conditions
+    meta: RunMeta  # modality, data and model configs, conditions
     # How the modality was chosen at load (`load`'s arguments): a draft model loaded for this one is trusted alike.
     chosen_modality: str | None = None
     trust_import: bool = False
@@ -44,60 +45,42 @@ class Loaded:
     @property
     def controls(self) -> Controls | None:
         """The control tokens of a conditioned model (None: trained without conditions)."""
-        return Controls.from_dict(self.meta.get("conditions"))
-
-
-def strip_data_paths(meta: dict[str, Any]) -> dict[str, Any]:
-    """`meta` without the file paths of its data section. Exports and HF folders are models from elsewhere:
-    the paths they name (`/etc/passwd`, `/usr/**/*`) are never read; a built-in `source` stays."""
-    data = meta.get("data")
-    if isinstance(data, dict):
-        meta = {**meta, "data": {**data, "paths": None, "val_paths": None}}
-    return meta
+        return Controls.from_dict(self.meta.conditions)
 
 
 @contextlib.contextmanager
 def stored_data(loaded: Loaded, data_paths: list[str] | None) -> Iterator[None]:
     """Around evaluate/drift: the data paths stored in a checkpoint are read only when the user names none
     (and then said on stderr); with --data.paths they are hidden for the call, so nothing the file names is
-    read. (Exports and HF folders never give theirs: see strip_data_paths.)"""
-    data = loaded.meta.get("data")
-    if not isinstance(data, dict):
-        yield
-        return
-    stored = [p for key in ("paths", "val_paths") for p in ([data.get(key)] if isinstance(data.get(key), str) else data.get(key) or [])]
+    read. (Exports and HF folders never give theirs: see RunMeta.without_data_paths.)"""
+    stored = loaded.meta.data_paths()
     if not data_paths:
         if stored:
             log.warning("arseq: no --data.paths: reading the data paths stored in the checkpoint: %s", ", ".join(map(str, stored)))
         yield
         return
     meta = loaded.meta
-    loaded.meta = strip_data_paths(meta)
+    loaded.meta = meta.without_data_paths()
     try:
         yield
     finally:
         loaded.meta = meta
 
 
-def build_modality(meta: dict[str, Any], where: str, modality: str | None = None, trust_import: bool = False) -> Modality:
+def build_modality(meta: RunMeta, where: str, modality: str | None = None, trust_import: bool = False) -> Modality:
     """The file's modality: registered names only, unless the user named the class (`modality`) or trusts the file."""
     try:
-        spec = meta["modality"]
-        stored = spec["name"]
-        if not isinstance(stored, str):
-            raise TypeError(f"modality name {stored!r} is not a string")
-        chosen = modality or stored
-        try:
-            cls = resolve(chosen, allow_import=trust_import or modality is not None)
-        except DataError as e:
-            raise DataError(f"{where}: {e}") from None
-        return cls(**spec.get("options", {}))
-    except (KeyError, TypeError) as e:
+        cls = resolve(modality or meta.modality, allow_import=trust_import or modality is not None)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+    try:
+        return cls(**meta.modality_options)
+    except TypeError as e:
         raise DataError(f"{where}: modality settings are unusable ({e})") from None
 
 
 def _assemble(
-    model_cfg: dict[str, Any], state: dict[str, torch.Tensor] | Path, meta: dict[str, Any], tok_state: dict[str, Any],
+    model_cfg: dict[str, Any], state: dict[str, torch.Tensor] | Path, meta: RunMeta, tok_state: dict[str, Any],
     where: str, modality: str | None = None, trust_import: bool = False, quantization: str = "none",
 ) -> Loaded:
     check_model(model_cfg, where)
@@ -108,7 +91,7 @@ def _assemble(
     chosen = build_modality(meta, where, modality, trust_import)
     tokenizer = rebuild_tokenizer(chosen, tok_state, where)
     try:
-        controls = Controls.from_dict(meta.get("conditions"))
+        controls = Controls.from_dict(meta.conditions)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DataError(f"{where}: unusable conditions ({e})") from None
     extra = controls.size if controls is not None else 0
@@ -185,7 +168,7 @@ class Parts:
 
     model_cfg: dict[str, Any]
     state: dict[str, torch.Tensor] | Path  # a Path: an arseq export's model.safetensors
-    meta: dict[str, Any] | None
+    meta: RunMeta | None  # None: a Hugging Face folder without arseq's settings
     tokenizer: dict[str, Any] | None
     where: str
     quantization: str = "none"  # int8 exports hold int8 weights and scales
@@ -205,7 +188,8 @@ def read_parts(path: str | os.PathLike) -> Parts:
                     raise ValueError("not a mapping")
             except (OSError, ValueError, RecursionError):
                 raise DataError(f"{path / hf.HF_META}: not readable arseq settings") from None
-            return Parts(model_cfg, state, strip_data_paths(meta), read_tokenizer_state(inside(path, hf.HF_TOKENIZER)), str(path))
+            return Parts(model_cfg, state, RunMeta.from_dict(meta, str(path / hf.HF_META)).without_data_paths(),
+                         read_tokenizer_state(inside(path, hf.HF_TOKENIZER)), str(path))
         config_file = inside(path, "config.json")
         try:
             config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -218,11 +202,12 @@ def read_parts(path: str | os.PathLike) -> Parts:
             raise DataError(f"{config_file}: quantization {quantization!r} is unknown to this arseq (--quantize: {', '.join(SCHEMES)})")
         tok_state = read_tokenizer_state(inside(path, "tokenizer.json"))
         check_model(config["model"], str(config_file))
-        return Parts(config["model"], inside(path, "model.safetensors"), strip_data_paths(config), tok_state, str(path), quantization)
+        return Parts(config["model"], inside(path, "model.safetensors"), RunMeta.from_dict(config, str(config_file)).without_data_paths(),
+                     tok_state, str(path), quantization)
     ckpt = load_checkpoint_file(path)
-    meta = ckpt["arseq"]
+    meta = RunMeta.from_dict(ckpt["arseq"], str(path))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    return Parts(meta["model"], state, meta, meta["tokenizer"], str(path))
+    return Parts(meta.model, state, meta, ckpt["arseq"].get("tokenizer"), str(path))
 
 
 def load(path: str | os.PathLike, modality: str | None = None, trust_import: bool = False) -> Loaded:

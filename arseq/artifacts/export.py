@@ -70,7 +70,7 @@ def export(loaded: Loaded, out: str | os.PathLike, format: str = "arseq", quanti
 
 def _write_arseq(tmp: Path, loaded: Loaded, model: Transformer) -> None:
     """config.json + model.safetensors + tokenizer.json: arseq's own format (format 2 when quantized)."""
-    config = {k: v for k, v in loaded.meta.items() if k != "tokenizer"}
+    config = loaded.meta.to_dict()
     config.update(format=EXPORT_FORMAT, model=model.cfg.__dict__)
     if scheme_of(model) != "none":
         config.update(format=QUANTIZED_FORMAT, quantization=scheme_of(model))

@@ -261,7 +261,7 @@ def write_hf_folder(folder: Path, loaded: "Loaded", export_format: int, sampling
         if shown:
             bars.enable_progress_bar()
     transformers.GenerationConfig(**generation_kwargs(sampling, *ids)).save_pretrained(str(folder))
-    meta = {k: v for k, v in loaded.meta.items() if k != "tokenizer"}
+    meta = loaded.meta.to_dict()
     meta.update(format=export_format, layout="hf-llama", model=asdict(model.cfg))
     atomic_write(folder / HF_META, json.dumps(meta, indent=2))
     atomic_write(folder / HF_TOKENIZER, json.dumps(tok.to_dict(), ensure_ascii=False))

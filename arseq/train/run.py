@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from arseq.artifacts.checkpoint import load_checkpoint_file
 from arseq.artifacts.init_from import initialise, read_source
+from arseq.artifacts.metadata import RunMeta
 from arseq.data.loader import train_loader, val_loader
 from arseq.data.prepare import DataConfig, prepare
 from arseq.errors import first_line, one_line
@@ -86,15 +87,9 @@ def run_train(
         if isinstance(done, int) and done >= trainer_args["max_steps"]:  # Lightning would do nothing, in a new run folder
             raise DataError(f"--ckpt_path {ckpt_path}: already trained for {done} steps, trainer.max_steps is "
                             f"{trainer_args['max_steps']}; raise trainer.max_steps to train on")
-    meta = {
-        "modality": {"name": selector or modality.name, "options": options},
-        "tokenizer": tok.to_dict(),
-        "data": asdict(data),
-        "model": asdict(model_cfg),
-    }
-    if prepared.controls is not None:
-        meta["conditions"] = prepared.controls.to_dict()
-    module = ARModule(asdict(model_cfg), optim, meta, compile)
+    meta = RunMeta(selector or modality.name, options, asdict(data), asdict(model_cfg),
+                   prepared.controls.to_dict() if prepared.controls is not None else None)
+    module = ARModule(asdict(model_cfg), optim, {**meta.to_dict(), "tokenizer": tok.to_dict()}, compile)
     init_note = initialise(module.model, source, init_from_resize_vocab) if source else None
     augment = None if type(modality).augment is Modality.augment else modality.augment
     if augment is not None and "controls" in inspect.signature(augment).parameters:  # it can move condition tokens along
