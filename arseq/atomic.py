@@ -11,13 +11,13 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable
 
 from arseq.errors import DataError
 
 # What to write: text, bytes, or a function that writes the file at the path it is given (for libraries
 # such as music21 or pillow that want a file name; the temporary name keeps the destination's suffix).
-Content = Union[str, bytes, Callable[[Path], None]]
+Content = str | bytes | Callable[[Path], None]
 TEMP_MARK = ".tmp"  # temporary files are named .NAME.RANDOM.tmpSUFFIX: hidden, and found again after a kill
 
 

@@ -122,7 +122,7 @@ def main() -> None:
         for name, compiled in (("hf", False), ("hf_compiled", True)) if hf is not None else ():
             try:
                 hf_generate(hf, prompts, args.new_tokens if compiled else 8, compiled)  # warm-up (compiles)
-                times = [timed(lambda p=prompts: hf_generate(hf, p, args.new_tokens, compiled), device)[1] for _ in range(args.repeats)]
+                times = [timed(lambda p=prompts, c=compiled: hf_generate(hf, p, args.new_tokens, c), device)[1] for _ in range(args.repeats)]
                 row[name] = batch * args.new_tokens / statistics.median(times)
             except Exception as e:  # noqa: BLE001 - transformers' compiled path on this device/version: report why
                 result[f"{name}_error"] = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__

@@ -51,7 +51,7 @@ def test_analyze_drift_writes_parseable_files(trained, tmp_path, capsys):
     saved = json.loads((out / "drift.json").read_text())
     assert saved["sites"] == printed["sites"] > 0
     assert set(saved["injected"]) >= {"random", "likeliest_wrong"}
-    for kind, r in saved["injected"].items():
+    for r in saved["injected"].values():
         assert len(r["excess_nll"]["mean"]) == 8
         assert all(lo <= m + 1e-9 and m <= hi + 1e-9 for lo, m, hi in zip(r["kl"]["lo"], r["kl"]["mean"], r["kl"]["hi"]))
     excess = _rows(out / "excess_nll.csv")

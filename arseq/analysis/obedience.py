@@ -42,11 +42,11 @@ def condition_report(model: Transformer, controls: Controls, items: Sequence[Seq
             known = [known[i] for i in sorted(chosen)]
 
         def with_value(token: int) -> list[list[int]]:
-            return [it[: 1 + slot] + [token] + it[2 + slot :] for it in known]
+            return [it[: 1 + slot] + [token] + it[2 + slot :] for it in known]  # noqa: B023  (called in this iteration)
 
         def nll(token: int | None) -> tuple[np.ndarray, int]:
             """Per item summed NLL of its tokens after the control tokens (with `token` as the value), and their count."""
-            rows = known if token is None else with_value(token)
+            rows = known if token is None else with_value(token)  # noqa: B023  (called in this iteration)
             out, count = sequence_nll(model, rows, start=[start] * len(rows), batch_size=batch_size, pad_id=pad_id,
                                       stride=stride, head=controls.head)
             bar.update()

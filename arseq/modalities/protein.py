@@ -163,7 +163,7 @@ class ProteinModality(Modality):
     def demo_config(self, tmp_dir: Path) -> dict[str, Any]:
         """Twenty short random proteins in one FASTA file."""
         rng = np.random.default_rng(0)
-        records = [">demo_%d\n%s" % (i, "M" + "".join(rng.choice(list(STANDARD), size=int(rng.integers(30, 60))))) for i in range(20)]
+        records = [f">demo_{i}\nM{''.join(rng.choice(list(STANDARD), size=int(rng.integers(30, 60))))}" for i in range(20)]
         atomic_write(tmp_dir / "demo.fasta", "\n".join(records) + "\n")
         return {"data": {"paths": str(tmp_dir / "demo.fasta")}}
     def proteins(self, files: list[Path]) -> Iterator[tuple[str, str, str | None] | Skipped]:
