@@ -10,8 +10,7 @@ with the module that owns them; the pack is rebuilt when the weights move or cha
 It is a custom op (`arseq::int8_linear`), so torch.compile keeps it as one opaque call inside a compiled
 decode step (the packed weights are a C++ object a graph cannot hold): the owner is named by an int.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: torch 2.4's custom_op reads the op's schema from real annotations.
 import itertools
 import warnings
 import weakref
