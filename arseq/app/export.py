@@ -5,7 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
-from arseq.app.generation import make_plan
+from arseq.app.planning import make_plan
 from arseq.app.options import add_trust_arguments
 from arseq.artifacts import checkpoint
 from arseq.artifacts.checkpoint import Loaded
@@ -17,7 +17,7 @@ HELP = "write config.json + model.safetensors + tokenizer.json"
 
 def export_model(loaded: Loaded, out: str | os.PathLike, format: str = "arseq", quantize: str = "none") -> Path:
     """`export`, with the modality's sampling defaults for a Hugging Face folder's generation config."""
-    sampling = make_plan(loaded, Request(num_samples=1))[1] if format == "hf" else None
+    sampling = make_plan(loaded, Request(num_samples=1)).cfg if format == "hf" else None
     return export(loaded, out, format, quantize, sampling)
 
 

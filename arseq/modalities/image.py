@@ -303,7 +303,7 @@ class ImageModality(Modality):
         tok = tokenizer
         images = [tok.decode(s.prompt + s.tokens) for s in samples]
         labels = [tok.decode_label(s.prompt + s.tokens) for s in samples] if tok.labels else \
-            [values.get("label") for values in plan.conditions or [{}] * len(samples)]
+            [s.conditions.get("label") for s in samples]
         if request.out is None:
             for i, label in enumerate(labels):
                 head = f"sample {i}" + (f" (label {label})" if label is not None else "")

@@ -58,7 +58,6 @@ def build(args: argparse.Namespace) -> Any:
     from arseq.serve.app import Settings, create_app
 
     loaded = checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import)
-    generation.check_hooks(loaded.modality)
     generation.prepare_model(loaded, generation.RunOptions(device=args.device, compile=args.compile, quantize=args.quantize,
                                                            dtype=args.dtype))
 

@@ -2,7 +2,6 @@
 Lightning's Trainer with arseq's checkpointing (atomic, a claimed run folder, best and last checkpoints)."""
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import asdict
 from functools import partial
@@ -91,9 +90,7 @@ def run_train(
                    prepared.controls.to_dict() if prepared.controls is not None else None)
     module = ARModule(asdict(model_cfg), optim, {**meta.to_dict(), "tokenizer": tok.to_dict()}, compile)
     init_note = initialise(module.model, source, init_from_resize_vocab) if source else None
-    augment = None if type(modality).augment is Modality.augment else modality.augment
-    if augment is not None and "controls" in inspect.signature(augment).parameters:  # it can move condition tokens along
-        augment = partial(augment, controls=prepared.controls)
+    augment = None if type(modality).augment is Modality.augment else partial(modality.augment, controls=prepared.controls)
     train = train_loader(prepared.directory / "train.npy", data.block_size, data.batch_size, seed, augment, data.num_workers,
                          prepared.controls)
     val = val_loader(prepared.val, data.block_size, data.batch_size, tok.pad_id, prepared.controls.head if prepared.controls else 0)
