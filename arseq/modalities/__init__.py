@@ -23,12 +23,13 @@ from arseq.modalities.base import (
     PrefixCounts,
     Request,
     Sample,
+    SamplingConfig,
     SamplingOptions,
     Skipped,
 )
 
 __all__ = [
-    "Constraint", "Controls", "DataError", "EvalInputs", "Example", "Modality", "OutputFiles", "Plan", "PrefixCounts", "Request", "Sample", "SamplingOptions", "Skipped",
+    "Constraint", "Controls", "DataError", "EvalInputs", "Example", "Modality", "OutputFiles", "Plan", "PrefixCounts", "Request", "Sample", "SamplingConfig", "SamplingOptions", "Skipped",
     "PluginWarning", "Registered", "loadable", "registered", "resolve",
 ]
 

@@ -18,7 +18,7 @@ import numpy as np
 # Re-exported: the plugin API is this module (and `arseq.modalities`, which re-exports it).
 from arseq.atomic import OutputFiles  # noqa: F401
 from arseq.conditioning import Controls
-from arseq.decode.config import Constraint  # noqa: F401
+from arseq.decode.config import Constraint, SamplingConfig  # noqa: F401
 from arseq.errors import DataError
 from arseq.modalities.plan import Plan, Request, SamplingOptions  # noqa: F401
 from arseq.tokenizers.base import Tokenizer

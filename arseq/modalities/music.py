@@ -29,6 +29,7 @@ from arseq.modalities import (
     Plan,
     Request,
     Sample,
+    SamplingConfig,
     Skipped,
 )
 from arseq.modalities.music_conditions import FIELDS, piece_conditions, transposed_keys
@@ -41,7 +42,6 @@ from arseq.modalities.music_reading import (
     roundtrip_report,
 )
 from arseq.modalities.render import piano_roll
-from arseq.decode.config import SamplingConfig
 from arseq.tokenizers.score import DUR, PITCH, Events, Grammar, ScoreTokenizer
 
 # Nucleus sampling slightly cooled: at T = 1 the 0.8 M-parameter CPU model's samples were 90 % in key (held-out

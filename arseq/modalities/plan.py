@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from arseq.conditioning import split_condition
 from arseq.decode.config import Constraint, SamplingConfig
 
 
@@ -64,6 +65,10 @@ class Request:
     condition_values: dict[str, list[str]] = field(default_factory=dict)
     out: Path | None = None  # generate: the output file or folder; None prints
     overwrite: bool = False  # replace files `out` would write that exist already
+
+    def asked(self) -> dict[str, str | None]:
+        """The `--cond FIELD=VALUE` flags as field -> value (the core checks them against the model)."""
+        return dict(split_condition(spec) for spec in self.conditions)
 
 
 @dataclass
