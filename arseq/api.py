@@ -33,7 +33,6 @@ class Model:
         return typed.defaults(verb, self.loaded.modality.generate_options)
 
     def _call(self, verb: str, kwargs: dict[str, Any]) -> typed.Call:
-        generation.check_hooks(self.loaded.modality)
         return typed.from_python(verb, self.loaded.modality.generate_options, kwargs)
 
     def generate(self, n: int = 1, *, out: str | os.PathLike | None = None, overwrite: bool = False,

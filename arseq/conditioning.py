@@ -8,8 +8,9 @@ item has no value. Training swaps each control token for its field's unknown tok
 `drop`, so the same model also samples unconditionally. Every training window of a long item starts with
 the item's BOS and control tokens (its head: CTRL's control codes head every training sequence), and
 sampling keeps the head in the context when the window slides, so a piece past the context still knows
-its key. `generate --cond FIELD=VALUE` puts the tokens into every prompt (unknown for fields not given). The modality never sees them: the core hides them from its
-constraint, its writer and its metrics (`hide`, `strip`).
+its key. `generate --cond FIELD=VALUE` puts the tokens into every prompt (unknown for fields not given). The modality
+sees them only in `augment` (a transposition moves the key: by field and value, `value_of` and `value_id`); the core
+hides them from its constraint, its writer and its metrics (`hide`, `strip`).
 """
 from __future__ import annotations
 
@@ -69,6 +70,11 @@ class Controls:
 
     def value_id(self, name: str, value: str) -> int:
         return self._base(name) + 1 + self.fields[name].index(value)
+
+    def value_of(self, name: str, token: int) -> str | None:
+        """The value of field `name` that control token `token` names; None for any other token."""
+        i = int(token) - self._base(name) - 1
+        return self.fields[name][i] if 0 <= i < len(self.fields[name]) else None
 
     def ids(self, values: dict[str, str | None]) -> list[int]:
         """One control id per field: the value's, or unknown where it is missing or unseen."""

@@ -20,7 +20,8 @@ from dataclasses import replace
 from collections import Counter
 
 import arseq
-from arseq.app.generation import examples, held_out, make_plan, sample
+from arseq.app.generation import examples, held_out, sample
+from arseq.app.planning import make_plan
 from arseq.modalities import Request, SamplingOptions
 from arseq.decode import SamplingConfig
 
@@ -30,8 +31,8 @@ def draw(loaded, conditions: list[str], n: int, sampling: SamplingOptions, optio
     if not conditions:
         sampling = replace(sampling, guidance=None)  # nothing to guide towards
     request = Request(n, sampling=sampling, options=options, conditions=conditions)
-    plan, cfg = make_plan(loaded, request)
-    return [s.prompt + s.tokens for s in sample(loaded, plan, cfg, batch_size=min(n, 64), stream=False)], cfg
+    planned = make_plan(loaded, request)
+    return [s.prompt + s.tokens for s in sample(loaded, planned, batch_size=min(n, 64), stream=False)], planned.cfg
 
 
 def first_bars(tok, tokens: list[int], bars: int) -> list[int]:

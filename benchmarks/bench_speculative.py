@@ -29,7 +29,7 @@ import torch
 
 from arseq.api import load
 from arseq.decode import DraftModel, NGram, Speculative, generate
-from arseq.app.generation import make_plan
+from arseq.app.planning import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -59,13 +59,13 @@ def arm_runner(model, name: str, temperature: float, new_tokens: int, draft_mode
     loaded = model.loaded
     call = model._call("generate", {"temperature": temperature, "max_new_tokens": new_tokens, "seed": 0,
                                     "prompt": "ROMEO:\n" if name == "text" else None})
-    plan, cfg = make_plan(loaded, call.request)
-    tok, prompts = loaded.tokenizer, plan.prompts[:1]
+    planned = make_plan(loaded, call.request)
+    tok, prompts, cfg = loaded.tokenizer, planned.prompts[:1], planned.cfg
 
     def run(arm: str, seed: int):
         arm, compiled = arm.removesuffix("_compiled"), arm.endswith("_compiled")
         c = cfg if temperature == 0 else replace(cfg, seed=seed)
-        constraint = plan.constraint() if plan.constraint is not None else None
+        constraint = planned.constraint() if planned.constraint is not None else None
         t0 = time.perf_counter()
         if arm == "plain":
             gen, stats = generate(loaded.model, prompts, c, pad_id=tok.pad_id, constraint=constraint, compile=compiled), None

@@ -48,23 +48,3 @@ def test_same_seed_same_samples_at_any_batch_size(trained):
     runs = [[s.tokens for s in model.generate(n=5, seed=11, max_new_tokens=16, batch_size=b)] for b in (1, 2, 5)]
     assert runs[0] == runs[1] == runs[2]
     assert len({tuple(t) for t in runs[0]}) > 1  # and the samples differ from each other
-
-
-def test_a_plugin_with_the_old_metrics_signature_still_evaluates():
-    from arseq.modalities import Modality
-    from arseq.app.generation import modality_metrics
-
-    class Old(Modality):
-        name = "old"
-
-        def metrics(self, tokenizer, sequences):  # written before `reference` existed
-            return {"n": float(len(sequences))}
-
-    class New(Modality):
-        name = "new"
-
-        def metrics(self, tokenizer, sequences, reference=()):
-            return {"n": float(len(sequences)), "ref": float(len(reference))}
-
-    assert modality_metrics(Old(), None, [[1], [1]], [[1]] * 3) == {"n": 2.0}
-    assert modality_metrics(New(), None, [[1], [1]], [[1]] * 3) == {"n": 2.0, "ref": 3.0}

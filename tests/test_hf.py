@@ -13,6 +13,7 @@ import torch
 from arseq.app.export import export_model
 from arseq.artifacts import checkpoint
 from arseq.artifacts.checkpoint import Loaded
+from arseq.artifacts.metadata import RunMeta
 from arseq.cli import main
 from arseq.artifacts import hf
 from arseq.modalities import DataError
@@ -134,7 +135,7 @@ def test_hf_export_of_a_music_model_carries_biases_and_the_modality_sampling_def
     modality = MusicModality()
     tok = modality.tokenizer
     cfg = TransformerConfig(vocab_size=tok.vocab_size, max_seq_len=48, n_layer=2, n_head=4, d_model=32, bias=bias, tie_weights=tie)
-    meta = {"modality": {"name": "music", "options": {}}, "data": {"source": "bach_chorales"}, "model": cfg.__dict__}
+    meta = RunMeta("music", {}, {"source": "bach_chorales"}, cfg.__dict__)
     loaded = Loaded(perturbed(Transformer(cfg)), tok, modality, meta)
     out = export_model(loaded, tmp_path / "music", format="hf")
     gen = json.loads((out / "generation_config.json").read_text())

@@ -114,17 +114,17 @@ def test_a_class_asked_for_samples_at_the_image_defaults_for_conditioned_samples
     """Asked for a class, images sample with guidance 1.5 (the modality's `conditioned_sampling`);
     without one at the core's defaults; an option given wins either way."""
     from arseq.artifacts.checkpoint import load
-    from arseq.app.generation import make_plan
+    from arseq.app.planning import make_plan
     from arseq.modalities import Request, SamplingOptions
 
     loaded = load(ckpt)
     options = loaded.modality.generate_options
     asked = make_plan(loaded, Request(2, options=options(label="3")))
-    assert (asked[1].temperature, asked[1].guidance) == (1.0, 1.5) and asked[0].guide is not None
+    assert (asked.cfg.temperature, asked.cfg.guidance) == (1.0, 1.5) and asked.guide is not None
     free = make_plan(loaded, Request(2, options=options()))
-    assert (free[1].temperature, free[1].guidance) == (1.0, 1.0) and free[0].guide is None
+    assert (free.cfg.temperature, free.cfg.guidance) == (1.0, 1.0) and free.guide is None
     mine = make_plan(loaded, Request(2, sampling=SamplingOptions(guidance=1.0, temperature=0.9), conditions=["label=3"]))
-    assert (mine[1].temperature, mine[1].guidance) == (0.9, 1.0) and mine[0].guide is None
+    assert (mine.cfg.temperature, mine.cfg.guidance) == (0.9, 1.0) and mine.guide is None
     code, _, err = run(capsys, "generate", "--checkpoint", ckpt, "--label", "3", "--draft", "ngram")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "add --guidance 1" in err
     code, _, err = run(capsys, "generate", "--checkpoint", ckpt, "--label", "3", "--draft", "ngram", "--guidance", "1", "--num-samples", 1)

@@ -7,8 +7,10 @@ import music21
 import torch
 
 from arseq.artifacts.checkpoint import Loaded
+from arseq.artifacts.metadata import RunMeta
 from arseq.cli import main
-from arseq.app.generation import make_plan, sample
+from arseq.app.generation import sample
+from arseq.app.planning import make_plan
 from arseq.modalities import Request, SamplingOptions, resolve
 from arseq.modalities.music import MusicGenerate
 from arseq.modalities.music_reading import prompt_tokens
@@ -38,9 +40,9 @@ def test_a_whole_chorale_as_prompt_is_cut_to_whole_bars_and_continues(capsys):
     assert tok.decode_events(kept).repairs == 0 and f"of {whole.count(tok.bar_id)} bars" in what
     torch.manual_seed(0)
     model = Transformer(TransformerConfig(vocab_size=tok.vocab_size, max_seq_len=256, n_layer=1, n_head=2, d_model=32))
-    loaded = Loaded(model.eval(), tok, m, {})
+    loaded = Loaded(model.eval(), tok, m, RunMeta("music", {}, {}, model.cfg.__dict__))
     request = Request(1, path, SamplingOptions(temperature=1.0, seed=3), MusicGenerate(bars=2))
-    (s,) = sample(loaded, *make_plan(loaded, request), batch_size=1, stream=False)
+    (s,) = sample(loaded, make_plan(loaded, request), batch_size=1, stream=False)
     assert s.prompt == m.fit_prompt(tok, whole, 256 - 64)[0] and len(s.tokens) > 0  # --bars 2: 128 new tokens, room 64
     assert tok.decode_events(s.prompt + s.tokens).repairs == 0  # the grammar constraint accepted the cut prompt
     err = capsys.readouterr().err

@@ -14,6 +14,7 @@ from arseq.analysis import survival as fr
 from arseq.analysis.drift import KINDS
 from arseq.analysis.plots import curves_plot, survival_plot
 from arseq.app import generation, options
+from arseq.app.planning import make_plan
 from arseq.artifacts import checkpoint
 from arseq.atomic import OutputFiles
 from arseq.decode import generate
@@ -80,7 +81,6 @@ def run_drift(argv: list[str]) -> int:
             return 0
         raise DataError("drift: --checkpoint is required")
     loaded = checkpoint.load(pre["checkpoint"], pre.get("modality"), bool(pre.get("trust_modality_import")))
-    generation.check_hooks(loaded.modality)
     opts = loaded.modality.generate_options
     parser = drift_parser(opts)
     if pre["help"]:
@@ -92,6 +92,9 @@ def run_drift(argv: list[str]) -> int:
     for flag in ("items", "positions", "offsets", "window", "bootstrap"):
         if getattr(args, flag) < 1:
             raise DataError(f"--{flag} must be >= 1")
+    context = loaded.model.cfg.max_seq_len
+    if args.offsets >= context:  # said before the stored data paths are read (and said to be)
+        raise DataError(f"--offsets must be between 1 and the model's context - 1 ({context - 1}), got {args.offsets}")
     if call.run.batch_size < 1:
         raise DataError("--batch-size must be >= 1")
     check_run(loaded.model.cfg, call.request.num_samples, call.run.batch_size, minimum_samples=0)
@@ -137,13 +140,13 @@ def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str
     t1 = time.perf_counter()
     survival: dict[str, Any] = {}
     if call.request.num_samples > 0:
-        plan, cfg = generation.make_plan(loaded, call.request)
-        prompts = plan.prompts
+        planned = make_plan(loaded, call.request)
+        prompts, cfg = planned.prompts, planned.cfg
         head = controls.head if controls is not None else 0  # no constraint, no guidance: the model alone
         generated = generate(model, prompts, cfg, pad_id=tok.pad_id, seeds=[seed + i for i in range(len(prompts))],
                              head=head, slots=min(call.run.batch_size, len(prompts)), compile=call.run.compile).tokens
         reference = train_data.train.items() if train_data is not None else items
-        constraint = plan.constraint() if plan.constraint is not None else None
+        constraint = planned.constraint() if planned.constraint is not None else None
         errors = fr.mark_errors(prompts, generated, constraint, modality.error_predicate(tok, reference))
         survival = {"curve": fr.survival(errors, n_boot=min(args.bootstrap, 500), seed=seed),
                     "clustering": fr.clustering_ratio(errors, args.window), "sampling": {

@@ -5,112 +5,43 @@ Used by the CLI (arseq.app.options parses flags and YAML into these types) and b
 """
 from __future__ import annotations
 
-import inspect
+import logging
 import math
-import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from arseq.app import drafting
+from arseq.app.planning import Planned, make_plan
 from arseq.app.run_options import RunOptions
 from arseq.artifacts.checkpoint import Loaded
 from arseq.conditioning import Controls, split_condition
 from arseq.data.prepare import DataConfig, Prepared, prepare
-from arseq.modalities import DataError, EvalInputs, Example, Modality, Plan, Request, Sample
-from arseq.decode import SamplingConfig, Speculative, generate
+from arseq.decode import Speculative, generate
+from arseq.modalities import DataError, EvalInputs, Example, Modality, Request, Sample
 from arseq.models.scoring import sequence_nll, unigram_baseline
 from arseq.models.device import resolve_device
 from arseq.analysis.obedience import condition_report
 from arseq.models.inference import prepare_for_inference
 
-# The generation hooks before typed options (arseq 0.1): a plugin overriding them gets one line, not a traceback.
-OLD_HOOKS = ("add_generate_arguments", "configure_sampling", "prompts", "constraint", "streamer")
+log = logging.getLogger(__name__)
 
-
-def check_hooks(modality: Modality) -> None:
-    """A plugin written for the old generation hooks: say what changed, in one line."""
-    cls = type(modality)
-    old = [h for h in OLD_HOOKS if hasattr(cls, h)] if cls.plan is Modality.plan else []
-    write_params = list(inspect.signature(cls.write).parameters)
-    if "args" in write_params or "out" in write_params:
-        old.append("write(tokenizer, samples, out, args)")
-    if old:
-        raise DataError(f"modality {modality.name!r} ({cls.__module__}.{cls.__qualname__}) uses the generation hooks of "
-                        f"arseq 0.1 ({', '.join(old)}): declare its options as a dataclass in `generate_options`, return "
-                        "prompts, sampling defaults and a constraint from `plan(tokenizer, request)`, and write with "
-                        "`write(tokenizer, samples, request, plan)` (docs/plugins.md)")
-
-
-def fit_prompts(modality: Modality, tok: Any, prompts: list[list[int]], context: int, max_new_tokens: int) -> list[list[int]]:
-    """Cut prompts longer than the context to what fits with room to generate, saying so once per prompt."""
-    room = max(1, min(max_new_tokens, context // 4))
-    fitted: dict[tuple[int, ...], list[int]] = {}
-    for p in prompts:
-        if len(p) > context and tuple(p) not in fitted:
-            kept, what = modality.fit_prompt(tok, list(p), context - room)
-            print(f"arseq: the prompt is {len(p)} tokens, more than the model's context of {context}; "
-                  f"kept {what} ({len(kept)} tokens)", file=sys.stderr)
-            fitted[tuple(p)] = kept
-    return [fitted.get(tuple(p), p) for p in prompts]
-
-
-def make_plan(loaded: Loaded, request: Request) -> tuple[Plan, SamplingConfig]:
-    """The modality's plan for a request, its prompts fitted to the context, and the sampling settings:
-    the core's defaults, then the modality's, then the request's."""
-    tok, modality = loaded.tokenizer, loaded.modality
-    check_hooks(modality)
-    if modality.generate_options is not None and not isinstance(request.options, modality.generate_options):
-        request.options = modality.generate_options()
-    controls = loaded.controls
-    if request.conditions and controls is None:
-        raise DataError(f"--cond {request.conditions[0]}: this model was trained without conditions")
-    request.condition_values = dict(controls.fields) if controls is not None else {}
-    plan = modality.plan(tok, request)
-    if controls is not None:
-        given = controls.given(request.conditions)
-        plan.conditions = [{**values, **given} for values in plan.conditions or [{}] * len(plan.prompts)]
-    defaults = {**plan.sampling, **modality.conditioned_sampling} if controls is not None and any(plan.conditions) else plan.sampling
-    try:
-        cfg = request.sampling.resolve(defaults, (tok.eos_id,))
-    except ValueError as e:
-        raise DataError(f"sampling: {e}") from None
-    if plan.new_tokens is not None:
-        cfg = replace(cfg, max_new_tokens=plan.new_tokens)
-    width = controls.width if controls is not None else 0
-    plan.prompts = fit_prompts(modality, tok, plan.prompts, loaded.model.cfg.max_seq_len - width, cfg.max_new_tokens)
-    if controls is not None:  # the conditions after BOS; the modality's constraint never sees them
-        for name, value in {kv for values in plan.conditions for kv in values.items()}:
-            controls.check(name, value, f"the {modality.name} options' condition {name}={value}")
-        if cfg.guidance != 1.0:
-            if not any(plan.conditions):
-                raise DataError("--guidance: no condition to follow; give --cond FIELD=VALUE (or the modality's own, e.g. --label)")
-            plan.guide = [controls.insert(p, controls.ids({})) for p in plan.prompts]
-        plan.prompts = [controls.insert(p, controls.ids(values)) for p, values in zip(plan.prompts, plan.conditions)]
-        inner = plan.constraint
-        plan.constraint = lambda: controls.hide(inner() if inner is not None else None)
-    elif cfg.guidance != 1.0:
-        raise DataError("--guidance: this model was trained without conditions")
-    return plan, cfg
-
-
-def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, compile: Any = False, stream: bool = True,
+def sample(loaded: Loaded, planned: Planned, batch_size: int, compile: Any = False, stream: bool = True,
            spec: Speculative | None = None) -> list[Sample]:
     """Sample one sequence per prompt of the plan on the decode engine (`batch_size` rows at once, rows joining
     as others end), with its constraint (and streamer, when `stream`); speculatively with `spec` (--draft)."""
-    tok, model, controls = loaded.tokenizer, loaded.model, loaded.controls
+    tok, model, controls, cfg = loaded.tokenizer, loaded.model, loaded.controls, planned.cfg
     head = controls.head if controls is not None else 0  # BOS and the conditions stay in the context
-    prompts, streamer = plan.prompts, plan.streamer if stream else None
-    if spec is not None and plan.guide is not None:
+    prompts, streamer = planned.prompts, planned.plan.streamer if stream else None
+    if spec is not None and planned.guide is not None:
         raise DataError(f"--draft: speculative decoding does not guide, and these samples are guided (guidance {cfg.guidance:g}: "
                         f"--guidance, or the {loaded.modality.name} default for conditioned samples); add --guidance 1 or drop --draft")
     bar = None
     if streamer is None and len(prompts) > 1:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(prompts), desc="generating", unit="sample", leave=False, disable=None)
 
     def on_token(row: int, token: int, done: bool) -> None:
@@ -119,10 +50,10 @@ def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, com
         if bar is not None and done:
             bar.update()
 
-    slots = min(batch_size, len(prompts)) * (2 if plan.guide is not None else 1)
+    slots = min(batch_size, len(prompts)) * (2 if planned.guide is not None else 1)
     try:
-        gen = generate(model, prompts, cfg, pad_id=tok.pad_id, constraint=plan.constraint() if plan.constraint else None,
-                       guide=plan.guide, head=head, on_token=on_token, compile=compile, slots=slots, speculative=spec)
+        gen = generate(model, prompts, cfg, pad_id=tok.pad_id, constraint=planned.constraint() if planned.constraint else None,
+                       guide=planned.guide, head=head, on_token=on_token, compile=compile, slots=slots, speculative=spec)
     except ValueError as e:
         raise DataError(f"generate: {e}") from None
     finally:
@@ -134,10 +65,11 @@ def sample(loaded: Loaded, plan: Plan, cfg: SamplingConfig, batch_size: int, com
         tokens, stopped = gen.tokens[b0 : b0 + batch_size], gen.stopped[b0 : b0 + batch_size]
         scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, tokens, stopped)]
         nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id, head=head)
-        for p, t, s, n, c in zip(batch, tokens, stopped, nll, count):
-            out.append(Sample(controls.strip(p) if controls else list(p), t, s, float(n / c) if c else float("nan")))
+        for i, (p, t, s, n, c) in enumerate(zip(batch, tokens, stopped, nll, count), start=b0):
+            out.append(Sample(controls.strip(p) if controls else list(p), t, s, float(n / c) if c else float("nan"),
+                              dict(planned.conditions[i]) if planned.conditions else {}))
     if spec is not None:
-        print(spec.stats.line(), file=sys.stderr)
+        log.info(spec.stats.line())
     return out
 
 
@@ -165,13 +97,6 @@ def held_out(loaded: Loaded, data_paths: list[str] | None) -> tuple[Prepared | N
     if not items:
         raise DataError(f"no held-out items to evaluate ({where}); pass --data.paths")
     return train_data, items, where
-
-
-def modality_metrics(modality: Modality, tok: Any, sequences: list[list[int]], reference: Any) -> dict[str, Any]:
-    """`Modality.metrics`, also for plugins written before it took the training items (`reference`)."""
-    if "reference" in inspect.signature(modality.metrics).parameters:
-        return modality.metrics(tok, sequences, reference=reference)
-    return modality.metrics(tok, sequences)
 
 
 def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list[str] | None = None,
@@ -210,18 +135,18 @@ def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list
     if controls is not None:
         result["conditions"] = condition_report(model, controls, conditioned, run.batch_size, tok.pad_id, stride)
     if request.num_samples > 0:
-        plan, cfg = make_plan(loaded, request)
-        result["sampling"] = {k: v for k, v in asdict(cfg).items() if k != "stop_tokens"}
+        planned = make_plan(loaded, request)
+        result["sampling"] = {k: v for k, v in asdict(planned.cfg).items() if k != "stop_tokens"}
         if request.conditions:
             result["sampling"]["conditions"] = list(request.conditions)
         spec = drafting.from_run(loaded, run)
-        samples = sample(loaded, plan, cfg, run.batch_size, run.compile, stream=False, spec=spec)
+        samples = sample(loaded, planned, run.batch_size, run.compile, stream=False, spec=spec)
         if spec is not None:
             result["speculative"] = drafting.report(spec)
-        result["sample_metrics"] = modality_metrics(modality, tok, [s.prompt + s.tokens for s in samples], train_items)
+        result["sample_metrics"] = modality.metrics(tok, [s.prompt + s.tokens for s in samples], train_items)
         n = min(len(items), max(request.num_samples, 100))  # a seeded sample of the held-out items, not the first n
         chosen = np.random.default_rng(0).choice(len(items), n, replace=False)
-        result["data_metrics"] = modality_metrics(modality, tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)], train_items)
+        result["data_metrics"] = modality.metrics(tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)], train_items)
         result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))
         result["lengths"] = {"samples": quantiles([len(s.prompt) + len(s.tokens) + s.stopped for s in samples]),
                              "held_out": quantiles([len(item) for item in items])}
@@ -280,11 +205,9 @@ def run_generate(loaded: Loaded, request: Request, run: RunOptions) -> tuple[lis
     if request.out is not None and Path(request.out).is_file() and not request.overwrite:
         raise DataError(f"{request.out}: already exists; pass --overwrite to replace it, or choose another --out")
     prepare_model(loaded, run)
-    plan, cfg = make_plan(loaded, request)
-    samples = sample(loaded, plan, cfg, run.batch_size, run.compile, spec=drafting.from_run(loaded, run))
-    if request.out is not None:
-        request.out = Path(request.out)
-    return samples, loaded.modality.write(loaded.tokenizer, samples, request, plan)
+    planned = make_plan(loaded, request)
+    samples = sample(loaded, planned, run.batch_size, run.compile, spec=drafting.from_run(loaded, run))
+    return samples, loaded.modality.write(loaded.tokenizer, samples, planned.request, planned.plan)
 
 
 def run_evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list[str] | None = None,

@@ -4,7 +4,6 @@ dataclasses (SamplingOptions, RunOptions, the modality's `generate_options`), so
 """
 from __future__ import annotations
 
-import argparse
 import json
 import typing
 from dataclasses import dataclass, fields
@@ -107,10 +106,10 @@ def early(argv: Sequence[str]) -> dict[str, Any]:
     return {**found, **from_flags}
 
 
-def parser(verb: str, generate_options: type | None, prog: str | None = None, num_samples: int | None = None):
-    """The parser of `verb` (generate, evaluate, or drift: evaluate's without --stride and --draft)."""
-    p = ArgumentParser(prog=prog or f"arseq {verb}", exit_on_error=False, description=HELP.get(verb, "") + ". Flags "
-                       "take - or _ (--top-k, --top_k); the same options, as YAML keys, from --config FILE.")
+def verb_parser(prog: str, description: str) -> ArgumentParser:
+    """A verb's parser with what every verb that loads a model takes: --config, --checkpoint and how to trust it."""
+    p = ArgumentParser(prog=prog, exit_on_error=False, description=description + ". Flags take - or _ (--top-k, "
+                       "--top_k); the same options, as YAML keys, from --config FILE.")
     p.add_argument("--config", action=ActionConfigFile, help="YAML file of these options (e.g. temperature: 0.8); flags override it")
     p.add_argument("--checkpoint", type=str | None, default=None,
                    help="a .ckpt, a run folder of 'arseq train' (its best checkpoint), or a folder from 'arseq export'")
@@ -118,6 +117,20 @@ def parser(verb: str, generate_options: type | None, prog: str | None = None, nu
                    help="use this modality (registered name or package.module:Class) instead of the one the file names")
     p.add_argument("--trust_modality_import", type=bool, default=False,
                    help="allow the import path of a modality stored in the file (imports that module: trust the file first)")
+    return p
+
+
+def parse_verb(p: ArgumentParser, argv: Sequence[str], classes: Sequence[type], **kinds_: str) -> Any:
+    """Parse a verb's flags (argparse's spellings accepted, see `normalize`); --checkpoint is required."""
+    cfg = parse(p, argv, {**field_kinds(classes), "trust_modality_import": "bool", "compile": "optional", **kinds_})
+    if not cfg.checkpoint:
+        raise DataError("--checkpoint is required")
+    return cfg
+
+
+def parser(verb: str, generate_options: type | None, prog: str | None = None, num_samples: int | None = None):
+    """The parser of `verb` (generate, evaluate, or drift: evaluate's without --stride and --draft)."""
+    p = verb_parser(prog or f"arseq {verb}", HELP.get(verb, ""))
     p.add_argument("--prompt", type=str | None, default=None,
                    help="what to continue: text for text models, a file for music and images, a motif or FASTA for proteins")
     p.add_argument("--num_samples", type=int, default=num_samples if num_samples is not None else int(verb == "generate"),
@@ -199,11 +212,3 @@ def defaults(verb: str, generate_options: type | None) -> dict[str, Any]:
     if verb != "generate":
         out["data_paths"] = None
     return out
-
-
-def add_trust_arguments(p: argparse.ArgumentParser) -> None:
-    """A file names its modality; only registered ones are used unless the user chooses otherwise here."""
-    p.add_argument("--modality", default=None, metavar="NAME_OR_IMPORT_PATH",
-                   help="use this modality (registered name or package.module:Class) instead of the one the file names")
-    p.add_argument("--trust-modality-import", action="store_true",
-                   help="allow the import path of a modality stored in the file (imports that module: trust the file first)")

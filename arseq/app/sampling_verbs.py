@@ -19,7 +19,6 @@ def run_sampling_verb(verb: str, argv: list[str]) -> int:
             return 0
         raise DataError(f"arseq {verb}: --checkpoint is required")
     loaded = checkpoint.load(pre["checkpoint"], pre.get("modality"), bool(pre.get("trust_modality_import")))
-    generation.check_hooks(loaded.modality)
     opts = loaded.modality.generate_options
     parser = options.parser(verb, opts)
     if pre["help"]:

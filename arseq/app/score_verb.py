@@ -1,15 +1,16 @@
 """`arseq score`: per-item NLL, perplexity and token count of given files (CSV; JSON on stdout)."""
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jsonargparse import ArgumentParser
 
 from arseq.analysis.score import item_row, token_label, token_scores
-from arseq.app.options import add_trust_arguments
+from arseq.app.options import parse_verb, verb_parser
 from arseq.artifacts import checkpoint
 from arseq.artifacts.checkpoint import Loaded
 from arseq.atomic import OutputFiles
@@ -23,38 +24,56 @@ from arseq.outputs import claimed, csv_text, printable_name, to_json
 HELP = "per-item NLL, perplexity and token count of given files (CSV; JSON on stdout)"
 
 
-def score_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="arseq score", description=HELP + ". Ranking FASTA variants or MIDI "
-                                "files by likelihood: lower nll_mean is likelier.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a .ckpt, a run folder or an export")
-    p.add_argument("--data.paths", dest="data_paths", nargs="+", required=True, help="files, folders or globs to score")
-    p.add_argument("--per-token", action="store_true",
-                   help="also each token's log-probability and rank (1 = the model's likeliest): OUT.tokens.csv with --out, else in the JSON")
-    p.add_argument("--out", type=Path, default=None, help="write the per-item table here as CSV")
-    p.add_argument("--overwrite", action="store_true", help="replace files that --out would write and that exist already")
-    p.add_argument("--stride", type=int, default=None, help="window advance for items longer than the context (default: half the context)")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    add_trust_arguments(p)
+@dataclass
+class ScoreOptions:
+    """score
+
+    Args:
+        per_token: also each token's log-probability and rank (1 = the model's likeliest): OUT.tokens.csv with --out, else in the JSON
+        out: write the per-item table here as CSV
+        overwrite: replace files that --out would write and that exist already
+        stride: window advance for items longer than the context (default: half the context)
+        batch_size: windows per forward pass
+        device: cpu, cuda, cuda:1 ... (default: cuda when available)
+    """
+
+    per_token: bool = False
+    out: Path | None = None
+    overwrite: bool = False
+    stride: int | None = None
+    batch_size: int = 16
+    device: str | None = None
+
+
+def score_parser() -> ArgumentParser:
+    p = verb_parser("arseq score", HELP + ". Ranking FASTA variants or MIDI files by likelihood: lower nll_mean is likelier")
+    p.add_argument("--data.paths", type=list[str] | None, default=None, help="files, folders or globs to score")
+    p.add_class_arguments(ScoreOptions, None, as_group=True)
     return p
 
 
 def run_score(argv: list[str]) -> int:
-    args = score_parser().parse_args(argv)
+    cfg = parse_verb(score_parser(), argv, [ScoreOptions], **{"data.paths": "list"})
+    paths = (cfg.get("data") or {}).get("paths") if isinstance(cfg.get("data"), dict) else cfg.get("data.paths")
+    if not paths:
+        raise DataError("--data.paths is required (files, folders or globs to score)")
+    args = ScoreOptions(**{f.name: cfg[f.name] for f in fields(ScoreOptions)})
     if args.batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+    loaded = checkpoint.load(cfg.checkpoint, cfg.modality, cfg.trust_modality_import)
+    loaded.model.to(resolve_device(args.device))
     with claimed(args.out):  # a second score into this --out refuses instead of replacing our table
-        return score(args)
+        return score(loaded, [str(p) for p in paths], args)
 
 
-def score(args: argparse.Namespace) -> int:
-    loaded = _load(args)
+def score(loaded: Loaded, data_paths: list[str], args: ScoreOptions) -> int:
+    """Score the items of `data_paths`; print the JSON, write the CSV tables with --out."""
     tok, model = loaded.tokenizer, loaded.model
     context = model.cfg.max_seq_len
     stride = args.stride or max(1, context // 2)
     if not 0 < stride <= context:
         raise DataError(f"--stride must be between 1 and the model's context ({context}), got {args.stride}")
-    files = expand_paths(args.data_paths, loaded.modality.suffixes, "--data.paths")
+    files = expand_paths(data_paths, loaded.modality.suffixes, "--data.paths")
     examples, skipped = _collect(loaded.modality, files, None, tok, False, "reading", True)
     examples = [e for e in examples if len(e.tokens) > 1]
     if not examples:
@@ -77,7 +96,7 @@ def score(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"items": rows, "skipped": [{"file": printable_name(s.file), "reason": s.reason} for s in skipped],
                               "total": item_row("(all)", total_nll, total), "context": context, "stride": stride}
     if args.out is not None:
-        files_out = OutputFiles(overwrite=args.overwrite, protect=[*args.data_paths, *files])  # never over an input
+        files_out = OutputFiles(overwrite=args.overwrite, protect=[*data_paths, *files])  # never over an input
         files_out.add(args.out, csv_text(rows))
         if args.per_token:
             token_rows = [{"name": printable_name(e.name), "index": j + 1, "token": int(s[j + 1]), "label": token_label(tok, int(s[j + 1])),
@@ -91,11 +110,3 @@ def score(args: argparse.Namespace) -> int:
             row["logprobs"], row["ranks"] = lp.tolist(), rk.tolist()
     print(to_json(result, indent=1))
     return 0
-
-
-
-
-def _load(args: argparse.Namespace) -> Loaded:
-    loaded = checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import)
-    loaded.model.to(resolve_device(args.device))
-    return loaded

@@ -45,6 +45,8 @@ def run_train_verb(argv: list[str]) -> int:
     call = parse_config("train", HELP, argv, add_options, sections=("model", "optim", "trainer"))
     cfg = call.cfg
     trainer_args = {k: instantiate(v) for k, v in cfg.trainer.as_dict().items() if v is not None}
-    run_train(call.modality, call.options, call.data, cfg.model.as_dict(), cfg.optim.as_dict(), trainer_args, cfg.seed,
-              cfg.ckpt_path, call.name, cfg.compile, cfg.init_from, cfg.init_from_resize_vocab)
+    trained = run_train(call.modality, call.options, call.data, cfg.model.as_dict(), cfg.optim.as_dict(), trainer_args, cfg.seed,
+                        cfg.ckpt_path, call.name, cfg.compile, cfg.init_from, cfg.init_from_resize_vocab)
+    if trained.main_process:
+        print(trained.summary())  # the result of a run: stdout
     return 0

@@ -13,6 +13,7 @@ from importlib import metadata
 from arseq.errors import one_line
 from arseq.modalities.base import (
     Constraint,
+    Controls,
     DataError,
     EvalInputs,
     Example,
@@ -22,12 +23,13 @@ from arseq.modalities.base import (
     PrefixCounts,
     Request,
     Sample,
+    SamplingConfig,
     SamplingOptions,
     Skipped,
 )
 
 __all__ = [
-    "Constraint", "DataError", "EvalInputs", "Example", "Modality", "OutputFiles", "Plan", "PrefixCounts", "Request", "Sample", "SamplingOptions", "Skipped",
+    "Constraint", "Controls", "DataError", "EvalInputs", "Example", "Modality", "OutputFiles", "Plan", "PrefixCounts", "Request", "Sample", "SamplingConfig", "SamplingOptions", "Skipped",
     "PluginWarning", "Registered", "loadable", "registered", "resolve",
 ]
 
@@ -93,9 +95,9 @@ def _import(target: str) -> type:
         raise DataError(f"modality {target!r} failed to load: {one_line(e, with_type=True)}") from None
     if not (isinstance(obj, type) and issubclass(obj, Modality)):
         raise DataError(f"modality {target!r} is not a subclass of arseq.modalities.Modality")
-    for method in ("build_tokenizer", "read", "write"):
-        if getattr(obj, method) is getattr(Modality, method):
-            raise DataError(f"modality {target!r} does not implement {method}()")
+    missing = sorted(getattr(obj, "__abstractmethods__", ()))
+    if missing:
+        raise DataError(f"modality {target!r} does not implement {', '.join(m + '()' for m in missing)}")
     if not obj.name or not isinstance(obj.name, str):
         raise DataError(f"modality {target!r} sets no name (the class attribute checkpoints record)")
     return obj

@@ -2,24 +2,26 @@
 
 A modality turns files into token sequences and generated tokens back into files. Everything else —
 caching, splitting, batching, training, sampling, evaluation — is shared core code. Subclass
-`Modality`, give it a `name`, implement `build_tokenizer`, `read` and `write`, and override any of the
-optional hooks. Constructor arguments are the modality's options: they appear in YAML under
+`Modality` (an ABC), give it a `name`, implement its three abstract methods `build_tokenizer`, `read` and
+`write`, and override any of the optional hooks, grouped below by the verb that calls them. Constructor arguments are the modality's options: they appear in YAML under
 `modality:` (typed, checked, overridable as `--modality.OPTION`) and are saved with checkpoints.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from arseq.atomic import OutputFiles  # noqa: F401  (re-exported: part of the plugin API)
-from arseq.errors import DataError  # noqa: F401
+# Re-exported: the plugin API is this module (and `arseq.modalities`, which re-exports it).
+from arseq.atomic import OutputFiles  # noqa: F401
+from arseq.conditioning import Controls
+from arseq.decode.config import Constraint, SamplingConfig  # noqa: F401
+from arseq.errors import DataError
 from arseq.modalities.plan import Plan, Request, SamplingOptions  # noqa: F401
-from arseq.decode.config import Constraint  # noqa: F401
 from arseq.tokenizers.base import Tokenizer
-
 
 
 class PrefixCounts:
@@ -68,13 +70,14 @@ class Sample:
     tokens: list[int]  # the continuation, stop token excluded
     stopped: bool  # ended on a stop token rather than the length limit
     nll: float  # mean negative log-likelihood (nats) per generated token under the model
+    conditions: dict[str, str] = field(default_factory=dict)  # the condition values it was sampled with
 
     @property
     def perplexity(self) -> float:
         return float(np.exp(self.nll))
 
 
-class Modality:
+class Modality(ABC):
     """Base class of every modality. Subclasses are registered by `name`."""
 
     name: ClassVar[str] = ""
@@ -86,15 +89,15 @@ class Modality:
     condition_fields: ClassVar[dict[str, str]] = {}
 
     # ---- data (required) -------------------------------------------------------------------------
+    @abstractmethod
     def build_tokenizer(self, files: list[Path], source: str | None) -> Tokenizer:
         """Make the tokenizer: fit it on the training files, or build it from options alone."""
-        raise NotImplementedError
 
+    @abstractmethod
     def read(
         self, files: list[Path], source: str | None, tokenizer: Tokenizer, check_roundtrip: bool = False
     ) -> Iterator[Example | Skipped]:
         """Yield one Example per usable item and one Skipped per unusable file or record."""
-        raise NotImplementedError
 
     # ---- generation (write required) -------------------------------------------------------------
     # A dataclass of this modality's generate/evaluate options (fields with defaults; the docstring's
@@ -111,10 +114,10 @@ class Modality:
         BOS alone, nothing else."""
         return Plan([[tokenizer.bos_id] for _ in range(request.num_samples)])
 
+    @abstractmethod
     def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         """Write samples as files people use under `request.out` (or print them when it is None); return
         the paths. Stage them in an `OutputFiles` so nothing is overwritten unless `request.overwrite`."""
-        raise NotImplementedError
 
     def fit_prompt(self, tokenizer: Tokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
         """Cut a prompt longer than the model's context to at most `limit` tokens; say what was kept.
@@ -125,8 +128,11 @@ class Modality:
         return kept, f"BOS and its newest {limit - 1} tokens"
 
     # ---- training --------------------------------------------------------------------------------
-    def augment(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Augment one training window (e.g. transpose music). Must keep the shape."""
+    def augment(self, tokens: np.ndarray, rng: np.random.Generator, controls: Controls | None = None) -> np.ndarray:
+        """Augment one training window (e.g. transpose music). Must keep the shape. `controls`: a conditioned
+        model's condition tokens (in the window's head), for an augmentation that changes a condition (a
+        transposition changes the key): read and replace them by field and value (`Controls.read`,
+        `Controls.value_id`), never by id arithmetic."""
         return tokens
 
     # ---- reporting -------------------------------------------------------------------------------

@@ -50,7 +50,6 @@ from arseq.modalities import (
 from arseq.modalities.image_files import class_root, load_digits, natural_order, open_image
 from arseq.modalities.image_metrics import baseline_bits, psnr_from_mse
 from arseq.modalities.render import ascii_art, tile
-from arseq.conditioning import split_condition
 from arseq.tokenizers.patch import MAX_PATCHES, PatchTokenizer, pick_label
 
 SOURCES = ("digits",)
@@ -249,17 +248,17 @@ class ImageModality(Modality):
         --label or --cond label=...; none otherwise (the old models sample their label token, the others
         sample unconditionally)."""
         names, label, n = tok.labels or request.condition_values.get("label", []), request.options.label, request.num_samples
-        asked = [c for c in request.conditions if split_condition(c)[0] == "label"]
+        asked = request.asked().get("label")
         if label is not None:
             if not names:
                 raise DataError("--label: this model was trained without class labels")
             if asked:
-                raise DataError(f"--label {label} and --cond {asked[0]}: give the class once")
+                raise DataError(f"--label {label} and --cond label={asked}: give the class once")
             try:
                 return [pick_label(names, label)] * n
             except ValueError as e:
                 raise DataError(f"--label: {e}") from None
-        if names and completing and not asked:
+        if names and completing and "label" not in request.asked():
             return [names[i % len(names)] for i in range(n)]
         return [None] * n
 
@@ -303,7 +302,7 @@ class ImageModality(Modality):
         tok = tokenizer
         images = [tok.decode(s.prompt + s.tokens) for s in samples]
         labels = [tok.decode_label(s.prompt + s.tokens) for s in samples] if tok.labels else \
-            [values.get("label") for values in plan.conditions or [{}] * len(samples)]
+            [s.conditions.get("label") for s in samples]
         if request.out is None:
             for i, label in enumerate(labels):
                 head = f"sample {i}" + (f" (label {label})" if label is not None else "")

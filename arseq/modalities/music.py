@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from arseq.conditioning import Controls
 
 from arseq.modalities import (
+    Controls,
     DataError,
     EvalInputs,
     Example,
@@ -29,6 +29,7 @@ from arseq.modalities import (
     Plan,
     Request,
     Sample,
+    SamplingConfig,
     Skipped,
 )
 from arseq.modalities.music_conditions import FIELDS, piece_conditions, transposed_keys
@@ -41,7 +42,6 @@ from arseq.modalities.music_reading import (
     roundtrip_report,
 )
 from arseq.modalities.render import piano_roll
-from arseq.decode.config import SamplingConfig
 from arseq.tokenizers.score import DUR, PITCH, Events, Grammar, ScoreTokenizer
 
 # Nucleus sampling slightly cooled: at T = 1 the 0.8 M-parameter CPU model's samples were 90 % in key (held-out
@@ -133,11 +133,11 @@ class MusicModality(Modality):
         if span is None:
             return tokens
         shifts = range(max(self.transpose[0], -span[0]), min(self.transpose[1], 127 - span[1]) + 1)
-        keys = np.zeros(0, dtype=np.int64)
+        keys: list[tuple[int, str]] = []  # (position, key) of the window's known key tokens
         if controls is not None and "key" in controls.fields and not own.all():
-            values, unknown = tuple(controls.fields["key"]), controls.unknown_id("key")
-            keys = np.flatnonzero((tokens > unknown) & (tokens <= unknown + len(values)))  # known key tokens
-            shifts = [s for s in shifts if all(transposed_keys(values, s)[tokens[i] - unknown - 1] is not None for i in keys)]
+            values = tuple(controls.fields["key"])
+            keys = [(int(i), v) for i in np.flatnonzero(~own) if (v := controls.value_of("key", int(tokens[i]))) is not None]
+            shifts = [s for s in shifts if all(transposed_keys(values, s)[values.index(v)] is not None for _, v in keys)]
         if not shifts:
             return tokens
         shift = int(shifts[rng.integers(len(shifts))])
@@ -145,8 +145,8 @@ class MusicModality(Modality):
             return tokens
         out = tokens.copy()
         out[own] = self.tokenizer.transpose(tokens[own], shift)
-        for i in keys:
-            out[i] = unknown + 1 + transposed_keys(values, shift)[tokens[i] - unknown - 1]
+        for i, v in keys:
+            out[i] = controls.value_id("key", values[transposed_keys(values, shift)[values.index(v)]])
         return out
 
     # ---- generation ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from arseq.conditioning import split_condition
 from arseq.decode.config import Constraint, SamplingConfig
 
 
@@ -51,7 +52,7 @@ class SamplingOptions:
         return SamplingConfig(**{**defaults, **given}, stop_tokens=stop_tokens)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Request:
     """One generate/evaluate call, typed. `options` is an instance of the modality's `generate_options`."""
 
@@ -60,10 +61,14 @@ class Request:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     options: Any = None
     conditions: list[str] = field(default_factory=list)  # FIELD=VALUE: control tokens for a conditioned model
-    # Filled by the core before `plan`: the values the model knows per condition field (none: unconditioned).
+    # The values the model knows per condition field (none: unconditioned); the core sets them for `plan`.
     condition_values: dict[str, list[str]] = field(default_factory=dict)
     out: Path | None = None  # generate: the output file or folder; None prints
     overwrite: bool = False  # replace files `out` would write that exist already
+
+    def asked(self) -> dict[str, str | None]:
+        """The `--cond FIELD=VALUE` flags as field -> value (the core checks them against the model)."""
+        return dict(split_condition(spec) for spec in self.conditions)
 
 
 @dataclass
@@ -78,6 +83,5 @@ class Plan:
     parsed: Any = None
     new_tokens: int | None = None  # every sample needs exactly this many (an image's patches): replaces max_new_tokens
     # Per prompt, condition values the modality's own options ask for (--label 7: {"label": "7"}); `--cond`
-    # flags win over them. After the core's planning: every prompt's values, as sampled (for `write`).
+    # flags win over them. What each sample was conditioned on in the end: `Sample.conditions`.
     conditions: list[dict[str, str]] | None = None
-    guide: list[list[int]] | None = None  # filled by the core with --guidance: each prompt without its conditions

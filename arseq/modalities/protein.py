@@ -32,6 +32,7 @@ import torch
 
 from arseq.atomic import atomic_write
 from arseq.modalities import (
+    SamplingConfig,
     Constraint,
     DataError,
     EvalInputs,
@@ -63,7 +64,6 @@ from arseq.modalities.protein_metrics import (
     novelty,
     spread,
 )
-from arseq.decode.config import SamplingConfig
 from arseq.tokenizers.protein import (
     NONSTANDARD,
     STANDARD,

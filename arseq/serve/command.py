@@ -5,47 +5,64 @@ after which they are cancelled; then the engine loop stops and the process exits
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import signal
 import threading
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Sequence
+
+from jsonargparse import ArgumentParser
 
 from arseq.errors import DataError
 from arseq.app import generation
+from arseq.app.options import parse_verb, verb_parser
+from arseq.app.run_options import RunOptions
 from arseq.artifacts import checkpoint
 from arseq.decode import Engine
 
 log = logging.getLogger("arseq.serve")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="arseq serve", description="an HTTP server with continuous batching: OpenAI "
-                                "completions, arseq's /v1/generate (the modality's files), metrics and a web page at /")
-    p.add_argument("--checkpoint", required=True, help="a .ckpt, a run folder of 'arseq train', or an export folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--slots", type=int, default=8, help="rows decoding at once (one per sample; guided samples take two)")
-    p.add_argument("--max-queue", type=int, default=64, help="requests waiting past this get 429 with Retry-After")
-    p.add_argument("--max-new-tokens-limit", type=int, default=4096, help="most tokens one sample may ask for")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take, queue included (0: none)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted (413 past it)")
-    p.add_argument("--grace", type=float, default=30.0, help="on SIGTERM/SIGINT: seconds running requests get to finish")
-    p.add_argument("--name", default=None, help="the model's name in responses (default: the checkpoint's modality)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--compile", default="off", choices=("off", "on", "auto"), help="torch.compile the decode step")
-    p.add_argument("--quantize", default="none", choices=("none", "int8"), help="int8 weights, per-channel scales")
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    p.add_argument("--modality", default=None, metavar="NAME_OR_IMPORT_PATH",
-                   help="use this modality instead of the one the file names")
-    p.add_argument("--trust-modality-import", action="store_true",
-                   help="allow the import path of a modality stored in the file (imports that module: trust the file first)")
+@dataclass
+class ServeOptions:
+    """server
+
+    Args:
+        host: address to bind (default 127.0.0.1: this machine only)
+        port: TCP port
+        slots: rows decoding at once (one per sample; guided samples take two)
+        max_queue: requests waiting past this get 429 with Retry-After
+        max_new_tokens_limit: most tokens one sample may ask for
+        timeout: seconds a request may take, queue included (0: none)
+        max_body_bytes: largest request body accepted (413 past it)
+        grace: on SIGTERM/SIGINT: seconds running requests get to finish
+        name: the model's name in responses (default: the checkpoint's modality)
+        log_level: debug, info, warning or error
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    slots: int = 8
+    max_queue: int = 64
+    max_new_tokens_limit: int = 4096
+    timeout: float = 600.0
+    max_body_bytes: int = 1 << 20
+    grace: float = 30.0
+    name: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def parser() -> ArgumentParser:
+    p = verb_parser("arseq serve", "an HTTP server with continuous batching: OpenAI completions, arseq's /v1/generate "
+                    "(the modality's files), metrics and a web page at /")
+    p.add_class_arguments(ServeOptions, None, as_group=True)
+    # how the model runs, as for generate (a draft model and a batch size are not the server's: --slots is)
+    p.add_class_arguments(RunOptions, None, as_group=True, skip={"batch_size", "draft", "draft_tokens", "ngram"})
     return p
 
 
-def check(args: argparse.Namespace) -> None:
+def check(args: Any) -> None:
     for name, lo in (("slots", 1), ("max_queue", 1), ("max_new_tokens_limit", 1), ("max_body_bytes", 1024), ("port", 0)):
         if getattr(args, name) < lo:
             raise DataError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(args, name)}")
@@ -53,14 +70,12 @@ def check(args: argparse.Namespace) -> None:
         raise DataError("--timeout and --grace must be >= 0")
 
 
-def build(args: argparse.Namespace) -> Any:
+def build(args: Any) -> Any:
     """Load the model and make the app (the engine is built when the app starts)."""
     from arseq.serve.app import Settings, create_app
 
     loaded = checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import)
-    generation.check_hooks(loaded.modality)
-    generation.prepare_model(loaded, generation.RunOptions(device=args.device, compile=args.compile, quantize=args.quantize,
-                                                           dtype=args.dtype))
+    generation.prepare_model(loaded, RunOptions(device=args.device, compile=args.compile, quantize=args.quantize, dtype=args.dtype))
 
     def make_engine() -> Any:
         return Engine(loaded.model, slots=args.slots, compile=args.compile, pad_id=loaded.tokenizer.pad_id)
@@ -78,7 +93,7 @@ def run_serve(argv: Sequence[str]) -> int:
         import uvicorn
     except ImportError as e:
         raise DataError(f"arseq serve needs the serve extra ({e.name} is missing): pip install 'arseq[serve]'") from None
-    args = parser().parse_args(list(argv))
+    args = parse_verb(parser(), argv, [ServeOptions, RunOptions])
     check(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = build(args)

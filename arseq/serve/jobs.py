@@ -20,7 +20,7 @@ from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import SamplingConfig
 from arseq.modalities import Plan, Request, Sample
 from arseq.serve.schema import Parsed
-from arseq.app.generation import make_plan
+from arseq.app.planning import make_plan
 from arseq.models.scoring import sequence_nll
 from arseq.modalities.music_audio import render_wav
 
@@ -46,6 +46,7 @@ class JobPlan:
     plan: Plan
     request: Request
     seed: int
+    conditions: list[dict[str, str]]  # per row: the condition values it is sampled with
 
     @property
     def sampling(self) -> dict[str, Any]:
@@ -54,22 +55,23 @@ class JobPlan:
 
 def plan_job(loaded: Loaded, parsed: Parsed, max_new_tokens_limit: int) -> JobPlan:
     """The rows of a request (DataError for options the modality refuses)."""
-    request = parsed.request
-    seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(31)
-    request.sampling.seed = seed  # every row seeded, so an unseeded request can be repeated from its answer
-    plan, cfg = make_plan(loaded, request)
+    given = parsed.request.sampling
+    seed = given.seed if given.seed is not None else secrets.randbits(31)
+    # every row seeded, so an unseeded request can be repeated from its answer
+    planned = make_plan(loaded, replace(parsed.request, sampling=replace(given, seed=seed)))
+    prompts, guide, cfg = planned.prompts, planned.guide, planned.cfg
     if parsed.token_prompt is not None:  # after BOS and the control tokens the plan put in front
         ids = parsed.token_prompt[1:] if parsed.token_prompt[0] == loaded.tokenizer.bos_id else parsed.token_prompt
-        plan.prompts = [p + ids for p in plan.prompts]
-        plan.guide = [g + ids for g in plan.guide] if plan.guide is not None else None
+        prompts = [p + ids for p in prompts]
+        guide = [g + ids for g in guide] if guide is not None else None
     if cfg.max_new_tokens > max_new_tokens_limit:  # a modality's own budget (an image's patches) past the limit
         cfg = replace(cfg, max_new_tokens=max_new_tokens_limit)
     controls = loaded.controls
     head = controls.head if controls is not None else 0
-    guide = plan.guide if plan.guide is not None and cfg.guidance != 1.0 else None
-    rows = [RowSpec(p, seed + i, guide[i] if guide is not None else None) for i, p in enumerate(plan.prompts)]
-    constraint = plan.constraint() if plan.constraint is not None else None
-    return JobPlan(rows, cfg, constraint, head, plan, request, seed)
+    guide = guide if guide is not None and cfg.guidance != 1.0 else None
+    rows = [RowSpec(p, seed + i, guide[i] if guide is not None else None) for i, p in enumerate(prompts)]
+    constraint = planned.constraint() if planned.constraint is not None else None
+    return JobPlan(rows, cfg, constraint, head, planned.plan, planned.request, seed, planned.conditions)
 
 
 def samples_of(loaded: Loaded, job: JobPlan, results: list[tuple[list[int], bool]]) -> list[Sample]:
@@ -78,8 +80,8 @@ def samples_of(loaded: Loaded, job: JobPlan, results: list[tuple[list[int], bool
     prompts = [r.prompt for r in job.rows]
     scored = [p + t + ([tok.eos_id] if s else []) for p, (t, s) in zip(prompts, results)]
     nll, count = sequence_nll(loaded.model, scored, start=[len(p) for p in prompts], pad_id=tok.pad_id, head=job.head)
-    return [Sample(controls.strip(p) if controls else list(p), list(t), bool(s), float(n / c) if c else float("nan"))
-            for p, (t, s), n, c in zip(prompts, results, nll, count)]
+    return [Sample(controls.strip(p) if controls else list(p), list(t), bool(s), float(n / c) if c else float("nan"), dict(cond))
+            for p, (t, s), n, c, cond in zip(prompts, results, nll, count, job.conditions)]
 
 
 def text_of(loaded: Loaded, tokens: list[int]) -> str:
@@ -100,11 +102,9 @@ def write_files(loaded: Loaded, job: JobPlan, samples: list[Sample]) -> list[dic
     types; written in a private temporary folder that is deleted before returning."""
     tmp = Path(tempfile.mkdtemp(prefix="arseq-serve-"))
     try:
-        request = job.request
         out = tmp / "samples"
         out.mkdir()
-        request.out = out
-        request.overwrite = False
+        request = replace(job.request, out=out, overwrite=False)
         written = [Path(p) for p in loaded.modality.write(loaded.tokenizer, samples, request, job.plan)]
         written += _audio(loaded, samples, out)
         files = []

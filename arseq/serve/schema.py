@@ -16,7 +16,7 @@ from typing import Any, Literal
 from arseq.artifacts.checkpoint import Loaded
 from arseq.modalities import Request, SamplingOptions
 from arseq.decode import SamplingConfig
-from arseq.app.generation import make_plan
+from arseq.app.planning import make_plan
 
 MAX_SAMPLES = 64  # samples per request
 MAX_SEED = 2**63 - 1
@@ -118,12 +118,12 @@ class Schema:
     def sampling_defaults(self) -> dict[str, Any]:
         """The modality's sampling defaults for an unconditioned request (conditioned ones add `conditioned_sampling`)."""
         try:
-            plan, cfg = make_plan(self.loaded, Request(num_samples=1))
+            planned = make_plan(self.loaded, Request(num_samples=1))
         except Exception:  # a plugin whose plan needs options: the core's defaults
             return {}
-        out = {k: v for k, v in asdict(cfg).items() if k != "stop_tokens"}
-        if plan.new_tokens is not None:
-            out["max_new_tokens"] = plan.new_tokens
+        out = {k: v for k, v in asdict(planned.cfg).items() if k != "stop_tokens"}
+        if planned.plan.new_tokens is not None:
+            out["max_new_tokens"] = planned.plan.new_tokens
         return out
 
     @property

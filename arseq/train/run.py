@@ -2,9 +2,8 @@
 Lightning's Trainer with arseq's checkpointing (atomic, a claimed run folder, best and last checkpoints)."""
 from __future__ import annotations
 
-import inspect
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from importlib.util import find_spec
 from pathlib import Path
@@ -33,6 +32,19 @@ from arseq.train.optim import OptimConfig
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Trained:
+    """Where a training run wrote its checkpoints."""
+
+    run_dir: Path
+    last: Path | None  # last.ckpt: the newest state, to resume from
+    best: Path | None  # the best validation loss (None without validation)
+    main_process: bool  # False on the other ranks of a multi-process run
+
+    def summary(self) -> str:
+        return f"run directory: {self.run_dir}\n  last checkpoint: {self.last or '-'}\n  best checkpoint: {self.best or '-'}"
+
+
 def run_train(
     modality: Modality,
     options: dict[str, Any],
@@ -46,8 +58,8 @@ def run_train(
     compile: bool = False,
     init_from: str | None = None,
     init_from_resize_vocab: bool = False,
-) -> Path:
-    """Train a model; return the run directory (checkpoints under `checkpoints/`).
+) -> Trained:
+    """Train a model; return where it wrote its checkpoints (under the run directory's `checkpoints/`).
 
     `selector` is how the config named the modality (a registered name or an import path); it is
     stored in checkpoints so that loading finds an unregistered modality class too. `init_from` starts
@@ -91,9 +103,7 @@ def run_train(
                    prepared.controls.to_dict() if prepared.controls is not None else None)
     module = ARModule(asdict(model_cfg), optim, {**meta.to_dict(), "tokenizer": tok.to_dict()}, compile)
     init_note = initialise(module.model, source, init_from_resize_vocab) if source else None
-    augment = None if type(modality).augment is Modality.augment else modality.augment
-    if augment is not None and "controls" in inspect.signature(augment).parameters:  # it can move condition tokens along
-        augment = partial(augment, controls=prepared.controls)
+    augment = None if type(modality).augment is Modality.augment else partial(modality.augment, controls=prepared.controls)
     train = train_loader(prepared.directory / "train.npy", data.block_size, data.batch_size, seed, augment, data.num_workers,
                          prepared.controls)
     val = val_loader(prepared.val, data.block_size, data.batch_size, tok.pad_id, prepared.controls.head if prepared.controls else 0)
@@ -132,14 +142,12 @@ def run_train(
         remove_if_empty(run_dir)  # a run that failed before writing anything leaves no empty version_N
         raise
     run_dir = Path(trainer.log_dir or root)
-    if trainer.is_global_zero:
-        best_path = (best.best_model_path if best else "") or "-"
-        last_path = last.path if last.path is not None and last.path.exists() else "-"
-        log.info(f"run directory: {run_dir}\n  last checkpoint: {last_path}\n  best checkpoint: {best_path}")
+    best_path = Path(best.best_model_path) if best is not None and best.best_model_path else None
+    last_path = last.path if last.path is not None and last.path.exists() else None
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Join gloo/NCCL's threads now: left to static destructors at exit, they abort the process (rc -6)
         torch.distributed.destroy_process_group()
-    return run_dir
+    return Trained(run_dir, last_path, best_path, trainer.is_global_zero)
 
 
 def claim_run_folder(parent: Path) -> tuple[Path, int]:
