@@ -160,6 +160,38 @@ def test_a_constraint_mask_of_another_dtype_is_taken():
     assert {t for row in out for t in row} <= {5, 6, 7}
 
 
+def pad_loving(vocab: int, seed: int = 0):
+    """A model whose favourite next token is always 0, the pad id (its logit raised far above the others)."""
+    model = tiny(vocab, context=64, seed=seed)
+    bias = torch.zeros(vocab)
+    bias[0] = 50.0
+    model.lm_head.register_forward_hook(lambda module, args, out: out + bias)
+    return model
+
+
+@pytest.mark.parametrize("proposer", ["none", "ngram", "draft"])
+def test_the_pad_id_is_never_sampled(proposer):
+    """Padding is not a token of any sample: masked for every row (greedy, sampled, penalised, speculative)."""
+    model = pad_loving(20)
+    spec = {"none": None, "ngram": NGram(), "draft": DraftModel(pad_loving(20, seed=3))}[proposer]
+    cfgs = [GREEDY, SAMPLED, SamplingConfig(max_new_tokens=30, temperature=1.0, repetition_penalty=1.3, min_new_tokens=4)]
+    for cfg in cfgs:
+        speculative = Speculative(spec) if spec is not None else None
+        out = generate(model, [[1, 5, 7], [1], [4, 4, 4, 4]], cfg, seeds=[1, 2, 3], speculative=speculative)
+        assert all(len(t) == 30 for t in out.tokens), cfg
+        assert all(0 not in t for t in out.tokens), cfg
+
+
+def test_the_pad_id_is_taken_where_it_stops_the_row():
+    model = pad_loving(20)
+    stops_on_pad = generate(model, [[1, 5]], SamplingConfig(max_new_tokens=10, temperature=0, stop_tokens=(0,)))
+    assert stops_on_pad.tokens == [[]] and stops_on_pad.stopped == [True]
+    other_pad = run_alone(model, Row([1, 5], GREEDY), 2, 64, pad_id=3)  # 0 is no pad here: the model's favourite
+    assert other_pad == [0] * 30
+    with pytest.raises(ValueError, match="pad_id 20"):
+        Engine(model, 2, pad_id=20)
+
+
 def test_non_finite_logits_end_the_row_with_one_line():
     model = tiny(20, context=64)
     with torch.no_grad():

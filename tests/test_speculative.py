@@ -57,6 +57,15 @@ def test_greedy_equals_plain_greedy_in_batches_of_rows_of_any_length(k, penalty)
         assert spec.stats.tokens == sum(len(t) + s for t, s in zip(spec.tokens, spec.stopped))
 
 
+def test_min_new_tokens_with_proposals_equals_plain_decoding():
+    """The stop tokens are masked at the positions before the floor only (a verify pass spans both sides)."""
+    target = tiny(20)
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0, min_new_tokens=2, stop_tokens=(3,))
+    plain = generate(target, PROMPTS, cfg)
+    for name, proposer in proposers(target).items():
+        assert speculative_generate(target, PROMPTS, cfg, proposer).tokens == plain.tokens, name
+
+
 def test_acceptance_is_reported():
     target = tiny(20)
     cfg = SamplingConfig(max_new_tokens=30, temperature=0)
@@ -122,8 +131,11 @@ def test_ngram_lookup():
 
 # ---- exactness when sampling --------------------------------------------------------------------
 def exact_joint(model: Transformer, prompt: list[int], steps: int, cfg: SamplingConfig) -> dict[tuple[int, ...], float]:
-    """P(t1..t_steps) under `model` with cfg's processing, by enumerating every continuation."""
+    """P(t1..t_steps) under `model` with cfg's processing, by enumerating every continuation (the pad id,
+    0, masked: no sample takes it)."""
     V, probs = model.cfg.vocab_size, {}
+    takeable = torch.ones(1, V, dtype=torch.bool)
+    takeable[0, 0] = False
     for seq in itertools.product(range(V), repeat=steps):
         p = 1.0
         for j in range(steps):
@@ -131,7 +143,7 @@ def exact_joint(model: Transformer, prompt: list[int], steps: int, cfg: Sampling
             logits = model(torch.tensor([prefix]))[:, -1]
             seen = torch.zeros(1, V, dtype=torch.bool)
             seen[0, prefix] = True
-            p *= float(process_logits(logits, Params.of([cfg], V, logits.device), seen, None).softmax(-1)[0, seq[j]])
+            p *= float(process_logits(logits, Params.of([cfg], V, logits.device), seen, takeable).softmax(-1)[0, seq[j]])
             if p == 0:
                 break
         probs[seq] = p

@@ -13,18 +13,30 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from arseq.decode import rng
-from arseq.decode.config import Finished, Row, SamplingConfig
+from arseq.decode.config import Constraint, Finished, Row, SamplingConfig
 from arseq.decode.logits import Params, choose, guided, not_finite, process_logits
 from arseq.decode.slots import Slots
 from arseq.models.inference import Compile
 from arseq.models.transformer import Transformer
 
 _IDLE = SamplingConfig(temperature=0.0)  # the settings of a free slot (its results are never read)
+
+
+class Round(Protocol):
+    """What the engine asks of speculative decoding (arseq.decode.speculative.Speculative, which imports
+    the engine: a protocol keeps the import one way)."""
+
+    k: int  # proposals per row and pass at most: the cache positions a pass may reach past a row's end
+
+    def bind(self, engine: Engine) -> None: ...
+    def round(self, engine: Engine) -> tuple[dict[int, list[int]], list[bool]]: ...
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -49,15 +61,17 @@ class Engine:
 
     @torch.inference_mode()
     def __init__(self, model: Transformer, slots: int = 8, *, length: int | None = None, compile: Compile = False,
-                 pad_id: int = 0, speculative: object | None = None):
+                 pad_id: int = 0, speculative: Round | None = None):
         context = model.cfg.max_seq_len
         self.length = min(length or context, context)
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
+        if not 0 <= pad_id < model.cfg.vocab_size:
+            raise ValueError(f"pad_id {pad_id} is not in the model's vocabulary of {model.cfg.vocab_size}")
         self.model, self.slots, self.pad_id, self.spec, self.compile = model, slots, pad_id, speculative, compile
         self.was_training = model.training
         model.eval()
-        spare = getattr(speculative, "k", 0)
+        spare = speculative.k if speculative is not None else 0
         self.cache = Slots(model, slots, self.length, compile, spare)
         self.device, self.vocab = self.cache.device, model.cfg.vocab_size
         if speculative is not None:
@@ -75,7 +89,7 @@ class Engine:
         self.seeds, self.counts = [0] * S, [0] * S  # each row's random stream: its seed and draws so far
         self.seen = torch.zeros(S, V, dtype=torch.bool, device=dev)  # tokens in each row (repetition penalty)
         self.stops = torch.zeros(S, V, dtype=torch.bool, device=dev)  # each row's stop tokens
-        self.params, self.guidance, self.partner = self._settings()
+        self._update_settings()
 
     @property
     def waiting(self) -> int:
@@ -114,7 +128,8 @@ class Engine:
             self._slide()
             logits = self.cache.run(self.cur[:, None], self._positions(1))[:, -1]
             self._advance({s: 1 for s in self.owner})
-            chosen, bad = self.choose(logits, self.allowed())
+            tokens, bad = self.choose(logits, self.allowed())
+            chosen = {slot: [tokens[slot]] for slot in self.live}
         return done + self.commit(chosen, bad)
 
     def run(self) -> list[Finished]:
@@ -148,7 +163,7 @@ class Engine:
                 self._load(slot, live.seq(slot), loaded)
                 self._reset(slot, live)
             self.live[live.slot] = live
-            self.params, self.guidance, self.partner = self._settings()
+            self._update_settings()
 
     @staticmethod
     def _guided(row: Row) -> bool:
@@ -195,19 +210,26 @@ class Engine:
         done += [self._leave(live, False, cancelled=True) for live in list(self.live.values()) if live.id in self.cancelled]
         self.cancelled.clear()
         if done:
-            self.params, self.guidance, self.partner = self._settings()
+            self._update_settings()
         return done
 
-    def _settings(self) -> tuple[Params, Tensor, Tensor]:
-        """Per-slot tensors after rows joined or left: settings, guidance scale and partner slot (itself if none)."""
+    def _update_settings(self) -> None:
+        """The per-slot state that changes only when rows join or leave, derived once then rather than at
+        every step: sampling settings, guidance scale, partner slot (itself if none), whether any row is
+        guided, and the tokens each row may ever take: all but the pad id (padding, never a sample's token),
+        unless the row stops on it."""
         cfgs = [self.owner[s].row.cfg if s in self.owner else _IDLE for s in range(self.slots)]
         partner = list(range(self.slots))
         for live in self.live.values():
             if live.partner >= 0:
                 partner[live.slot] = live.partner
         dev = self.device
-        scale = torch.tensor([c.guidance for c in cfgs], device=dev)
-        return Params.of(cfgs, self.vocab, dev), scale, torch.tensor(partner, device=dev)
+        self.params: Params = Params.of(cfgs, self.vocab, dev)
+        self.guidance: Tensor = torch.tensor([c.guidance for c in cfgs], device=dev)
+        self.partner: Tensor = torch.tensor(partner, device=dev)
+        self.guides: bool = any(live.partner >= 0 for live in self.live.values())
+        self.takeable: Tensor = torch.ones(self.slots, self.vocab, dtype=torch.bool, device=dev)  # (S, V), read-only
+        self.takeable[[s for s, c in enumerate(cfgs) if self.pad_id not in c.stop_tokens], self.pad_id] = False
 
     # ---- one step ------------------------------------------------------------------------------------
     def _slide(self, room: int = 1) -> None:
@@ -227,31 +249,31 @@ class Engine:
         for slot, n in fed.items():
             self.fed[slot] += n
 
-    def allowed(self, ahead: int = 0) -> Tensor | None:
-        """(S, V) tokens each row may take next: its constraint's mask, stop tokens hidden until its
-        min_new_tokens (`ahead`: tokens proposed past those generated); a row whose constraint allows nothing
-        may only stop. None when nothing is masked."""
-        groups: dict[int, tuple] = {}
+    def allowed(self, ahead: int = 0) -> Tensor:
+        """(S, V) tokens each row may take next: never the pad id (unless it stops the row), its constraint's
+        mask, stop tokens hidden until its min_new_tokens (`ahead`: tokens proposed past those generated); a
+        row whose constraint allows nothing may only stop."""
+        groups: dict[int, tuple[Constraint, list[int]]] = {}
         early = [s for s, live in self.live.items() if live.generated + ahead < live.row.cfg.min_new_tokens]
         for slot, live in self.live.items():
             if live.row.constraint is not None:
                 groups.setdefault(id(live.row.constraint), (live.row.constraint, []))[1].append(slot)
         if not groups and not early:
-            return None
-        allowed = torch.ones(self.slots, self.vocab, dtype=torch.bool, device=self.device)
+            return self.takeable
+        allowed = self.takeable.clone()
         for constraint, slots in groups.values():
             mask = constraint([self.live[s].tokens for s in slots])
             if tuple(mask.shape) != (len(slots), self.vocab):
                 raise ValueError(f"a constraint returned a mask of shape {tuple(mask.shape)}, not ({len(slots)}, {self.vocab})")
-            allowed[slots] = mask.to(device=self.device, dtype=torch.bool)
+            allowed[slots] &= mask.to(device=self.device, dtype=torch.bool)
         if early:
             allowed[early] &= ~self.stops[early]
         return allowed | (~allowed.any(-1, keepdim=True) & self.stops)
 
-    def choose(self, logits: Tensor, allowed: Tensor | None) -> tuple[list[int], list[bool]]:
+    def choose(self, logits: Tensor, allowed: Tensor) -> tuple[list[int], list[bool]]:
         """The next token of every slot from its logits (S, V), guided rows with their partner's; and which
         rows' logits were not finite."""
-        if any(live.partner >= 0 for live in self.live.values()):
+        if self.guides:
             has = (self.partner != torch.arange(self.slots, device=self.device))[:, None]
             logits = torch.where(has, guided(logits, logits[self.partner], self.guidance), logits.float())
         x = process_logits(logits, self.params, self.seen if self.penalised() else None, allowed)
@@ -268,9 +290,10 @@ class Engine:
         """Every slot's key for its next draw of `stream` (None when no row samples)."""
         return rng.keys(self.seeds, self.counts, stream) if self.params.sampled else None
 
-    def commit(self, chosen: list[int] | dict[int, list[int]], bad: list[bool]) -> list[Finished]:
-        """Append each row's chosen token(s) (a list per slot from speculative decoding), stream them, end
-        rows at a stop token or their budget; the slots of rows that go on feed their newest token next."""
+    def commit(self, chosen: dict[int, list[int]], bad: list[bool]) -> list[Finished]:
+        """Append each row's chosen tokens (its slot -> one token, or 1 to k + 1 from speculative decoding),
+        stream them, end rows at a stop token or their budget (`bad`, per slot: its logits were not finite);
+        the slots of rows that go on feed their newest token next."""
         done: list[Finished] = []
         fed_slots, fed_tokens, seen_slots, seen_tokens = [], [], [], []
         for slot, live in list(self.live.items()):
@@ -279,7 +302,7 @@ class Engine:
                                         "guidance scale too large); no token could be drawn"))
                 continue
             slots = [s for s in (live.slot, live.partner) if s >= 0]
-            for t in chosen[slot] if isinstance(chosen, dict) else [chosen[slot]]:
+            for t in chosen[slot]:
                 live.tokens.append(t)
                 seen_slots += slots
                 seen_tokens += [t] * len(slots)
@@ -301,7 +324,7 @@ class Engine:
         if seen_slots and self.penalised():  # only a penalised row reads its `seen` (every row's is rebuilt when it joins)
             self.seen[seen_slots, seen_tokens] = True
         if done:
-            self.params, self.guidance, self.partner = self._settings()
+            self._update_settings()
         return done
 
 

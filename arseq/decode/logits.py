@@ -28,7 +28,7 @@ class Params:
 
     @staticmethod
     def of(cfgs: list[SamplingConfig], vocab: int, device: torch.device) -> Params:
-        def col(values: list, dtype: torch.dtype = torch.float32) -> Tensor:
+        def col(values: list[float] | list[int], dtype: torch.dtype = torch.float32) -> Tensor:
             return torch.tensor(values, dtype=dtype, device=device)
 
         return Params(
@@ -43,8 +43,11 @@ class Params:
 
     def repeat(self, n: int) -> Params:
         """Each row's settings n times in a row (row-major): for the n positions of a verify pass."""
-        r = [t.repeat_interleave(n) for t in (self.temperature, self.top_k, self.top_p, self.min_p, self.penalty)]
-        return Params(*r, self.filters, self.sampled)
+        def rep(t: Tensor) -> Tensor:
+            return t.repeat_interleave(n)
+
+        return Params(rep(self.temperature), rep(self.top_k), rep(self.top_p), rep(self.min_p), rep(self.penalty),
+                      self.filters, self.sampled)
 
 
 def process_logits(logits: Tensor, p: Params, seen: Tensor | None, allowed: Tensor | None) -> Tensor:

@@ -43,10 +43,11 @@ class Slots:
     def attach(self) -> None:
         """Put this cache on the model's blocks (a draft and its target each hold their own); a no-op when
         it is there already (nn.Module attribute writes cost ~50 us a block, every step)."""
-        if self.model.blocks[0].attn.cache is self.caches[0]:
+        attns = self.model.attentions()
+        if attns[0].cache is self.caches[0]:
             return
-        for block, cache in zip(self.model.blocks, self.caches):
-            block.attn.cache = cache
+        for attn, cache in zip(attns, self.caches):
+            attn.cache = cache
 
     def run(self, tokens: Tensor, pos: Tensor) -> Tensor:
         """Feed every slot tokens (S, T) at positions (S, T); return logits (S, T, V)."""

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from arseq.decode import rng
+from arseq.decode.engine import Engine, Live
 from arseq.decode.logits import draw, not_finite, process_logits
 from arseq.decode.ngram import lookup
 from arseq.decode.slots import Slots
@@ -99,7 +100,7 @@ class Speculative:
         self.draft: Slots | None = None
         self.rows: dict[int, _RowState] = {}  # row id -> its state
 
-    def bind(self, engine) -> None:
+    def bind(self, engine: Engine) -> None:
         """Check the pair and give the draft its own slots (an engine does this when it starts)."""
         self.rows, self.draft = {}, None
         if isinstance(self.proposer, DraftModel):
@@ -114,7 +115,7 @@ class Speculative:
             self.draft = Slots(model, engine.slots, length, engine.compile, spare=self.k + 2)
         self.give_up = GIVE_UP[engine.device.type == "cpu" and compile_mode(engine.compile) != "off"]
 
-    def round(self, engine) -> tuple[dict[int, list[int]], list[bool]]:
+    def round(self, engine: Engine) -> tuple[dict[int, list[int]], list[bool]]:
         """One target pass for every row: propose, verify, and the tokens each row keeps (engine.commit)."""
         engine._slide()
         live = engine.live
@@ -144,7 +145,7 @@ class Speculative:
         self._account(states, props, kept, {s: _kept_tokens(live[s], chosen[s]) for s in live})
         return chosen, [a or b for a, b in zip(bad, wrong)]
 
-    def _budget(self, engine, slot: int, st: _RowState) -> int:
+    def _budget(self, engine: Engine, slot: int, st: _RowState) -> int:
         """Proposals this row may make now: its adaptive count, room in the cache, what is left of its budget."""
         live = engine.live[slot]
         room = engine.length - engine.fed[slot] - 1
@@ -154,22 +155,25 @@ class Speculative:
             return 0
         return max(0, min(st.want, room, left))
 
-    def _propose(self, engine, want: dict[int, int]) -> tuple[dict[int, list[int]], list, list]:
+    def _propose(self, engine: Engine, want: dict[int, int]) -> tuple[dict[int, list[int]], list[Tensor], list[Tensor]]:
         """Each row's proposals, grown onto its tokens one at a time (its constraint sees them), with the
         constraint mask and the draft's probabilities (sampled rows) at every position 0..k."""
         live, k = engine.live, max(want.values(), default=0)
         props: dict[int, list[int]] = {s: [] for s in live}
-        if self.draft is None:
+        found: dict[int, list[int]] = {}
+        logits: Tensor | None = None  # the draft's, after each row's newest token
+        if isinstance(self.proposer, NGram):
             found = {s: lookup(live[s].tokens, w, self.proposer.n, self.proposer.min_n) if w else [] for s, w in want.items()}
             k = max((len(f) for f in found.values()), default=0)
-        else:
-            logits = self._catch_up(engine, want) if k else None
-        allowed, q = [], []
+        elif k:
+            logits = self._catch_up(engine, want)
+        allowed: list[Tensor] = []
+        q: list[Tensor] = []
         for j in range(k + 1):
             allowed.append(engine.allowed(ahead=j))
             if j == k:
                 break
-            if self.draft is None:
+            if logits is None:  # n-gram proposals
                 step = {s: f[j] for s, f in found.items() if j < len(f)}
             else:
                 x = process_logits(logits, engine.params, _seen(engine, props), allowed[j])
@@ -184,10 +188,11 @@ class Speculative:
                 live[s].tokens.append(t)
         return props, allowed, q
 
-    def _catch_up(self, engine, want: dict[int, int]) -> Tensor:
+    def _catch_up(self, engine: Engine, want: dict[int, int]) -> Tensor:
         """Feed the draft each proposing row's tokens it has not seen (1 or 2 after a round; a row that joined,
         lagged or must slide is prefilled again); return its logits (S, V) after each row's newest token."""
         draft, S = self.draft, engine.slots
+        assert draft is not None  # a DraftModel's round: bind gave it its slots
         ctx = draft.length
         tokens = torch.full((S, 2), engine.pad_id, dtype=torch.long, device=engine.device)
         last = [0] * S
@@ -215,7 +220,7 @@ class Speculative:
         logits = draft.run(tokens, at)
         return logits[torch.arange(S, device=engine.device), torch.tensor(last, device=engine.device)]
 
-    def _idle_positions(self, engine) -> list[int]:
+    def _idle_positions(self, engine: Engine) -> list[int]:
         """Where slots that feed the draft nothing this pass write their padding: past their row's end."""
         pos = [0] * engine.slots
         for s, live in engine.live.items():
@@ -223,7 +228,7 @@ class Speculative:
             pos[s] = st.draft_fed if st is not None and st.draft_start >= 0 else 0
         return pos
 
-    def _draft_step(self, engine, step: dict[int, int]) -> Tensor:
+    def _draft_step(self, engine: Engine, step: dict[int, int]) -> Tensor:
         """Feed the draft each proposing row's newest proposal; logits (S, V)."""
         tokens = torch.full((engine.slots, 1), engine.pad_id, dtype=torch.long, device=engine.device)
         pos = self._idle_positions(engine)
@@ -231,10 +236,12 @@ class Speculative:
             st = self.rows[engine.live[s].id]
             tokens[s, 0], pos[s] = t, st.draft_fed
             st.draft_fed += 1
+        assert self.draft is not None  # a DraftModel's round: bind gave it its slots
         self.draft.attach()
         return self.draft.run(tokens, torch.tensor(pos, device=engine.device)[:, None])[:, -1]
 
-    def _verify(self, engine, logits: Tensor, props: dict[int, list[int]], allowed: list, q: list) -> tuple[dict[int, int], list[bool]]:
+    def _verify(self, engine: Engine, logits: Tensor, props: dict[int, list[int]], allowed: list[Tensor],
+                q: list[Tensor]) -> tuple[dict[int, int], list[bool]]:
         """How many proposals each row keeps: while the target's argmax (greedy rows) or while u * q(d) < p(d)."""
         S, k, dev = engine.slots, len(allowed) - 1, engine.device
         kept = {s: 0 for s in engine.live}
@@ -243,7 +250,7 @@ class Speculative:
         d = torch.tensor([(props.get(s, []) + [0] * k)[:k] for s in range(S)], device=dev)  # (S, k)
         n = torch.tensor([len(props.get(s, [])) for s in range(S)], device=dev)
         seen = _seen_stack(engine, d, n)
-        mask = torch.stack(allowed[:k], 1).flatten(0, 1) if allowed[0] is not None else None
+        mask = torch.stack(allowed[:k], 1).flatten(0, 1)
         p = process_logits(logits[:, :k].flatten(0, 1), engine.params.repeat(k), seen, mask).view(S, k, -1)
         bad = torch.isnan(p).any(-1).any(-1)
         probs = p.softmax(-1)
@@ -256,8 +263,8 @@ class Speculative:
         out = torch.stack([ok.long().cumprod(1).sum(1), bad.long()]).tolist()
         return {s: out[0][s] for s in engine.live}, [bool(b) for b in out[1]]
 
-    def _correct(self, engine, logits: Tensor, props: dict[int, list[int]], kept: dict[int, int],
-                 q: list) -> tuple[list[int], list[bool]]:
+    def _correct(self, engine: Engine, logits: Tensor, props: dict[int, list[int]], kept: dict[int, int],
+                 q: list[Tensor]) -> tuple[list[int], list[bool]]:
         """The target's own token after each row's kept proposals: argmax, a draw from p after a full accept,
         from the residual max(0, p - q) after a rejection (p itself where the residual vanishes)."""
         S, dev = engine.slots, engine.device
@@ -311,14 +318,14 @@ class Speculative:
             self.draft.close()
 
 
-def _kept_tokens(live, chosen: list[int]) -> int:
+def _kept_tokens(live: Live, chosen: list[int]) -> int:
     """How many of a row's chosen tokens it keeps: up to its first stop token, within its budget."""
     cfg = live.row.cfg
     stops = [i for i, t in enumerate(chosen) if t in cfg.stop_tokens]
     return min(stops[0] + 1 if stops else len(chosen), cfg.max_new_tokens - live.generated)
 
 
-def _seen(engine, props: dict[int, list[int]]) -> Tensor | None:
+def _seen(engine: Engine, props: dict[int, list[int]]) -> Tensor | None:
     """The repetition penalty's tokens per slot with this round's proposals so far."""
     if not engine.penalised():
         return None
@@ -328,7 +335,7 @@ def _seen(engine, props: dict[int, list[int]]) -> Tensor | None:
     return seen
 
 
-def _seen_stack(engine, d: Tensor, n: Tensor) -> Tensor | None:
+def _seen_stack(engine: Engine, d: Tensor, n: Tensor) -> Tensor | None:
     """(S * k, V): the penalty's tokens before each of the k positions (the proposals before it added)."""
     if not engine.penalised():
         return None

@@ -19,9 +19,8 @@ FUSED_QUERIES = 16  # compiled CPU passes with at most this many queries per row
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, dropout: float) -> Tensor:
     """softmax(q k^T / sqrt(d), masked) v for (B, H, T, D) queries over (B, H, S, D) keys and values; `mask`
     (B or 1, 1, T, S) is True where a query sees a slot."""
-    fused = (torch.compiler.is_compiling() and mask is not None and q.shape[-2] <= FUSED_QUERIES
-             and q.device.type == "cpu" and dropout == 0.0)
-    if not fused:
+    fused = torch.compiler.is_compiling() and q.shape[-2] <= FUSED_QUERIES and q.device.type == "cpu" and dropout == 0.0
+    if mask is None or not fused:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout)
     scores = (q.float().unsqueeze(-2) * k.float().unsqueeze(-3)).sum(-1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
     p = scores.masked_fill(~mask, float("-inf")).softmax(-1)

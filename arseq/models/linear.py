@@ -96,7 +96,7 @@ def linear(x: Tensor, weight: Tensor, scale: Tensor | None = None, owner: int = 
     """x @ weight.T in x's dtype, for float or int8 `weight` (out, in); times `scale` (out,) when given
     (int8 weights' per-channel scale). `owner` names the module whose weight it is (FBGEMM's pack)."""
     how = route(x, weight, scale)
-    if how == "fbgemm_int8":
+    if how == "fbgemm_int8" and scale is not None:  # the route is taken for scaled int8 weights only
         return int8_product(x, weight, scale, owner)
     w = weight.to(x.dtype)
     y = (x.unsqueeze(-2) * w).sum(-1) if how == "reduce" else F.linear(x, w)

@@ -14,6 +14,8 @@ one there. `torch._weight_int8pack_mm` measured 3-50x slower than float32 F.line
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -92,16 +94,17 @@ def quantize_model(model: nn.Module, scheme: str) -> nn.Module:
         raise ValueError(f"--quantize must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     if scheme == "none" or scheme_of(model) == scheme:
         return model
-    tied = getattr(model, "lm_head", None) is not None and getattr(model, "embed", None) is not None \
-        and model.lm_head.weight is model.embed.weight
+    head, embed = getattr(model, "lm_head", None), getattr(model, "embed", None)
+    tied = head is not None and embed is not None and head.weight is embed.weight
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear) and not (tied and child is model.lm_head):
+            if isinstance(child, nn.Linear) and not (tied and child is head):
                 setattr(parent, name, Int8Linear.from_linear(child))
             elif isinstance(child, nn.Embedding):
                 setattr(parent, name, Int8Embedding.from_embedding(child))
     if tied:  # one int8 matrix, one scale per token, for both ends
-        model.lm_head = Int8Linear(model.embed.weight, model.embed.scale, None)
+        embed = cast(Int8Embedding, model.embed)  # replaced above (nn.Module's attributes are untyped)
+        model.lm_head = Int8Linear(embed.weight, embed.scale, None)
     return model
 
 

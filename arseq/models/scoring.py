@@ -30,8 +30,8 @@ def chunk_sequences(
     if not 0 <= head < context:
         raise ValueError(f"head must be in 0..{context - 1}, got {head}")
     chunks: list[Chunk] = []
-    for i, s in enumerate(seqs):
-        s = np.asarray(s, dtype=np.int64)
+    for i, given in enumerate(seqs):
+        s = np.asarray(given, dtype=np.int64)
         first = max(1, start[i] if start is not None else 1)
         scored_to = 0  # targets s[1 : scored_to + 1] are taken care of
         c0 = 0

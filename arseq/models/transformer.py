@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -45,12 +46,16 @@ class TransformerConfig:
             raise ValueError(f"d_model={self.d_model} must split into {self.n_head} heads of even size")
         if self.vocab_size < 1 or self.max_seq_len < 1:
             raise ValueError("vocab_size and max_seq_len must be positive")
-        if self.mlp_hidden is None:
-            self.mlp_hidden = 32 * math.ceil(8 * self.d_model / 3 / 32)
+        self.mlp_hidden = self.mlp_width  # written out: checkpoints and exports record the width
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        """The SwiGLU's hidden width: `mlp_hidden`, else 8/3 * d_model rounded up to a multiple of 32."""
+        return self.mlp_hidden if self.mlp_hidden is not None else 32 * math.ceil(8 * self.d_model / 3 / 32)
 
 
 def rope_tables(cfg: TransformerConfig) -> tuple[Tensor, Tensor]:
@@ -72,6 +77,9 @@ class KVCache(nn.Module):
     shapes at every slot (what torch.compile and CUDA graphs need); the attention mask hides the
     slots not written yet.
     """
+
+    k: Tensor  # (batch, n_head, max_len, head_dim) buffers: declared for the type checker, which reads
+    v: Tensor  # a registered buffer as nn.Module.__getattr__'s Tensor | Module
 
     def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device):
         super().__init__()
@@ -115,18 +123,24 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cached is not None:
-            k, v = self.cache.update(cached[0], k, v, cached[1])
+            k, v = self.kv_cache().update(cached[0], k, v, cached[1])
         # Causal by flag only without a cache (training, scoring): cached passes always bring a mask.
         is_causal = mask is None and T > 1
         y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
+    def kv_cache(self) -> KVCache:
+        """The cache a cached pass reads and writes (attached by Transformer.setup_cache)."""
+        if self.cache is None:
+            raise RuntimeError("a pass at positions `pos` needs a KV cache: call setup_cache first")
+        return self.cache
+
 
 class SwiGLU(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.gate_up = Linear(cfg.d_model, 2 * cfg.mlp_hidden, bias=cfg.bias)
-        self.down = Linear(cfg.mlp_hidden, cfg.d_model, bias=cfg.bias)
+        self.gate_up = Linear(cfg.d_model, 2 * cfg.mlp_width, bias=cfg.bias)
+        self.down = Linear(cfg.mlp_width, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -149,6 +163,9 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    rope_cos: Tensor  # (max_seq_len, head_dim / 2) buffers: declared for the type checker, which reads a
+    rope_sin: Tensor  # registered buffer as nn.Module.__getattr__'s Tensor | Module
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
@@ -171,7 +188,7 @@ class Transformer(nn.Module):
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
-            if getattr(m, "bias", None) is not None:
+            if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
     def forward(self, idx: Tensor, *, pos: Tensor | None = None, rows: Tensor | None = None, last_only: bool = False) -> Tensor:
@@ -190,7 +207,7 @@ class Transformer(nn.Module):
         else:  # positions past the context are padding (never seen by a real token): any rotation will do
             at = pos.clamp(max=self.cfg.max_seq_len - 1)
             cos, sin = self.rope_cos[at].unsqueeze(1), self.rope_sin[at].unsqueeze(1)  # (B, 1, T, D/2)
-            slots = torch.arange(self.blocks[0].attn.cache.k.shape[2], device=idx.device)
+            slots = torch.arange(cast(Block, self.blocks[0]).attn.kv_cache().k.shape[2], device=idx.device)
             cached, mask = (pos, rows), (slots[None, None, :] <= pos[:, :, None]).unsqueeze(1)  # (B, 1, T, slots)
         x = self.drop(self.embed(idx))
         for block in self.blocks:
@@ -208,19 +225,22 @@ class Transformer(nn.Module):
         max_len = max_len or self.cfg.max_seq_len
         dtype, device = self.norm.weight.dtype, self.norm.weight.device  # activations (weights may be int8)
         shape = (batch, self.cfg.n_head, max_len, self.cfg.head_dim)
-        fits = caches is not None and all(c.k.shape == shape and c.k.dtype == dtype and c.k.device == device for c in caches)
-        if not fits:
-            caches = [KVCache(batch, self.cfg.n_head, max_len, self.cfg.head_dim, dtype, device) for _ in self.blocks]
-        else:
+        if caches is not None and all(c.k.shape == shape and c.k.dtype == dtype and c.k.device == device for c in caches):
             for c in caches:
                 c.clear()
-        for block, cache in zip(self.blocks, caches):
-            block.attn.cache = cache
+        else:
+            caches = [KVCache(batch, self.cfg.n_head, max_len, self.cfg.head_dim, dtype, device) for _ in self.blocks]
+        for attn, cache in zip(self.attentions(), caches):
+            attn.cache = cache
         return caches
 
     def clear_cache(self) -> None:
-        for block in self.blocks:
-            block.attn.cache = None
+        for attn in self.attentions():
+            attn.cache = None
+
+    def attentions(self) -> list[Attention]:
+        """Each block's attention layer (where its KV cache hangs): typed, as nn.ModuleList's items are not."""
+        return [cast(Block, block).attn for block in self.blocks]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

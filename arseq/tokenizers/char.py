@@ -46,10 +46,10 @@ class CharTokenizer:
         return (pos + len(SPECIALS)).astype(np.int64)
 
     def decode(self, ids: Sequence[int]) -> str:
-        ids = np.asarray(ids, dtype=np.int64)
-        ids = ids[ids >= len(SPECIALS)] - len(SPECIALS)
-        ids = ids[ids < len(self.chars)]
-        return "".join(self._lookup[ids])
+        arr = np.asarray(ids, dtype=np.int64)
+        arr = arr[arr >= len(SPECIALS)] - len(SPECIALS)
+        arr = arr[arr < len(self.chars)]
+        return "".join(self._lookup[arr])
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "chars": "".join(self.chars)}

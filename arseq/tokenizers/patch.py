@@ -15,7 +15,7 @@ core, `arseq.conditioning`, and the tokenizer has no labels). A sequence is ``BO
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence, cast
 
 import numpy as np
 import torch
@@ -61,9 +61,8 @@ def to_mode(image: Image.Image, mode: str) -> Image.Image:
     if image.mode == "LAB":  # pillow has no direct LAB -> RGB; go through its colour management
         from PIL import ImageCms
 
-        image = ImageCms.applyTransform(
-            image, ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
-        )
+        transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+        image = cast(Image.Image, ImageCms.applyTransform(image, transform))  # None only when inPlace=True
     if "A" in image.getbands() or image.mode in ("La", "RGBa"):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -248,8 +247,8 @@ class PatchTokenizer:
 
     def decode_pixels(self, ids: Sequence[int]) -> np.ndarray:
         """Pixels of the first num_patches code ids; patches never generated are black."""
-        ids = np.asarray(ids, dtype=np.int64)
-        codes = ids[self.is_code(ids)][: self.num_patches] - self.code_offset
+        arr = np.asarray(ids, dtype=np.int64)
+        codes = arr[self.is_code(arr)][: self.num_patches] - self.code_offset
         patches = np.zeros((self.num_patches, self.patch_dim), dtype=np.uint8)
         patches[: len(codes)] = self.codebook[codes]
         return from_patches(patches, self.size, self.patch_size, self.channels)

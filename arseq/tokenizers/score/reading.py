@@ -182,7 +182,7 @@ def _notes_with_offsets(part: Any) -> Iterator[tuple[Fraction, Any]]:
     """
     from music21 import stream
 
-    def walk(container: Any, base: Fraction):
+    def walk(container: Any, base: Fraction) -> Iterator[tuple[Fraction, Any]]:
         for el in container.elements:
             if isinstance(el, stream.Stream):
                 yield from walk(el, base + Fraction(container.elementOffset(el)))
