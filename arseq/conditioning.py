@@ -78,7 +78,11 @@ class Controls:
 
     def ids(self, values: dict[str, str | None]) -> list[int]:
         """One control id per field: the value's, or unknown where it is missing or unseen."""
-        return [self.value_id(f, values[f]) if values.get(f) in known else self.unknown_id(f) for f, known in self.fields.items()]
+        out = []
+        for f, known in self.fields.items():
+            value = values.get(f)
+            out.append(self.value_id(f, value) if value is not None and value in known else self.unknown_id(f))
+        return out
 
     def given(self, specs: Sequence[str]) -> dict[str, str]:
         """`--cond FIELD=VALUE` flags as field -> value, checked against what the model knows; one-line errors."""

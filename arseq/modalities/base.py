@@ -33,7 +33,7 @@ class PrefixCounts:
         self.rows: dict[int, tuple[list[int], list[int]]] = {}  # id(row) -> (row, sums[k]: over row[skip:skip + k])
 
     def __call__(self, row: list[int]) -> int:
-        kept, sums = self.rows.get(id(row), (None, None))
+        kept, sums = self.rows.get(id(row), (None, [0]))
         if kept is not row:  # a new row (ids of dead lists are reused)
             sums = [0]
         del sums[max(0, len(row) - self.skip) + 1 :]
@@ -81,7 +81,7 @@ class Modality(ABC):
     """Base class of every modality. Subclasses are registered by `name`."""
 
     name: ClassVar[str] = ""
-    tokenizer_kinds: ClassVar[dict[str, type]] = {}  # Tokenizer.kind -> class, to rebuild from state
+    tokenizer_kinds: ClassVar[dict[str, type[Tokenizer]]] = {}  # Tokenizer.kind -> class, to rebuild from state
     suffixes: ClassVar[tuple[str, ...]] = ()  # file suffixes taken when a folder is given; () = all
     # Fields a model can be conditioned on (name -> what it is, for docs and errors). `read` puts each item's
     # values in `Example.conditions`; the core reserves control tokens for the values the data has
