@@ -1,7 +1,8 @@
 """Music: scores (MIDI, MusicXML, Humdrum, ABC) as REMI-style tokens; Bach chorales out of the box.
 
-Reading parses files in worker processes (music21 needs ~0.1-0.5 s a score); each worker parses and
-encodes and hands back only token ids, so scores are never pickled. Generated pieces are written as
+Reading parses files in worker processes (`data.workers`; music21 needs ~0.1-0.5 s a score, MIDI files
+go through symusic in ~1 ms unless `midi_reader: music21`); each worker parses, encodes and finds the
+piece's conditions, and hands back only token ids and names, so scores are never pickled. Generated pieces are written as
 .mid (one distinct program per part, so voices survive a MIDI round trip), .musicxml and a piano-roll
 .png. A grammar constraint keeps sampled event order well-formed, so every sample parses back.
 
@@ -35,6 +36,7 @@ from arseq.modalities.music_conditions import FIELDS, piece_conditions, transpos
 from arseq.modalities.music_corpus import COMPOSERS, bach_chorales, music21_composers
 from arseq.modalities.music_metrics import key_scale, score_metrics
 from arseq.modalities.music_reading import (
+    MIDI_READERS,
     SUFFIXES,
     prompt_tokens,
     read_in_parallel,
@@ -76,14 +78,18 @@ class MusicModality(Modality):
 
     def __init__(self, transpose: list[int] = [-5, 6], ppq: int = 24, max_parts: int = 16,  # noqa: B006
                  velocity: bool = False, tempo: bool = True, grace: bool = True, max_bar_quarters: int = 16,
-                 max_dur_quarters: int = 16, workers: int = 2, composers: list[str] | None = None,
-                 per_composer: int | None = None):
+                 max_dur_quarters: int = 16, workers: int | None = None, composers: list[str] | None = None,
+                 per_composer: int | None = None, midi_reader: str = "symusic"):
         if len(transpose) != 2 or transpose[0] > transpose[1]:
             raise DataError(f"modality.transpose must be [low, high] semitones, got {transpose}")
         self.transpose = (int(transpose[0]), int(transpose[1]))
         self.options = dict(ppq=ppq, max_parts=max_parts, velocity=velocity, tempo=tempo, grace=grace,
                             max_bar_quarters=max_bar_quarters, max_dur_quarters=max_dur_quarters)
-        self.workers = max(1, workers)
+        # None: data.workers of the run (the usable cores by default); a number here overrides it
+        self.workers = None if workers is None else max(1, workers)
+        if midi_reader not in MIDI_READERS:
+            raise DataError(f"modality.midi_reader must be one of {', '.join(MIDI_READERS)}, got {midi_reader!r}")
+        self.midi_reader = midi_reader
         if per_composer is not None and per_composer < 1:
             raise DataError(f"modality.per_composer must be a positive integer, got {per_composer}")
         # data.source music21_composers: which corpus folders, and at most how many works of each
@@ -113,13 +119,12 @@ class MusicModality(Modality):
             items = music21_composers(tuple(self.composers or COMPOSERS), self.per_composer)
         else:
             items = SOURCES[source]() if source is not None else [(str(f), str(f)) for f in files]
-        jobs = [(name, path, tokenizer.to_dict(), check_roundtrip) for name, path in items]
-        paths = dict(items)
-        for name, tokens, exact, info, reason in read_in_parallel(jobs, self.workers):
+        jobs = [(name, path, tokenizer.to_dict(), check_roundtrip, self.midi_reader) for name, path in items]
+        for name, tokens, exact, info, conditions, reason in read_in_parallel(jobs, self.workers):
             if reason is not None:
                 yield Skipped(name, reason)
             else:
-                yield Example(tokens, name, exact, info, piece_conditions(tokenizer.decode_events(tokens), paths[name]))
+                yield Example(tokens, name, exact, info, conditions)
 
     def augment(self, tokens: np.ndarray, rng: np.random.Generator, controls: Controls | None = None) -> np.ndarray:
         """Transpose the window by a random number of semitones in range, keeping every pitch in MIDI range.
@@ -165,7 +170,7 @@ class MusicModality(Modality):
         least = opts.bars if opts.bars is not None else opts.min_bars
         sampling["max_new_tokens"] = max(SamplingConfig.max_new_tokens, 64 * least)
         if request.prompt:
-            prompt = list(prompt_tokens(tokenizer, Path(request.prompt), opts.prompt_bars))
+            prompt = list(prompt_tokens(tokenizer, Path(request.prompt), opts.prompt_bars, self.midi_reader))
         elif opts.prompt_bars is not None:
             raise DataError("--prompt-bars needs --prompt FILE")
         else:
