@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable, Iterator
 
+from arseq.limits import file_seconds
+
 log = logging.getLogger(__name__)
 
 _configured: dict[str, Any] = {}
@@ -35,19 +37,43 @@ def usable_cores() -> int:
 
 
 @contextlib.contextmanager
-def configured(workers: int | None) -> Iterator[None]:
-    """Within the block, `ordered_map(..., workers=None)` uses `workers` (`data.workers` of the run)."""
-    old = _configured.get("workers")
-    _configured["workers"] = workers
+def configured(workers: int | None, seconds: float | None = None) -> Iterator[None]:
+    """Within the block, readers use `workers` processes and a budget of `seconds` a file (`data.workers`
+    and `data.file_seconds` of the run); forked workers inherit the setting."""
+    old = dict(_configured)
+    _configured.update(workers=workers, seconds=seconds)
     try:
         yield
     finally:
-        _configured["workers"] = old
+        _configured.clear()
+        _configured.update(old)
 
 
 def configured_workers() -> int:
     """The worker count set by `configured` (prepare's `data.workers`), else the usable cores."""
     return _configured.get("workers") or usable_cores()
+
+
+def file_budget() -> float:
+    """Seconds one file may take to read: `data.file_seconds`, else ARSEQ_FILE_SECONDS, else 120."""
+    return _configured.get("seconds") or file_seconds()
+
+
+def read_per_file(modality: Any, files: list[Any], tokenizer: Any, check: bool) -> Iterator[Any]:
+    """`modality.read` on one file at a time in worker processes, records in file order, for modalities
+    whose items depend on their own file only (`reads_files_independently`); a file that crashes or hangs
+    its worker becomes `Skipped` with the reason."""
+    from arseq.modalities.base import Skipped
+
+    def read_one(path: Any) -> list[Any]:
+        return list(modality.read([path], None, tokenizer, check_roundtrip=check))
+
+    workers = 1 if len(files) < 4 else None
+    for path, records in zip(files, ordered_map(read_one, files, workers, seconds=file_budget())):
+        if isinstance(records, Failed):
+            yield Skipped(str(path), records.reason)
+        else:
+            yield from records
 
 
 @dataclass

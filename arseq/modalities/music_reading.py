@@ -9,9 +9,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from arseq.data.workers import Failed, ordered_map
+from arseq.data.workers import Failed, file_budget, ordered_map
 from arseq.errors import DataError, one_line
-from arseq.limits import file_seconds, time_limit
+from arseq.limits import time_limit
 from arseq.modalities.base import Example
 from arseq.modalities.music_conditions import piece_conditions
 from arseq.modalities.music_corpus import bach_chorales  # noqa: F401  (imported from here before music_corpus)
@@ -35,7 +35,7 @@ def read_in_parallel(jobs: list[tuple], workers: int | None = None) -> Iterator[
         import symusic  # noqa: F401  (the same)
     workers = 1 if len(jobs) < 4 else workers  # forking costs more than a few files
     # the parent's budget: the worker's own SIGALRM budget first, then a kill (a hang in C code)
-    for job, result in zip(jobs, ordered_map(_load_job, jobs, workers, seconds=file_seconds() + 5)):
+    for job, result in zip(jobs, ordered_map(_load_job, jobs, workers, seconds=file_budget() + 5)):
         yield (job[0], None, None, {}, {}, result.reason) if isinstance(result, Failed) else result
 
 
@@ -62,9 +62,10 @@ def load_piece(name: str, path: str, state: dict, check_roundtrip: bool, reader:
         # imported before the time budget starts: SIGALRM landing inside an extension module's
         # initialisation leaves it half-built, and the next use crashes the process
         import symusic  # noqa: F401
-    seconds = file_seconds()
+    seconds = file_budget()
     try:
-        with time_limit(seconds, f"{path}: still reading after {seconds:g} s (the per-file budget, ARSEQ_FILE_SECONDS); skipped"):
+        with time_limit(seconds, f"{path}: still reading after {seconds:g} s (the per-file budget, data.file_seconds "
+                                 "or ARSEQ_FILE_SECONDS); skipped"):
             events = read_events(tok, Path(path), reader)
     except DataError as e:
         return name, None, None, {}, {}, str(e).removeprefix(f"{path}: ")
