@@ -216,6 +216,8 @@ class MusicModality(Modality):
             "quantized_notes": int(sum(e.info.get("quantized", 0) for e in examples)),
             "dropped_notes": int(sum(e.info.get("dropped", 0) for e in examples)),
             "grace_notes": int(sum(e.info.get("grace", 0) for e in examples)),
+            # notes whose onset or duration was moved onto the grid: a score tokenization loses their timing
+            "off_grid_share": round(sum(e.info.get("off_grid", 0) for e in examples) / max(1, notes), 4),
             **roundtrip_report(examples),
         }
 

@@ -8,8 +8,8 @@ two paths give the same events (and tokens) for the same file (tests/test_music_
 - a note ends at the first note-off of its pitch after it (`_first_off`);
 - a part per MIDI track that has notes (music21 drops the conductor track and empty tracks); drum tracks
   (channel 10) keep their part, their notes are dropped as unpitched;
-- a tempo of 120 bpm at 0 when the file names none (music21's conductor part adds one), bpm rounded to
-  two decimals like music21's `midiEventToTempo`;
+- tempo marks where the file has them (none where it has none), bpm rounded to two decimals like
+  music21's `midiEventToTempo`;
 - bars of the time signature in force at each bar's start (4/4 without one) from tick 0, as many as the
   notes need: a time signature mid-bar takes effect at the next bar line (music21 writes them where a
   score's bar was shorter than its meter, and its `makeMeasures` reads them so);
@@ -30,9 +30,6 @@ import numpy as np
 
 from arseq.tokenizers.score.events import Bar, Events, Note, clip_to_last_bar
 from arseq.tokenizers.score.vocab import KEY_RANGE, ScoreVocab
-
-DEFAULT_BPM = 120.0
-
 
 def read_midi(vocab: ScoreVocab, path: Path, max_quarters: int | None = None, max_notes: int | None = None) -> Events:
     """Events of one MIDI file on the grid of `vocab`; ValueError with a one-line reason for what this
@@ -137,8 +134,6 @@ def _set_tempi(vocab: ScoreVocab, score: Any, tpq: int, bars: list[Bar]) -> None
             raise ValueError(f"absurd tempo {bpm} bpm")
     if not vocab.tempo:
         return
-    if not marks:
-        marks = [(0, DEFAULT_BPM)]
     starts = [b.start for b in bars]
     for at, bpm in sorted(marks):
         for b in bars[max(0, bisect.bisect_right(starts, at) - 1):]:
