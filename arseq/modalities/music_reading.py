@@ -3,9 +3,9 @@ its reasons, MIDI sanity checks, and prompt files. (music21 corpus sources: `mus
 from __future__ import annotations
 
 from collections import Counter
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -26,21 +26,22 @@ SUFFIXES = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".krn", ".abc")
 MIDI_READERS = ("symusic", "music21")
 
 
-def read_in_parallel(jobs: list[tuple], workers: int | None = None) -> Iterator[tuple]:
-    """Parse and encode files in worker processes (`arseq.data.workers`), in order: a file that crashes
-    or hangs its worker is skipped with the reason. (The core's progress bar counts them.)"""
-    if any(job[1].lower().endswith(SUFFIXES[2:]) for job in jobs) or any(job[4] == "music21" for job in jobs):
+def read_in_parallel(jobs: list[tuple], workers: int | None = None, loader: Callable[..., tuple] | None = None) -> Iterator[tuple]:
+    """`loader(*job)` (default `load_piece`) for each job in worker processes (`arseq.data.workers`), in
+    order: a file that crashes or hangs its worker is skipped with the reason."""
+    if any(job[1].lower().endswith(SUFFIXES[2:]) for job in jobs) or any(job[4:5] == ("music21",) for job in jobs):
         import music21.converter  # noqa: F401  (imported once here, inherited by forked workers)
-    if any(job[4] == "symusic" for job in jobs):
+    if any(job[1].lower().endswith(SUFFIXES[:2]) for job in jobs):
         import symusic  # noqa: F401  (the same)
     workers = 1 if len(jobs) < 4 else workers  # forking costs more than a few files
     # the parent's budget: the worker's own SIGALRM budget first, then a kill (a hang in C code)
-    for job, result in zip(jobs, ordered_map(_load_job, jobs, workers, seconds=file_budget() + 5)):
+    run = partial(_run_job, loader or load_piece)
+    for job, result in zip(jobs, ordered_map(run, jobs, workers, seconds=file_budget() + 5)):
         yield (job[0], None, None, {}, {}, result.reason) if isinstance(result, Failed) else result
 
 
-def _load_job(job: tuple) -> tuple:
-    return load_piece(*job)
+def _run_job(loader: Callable[..., tuple], job: tuple) -> tuple:
+    return loader(*job)
 
 
 @lru_cache(maxsize=4)
