@@ -134,6 +134,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--music21-files", type=int, default=60, help="files read by music21's path (extrapolated per file)")
     p.add_argument("--sources", type=int, default=24, help="chorales the files are made from")
+    p.add_argument("--no-miditok", action="store_true", help="arseq alone (e.g. --files 20000 for peak RSS)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder, subset, cache = Path(tmp) / "midi", Path(tmp) / "subset", Path(tmp) / "cache"
@@ -146,12 +147,12 @@ def main() -> None:
         for f in files[: args.music21_files]:
             (subset / f.name).symlink_to(f)
         fast, fast_wall, rss = arseq_prepare(folder, args.workers, "symusic", cache)
-        slow, slow_wall, _ = arseq_prepare(subset, args.workers, "music21", cache)
-        mt_seconds, mt_tokens, mt_notes = miditok_remi(files)
-        identical = same_tokens(files[: min(len(files), args.music21_files)])
+        slow = arseq_prepare(subset, args.workers, "music21", cache)[0] if args.music21_files else None
+        mt_seconds, mt_tokens, mt_notes = (None, 0, 0) if args.no_miditok else miditok_remi(files)
+        identical = same_tokens(files[: args.music21_files]) if args.music21_files else None
     arseq_fps = fast["num_items"] / fast["seconds"]
-    m21_fps = slow["num_items"] / slow["seconds"]
-    mt_fps = len(files) / mt_seconds
+    m21_fps = slow["num_items"] / slow["seconds"] if slow else float("nan")
+    mt_fps = len(files) / mt_seconds if mt_seconds else float("nan")
     result = {
         "files": len(files),
         "workers": args.workers,
@@ -159,13 +160,13 @@ def main() -> None:
         "arseq_tokens_per_s": round(fast["num_tokens"] / fast["seconds"]),
         "arseq_wall_s": round(fast_wall, 2),
         "music21_files_per_s": round(m21_fps, 2),
-        "music21_files": slow["num_items"],
+        "music21_files": slow["num_items"] if slow else 0,
         "miditok_files_per_s": round(mt_fps, 1),
-        "miditok_tokens_per_s": round(mt_tokens / mt_seconds),
+        "miditok_tokens_per_s": round(mt_tokens / mt_seconds) if mt_seconds else None,
         "tokens_per_note": fast["tokens_per_note"],
-        "miditok_tokens_per_note": round(mt_tokens / max(1, mt_notes), 3),
+        "miditok_tokens_per_note": round(mt_tokens / mt_notes, 3) if mt_notes else None,
         "peak_rss_mb": round(rss, 1),
-        "identical_tokens": round(identical, 4),
+        "identical_tokens": None if identical is None else round(identical, 4),
         "skipped": len(fast["skipped"]),
         "corpus_seconds": round(made, 1),
         "cpu_cores": os.cpu_count(),
@@ -174,11 +175,11 @@ def main() -> None:
     result["targets"] = {
         "arseq>=miditok_files_per_s": arseq_fps >= mt_fps,
         "arseq>=30x_music21": arseq_fps >= 30 * m21_fps,
-        "tokens_per_note<=miditok": result["tokens_per_note"] <= result["miditok_tokens_per_note"],
+        "tokens_per_note<=miditok": mt_notes > 0 and result["tokens_per_note"] <= result["miditok_tokens_per_note"],
         "peak_rss<2GB": rss < 2048,
         "identical_tokens==1": identical == 1.0,
     }
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1).replace("NaN", "null"))
 
 
 if __name__ == "__main__":

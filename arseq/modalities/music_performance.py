@@ -76,7 +76,8 @@ def histogram(notes: Sequence[PlayedNote]) -> np.ndarray:
 def roundtrip_errors(tok: PerformanceTokenizer, notes: Sequence[PlayedNote], ids: Sequence[int]) -> dict[str, float]:
     """Onset error (ms, largest and mean) and velocity error of decode(encode(notes)), note by note."""
     back = tok.decode(ids)
-    key = lambda n: (n.pitch, n.start)  # noqa: E731  (per pitch, rounding keeps the order of onsets)
+    # per pitch and time step, rounding keeps the order of onsets and binning the order of velocities
+    key = lambda n: (n.pitch, round(n.start * 1000 / tok.step_ms), n.velocity)  # noqa: E731
     before, after = sorted(notes, key=key), sorted(back, key=key)
     pairs = list(zip(before, after))
     onset = np.array([abs(a.start - b.start) * 1000 for a, b in pairs]) if pairs else np.zeros(1)

@@ -13,7 +13,8 @@ two paths give the same events (and tokens) for the same file (tests/test_music_
 - bars of the time signature in force at each bar's start (4/4 without one) from tick 0, as many as the
   notes need: a time signature mid-bar takes effect at the next bar line (music21 writes them where a
   score's bar was shorter than its meter, and its `makeMeasures` reads them so);
-- the key signature in force at the start of each bar.
+- the key signature of the bar line where one stands; one mid-bar is ignored (music21 places it inside
+  the measure, where `Measure.keySignature`, which reading uses, does not see it).
 
 One difference by design: an onset or duration off the tokenizer's grid is moved to the nearest grid
 step here and counted as `off_grid`, where music21 first snaps every value to 16ths and eighth triplets
@@ -117,8 +118,8 @@ def _bars(vocab: ScoreVocab, score: Any, tpq: int, end: int) -> list[Bar]:
     while at < end or not bars:
         while mi < len(meters) and meters[mi][0] <= at:
             ts, mi = meters[mi][1], mi + 1
-        while ki < len(keys) and keys[ki][0] <= at:
-            key, ki = keys[ki][1], ki + 1
+        while ki < len(keys) and keys[ki][0] <= at:  # one on this bar line counts; mid-bar ones never do
+            key, ki = (keys[ki][1] if keys[ki][0] == at else key), ki + 1
         if ts not in vocab.ts_index:
             raise ValueError(f"time signature {ts[0]}/{ts[1]} is not supported")
         bars.append(Bar(at, vocab.ts_steps(ts), ts, key))
