@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable, Iterator
 
@@ -65,15 +66,17 @@ def read_per_file(modality: Any, files: list[Any], tokenizer: Any, check: bool) 
     its worker becomes `Skipped` with the reason."""
     from arseq.modalities.base import Skipped
 
-    def read_one(path: Any) -> list[Any]:
-        return list(modality.read([path], None, tokenizer, check_roundtrip=check))
-
+    read_one = partial(_read_one, modality, tokenizer, check)  # picklable where workers are spawned
     workers = 1 if len(files) < 4 else None
     for path, records in zip(files, ordered_map(read_one, files, workers, seconds=file_budget())):
         if isinstance(records, Failed):
             yield Skipped(str(path), records.reason)
         else:
             yield from records
+
+
+def _read_one(modality: Any, tokenizer: Any, check: bool, path: Any) -> list[Any]:
+    return list(modality.read([path], None, tokenizer, check_roundtrip=check))
 
 
 @dataclass
