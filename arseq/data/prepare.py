@@ -26,6 +26,8 @@ from arseq.atomic import atomic_write
 from arseq.conditioning import Controls
 from arseq.data.cache_entry import commit, damage, discard, seal
 from arseq.data.files import expand_paths
+from arseq.data.spill import Spill, SpilledTokens
+from arseq.data.workers import configured, read_per_file
 from arseq.modalities.base import DataError, Example, Modality, Skipped
 from arseq.tokenizers.base import Tokenizer
 
@@ -50,6 +52,10 @@ class DataConfig:
         conditions: condition fields to train with (control tokens after BOS); None: every field of the
             modality that the data has values for; []: none.
         condition_drop: chance that training hides an item's condition (so the model also samples without one).
+        workers: processes reading and tokenizing files (None: the usable cores; 1: in this process). The
+            result is the same for any number (same cache entry, same bytes).
+        file_seconds: a file still being read after this many seconds is skipped with its reason (None:
+            ARSEQ_FILE_SECONDS, else 120); with workers, even a file that hangs in C code.
     """
 
     paths: str | list[str] | None = None
@@ -62,8 +68,14 @@ class DataConfig:
     num_workers: int = 0
     conditions: list[str] | None = None
     condition_drop: float = 0.1
+    workers: int | None = None
+    file_seconds: float | None = None
 
     def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise DataError(f"data.workers must be >= 1 (or null: the usable cores), got {self.workers}")
+        if self.file_seconds is not None and not self.file_seconds > 0:
+            raise DataError(f"data.file_seconds must be > 0, got {self.file_seconds}")
         if not 0 <= self.condition_drop <= 1:
             raise DataError(f"data.condition_drop must be in [0, 1], got {self.condition_drop}")
         if not 0 <= self.val_fraction < 1:
@@ -128,7 +140,7 @@ def cache_key(modality: Modality, options: dict[str, Any], data: DataConfig, fil
     spec = {
         "format": CACHE_FORMAT,
         "modality": modality.name,
-        "options": options,
+        "options": {k: v for k, v in options.items() if k != "workers"},  # how many processes read: not the data
         "source": data.source,
         "files": _fingerprint(files),
         "val_files": _fingerprint(val_files),
@@ -145,24 +157,47 @@ def _dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
 
 
-def _collect(modality: Modality, files: list[Path], source: str | None, tokenizer: Tokenizer, check: bool, desc: str, progress: bool):
+def _collect(modality: Modality, files: list[Path], source: str | None, tokenizer: Tokenizer, check: bool, desc: str,
+             progress: bool, data: DataConfig):
+    """Read and tokenize in `data.workers` processes; items' ids are spilled to disk as they come, so
+    memory stays flat (`arseq.data.spill`)."""
+    spill = Spill.create(cache_root())
+    try:
+        return _collect_into(spill, modality, files, source, tokenizer, check, desc, progress, data)
+    finally:
+        spill.remove()  # the items' memory maps keep their pages readable
+
+
+def _collect_into(spill: Spill, modality: Modality, files: list[Path], source: str | None, tokenizer: Tokenizer,
+                  check: bool, desc: str, progress: bool, data: DataConfig):
     from tqdm import tqdm
 
-    examples: list[Example] = []
+    examples: list[tuple[Example, int, int]] = []
     skipped: list[Skipped] = []
-    stream = modality.read(files, source, tokenizer, check_roundtrip=check)
-    for record in tqdm(stream, desc=desc, unit=" items", disable=None if progress else True, leave=False):
-        if isinstance(record, Skipped):
-            skipped.append(record)
-        elif len(record.tokens) > 0:
-            examples.append(record)
+    with configured(data.workers, data.file_seconds):
+        if source is None and getattr(modality, "reads_files_independently", False):
+            stream = read_per_file(modality, files, tokenizer, check)
         else:
-            skipped.append(Skipped(record.name, "no tokens"))
-    return examples, skipped
+            stream = modality.read(files, source, tokenizer, check_roundtrip=check)
+        unit = " files" if source is None else " items"
+        for record in tqdm(stream, desc=desc, unit=unit, disable=None if progress else True, leave=False):
+            if isinstance(record, Skipped):
+                skipped.append(record)
+            elif len(record.tokens) > 0:
+                start, stop = spill.add(record.tokens)
+                record.tokens = ()
+                examples.append((record, start, stop))
+            else:
+                skipped.append(Skipped(record.name, "no tokens"))
+    spill.close()
+    for e, start, stop in examples:
+        e.tokens = spill.view(start, stop)
+    return [e for e, _, _ in examples], skipped
 
 
-def _write_split(directory: Path, name: str, seqs: list[np.ndarray], dtype: np.dtype, vocab_size: int) -> None:
-    for s in seqs:
+def _write_split(directory: Path, name: str, seqs: list[Any], dtype: np.dtype, vocab_size: int) -> None:
+    """Write items (arrays, or ids spilled to disk) back to back, one at a time (never all in memory)."""
+    for s in map(np.asarray, seqs):
         if len(s) and (s.min() < 0 or s.max() >= vocab_size):
             bad = int(s.max() if s.max() >= vocab_size else s.min())
             raise DataError(f"the modality produced token id {bad}, outside the tokenizer's vocabulary of {vocab_size}")
@@ -241,11 +276,12 @@ def _controls(modality: Modality, data: DataConfig, tokenizer: Tokenizer, exampl
 def _condition(examples: list[Example], controls: Controls | None) -> None:
     if controls is not None:
         for e in examples:
-            e.tokens = controls.insert(list(e.tokens), controls.ids(e.conditions))
+            ids = controls.ids(e.conditions)
+            e.tokens = e.tokens.with_prefix(ids) if isinstance(e.tokens, SpilledTokens) else controls.insert(list(e.tokens), ids)
 
 
-def _split(examples: list[Example], data: DataConfig) -> tuple[list[np.ndarray], list[np.ndarray], str]:
-    seqs = [np.asarray(e.tokens, dtype=np.int64) for e in examples]
+def _split(examples: list[Example], data: DataConfig) -> tuple[list[Any], list[Any], str]:
+    seqs = [e.tokens if isinstance(e.tokens, SpilledTokens) else np.asarray(e.tokens, dtype=np.int64) for e in examples]
     n = len(seqs)
     n_val = int(round(n * data.val_fraction))
     if data.val_fraction == 0:
@@ -254,7 +290,7 @@ def _split(examples: list[Example], data: DataConfig) -> tuple[list[np.ndarray],
         order = np.random.default_rng(data.seed).permutation(n)
         val_idx = set(order[:n_val].tolist())
         return [s for i, s in enumerate(seqs) if i not in val_idx], [s for i, s in enumerate(seqs) if i in val_idx], "items"
-    stream = np.concatenate(seqs)  # too few items: hold out the tail of the stream
+    stream = np.concatenate([np.asarray(q, dtype=np.int64) for q in seqs])  # too few items: hold out the tail of the stream
     cut = int(len(stream) * (1 - data.val_fraction))
     return [stream[:cut]], [stream[cut:]], "tail"
 
@@ -314,16 +350,16 @@ def prepare(
     t0 = time.perf_counter()
     if tokenizer is None:
         tokenizer = modality.build_tokenizer(files, data.source)
-    examples, skipped = _collect(modality, files, data.source, tokenizer, check_roundtrip, "tokenizing", progress)
+    examples, skipped = _collect(modality, files, data.source, tokenizer, check_roundtrip, "tokenizing", progress, data)
     if not examples:
         reasons = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3])
         raise DataError(f"no usable training items{' (' + reasons + ')' if reasons else ''}")
     controls = _controls(modality, data, tokenizer, examples, controls)
     if val_files:
-        val_examples, val_skipped = _collect(modality, val_files, None, tokenizer, check_roundtrip, "tokenizing val", progress)
+        val_examples, val_skipped = _collect(modality, val_files, None, tokenizer, check_roundtrip, "tokenizing val", progress, data)
         _condition(val_examples, controls)
-        train_seqs = [np.asarray(e.tokens, dtype=np.int64) for e in examples]
-        val_seqs = [np.asarray(e.tokens, dtype=np.int64) for e in val_examples]
+        train_seqs = [e.tokens for e in examples]
+        val_seqs = [e.tokens for e in val_examples]
         split = "files"
         skipped += val_skipped
         everything = examples + val_examples

@@ -87,6 +87,10 @@ class Modality(ABC):
     # values in `Example.conditions`; the core reserves control tokens for the values the data has
     # (arseq.conditioning). Empty: this modality has none.
     condition_fields: ClassVar[dict[str, str]] = {}
+    # True when `read(files)` yields exactly what `read([f])` for each file yields, in file order, and keeps no
+    # state: `prepare` then reads the files in `data.workers` processes (a modality that parallelises its
+    # own reading, like music, reads `arseq.data.workers.configured_workers()` instead).
+    reads_files_independently: ClassVar[bool] = False
 
     # ---- data (required) -------------------------------------------------------------------------
     @abstractmethod

@@ -1,7 +1,8 @@
 """Music: scores (MIDI, MusicXML, Humdrum, ABC) as REMI-style tokens; Bach chorales out of the box.
 
-Reading parses files in worker processes (music21 needs ~0.1-0.5 s a score); each worker parses and
-encodes and hands back only token ids, so scores are never pickled. Generated pieces are written as
+Reading parses files in worker processes (`data.workers`; music21 needs ~0.1-0.5 s a score, MIDI files
+go through symusic in ~1 ms unless `midi_reader: music21`); each worker parses, encodes and finds the
+piece's conditions, and hands back only token ids and names, so scores are never pickled. Generated pieces are written as
 .mid (one distinct program per part, so voices survive a MIDI round trip), .musicxml and a piano-roll
 .png. A grammar constraint keeps sampled event order well-formed, so every sample parses back.
 
@@ -36,17 +37,22 @@ from arseq.modalities.music_conditions import FIELDS, piece_conditions, transpos
 from arseq.modalities.music_corpus import COMPOSERS, bach_chorales, music21_composers
 from arseq.modalities.music_metrics import key_scale, score_metrics
 from arseq.modalities.music_reading import (
+    MIDI_READERS,
     SUFFIXES,
     prompt_tokens,
     read_in_parallel,
     roundtrip_report,
 )
 from arseq.modalities.render import piano_roll
+from arseq.modalities import music_performance as perf
+from arseq.tokenizers.performance import PerformanceTokenizer
 from arseq.tokenizers.score import DUR, PITCH, Events, Grammar, ScoreTokenizer
 
 # Nucleus sampling slightly cooled: at T = 1 the 0.8 M-parameter CPU model's samples were 90 % in key (held-out
 # chorales: 95 %), with these 92 %, their pitch-class entropy then matching the data's (configs/music/bach_chorales.yaml).
 SAMPLING_DEFAULTS = {"temperature": 0.9, "top_p": 0.95}
+# prepare suggests the performance tokenizer when more than this share of notes is off the score grid
+OFF_GRID_SUGGEST = 0.2
 # data.source names: pieces from music21's installed corpus (no network)
 SOURCES: dict[str, Callable[[], list[tuple[str, str]]]] = {
     "bach_chorales": bach_chorales, "music21_composers": music21_composers,
@@ -70,25 +76,32 @@ class MusicGenerate:
 
 class MusicModality(Modality):
     name = "music"
-    tokenizer_kinds = {ScoreTokenizer.kind: ScoreTokenizer}
+    tokenizer_kinds = {ScoreTokenizer.kind: ScoreTokenizer, PerformanceTokenizer.kind: PerformanceTokenizer}
     suffixes = SUFFIXES
     condition_fields = FIELDS
 
     def __init__(self, transpose: list[int] = [-5, 6], ppq: int = 24, max_parts: int = 16,  # noqa: B006
                  velocity: bool = False, tempo: bool = True, grace: bool = True, max_bar_quarters: int = 16,
-                 max_dur_quarters: int = 16, workers: int = 2, composers: list[str] | None = None,
-                 per_composer: int | None = None):
+                 max_dur_quarters: int = 16, workers: int | None = None, composers: list[str] | None = None,
+                 per_composer: int | None = None, midi_reader: str = "symusic", tokenizer: str = "score"):
         if len(transpose) != 2 or transpose[0] > transpose[1]:
             raise DataError(f"modality.transpose must be [low, high] semitones, got {transpose}")
         self.transpose = (int(transpose[0]), int(transpose[1]))
         self.options = dict(ppq=ppq, max_parts=max_parts, velocity=velocity, tempo=tempo, grace=grace,
                             max_bar_quarters=max_bar_quarters, max_dur_quarters=max_dur_quarters)
-        self.workers = max(1, workers)
+        # None: data.workers of the run (the usable cores by default); a number here overrides it
+        self.workers = None if workers is None else max(1, workers)
+        if midi_reader not in MIDI_READERS:
+            raise DataError(f"modality.midi_reader must be one of {', '.join(MIDI_READERS)}, got {midi_reader!r}")
+        self.midi_reader = midi_reader
         if per_composer is not None and per_composer < 1:
             raise DataError(f"modality.per_composer must be a positive integer, got {per_composer}")
         # data.source music21_composers: which corpus folders, and at most how many works of each
         self.composers, self.per_composer = composers, per_composer
-        self.tokenizer = ScoreTokenizer(**self.options)  # built from options alone, so `augment` has it
+        if tokenizer not in self.tokenizer_kinds:
+            raise DataError(f"modality.tokenizer must be score or performance, got {tokenizer!r}")
+        # built from options alone, so `augment` has it; performance: MIDI as played (music_performance)
+        self.tokenizer: Any = ScoreTokenizer(**self.options) if tokenizer == "score" else PerformanceTokenizer()
 
     # ---- data ---------------------------------------------------------------------------------
     def demo_config(self, tmp_dir: Path) -> dict[str, Any]:
@@ -113,13 +126,13 @@ class MusicModality(Modality):
             items = music21_composers(tuple(self.composers or COMPOSERS), self.per_composer)
         else:
             items = SOURCES[source]() if source is not None else [(str(f), str(f)) for f in files]
-        jobs = [(name, path, tokenizer.to_dict(), check_roundtrip) for name, path in items]
-        paths = dict(items)
-        for name, tokens, exact, info, reason in read_in_parallel(jobs, self.workers):
+        played = isinstance(tokenizer, PerformanceTokenizer)
+        jobs = [(name, path, tokenizer.to_dict(), check_roundtrip) + (() if played else (self.midi_reader,)) for name, path in items]
+        for name, tokens, exact, info, conditions, reason in read_in_parallel(jobs, self.workers, perf.load_performance if played else None):
             if reason is not None:
                 yield Skipped(name, reason)
             else:
-                yield Example(tokens, name, exact, info, piece_conditions(tokenizer.decode_events(tokens), paths[name]))
+                yield Example(tokens, name, exact, info, conditions)
 
     def augment(self, tokens: np.ndarray, rng: np.random.Generator, controls: Controls | None = None) -> np.ndarray:
         """Transpose the window by a random number of semitones in range, keeping every pitch in MIDI range.
@@ -156,6 +169,8 @@ class MusicModality(Modality):
     conditioned_sampling = {"guidance": 2.0}
 
     def plan(self, tokenizer: ScoreTokenizer, request: Request) -> Plan:
+        if isinstance(tokenizer, PerformanceTokenizer):
+            return perf.plan(tokenizer, request, SAMPLING_DEFAULTS)
         opts: MusicGenerate = request.options
         sampling: dict[str, Any] = dict(SAMPLING_DEFAULTS)
         if opts.bars is not None and opts.bars < 1:
@@ -165,7 +180,7 @@ class MusicModality(Modality):
         least = opts.bars if opts.bars is not None else opts.min_bars
         sampling["max_new_tokens"] = max(SamplingConfig.max_new_tokens, 64 * least)
         if request.prompt:
-            prompt = list(prompt_tokens(tokenizer, Path(request.prompt), opts.prompt_bars))
+            prompt = list(prompt_tokens(tokenizer, Path(request.prompt), opts.prompt_bars, self.midi_reader))
         elif opts.prompt_bars is not None:
             raise DataError("--prompt-bars needs --prompt FILE")
         else:
@@ -175,6 +190,8 @@ class MusicModality(Modality):
 
     def fit_prompt(self, tokenizer: ScoreTokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
         """The header and the first whole bars that fit, then a bar line (as --prompt-bars does)."""
+        if isinstance(tokenizer, PerformanceTokenizer):
+            return super().fit_prompt(tokenizer, prompt, limit)
         bar_at = [i for i, t in enumerate(prompt) if t == tokenizer.bar_id]
         bars = max((k for k in range(1, len(bar_at)) if bar_at[k] + 1 <= limit), default=None)
         if bars is None:
@@ -182,6 +199,8 @@ class MusicModality(Modality):
         return prompt[: bar_at[bars]] + [tokenizer.bar_id], f"its first {bars} of {len(bar_at)} bars"
 
     def write(self, tokenizer: ScoreTokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+        if isinstance(tokenizer, PerformanceTokenizer):
+            return perf.write_samples(tokenizer, samples, request)
         if request.out is None:
             for i, s in enumerate(samples):
                 ev = tokenizer.decode_events(s.prompt + s.tokens)
@@ -202,8 +221,14 @@ class MusicModality(Modality):
 
     # ---- reporting ----------------------------------------------------------------------------
     def summarize(self, tokenizer: ScoreTokenizer, examples: list[Example]) -> dict[str, Any]:
+        if isinstance(tokenizer, PerformanceTokenizer):
+            return perf.summarize(examples)
         notes = sum(e.info.get("notes", 0) for e in examples)
         tokens = sum(len(e.tokens) for e in examples)
+        off_grid = sum(e.info.get("off_grid", 0) for e in examples) / max(1, notes)
+        suggestion = ({"suggestion": f"{off_grid:.0%} of the notes were moved onto the score grid: these look like "
+                       "recorded performances; modality.tokenizer: performance keeps their timing and dynamics"}
+                      if off_grid > OFF_GRID_SUGGEST else {})
         return {
             "num_notes": int(notes),
             "tokens_per_note": round(tokens / max(1, notes), 3),
@@ -211,19 +236,30 @@ class MusicModality(Modality):
             "quantized_notes": int(sum(e.info.get("quantized", 0) for e in examples)),
             "dropped_notes": int(sum(e.info.get("dropped", 0) for e in examples)),
             "grace_notes": int(sum(e.info.get("grace", 0) for e in examples)),
+            # notes whose onset or duration was moved onto the grid: a score tokenization loses their timing
+            "off_grid_share": round(off_grid, 4),
             **roundtrip_report(examples),
+            **suggestion,
         }
 
     def condition_values(self, tokenizer: ScoreTokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()
                          ) -> list[dict[str, str]]:
         """Key and meter as the samples show them (the composer is not in the notes)."""
+        if isinstance(tokenizer, PerformanceTokenizer):
+            return [{"key": perf.find_key(perf.histogram(tokenizer.decode(s)))[2]} for s in sequences]
         return [piece_conditions(tokenizer.decode_events(s)) for s in sequences]
 
     def metrics(self, tokenizer: ScoreTokenizer, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
+        if isinstance(tokenizer, PerformanceTokenizer):
+            return perf.timing_metrics([tokenizer.decode(s) for s in sequences])
         return score_metrics([tokenizer.decode_events(s) for s in sequences])
 
     def evaluate(self, tokenizer: ScoreTokenizer, report: EvalInputs) -> dict[str, Any]:
-        is_pitch = tokenizer.types == PITCH
+        if isinstance(tokenizer, PerformanceTokenizer):  # notes: note-on ids
+            is_pitch = np.zeros(tokenizer.vocab_size, dtype=bool)
+            is_pitch[tokenizer.on0 : tokenizer.off0] = True
+        else:
+            is_pitch = tokenizer.types == PITCH
         notes = sum(int(is_pitch[np.asarray(v[1:], dtype=np.int64)].sum()) for v in report.val)
         return {
             "nll_per_note": report.total_nll / max(1, notes),
@@ -235,13 +271,15 @@ class MusicModality(Modality):
     def plausible_mistake(self, tokenizer: ScoreTokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
         """A note a semitone off (up or down at random); None for tokens that are not pitches."""
         t = int(tokens[position])
-        if not 0 <= t < tokenizer.vocab_size or tokenizer.types[t] != PITCH:
+        if isinstance(tokenizer, PerformanceTokenizer) or not 0 <= t < tokenizer.vocab_size or tokenizer.types[t] != PITCH:
             return None
         value, step = int(tokenizer.values[t]), int(rng.choice((-1, 1)))
         return tokenizer.start[PITCH] + (value + step if 0 <= value + step < 128 else value - step)
 
     def error_predicate(self, tokenizer: ScoreTokenizer, reference: list[np.ndarray]) -> Callable[[Sequence[int]], np.ndarray]:
         """Besides grammar violations (the constraint): a pitch outside the key of the piece (as `in_key_rate` judges it)."""
+        if isinstance(tokenizer, PerformanceTokenizer):
+            return None
         def out_of_key(tokens: Sequence[int]) -> np.ndarray:
             ids = np.asarray(tokens, dtype=np.int64)
             pitch = (ids >= 0) & (ids < tokenizer.vocab_size)

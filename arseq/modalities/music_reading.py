@@ -2,46 +2,46 @@
 its reasons, MIDI sanity checks, and prompt files. (music21 corpus sources: `music_corpus`.)"""
 from __future__ import annotations
 
-import multiprocessing as mp
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from arseq.data.workers import Failed, file_budget, ordered_map
 from arseq.errors import DataError, one_line
-from arseq.limits import file_seconds, time_limit
+from arseq.limits import time_limit
 from arseq.modalities.base import Example
+from arseq.modalities.music_conditions import piece_conditions
 from arseq.modalities.music_corpus import bach_chorales  # noqa: F401  (imported from here before music_corpus)
 from arseq.tokenizers.score import Events, ScoreTokenizer
 from arseq.tokenizers.score.events import LOSS_REASONS, note_key, note_order
+from arseq.tokenizers.score.midi_reading import read_midi
 
 SUFFIXES = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".krn", ".abc")
 
 
 # ---- reading ------------------------------------------------------------------------------------
-def read_in_parallel(jobs: list[tuple], workers: int) -> Iterator[tuple]:
-    """Parse and encode files in worker processes, in order (the core's progress bar counts them)."""
-    if workers <= 1 or len(jobs) < 4:
-        yield from (_load(*job) for job in jobs)
-        return
-    # fork where there is one: workers inherit the imported music21 and never re-run the caller's
-    # main module; they only run music21 (pure Python), never torch
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    import music21.converter  # noqa: F401  (imported once here, inherited by forked workers)
-
-    try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-            yield from pool.map(_load_job, jobs, chunksize=max(1, min(8, len(jobs) // (8 * workers))))
-    except BrokenProcessPool as e:
-        raise DataError(f"a music parsing worker died ({e}); try modality.workers: 1 to find the file") from None
+MIDI_READERS = ("symusic", "music21")
 
 
-def _load_job(job: tuple) -> tuple:
-    return _load(*job)
+def read_in_parallel(jobs: list[tuple], workers: int | None = None, loader: Callable[..., tuple] | None = None) -> Iterator[tuple]:
+    """`loader(*job)` (default `load_piece`) for each job in worker processes (`arseq.data.workers`), in
+    order: a file that crashes or hangs its worker is skipped with the reason."""
+    if any(job[1].lower().endswith(SUFFIXES[2:]) for job in jobs) or any(job[4:5] == ("music21",) for job in jobs):
+        import music21.converter  # noqa: F401  (imported once here, inherited by forked workers)
+    if any(job[1].lower().endswith(SUFFIXES[:2]) for job in jobs):
+        import symusic  # noqa: F401  (the same)
+    workers = 1 if len(jobs) < 4 else workers  # forking costs more than a few files
+    # the parent's budget: the worker's own SIGALRM budget first, then a kill (a hang in C code)
+    run = partial(_run_job, loader or load_piece)
+    for job, result in zip(jobs, ordered_map(run, jobs, workers, seconds=file_budget() + 5)):
+        yield (job[0], None, None, {}, {}, result.reason) if isinstance(result, Failed) else result
+
+
+def _run_job(loader: Callable[..., tuple], job: tuple) -> tuple:
+    return loader(*job)
 
 
 @lru_cache(maxsize=4)
@@ -49,21 +49,34 @@ def _tokenizer(state: tuple) -> ScoreTokenizer:
     return ScoreTokenizer.from_dict(dict(state))
 
 
-def _load(name: str, path: str, state: dict, check_roundtrip: bool) -> tuple:
-    """(name, tokens, exact, info, skip reason) for one file: parsed, encoded, optionally round-tripped."""
+def _load(name: str, path: str, state: dict, check_roundtrip: bool, reader: str = "symusic") -> tuple:
+    """(name, tokens, exact, info, skip reason) of one file (`load_piece` without the conditions)."""
+    name, ids, exact, info, _, reason = load_piece(name, path, state, check_roundtrip, reader)
+    return name, ids, exact, info, reason
+
+
+def load_piece(name: str, path: str, state: dict, check_roundtrip: bool, reader: str = "symusic") -> tuple:
+    """(name, tokens, exact, info, conditions, skip reason) for one file: parsed, encoded, optionally
+    round-tripped, its conditions (key, meter, composer) found from its events, all in the worker."""
     tok = _tokenizer(tuple(sorted(state.items())))
-    seconds = file_seconds()
+    if reader == "symusic" and path.lower().endswith((".mid", ".midi")):
+        # imported before the time budget starts: SIGALRM landing inside an extension module's
+        # initialisation leaves it half-built, and the next use crashes the process
+        import symusic  # noqa: F401
+    seconds = file_budget()
     try:
-        with time_limit(seconds, f"{path}: still reading after {seconds:g} s (the per-file budget, ARSEQ_FILE_SECONDS); skipped"):
-            events = read_events(tok, Path(path))
+        with time_limit(seconds, f"{path}: still reading after {seconds:g} s (the per-file budget, data.file_seconds "
+                                 "or ARSEQ_FILE_SECONDS); skipped"):
+            events = read_events(tok, Path(path), reader)
     except DataError as e:
-        return name, None, None, {}, str(e).removeprefix(f"{path}: ")
+        return name, None, None, {}, {}, str(e).removeprefix(f"{path}: ")
     ids = np.asarray(tok.encode_events(events), dtype=np.int32)
     lost = roundtrip_losses(tok, events, ids) if check_roundtrip else {}
     info = {"notes": float(len(events.notes)), "bars": float(len(events.bars)), "parts": float(events.num_parts),
             "quantized": float(events.quantized), "dropped": float(events.dropped),
+            "off_grid": float(events.lost.get("off_grid", 0)),
             "grace": float(sum(n.grace > 0 for n in events.notes)), **{f"lost.{k}": float(v) for k, v in lost.items()}}
-    return name, ids, (not lost) if check_roundtrip else None, info, None
+    return name, ids, (not lost) if check_roundtrip else None, info, piece_conditions(events, path), None
 
 
 def roundtrip_losses(tok: ScoreTokenizer, events: Events, ids: Sequence[int]) -> dict[str, int]:
@@ -105,12 +118,15 @@ def roundtrip_report(examples: Sequence[Example], first: int = 5) -> dict[str, A
     return {"roundtrip_inexact": per_file[:50], "roundtrip_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]["files"]))}
 
 
-def read_events(tok: ScoreTokenizer, path: Path) -> Events:
-    """Parse one file into events; every problem becomes a one-line DataError naming the file."""
+def read_events(tok: ScoreTokenizer, path: Path, midi_reader: str = "symusic") -> Events:
+    """Parse one file into events; every problem becomes a one-line DataError naming the file. MIDI files
+    go through symusic unless `midi_reader` is "music21" (`midi_reading`: the same events, ~100x faster)."""
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; music reads {' '.join(SUFFIXES)}")
     if path.suffix.lower() in (".mid", ".midi"):
-        _check_midi(path)
+        _check_midi(path, scan_events=midi_reader != "symusic")
+        if midi_reader == "symusic":
+            return _read_midi_fast(tok, path)
     from music21 import converter
 
     try:
@@ -125,10 +141,23 @@ def read_events(tok: ScoreTokenizer, path: Path) -> Events:
         raise DataError(f"{path}: cannot read the score ({one_line(e, with_type=True, limit=200)})") from None
 
 
-def _check_midi(path: Path) -> None:
-    """Catch truncated MIDI files, which music21 reads silently as their first few notes, and files whose
-    length in time or events would take all memory or hours in music21 (a 45-byte file with one gap of
-    2^28 ticks became 5.4 GB): bounded by MAX_MIDI_QUARTERS and MAX_MIDI_EVENTS before parsing."""
+def _read_midi_fast(tok: ScoreTokenizer, path: Path) -> Events:
+    """symusic's reading, bounded like music21's (the same limits, checked on what symusic read: its C++
+    parser holds a 2^28-tick gap as one number, the bars made from it would not be)."""
+    try:
+        return read_midi(tok, path, MAX_MIDI_QUARTERS, MAX_MIDI_EVENTS)
+    except ValueError as e:
+        raise DataError(f"{path}: {e}") from None
+    except Exception as e:  # symusic raises RuntimeError and others on damaged files
+        raise DataError(f"{path}: cannot parse ({one_line(e, with_type=True, limit=200)})") from None
+
+
+def _check_midi(path: Path, scan_events: bool = True) -> None:
+    """Catch truncated MIDI files, which music21 reads silently as their first few notes (symusic too, when
+    the header promises more tracks than there are), and, with `scan_events`, files whose length in time
+    or events would take all memory or hours in music21 (a 45-byte file with one gap of 2^28 ticks became
+    5.4 GB): bounded by MAX_MIDI_QUARTERS and MAX_MIDI_EVENTS before parsing. Without `scan_events` only
+    the chunk headers are read (~10 us instead of ~5 ms a file; the symusic path checks sizes after reading)."""
     data = path.read_bytes()
     if data[:4] != b"MThd" or len(data) < 14:
         raise DataError(f"{path}: not a MIDI file (no MThd header)")
@@ -143,6 +172,9 @@ def _check_midi(path: Path) -> None:
         size = int.from_bytes(data[at + 4 : at + 8], "big")
         if at + 8 + size > len(data):
             raise DataError(f"{path}: truncated MIDI (track {i + 1} declares {size} bytes, {len(data) - at - 8} present)")
+        if not scan_events:
+            at += 8 + size
+            continue
         ticks, count = _track_extent(data, at + 8, at + 8 + size)
         events += count
         if ticks / per_quarter > MAX_MIDI_QUARTERS:
@@ -198,12 +230,12 @@ def _varlen(data: bytes, at: int, end: int) -> tuple[int, int]:
     return value, at
 
 
-def prompt_tokens(tok: ScoreTokenizer, path: Path, bars: int | None) -> list[int]:
+def prompt_tokens(tok: ScoreTokenizer, path: Path, bars: int | None, midi_reader: str = "symusic") -> list[int]:
     """A prompt file's tokens (BOS ... no EOS); with `bars`, its first `bars` bars and the next bar line,
     so the model continues in a new bar and the prompt's bars stay as they are."""
     if not path.is_file():
         raise DataError(f"{path}: prompt file not found")
-    ids = tok.encode_events(read_events(tok, path))[:-1]
+    ids = tok.encode_events(read_events(tok, path, midi_reader))[:-1]
     if bars is not None:
         if bars < 1:
             raise DataError(f"--prompt-bars must be >= 1, got {bars}")

@@ -34,6 +34,7 @@ class TextModality(Modality):
     name = "text"
     tokenizer_kinds = {"char": CharTokenizer, "bpe": BPETokenizer}
     suffixes = (".txt", ".md", ".text")
+    reads_files_independently = True  # prepare reads the files in data.workers processes
 
     def __init__(self, tokenizer: Literal["char", "bpe"] = "char", vocab_size: int = 2048, errors: Literal["strict", "replace"] = "strict"):
         """

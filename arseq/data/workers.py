@@ -1,0 +1,194 @@
+"""Reading input files in worker processes: results in input order, a bounded number in flight, and a
+file that hangs or kills its worker skipped with the reason instead of ending the run.
+
+Why not `ProcessPoolExecutor` (what music reading used before): one worker that dies breaks the whole
+pool (`BrokenProcessPool`, the run ends), and a task cannot be cancelled once it runs, so a file that
+hangs inside C code (a MIDI parser) holds its worker forever; `SIGALRM` in the worker stops pure Python
+only. Here each worker has its own pipe and runs one file at a time, so the parent knows which file
+each worker holds and since when, kills that worker past the time budget, and starts another.
+
+Workers are forked (where the platform can): they inherit the imported modules and the function to
+run, so neither is pickled; only the jobs and results cross the pipes.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Iterable, Iterator
+
+from arseq.limits import file_seconds
+
+log = logging.getLogger(__name__)
+
+_configured: dict[str, Any] = {}
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's share), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def configured(workers: int | None, seconds: float | None = None) -> Iterator[None]:
+    """Within the block, readers use `workers` processes and a budget of `seconds` a file (`data.workers`
+    and `data.file_seconds` of the run); forked workers inherit the setting."""
+    old = dict(_configured)
+    _configured.update(workers=workers, seconds=seconds)
+    try:
+        yield
+    finally:
+        _configured.clear()
+        _configured.update(old)
+
+
+def configured_workers() -> int:
+    """The worker count set by `configured` (prepare's `data.workers`), else the usable cores."""
+    return _configured.get("workers") or usable_cores()
+
+
+def file_budget() -> float:
+    """Seconds one file may take to read: `data.file_seconds`, else ARSEQ_FILE_SECONDS, else 120."""
+    return _configured.get("seconds") or file_seconds()
+
+
+def read_per_file(modality: Any, files: list[Any], tokenizer: Any, check: bool) -> Iterator[Any]:
+    """`modality.read` on one file at a time in worker processes, records in file order, for modalities
+    whose items depend on their own file only (`reads_files_independently`); a file that crashes or hangs
+    its worker becomes `Skipped` with the reason."""
+    from arseq.modalities.base import Skipped
+
+    read_one = partial(_read_one, modality, tokenizer, check)  # picklable where workers are spawned
+    workers = 1 if len(files) < 4 else None
+    for path, records in zip(files, ordered_map(read_one, files, workers, seconds=file_budget())):
+        if isinstance(records, Failed):
+            yield Skipped(str(path), records.reason)
+        else:
+            yield from records
+
+
+def _read_one(modality: Any, tokenizer: Any, check: bool, path: Any) -> list[Any]:
+    return list(modality.read([path], None, tokenizer, check_roundtrip=check))
+
+
+@dataclass
+class Failed:
+    """A job whose worker crashed or ran past the time budget; `reason` is one line for the user."""
+
+    reason: str
+
+
+class _Worker:
+    def __init__(self, ctx: Any, fn: Callable[[Any], Any]):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, fn), daemon=True)
+        self.process.start()
+        child.close()
+        self.task: int | None = None
+        self.since = 0.0
+
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            self.process.kill()
+        else:
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+def _serve(conn: Connection, fn: Callable[[Any], Any]) -> None:
+    """A worker's loop: run `fn` on each job received until None; exceptions go back as `Failed`."""
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        index, job = message
+        try:
+            result: Any = fn(job)
+        except Exception as e:  # the parent reports it as this file's reason; the worker goes on
+            result = Failed(f"{type(e).__name__}: {e}".splitlines()[0][:300])
+        conn.send((index, result))
+
+
+def ordered_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int | None = None,
+                seconds: float | None = None, ahead: int = 8) -> Iterator[Any]:
+    """`fn(job)` for each job, yielded in the order of `jobs`; a job whose worker dies or takes longer
+    than `seconds` yields `Failed(reason)` instead. With one worker (or `workers` <= 1) it runs here, in
+    this process (no time budget but what `fn` enforces itself). At most `ahead` jobs per worker are in
+    flight or waiting to be yielded, so memory stays bounded however many files there are."""
+    workers = configured_workers() if workers is None else workers
+    if workers <= 1:
+        for job in jobs:
+            try:
+                yield fn(job)
+            except Exception as e:  # as in a worker: this job fails, the others go on
+                yield Failed(f"{type(e).__name__}: {e}".splitlines()[0][:300])
+        return
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    source = iter(jobs)
+    pool = [_Worker(ctx, fn) for _ in range(workers)]
+    done: dict[int, Any] = {}
+    sent = yielded = 0
+    exhausted = False
+    try:
+        while True:
+            for w in pool:  # hand out work, keeping the window bounded
+                if w.task is None and not exhausted and sent - yielded < ahead * workers:
+                    try:
+                        job = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    w.conn.send((sent, job))
+                    w.task, w.since = sent, time.monotonic()
+                    sent += 1
+            while yielded in done:
+                yield done.pop(yielded)
+                yielded += 1
+            busy = [w for w in pool if w.task is not None]
+            if not busy:
+                if exhausted:
+                    return
+                continue
+            timeout = None if seconds is None else max(0.0, min(w.since + seconds for w in busy) - time.monotonic())
+            ready = wait([w.conn for w in busy], timeout=timeout)
+            for i, w in enumerate(pool):
+                if w.task is None:
+                    continue
+                if w.conn in ready:
+                    try:
+                        index, result = w.conn.recv()
+                    except (EOFError, OSError):
+                        w.process.join(timeout=5)
+                        code = w.process.exitcode
+                        done[w.task] = Failed(f"the reading worker died on it (exit code {code})")
+                        log.warning("a reading worker died (exit code %s); starting another", code)
+                        pool[i] = _Worker(ctx, fn)
+                        w.conn.close()
+                        continue
+                    done[index] = result
+                    w.task = None
+                elif seconds is not None and time.monotonic() - w.since >= seconds:
+                    done[w.task] = Failed(f"still reading after {seconds:g} s (the per-file budget, "
+                                          "data.file_seconds or ARSEQ_FILE_SECONDS); skipped")
+                    w.stop(kill=True)
+                    pool[i] = _Worker(ctx, fn)
+    finally:
+        for w in pool:
+            w.stop(kill=w.task is not None)
+

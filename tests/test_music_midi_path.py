@@ -1,0 +1,141 @@
+"""The fast MIDI path (symusic) gives the same tokens as music21's path on the same files.
+
+The files are Bach chorales from music21's corpus written to MIDI by music21 (in a temporary folder).
+Measured on all 350 (the slow test): 344 identical; 4 differ where music21's MIDI import moves 32nd
+notes onto its 16th/triplet grid (and gathers them into chords), which the fast path keeps; bwv248.23-2,
+where music21's import splits held notes of a part with two voices (the fast path matches the
+MusicXML score); bwv299, whose MIDI (as music21 writes it) has a note-off before its note-on, so two
+notes of one pitch share a note-off, and symusic keeps one of them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("music21")
+pytest.importorskip("symusic")
+
+from arseq.modalities.music_conditions import analysed_key  # noqa: E402
+from arseq.modalities.music_reading import load_piece, read_events  # noqa: E402
+from arseq.tokenizers.score import ScoreTokenizer  # noqa: E402
+
+TOK = ScoreTokenizer()
+# short chorales, in 4/4 and 3/4, major and minor; bwv251 has 32nd notes
+FEW = ("bach/bwv269", "bach/bwv347", "bach/bwv153.1", "bach/bwv86.6", "bach/bwv251")
+
+
+def write_midi(names: tuple[str, ...] | None, folder: Path) -> list[Path]:
+    """Chorales of music21's corpus written to MIDI by music21 (all 350 when `names` is None)."""
+    from music21 import converter
+
+    from arseq.modalities.music_corpus import bach_chorales
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, path in bach_chorales():
+        if names is None or name in names:
+            dst = folder / (name.replace("/", "_") + ".mid")
+            converter.parse(path).write("midi", fp=str(dst))
+            out.append(dst)
+    return out
+
+
+def off_music21_grid(events) -> bool:
+    """Notes music21's MIDI import would move: onsets or durations not on 16ths or eighth triplets (24 ppq)."""
+    return any((n.onset % 6 and n.onset % 8) or (n.dur % 6 and n.dur % 8) for n in events.notes)
+
+
+def compare(files: list[Path]) -> tuple[list[str], list[str]]:
+    """(files with different tokens that music21 quantized, other files with different tokens)."""
+    quantized, other = [], []
+    for f in files:
+        fast, slow = read_events(TOK, f, "symusic"), read_events(TOK, f, "music21")
+        if TOK.encode_events(fast) != TOK.encode_events(slow):
+            (quantized if off_music21_grid(fast) else other).append(f.stem)
+    return quantized, other
+
+
+@pytest.fixture(scope="module")
+def chorales(tmp_path_factory) -> list[Path]:
+    return write_midi(FEW, tmp_path_factory.mktemp("chorales"))
+
+
+def test_same_tokens_by_both_paths(chorales):
+    quantized, other = compare(chorales)
+    assert other == []
+    assert quantized == ["bach_bwv251"]  # 32nd notes: kept by the fast path, moved by music21's import
+
+
+def test_fast_path_keeps_what_music21_moves(chorales):
+    """bwv251's 32nd notes are on arseq's grid (24 per quarter): the fast path reads them as written,
+    music21's import makes a chord of 16ths of them."""
+    f = next(f for f in chorales if "bwv251" in f.name)
+    fast, slow = read_events(TOK, f, "symusic"), read_events(TOK, f, "music21")
+    assert any(n.dur == 3 for n in fast.notes) and not any(n.dur == 3 for n in slow.notes)
+    assert fast.lost.get("off_grid", 0) == 0
+
+
+def test_conditions_and_info_agree(chorales):
+    """Key, meter and counts found in the worker are the same by both paths."""
+    for f in chorales[:4]:
+        a = load_piece(f.stem, str(f), TOK.to_dict(), False, "symusic")
+        b = load_piece(f.stem, str(f), TOK.to_dict(), False, "music21")
+        assert a[4] == b[4] and a[4]["key"] == analysed_key(read_events(TOK, f, "music21"))[2]
+        assert {k: a[3][k] for k in ("notes", "bars", "parts")} == {k: b[3][k] for k in ("notes", "bars", "parts")}
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_meter_key_and_tempo_changes(tmp_path):
+    """A piece with a 3/4 -> 2/4 change, a key change and a tempo change written by music21: same tokens."""
+    from music21 import key, meter, note, stream, tempo
+
+    part = stream.Part()
+    part.append(tempo.MetronomeMark(number=72))
+    part.append(meter.TimeSignature("3/4"))
+    part.append(key.KeySignature(-2))
+    for p in ["B-4", "C5", "D5", "E-5", "F5", "G5"]:
+        part.append(note.Note(p, quarterLength=1))
+    part.append(meter.TimeSignature("2/4"))
+    part.append(key.KeySignature(2))
+    part.append(tempo.MetronomeMark(number=96))
+    for p in ["D5", "E5", "F#5", "A5"]:
+        part.append(note.Note(p, quarterLength=1))
+    part.append(note.Note("D5", quarterLength=2))
+    path = tmp_path / "changes.mid"
+    stream.Score([part]).write("midi", fp=str(path))
+    fast, slow = read_events(TOK, path, "symusic"), read_events(TOK, path, "music21")
+    assert TOK.encode_events(fast) == TOK.encode_events(slow)
+    assert [b.ts for b in fast.bars] == [(3, 4), (3, 4), (2, 4), (2, 4), (2, 4)]
+    assert fast.bars[0].key == -2 and fast.bars[-1].key == 2 and fast.bars[0].tempo == 72 and fast.bars[-1].tempo == 96
+
+
+def test_off_grid_onsets_are_counted(tmp_path):
+    """A performance-like file (onsets a few ms off the beat) is moved onto the grid and says so."""
+    import symusic
+
+    score = symusic.Score(480)
+    track = symusic.Track("piano")
+    for i in range(8):
+        track.notes.append(symusic.Note(i * 480 + (0 if i % 2 else 7), 400, 60 + i, 80))
+    score.tracks.append(track)
+    path = tmp_path / "played.mid"
+    score.dump_midi(str(path))
+    ev = read_events(TOK, path, "symusic")
+    assert ev.lost["off_grid"] == 4  # 7 ticks late (0.35 of a grid step): the notes 0, 2, 4 and 6
+    assert [n.onset for n in ev.notes] == [24 * i for i in range(8)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("ARSEQ_SLOW_TESTS"), reason="slow: set ARSEQ_SLOW_TESTS=1")
+def test_every_chorale(tmp_path):
+    """All 350 chorales (~5 minutes on 2 cores: music21 writes and reads every one)."""
+    files = write_midi(None, tmp_path)
+    quantized, other = compare(files)
+    print(f"{len(files)} chorales: {len(files) - len(quantized) - len(other)} identical; "
+          f"music21 quantized {quantized}; other differences {other}")
+    assert len(files) == 350
+    assert set(other) <= {"bach_bwv248.23-2", "bach_bwv299"}
+    assert len(quantized) <= 4
