@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import logging
 import os
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def _flip_last_byte(path: Path) -> None:
     ("train.npy", _truncate), ("train_offsets.npy", _truncate), ("val.npy", _flip_last_byte),
     ("train.npy", _flip_last_byte), ("meta.json", lambda p: p.unlink()), ("checksums.json", lambda p: p.write_text("{")),
 ], ids=["truncated tokens", "truncated offsets", "same-size val", "same-size train", "missing meta", "bad manifest"])
-def test_damaged_entry_is_rebuilt_with_one_warning(tmp_path, damage, capsys):
+def test_damaged_entry_is_rebuilt_with_one_warning(tmp_path, damage, caplog):
     name, spoil = damage
     data = _corpus(tmp_path / "docs")
     first = prepare(TextModality(), {}, data, progress=False)
@@ -47,9 +48,10 @@ def test_damaged_entry_is_rebuilt_with_one_warning(tmp_path, damage, capsys):
     del first
     entry = next((Path(os.environ["ARSEQ_CACHE_DIR"]) / "text").iterdir())
     spoil(entry / name)
-    capsys.readouterr()
-    again = prepare(TextModality(), {}, data, progress=False)
-    err = capsys.readouterr().err.strip().splitlines()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="arseq"):
+        again = prepare(TextModality(), {}, data, progress=False)
+    err = [r.getMessage() for r in caplog.records]
     assert not again.cached and len(err) == 1 and "is damaged" in err[0] and "rebuilding" in err[0], err
     assert np.array_equal(again.train.tokens, expected[0]) and np.array_equal(again.val.tokens, expected[1])
     assert prepare(TextModality(), {}, data, progress=False).cached  # the rebuilt entry is whole

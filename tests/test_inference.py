@@ -3,6 +3,8 @@ weights and their export, --dtype, and one-line errors for bad --compile/--quant
 import copy
 import json
 
+import logging
+
 import pytest
 import torch
 
@@ -116,17 +118,18 @@ def _broken_compile(*args, **kwargs):
     raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\n  traceback line")
 
 
-def test_compile_that_cannot_work_is_one_line_or_falls_back_with_auto(model, monkeypatch, capsys):
+def test_compile_that_cannot_work_is_one_line_or_falls_back_with_auto(model, monkeypatch, caplog):
     monkeypatch.setattr(torch, "compile", _broken_compile)
     with pytest.raises(ValueError, match=r"^--compile: torch.compile does not work on cpu \(InvalidCxxCompiler") as e:
         generate(model, [[1, 2]], GREEDY, compile="on")
     assert "\n" not in str(e.value)
-    assert generate(model, [[1, 2]], GREEDY, compile="auto").tokens == generate(model, [[1, 2]], GREEDY).tokens
-    err = capsys.readouterr().err.strip().splitlines()
+    with caplog.at_level(logging.WARNING, logger="arseq"):
+        assert generate(model, [[1, 2]], GREEDY, compile="auto").tokens == generate(model, [[1, 2]], GREEDY).tokens
+    err = [r.getMessage() for r in caplog.records]
     assert len(err) == 1 and err[0].startswith("warning: --compile auto:")
 
 
-def test_a_later_graph_that_fails_to_compile_is_one_line_too(monkeypatch, capsys):
+def test_a_later_graph_that_fails_to_compile_is_one_line_too(monkeypatch, caplog):
     """The speculative passes compile two shapes: the second failing after the first worked is no traceback."""
     def compile_once(fn, **kwargs):
         shapes = set()
@@ -145,8 +148,9 @@ def test_a_later_graph_that_fails_to_compile_is_one_line_too(monkeypatch, capsys
         step(None, torch.ones(1, 5))
     assert "\n" not in str(e.value)
     auto = inference.Compiled(lambda m, x: x * 2, torch.device("cpu"), fallback=True)
-    assert auto(None, torch.ones(1, 1)).sum() == 2 and auto(None, torch.ones(1, 5)).sum() == 10  # eager from then on
-    assert capsys.readouterr().err.count("warning: --compile auto:") == 1
+    with caplog.at_level(logging.WARNING, logger="arseq"):
+        assert auto(None, torch.ones(1, 1)).sum() == 2 and auto(None, torch.ones(1, 5)).sum() == 10  # eager from then on
+    assert sum("warning: --compile auto:" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_int8_logits_are_close_and_greedy_mostly_equal(model):

@@ -41,7 +41,7 @@ def test_init_from_checkpoint_starts_from_its_weights_and_tokenizer(trained, tin
                          "--data.paths", str(tmp_path / "new.txt"), "--trainer.max_steps", "4",
                          "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.callbacks", CALLBACKS)
     assert code == 0, err
-    assert f"initialised from {trained / 'checkpoints'}" in out and "its tokenizer" in out
+    assert f"initialised from {trained / 'checkpoints'}" in err and "its tokenizer" in err
     start = RecordStart.seen[-1]
     for name, weight in start["state"].items():
         assert torch.equal(weight, source["state_dict"]["model." + name]), name
@@ -55,7 +55,7 @@ def test_init_from_an_arseq_export_and_refusals(trained, tiny_config, tmp_path, 
     assert run(capsys, "export", "--checkpoint", str(trained), "--out", str(export))[0] == 0
     base = ["train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.max_steps", "2"]
     code, out, err = run(capsys, *base, "--init-from", str(export))
-    assert code == 0 and "initialised from" in out, err
+    assert code == 0 and "initialised from" in err, err
     cases = [
         (["--init-from", str(export), "--model.d_model", "64"], "model.d_model is 32 there but 64 in the config"),
         (["--init-from", str(export), "--model.tie_weights", "false"], "model.tie_weights is True there but False"),

@@ -11,9 +11,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +30,8 @@ from arseq.data.spill import Spill, SpilledTokens
 from arseq.data.workers import configured, read_per_file
 from arseq.modalities.base import DataError, Example, Modality, Skipped
 from arseq.tokenizers.base import Tokenizer
+
+log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 5  # 2: entries carry checksums.json; 3: conditions (controls.json); 4: image classes as conditions;
 # 5: conditions head every training window
@@ -157,7 +159,7 @@ def _dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
 
 
-def _collect(modality: Modality, files: list[Path], source: str | None, tokenizer: Tokenizer, check: bool, desc: str,
+def collect(modality: Modality, files: list[Path], source: str | None, tokenizer: Tokenizer, check: bool, desc: str,
              progress: bool, data: DataConfig):
     """Read and tokenize in `data.workers` processes; items' ids are spilled to disk as they come, so
     memory stays flat (`arseq.data.spill`)."""
@@ -268,7 +270,7 @@ def _controls(modality: Modality, data: DataConfig, tokenizer: Tokenizer, exampl
         missing = {f: sum(f not in e.conditions for e in examples) for f in controls.fields}
         for f, n in missing.items():
             if n:
-                print(f"arseq: {n} of {len(examples)} items have no {f} (trained with the unknown {f} token)", file=sys.stderr)
+                log.warning(f"arseq: {n} of {len(examples)} items have no {f} (trained with the unknown {f} token)")
     _condition(examples, controls)
     return controls
 
@@ -330,7 +332,7 @@ def prepare(
         directory = cache_root() / modality.name / key
         broken = damage(directory)
         if broken is not None:
-            print(f"arseq: cache entry {directory} is damaged ({broken}); rebuilding it", file=sys.stderr)
+            log.warning(f"arseq: cache entry {directory} is damaged ({broken}); rebuilding it")
             discard(directory)
             continue
         try:
@@ -350,13 +352,13 @@ def prepare(
     t0 = time.perf_counter()
     if tokenizer is None:
         tokenizer = modality.build_tokenizer(files, data.source)
-    examples, skipped = _collect(modality, files, data.source, tokenizer, check_roundtrip, "tokenizing", progress, data)
+    examples, skipped = collect(modality, files, data.source, tokenizer, check_roundtrip, "tokenizing", progress, data)
     if not examples:
         reasons = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3])
         raise DataError(f"no usable training items{' (' + reasons + ')' if reasons else ''}")
     controls = _controls(modality, data, tokenizer, examples, controls)
     if val_files:
-        val_examples, val_skipped = _collect(modality, val_files, None, tokenizer, check_roundtrip, "tokenizing val", progress, data)
+        val_examples, val_skipped = collect(modality, val_files, None, tokenizer, check_roundtrip, "tokenizing val", progress, data)
         _condition(val_examples, controls)
         train_seqs = [e.tokens for e in examples]
         val_seqs = [e.tokens for e in val_examples]
