@@ -200,7 +200,8 @@ def test_speculative_decoding_of_a_conditioned_model_equals_plain(tagged, capsys
 
 def test_guidance_follows_the_guided_distribution_token_for_token():
     """Greedy with --guidance s picks argmax(log p_u + s (log p_c - log p_u)) at every step, p_c given the
-    conditioned prompt, p_u the guide prompt (a different length: left-padded), both fed the chosen tokens."""
+    conditioned prompt, p_u the guide prompt (a different length: left-padded), both fed the chosen tokens
+    (the pad id excluded)."""
     from arseq.decode import SamplingConfig, generate, guided
     from arseq.models.transformer import Transformer, TransformerConfig
 
@@ -217,7 +218,9 @@ def test_guidance_follows_the_guided_distribution_token_for_token():
             with torch.no_grad():
                 lc = model(torch.tensor([c + tokens[:t]]))[:, -1]
                 lu = model(torch.tensor([g + tokens[:t]]))[:, -1]
-            assert int(guided(lc, lu, 2.5).argmax()) == tokens[t]
+            scores = guided(lc, lu, 2.5)
+            scores[:, 0] = float("-inf")  # the pad id: never a sample's token
+            assert int(scores.argmax()) == tokens[t]
     plain = generate(model, cond, SamplingConfig(max_new_tokens=10, temperature=0)).tokens
     assert generate(model, cond, SamplingConfig(max_new_tokens=10, temperature=0, guidance=1.0), guide=guide).tokens == plain
     assert out != plain  # guidance changed something: the test is not vacuous

@@ -26,14 +26,16 @@ def model() -> Transformer:
 
 def reference_greedy(model, prompts, n, head=0):
     """The sliding-window decode in plain full passes, row by row: a row whose window outgrows the context
-    keeps its first `head` tokens and its newest, half the context in all."""
+    keeps its first `head` tokens and its newest, half the context in all. The pad id (0) is never taken."""
     context, keep, out = model.cfg.max_seq_len, model.cfg.max_seq_len // 2, []
     for p in prompts:
         seq, start = list(p), head
         for _ in range(n):
             if head + len(seq) - start > context:
                 start = len(seq) - (keep - head)
-            seq.append(int(model(torch.tensor([seq[:head] + seq[start:]]))[0, -1].argmax()))
+            logits = model(torch.tensor([seq[:head] + seq[start:]]))[0, -1]
+            logits[0] = float("-inf")
+            seq.append(int(logits.argmax()))
         out.append(seq[len(p) :])
     return out
 
