@@ -15,7 +15,7 @@ from arseq.artifacts import checkpoint
 from arseq.artifacts.checkpoint import Loaded
 from arseq.atomic import OutputFiles
 from arseq.data.files import expand_paths
-from arseq.data.prepare import collect
+from arseq.data.prepare import DataConfig, collect
 from arseq.errors import DataError
 from arseq.models.device import resolve_device
 from arseq.models.scoring import sequence_nll
@@ -74,7 +74,7 @@ def score(loaded: Loaded, data_paths: list[str], args: ScoreOptions) -> int:
     if not 0 < stride <= context:
         raise DataError(f"--stride must be between 1 and the model's context ({context}), got {args.stride}")
     files = expand_paths(data_paths, loaded.modality.suffixes, "--data.paths")
-    examples, skipped = collect(loaded.modality, files, None, tok, False, "reading", True)
+    examples, skipped = collect(loaded.modality, files, None, tok, False, "reading", True, DataConfig())
     examples = [e for e in examples if len(e.tokens) > 1]
     if not examples:
         reasons = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3])
