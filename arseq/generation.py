@@ -18,7 +18,9 @@ import numpy as np
 from arseq import drafting
 from arseq.checkpoint import Loaded
 from arseq.conditioning import Controls, split_condition
+from arseq.data.fim import Fim
 from arseq.data.prepare import DataConfig, Prepared, prepare
+from arseq.decode.infill import hide_sentinels
 from arseq.modalities import DataError, EvalInputs, Example, Modality, Plan, Request, Sample
 from arseq.decode import SamplingConfig, Speculative, generate
 from arseq.models.scoring import sequence_nll, unigram_baseline
@@ -92,6 +94,8 @@ def make_plan(loaded: Loaded, request: Request) -> tuple[Plan, SamplingConfig]:
     if request.conditions and controls is None:
         raise DataError(f"--cond {request.conditions[0]}: this model was trained without conditions")
     request.condition_values = dict(controls.fields) if controls is not None else {}
+    request.fim = Fim.from_dict(loaded.meta.get("fim"))  # infilling options need it; None: a model without FIM
+    request.context = loaded.model.cfg.max_seq_len - (controls.width if controls is not None else 0)
     plan = modality.plan(tok, request)
     if controls is not None:
         given = controls.given(request.conditions)
@@ -117,6 +121,9 @@ def make_plan(loaded: Loaded, request: Request) -> tuple[Plan, SamplingConfig]:
         plan.constraint = lambda: controls.hide(inner() if inner is not None else None)
     elif cfg.guidance != 1.0:
         raise DataError("--guidance: this model was trained without conditions")
+    if request.fim is not None:  # a FIM model never samples its sentinels
+        made, fim = plan.constraint, request.fim
+        plan.constraint = lambda: hide_sentinels(made() if made is not None else None, fim)
     return plan, cfg
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from arseq.checkpoint import load_checkpoint_file
+from arseq.data.fim import for_training
 from arseq.data.loader import train_loader, val_loader
 from arseq.data.prepare import DataConfig, prepare
 from arseq.errors import first_line, one_line
@@ -81,7 +82,8 @@ def run_train(
         tokenizer = source.tokenizer
     prepared = prepare(modality, options, data, tokenizer=tokenizer)
     tok = prepared.tokenizer
-    model_cfg = TransformerConfig(vocab_size=prepared.vocab_size, max_seq_len=data.block_size, **model)
+    fim, fim_windows = for_training(data.fim_rate, data.fim_ordering, prepared, modality)  # None, None at rate 0
+    model_cfg = TransformerConfig(vocab_size=prepared.vocab_size + (fim.size if fim else 0), max_seq_len=data.block_size, **model)
     if resumed is not None:
         theirs = resumed.get("model", {})
         differ = [f"{k} {theirs.get(k)} vs {v}" for k, v in asdict(model_cfg).items() if k in theirs and theirs[k] != v]
@@ -100,13 +102,15 @@ def run_train(
     }
     if prepared.controls is not None:
         meta["conditions"] = prepared.controls.to_dict()
+    if fim is not None:
+        meta["fim"] = fim.to_dict()
     module = ARModule(asdict(model_cfg), optim, meta, compile)
     init_note = initialise(module.model, source, init_from_resize_vocab) if source else None
     augment = None if type(modality).augment is Modality.augment else modality.augment
     if augment is not None and "controls" in inspect.signature(augment).parameters:  # it can move condition tokens along
         augment = partial(augment, controls=prepared.controls)
     train = train_loader(prepared.directory / "train.npy", data.block_size, data.batch_size, seed, augment, data.num_workers,
-                         prepared.controls)
+                         prepared.controls, fim_windows)
     val = val_loader(prepared.val, data.block_size, data.batch_size, tok.pad_id, prepared.controls.head if prepared.controls else 0)
 
     root = trainer_args.pop("default_root_dir", None) or "runs"

@@ -50,6 +50,9 @@ class DataConfig:
         conditions: condition fields to train with (control tokens after BOS); None: every field of the
             modality that the data has values for; []: none.
         condition_drop: chance that training hides an item's condition (so the model also samples without one).
+        fim_rate: share of training windows reordered for fill-in-the-middle (arseq.data.fim); 0 (default):
+            none, and no sentinel tokens (the model is exactly what it was without FIM).
+        fim_ordering: psm, spm or both (half each): where the suffix goes (arseq.data.fim).
     """
 
     paths: str | list[str] | None = None
@@ -62,6 +65,8 @@ class DataConfig:
     num_workers: int = 0
     conditions: list[str] | None = None
     condition_drop: float = 0.1
+    fim_rate: float = 0.0
+    fim_ordering: str = "psm"
 
     def __post_init__(self) -> None:
         if not 0 <= self.condition_drop <= 1:

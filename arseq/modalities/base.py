@@ -129,6 +129,12 @@ class Modality:
         """Augment one training window (e.g. transpose music). Must keep the shape."""
         return tokens
 
+    def fim_cuts(self, tokenizer: Tokenizer, tokens: np.ndarray) -> np.ndarray:
+        """Where fill-in-the-middle training may cut a run of an item's tokens (`data.fim_rate`): positions i
+        splitting tokens[:i] | tokens[i:], the run's ends always allowed. Cut at the units people regenerate
+        (bars, image rows), so the middles learned are the ones infilling asks for. Default: every token."""
+        return np.arange(len(tokens) + 1)
+
     # ---- reporting -------------------------------------------------------------------------------
     def summarize(self, tokenizer: Tokenizer, examples: list[Example]) -> dict[str, Any]:
         """Extra keys for `arseq prepare`'s JSON (e.g. tokens_per_note)."""

@@ -62,6 +62,10 @@ class Request:
     conditions: list[str] = field(default_factory=list)  # FIELD=VALUE: control tokens for a conditioned model
     # Filled by the core before `plan`: the values the model knows per condition field (none: unconditioned).
     condition_values: dict[str, list[str]] = field(default_factory=dict)
+    # Filled by the core before `plan`: the model's fill-in-the-middle sentinels (arseq.data.fim.Fim; None: trained
+    # without FIM, so it cannot infill) and the context a prompt and its continuation must fit in.
+    fim: Any = None
+    context: int | None = None
     out: Path | None = None  # generate: the output file or folder; None prints
     overwrite: bool = False  # replace files `out` would write that exist already
 

@@ -1,0 +1,149 @@
+"""Fill in the middle (Bavarian et al. 2022): training windows cut into prefix, middle and suffix and reordered.
+
+With `data.fim_rate` > 0, that share of training windows has one item (the longest run of one item's tokens in
+the window) cut at two of the modality's unit boundaries (`Modality.fim_cuts`: bars, patch rows, residues,
+characters) into prefix, middle and suffix, and reordered around three sentinel tokens reserved after the
+tokenizer's ids and the control tokens:
+
+    PSM: head <pre> prefix <suf> suffix <mid> middle tail
+    SPM: head <pre> <suf> suffix <mid> prefix middle tail    (the paper's SPM: prefix and middle contiguous)
+
+`head` is the item's BOS and control tokens where the window holds the item's start (conditions stay in front,
+as sampling keeps them), `tail` its EOS where the window holds its end: the model learns to end the middle where
+it joins the suffix. The result is a permutation of the item's tokens plus the three sentinels; the window
+keeps its length (the three tokens the sentinels add fall off its end). The same model still writes left to
+right: the other windows, and the prefix, suffix and middle themselves, are ordinary text of the item.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from arseq.errors import DataError
+
+ORDERINGS = ("psm", "spm", "both")
+SENTINELS = 3  # <pre>, <suf>, <mid>
+Cuts = Callable[[np.ndarray], np.ndarray]  # a body of an item's tokens -> positions where a cut may fall
+
+
+@dataclass(frozen=True)
+class Fim:
+    """The FIM sentinels of a model (saved in its checkpoint as `fim`) and how it was trained with them."""
+
+    offset: int  # first sentinel id: the tokenizer's vocabulary plus the control tokens
+    rate: float = 0.5
+    ordering: str = "psm"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.rate <= 1:
+            raise DataError(f"data.fim_rate must be in [0, 1], got {self.rate}")
+        if self.ordering not in ORDERINGS:
+            raise DataError(f"data.fim_ordering must be one of {', '.join(ORDERINGS)}, got {self.ordering!r}")
+
+    @property
+    def size(self) -> int:
+        return SENTINELS
+
+    @property
+    def pre_id(self) -> int:
+        return self.offset
+
+    @property
+    def suf_id(self) -> int:
+        return self.offset + 1
+
+    @property
+    def mid_id(self) -> int:
+        return self.offset + 2
+
+    def prompt(self, before: list[int], prefix: list[int], suffix: list[int]) -> list[int]:
+        """An infilling prompt in the ordering the model was trained on (PSM where it knows both): `before`
+        (BOS; the core inserts the conditions after it) and the sentinels around prefix and suffix."""
+        if self.ordering == "spm":
+            return [*before, self.pre_id, self.suf_id, *suffix, self.mid_id, *prefix]
+        return [*before, self.pre_id, *prefix, self.suf_id, *suffix, self.mid_id]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"offset": self.offset, "rate": self.rate, "ordering": self.ordering}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any] | None) -> "Fim | None":
+        if not state:
+            return None
+        return cls(int(state["offset"]), float(state["rate"]), str(state["ordering"]))
+
+    @classmethod
+    def of(cls, rate: float, ordering: str, offset: int) -> "Fim | None":
+        """The sentinels a training run with `data.fim_rate` reserves after `offset` ids; None at rate 0."""
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
+            raise DataError(f"data.fim_rate must be a number in [0, 1], got {rate!r}")
+        return cls(offset, float(rate), ordering) if rate > 0 else None
+
+
+def reorder(tokens: np.ndarray, head: int, tail: int, cuts: np.ndarray, rng: np.random.Generator, fim: Fim,
+            spm: bool) -> np.ndarray | None:
+    """One item's tokens (`head` tokens in front and `tail` at the end kept in place) cut at two of the
+    positions `cuts` of its body (plus its ends) and reordered; None when the body offers fewer than two."""
+    body = tokens[head : len(tokens) - tail]
+    points = np.unique(np.concatenate([[0, len(body)], np.asarray(cuts, dtype=np.int64)]))
+    points = points[(points >= 0) & (points <= len(body))]
+    if len(points) < 2:
+        return None
+    i, j = np.sort(rng.choice(points, size=2, replace=False))
+    pre, mid, suf = body[:i], body[i:j], body[j:]
+    p, s, m = np.array([fim.pre_id]), np.array([fim.suf_id]), np.array([fim.mid_id])
+    parts = [p, s, suf, m, pre, mid] if spm else [p, pre, s, suf, m, mid]
+    return np.concatenate([tokens[:head], *parts, tokens[len(tokens) - tail :]]).astype(tokens.dtype)
+
+
+class FimWindows:
+    """Applies FIM to a share of training windows (RandomWindows calls it after augmenting).
+
+    Each window's stream positions (`index`) say which item every token belongs to (`offsets`); the longest
+    run of one item is the one reordered. Its head is BOS and the control tokens (`head` tokens) where the run
+    starts at the item's start, its tail the EOS where it ends at the item's end."""
+
+    def __init__(self, fim: Fim, offsets: np.ndarray, head: int, cuts: Cuts | None = None):
+        self.fim, self.offsets, self.head, self.cuts = fim, np.asarray(offsets), head, cuts
+
+    def __call__(self, windows: np.ndarray, index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        chosen = np.flatnonzero(rng.random(len(windows)) < self.fim.rate)
+        if not len(chosen):
+            return windows
+        spm = rng.random(len(windows)) < {"psm": 0.0, "spm": 1.0, "both": 0.5}[self.fim.ordering]
+        out = windows.copy()
+        for b in chosen:
+            item = np.searchsorted(self.offsets, index[b], side="right") - 1
+            change = np.flatnonzero(np.diff(item)) + 1
+            bounds = np.concatenate([[0], change, [len(item)]])
+            k = int(np.argmax(np.diff(bounds)))
+            s, e = int(bounds[k]), int(bounds[k + 1])
+            it = int(item[s])
+            head = self.head if index[b, s] == self.offsets[it] else 0
+            tail = 1 if index[b, e - 1] == self.offsets[it + 1] - 1 else 0
+            if e - s <= head + tail:
+                continue
+            body = windows[b, s + head : e - tail]
+            cuts = self.cuts(body) if self.cuts is not None else np.arange(len(body) + 1)
+            seg = reorder(windows[b, s:e], head, tail, cuts, rng, self.fim, bool(spm[b]))
+            if seg is not None:
+                out[b] = np.concatenate([windows[b, :s], seg, windows[b, e:]])[: windows.shape[1]]
+        return out
+
+
+def for_training(rate: float, ordering: str, prepared: Any, modality: Any) -> tuple[Fim | None, FimWindows | None]:
+    """The sentinels (after the prepared data's vocabulary: tokenizer and control tokens) and the window transform
+    of a training run with `data.fim_rate` / `data.fim_ordering`; (None, None) at rate 0."""
+    fim = Fim.of(rate, ordering, prepared.vocab_size)
+    if fim is None:
+        return None, None
+    controls = prepared.controls
+    head = 1 + (controls.width if controls is not None else 0)  # BOS and the control tokens stay in front
+    own = type(modality).fim_cuts
+
+    def cuts(body: np.ndarray) -> np.ndarray:
+        return own(modality, prepared.tokenizer, body)
+
+    return fim, FimWindows(fim, np.asarray(prepared.train.offsets), head, cuts)
