@@ -47,6 +47,7 @@ def chorales(tmp_path_factory):
     return data, models
 
 
+@pytest.mark.slow
 def test_keep_bars_regenerates_exactly_the_gap(chorales, tmp_path):
     data, models = chorales
     prompt = sorted(data.iterdir())[0]
@@ -68,6 +69,7 @@ def test_keep_bars_regenerates_exactly_the_gap(chorales, tmp_path):
         assert kept_notes(events, kept) == kept_notes(original, kept)  # the kept bars, note for note
 
 
+@pytest.mark.slow
 def test_keep_bars_errors_are_one_line(chorales, capsys):
     data, models = chorales
     prompt = str(sorted(data.iterdir())[0])

@@ -9,9 +9,10 @@ tokenizer's ids and the control tokens:
     SPM: head <pre> <suf> suffix <mid> prefix middle tail    (the paper's SPM: prefix and middle contiguous)
 
 `head` is the item's BOS and control tokens where the window holds the item's start (conditions stay in front,
-as sampling keeps them), `tail` its EOS where the window holds its end: the model learns to end the middle where
-it joins the suffix. The result is a permutation of the item's tokens plus the three sentinels; the window
-keeps its length (the three tokens the sentinels add fall off its end). The same model still writes left to
+as sampling keeps them), `tail` its EOS: the model learns to end the middle where it joins the suffix. Where the
+window holds the item's end, the result is a permutation of the item's tokens plus the three sentinels (the three
+tokens they add fall off the window's end); where the item runs on past the window, its last four tokens there
+make room for the sentinels and an EOS after the middle, so the window keeps its length and its middle's end. The same model still writes left to
 right: the other windows, and the prefix, suffix and middle themselves, are ordinary text of the item.
 """
 from __future__ import annotations
@@ -103,10 +104,13 @@ class FimWindows:
 
     Each window's stream positions (`index`) say which item every token belongs to (`offsets`); the longest
     run of one item is the one reordered. Its head is BOS and the control tokens (`head` tokens) where the run
-    starts at the item's start, its tail the EOS where it ends at the item's end."""
+    starts at the item's start, its tail the EOS where it ends at the item's end. A run the window cuts short
+    (the item goes on past the window) gives up its last four tokens for the sentinels and an EOS that ends the
+    middle: every FIM window shows where a middle stops (as Bavarian et al.'s end-of-text after the middle does),
+    and the window keeps its length without losing the middle's end."""
 
-    def __init__(self, fim: Fim, offsets: np.ndarray, head: int, cuts: Cuts | None = None):
-        self.fim, self.offsets, self.head, self.cuts = fim, np.asarray(offsets), head, cuts
+    def __init__(self, fim: Fim, offsets: np.ndarray, head: int, cuts: Cuts | None = None, eos_id: int = 2):
+        self.fim, self.offsets, self.head, self.cuts, self.eos_id = fim, np.asarray(offsets), head, cuts, eos_id
 
     def __call__(self, windows: np.ndarray, index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         chosen = np.flatnonzero(rng.random(len(windows)) < self.fim.rate)
@@ -122,12 +126,14 @@ class FimWindows:
             s, e = int(bounds[k]), int(bounds[k + 1])
             it = int(item[s])
             head = self.head if index[b, s] == self.offsets[it] else 0
-            tail = 1 if index[b, e - 1] == self.offsets[it + 1] - 1 else 0
-            if e - s <= head + tail:
+            run = windows[b, s:e]
+            if index[b, e - 1] != self.offsets[it + 1] - 1:  # cut short: room for the sentinels and an EOS
+                run = np.concatenate([run[: len(run) - self.fim.size - 1], [self.eos_id]]).astype(run.dtype)
+            if len(run) <= head + 1:
                 continue
-            body = windows[b, s + head : e - tail]
+            body = run[head:-1]
             cuts = self.cuts(body) if self.cuts is not None else np.arange(len(body) + 1)
-            seg = reorder(windows[b, s:e], head, tail, cuts, rng, self.fim, bool(spm[b]))
+            seg = reorder(run, head, 1, cuts, rng, self.fim, bool(spm[b]))
             if seg is not None:
                 out[b] = np.concatenate([windows[b, :s], seg, windows[b, e:]])[: windows.shape[1]]
         return out
@@ -146,4 +152,4 @@ def for_training(rate: float, ordering: str, prepared: Any, modality: Any) -> tu
     def cuts(body: np.ndarray) -> np.ndarray:
         return own(modality, prepared.tokenizer, body)
 
-    return fim, FimWindows(fim, np.asarray(prepared.train.offsets), head, cuts)
+    return fim, FimWindows(fim, np.asarray(prepared.train.offsets), head, cuts, prepared.tokenizer.eos_id)
