@@ -26,7 +26,7 @@ from arseq.errors import DataError
 
 ORDERINGS = ("psm", "spm", "both")
 SENTINELS = 3  # <pre>, <suf>, <mid>
-Cuts = Callable[[np.ndarray], np.ndarray]  # a body of an item's tokens -> positions where a cut may fall
+Cuts = Callable[[np.ndarray, int], np.ndarray]  # a body of an item's tokens, where it starts in the item -> cut positions
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,8 @@ class FimWindows:
             if len(run) <= head + 1:
                 continue
             body = run[head:-1]
-            cuts = self.cuts(body) if self.cuts is not None else np.arange(len(body) + 1)
+            first = int(index[b, s + head] - self.offsets[it])  # where the body starts in its item (past a headed window's jump)
+            cuts = self.cuts(body, first) if self.cuts is not None else np.arange(len(body) + 1)
             seg = reorder(run, head, 1, cuts, rng, self.fim, bool(spm[b]))
             if seg is not None:
                 out[b] = np.concatenate([windows[b, :s], seg, windows[b, e:]])[: windows.shape[1]]
@@ -149,7 +150,7 @@ def for_training(rate: float, ordering: str, prepared: Any, modality: Any) -> tu
     head = 1 + (controls.width if controls is not None else 0)  # BOS and the control tokens stay in front
     own = type(modality).fim_cuts
 
-    def cuts(body: np.ndarray) -> np.ndarray:
-        return own(modality, prepared.tokenizer, body)
+    def cuts(body: np.ndarray, start: int) -> np.ndarray:
+        return own(modality, prepared.tokenizer, body, start)
 
     return fim, FimWindows(fim, np.asarray(prepared.train.offsets), head, cuts, prepared.tokenizer.eos_id)

@@ -129,10 +129,11 @@ class Modality:
         """Augment one training window (e.g. transpose music). Must keep the shape."""
         return tokens
 
-    def fim_cuts(self, tokenizer: Tokenizer, tokens: np.ndarray) -> np.ndarray:
+    def fim_cuts(self, tokenizer: Tokenizer, tokens: np.ndarray, start: int = 0) -> np.ndarray:
         """Where fill-in-the-middle training may cut a run of an item's tokens (`data.fim_rate`): positions i
-        splitting tokens[:i] | tokens[i:], the run's ends always allowed. Cut at the units people regenerate
-        (bars, image rows), so the middles learned are the ones infilling asks for. Default: every token."""
+        splitting tokens[:i] | tokens[i:], the run's ends always allowed; tokens[0] is the item's token number
+        `start` (its BOS is 0). Cut at the units people regenerate (bars, image rows), so the middles learned
+        are the ones infilling asks for. Default: every token."""
         return np.arange(len(tokens) + 1)
 
     # ---- reporting -------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ from arseq.modalities import (
 )
 from arseq.modalities.music_conditions import FIELDS, piece_conditions, transposed_keys
 from arseq.modalities.music_corpus import COMPOSERS, bach_chorales, music21_composers
-from arseq.modalities.music_infill import MusicInfill, check_fim, load_infill
+from arseq.modalities.infill_ranges import check_fim
+from arseq.modalities.music_infill import MusicInfill, load_infill
 from arseq.modalities.music_metrics import key_scale, score_metrics
 from arseq.modalities.music_reading import (
     SUFFIXES,
@@ -153,7 +154,7 @@ class MusicModality(Modality):
             out[i] = unknown + 1 + transposed_keys(values, shift)[tokens[i] - unknown - 1]
         return out
 
-    def fim_cuts(self, tokenizer: ScoreTokenizer, tokens: np.ndarray) -> np.ndarray:
+    def fim_cuts(self, tokenizer: ScoreTokenizer, tokens: np.ndarray, start: int = 0) -> np.ndarray:
         """Bar lines: fill-in-the-middle learns whole bars, the unit `--keep-bars` regenerates."""
         return np.flatnonzero(np.asarray(tokens) == tokenizer.bar_id)
 
