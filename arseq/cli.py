@@ -24,6 +24,7 @@ VERBS = {
     "score": "per-item NLL, perplexity and token count of given files (CSV; JSON on stdout)",
     "analyze": "do errors compound? 'arseq analyze drift': injected errors and free-running survival",
     "serve": "an HTTP server with continuous batching and a web page (needs 'arseq[serve]')",
+    "revise": "improve finished pieces where they are weakest, with a fill-in-the-middle model",
 }
 EPILOG = "Run 'arseq VERB --help' for the options of a verb."
 
@@ -240,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from arseq.analysis import commands
 
             return commands.run_score(rest) if verb == "score" else commands.run_analyze(rest)
+        if verb == "revise":
+            from arseq.analysis.revise_command import run_revise
+
+            return run_revise(rest)
         if verb == "serve":
             from arseq.serve.command import run_serve
 

@@ -83,6 +83,25 @@ def test_keep_bars_errors_are_one_line(chorales, capsys):
         assert len(err) == 1 and said in err[0] and "--keep-bars" in err[0]
 
 
+@pytest.mark.slow
+def test_revise_keeps_only_improvements(chorales, tmp_path, capsys):
+    import json
+
+    data, models = chorales
+    prompt = str(sorted(data.iterdir())[1])
+    capsys.readouterr()
+    assert main(["revise", "--checkpoint", str(models[0.5]), "--samples", prompt, "--rounds", "2", "--candidates", "2",
+                 "--out", str(tmp_path / "rev")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    totals = [r["nll_total"] for r in report["rounds"]]
+    assert len(totals) == 3 and totals[1] <= totals[0] + 1e-6 and totals[2] <= totals[1] + 1e-6  # kept only when likelier
+    assert all(0 <= r["error_rate"] <= 1 for r in report["rounds"])
+    score = converter.parse(tmp_path / "rev" / "sample_000.musicxml")
+    assert len(score.parts) >= 1
+    assert main(["revise", "--checkpoint", str(models[0.0]), "--samples", prompt]) == 2
+    assert "fill-in-the-middle" in capsys.readouterr().err
+
+
 def test_parse_ranges():
     assert parse_ranges("9-12, 1-4", 12, "--keep-bars", "bar") == [(0, 4), (8, 12)]
     assert parse_ranges("3", 5, "--keep-bars", "bar") == [(2, 3)]
