@@ -196,8 +196,11 @@ class MusicModality(Modality):
         prompt, room = infill.prompt(fim, tokenizer.bos_id, request.context or 10**9)
         skip = len(prompt) - prompt.index(fim.mid_id) - 1  # SPM prompts end with the prefix
         sampling["max_new_tokens"] = room
+        known = request.condition_values  # a conditioned model: the piece's own key and meter, where it knows them
+        shown = {k: v for k, v in piece_conditions(infill.events).items() if v in known.get(k, ())}
         return Plan([list(prompt) for _ in range(request.num_samples)], sampling,
-                    constraint=partial(infill.constraint, tokenizer, fim, skip), parsed=infill)
+                    constraint=partial(infill.constraint, tokenizer, fim, skip), parsed=infill,
+                    conditions=[dict(shown) for _ in range(request.num_samples)] if known else None)
 
     def fit_prompt(self, tokenizer: ScoreTokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
         """The header and the first whole bars that fit, then a bar line (as --prompt-bars does)."""
