@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import Constraint, SamplingConfig
+from arseq.decode.infill import Fim, hide_sentinels
 from arseq.modalities import DataError, Modality, Plan, Request
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ def make_plan(loaded: Loaded, request: Request) -> Planned:
     options = request.options
     if modality.generate_options is not None and not isinstance(options, modality.generate_options):
         options = modality.generate_options()
-    request = replace(request, options=options, condition_values=dict(controls.fields) if controls is not None else {})
+    width = controls.width if controls is not None else 0
+    fim = Fim.from_dict(loaded.meta.fim)  # infilling options need it; None: a model without FIM
+    request = replace(request, options=options, condition_values=dict(controls.fields) if controls is not None else {},
+                      fim=fim, context=loaded.model.cfg.max_seq_len - width)
     plan = modality.plan(tok, request)
     conditions = [dict(values) for values in plan.conditions or [{}] * len(plan.prompts)]
     if controls is not None:
@@ -62,7 +66,6 @@ def make_plan(loaded: Loaded, request: Request) -> Planned:
         raise DataError(f"sampling: {e}") from None
     if plan.new_tokens is not None:
         cfg = replace(cfg, max_new_tokens=plan.new_tokens)
-    width = controls.width if controls is not None else 0
     prompts = fit_prompts(modality, tok, plan.prompts, loaded.model.cfg.max_seq_len - width, cfg.max_new_tokens)
     guide, constraint = None, plan.constraint
     if controls is not None:  # the conditions after BOS; the modality's constraint never sees them
@@ -77,4 +80,7 @@ def make_plan(loaded: Loaded, request: Request) -> Planned:
         constraint = lambda: controls.hide(inner() if inner is not None else None)  # noqa: E731
     elif cfg.guidance != 1.0:
         raise DataError("--guidance: this model was trained without conditions")
+    if fim is not None:  # a FIM model never samples its sentinels
+        made = constraint
+        constraint = lambda: hide_sentinels(made() if made is not None else None, fim)  # noqa: E731
     return Planned(request, plan, cfg, prompts, conditions, guide, constraint)

@@ -25,6 +25,8 @@ VERBS: dict[str, Verb] = {
                   "arseq.app.score_verb:run_score"),
     "analyze": Verb("do errors compound? 'arseq analyze drift': injected errors and free-running survival",
                     "arseq.app.analyze_verb:run_analyze"),
+    "revise": Verb("improve finished pieces where they are weakest, with a fill-in-the-middle model",
+                   "arseq.app.revise_verb:run_revise"),
     "serve": Verb("an HTTP server with continuous batching and a web page (needs 'arseq[serve]')",
                   "arseq.serve.command:run_serve"),
 }

@@ -95,6 +95,7 @@ def _assemble(
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DataError(f"{where}: unusable conditions ({e})") from None
     extra = controls.size if controls is not None else 0
+    extra += 3 if meta.fim else 0  # fill-in-the-middle sentinels (arseq.decode.infill.Fim)
     if tokenizer.vocab_size + extra != cfg.vocab_size:
         raise DataError(f"{where}: tokenizer has {tokenizer.vocab_size} tokens{f' and {extra} control tokens' if extra else ''} "
                         f"but the model's vocabulary is {cfg.vocab_size}")

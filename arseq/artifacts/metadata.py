@@ -22,6 +22,7 @@ class RunMeta:
     data: dict[str, Any]  # DataConfig as trained (paths included: read only when the user names none)
     model: dict[str, Any]  # TransformerConfig
     conditions: dict[str, Any] | None = None  # Controls.to_dict() of a conditioned model
+    fim: dict[str, Any] | None = None  # the fill-in-the-middle sentinels (Fim.to_dict()) of a model trained with data.fim_rate
     version: int = META_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -29,6 +30,8 @@ class RunMeta:
                                "data": self.data, "model": self.model}
         if self.conditions is not None:
             out["conditions"] = self.conditions
+        if self.fim is not None:
+            out["fim"] = self.fim
         return out
 
     @classmethod
@@ -45,10 +48,11 @@ class RunMeta:
             raise DataError(f"{where}: modality settings are unusable (no modality name)")
         options = spec.get("options", {})
         for name, value, kind in (("modality options", options, dict), ("data", stored.get("data", {}), dict),
-                                  ("model", stored.get("model"), dict), ("conditions", stored.get("conditions"), (dict, type(None)))):
+                                  ("model", stored.get("model"), dict), ("conditions", stored.get("conditions"), (dict, type(None))),
+                                  ("fim", stored.get("fim"), (dict, type(None)))):
             if not isinstance(value, kind):
                 raise DataError(f"{where}: {name} settings are a {type(value).__name__}, not a mapping")
-        return cls(spec["name"], options, stored.get("data", {}), stored["model"], stored.get("conditions"))
+        return cls(spec["name"], options, stored.get("data", {}), stored["model"], stored.get("conditions"), stored.get("fim"))
 
     def without_data_paths(self) -> RunMeta:
         """Exports and HF folders are models from elsewhere: the paths they name (`/etc/passwd`, `/usr/**/*`) are

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from arseq.conditioning import Controls
+from arseq.data.fim import FimWindows
 from arseq.data.prepare import TokenSplit
 from arseq.models.scoring import Chunk, chunk_sequences, collate_chunks
 from arseq.errors import DataError
@@ -30,13 +31,14 @@ class RandomWindows(IterableDataset):
     loader worker draws from its own seeded generator. With conditions (`controls.head` > 0) a window
     that starts inside an item longer than a window starts with the item's head (BOS and control tokens)
     instead, then goes on from where it was drawn; the token right after the head is not a target there
-    (after a head comes the item's start, not an arbitrary point of it).
+    (after a head comes the item's start, not an arbitrary point of it). With `fim` (data.fim_rate), a share
+    of the windows is reordered for fill-in-the-middle after augmenting (arseq.data.fim).
     """
 
     def __init__(self, token_file: Path, block_size: int, batch_size: int, seed: int, augment: Augment | None = None,
-                 controls: Controls | None = None):
+                 controls: Controls | None = None, fim: FimWindows | None = None):
         self.token_file, self.block_size, self.batch_size = Path(token_file), block_size, batch_size
-        self.seed, self.augment = seed, augment
+        self.seed, self.augment, self.fim = seed, augment, fim
         self.unknown = controls.unknown_table() if controls is not None and controls.drop > 0 else None
         self.drop = controls.drop if controls is not None else 0.0
         n = len(np.load(self.token_file, mmap_mode="r"))
@@ -63,6 +65,8 @@ class RandomWindows(IterableDataset):
                 windows = np.where((hidden != windows) & (rng.random(windows.shape) < self.drop), hidden, windows)
             if self.augment is not None:
                 windows = np.stack([self.augment(w, rng) for w in windows])
+            if self.fim is not None:
+                windows = self.fim(windows, index, rng)
             windows = torch.from_numpy(windows)
             targets = windows[:, 1:].clone()
             targets[torch.from_numpy(headed), self.head - 1] = -100
@@ -94,8 +98,8 @@ class EvalChunks(Dataset):
 
 
 def train_loader(split_file: Path, block_size: int, batch_size: int, seed: int, augment: Augment | None, num_workers: int,
-                 controls: Controls | None = None) -> DataLoader:
-    dataset = RandomWindows(split_file, block_size, batch_size, seed, augment, controls)
+                 controls: Controls | None = None, fim: FimWindows | None = None) -> DataLoader:
+    dataset = RandomWindows(split_file, block_size, batch_size, seed, augment, controls, fim)
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
 
 

@@ -58,6 +58,9 @@ class DataConfig:
             result is the same for any number (same cache entry, same bytes).
         file_seconds: a file still being read after this many seconds is skipped with its reason (None:
             ARSEQ_FILE_SECONDS, else 120); with workers, even a file that hangs in C code.
+        fim_rate: share of training windows reordered for fill-in-the-middle (arseq.data.fim); 0 (default):
+            none, and no sentinel tokens (the model is exactly what it was without FIM).
+        fim_ordering: psm, spm or both (half each): where the suffix goes (arseq.data.fim).
     """
 
     paths: str | list[str] | None = None
@@ -72,6 +75,8 @@ class DataConfig:
     condition_drop: float = 0.1
     workers: int | None = None
     file_seconds: float | None = None
+    fim_rate: float = 0.0
+    fim_ordering: str = "psm"
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:

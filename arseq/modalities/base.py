@@ -19,6 +19,7 @@ import numpy as np
 from arseq.atomic import OutputFiles  # noqa: F401
 from arseq.conditioning import Controls
 from arseq.decode.config import Constraint, SamplingConfig  # noqa: F401
+from arseq.decode.infill import Fim, MiddleView  # noqa: F401
 from arseq.errors import DataError
 from arseq.modalities.plan import Plan, Request, SamplingOptions  # noqa: F401
 from arseq.tokenizers.base import Tokenizer
@@ -138,6 +139,13 @@ class Modality(ABC):
         transposition changes the key): read and replace them by field and value (`Controls.read`,
         `Controls.value_id`), never by id arithmetic."""
         return tokens
+
+    def fim_cuts(self, tokenizer: Tokenizer, tokens: np.ndarray, start: int = 0) -> np.ndarray:
+        """Where fill-in-the-middle training may cut a run of an item's tokens (`data.fim_rate`): positions i
+        splitting tokens[:i] | tokens[i:], the run's ends always allowed; tokens[0] is the item's token number
+        `start` (its BOS is 0). Cut at the units people regenerate (bars, image rows), so the middles learned
+        are the ones infilling asks for. Default: every token."""
+        return np.arange(len(tokens) + 1)
 
     # ---- reporting -------------------------------------------------------------------------------
     def summarize(self, tokenizer: Tokenizer, examples: list[Example]) -> dict[str, Any]:

@@ -35,6 +35,8 @@ from arseq.modalities import (
 )
 from arseq.modalities.music_conditions import FIELDS, piece_conditions, transposed_keys
 from arseq.modalities.music_corpus import COMPOSERS, bach_chorales, music21_composers
+from arseq.modalities.infill_ranges import check_fim
+from arseq.modalities.music_infill import MusicInfill, load_infill
 from arseq.modalities.music_metrics import key_scale, score_metrics
 from arseq.modalities.music_reading import (
     MIDI_READERS,
@@ -67,11 +69,14 @@ class MusicGenerate:
         bars: exactly N new bars per sample
         min_bars: without --bars, a sample ends no earlier than after this many new bars (the shortest Bach chorales run 8)
         prompt_bars: with --prompt FILE (MIDI/MusicXML/...): continue after its first N bars
+        keep_bars: with --prompt FILE: keep these bars (e.g. 1-4,9-12) and regenerate the others (5-8) in every part,
+            in the piece's meter and key, joining the bars after them; needs a model trained with data.fim_rate > 0
     """
 
     bars: int | None = None
     min_bars: int = 8
     prompt_bars: int | None = None
+    keep_bars: str | None = None
 
 
 class MusicModality(Modality):
@@ -162,6 +167,10 @@ class MusicModality(Modality):
             out[i] = controls.value_id("key", values[transposed_keys(values, shift)[values.index(v)]])
         return out
 
+    def fim_cuts(self, tokenizer: ScoreTokenizer, tokens: np.ndarray, start: int = 0) -> np.ndarray:
+        """Bar lines: fill-in-the-middle learns whole bars, the unit `--keep-bars` regenerates."""
+        return np.flatnonzero(np.asarray(tokens) == tokenizer.bar_id)
+
     # ---- generation ---------------------------------------------------------------------------
     generate_options = MusicGenerate
     # Asked for a key, the quick start's model writes in it 54 % of the time unguided and 92 % with guidance 2
@@ -177,6 +186,8 @@ class MusicModality(Modality):
             raise DataError(f"--bars must be >= 1, got {opts.bars}")
         if opts.min_bars < 0:
             raise DataError(f"--min-bars must be >= 0, got {opts.min_bars}")
+        if opts.keep_bars is not None:
+            return self._infill_plan(tokenizer, request, sampling)
         least = opts.bars if opts.bars is not None else opts.min_bars
         sampling["max_new_tokens"] = max(SamplingConfig.max_new_tokens, 64 * least)
         if request.prompt:
@@ -187,6 +198,24 @@ class MusicModality(Modality):
             prompt = [tokenizer.bos_id]
         return Plan([list(prompt) for _ in range(request.num_samples)], sampling,
                     constraint=partial(GrammarConstraint, tokenizer, opts.bars, least))
+
+    def _infill_plan(self, tokenizer: ScoreTokenizer, request: Request, sampling: dict[str, Any]) -> Plan:
+        """--keep-bars: the prompt file's piece with its other bars to regenerate (arseq.modalities.music_infill)."""
+        opts: MusicGenerate = request.options
+        fim = check_fim(request.fim, "--keep-bars")
+        if not request.prompt:
+            raise DataError("--keep-bars needs --prompt FILE: the piece whose other bars are regenerated")
+        if opts.bars is not None or opts.prompt_bars is not None:
+            raise DataError("--keep-bars decides the bars to write; drop --bars and --prompt-bars")
+        infill = load_infill(tokenizer, Path(request.prompt), opts.keep_bars)
+        prompt, room = infill.prompt(fim, tokenizer.bos_id, request.context or 10**9)
+        skip = len(prompt) - prompt.index(fim.mid_id) - 1  # SPM prompts end with the prefix
+        sampling["max_new_tokens"] = room
+        known = request.condition_values  # a conditioned model: the piece's own key and meter, where it knows them
+        shown = {k: v for k, v in piece_conditions(infill.events).items() if v in known.get(k, ())}
+        return Plan([list(prompt) for _ in range(request.num_samples)], sampling,
+                    constraint=partial(infill.constraint, tokenizer, fim, skip), parsed=infill,
+                    conditions=[dict(shown) for _ in range(request.num_samples)] if known else None)
 
     def fit_prompt(self, tokenizer: ScoreTokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
         """The header and the first whole bars that fit, then a bar line (as --prompt-bars does)."""
@@ -202,21 +231,24 @@ class MusicModality(Modality):
         if isinstance(tokenizer, PerformanceTokenizer):
             return perf.write_samples(tokenizer, samples, request)
         if request.out is None:
+            infill = plan.parsed if isinstance(plan.parsed, MusicInfill) else None
             for i, s in enumerate(samples):
-                ev = tokenizer.decode_events(s.prompt + s.tokens)
+                ev = infill.complete(tokenizer, s.tokens) if infill is not None else tokenizer.decode_events(s.prompt + s.tokens)
                 print(f"# sample {i}: {len(ev.bars)} bars, {len(ev.notes)} notes, {ev.num_parts} parts, "
                       f"{ev.repairs} repairs, nll {s.nll:.3f}")
-                print(" ".join(tokenizer.token_name(t) for t in s.prompt + s.tokens))
+                print(" ".join(tokenizer.token_name(t) for t in (tokenizer.encode_events(ev) if infill else s.prompt + s.tokens)))
             return []
         out = Path(request.out)
         files = OutputFiles(overwrite=request.overwrite, protect=[request.prompt])
+        infill = plan.parsed if isinstance(plan.parsed, MusicInfill) else None
+        marked = range(infill.a, infill.b) if infill is not None else None  # the regenerated bars, on the piano roll
         for i, s in enumerate(samples):
-            ev = tokenizer.decode_events(s.prompt + s.tokens)
+            ev = infill.complete(tokenizer, s.tokens) if infill is not None else tokenizer.decode_events(s.prompt + s.tokens)
             score = tokenizer.to_score(ev)
             stem = out / f"sample_{i:03d}"
             files.add(stem.with_suffix(".mid"), partial(_write_midi, score))
             files.add(stem.with_suffix(".musicxml"), partial(tokenizer.write_musicxml, score))
-            files.add(stem.with_suffix(".png"), partial(_write_piano_roll, ev, tokenizer.ppq))
+            files.add(stem.with_suffix(".png"), partial(_write_piano_roll, ev, tokenizer.ppq, marked))
         return files.commit()
 
     # ---- reporting ----------------------------------------------------------------------------
@@ -366,7 +398,7 @@ def _write_midi(score: Any, path: Path) -> None:
     score.write("midi", fp=str(path))
 
 
-def _write_piano_roll(events: Events, ppq: int, path: Path) -> None:
-    piano_roll(events, ppq).save(path, format="PNG")
+def _write_piano_roll(events: Events, ppq: int, marked: range | None, path: Path) -> None:
+    piano_roll(events, ppq, marked=marked).save(path, format="PNG")
 
 

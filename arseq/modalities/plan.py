@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from arseq.conditioning import split_condition
 from arseq.decode.config import Constraint, SamplingConfig
+from arseq.decode.infill import Fim
 
 
 @dataclass
@@ -63,6 +64,10 @@ class Request:
     conditions: list[str] = field(default_factory=list)  # FIELD=VALUE: control tokens for a conditioned model
     # The values the model knows per condition field (none: unconditioned); the core sets them for `plan`.
     condition_values: dict[str, list[str]] = field(default_factory=dict)
+    # Set by the core for `plan`: the model's fill-in-the-middle sentinels (None: trained without FIM, so it cannot
+    # infill) and the context a prompt and its continuation must fit in.
+    fim: Fim | None = None
+    context: int | None = None
     out: Path | None = None  # generate: the output file or folder; None prints
     overwrite: bool = False  # replace files `out` would write that exist already
 

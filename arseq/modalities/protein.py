@@ -45,6 +45,7 @@ from arseq.modalities import (
     Sample,
     Skipped,
 )
+from arseq.modalities.protein_infill import ProteinRedesign, parse_redesign
 from arseq.modalities.protein_fasta import (
     FileProblem,
     fasta_records,
@@ -98,6 +99,9 @@ class ProteinGenerate:
             repetition_penalty 1.2) or progen2 (temperature 0.8, top_p 0.9)
         rank: keep this fraction of designs with the lowest perplexity, best first; designs with degenerate
             repeats rank after all others (a repeat is easy to predict)
+        redesign: with --prompt (one sequence): rewrite these residues, e.g. 40-60, keeping the others as they are
+            (fill in the middle; needs a model trained with data.fim_rate > 0)
+        redesign_length: with --redesign: residues the new span may have, MIN-MAX or N (default: the span's own length)
     """
 
     prefix: str | None = None
@@ -106,6 +110,8 @@ class ProteinGenerate:
     standard_only: bool = False
     preset: Literal["protgpt2", "progen2"] | None = None
     rank: float | None = None
+    redesign: str | None = None
+    redesign_length: str | None = None
 
 
 class ProteinModality(Modality):
@@ -260,6 +266,8 @@ class ProteinModality(Modality):
         --max-length / --min-length size max_new_tokens; the constraint keeps lengths in range."""
         opts: ProteinGenerate = request.options
         prefixes = start_motifs(opts.prefix, request.prompt)
+        if opts.redesign is not None or opts.redesign_length is not None:
+            return self._redesign_plan(tokenizer, request, prefixes)
         self._check(opts, prefixes)
         sampling: dict[str, Any] = dict(PRESETS[opts.preset]) if opts.preset else {}
         shortest = min(map(len, prefixes))
@@ -269,6 +277,21 @@ class ProteinModality(Modality):
             sampling["max_new_tokens"] = max(SamplingConfig.max_new_tokens, opts.min_length - shortest + 1)
         prompts = [[tokenizer.bos_id, *tokenizer.encode(prefixes[i % len(prefixes)])] for i in range(request.num_samples)]
         return Plan(prompts, sampling, constraint=partial(self._constraint, tokenizer, opts))
+
+    def _redesign_plan(self, tokenizer: ProteinTokenizers, request: Request, motifs: list[str]) -> Plan:
+        """--redesign: one span of the prompt's sequence rewritten between its kept sides (arseq.modalities.protein_infill)."""
+        opts: ProteinGenerate = request.options
+        if opts.redesign is None:
+            raise DataError("--redesign-length needs --redesign A-B")
+        if opts.prefix or opts.min_length is not None or opts.max_length is not None:
+            raise DataError("--redesign keeps the prompt's other residues: drop --prefix, --min-length and --max-length")
+        span = parse_redesign(motifs, opts.redesign, opts.redesign_length, request.fim)
+        prompt = span.prompt(tokenizer, request.fim)
+        skip = len(prompt) - prompt.index(request.fim.mid_id) - 1  # SPM prompts end with the prefix
+        sampling: dict[str, Any] = dict(PRESETS[opts.preset]) if opts.preset else {}
+        sampling["max_new_tokens"] = span.hi + 1
+        return Plan([list(prompt) for _ in range(request.num_samples)], sampling,
+                    constraint=partial(span.constraint, tokenizer, request.fim, skip, opts.standard_only), parsed=span)
 
     def _check(self, opts: ProteinGenerate, prefixes: list[str]) -> None:
         lo, hi, rank = opts.min_length, opts.max_length, opts.rank
@@ -314,8 +337,9 @@ class ProteinModality(Modality):
         """FASTA (prefix + design; the header has its length, perplexity and end: eos, max_length when EOS
         was forced there, or limit when max_new_tokens ran out) and beside it a CSV of properties; both are
         computed in full before either file is replaced atomically."""
-        fasta, table = design_table([tokenizer.decode([*s.prompt, *s.tokens]) for s in samples], samples,
-                                    request.options.rank, request.options.max_length)
+        span = plan.parsed if isinstance(plan.parsed, ProteinRedesign) else None
+        seqs = [span.complete(tokenizer, s.tokens) if span else tokenizer.decode([*s.prompt, *s.tokens]) for s in samples]
+        fasta, table = design_table(seqs, samples, request.options.rank, request.options.max_length, span.note if span else None)
         out = request.out
         if out is None:
             sys.stdout.write(fasta)

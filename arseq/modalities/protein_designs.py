@@ -14,10 +14,12 @@ from arseq.modalities.base import Sample
 from arseq.modalities.protein_metrics import degenerate, longest_run, properties
 
 
-def design_table(seqs: Sequence[str], samples: Sequence[Sample], rank: float | None, max_length: int | None) -> tuple[str, str]:
+def design_table(seqs: Sequence[str], samples: Sequence[Sample], rank: float | None, max_length: int | None,
+                 note: str | None = None) -> tuple[str, str]:
     """FASTA text (each header has the length, perplexity and end: eos, max_length when EOS was forced
-    there, or limit when max_new_tokens ran out) and the CSV of properties, in the same order. With `rank`,
-    only that fraction of designs with the lowest perplexity, degenerate repeats last."""
+    there, or limit when max_new_tokens ran out; and `note`, e.g. what --redesign rewrote) and the CSV of
+    properties, in the same order. With `rank`, only that fraction of designs with the lowest perplexity,
+    degenerate repeats last."""
     repeats = [degenerate(seq) for seq in seqs]
     order = list(range(len(samples)))
     if rank is not None:  # a repeat's low perplexity is not quality: degenerate designs rank last
@@ -29,7 +31,7 @@ def design_table(seqs: Sequence[str], samples: Sequence[Sample], rank: float | N
         s, seq = samples[i], seqs[i]
         name = f"design_{i + 1:0{width}d}"
         end = "limit" if not s.stopped else "max_length" if len(seq) == max_length else "eos"
-        desc = f"length={len(seq)} perplexity={s.perplexity:.3f} end={end}"
+        desc = f"length={len(seq)} perplexity={s.perplexity:.3f} end={end}" + (f" {note}" if note else "")
         records.append(SeqRecord(Seq(seq), id=name, description=desc))
         rows.append({"id": name, "length": len(seq), "perplexity": round(s.perplexity, 4), "end": end,
                      "longest_run": longest_run(seq), "degenerate": int(repeats[i]), **properties(seq)})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
@@ -24,10 +25,23 @@ from arseq.modalities.base import (
     Sample,
     Skipped,
 )
+from arseq.modalities.text_infill import TextInfill, split_gap
 from arseq.tokenizers.base import Tokenizer
 from arseq.tokenizers.bpe import BPETokenizer
 from arseq.tokenizers.char import CharTokenizer
 from arseq.modalities.near_miss import typo, unknown_words, vocabulary
+
+
+@dataclass
+class TextGenerate:
+    """text options
+
+    Args:
+        gap: with --prompt: the marker in it (e.g. '[...]') where the model writes the text joining what comes
+            before and after it (fill in the middle; needs a model trained with data.fim_rate > 0)
+    """
+
+    gap: str | None = None
 
 
 class TextModality(Modality):
@@ -93,8 +107,15 @@ class TextModality(Modality):
         return {"data": {"paths": str(tmp_dir / "text")}}
 
     # ---- generation ------------------------------------------------------------------------------
+    generate_options = TextGenerate
+
     def plan(self, tokenizer: Tokenizer, request: Request) -> Plan:
-        """--prompt is text to continue; one sample printed to the terminal streams as it is sampled."""
+        """--prompt is text to continue (with --gap: to fill in); one sample printed to the terminal streams as it is sampled."""
+        gap = getattr(request.options, "gap", None)
+        if gap is not None:
+            infill = split_gap(request.prompt, gap, request.fim)
+            prompt = infill.prompt(tokenizer, request.fim, request.context)
+            return Plan([list(prompt) for _ in range(request.num_samples)], parsed=infill)
         try:
             ids = tokenizer.encode(request.prompt or "")
         except ValueError as e:
@@ -122,7 +143,8 @@ class TextModality(Modality):
         return emit
 
     def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
-        texts = [(request.prompt or "") + tokenizer.decode(s.tokens) for s in samples]
+        infill = plan.parsed if isinstance(plan.parsed, TextInfill) else None
+        texts = [infill.text(tokenizer.decode(s.tokens)) if infill else (request.prompt or "") + tokenizer.decode(s.tokens) for s in samples]
         out = request.out
         if out is None:
             if plan.streamer is not None:

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from arseq.artifacts.checkpoint import load_checkpoint_file
 from arseq.artifacts.init_from import initialise, read_source
 from arseq.artifacts.metadata import RunMeta
+from arseq.data.fim import for_training
 from arseq.data.loader import train_loader, val_loader
 from arseq.data.prepare import DataConfig, prepare
 from arseq.errors import first_line, one_line
@@ -88,7 +89,8 @@ def run_train(
         tokenizer = source.tokenizer
     prepared = prepare(modality, options, data, tokenizer=tokenizer)
     tok = prepared.tokenizer
-    model_cfg = TransformerConfig(vocab_size=prepared.vocab_size, max_seq_len=data.block_size, **model)
+    fim, fim_windows = for_training(data.fim_rate, data.fim_ordering, prepared, modality)  # None, None at rate 0
+    model_cfg = TransformerConfig(vocab_size=prepared.vocab_size + (fim.size if fim else 0), max_seq_len=data.block_size, **model)
     if resumed is not None:
         theirs = resumed.get("model", {})
         differ = [f"{k} {theirs.get(k)} vs {v}" for k, v in asdict(model_cfg).items() if k in theirs and theirs[k] != v]
@@ -100,12 +102,12 @@ def run_train(
             raise DataError(f"--ckpt_path {ckpt_path}: already trained for {done} steps, trainer.max_steps is "
                             f"{trainer_args['max_steps']}; raise trainer.max_steps to train on")
     meta = RunMeta(selector or modality.name, options, asdict(data), asdict(model_cfg),
-                   prepared.controls.to_dict() if prepared.controls is not None else None)
+                   prepared.controls.to_dict() if prepared.controls is not None else None, fim.to_dict() if fim is not None else None)
     module = ARModule(asdict(model_cfg), optim, {**meta.to_dict(), "tokenizer": tok.to_dict()}, compile)
     init_note = initialise(module.model, source, init_from_resize_vocab) if source else None
     augment = None if type(modality).augment is Modality.augment else partial(modality.augment, controls=prepared.controls)
     train = train_loader(prepared.directory / "train.npy", data.block_size, data.batch_size, seed, augment, data.num_workers,
-                         prepared.controls)
+                         prepared.controls, fim_windows)
     val = val_loader(prepared.val, data.block_size, data.batch_size, tok.pad_id, prepared.controls.head if prepared.controls else 0)
 
     root = trainer_args.pop("default_root_dir", None) or "runs"
