@@ -52,8 +52,8 @@ def units(loaded: checkpoint.Loaded, unit: str) -> Callable[[np.ndarray], np.nda
 
 def measure(name: str, without: str, with_fim: str, gap: int, side: int, per_item: int, seed: int) -> dict[str, Any]:
     base, fimmed = checkpoint.load(without), checkpoint.load(with_fim)
-    fim = Fim.from_dict(fimmed.meta.get("fim"))
-    if fim is None or base.meta.get("fim"):
+    fim = Fim.from_dict(fimmed.meta.fim)
+    if fim is None or base.meta.fim:
         raise SystemExit(f"--pair {name}: the second checkpoint must be the one trained with data.fim_rate > 0, the first without")
     _, items, where = held_out(fimmed, None)
     t0 = time.perf_counter()

@@ -129,9 +129,9 @@ trainer: {{max_steps: 500, val_check_interval: 500, check_val_every_n_epoch: nul
         models[rate] = load(next((tmp_path / f"runs{rate}").rglob("last.ckpt")))
     tok = models[0.0].tokenizer
     cuts = [Cut([tok.bos_id], [], tok.encode(c[0]), tok.encode(c[1:])) for c in map(_chain, "abcdefgh" * 4)]
-    fim = Fim.from_dict(models[0.9].meta["fim"])
+    fim = Fim.from_dict(models[0.9].meta.fim)
     filled, n = both_sides(models[0.9].model, fim, cuts)
     alone, m = prefix_only(models[0.0].model, cuts)
     assert n == m == 32
     assert alone / m > 1.5 and filled / n < 0.6 * (alone / m)  # the first letter: a coin toss (ln 8) vs fixed by the next
-    assert "fim" not in models[0.0].meta and models[0.0].model.cfg.vocab_size == tok.vocab_size  # rate 0: no sentinels
+    assert models[0.0].meta.fim is None and models[0.0].model.cfg.vocab_size == tok.vocab_size  # rate 0: no sentinels

@@ -81,7 +81,7 @@ def revise(loaded: Loaded, pieces: list[Piece], rounds: int = 3, candidates: int
     (round 0: before)."""
     if loaded.modality.name != "music":
         raise DataError(f"revise: the {loaded.modality.name} modality has no weakest-span search yet (music only)")
-    fim = check_fim(Fim.from_dict(loaded.meta.get("fim")), "revise")
+    fim = check_fim(Fim.from_dict(loaded.meta.fim), "revise")
     if rounds < 1 or candidates < 1:
         raise DataError("revise: --rounds and --candidates must be >= 1")
     tok, controls = loaded.tokenizer, loaded.controls
