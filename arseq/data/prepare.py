@@ -158,12 +158,12 @@ def _dtype(vocab_size: int) -> np.dtype:
 
 
 def _collect(modality: Modality, files: list[Path], source: str | None, tokenizer: Tokenizer, check: bool, desc: str,
-             progress: bool, data: DataConfig):
-    """Read and tokenize in `data.workers` processes; items' ids are spilled to disk as they come, so
-    memory stays flat (`arseq.data.spill`)."""
+             progress: bool, data: DataConfig | None = None):
+    """Read and tokenize in `data.workers` processes (default settings without `data`, as `arseq score`
+    calls it); items' ids are spilled to disk as they come, so memory stays flat (`arseq.data.spill`)."""
     spill = Spill.create(cache_root())
     try:
-        return _collect_into(spill, modality, files, source, tokenizer, check, desc, progress, data)
+        return _collect_into(spill, modality, files, source, tokenizer, check, desc, progress, data or DataConfig())
     finally:
         spill.remove()  # the items' memory maps keep their pages readable
 
