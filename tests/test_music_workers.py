@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("symusic")
 
 from arseq.data.prepare import DataConfig, prepare  # noqa: E402
-from arseq.data.workers import Failed, ordered_map  # noqa: E402
+from arseq.parallel import Failed, ordered_map  # noqa: E402
 from arseq.modalities.music import MusicModality  # noqa: E402
 from arseq.tokenizers.score import Bar, Events, Note  # noqa: E402
 from arseq.tokenizers.score.midi_writing import write_midi  # noqa: E402

@@ -1,6 +1,6 @@
 """The built-in modalities and the DNA example are written against the plugin API alone, as a plugin author's
 would be: `arseq.modalities` (which re-exports `arseq.modalities.base`), `arseq.tokenizers`, and the leaves
-(errors, atomic writes, limits on hostile input); never the core's private modules (data, decode, conditioning,
+(errors, atomic writes, limits on hostile input, worker processes); never the core's private modules (data, decode, conditioning,
 artifacts, app...). A built-in may import its own helper modules under `arseq/modalities/`."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLIC = ("arseq.modalities", "arseq.tokenizers", "arseq.errors", "arseq.atomic", "arseq.limits")
+PUBLIC = ("arseq.modalities", "arseq.tokenizers", "arseq.errors", "arseq.atomic", "arseq.limits", "arseq.parallel")
 API = {"__init__.py", "base.py", "plan.py"}  # the plugin API itself (and the registry)
 BUILTINS = sorted(p for p in (ROOT / "arseq" / "modalities").glob("*.py") if p.name not in API)
 DNA = sorted((ROOT / "examples" / "arseq-dna" / "arseq_dna").glob("*.py"))

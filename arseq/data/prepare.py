@@ -27,7 +27,8 @@ from arseq.conditioning import Controls
 from arseq.data.cache_entry import commit, damage, discard, seal
 from arseq.data.files import expand_paths
 from arseq.data.spill import Spill, SpilledTokens
-from arseq.data.workers import configured, read_per_file
+from arseq.data.reading import read_per_file
+from arseq.parallel import configured
 from arseq.modalities.base import DataError, Example, Modality, Skipped
 from arseq.tokenizers.base import Tokenizer
 

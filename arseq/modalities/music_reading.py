@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from arseq.data.workers import Failed, file_budget, ordered_map
+from arseq.parallel import Failed, file_budget, ordered_map
 from arseq.errors import DataError, one_line
 from arseq.limits import time_limit
 from arseq.modalities.base import Example
@@ -27,7 +27,7 @@ MIDI_READERS = ("symusic", "music21")
 
 
 def read_in_parallel(jobs: list[tuple], workers: int | None = None, loader: Callable[..., tuple] | None = None) -> Iterator[tuple]:
-    """`loader(*job)` (default `load_piece`) for each job in worker processes (`arseq.data.workers`), in
+    """`loader(*job)` (default `load_piece`) for each job in worker processes (`arseq.parallel`), in
     order: a file that crashes or hangs its worker is skipped with the reason."""
     if any(job[1].lower().endswith(SUFFIXES[2:]) for job in jobs) or any(job[4:5] == ("music21",) for job in jobs):
         import music21.converter  # noqa: F401  (imported once here, inherited by forked workers)

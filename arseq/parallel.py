@@ -1,4 +1,4 @@
-"""Reading input files in worker processes: results in input order, a bounded number in flight, and a
+"""Work on input files in worker processes (prepare's reading, a modality's own): results in input order, a bounded number in flight, and a
 file that hangs or kills its worker skipped with the reason instead of ending the run.
 
 Why not `ProcessPoolExecutor` (what music reading used before): one worker that dies breaks the whole
@@ -18,7 +18,6 @@ import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass
-from functools import partial
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable, Iterator
 
@@ -58,25 +57,6 @@ def configured_workers() -> int:
 def file_budget() -> float:
     """Seconds one file may take to read: `data.file_seconds`, else ARSEQ_FILE_SECONDS, else 120."""
     return _configured.get("seconds") or file_seconds()
-
-
-def read_per_file(modality: Any, files: list[Any], tokenizer: Any, check: bool) -> Iterator[Any]:
-    """`modality.read` on one file at a time in worker processes, records in file order, for modalities
-    whose items depend on their own file only (`reads_files_independently`); a file that crashes or hangs
-    its worker becomes `Skipped` with the reason."""
-    from arseq.modalities.base import Skipped
-
-    read_one = partial(_read_one, modality, tokenizer, check)  # picklable where workers are spawned
-    workers = 1 if len(files) < 4 else None
-    for path, records in zip(files, ordered_map(read_one, files, workers, seconds=file_budget())):
-        if isinstance(records, Failed):
-            yield Skipped(str(path), records.reason)
-        else:
-            yield from records
-
-
-def _read_one(modality: Any, tokenizer: Any, check: bool, path: Any) -> list[Any]:
-    return list(modality.read([path], None, tokenizer, check_roundtrip=check))
 
 
 @dataclass
