@@ -84,7 +84,7 @@ def revise(loaded: Loaded, pieces: list[Piece], rounds: int = 3, candidates: int
     fim = check_fim(Fim.from_dict(loaded.meta.fim), "revise")
     if rounds < 1 or candidates < 1:
         raise DataError("revise: --rounds and --candidates must be >= 1")
-    tok, controls = loaded.tokenizer, loaded.controls
+    tok = loaded.tokenizer
     cfg = cfg or SamplingConfig(temperature=0.9, top_p=0.95)
     nlls = score(loaded, pieces)
     reports = [{"round": 0, **_stats(loaded, pieces, nlls), "changed": 0}]

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 
 
 from arseq.modalities import (
@@ -36,6 +35,7 @@ from arseq.modalities import (
 from arseq.modalities.music_conditions import FIELDS, piece_conditions, transposed_keys
 from arseq.modalities.music_corpus import COMPOSERS, bach_chorales, music21_composers
 from arseq.modalities.infill_ranges import check_fim
+from arseq.modalities.music_grammar import GrammarConstraint
 from arseq.modalities.music_infill import MusicInfill, load_infill
 from arseq.modalities.music_metrics import key_scale, score_metrics
 from arseq.modalities.music_reading import (
@@ -48,7 +48,7 @@ from arseq.modalities.music_reading import (
 from arseq.modalities.render import piano_roll
 from arseq.modalities import music_performance as perf
 from arseq.tokenizers.performance import PerformanceTokenizer
-from arseq.tokenizers.score import DUR, PITCH, Events, Grammar, ScoreTokenizer
+from arseq.tokenizers.score import PITCH, Events, ScoreTokenizer
 
 # Nucleus sampling slightly cooled: at T = 1 the 0.8 M-parameter CPU model's samples were 90 % in key (held-out
 # chorales: 95 %), with these 92 %, their pitch-class entropy then matching the data's (configs/music/bach_chorales.yaml).
@@ -323,77 +323,6 @@ class MusicModality(Modality):
             return pitch & ~np.isin(tokenizer.values[np.clip(ids, 0, tokenizer.vocab_size - 1)] % 12, scale)
 
         return out_of_key
-# ---- generation --------------------------------------------------------------------------------
-class GrammarConstraint:
-    """Sampling constraint: only tokens the grammar allows; no EOS before `min_bars` new bars; after `bars`
-    new bars, no new notes (only the bar lines a still-ringing note needs before EOS).
-
-    Keeps one incremental `Grammar` per row (the sampler grows the same row lists in place) and, for the
-    last `KEEP` prefix lengths, a snapshot and the mask: a row cut back (speculative decoding rejected
-    tokens) resumes from there, or from scratch when cut back further.
-    """
-
-    KEEP = 64
-
-    def __init__(self, tok: ScoreTokenizer, bars: int | None = None, min_bars: int = 0):
-        self.tok, self.bars, self.min_bars = tok, bars, min_bars
-        self.closing = np.zeros(tok.vocab_size, dtype=bool)
-        self.closing[[tok.bar_id, tok.eos_id]] = True
-        self.state: dict[int, tuple[list[int], Grammar, dict[int, tuple], int]] = {}  # id -> (row, grammar, {len: (snapshot, mask)}, bars0)
-
-    def __call__(self, rows: list[list[int]]) -> torch.Tensor:
-        masks = np.zeros((len(rows), self.tok.vocab_size), dtype=bool)
-        for i, row in enumerate(rows):
-            entry = self.state.get(id(row))
-            if entry is None or entry[0] is not row:
-                entry = (row, Grammar(self.tok), {}, -1)
-            _, g, saved, bars0 = entry
-            fed = max(saved, default=0)
-            if fed > len(row):  # cut back: resume from the longest kept prefix
-                for n in [n for n in saved if n > len(row)]:
-                    del saved[n]
-                if len(row) in saved:
-                    g.restore(saved[len(row)][0])
-                    masks[i] = saved[len(row)][1]
-                    continue
-                g, fed = Grammar(self.tok), 0
-                saved.clear()
-            elif fed == len(row) and fed in saved:
-                masks[i] = saved[fed][1]
-                continue
-            for t in row[fed:]:
-                g.feed(int(t))
-            if bars0 < 0:
-                bars0 = len(g.bars)
-            masks[i] = self._mask(g, bars0)
-            saved[len(row)] = (g.snapshot(), masks[i].copy())
-            if len(saved) > self.KEEP:
-                del saved[min(saved)]
-            self.state[id(row)] = (row, g, saved, bars0)
-        return torch.from_numpy(masks)
-
-    def _mask(self, g: Grammar, bars0: int) -> np.ndarray:
-        mask = g.allowed()
-        new_bars = len(g.bars) - bars0
-        if new_bars < self.min_bars and mask.any():
-            mask[self.tok.eos_id] = False  # too short to end yet (if nothing else fits, the row ends anyway)
-            if not mask.any():
-                mask[self.tok.eos_id] = True
-        if self.bars is None:
-            return mask
-        room = g.room()
-        if room is not None and new_bars >= 1:  # no note rings past the last bar asked for (same-length bars assumed)
-            room += max(0, self.bars - new_bars) * g.bar.length
-            durs = mask[self.tok.start[DUR] : self.tok.start[DUR] + self.tok.max_dur]  # a view: Dur d at index d - 1
-            if durs[:room].any():
-                durs[room:] = False
-        if new_bars > self.bars and (mask & self.closing).any():
-            mask &= self.closing  # a bar opened only to let a held note end: no new notes in it
-        if new_bars >= self.bars and mask[self.tok.eos_id]:
-            mask[self.tok.bar_id] = False  # enough bars: end here (unless a note still rings on)
-        return mask
-
-
 def _write_midi(score: Any, path: Path) -> None:
     score.write("midi", fp=str(path))
 

@@ -23,6 +23,7 @@ from arseq.modalities.base import Fim
 from arseq.modalities.base import MiddleView
 from arseq.errors import DataError
 from arseq.modalities.infill_ranges import gap_of, parse_ranges
+from arseq.modalities.music_grammar import GrammarConstraint
 from arseq.modalities.music_reading import read_events
 from arseq.tokenizers.score import Events, ScoreTokenizer
 from arseq.tokenizers.score.events import Bar
@@ -102,8 +103,6 @@ class KeepMeter:
     gap's meter, key and tempo (header tokens only where the grammar needs them, and then the gap's own)."""
 
     def __init__(self, tok: ScoreTokenizer, bars: int, prefix: list[int], bar: Bar):
-        from arseq.modalities.music import GrammarConstraint  # (music.py imports this module)
-
         self.tok, self.prefix = tok, list(prefix)
         self.grammar = GrammarConstraint(tok, bars, bars)
         self.header = np.zeros(tok.vocab_size, dtype=bool)
