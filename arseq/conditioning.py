@@ -24,6 +24,7 @@ import torch
 
 from arseq.errors import DataError
 from arseq.decode.config import Constraint
+from arseq.decode.row_state import RowState
 
 
 def split_condition(spec: str) -> tuple[str, str | None]:
@@ -134,22 +135,20 @@ class Controls:
         Control ids later in a row (only where sampling ran without this constraint, as `analyze drift`
         replays it) are hidden too."""
         width, lo, vocab = self.width, self.offset, self.offset + self.size
-        # id(row) -> (row, its tokens without controls, the row index of each of them, row tokens read)
-        views: dict[int, tuple[list[int], list[int], list[int], int]] = {}
+        # per row: its tokens without controls, the row index of each of them, row tokens read
+        views: RowState[tuple[list[int], list[int], int]] = RowState()
 
         def allowed(rows: list[list[int]]) -> torch.Tensor:
             shown = []
             for row in rows:
-                kept, view, src, read = views.get(id(row), (None, [], [], 0))
-                if kept is not row:  # a new row (ids of dead lists are reused)
-                    view, src, read = [row[0]], [0], 1 + width
+                view, src, read = views.get(row) or ([row[0]], [0], 1 + width)
                 cut = bisect.bisect_left(src, len(row))  # a row may shrink (rejected tokens rolled back)
                 del view[max(1, cut) :], src[max(1, cut) :]
                 for i in range(min(read, len(row)), len(row)):
                     if not lo <= row[i] < vocab:
                         view.append(row[i])
                         src.append(i)
-                views[id(row)] = (row, view, src, len(row))
+                views.set(row, (view, src, len(row)))
                 shown.append(view)
             mask = torch.zeros(len(rows), vocab, dtype=torch.bool)
             mask[:, : self.offset] = inner(shown) if inner is not None else True

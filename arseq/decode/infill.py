@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from arseq.decode.config import Constraint
+from arseq.decode.row_state import RowState
 from arseq.errors import DataError
 
 ORDERINGS = ("psm", "spm", "both")
@@ -97,20 +98,22 @@ class MiddleView:
 
     def __init__(self, inner: Constraint, before: Sequence[int], fim: Fim, skip: int = 0):
         self.inner, self.before, self.fim, self.skip = inner, list(before), fim, skip
-        self.views: dict[int, tuple[list[int], list[int], int]] = {}  # id(row) -> (row, view, where its middle starts)
+        self.views: RowState[tuple[list[int], int]] = RowState()  # per row: (view, where its middle starts)
 
     def __call__(self, rows: list[list[int]]) -> torch.Tensor:
         shown = []
         for row in rows:
-            kept, view, start = self.views.get(id(row), (None, [], -1))
-            if kept is not row:  # a new row (ids of dead lists are reused)
+            kept = self.views.get(row)
+            if kept is not None:
+                view, start = kept
+            else:
                 if self.fim.mid_id not in row:
                     raise DataError("infilling: a row without the <mid> sentinel reached the infill constraint")
                 start = row.index(self.fim.mid_id) + 1 + self.skip
                 view = list(self.before)
             del view[len(self.before) + max(0, len(row) - start) :]
             view.extend(row[start + len(view) - len(self.before) :])
-            self.views[id(row)] = (row, view, start)
+            self.views.set(row, (view, start))
             shown.append(view)
         return self.inner(shown)
 

@@ -14,6 +14,9 @@ from arseq.errors import one_line
 from arseq.modalities.base import (
     Constraint,
     Controls,
+    Fim,
+    MiddleView,
+    RowState,
     DataError,
     EvalInputs,
     Example,
@@ -29,7 +32,7 @@ from arseq.modalities.base import (
 )
 
 __all__ = [
-    "Constraint", "Controls", "DataError", "EvalInputs", "Example", "Modality", "OutputFiles", "Plan", "PrefixCounts", "Request", "Sample", "SamplingConfig", "SamplingOptions", "Skipped",
+    "Constraint", "Controls", "DataError", "EvalInputs", "Example", "Modality", "OutputFiles", "Fim", "MiddleView", "Plan", "PrefixCounts", "Request", "RowState", "Sample", "SamplingConfig", "SamplingOptions", "Skipped",
     "PluginWarning", "Registered", "loadable", "registered", "resolve",
 ]
 

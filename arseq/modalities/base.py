@@ -20,6 +20,7 @@ from arseq.atomic import OutputFiles  # noqa: F401
 from arseq.conditioning import Controls
 from arseq.decode.config import Constraint, SamplingConfig  # noqa: F401
 from arseq.decode.infill import Fim, MiddleView  # noqa: F401
+from arseq.decode.row_state import RowState
 from arseq.errors import DataError
 from arseq.modalities.plan import Plan, Request, SamplingOptions  # noqa: F401
 from arseq.tokenizers.base import Tokenizer
@@ -31,16 +32,14 @@ class PrefixCounts:
 
     def __init__(self, values: Sequence[int], skip: int = 0):
         self.values, self.skip = list(values), skip
-        self.rows: dict[int, tuple[list[int], list[int]]] = {}  # id(row) -> (row, sums[k]: over row[skip:skip + k])
+        self.rows: RowState[list[int]] = RowState()  # per row: sums[k] over row[skip:skip + k]
 
     def __call__(self, row: list[int]) -> int:
-        kept, sums = self.rows.get(id(row), (None, [0]))
-        if kept is not row:  # a new row (ids of dead lists are reused)
-            sums = [0]
+        sums = self.rows.get(row) or [0]
         del sums[max(0, len(row) - self.skip) + 1 :]
         for t in row[self.skip + len(sums) - 1 :]:
             sums.append(sums[-1] + self.values[t])
-        self.rows[id(row)] = (row, sums)
+        self.rows.set(row, sums)
         return sums[-1]
 
 

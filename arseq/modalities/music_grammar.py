@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from arseq.modalities.base import RowState
 from arseq.tokenizers.score import DUR, Grammar, ScoreTokenizer
 
 
@@ -22,15 +23,12 @@ class GrammarConstraint:
         self.tok, self.bars, self.min_bars = tok, bars, min_bars
         self.closing = np.zeros(tok.vocab_size, dtype=bool)
         self.closing[[tok.bar_id, tok.eos_id]] = True
-        self.state: dict[int, tuple[list[int], Grammar, dict[int, tuple], int]] = {}  # id -> (row, grammar, {len: (snapshot, mask)}, bars0)
+        self.state: RowState[tuple[Grammar, dict[int, tuple], int]] = RowState()  # per row: (grammar, {len: (snapshot, mask)}, bars0)
 
     def __call__(self, rows: list[list[int]]) -> torch.Tensor:
         masks = np.zeros((len(rows), self.tok.vocab_size), dtype=bool)
         for i, row in enumerate(rows):
-            entry = self.state.get(id(row))
-            if entry is None or entry[0] is not row:
-                entry = (row, Grammar(self.tok), {}, -1)
-            _, g, saved, bars0 = entry
+            g, saved, bars0 = self.state.get(row) or (Grammar(self.tok), {}, -1)
             fed = max(saved, default=0)
             if fed > len(row):  # cut back: resume from the longest kept prefix
                 for n in [n for n in saved if n > len(row)]:
@@ -52,7 +50,7 @@ class GrammarConstraint:
             saved[len(row)] = (g.snapshot(), masks[i].copy())
             if len(saved) > self.KEEP:
                 del saved[min(saved)]
-            self.state[id(row)] = (row, g, saved, bars0)
+            self.state.set(row, (g, saved, bars0))
         return torch.from_numpy(masks)
 
     def _mask(self, g: Grammar, bars0: int) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from arseq.errors import DataError, one_line
+from arseq.modalities.base import RowState
 from arseq.modalities.music_key import find_key
 from arseq.tokenizers.performance import PerformanceGrammar, PerformanceTokenizer, PlayedNote
 from arseq.tokenizers.score import Bar, Events, Note
@@ -128,18 +129,18 @@ class PerformanceConstraint:
 
     def __init__(self, tok: PerformanceTokenizer):
         self.tok = tok
-        self.state: dict[int, tuple[list[int], PerformanceGrammar, int]] = {}  # id(row) -> (row, grammar, fed)
+        self.state: RowState[tuple[PerformanceGrammar, int]] = RowState()  # per row: (grammar, tokens fed)
 
     def __call__(self, rows: list[list[int]]) -> torch.Tensor:
         masks = np.zeros((len(rows), self.tok.vocab_size), dtype=bool)
         for i, row in enumerate(rows):
-            kept = self.state.get(id(row))
-            if kept is None or kept[0] is not row or kept[2] > len(row):  # new, or cut back: from the start
-                kept = (row, PerformanceGrammar(self.tok), 0)
-            _, g, fed = kept
+            kept = self.state.get(row)
+            if kept is None or kept[1] > len(row):  # new, or cut back: from the start
+                kept = (PerformanceGrammar(self.tok), 0)
+            g, fed = kept
             for t in row[fed:]:
                 g.feed(int(t))
-            self.state[id(row)] = (row, g, len(row))
+            self.state.set(row, (g, len(row)))
             masks[i] = g.allowed()
         return torch.from_numpy(masks)
 
