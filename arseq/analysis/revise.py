@@ -4,8 +4,10 @@ Left to right, a model never takes a token back: an out-of-key note changes the 
 docs/error-accumulation.md). Each round here scores every piece left to right, picks its weakest bar (bars with
 errors by the modality's own predicate first, e.g. out-of-key notes; then the highest mean NLL per token),
 resamples that bar `candidates` times given both sides (music infilling: the grammar, the bar count, the meter
-and key kept), and keeps the candidate that makes the whole piece likeliest, if it is likelier than the piece
-was. Per round it reports the mean NLL per token, the error rate and how many pieces changed.
+and key kept), and keeps the best candidate if it beats the piece as it was: fewer errors by the predicate first,
+then a likelier whole piece (likelihood alone rewards the model's own habits: with it, a step-250 music model's
+revisions raised the out-of-key rate from 0.215 to 0.246 while the NLL fell 6 %). Per round it reports the total
+and per-token NLL, the error rate and how many pieces changed.
 
 Music only for now: the other modalities' infilling (text --gap, protein --redesign, image --keep-rows) has no
 weakest-span search yet.
@@ -71,7 +73,9 @@ def _stats(loaded: Loaded, pieces: list[Piece], nlls: list[np.ndarray]) -> dict[
     tok = loaded.tokenizer
     wrong = [errors(loaded, p) for p in pieces]
     pitches = sum(int((tok.types[np.asarray(p.ids)] == PITCH).sum()) for p in pieces)
-    return {"nll_total": float(sum(n.sum() for n in nlls)), "nll_per_token": float(np.concatenate(nlls).mean()), "error_rate": sum(int(w.sum()) for w in wrong) / max(1, pitches),
+    flagged = sum(int(w.sum()) for w in wrong)
+    return {"nll_total": float(sum(n.sum() for n in nlls)), "nll_per_token": float(np.concatenate(nlls).mean()),
+            "errors": flagged, "error_rate": flagged / max(1, pitches),
             "pieces_with_errors": sum(bool(w.any()) for w in wrong), "grammar_repairs": sum(tok.decode_events(p.ids).repairs for p in pieces)}
 
 
@@ -101,9 +105,9 @@ def revise(loaded: Loaded, pieces: list[Piece], rounds: int = 3, candidates: int
             if not options:
                 continue
             tried = [replace(pieces[i], ids=ids) for ids in options]
-            totals = [float(s.sum()) for s in score(loaded, tried)]
-            best = int(np.argmin(totals))
-            if totals[best] < float(nlls[i].sum()):
+            keys = [(int(errors(loaded, t).sum()), float(n.sum())) for t, n in zip(tried, score(loaded, tried))]
+            best = min(range(len(tried)), key=lambda k: keys[k])
+            if keys[best] < (int(errors(loaded, pieces[i]).sum()), float(nlls[i].sum())):  # fewer errors, else likelier
                 pieces[i], changed = tried[best], changed + 1
         nlls = score(loaded, pieces)
         reports.append({"round": r, **_stats(loaded, pieces, nlls), "changed": changed})

@@ -45,7 +45,7 @@ from arseq.modalities import (
     Sample,
     Skipped,
 )
-from arseq.modalities.protein_infill import ProteinRedesign, parse_redesign
+from arseq.modalities.protein_infill import ProteinRedesign, redesign_plan
 from arseq.modalities.protein_fasta import (
     FileProblem,
     fasta_records,
@@ -267,7 +267,7 @@ class ProteinModality(Modality):
         opts: ProteinGenerate = request.options
         prefixes = start_motifs(opts.prefix, request.prompt)
         if opts.redesign is not None or opts.redesign_length is not None:
-            return self._redesign_plan(tokenizer, request, prefixes)
+            return redesign_plan(tokenizer, request, prefixes, PRESETS)
         self._check(opts, prefixes)
         sampling: dict[str, Any] = dict(PRESETS[opts.preset]) if opts.preset else {}
         shortest = min(map(len, prefixes))
@@ -277,21 +277,6 @@ class ProteinModality(Modality):
             sampling["max_new_tokens"] = max(SamplingConfig.max_new_tokens, opts.min_length - shortest + 1)
         prompts = [[tokenizer.bos_id, *tokenizer.encode(prefixes[i % len(prefixes)])] for i in range(request.num_samples)]
         return Plan(prompts, sampling, constraint=partial(self._constraint, tokenizer, opts))
-
-    def _redesign_plan(self, tokenizer: ProteinTokenizers, request: Request, motifs: list[str]) -> Plan:
-        """--redesign: one span of the prompt's sequence rewritten between its kept sides (arseq.modalities.protein_infill)."""
-        opts: ProteinGenerate = request.options
-        if opts.redesign is None:
-            raise DataError("--redesign-length needs --redesign A-B")
-        if opts.prefix or opts.min_length is not None or opts.max_length is not None:
-            raise DataError("--redesign keeps the prompt's other residues: drop --prefix, --min-length and --max-length")
-        span = parse_redesign(motifs, opts.redesign, opts.redesign_length, request.fim)
-        prompt = span.prompt(tokenizer, request.fim)
-        skip = len(prompt) - prompt.index(request.fim.mid_id) - 1  # SPM prompts end with the prefix
-        sampling: dict[str, Any] = dict(PRESETS[opts.preset]) if opts.preset else {}
-        sampling["max_new_tokens"] = span.hi + 1
-        return Plan([list(prompt) for _ in range(request.num_samples)], sampling,
-                    constraint=partial(span.constraint, tokenizer, request.fim, skip, opts.standard_only), parsed=span)
 
     def _check(self, opts: ProteinGenerate, prefixes: list[str]) -> None:
         lo, hi, rank = opts.min_length, opts.max_length, opts.rank

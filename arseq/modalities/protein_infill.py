@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 
@@ -15,6 +17,7 @@ from arseq.modalities.base import MiddleView
 from arseq.errors import DataError
 from arseq.modalities.base import PrefixCounts
 from arseq.modalities.infill_ranges import check_fim, parse_ranges
+from arseq.modalities.plan import Plan, Request
 from arseq.tokenizers.protein import residue_lengths, standard_ids
 
 
@@ -77,3 +80,19 @@ def parse_redesign(motifs: list[str], span: str, length: str | None, fim: Fim | 
             raise DataError(f"--redesign-length {length!r}: expected MIN-MAX residues (or N), MIN >= 1")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
     return ProteinRedesign(seq, a, b, lo, hi)
+
+
+def redesign_plan(tok, request: Request, motifs: list[str], presets: dict[str, dict[str, Any]]) -> Plan:
+    """The plan of `--redesign`: one span of the prompt's sequence rewritten between its kept sides."""
+    opts = request.options
+    if opts.redesign is None:
+        raise DataError("--redesign-length needs --redesign A-B")
+    if opts.prefix or opts.min_length is not None or opts.max_length is not None:
+        raise DataError("--redesign keeps the prompt's other residues: drop --prefix, --min-length and --max-length")
+    span = parse_redesign(motifs, opts.redesign, opts.redesign_length, request.fim)
+    prompt = span.prompt(tok, request.fim)
+    skip = len(prompt) - prompt.index(request.fim.mid_id) - 1  # SPM prompts end with the prefix
+    sampling: dict[str, Any] = dict(presets[opts.preset]) if opts.preset else {}
+    sampling["max_new_tokens"] = span.hi + 1
+    return Plan([list(prompt) for _ in range(request.num_samples)], sampling,
+                constraint=partial(span.constraint, tok, request.fim, skip, opts.standard_only), parsed=span)
