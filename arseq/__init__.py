@@ -2,6 +2,7 @@
 
 `arseq.load(path)` opens a checkpoint or export for generating, evaluating and scoring from Python.
 """
+
 from __future__ import annotations
 
 from typing import Any

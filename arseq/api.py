@@ -4,6 +4,7 @@ Options are the command line's, by their Python names (`max_new_tokens`, `top_p`
 `prompt_bars`, ...), checked by the same typed parser, so `arseq generate --help` documents both. A
 sampling option not given takes the modality's default, else the core's, exactly as on the command line.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from arseq.artifacts import checkpoint
 from arseq.app import generation
+from arseq.app import options as typed
+from arseq.artifacts import checkpoint
 from arseq.errors import DataError
 from arseq.limits import check_call
-from arseq.outputs import claimed
-from arseq.app import options as typed
 from arseq.modalities import Sample
 from arseq.models.scoring import sequence_nll
+from arseq.outputs import claimed
 
 
 @dataclass
@@ -35,8 +36,7 @@ class Model:
     def _call(self, verb: str, kwargs: dict[str, Any]) -> typed.Call:
         return typed.from_python(verb, self.loaded.modality.generate_options, kwargs)
 
-    def generate(self, n: int = 1, *, out: str | os.PathLike | None = None, overwrite: bool = False,
-                 **kwargs: Any) -> list[Sample]:
+    def generate(self, n: int = 1, *, out: str | os.PathLike | None = None, overwrite: bool = False, **kwargs: Any) -> list[Sample]:
         """Sample `n` sequences; with `out`, also write the modality's files there (never over existing
         files unless `overwrite`). Returns the samples (prompt and new token ids, perplexity)."""
         call = self._call("generate", {**kwargs, "num_samples": n, "out": out, "overwrite": overwrite})
@@ -59,8 +59,7 @@ class Model:
             raise DataError(f"score: batch_size must be an integer >= 1, got {batch_size!r}")
         if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or not 0 < stride <= context):
             raise DataError(f"score: stride must be an integer between 1 and the model's context ({context}), got {stride!r}")
-        nll, count = sequence_nll(self.loaded.model, sequences, batch_size=batch_size,
-                                  pad_id=self.loaded.tokenizer.pad_id, stride=stride)
+        nll, count = sequence_nll(self.loaded.model, sequences, batch_size=batch_size, pad_id=self.loaded.tokenizer.pad_id, stride=stride)
         return [float(a / b) if b else float("nan") for a, b in zip(nll, count)]
 
 

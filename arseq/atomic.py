@@ -5,6 +5,7 @@ and files get the usual permissions (0666 minus the umask; `mkstemp` alone would
 `OutputFiles` groups the files one command writes, so none replaces an existing file unless the user
 asked for it, and a failure midway leaves neither half-written files nor folders it created.
 """
+
 from __future__ import annotations
 
 import errno
@@ -28,7 +29,6 @@ def file_mode_mask() -> int:
     return mask
 
 
-
 def _stage(path: Path, content: Content) -> Path:
     """Write `content` to a fresh temporary file beside `path`, flushed to disk; return its path."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f"{TEMP_MARK}{path.suffix}")
@@ -39,15 +39,14 @@ def _stage(path: Path, content: Content) -> Path:
                 content(Path(tmp))
             except Exception as e:  # torch.save reports a full disk as a RuntimeError ("unexpected pos ...")
                 if not isinstance(e, OSError) and _nearly_full(path.parent):
-                    raise OSError(errno.ENOSPC, f"No space left on device (writing {path.name}: {type(e).__name__})",
-                                  str(path)) from None
+                    raise OSError(errno.ENOSPC, f"No space left on device (writing {path.name}: {type(e).__name__})", str(path)) from None
                 raise
             fd = os.open(tmp, os.O_RDONLY)
         else:
             data = content.encode("utf-8") if isinstance(content, str) else content
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
         os.close(fd)
         os.chmod(tmp, 0o666 & ~file_mode_mask())
@@ -173,8 +172,9 @@ def _place(tmp: Path, path: Path, overwrite: bool) -> None:
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise DataError(f"{path}: appeared while this command ran (another process wrote it); kept it, "
-                        "choose another --out or pass --overwrite") from None
+        raise DataError(
+            f"{path}: appeared while this command ran (another process wrote it); kept it, choose another --out or pass --overwrite"
+        ) from None
     except OSError:  # a filesystem without hard links: the checked rename
         if path.exists():
             raise DataError(f"{path}: appeared while this command ran (another process wrote it); kept it") from None

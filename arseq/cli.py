@@ -1,5 +1,6 @@
 """`arseq VERB ...`: find the verb in the table (arseq.app.verbs), run it, and turn user errors into one line
 (exit 2) and interruptions into 130/143."""
+
 from __future__ import annotations
 
 import importlib
@@ -19,8 +20,10 @@ EPILOG = "Run 'arseq VERB --help' for the options of a verb."
 def usage() -> str:
     width = max(map(len, VERBS))
     lines = "\n".join(f"  {v:<{width}}  {verb.help}" for v, verb in VERBS.items())
-    return (f"usage: arseq [--quiet | --verbose] VERB [options]\n\nTrain and sample autoregressive transformers on text, "
-            f"music, images and proteins.\n\nverbs:\n{lines}\n\n{EPILOG}")
+    return (
+        f"usage: arseq [--quiet | --verbose] VERB [options]\n\nTrain and sample autoregressive transformers on text, "
+        f"music, images and proteins.\n\nverbs:\n{lines}\n\n{EPILOG}"
+    )
 
 
 class StderrHandler(logging.StreamHandler):
@@ -87,8 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeError (OutOfMemoryError on CUDA)
         if os.environ.get("ARSEQ_DEBUG") or not (isinstance(e, MemoryError) or "allocate" in str(e) or "out of memory" in str(e)):
             raise
-        print(f"arseq {verb}: error: out of memory (a size from a file or a flag is larger than this machine can hold)",
-              file=sys.stderr)
+        print(f"arseq {verb}: error: out of memory (a size from a file or a flag is larger than this machine can hold)", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)

@@ -12,6 +12,7 @@ its key. `generate --cond FIELD=VALUE` puts the tokens into every prompt (unknow
 sees them only in `augment` (a transposition moves the key: by field and value, `value_of` and `value_id`); the core
 hides them from its constraint, its writer and its metrics (`hide`, `strip`).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -22,9 +23,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from arseq.errors import DataError
 from arseq.decode.config import Constraint
 from arseq.decode.row_state import RowState
+from arseq.errors import DataError
 
 
 def split_condition(spec: str) -> tuple[str, str | None]:
@@ -157,18 +158,22 @@ class Controls:
         return allowed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"offset": self.offset, "fields": self.fields, "drop": self.drop, "counts": self.counts,
-                "every_window": self.every_window}
+        return {"offset": self.offset, "fields": self.fields, "drop": self.drop, "counts": self.counts, "every_window": self.every_window}
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any] | None) -> "Controls | None":
+    def from_dict(cls, state: dict[str, Any] | None) -> Controls | None:
         if not state:
             return None
-        return cls(int(state["offset"]), {k: list(v) for k, v in state["fields"].items()}, float(state.get("drop", 0.1)),
-                   {k: dict(v) for k, v in state.get("counts", {}).items()}, bool(state.get("every_window", False)))
+        return cls(
+            int(state["offset"]),
+            {k: list(v) for k, v in state["fields"].items()},
+            float(state.get("drop", 0.1)),
+            {k: dict(v) for k, v in state.get("counts", {}).items()},
+            bool(state.get("every_window", False)),
+        )
 
     @classmethod
-    def learn(cls, offset: int, names: Sequence[str], items: Sequence[dict[str, str]], drop: float) -> "Controls | None":
+    def learn(cls, offset: int, names: Sequence[str], items: Sequence[dict[str, str]], drop: float) -> Controls | None:
         """The fields among `names` with two values or more in the items (one value conditions nothing); None when none has."""
         counts = {n: Counter(v for item in items if (v := item.get(n)) is not None) for n in names}
         fields = {n: sorted(c) for n, c in counts.items() if len(c) >= 2}

@@ -5,6 +5,7 @@ Every `--config` passes here before jsonargparse reads it, so this is where a co
 took 80 s and 5.5 GB inside the parser even under keys it ignores. Its expanded size is counted on the
 composed node graph (shared nodes, nothing expanded) and refused past MAX_NODES.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

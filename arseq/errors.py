@@ -1,4 +1,5 @@
 """The error type for bad input the user can fix; the CLI prints its message as one line, exit code 2."""
+
 from __future__ import annotations
 
 

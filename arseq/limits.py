@@ -5,6 +5,7 @@ billion samples: built as asked, each takes all memory and ends in a traceback o
 size is turned into the bytes it would take (parameters x dtype, RoPE tables and one row of KV cache, token
 buffers) and compared with the memory this process may use; too much is one line naming the field.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,10 +70,12 @@ def _size_field(cfg: Mapping[str, Any], key: str, where: str, name: str) -> int 
     return value
 
 
-def model_bytes(cfg: Mapping[str, Any], batch: int = 1, where: str = "model", prefix: str = "model.",
-                names: Mapping[str, str] | None = None) -> dict[str, int]:
+def model_bytes(
+    cfg: Mapping[str, Any], batch: int = 1, where: str = "model", prefix: str = "model.", names: Mapping[str, str] | None = None
+) -> dict[str, int]:
     """The bytes a TransformerConfig's keyword arguments allocate, per cause: parameters (float32), and the
     context's RoPE tables plus a KV cache of `batch` rows. Raises on a size that is not a positive integer."""
+
     def field(key: str) -> int | None:
         return _size_field(cfg, key, where, (names or {}).get(key, prefix + key))
 
@@ -87,8 +90,7 @@ def model_bytes(cfg: Mapping[str, Any], batch: int = 1, where: str = "model", pr
     }
 
 
-def check_model(cfg: Mapping[str, Any], where: str, prefix: str = "model.", batch: int = 1,
-                names: Mapping[str, str] | None = None) -> None:
+def check_model(cfg: Mapping[str, Any], where: str, prefix: str = "model.", batch: int = 1, names: Mapping[str, str] | None = None) -> None:
     """Refuse, naming the field, a model config whose weights and one KV-cache row do not fit in memory.
     `names` spells a field as the user gave it (max_seq_len comes from data.block_size in a config)."""
     if not isinstance(cfg, Mapping):
@@ -98,11 +100,9 @@ def check_model(cfg: Mapping[str, Any], where: str, prefix: str = "model.", batc
     if total <= budget:
         return
     cause = max(parts, key=parts.__getitem__)
-    fields = {"layers": ("n_layer", "d_model", "mlp_hidden"), "vocabulary": ("vocab_size", "d_model"),
-              "context": ("max_seq_len",)}[cause]
+    fields = {"layers": ("n_layer", "d_model", "mlp_hidden"), "vocabulary": ("vocab_size", "d_model"), "context": ("max_seq_len",)}[cause]
     named = ", ".join(f"{(names or {}).get(f, prefix + f)}={cfg[f]}" for f in fields if cfg.get(f) is not None)
-    raise DataError(f"{where}: {named} would need {_gb(total)} ({cause}: {_gb(parts[cause])}), more than the "
-                    f"{_gb(budget)} of memory here")
+    raise DataError(f"{where}: {named} would need {_gb(total)} ({cause}: {_gb(parts[cause])}), more than the {_gb(budget)} of memory here")
 
 
 def check_count(flag: str, value: int, per_item_bytes: int, minimum: int = 1) -> None:
@@ -134,8 +134,7 @@ def check_zip_entries(path: Path) -> None:
     budget = memory_budget()
     if packed:
         i = max(packed, key=lambda i: i.file_size)
-        raise DataError(f"{path}: zip entry {i.filename!r} inflates {i.compress_size:,} bytes to {i.file_size:,}; "
-                        "not a checkpoint torch wrote")
+        raise DataError(f"{path}: zip entry {i.filename!r} inflates {i.compress_size:,} bytes to {i.file_size:,}; not a checkpoint torch wrote")
     if total > budget:
         raise DataError(f"{path}: its entries hold {_gb(total)}, more than the {_gb(budget)} of memory here")
 
@@ -155,8 +154,15 @@ def inside(folder: Path, name: str) -> Path:
     return path
 
 
-def check_run(model_cfg: Any, num_samples: int, batch_size: int, draft: str | None = None, draft_tokens: int = 4,
-              minimum_samples: int = 1, max_new_tokens: int | None = None) -> None:
+def check_run(
+    model_cfg: Any,
+    num_samples: int,
+    batch_size: int,
+    draft: str | None = None,
+    draft_tokens: int = 4,
+    minimum_samples: int = 1,
+    max_new_tokens: int | None = None,
+) -> None:
     """generate/evaluate/drift flags against the model they run: --num-samples and --max-new-tokens (every
     sample's tokens are kept), --batch-size (a KV cache of that many rows), --draft-tokens (proposed tokens
     must fit the context)."""
@@ -169,8 +175,9 @@ def check_run(model_cfg: Any, num_samples: int, batch_size: int, draft: str | No
     rows = max(1, min(batch_size, num_samples))  # a batch never holds more rows than there are samples
     cache = rows * 2 * layers * ctx * width * FLOAT_BYTES
     if cache > memory_budget():
-        raise DataError(f"--batch-size {batch_size}: a KV cache of {rows} rows needs {_gb(cache)}; "
-                        f"this machine has {_gb(memory_budget())} (lower --batch-size)")
+        raise DataError(
+            f"--batch-size {batch_size}: a KV cache of {rows} rows needs {_gb(cache)}; this machine has {_gb(memory_budget())} (lower --batch-size)"
+        )
     if draft:
         if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
             raise DataError(f"--draft-tokens must be an integer >= 1, got {draft_tokens!r}")
@@ -180,8 +187,15 @@ def check_run(model_cfg: Any, num_samples: int, batch_size: int, draft: str | No
 
 def check_call(loaded: Any, call: Any, verb: str) -> None:
     """check_run for a parsed generate/evaluate call (arseq.app.options.Call) on a loaded model."""
-    check_run(loaded.model.cfg, call.request.num_samples, call.run.batch_size, call.run.draft, call.run.draft_tokens,
-              minimum_samples=int(verb == "generate"), max_new_tokens=getattr(call.request.sampling, "max_new_tokens", None))
+    check_run(
+        loaded.model.cfg,
+        call.request.num_samples,
+        call.run.batch_size,
+        call.run.draft,
+        call.run.draft_tokens,
+        minimum_samples=int(verb == "generate"),
+        max_new_tokens=getattr(call.request.sampling, "max_new_tokens", None),
+    )
 
 
 PATTERN_SECONDS = 1.0  # per search: a useful tag pattern takes microseconds on a header
@@ -229,8 +243,10 @@ def bounded_search(pattern: re.Pattern[str], text: str, what: str, seconds: floa
     cut to MAX_PATTERN_TEXT characters."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         return pattern.search(text[:MAX_PATTERN_TEXT])
-    with time_limit(seconds, f"{what} {pattern.pattern!r}: still searching {len(text)} characters after {seconds:g} s "
-                             "(catastrophic backtracking?); use a simpler pattern"):
+    with time_limit(
+        seconds,
+        f"{what} {pattern.pattern!r}: still searching {len(text)} characters after {seconds:g} s (catastrophic backtracking?); use a simpler pattern",
+    ):
         return pattern.search(text)
 
 

@@ -7,6 +7,7 @@ run refuses in one line. The kernel drops the lock when its process dies (even b
 never stale; the file a killed run leaves is taken over and removed by the next run. Whoever holds the
 claim also removes the temporary files that killed runs left in the output (arseq.atomic names them).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,7 @@ def _lock(path: Path, out: Path) -> int:
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise DataError(f"{out}: another arseq run{_holder(path)} is writing there; wait for it to finish "
-                                "or choose another --out") from None
+                raise DataError(f"{out}: another arseq run{_holder(path)} is writing there; wait for it to finish or choose another --out") from None
             raise
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino

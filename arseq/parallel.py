@@ -10,6 +10,7 @@ each worker holds and since when, kills that worker past the time budget, and st
 Workers are forked (where the platform can): they inherit the imported modules and the function to
 run, so neither is pickled; only the jobs and results cross the pipes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -105,8 +106,9 @@ def _serve(conn: Connection, fn: Callable[[Any], Any]) -> None:
         conn.send((index, result))
 
 
-def ordered_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int | None = None,
-                seconds: float | None = None, ahead: int = 8) -> Iterator[Any]:
+def ordered_map(
+    fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int | None = None, seconds: float | None = None, ahead: int = 8
+) -> Iterator[Any]:
     """`fn(job)` for each job, yielded in the order of `jobs`; a job whose worker dies or takes longer
     than `seconds` yields `Failed(reason)` instead. With one worker (or `workers` <= 1) it runs here, in
     this process (no time budget but what `fn` enforces itself). At most `ahead` jobs per worker are in
@@ -164,11 +166,11 @@ def ordered_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int | No
                     done[index] = result
                     w.task = None
                 elif seconds is not None and time.monotonic() - w.since >= seconds:
-                    done[w.task] = Failed(f"still reading after {seconds:g} s (the per-file budget, "
-                                          "data.file_seconds or ARSEQ_FILE_SECONDS); skipped")
+                    done[w.task] = Failed(
+                        f"still reading after {seconds:g} s (the per-file budget, data.file_seconds or ARSEQ_FILE_SECONDS); skipped"
+                    )
                     w.stop(kill=True)
                     pool[i] = _Worker(ctx, fn)
     finally:
         for w in pool:
             w.stop(kill=w.task is not None)
-

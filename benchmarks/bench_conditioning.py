@@ -11,19 +11,20 @@ read off 8 bars of a real chorale is its whole-piece key 79 % of the time, off 1
 
 Prints JSON. Figures are in README's Conditioning section.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import time
-from dataclasses import replace
 from collections import Counter
+from dataclasses import replace
 
 import arseq
 from arseq.app.generation import examples, held_out, sample
 from arseq.app.planning import make_plan
-from arseq.modalities import Request, SamplingOptions
 from arseq.decode import SamplingConfig
+from arseq.modalities import Request, SamplingOptions
 
 
 def draw(loaded, conditions: list[str], n: int, sampling: SamplingOptions, options) -> tuple[list[list[int]], SamplingConfig]:
@@ -82,18 +83,33 @@ def main() -> None:
     rows = {}
     for value in values:
         read = read_of[value]
-        rows[value] = {"share": sum(r == value for r in read) / max(1, len(read)), "read": len(read),
-                       "misread_as": dict(Counter(r for r in read if r != value).most_common(3)),
-                       "unconditioned_share": free[value] / free_total, "training_items": counts[value]}
+        rows[value] = {
+            "share": sum(r == value for r in read) / max(1, len(read)),
+            "read": len(read),
+            "misread_as": dict(Counter(r for r in read if r != value).most_common(3)),
+            "unconditioned_share": free[value] / free_total,
+            "training_items": counts[value],
+        }
     shares = [r["share"] for r in rows.values()]
-    print(json.dumps({
-        "checkpoint": args.checkpoint, "field": args.field, "samples_per_value": args.samples, "bars": args.bars,
-        "temperature": cfg.temperature, "guidance": cfg.guidance,  # the conditioned samples', as drawn
-        "values": rows, "mean_share": sum(shares) / max(1, len(shares)),
-        "mean_unconditioned_share": sum(r["unconditioned_share"] for r in rows.values()) / max(1, len(rows)),
-        "held_out_agreement": sum(agree) / len(agree) if agree else None, "held_out_read": len(agree),
-        "seconds": round(time.perf_counter() - t0, 1),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "checkpoint": args.checkpoint,
+                "field": args.field,
+                "samples_per_value": args.samples,
+                "bars": args.bars,
+                "temperature": cfg.temperature,
+                "guidance": cfg.guidance,  # the conditioned samples', as drawn
+                "values": rows,
+                "mean_share": sum(shares) / max(1, len(shares)),
+                "mean_unconditioned_share": sum(r["unconditioned_share"] for r in rows.values()) / max(1, len(rows)),
+                "held_out_agreement": sum(agree) / len(agree) if agree else None,
+                "held_out_read": len(agree),
+                "seconds": round(time.perf_counter() - t0, 1),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Prints one JSON object: the median seconds of --repeats runs (target: under a mi
 200 x 8), sites per second, and the per-run seconds. The shared prefix of every site runs once into the KV
 cache; each kind then costs K tokens (and K greedy steps for the divergence curve).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,9 @@ import time
 import numpy as np
 import torch
 
-from arseq.artifacts import checkpoint
-from arseq.app import generation
 from arseq.analysis import drift as tf
+from arseq.app import generation
+from arseq.artifacts import checkpoint
 
 
 def main() -> None:
@@ -32,8 +33,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 is much faster on a loaded machine)")
-    p.add_argument("--split", choices=("val", "train"), default="val",
-                   help="items to inject into; the Bach validation split has only 35 chorales (~90 pieces): use train for N=200")
+    p.add_argument(
+        "--split",
+        choices=("val", "train"),
+        default="val",
+        help="items to inject into; the Bach validation split has only 35 chorales (~90 pieces): use train for N=200",
+    )
     p.add_argument("--divergence", action="store_true", help="also time the greedy divergence curve (K sequential steps per kind)")
     args = p.parse_args()
     if args.threads:
@@ -49,14 +54,37 @@ def main() -> None:
         rng = np.random.default_rng(r)
         sites = tf.choose_sites(items, args.items, args.positions, args.offsets, loaded.model.cfg.max_seq_len, rng)
         t0 = time.perf_counter()
-        tf.measure(loaded.model, items, sites, args.offsets, specials=(tok.pad_id, tok.bos_id, tok.eos_id),
-                   mistake=lambda x, i, g: loaded.modality.plausible_mistake(tok, x, i, g), batch_size=args.batch_size, seed=r, diverge=args.divergence)
+        tf.measure(
+            loaded.model,
+            items,
+            sites,
+            args.offsets,
+            specials=(tok.pad_id, tok.bos_id, tok.eos_id),
+            mistake=lambda x, i, g: loaded.modality.plausible_mistake(tok, x, i, g),
+            batch_size=args.batch_size,
+            seed=r,
+            diverge=args.divergence,
+        )
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
-    print(json.dumps({"data": where, "items": len(items), "sites": len(sites), "offsets": args.offsets,
-                      "kinds": list(tf.KINDS), "divergence": args.divergence, "context": loaded.model.cfg.max_seq_len, "threads": torch.get_num_threads(),
-                      "median_seconds": round(median, 2), "sites_per_second": round(len(sites) / median, 1),
-                      "runs_seconds": [round(t, 2) for t in times]}, indent=1))
+    print(
+        json.dumps(
+            {
+                "data": where,
+                "items": len(items),
+                "sites": len(sites),
+                "offsets": args.offsets,
+                "kinds": list(tf.KINDS),
+                "divergence": args.divergence,
+                "context": loaded.model.cfg.max_seq_len,
+                "threads": torch.get_num_threads(),
+                "median_seconds": round(median, 2),
+                "sites_per_second": round(len(sites) / median, 1),
+                "runs_seconds": [round(t, 2) for t in times],
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ useful tokens/s (prefill included). `identical`: every request's tokens equal th
 
 Prints one JSON object: ideal_gain, gain, gain_over_ideal, identical, tokens, and per arm seconds and tokens/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,10 @@ from benchmarks.bench_generate import bench_config
 
 def workload(n: int, seed: int = 0) -> list[Row]:
     rnd = random.Random(seed)
-    return [Row([1 + rnd.randrange(60) for _ in range(8)],
-                SamplingConfig(max_new_tokens=rnd.randint(16, 512), temperature=1.0, top_p=0.95), seed=i) for i in range(n)]
+    return [
+        Row([1 + rnd.randrange(60) for _ in range(8)], SamplingConfig(max_new_tokens=rnd.randint(16, 512), temperature=1.0, top_p=0.95), seed=i)
+        for i in range(n)
+    ]
 
 
 def serve(model: Transformer, rows: list[Row], slots: int, length: int, compile: str, batch: int | None) -> tuple[dict[int, list[int]], float]:
@@ -79,12 +82,25 @@ def main() -> None:
     tokens = sum(len(t) for t in continuous.values())
     assert tokens == sum(budgets), "a request did not decode its whole budget"
     gain = t_static / t_cont
-    print(json.dumps({
-        "requests": len(rows), "slots": S, "compile": args.compile, "device": args.device, "threads": torch.get_num_threads(), "tokens": tokens,
-        "ideal_gain": round(ideal, 3), "gain": round(gain, 3), "gain_over_ideal": round(gain / ideal, 3), "identical": identical,
-        "continuous": {"seconds": round(t_cont, 2), "tokens_per_s": round(tokens / t_cont, 1)},
-        "static": {"seconds": round(t_static, 2), "tokens_per_s": round(tokens / t_static, 1)},
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "requests": len(rows),
+                "slots": S,
+                "compile": args.compile,
+                "device": args.device,
+                "threads": torch.get_num_threads(),
+                "tokens": tokens,
+                "ideal_gain": round(ideal, 3),
+                "gain": round(gain, 3),
+                "gain_over_ideal": round(gain / ideal, 3),
+                "identical": identical,
+                "continuous": {"seconds": round(t_cont, 2), "tokens_per_s": round(tokens / t_cont, 1)},
+                "static": {"seconds": round(t_static, 2), "tokens_per_s": round(tokens / t_static, 1)},
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

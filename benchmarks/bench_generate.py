@@ -14,6 +14,7 @@ without transformers; hf_compiled: null with `hf_compiled_error`, its first line
 step of 8 rows costs over a step of 1, loop included; benchmarks/bench_step.py times the step alone);
 `identical_greedy_compiled` (compiled greedy == eager greedy, token for token); `meta`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,10 +63,19 @@ def read_bandwidth(device: torch.device, nbytes: int, repeats: int = 15) -> floa
 def hf_model(cfg: TransformerConfig, device: torch.device):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    hf_cfg = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_hidden,
-                         num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
-                         max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=True, bos_token_id=None,
-                         eos_token_id=None, pad_token_id=0)
+    hf_cfg = LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.mlp_hidden,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_head,
+        max_position_embeddings=cfg.max_seq_len,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(hf_cfg).to(device).eval()
 
 
@@ -80,8 +90,9 @@ def hf_generate(model, prompts: torch.Tensor, new_tokens: int, compiled: bool = 
         config._compile_all_devices = True  # a class attribute, not an argument (transformers 5.25)
         options = {"cache_implementation": "static", "compile_config": config}
     with torch.inference_mode():
-        out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, do_sample=False, **options)
+        out = model.generate(
+            prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **options
+        )
     return out[:, prompts.shape[1] :].tolist()
 
 
@@ -109,6 +120,7 @@ def main() -> None:
         prompts = torch.randint(0, cfg.vocab_size, (batch, args.prompt_tokens), device=device)
         outputs, row = {}, {}
         for name, (m, compile) in arms.items():
+
             def run(m=m, compile=compile, prompts=prompts):
                 return generate(m, prompts.tolist(), sampling, compile=compile).tokens
 
@@ -133,9 +145,7 @@ def main() -> None:
             for name in (*arms, "hf", "hf_compiled")
         }
         best_hf = max((row[n] for n in ("hf", "hf_compiled") if n in row), default=None)
-        result.setdefault("meta", {})[f"batch{batch}_vs_hf"] = (
-            {name: round(row[name] / best_hf, 2) for name in arms} if best_hf else None
-        )
+        result.setdefault("meta", {})[f"batch{batch}_vs_hf"] = {name: round(row[name] / best_hf, 2) for name in arms} if best_hf else None
         result["meta"][f"batch{batch}_tokens_per_s"] = row
     # A step of 8 rows over a step of 1, from the decoding rates of the compiled arm fastest at batch 1.
     rates = {b: result["meta"].pop(f"batch{b}_tokens_per_s") for b in (1, 8)}
@@ -143,9 +153,15 @@ def main() -> None:
     result["step_ratio_8_over_1"] = round(8 * rates[1][best] / rates[8][best], 2)
     result["meta"]["step_ratio_arm"] = best
     result["identical_greedy_compiled"] = identical
-    result["meta"].update(device=str(device), torch_threads=torch.get_num_threads(), new_tokens=args.new_tokens,
-                          weight_mb_float32=round(weight_bytes(model) / 1e6, 1), weight_mb_int8=round(weight_bytes(int8) / 1e6, 1),
-                          read_gb_per_s=round(bandwidth / 1e9, 1), repeats=args.repeats)
+    result["meta"].update(
+        device=str(device),
+        torch_threads=torch.get_num_threads(),
+        new_tokens=args.new_tokens,
+        weight_mb_float32=round(weight_bytes(model) / 1e6, 1),
+        weight_mb_int8=round(weight_bytes(int8) / 1e6, 1),
+        read_gb_per_s=round(bandwidth / 1e9, 1),
+        repeats=args.repeats,
+    )
     print(json.dumps(result))
 
 

@@ -10,6 +10,7 @@ for how hard the codes are to model. Prints one JSON object. Target: fit on 10k 
 
     PYTHONPATH=. python benchmarks/bench_image.py [--threads 1] [--crops 400] [--seeds 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,24 +55,36 @@ def methods(k: int) -> dict[str, Callable[[np.ndarray, int], np.ndarray]]:
     return {
         "arseq_minibatch": lambda x, seed: kmeans(torch.from_numpy(x), k, seed=seed).numpy(),
         "sklearn_kmeans": lambda x, seed: KMeans(k, n_init=1, random_state=seed).fit(x).cluster_centers_,
-        "sklearn_minibatch": lambda x, seed: MiniBatchKMeans(k, n_init=1, batch_size=2048, random_state=seed)
-        .fit(x).cluster_centers_,
+        "sklearn_minibatch": lambda x, seed: MiniBatchKMeans(k, n_init=1, batch_size=2048, random_state=seed).fit(x).cluster_centers_,
         # tuned towards arseq's: k-means++ on 10k points, ~100 batches of 2048 whatever the data size, no
         # random reassignment (better palettes, worse 4x4 patches)
-        "sklearn_minibatch_tuned": lambda x, seed: MiniBatchKMeans(
-            k, n_init=1, batch_size=2048, init_size=10_000, reassignment_ratio=0.0, max_iter=max(1, 100 * 2048 // len(x)),
-            max_no_improvement=None, random_state=seed).fit(x).cluster_centers_,
+        "sklearn_minibatch_tuned": lambda x, seed: (
+            MiniBatchKMeans(
+                k,
+                n_init=1,
+                batch_size=2048,
+                init_size=10_000,
+                reassignment_ratio=0.0,
+                max_iter=max(1, 100 * 2048 // len(x)),
+                max_no_improvement=None,
+                random_state=seed,
+            )
+            .fit(x)
+            .cluster_centers_
+        ),
     }
 
 
 def evaluate(centres: np.ndarray, patch: int, fit_imgs: list[np.ndarray], held: list[np.ndarray]) -> dict[str, float]:
     """The codebook `PatchTokenizer.fit` would keep (rounded, distinct), scored on the held-out crops."""
-    tok = PatchTokenizer(np.unique(np.clip(np.rint(centres), 0, 255).astype(np.uint8), axis=0),
-                         size=32, patch_size=patch, mode="RGB")
+    tok = PatchTokenizer(np.unique(np.clip(np.rint(centres), 0, 255).astype(np.uint8), axis=0), size=32, patch_size=patch, mode="RGB")
     train, val = np.stack([tok.codes(im) for im in fit_imgs]), np.stack([tok.codes(im) for im in held])
     bits = baseline_bits(train, val, len(tok.codebook))["previous_pixel"]
-    return {"codebook": len(tok.codebook), "psnr": float(np.mean([psnr(tok.decode_pixels(tok.encode(im)), im) for im in held])),
-            "prev_code_bits_per_dim": bits / tok.dims_per_image}
+    return {
+        "codebook": len(tok.codebook),
+        "psnr": float(np.mean([psnr(tok.decode_pixels(tok.encode(im)), im) for im in held])),
+        "prev_code_bits_per_dim": bits / tok.dims_per_image,
+    }
 
 
 def compare(patch: int, k: int, n: int, seeds: int, fit_imgs: list[np.ndarray], held: list[np.ndarray]) -> dict[str, object]:
@@ -84,13 +97,16 @@ def compare(patch: int, k: int, n: int, seeds: int, fit_imgs: list[np.ndarray], 
         for seed in range(seeds):
             wall, cpu = time.perf_counter(), time.process_time()
             centres = fit(x, seed)
-            runs.append({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
-                         **evaluate(centres, patch, fit_imgs, held)})
+            runs.append({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu, **evaluate(centres, patch, fit_imgs, held)})
         med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731, B023  (used in this iteration)
-        out[name] = {"fit_cpu_s": round(med("cpu"), 2), "fit_wall_s": round(med("wall"), 2),
-                     "codebook": int(med("codebook")), "heldout_psnr_db": round(med("psnr"), 2),
-                     "heldout_psnr_range_db": [round(min(r["psnr"] for r in runs), 2), round(max(r["psnr"] for r in runs), 2)],
-                     "prev_code_bits_per_dim": round(med("prev_code_bits_per_dim"), 3)}
+        out[name] = {
+            "fit_cpu_s": round(med("cpu"), 2),
+            "fit_wall_s": round(med("wall"), 2),
+            "codebook": int(med("codebook")),
+            "heldout_psnr_db": round(med("psnr"), 2),
+            "heldout_psnr_range_db": [round(min(r["psnr"] for r in runs), 2), round(max(r["psnr"] for r in runs), 2)],
+            "prev_code_bits_per_dim": round(med("prev_code_bits_per_dim"), 3),
+        }
     return out
 
 
@@ -105,8 +121,7 @@ def main() -> None:
 
     photos = [np.asarray(p) for p in load_sample_images().images]
     fit_imgs, held = crops(photos, args.crops, True, 0), crops(photos, args.crops, False, 1)
-    result: dict[str, object] = {"threads": args.threads, "seeds": args.seeds, "fit_images": len(fit_imgs),
-                                 "heldout_images": len(held)}
+    result: dict[str, object] = {"threads": args.threads, "seeds": args.seeds, "fit_images": len(fit_imgs), "heldout_images": len(held)}
     with threadpool_limits(args.threads):
         for name, patch, k in GEOMETRIES:
             sizes = sorted({min(n, len(fit_imgs) * (32 // patch) ** 2) for n in FIT_PATCHES})

@@ -14,6 +14,7 @@ samples both, and compares each sample set with the held-out performances:
 
 Prints one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,16 +53,60 @@ def make_performances(first: int, count: int, folder: Path, takes: int) -> None:
 def train_and_sample(tokenizer: str, data: Path, work: Path, steps: int, samples: int) -> list[Path]:
     env = {**os.environ, "ARSEQ_CACHE_DIR": str(work / "cache"), "PYTHONPATH": str(ROOT)}
     run = work / f"run_{tokenizer}"
-    common = ["--modality.tokenizer", tokenizer, "--data.paths", str(data), "--model.n_layer", "2", "--model.d_model", "64",
-              "--model.n_head", "4", "--data.block_size", "256", "--data.batch_size", "8", "--trainer.max_steps", str(steps),
-              "--trainer.val_check_interval", str(steps), "--trainer.limit_val_batches", "4",
-              "--trainer.default_root_dir", str(run), "--trainer.enable_progress_bar", "false"]
-    subprocess.run([sys.executable, "-m", "arseq", "train", "--config", str(ROOT / "configs/music/performance.yaml"), *common],
-                   env=env, check=True, capture_output=True)
+    common = [
+        "--modality.tokenizer",
+        tokenizer,
+        "--data.paths",
+        str(data),
+        "--model.n_layer",
+        "2",
+        "--model.d_model",
+        "64",
+        "--model.n_head",
+        "4",
+        "--data.block_size",
+        "256",
+        "--data.batch_size",
+        "8",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.val_check_interval",
+        str(steps),
+        "--trainer.limit_val_batches",
+        "4",
+        "--trainer.default_root_dir",
+        str(run),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    subprocess.run(
+        [sys.executable, "-m", "arseq", "train", "--config", str(ROOT / "configs/music/performance.yaml"), *common],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     out = work / f"samples_{tokenizer}"
     extra = ["--bars", "12"] if tokenizer == "score" else ["--max-new-tokens", "1200"]
-    subprocess.run([sys.executable, "-m", "arseq", "generate", "--checkpoint", str(run / "music"), "--num-samples", str(samples),
-                    "--seed", "0", "--out", str(out), *extra], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "arseq",
+            "generate",
+            "--checkpoint",
+            str(run / "music"),
+            "--num-samples",
+            str(samples),
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+            *extra,
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return sorted(out.glob("*.mid"))
 
 

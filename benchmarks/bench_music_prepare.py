@@ -17,6 +17,7 @@ the other, written with symusic. Then, side by side, on the same files:
 
 Prints one JSON object with the issue's keys and the targets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,15 +85,17 @@ def make_corpus(folder: Path, files: int, sources: int, seed: int = 0) -> None:
 def arseq_prepare(folder: Path, workers: int, reader: str, cache: Path) -> tuple[dict, float, float]:
     """(prepare's JSON, wall seconds, peak RSS MB of the process and its workers) of one cold run."""
     config = cache / f"{reader}.yaml"
-    config.write_text(json.dumps({"modality": {"name": "music", "midi_reader": reader},
-                                  "data": {"paths": str(folder), "val_fraction": 0.02, "workers": workers}}))
+    config.write_text(
+        json.dumps({"modality": {"name": "music", "midi_reader": reader}, "data": {"paths": str(folder), "val_fraction": 0.02, "workers": workers}})
+    )
     env = {**os.environ, "ARSEQ_CACHE_DIR": str(cache / reader), "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
-    script = ("import resource, sys; from arseq.cli import main; code = main(sys.argv[1:]); "
-              "sys.stderr.write('RSS %d %d\\n' % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-              "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(code)")
-    out = subprocess.run([sys.executable, "-c", script, "prepare", "--config", str(config)], env=env,
-                         capture_output=True, text=True)
+    script = (
+        "import resource, sys; from arseq.cli import main; code = main(sys.argv[1:]); "
+        "sys.stderr.write('RSS %d %d\\n' % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+        "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(code)"
+    )
+    out = subprocess.run([sys.executable, "-c", script, "prepare", "--config", str(config)], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"arseq prepare failed: {out.stderr.strip().splitlines()[-1:]}")
@@ -122,8 +125,7 @@ def same_tokens(files: list[Path]) -> float:
     from arseq.modalities.music_reading import read_events
 
     tok = ScoreTokenizer()
-    same = [tok.encode_events(read_events(tok, f, "symusic")) == tok.encode_events(read_events(tok, f, "music21"))
-            for f in files]
+    same = [tok.encode_events(read_events(tok, f, "symusic")) == tok.encode_events(read_events(tok, f, "music21")) for f in files]
     return sum(same) / max(1, len(same))
 
 

@@ -9,6 +9,7 @@ file goes through `prepare --check-roundtrip`'s own path (parse, encode, decode,
 notes). Prints one JSON object: exact fraction (and the issue's >= 0.9 target), per reason the files and
 notes, per file exact / skipped / the reasons, and seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,7 @@ def main() -> None:
     p.add_argument("--max-dur-quarters", type=int, default=16)
     p.add_argument("--max-bar-quarters", type=int, default=16)
     args = p.parse_args()
-    tok = ScoreTokenizer(ppq=args.ppq, max_dur_quarters=args.max_dur_quarters, max_bar_quarters=args.max_bar_quarters,
-                         grace=not args.no_grace)
+    tok = ScoreTokenizer(ppq=args.ppq, max_dur_quarters=args.max_dur_quarters, max_bar_quarters=args.max_bar_quarters, grace=not args.no_grace)
     composers = NAMED + tuple(c for c in COMPOSERS if c not in NAMED)
     items = music21_composers(composers, per_composer=args.per_composer)
     t0 = time.perf_counter()

@@ -12,6 +12,7 @@ where it is installed (`hf_serve_tokens_per_s`; null and `hf_serve_error` otherw
 
     python benchmarks/bench_serve.py --checkpoint runs/text [--soak-seconds 300] [--clients 1 4 16 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,11 @@ def free_port() -> int:
 
 def start(checkpoint: str, *flags: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "arseq", "serve", "--checkpoint", checkpoint, "--host", HOST, "--port",
-                             str(port), "--log-level", "warning", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "arseq", "serve", "--checkpoint", checkpoint, "--host", HOST, "--port", str(port), "--log-level", "warning", *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -74,8 +78,10 @@ async def one(port: int, body: dict[str, Any], path: str = "/v1/completions") ->
     t0 = time.perf_counter()
     reader, writer = await asyncio.open_connection(HOST, port)
     data = json.dumps({**body, "stream": True}).encode()
-    writer.write(f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                 f"Connection: close\r\n\r\n".encode() + data)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+        + data
+    )
     await writer.drain()
     status = int((await reader.readline()).split()[1])
     while (await reader.readline()) not in (b"\r\n", b""):
@@ -117,13 +123,14 @@ def pct(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))], 4)
 
 
-async def load(port: int, clients: int, requests_per_client: int, seed: int, prompt: Any, model: str | None = None
-               ) -> dict[str, Any]:
+async def load(port: int, clients: int, requests_per_client: int, seed: int, prompt: Any, model: str | None = None) -> dict[str, Any]:
     """`clients` concurrent clients, each sending its requests one after another (bounded). With `model` (transformers
     serve), requests name it and carry no seed."""
     rng = random.Random(seed)
-    plans = [[{"prompt": prompt, "max_tokens": rng.randint(16, 512), "seed": rng.randrange(2**31)}
-              for _ in range(requests_per_client)] for _ in range(clients)]
+    plans = [
+        [{"prompt": prompt, "max_tokens": rng.randint(16, 512), "seed": rng.randrange(2**31)} for _ in range(requests_per_client)]
+        for _ in range(clients)
+    ]
     if model is not None:
         plans = [[{"model": model, "prompt": b["prompt"], "max_tokens": b["max_tokens"]} for b in p] for p in plans]
 
@@ -137,9 +144,17 @@ async def load(port: int, clients: int, requests_per_client: int, seed: int, pro
     ok = [r for r in results if r["status"] == 200 and (r["done"] or model is not None and r.get("finished"))]
     ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
     gaps = [g for r in ok for g in r["gaps"]]
-    return {"tokens_per_s": round(sum(r["tokens"] for r in ok) / wall, 1), "requests_per_s": round(len(ok) / wall, 3),
-            "ttft_p50_s": pct(ttft, 0.5), "ttft_p99_s": pct(ttft, 0.99), "itl_p50_s": pct(gaps, 0.5),
-            "itl_p99_s": pct(gaps, 0.99), "errors": len(results) - len(ok), "requests": len(results), "seconds": round(wall, 2)}
+    return {
+        "tokens_per_s": round(sum(r["tokens"] for r in ok) / wall, 1),
+        "requests_per_s": round(len(ok) / wall, 3),
+        "ttft_p50_s": pct(ttft, 0.5),
+        "ttft_p99_s": pct(ttft, 0.99),
+        "itl_p50_s": pct(gaps, 0.5),
+        "itl_p99_s": pct(gaps, 0.99),
+        "errors": len(results) - len(ok),
+        "requests": len(results),
+        "seconds": round(wall, 2),
+    }
 
 
 async def overload(port: int, pid: int, clients: int, soak: float, prompt: Any) -> dict[str, Any]:
@@ -169,8 +184,12 @@ async def overload(port: int, pid: int, clients: int, soak: float, prompt: Any) 
 
     await asyncio.gather(sample_rss(), *(client() for _ in range(clients)))
     early = [b for t, b in rss if t >= soak / 5] or [rss[-1][1]]
-    return {**counts, "rss_first_fifth_mb": round(early[0] / 2**20, 1), "rss_end_mb": round(rss[-1][1] / 2**20, 1),
-            "rss_growth": round(rss[-1][1] / early[0], 3)}
+    return {
+        **counts,
+        "rss_first_fifth_mb": round(early[0] / 2**20, 1),
+        "rss_end_mb": round(rss[-1][1] / 2**20, 1),
+        "rss_growth": round(rss[-1][1] / early[0], 3),
+    }
 
 
 def step_cost_ratio(checkpoint: str, rows: int = 16, steps: int = 30) -> float | None:
@@ -236,9 +255,26 @@ def hf_serve(args: argparse.Namespace, prompt: Any, clients: int, per: int) -> t
         except Exception as e:  # noqa: BLE001
             return None, f"no Hugging Face folder: {e}"
         port = free_port()
-        proc = subprocess.Popen(["transformers", "serve", str(folder), "--host", HOST, "--port", str(port), "--continuous-batching",
-                                 "--device", "cpu", "--dtype", "float32", "--log-level", "warning"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [
+                "transformers",
+                "serve",
+                str(folder),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--continuous-batching",
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             deadline = time.monotonic() + 600
             while True:
@@ -291,8 +327,9 @@ def main() -> None:
     out["engine_step_cost_ratio_16_rows"] = step_cost_ratio(args.checkpoint)
     out["hf_serve_tokens_per_s"], error = hf_serve(args, prompt, 16, per(16))
     if out["hf_serve_tokens_per_s"]:
-        out["speedup_vs_hf_serve_16_clients"] = round(out["by_clients"]["16"]["tokens_per_s"] / out["hf_serve_tokens_per_s"], 2) \
-            if "16" in out["by_clients"] else None
+        out["speedup_vs_hf_serve_16_clients"] = (
+            round(out["by_clients"]["16"]["tokens_per_s"] / out["hf_serve_tokens_per_s"], 2) if "16" in out["by_clients"] else None
+        )
     if error:
         out["hf_serve_error"] = error
     proc, port = start(args.checkpoint, "--slots", str(args.slots), "--max-queue", "16")
@@ -302,8 +339,13 @@ def main() -> None:
         over["exit_code_after_sigterm"] = stop(proc)
     out["rss_growth"] = over.pop("rss_growth")
     out["overload"] = over
-    out["meta"] = {"checkpoint": args.checkpoint, "slots": args.slots, "soak_seconds": args.soak_seconds,
-                   "cpus": os.cpu_count(), "requests_per_client": {str(c): per(c) for c in args.clients}}
+    out["meta"] = {
+        "checkpoint": args.checkpoint,
+        "slots": args.slots,
+        "soak_seconds": args.soak_seconds,
+        "cpus": os.cpu_count(),
+        "requests_per_client": {str(c): per(c) for c in args.clients},
+    }
     print(json.dumps(out, indent=1))
 
 

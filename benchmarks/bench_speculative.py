@@ -15,6 +15,7 @@ speculative arm compared with plain decoding of the same kind. Prints one JSON o
 temperature the arms' tokens/s, speed-ups, acceptance rates and tokens per target pass, and whether greedy
 outputs were identical to plain eager decoding's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,8 @@ from pathlib import Path
 import torch
 
 from arseq.api import load
-from arseq.decode import DraftModel, NGram, Speculative, generate
 from arseq.app.planning import make_plan
+from arseq.decode import DraftModel, NGram, Speculative, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -47,8 +48,7 @@ def train(name: str, draft: bool, work: Path, steps: int, extra: list[str] = ())
         argv += ["--config", str(config.with_name(config.stem + "_draft.yaml"))]
     if name == "text":
         argv += ["--data.paths", str(SHAKESPEARE)]
-    argv += ["--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
-             *extra]
+    argv += ["--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false", *extra]
     if not any(root.rglob("last.ckpt")):
         assert main(argv) == 0
     return str(sorted(root.rglob("version_*"))[-1])
@@ -57,8 +57,9 @@ def train(name: str, draft: bool, work: Path, steps: int, extra: list[str] = ())
 def arm_runner(model, name: str, temperature: float, new_tokens: int, draft_model, k: int):
     """Closures generating one sample at batch 1 with the modality's prompt and constraint."""
     loaded = model.loaded
-    call = model._call("generate", {"temperature": temperature, "max_new_tokens": new_tokens, "seed": 0,
-                                    "prompt": "ROMEO:\n" if name == "text" else None})
+    call = model._call(
+        "generate", {"temperature": temperature, "max_new_tokens": new_tokens, "seed": 0, "prompt": "ROMEO:\n" if name == "text" else None}
+    )
     planned = make_plan(loaded, call.request)
     tok, prompts, cfg = loaded.tokenizer, planned.prompts[:1], planned.cfg
 
@@ -71,8 +72,7 @@ def arm_runner(model, name: str, temperature: float, new_tokens: int, draft_mode
             gen, stats = generate(loaded.model, prompts, c, pad_id=tok.pad_id, constraint=constraint, compile=compiled), None
         else:
             proposer = DraftModel(draft_model) if arm == "draft" else NGram()
-            gen = generate(loaded.model, prompts, c, pad_id=tok.pad_id, constraint=constraint, compile=compiled,
-                           speculative=Speculative(proposer, k))
+            gen = generate(loaded.model, prompts, c, pad_id=tok.pad_id, constraint=constraint, compile=compiled, speculative=Speculative(proposer, k))
             stats = gen.stats
         seconds = time.perf_counter() - t0
         return gen.tokens[0], len(gen.tokens[0]) + gen.stopped[0], seconds, stats
@@ -133,19 +133,26 @@ def main() -> None:
     torch.manual_seed(0)
     paths = {
         "text": (args.text_target or train("text", False, args.work, args.steps), args.text_draft or train("text", True, args.work, args.steps)),
-        "music": (args.music_target or train("music", False, args.work, args.steps),
-                  args.music_draft or train("music", True, args.work, args.steps)),
+        "music": (args.music_target or train("music", False, args.work, args.steps), args.music_draft or train("music", True, args.work, args.steps)),
     }
     result: dict = {}
     for name, (target, draft) in paths.items():
         result[name] = {f"temperature_{t}": measure(target, draft, name, t, args) for t in (0.0, 0.8)}
         result[name]["target"], result[name]["draft"] = target, draft
     if not args.skip_big:
-        big = args.big_target or train("text", False, args.work, args.steps // 3,
-                                       ["--model.n_layer", "8", "--model.d_model", "384", "--model.n_head", "6"])
+        big = args.big_target or train(
+            "text", False, args.work, args.steps // 3, ["--model.n_layer", "8", "--model.d_model", "384", "--model.n_head", "6"]
+        )
         result["text_8x384"] = {"temperature_0.0": measure(big, paths["text"][1], "text", 0.0, args), "target": big}
-    result["meta"] = {"torch_threads": torch.get_num_threads(), "new_tokens": args.new_tokens, "draft_tokens": args.draft_tokens,
-                      "repeats": args.repeats, "batch": 1, "device": "cpu", "compiled_arms": not args.no_compile}
+    result["meta"] = {
+        "torch_threads": torch.get_num_threads(),
+        "new_tokens": args.new_tokens,
+        "draft_tokens": args.draft_tokens,
+        "repeats": args.repeats,
+        "batch": 1,
+        "device": "cpu",
+        "compiled_arms": not args.no_compile,
+    }
     print(json.dumps(result))
 
 

@@ -14,6 +14,7 @@ Prints one JSON object: `step_ratio_8_over_1` (the rule's arm with the fastest 1
 `ms` per shape, `step_ratio_8_over_1`, `gflops_at_8`, `bytes_per_s_at_1`, `fraction_of_read_bandwidth_at_1`),
 `peak_gflops`, `read_gb_per_s`, `meta` (CPU features, threads, spread of the timings).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,9 +101,12 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rows", default="1,2,4,8")
     p.add_argument("--verify", type=int, default=5, help="tokens of the verify pass (one row); 0: none")
-    p.add_argument("--arms", default="float32:reduce,float32:blas,int8:reduce,int8:fbgemm_int8",
-                   help=f"weights:route pairs to compare; weights float32 or int8, route one of {', '.join(ROUTES)} "
-                        "(int8:blas dequantizes every weight every step: add it to see)")
+    p.add_argument(
+        "--arms",
+        default="float32:reduce,float32:blas,int8:reduce,int8:fbgemm_int8",
+        help=f"weights:route pairs to compare; weights float32 or int8, route one of {', '.join(ROUTES)} "
+        "(int8:blas dequantizes every weight every step: add it to see)",
+    )
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--calls", type=int, default=3, help="timed calls per arm per round")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -135,8 +139,7 @@ def main() -> None:
         for arm in arms.values():
             arm.times.extend(arm.call() for _ in range(args.calls))
     ms = {key: statistics.median(arm.times) * 1e3 for key, arm in arms.items()}
-    spread = {key: (statistics.quantiles(arm.times, n=4)[2] - statistics.quantiles(arm.times, n=4)[0]) * 1e3 / ms[key]
-              for key, arm in arms.items()}
+    spread = {key: (statistics.quantiles(arm.times, n=4)[2] - statistics.quantiles(arm.times, n=4)[0]) * 1e3 / ms[key] for key, arm in arms.items()}
     macs = matmul_params(cfg)
 
     def summary(times: dict[str, float], weights: str) -> dict:
@@ -154,8 +157,10 @@ def main() -> None:
     for weights in models:
         by_route = {r: {s: ms[weights, r, s] for s in shapes if (weights, r, s) in ms} for r in routes}
         result["routes"][weights] = {r: summary(t, weights) for r, t in by_route.items() if t}
-        taken = {s: rule_route(device.type, models[weights].blocks[0].mlp.down.weight.dtype, weights == "int8", rows * tokens, True)
-                 for s, (rows, tokens) in shapes.items()}
+        taken = {
+            s: rule_route(device.type, models[weights].blocks[0].mlp.down.weight.dtype, weights == "int8", rows * tokens, True)
+            for s, (rows, tokens) in shapes.items()
+        }
         if all(by_route.get(taken[s], {}).get(s) is not None for s in shapes):
             result["rule"][weights] = {**summary({s: by_route[taken[s]][s] for s in shapes}, weights), "route": taken}
     fastest = min(result["rule"], key=lambda w: result["rule"][w]["ms"].get("rows1", float("inf")), default=None)
@@ -164,8 +169,13 @@ def main() -> None:
     result["peak_gflops"] = round(peak, 1)
     result["read_gb_per_s"] = {w: round(b / 1e9, 1) for w, b in bandwidth.items()}
     result["meta"] = {
-        "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": cpu_features.describe(),
-        "weight_mb": {w: round(weight_bytes(m) / 1e6, 1) for w, m in models.items()}, "rounds": args.rounds, "calls": args.calls,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu": cpu_features.describe(),
+        "weight_mb": {w: round(weight_bytes(m) / 1e6, 1) for w, m in models.items()},
+        "rounds": args.rounds,
+        "calls": args.calls,
         "median_interquartile_spread": round(statistics.median(spread.values()), 2) if spread else None,
     }
     print(json.dumps(result))

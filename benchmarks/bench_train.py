@@ -8,6 +8,7 @@ clipping; the first steps of each run are warm-up and not timed. Runs alternate 
 Prints one JSON object: arseq_tokens_per_s, bare_tokens_per_s, ratio (target >= 0.95); with --compile
 also arseq_compiled_tokens_per_s (arseq's `compile: true`) and compile_speedup over arseq eager.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from arseq.data.loader import train_loader
-from arseq.train.optim import OptimConfig, lr_factor, make_optimizer
 from arseq.models.transformer import Transformer, TransformerConfig
+from arseq.train.optim import OptimConfig, lr_factor, make_optimizer
 
 # nanoGPT's CPU "baby GPT" (configs/text/shakespeare_char_cpu.yaml)
 MODEL = dict(n_layer=4, n_head=4, d_model=128, dropout=0.0)
@@ -83,9 +84,17 @@ def through_arseq(path: Path, steps: int, warmup: int, seed: int, optim: str, bl
     module = ARModule(asdict(cfg), asdict(OptimConfig(name=optim)), compile=compile)
     clock = Clock()
     trainer = L.Trainer(
-        max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, gradient_clip_val=1.0,
-        callbacks=[clock], log_every_n_steps=50,
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        gradient_clip_val=1.0,
+        callbacks=[clock],
+        log_every_n_steps=50,
     )
     trainer.fit(module, train_dataloaders=train_loader(path, block, batch, seed, None, 0))
     return (steps - warmup) * block * batch / (clock.t1 - clock.t0)
@@ -116,9 +125,16 @@ def main() -> None:
                 runs["arseq_compiled"].append(through_arseq(path, args.steps, args.warmup, r, args.optim, *shape, compile=True))
     med = {k: statistics.median(v) for k, v in runs.items()}
     result = {
-        "model": MODEL, "optim": args.optim, "block_size": args.block, "batch_size": args.batch, "steps": args.steps,
-        "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
-        "arseq_tokens_per_s": round(med["arseq"]), "bare_tokens_per_s": round(med["bare"]), "ratio": round(med["arseq"] / med["bare"], 3),
+        "model": MODEL,
+        "optim": args.optim,
+        "block_size": args.block,
+        "batch_size": args.batch,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "arseq_tokens_per_s": round(med["arseq"]),
+        "bare_tokens_per_s": round(med["bare"]),
+        "ratio": round(med["arseq"] / med["bare"], 3),
     }
     if args.compile:
         result |= {"arseq_compiled_tokens_per_s": round(med["arseq_compiled"]), "compile_speedup": round(med["arseq_compiled"] / med["arseq"], 3)}

@@ -9,6 +9,7 @@ nothing here asserts, so one failure does not hide the others.
 
     python -m benchmarks.gpu_check [--steps 30] [--skip-bench]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,10 @@ SHARED = ROOT.parent / "shared" / "data"
 CONFIGS = {
     "music": ("configs/music/bach_chorales.yaml", []),
     "image": ("configs/image/digits.yaml", []),
-    "protein": ("configs/protein/swissprot_small.yaml", [f"--data.paths={SHARED / 'proteins_train.fasta'}",
-                                                        f"--data.val_paths={SHARED / 'proteins_val.fasta'}"]),
+    "protein": (
+        "configs/protein/swissprot_small.yaml",
+        [f"--data.paths={SHARED / 'proteins_train.fasta'}", f"--data.val_paths={SHARED / 'proteins_val.fasta'}"],
+    ),
     "text": ("configs/text/shakespeare_char_cpu.yaml", [f"--data.paths={SHARED / 'tinyshakespeare.txt'}"]),
 }
 
@@ -38,9 +41,20 @@ def train(name: str, root: Path, steps: int, device: str) -> Path:
     from arseq.cli import main
 
     config, extra = CONFIGS[name]
-    argv = ["train", "--config", str(ROOT / config), *extra, f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
-            "--trainer.check_val_every_n_epoch=null", "--trainer.limit_val_batches=2", f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
-            "--trainer.devices=1", f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false"]
+    argv = [
+        "train",
+        "--config",
+        str(ROOT / config),
+        *extra,
+        f"--trainer.max_steps={steps}",
+        f"--trainer.val_check_interval={steps}",
+        "--trainer.check_val_every_n_epoch=null",
+        "--trainer.limit_val_batches=2",
+        f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+        "--trainer.devices=1",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false",
+    ]
     if main(argv) != 0:
         raise RuntimeError(f"training {name} failed")
     return sorted((root / name).glob("version_*"))[-1]

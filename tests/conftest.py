@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated token cache, a tiny corpus, and one tiny trained text model."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 Everything is built from a 1-layer, 16-wide text model over the characters "abc \\n", so a file costs
 milliseconds; a hostile variant changes one field of it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,13 +28,16 @@ def base_parts(data_paths: str | None = None) -> tuple[dict[str, Any], dict[str,
     cfg = TransformerConfig(vocab_size=tok.vocab_size, max_seq_len=32, n_layer=1, n_head=2, d_model=16)
     torch.manual_seed(0)
     model = Transformer(cfg)
-    meta = {"modality": {"name": "text", "options": {"tokenizer": "char"}}, "tokenizer": tok.to_dict(),
-            "data": dataclasses.asdict(DataConfig(paths=data_paths, block_size=32)), "model": dataclasses.asdict(cfg)}
+    meta = {
+        "modality": {"name": "text", "options": {"tokenizer": "char"}},
+        "tokenizer": tok.to_dict(),
+        "data": dataclasses.asdict(DataConfig(paths=data_paths, block_size=32)),
+        "model": dataclasses.asdict(cfg),
+    }
     return meta, model.state_dict()
 
 
-def make_ckpt(path: Path, model: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
-              data_paths: str | None = None, **top: Any) -> Path:
+def make_ckpt(path: Path, model: dict[str, Any] | None = None, meta: dict[str, Any] | None = None, data_paths: str | None = None, **top: Any) -> Path:
     """A checkpoint as `arseq train` writes it (arseq metadata + model.* state), with fields overridden:
     `model` updates the model config, `meta` replaces metadata keys, `top` adds top-level keys."""
     base, state = base_parts(data_paths)
@@ -60,9 +64,16 @@ def make_hf(folder: Path, config: dict[str, Any] | None = None, index: dict[str,
     meta, state = base_parts()
     cfg = TransformerConfig(**meta["model"])
     folder.mkdir(parents=True, exist_ok=True)
-    hf_config = {"model_type": "llama", "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
-                 "num_attention_heads": cfg.n_head, "num_hidden_layers": cfg.n_layer, "intermediate_size": cfg.mlp_hidden,
-                 "max_position_embeddings": cfg.max_seq_len, "tie_word_embeddings": True}
+    hf_config = {
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "num_attention_heads": cfg.n_head,
+        "num_hidden_layers": cfg.n_layer,
+        "intermediate_size": cfg.mlp_hidden,
+        "max_position_embeddings": cfg.max_seq_len,
+        "tie_word_embeddings": True,
+    }
     hf_config.update(config or {})
     (folder / "config.json").write_text(json.dumps(hf_config), encoding="utf-8")
     tensors = hf.to_hf_state(state, cfg)
@@ -95,12 +106,23 @@ def yaml_bomb(path: Path, levels: int = 9) -> Path:
 
 def train_config(path: Path, data: Path, root: Path, **trainer: Any) -> Path:
     """A 2-step training config of the tiny model (no validation split: saves every step)."""
-    settings = {"max_steps": 2, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
-                "enable_model_summary": False, "default_root_dir": str(root), **trainer}
-    config = {"seed": 1, "modality": {"name": "text", "tokenizer": "char"},
-              "data": {"paths": str(data), "val_fraction": 0.0, "block_size": 16, "batch_size": 4},
-              "model": {"n_layer": 1, "n_head": 2, "d_model": 16}, "optim": {"lr": 1e-3, "warmup_steps": 0},
-              "trainer": settings}
+    settings = {
+        "max_steps": 2,
+        "accelerator": "cpu",
+        "devices": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(root),
+        **trainer,
+    }
+    config = {
+        "seed": 1,
+        "modality": {"name": "text", "tokenizer": "char"},
+        "data": {"paths": str(data), "val_fraction": 0.0, "block_size": 16, "batch_size": 4},
+        "model": {"n_layer": 1, "n_head": 2, "d_model": 16},
+        "optim": {"lr": 1e-3, "warmup_steps": 0},
+        "trainer": settings,
+    }
     path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
     return path
 
@@ -111,6 +133,7 @@ def deep_json(depth: int = 100_000) -> str:
 
 def midi_gap(path: Path, gap: int, division: int = 96) -> Path:
     """A one-note MIDI file whose note lasts `gap` ticks: 37 bytes however long the gap."""
+
     def varlen(value: int) -> bytes:
         out = [value & 0x7F]
         value >>= 7
@@ -120,8 +143,16 @@ def midi_gap(path: Path, gap: int, division: int = 96) -> Path:
         return bytes(reversed(out))
 
     track = b"\x00\x90\x3c\x64" + varlen(gap) + b"\x80\x3c\x00" + b"\x00\xff\x2f\x00"
-    path.write_bytes(b"MThd" + (6).to_bytes(4, "big") + (0).to_bytes(2, "big") + (1).to_bytes(2, "big")
-                     + division.to_bytes(2, "big") + b"MTrk" + len(track).to_bytes(4, "big") + track)
+    path.write_bytes(
+        b"MThd"
+        + (6).to_bytes(4, "big")
+        + (0).to_bytes(2, "big")
+        + (1).to_bytes(2, "big")
+        + division.to_bytes(2, "big")
+        + b"MTrk"
+        + len(track).to_bytes(4, "big")
+        + track
+    )
     return path
 
 

@@ -1,5 +1,6 @@
 """Helpers for the server tests: tiny models of every built-in modality, a server on a free loopback port in a
 thread, and a small HTTP client (JSON and server-sent events) on the standard library."""
+
 from __future__ import annotations
 
 import http.client
@@ -19,9 +20,17 @@ SMOKE = {
     "data": {"val_fraction": 0.2, "block_size": 64, "batch_size": 4},
     "model": {"n_layer": 1, "n_head": 2, "d_model": 32},
     "optim": {"lr": 3.0e-3, "min_lr": 3.0e-4, "warmup_steps": 2},
-    "trainer": {"max_steps": 4, "val_check_interval": 4, "check_val_every_n_epoch": None, "limit_val_batches": 1,
-                "accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
-                "logger": False},
+    "trainer": {
+        "max_steps": 4,
+        "val_check_interval": 4,
+        "check_val_every_n_epoch": None,
+        "limit_val_batches": 1,
+        "accelerator": "cpu",
+        "devices": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "logger": False,
+    },
 }
 
 
@@ -68,8 +77,8 @@ class Served:
     def __init__(self, checkpoint: Path, **settings: Any):
         import uvicorn
 
-        from arseq.artifacts import checkpoint as ck
         from arseq.app import generation
+        from arseq.artifacts import checkpoint as ck
         from arseq.serve.app import Settings, create_app
 
         self.loaded = ck.load(checkpoint)
@@ -104,8 +113,9 @@ class Served:
     def conn(self, timeout: float = 60) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
 
-    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def request(
+        self, method: str, path: str, body: Any = None, raw: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         c = self.conn()
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         c.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})

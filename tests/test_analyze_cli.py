@@ -1,4 +1,5 @@
 """`arseq score` and `arseq analyze drift` on the session's tiny text model: files parse back and agree."""
+
 from __future__ import annotations
 
 import csv
@@ -44,8 +45,26 @@ def test_score_table_per_token_and_json(trained, tmp_path, capsys):
 
 def test_analyze_drift_writes_parseable_files(trained, tmp_path, capsys):
     out = tmp_path / "drift"
-    argv = ["analyze", "drift", "--checkpoint", str(trained), "--items", "6", "--positions", "3", "--offsets", "8",
-            "--num-samples", "6", "--max-new-tokens", "40", "--bootstrap", "50", "--out", str(out)]
+    argv = [
+        "analyze",
+        "drift",
+        "--checkpoint",
+        str(trained),
+        "--items",
+        "6",
+        "--positions",
+        "3",
+        "--offsets",
+        "8",
+        "--num-samples",
+        "6",
+        "--max-new-tokens",
+        "40",
+        "--bootstrap",
+        "50",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads((out / "drift.json").read_text())

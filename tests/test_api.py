@@ -1,4 +1,5 @@
 """The Python API mirrors the CLI: same options, same samples, same files, same errors."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,28 @@ def test_generate_from_python_equals_the_cli(trained, tmp_path, capsys):
     model = arseq.load(ckpt)
     samples = model.generate(n=3, temperature=0.7, top_k=5, max_new_tokens=20, seed=4, out=tmp_path / "py")
     assert len(samples) == 3 and all(len(s.tokens) <= 20 for s in samples)
-    assert main(["generate", "--checkpoint", ckpt, "--num-samples", "3", "--temperature", "0.7", "--top-k", "5",
-                 "--max-new-tokens", "20", "--seed", "4", "--out", str(tmp_path / "cli")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                ckpt,
+                "--num-samples",
+                "3",
+                "--temperature",
+                "0.7",
+                "--top-k",
+                "5",
+                "--max-new-tokens",
+                "20",
+                "--seed",
+                "4",
+                "--out",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
     for i in range(3):
         name = f"sample_{i:03d}.txt"
         assert (tmp_path / "py" / name).read_text() == (tmp_path / "cli" / name).read_text()

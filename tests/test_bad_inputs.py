@@ -1,4 +1,5 @@
 """Bad configs and flags: exit code 2, one line on stderr, no traceback, nothing written or changed."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -97,6 +98,15 @@ def test_truncated_safetensors_is_one_line(trained, tmp_path, cut, capsys):
 
 def test_resuming_a_run_of_another_model_size_is_one_line(trained, tiny_config, tmp_path, capsys):
     last = trained / "checkpoints" / "last.ckpt"
-    argv = ["train", "--config", str(tiny_config), "--ckpt_path", str(last), "--model.d_model", "48",
-            "--trainer.default_root_dir", str(tmp_path / "runs")]
+    argv = [
+        "train",
+        "--config",
+        str(tiny_config),
+        "--ckpt_path",
+        str(last),
+        "--model.d_model",
+        "48",
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+    ]
     _assert_refused(argv, "d_model 32 vs 48", tmp_path, capsys)

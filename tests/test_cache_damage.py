@@ -1,8 +1,9 @@
 """A damaged token-cache entry is found and rebuilt with one warning; concurrent builds both succeed."""
+
 from __future__ import annotations
 
-import multiprocessing as mp
 import logging
+import multiprocessing as mp
 import os
 from pathlib import Path
 
@@ -36,10 +37,18 @@ def _flip_last_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", [
-    ("train.npy", _truncate), ("train_offsets.npy", _truncate), ("val.npy", _flip_last_byte),
-    ("train.npy", _flip_last_byte), ("meta.json", lambda p: p.unlink()), ("checksums.json", lambda p: p.write_text("{")),
-], ids=["truncated tokens", "truncated offsets", "same-size val", "same-size train", "missing meta", "bad manifest"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        ("train.npy", _truncate),
+        ("train_offsets.npy", _truncate),
+        ("val.npy", _flip_last_byte),
+        ("train.npy", _flip_last_byte),
+        ("meta.json", lambda p: p.unlink()),
+        ("checksums.json", lambda p: p.write_text("{")),
+    ],
+    ids=["truncated tokens", "truncated offsets", "same-size val", "same-size train", "missing meta", "bad manifest"],
+)
 def test_damaged_entry_is_rebuilt_with_one_warning(tmp_path, damage, caplog):
     name, spoil = damage
     data = _corpus(tmp_path / "docs")

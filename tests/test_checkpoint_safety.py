@@ -1,4 +1,5 @@
 """A kill during a checkpoint write never loses `last.ckpt`; `last.ckpt` names the current best checkpoint."""
+
 from __future__ import annotations
 
 import os
@@ -86,8 +87,13 @@ def test_sigkill_during_checkpoint_writes_never_breaks_last_ckpt(tmp_path, corpu
             previous = last
         final = tmp_path / "final.yaml"
         final.write_text(KILL_CONFIG.format(data=corpus, steps=step + 5, root=tmp_path / "final"), encoding="utf-8")
-        done = subprocess.run([sys.executable, "-m", "arseq", "train", "--config", str(final), "--ckpt_path", str(previous)],
-                              env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "arseq", "train", "--config", str(final), "--ckpt_path", str(previous)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         assert _loads(tmp_path / "final" / "text" / "version_0" / "checkpoints" / "last.ckpt") == step + 5  # resumed where the kill left it
         assert not [p.name for p in previous.parent.iterdir() if p.name.startswith(".")]  # stale temp files removed
@@ -100,8 +106,7 @@ def test_last_checkpoint_names_the_best_checkpoint_that_exists(trained, tiny_con
     state = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
     best = [v["best_model_path"] for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint")]
     assert len(best) == 1 and Path(best[0]).exists() and "step60" in Path(best[0]).name
-    assert main(["train", "--config", str(tiny_config), "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"),
-                 "--trainer.max_steps", "65"]) == 0
+    assert main(["train", "--config", str(tiny_config), "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--trainer.max_steps", "65"]) == 0
     out = capsys.readouterr().out
     for kind in ("last", "best"):
         assert Path(out.split(f"{kind} checkpoint: ")[1].split()[0]).exists(), out

@@ -1,4 +1,5 @@
 """The CLI as a user drives it: train, generate, evaluate, export, and one-line errors on bad input."""
+
 import json
 import os
 import subprocess
@@ -67,8 +68,9 @@ def test_evaluate_prints_json(trained, capsys, corpus):
     code, out, _ = run(capsys, "evaluate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--data.paths", str(corpus))
     assert code == 0 and json.loads(out)["items"] == 1
     full = json.loads(out)
-    code, out, _ = run(capsys, "evaluate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--data.paths", str(corpus),
-                       "--stride", str(full["context"]))
+    code, out, _ = run(
+        capsys, "evaluate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--data.paths", str(corpus), "--stride", str(full["context"])
+    )
     restarts = json.loads(out)  # same tokens scored, but windows that restart the context
     assert restarts["predicted_tokens"] == full["predicted_tokens"] and full["stride"] == full["context"] // 2
     assert restarts["loss"] != full["loss"]
@@ -96,8 +98,7 @@ class ForgetAfterFirstValidation(L.Callback):
 
 def test_last_checkpoint_is_the_newest_state_when_validation_got_worse(tiny_config, tmp_path, capsys):
     callbacks = json.dumps([{"class_path": f"{__name__}.ForgetAfterFirstValidation"}])
-    code, out, _ = run(capsys, "train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path),
-                       "--trainer.callbacks", callbacks)
+    code, out, _ = run(capsys, "train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks", callbacks)
     assert code == 0
     last, best = (Path(out.split(f"{kind} checkpoint: ")[1].split()[0]) for kind in ("last", "best"))
     assert last.name == "last.ckpt" and torch.load(last, weights_only=True)["global_step"] == 60
@@ -115,8 +116,18 @@ class RecordLastCheckpoint(L.Callback):
 
 def test_runs_without_validation_save_last_checkpoint_during_training(tiny_config, tmp_path, capsys):
     callbacks = json.dumps([{"class_path": f"{__name__}.RecordLastCheckpoint"}])
-    code, out, _ = run(capsys, "train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path),
-                       "--data.val_fraction", "0", "--trainer.callbacks", callbacks)
+    code, out, _ = run(
+        capsys,
+        "train",
+        "--config",
+        str(tiny_config),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--data.val_fraction",
+        "0",
+        "--trainer.callbacks",
+        callbacks,
+    )
     assert code == 0 and "best checkpoint: -" in out
     assert RecordLastCheckpoint.seen == [30]  # a tenth of max_steps: written at steps 6, 12, ..., 30
     assert torch.load(Path(out.split("last checkpoint: ")[1].split()[0]), weights_only=True)["global_step"] == 60
@@ -131,8 +142,18 @@ class RecordCompiled(L.Callback):
 
 def test_compiled_training_matches_eager_and_saves_plain_checkpoints(trained, tiny_config, tmp_path, capsys):
     callbacks = json.dumps([{"class_path": f"{__name__}.RecordCompiled"}])
-    code, out, _ = run(capsys, "train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path),
-                       "--compile", "true", "--trainer.callbacks", callbacks)
+    code, out, _ = run(
+        capsys,
+        "train",
+        "--config",
+        str(tiny_config),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--compile",
+        "true",
+        "--trainer.callbacks",
+        callbacks,
+    )
     assert code == 0 and RecordCompiled.seen == [True]
     compiled = torch.load(Path(out.split("last checkpoint: ")[1].split()[0]), weights_only=True)
     eager = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
@@ -215,9 +236,24 @@ def test_help_and_modalities(capsys):
 def test_two_process_ddp_on_cpu(tiny_config, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     root = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "arseq", "train", "--config", str(tiny_config), "--trainer.devices", "2",
-           "--trainer.strategy", "ddp", "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
-           "--trainer.default_root_dir", str(root)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "arseq",
+        "train",
+        "--config",
+        str(tiny_config),
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_steps",
+        "6",
+        "--trainer.val_check_interval",
+        "3",
+        "--trainer.default_root_dir",
+        str(root),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = next(root.rglob("last.ckpt"))
@@ -249,8 +285,9 @@ def test_ema_checkpoints_serve_the_average_and_resume_from_the_raw_weights(tiny_
     """Lightning's EMAWeightAveraging as a config callback (configs/image/digits.yaml uses it): checkpoints hold
     the averaged weights, which is what generate/evaluate load; resuming continues from the raw ones."""
     ema = {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.9}}
-    code, out, _ = run(capsys, "train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path),
-                       "--trainer.callbacks", json.dumps([ema]))
+    code, out, _ = run(
+        capsys, "train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks", json.dumps([ema])
+    )
     assert code == 0
     last = Path(out.split("last checkpoint: ")[1].split()[0])
     ckpt = torch.load(last, weights_only=True)
@@ -260,8 +297,20 @@ def test_ema_checkpoints_serve_the_average_and_resume_from_the_raw_weights(tiny_
     for name, weight in served.items():
         torch.testing.assert_close(weight, averaged[f"model.{name}"], atol=0, rtol=0)
     record = {"class_path": f"{__name__}.RecordStartWeights"}
-    code, out, _ = run(capsys, "train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path),
-                       "--ckpt_path", str(last), "--trainer.max_steps", "70", "--trainer.callbacks", json.dumps([ema, record]))
+    code, out, _ = run(
+        capsys,
+        "train",
+        "--config",
+        str(tiny_config),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--ckpt_path",
+        str(last),
+        "--trainer.max_steps",
+        "70",
+        "--trainer.callbacks",
+        json.dumps([ema, record]),
+    )
     assert code == 0 and torch.load(Path(out.split("last checkpoint: ")[1].split()[0]), weights_only=True)["global_step"] == 70
     start = RecordStartWeights.seen[-1]
     assert all(torch.equal(start[k], raw[k]) for k in raw)

@@ -1,4 +1,5 @@
 """Control tokens: learned from the data, hidden from the modality, obeyed by a trained model."""
+
 from __future__ import annotations
 
 import json
@@ -16,15 +17,22 @@ from arseq.errors import DataError
 
 
 def controls() -> Controls:
-    return Controls.learn(10, ["tag", "size", "one"], [{"tag": "b", "size": "big", "one": "x"}, {"tag": "a", "one": "x"}, {"tag": "b"},
-                                                       {"size": "small"}], drop=0.5)
+    return Controls.learn(
+        10, ["tag", "size", "one"], [{"tag": "b", "size": "big", "one": "x"}, {"tag": "a", "one": "x"}, {"tag": "b"}, {"size": "small"}], drop=0.5
+    )
 
 
 def test_learned_values_ids_and_parsing():
     c = controls()
     assert c.fields == {"tag": ["a", "b"], "size": ["big", "small"]} and c.size == 6 and c.width == 2  # "one": one value, no field
     assert c.counts == {"tag": {"a": 1, "b": 2}, "size": {"big": 1, "small": 1}}
-    assert [c.unknown_id("tag"), c.value_id("tag", "a"), c.value_id("tag", "b"), c.unknown_id("size"), c.value_id("size", "big")] == [10, 11, 12, 13, 14]
+    assert [c.unknown_id("tag"), c.value_id("tag", "a"), c.value_id("tag", "b"), c.unknown_id("size"), c.value_id("size", "big")] == [
+        10,
+        11,
+        12,
+        13,
+        14,
+    ]
     assert c.ids({"tag": "b"}) == [12, 13] and c.ids({"tag": "never seen", "size": "big"}) == [10, 14]
     assert c.ids(c.given(["tag=a"])) == [11, 13] and c.ids(c.given(['size="big"', "tag=b"])) == [12, 14]
     assert c.read([0, 12, 14, 5]) == {"size": "big", "tag": "b"} and c.read([0, 10, 13, 5]) == {} and c.read([0, 11, 13]) == {"tag": "a"}
@@ -127,13 +135,23 @@ def tagged(tmp_path_factory):
     records += [f">untagged{i}\nMAWAW" for i in range(4)]
     (root / "train.fasta").write_text("\n".join(records) + "\n")
     config = {
-        "seed": 0, "modality": {"name": "protein", "deduplicate": False},
+        "seed": 0,
+        "modality": {"name": "protein", "deduplicate": False},
         "data": {"paths": str(root / "train.fasta"), "val_fraction": 0.2, "block_size": 48, "batch_size": 16},
         "model": {"n_layer": 1, "n_head": 2, "d_model": 32},
         "optim": {"lr": 1.0e-2, "min_lr": 1.0e-3, "warmup_steps": 5},
-        "trainer": {"max_steps": 80, "val_check_interval": 80, "check_val_every_n_epoch": None, "limit_val_batches": 2,
-                    "accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
-                    "logger": False, "default_root_dir": str(root / "runs")},
+        "trainer": {
+            "max_steps": 80,
+            "val_check_interval": 80,
+            "check_val_every_n_epoch": None,
+            "limit_val_batches": 2,
+            "accelerator": "cpu",
+            "devices": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": False,
+            "default_root_dir": str(root / "runs"),
+        },
     }
     (root / "c.yaml").write_text(yaml.safe_dump(config))
     assert main(["train", "--config", str(root / "c.yaml")]) == 0
@@ -152,8 +170,26 @@ def test_a_conditioned_model_obeys_and_is_measured(tagged, tmp_path, capsys):
     root, ckpt = tagged
     for tag, residue in (("polyA", "A"), ("polyW", "W")):
         out = tmp_path / f"{tag}.fasta"
-        assert main(["generate", "--checkpoint", str(ckpt), "--cond", f"tag={tag}", "--num-samples", "16", "--seed", "0",
-                     "--max-length", "25", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    "--checkpoint",
+                    str(ckpt),
+                    "--cond",
+                    f"tag={tag}",
+                    "--num-samples",
+                    "16",
+                    "--seed",
+                    "0",
+                    "--max-length",
+                    "25",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         seqs = [str(r.seq) for r in SeqIO.parse(out, "fasta")]
         share = np.mean([s.count(residue) / max(1, len(s)) for s in seqs])
         assert len(seqs) == 16 and share > 0.9, (tag, seqs)  # unconditioned: ~0.5
@@ -190,8 +226,7 @@ def test_score_gives_each_item_its_own_conditions(tagged, capsys):
 
 def test_speculative_decoding_of_a_conditioned_model_equals_plain(tagged, capsys):
     _, ckpt = tagged
-    base = ["generate", "--checkpoint", str(ckpt), "--cond", "tag=polyW", "--num-samples", "3", "--temperature", "0",
-            "--max-length", "25"]
+    base = ["generate", "--checkpoint", str(ckpt), "--cond", "tag=polyW", "--num-samples", "3", "--temperature", "0", "--max-length", "25"]
     assert main(base) == 0
     plain = capsys.readouterr().out
     assert main(base + ["--draft", "ngram"]) == 0
@@ -229,8 +264,28 @@ def test_guidance_follows_the_guided_distribution_token_for_token():
 def test_guidance_obeys_and_needs_a_condition(tagged, tmp_path, capsys):
     root, ckpt = tagged
     out = tmp_path / "w.fasta"
-    assert main(["generate", "--checkpoint", str(ckpt), "--cond", "tag=polyW", "--guidance", "2", "--num-samples", "4",
-                 "--seed", "0", "--max-length", "25", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(ckpt),
+                "--cond",
+                "tag=polyW",
+                "--guidance",
+                "2",
+                "--num-samples",
+                "4",
+                "--seed",
+                "0",
+                "--max-length",
+                "25",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     seqs = [str(r.seq) for r in SeqIO.parse(out, "fasta")]
     assert len(seqs) == 4 and np.mean([s.count("W") / max(1, len(s)) for s in seqs]) > 0.9
     capsys.readouterr()

@@ -2,6 +2,7 @@
 
 Tiny transformers are trained here directly (plain Adam, a few hundred steps, seconds on a CPU) on data
 whose answer is known by construction."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -132,6 +133,7 @@ def test_bursty_errors_cluster_and_survive_longer():
 
 def test_constraint_replay_and_predicate_mark_errors():
     """Errors are tokens the constraint forbids (replayed as the sampler calls it) or the predicate flags."""
+
     def only_even(rows):
         mask = torch.zeros(len(rows), 10, dtype=torch.bool)
         mask[:, ::2] = True

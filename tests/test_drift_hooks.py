@@ -1,4 +1,5 @@
 """Each modality's near miss (`plausible_mistake`) and error rule (`error_predicate`) for `arseq analyze drift`."""
+
 from __future__ import annotations
 
 from pathlib import Path

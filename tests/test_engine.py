@@ -1,15 +1,16 @@
 """The decode engine (arseq.decode.engine): rows that join mid-flight, leave or are cancelled never change
 another row's tokens; a row's tokens are the same whatever shares its steps (greedy and seeded sampling,
 every modality's constraint, guidance, speculative decoding); per-row settings; length control; bad input."""
+
 from __future__ import annotations
 
 import random
 
 import pytest
 import torch
+from test_speculative import CASES, tiny
 
 from arseq.decode import DraftModel, Engine, NGram, Row, SamplingConfig, Speculative, generate
-from test_speculative import CASES, tiny
 
 GREEDY = SamplingConfig(max_new_tokens=30, temperature=0)
 SAMPLED = SamplingConfig(max_new_tokens=30, temperature=1.0, top_p=0.95)
@@ -103,8 +104,14 @@ def test_random_join_and_leave_schedules_never_change_a_row():
     end equals itself alone, every cancelled row is a prefix of that."""
     model = tiny(12, context=32, layers=1, width=16)
     rnd = random.Random(0)
-    rows = [Row([1 + i % 5, 2 + i % 3], SamplingConfig(max_new_tokens=rnd.randint(3, 14), temperature=rnd.choice([0, 0.9]),
-                                                       top_k=rnd.choice([None, 4]), stop_tokens=(0,)), seed=i) for i in range(8)]
+    rows = [
+        Row(
+            [1 + i % 5, 2 + i % 3],
+            SamplingConfig(max_new_tokens=rnd.randint(3, 14), temperature=rnd.choice([0, 0.9]), top_k=rnd.choice([None, 4]), stop_tokens=(0,)),
+            seed=i,
+        )
+        for i in range(8)
+    ]
     alone = [run_alone(model, r, 3, 32) for r in rows]
     for _ in range(200):
         e = Engine(model, 3, length=32)
@@ -128,9 +135,10 @@ def test_random_join_and_leave_schedules_never_change_a_row():
 
 def test_per_row_settings_in_one_batch_equal_each_setting_alone():
     model = tiny(20, context=64)
-    cfgs = [SamplingConfig(max_new_tokens=12, temperature=t, top_k=k, top_p=p, min_p=m, repetition_penalty=r)
-            for t, k, p, m, r in [(0, None, None, None, 1.0), (1.2, 5, None, None, 1.0), (0.7, None, 0.8, None, 1.3),
-                                  (1.0, None, None, 0.2, 1.0)]]
+    cfgs = [
+        SamplingConfig(max_new_tokens=12, temperature=t, top_k=k, top_p=p, min_p=m, repetition_penalty=r)
+        for t, k, p, m, r in [(0, None, None, None, 1.0), (1.2, 5, None, None, 1.0), (0.7, None, 0.8, None, 1.3), (1.0, None, None, 0.2, 1.0)]
+    ]
     rows = [Row([1, 2, 3], c, seed=5) for c in cfgs]
     e = Engine(model, 4, length=64)
     ids = [e.submit(r) for r in rows]
@@ -200,10 +208,16 @@ def test_non_finite_logits_end_the_row_with_one_line():
         generate(model, [[1]], SamplingConfig(max_new_tokens=5))
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(max_new_tokens=0), "max_new_tokens"), (dict(max_new_tokens=-3), "max_new_tokens"),
-    (dict(seed="7"), "seed"), (dict(seed=1.5), "seed"), (dict(min_new_tokens=-1), "min_new_tokens"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(max_new_tokens=-3), "max_new_tokens"),
+        (dict(seed="7"), "seed"),
+        (dict(seed=1.5), "seed"),
+        (dict(min_new_tokens=-1), "min_new_tokens"),
+    ],
+)
 def test_bad_settings_name_the_option(bad, message):
     with pytest.raises(ValueError, match=message):
         SamplingConfig(**bad)

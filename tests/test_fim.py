@@ -1,5 +1,6 @@
 """Fill-in-the-middle training: the window transform, its sentinels, and that a FIM model infills what a
 left-to-right one cannot."""
+
 from __future__ import annotations
 
 from collections import Counter

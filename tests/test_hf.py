@@ -3,6 +3,7 @@
 Tests that run transformers skip when it is not installed (an optional dependency, `arseq[hf]`); they build
 tiny random Llama models locally, never from the network.
 """
+
 import json
 from dataclasses import make_dataclass
 from pathlib import Path
@@ -11,14 +12,13 @@ import pytest
 import torch
 
 from arseq.app.export import export_model
-from arseq.artifacts import checkpoint
+from arseq.artifacts import checkpoint, hf
 from arseq.artifacts.checkpoint import Loaded
 from arseq.artifacts.metadata import RunMeta
 from arseq.cli import main
-from arseq.artifacts import hf
+from arseq.decode import SamplingConfig, generate
 from arseq.modalities import DataError
 from arseq.modalities.music import MusicModality
-from arseq.decode import SamplingConfig, generate
 from arseq.models.transformer import Transformer, TransformerConfig
 
 
@@ -44,10 +44,21 @@ def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def tiny_hf_llama(transformers, path: Path, vocab: int = 40, tie: bool = True, bias: bool = False, **extra):
     """A random LlamaForCausalLM shaped like tests/conftest.py's tiny text model, saved under `path`."""
-    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                                   rms_norm_eps=1e-5, tie_word_embeddings=tie, attention_bias=bias, mlp_bias=bias,
-                                   rope_theta=10000.0, **extra)
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie,
+        attention_bias=bias,
+        mlp_bias=bias,
+        rope_theta=10000.0,
+        **extra,
+    )
     model = perturbed(transformers.LlamaForCausalLM(cfg))
     model.save_pretrained(str(path))
     return model
@@ -67,17 +78,27 @@ def test_weights_split_on_export_and_fuse_back_exactly(bias, tie):
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"num_key_value_heads": 1}, "grouped-query attention"),
-    ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE scaling 'yarn'"),
-    ({"attention_bias": True}, "biases in attention but not in the MLP"),
-    ({"model_type": "gpt2"}, "not a Llama-family model"),
-    ({"model_type": "mistral", "sliding_window": 16}, "sliding-window attention"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"num_key_value_heads": 1}, "grouped-query attention"),
+        ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE scaling 'yarn'"),
+        ({"attention_bias": True}, "biases in attention but not in the MLP"),
+        ({"model_type": "gpt2"}, "not a Llama-family model"),
+        ({"model_type": "mistral", "sliding_window": 16}, "sliding-window attention"),
+    ],
+)
 def test_hf_configs_arseq_cannot_hold_are_refused_in_one_line(change, message):
-    config = {"model_type": "llama", "vocab_size": 40, "hidden_size": 32, "intermediate_size": 96,
-              "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 64}
+    config = {
+        "model_type": "llama",
+        "vocab_size": 40,
+        "hidden_size": 32,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 64,
+    }
     assert hf.config_from_hf(config, "m")["rope_base"] == 10000.0
     with pytest.raises(DataError, match=message) as e:
         hf.config_from_hf({**config, **change}, "m")
@@ -93,8 +114,16 @@ def test_settings_without_a_llama_equivalent_are_refused():
 
 def test_generation_config_keeps_arseq_defaults_and_greedy():
     sampled = hf.generation_kwargs(SamplingConfig(temperature=0.9, top_p=0.95), 1, 2, 0)
-    assert sampled == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_new_tokens": 256,
-                       "do_sample": True, "temperature": 0.9, "top_k": 0, "top_p": 0.95}  # top_k 0: HF's default is 50
+    assert sampled == {
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "max_new_tokens": 256,
+        "do_sample": True,
+        "temperature": 0.9,
+        "top_k": 0,
+        "top_p": 0.95,
+    }  # top_k 0: HF's default is 50
     greedy = hf.generation_kwargs(SamplingConfig(temperature=0, repetition_penalty=1.2), 1, 2, 0)
     assert greedy["do_sample"] is False and "temperature" not in greedy and greedy["repetition_penalty"] == 1.2
 
@@ -117,14 +146,16 @@ def test_hf_export_loads_in_transformers_with_the_same_logits_and_greedy_samples
     assert (gen["bos_token_id"], gen["eos_token_id"], gen["pad_token_id"]) == (tok.bos_id, tok.eos_id, tok.pad_id)
     assert gen["do_sample"] is True and gen["top_k"] == 0 and gen["temperature"] == 1.0
     # arseq reads the same folder: identical greedy samples from the checkpoint and from the HF export
-    greedy = [run(capsys, "generate", "--checkpoint", str(c), "--temperature", "0", "--max-new-tokens", "30", "--prompt", "the ")[1]
-              for c in (ckpt, out)]
+    greedy = [
+        run(capsys, "generate", "--checkpoint", str(c), "--temperature", "0", "--max-new-tokens", "30", "--prompt", "the ")[1] for c in (ckpt, out)
+    ]
     assert greedy[0] == greedy[1] and len(greedy[0]) > 20
     # ... and so does transformers' own greedy search
     prompt = [tok.bos_id, *tok.encode("the ")]
     arseq_tokens = generate(ours.model, [prompt], SamplingConfig(max_new_tokens=20, temperature=0)).tokens[0]
-    hf_tokens = theirs.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20, min_new_tokens=20,
-                                eos_token_id=None, pad_token_id=tok.pad_id)[0, len(prompt):].tolist()
+    hf_tokens = theirs.generate(
+        torch.tensor([prompt]), do_sample=False, max_new_tokens=20, min_new_tokens=20, eos_token_id=None, pad_token_id=tok.pad_id
+    )[0, len(prompt) :].tolist()
     assert hf_tokens == arseq_tokens
     code, _, err = run(capsys, "export", "--checkpoint", str(ckpt), "--out", str(out), "--format", "hf")
     assert code == 2 and "already exists" in err

@@ -6,6 +6,7 @@ no traceback, and nothing written or changed outside the output. Memory bombs ru
 RLIMIT_AS (a bomb that got past its check would die there in seconds, not take the machine), the race is
 two real processes, and the full disk is a 1 MB tmpfs (skipped where it cannot be mounted).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from hostile_files import (TEXT, base_parts, config_file, deep_json, make_ckpt, make_export, make_hf, midi_gap, train_config,
-                           yaml_bomb, zip_bomb)
+from hostile_files import TEXT, base_parts, config_file, deep_json, make_ckpt, make_export, make_hf, midi_gap, train_config, yaml_bomb, zip_bomb
 
 from arseq.cli import main
 from arseq.errors import DataError
@@ -46,14 +46,20 @@ def files(tmp_path_factory) -> dict[str, Path]:
     f["config"] = train_config(root / "train.yaml", data, root / "runs")
     f["export"] = make_export(f["ok"], root / "export")
     meta, _ = base_parts()
-    for name, changes in {"empty_meta": {"arseq": {}}, "tok_keys": {"tokenizer": {"kind": "char"}},
-                          "tok_type": {"tokenizer": 5}, "bpe": {"tokenizer": {"kind": "bpe", "json": "garbage"}},
-                          "modality5": {"modality": {"name": 5}}, "model_list": {"model": [1, 2]},
-                          "model_float": {"model": {**meta["model"], "n_layer": 1.5}},
-                          "image_option": {"modality": {"name": "image", "options": {"size": 100_000, "patch_size": 1}}},
-                          "image_tok": {"modality": {"name": "image", "options": {"size": 8, "patch_size": 1}},
-                                        "tokenizer": {"kind": "patch", "codebook": [[0], [255]], "size": 100_000,
-                                                      "patch_size": 1, "mode": "L"}}}.items():
+    for name, changes in {
+        "empty_meta": {"arseq": {}},
+        "tok_keys": {"tokenizer": {"kind": "char"}},
+        "tok_type": {"tokenizer": 5},
+        "bpe": {"tokenizer": {"kind": "bpe", "json": "garbage"}},
+        "modality5": {"modality": {"name": 5}},
+        "model_list": {"model": [1, 2]},
+        "model_float": {"model": {**meta["model"], "n_layer": 1.5}},
+        "image_option": {"modality": {"name": "image", "options": {"size": 100_000, "patch_size": 1}}},
+        "image_tok": {
+            "modality": {"name": "image", "options": {"size": 8, "patch_size": 1}},
+            "tokenizer": {"kind": "patch", "codebook": [[0], [255]], "size": 100_000, "patch_size": 1, "mode": "L"},
+        },
+    }.items():
         if name == "empty_meta":
             torch.save({"arseq": {}, "state_dict": {}}, root / f"{name}.ckpt")
         else:
@@ -69,8 +75,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 def tree(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
-            if p.is_file() and not any(part in skip for part in p.relative_to(root).parts)}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and not any(part in skip for part in p.relative_to(root).parts)
+    }
 
 
 def one_line(err: str, expect: str) -> str:
@@ -92,12 +101,10 @@ BOMBS: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
     "YAML billion laughs": (lambda f: ["prepare", "--config", str(f["yaml"])], "alias"),
     "YAML billion laughs (generate)": (lambda f: ["generate", "--config", str(f["yaml"])], "alias"),
     "--num-samples 1e9": (lambda f: ["generate", "--checkpoint", str(f["ok"]), "--num-samples", "1000000000"], "--num-samples"),
-    "--draft-tokens 1e8": (lambda f: ["generate", "--checkpoint", str(f["ok"]), "--draft", "ngram", "--draft-tokens",
-                                      "100000000"], "--draft-tokens"),
+    "--draft-tokens 1e8": (lambda f: ["generate", "--checkpoint", str(f["ok"]), "--draft", "ngram", "--draft-tokens", "100000000"], "--draft-tokens"),
     "MIDI note of 2^28 ticks (37 bytes)": (lambda f: ["prepare", "--config", str(f["gap28"])], "quarter notes"),
     "MIDI note of 10^6 ticks at 1 per quarter": (lambda f: ["prepare", "--config", str(f["gap6"])], "quarter notes"),
-    "--data.block_size 1e9": (lambda f: ["train", "--config", str(f["config"]), "--data.block_size", "1000000000"],
-                              "data.block_size=1000000000"),
+    "--data.block_size 1e9": (lambda f: ["train", "--config", str(f["config"]), "--data.block_size", "1000000000"], "data.block_size=1000000000"),
 }
 
 DRIVER = """
@@ -123,8 +130,9 @@ def bombs(files, tmp_path_factory) -> dict[str, dict[str, Any]]:
     cases = {name: build(files) for name, (build, _) in BOMBS.items()}
     env = {**os.environ, "ARSEQ_CACHE_DIR": str(tmp_path_factory.mktemp("bomb_cache"))}
     before = tree(files["root"])
-    done = subprocess.run([sys.executable, "-c", DRIVER, str(BOMB_MEMORY)], input=json.dumps(cases), capture_output=True,
-                          text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(BOMB_MEMORY)], input=json.dumps(cases), capture_output=True, text=True, timeout=300, env=env
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert tree(files["root"]) == before  # no bomb wrote anything
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -192,16 +200,24 @@ REFUSED: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
     "model config a list": (_ckpt("model_list"), "not a mapping"),
     "model config n_layer 1.5": (_ckpt("model_float"), "model.n_layer"),
     "deeply nested tokenizer.json": (_deep_tokenizer, "tokenizer"),
-    "--out under a file (NotADirectoryError)": (lambda f: ["generate", "--checkpoint", str(f["ok"]), "--out",
-                                                          str(f["root"] / "a_file" / "s.txt")], "is a file"),
-    "--out name too long (ENAMETOOLONG)": (lambda f: ["generate", "--checkpoint", str(f["ok"]), "--out",
-                                                     str(f["root"] / ("x" * 300 + ".txt"))], "too long"),
+    "--out under a file (NotADirectoryError)": (
+        lambda f: ["generate", "--checkpoint", str(f["ok"]), "--out", str(f["root"] / "a_file" / "s.txt")],
+        "is a file",
+    ),
+    "--out name too long (ENAMETOOLONG)": (
+        lambda f: ["generate", "--checkpoint", str(f["ok"]), "--out", str(f["root"] / ("x" * 300 + ".txt"))],
+        "too long",
+    ),
     "trainer.default_root_dir a file": (_train("--trainer.default_root_dir", "A_FILE"), "a_file"),
     "trainer.accumulate_grad_batches 0": (_train("--trainer.accumulate_grad_batches", "0"), "accumulate_grad_batches"),
-    "score --batch-size -1": (lambda f: ["score", "--checkpoint", str(f["ok"]), "--data.paths", str(f["data"]),
-                                         "--batch-size", "-1"], "--batch-size"),
-    "score --per-token --batch-size -1": (lambda f: ["score", "--checkpoint", str(f["ok"]), "--data.paths", str(f["data"]),
-                                                     "--per-token", "--batch-size", "-1"], "--batch-size"),
+    "score --batch-size -1": (
+        lambda f: ["score", "--checkpoint", str(f["ok"]), "--data.paths", str(f["data"]), "--batch-size", "-1"],
+        "--batch-size",
+    ),
+    "score --per-token --batch-size -1": (
+        lambda f: ["score", "--checkpoint", str(f["ok"]), "--data.paths", str(f["data"]), "--per-token", "--batch-size", "-1"],
+        "--batch-size",
+    ),
 }
 if not torch.cuda.is_available():
     REFUSED["trainer.accelerator gpu without a GPU"] = (_train("--trainer.accelerator", "gpu"), "no CUDA GPU")
@@ -264,8 +280,13 @@ def test_api_score_refuses_bad_ids_in_one_line(files):
 
     model = arseq.load(files["ok"])
     assert len(model.score([[1, 3, 4]])) == 1
-    for bad, expect in (([[1, 99]], "token id 99"), ("abc", "list of token id lists"), ([[1, "a"]], "not integer"),
-                        ([[1, -1]], "token id -1"), ([[1.5, 2]], "not integer")):
+    for bad, expect in (
+        ([[1, 99]], "token id 99"),
+        ("abc", "list of token id lists"),
+        ([[1, "a"]], "not integer"),
+        ([[1, -1]], "token id -1"),
+        ([[1.5, 2]], "not integer"),
+    ):
         with pytest.raises(DataError, match=expect):
             model.score(bad)
     with pytest.raises(DataError, match="batch_size"):
@@ -324,8 +345,7 @@ def test_prepare_skips_a_file_past_its_time_budget(tmp_path, monkeypatch, capsys
         pytest.skip("music21's test MIDI files are not installed")
     for i, source in enumerate(shipped):
         shutil.copy(source, tmp_path / f"{i}.mid")
-    config = config_file(tmp_path / "m.yaml", {"modality": {"name": "music", "workers": 1},
-                                              "data": {"paths": str(tmp_path), "val_fraction": 0.0}})
+    config = config_file(tmp_path / "m.yaml", {"modality": {"name": "music", "workers": 1}, "data": {"paths": str(tmp_path), "val_fraction": 0.0}})
     monkeypatch.setenv("ARSEQ_FILE_SECONDS", "0.001")  # no file can be parsed this fast: each is skipped with its reason
     assert main(["prepare", "--config", str(config)]) == 2
     line = one_line(capsys.readouterr().err, "no usable training items")

@@ -1,6 +1,7 @@
 """Issue 29, the output side: nothing lost (claims, inputs, runs, divergence), full disks, litter and modes,
 reports that stay valid JSON and CSV. The crafted inputs come from tests/hostile_files.py; see test_hostile.py
 for the refusals of hostile files and flags."""
+
 from __future__ import annotations
 
 import csv
@@ -71,9 +72,27 @@ def test_sigterm_during_generate_leaves_no_litter(ckpt, tmp_path):
     import time
 
     out = tmp_path / "samples"
-    proc = subprocess.Popen([sys.executable, "-m", "arseq", "generate", "--checkpoint", str(ckpt), "--num-samples", "3000",
-                             "--max-new-tokens", "30", "--device", "cpu", "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "arseq",
+            "generate",
+            "--checkpoint",
+            str(ckpt),
+            "--num-samples",
+            "3000",
+            "--max-new-tokens",
+            "30",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     claim = tmp_path / ".samples.arseq-claim"
     deadline = time.monotonic() + 120
     while not claim.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -89,8 +108,7 @@ def test_score_never_writes_over_its_inputs(ckpt, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "a.txt").write_text("abc ab\n", encoding="utf-8")
-    assert main(["score", "--checkpoint", str(ckpt), "--data.paths", str(folder), "--out", str(folder / "a.txt"),
-                 "--overwrite"]) == 2
+    assert main(["score", "--checkpoint", str(ckpt), "--data.paths", str(folder), "--out", str(folder / "a.txt"), "--overwrite"]) == 2
     only_line(capsys.readouterr().err, "an input of this command")
     assert (folder / "a.txt").read_text(encoding="utf-8") == "abc ab\n"
     assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]
@@ -108,13 +126,15 @@ def test_runs_never_share_checkpoints_and_divergence_stops_with_one_line(ckpt, t
     assert (root / "text" / "version_1" / "checkpoints" / "last.ckpt").is_file()
     assert (first.stat().st_mtime_ns, first.read_bytes()) == before
     capsys.readouterr()
-    diverging = train_config(tmp_path / "d.yaml", ckpt.parent / "train.txt", root, max_steps=30, val_check_interval=2,
-                             check_val_every_n_epoch=None, limit_val_batches=1)
+    diverging = train_config(
+        tmp_path / "d.yaml", ckpt.parent / "train.txt", root, max_steps=30, val_check_interval=2, check_val_every_n_epoch=None, limit_val_batches=1
+    )
     text = json.loads(diverging.read_text())
     text["data"]["val_fraction"], text["optim"]["lr"] = 0.2, 1e6
     diverging.write_text(json.dumps(text))
-    done = subprocess.run([sys.executable, "-m", "arseq", "train", "--config", str(diverging)], capture_output=True, text=True,
-                          timeout=300)  # a real process: its exit code, and a stderr no earlier test's logging touched
+    done = subprocess.run(
+        [sys.executable, "-m", "arseq", "train", "--config", str(diverging)], capture_output=True, text=True, timeout=300
+    )  # a real process: its exit code, and a stderr no earlier test's logging touched
     assert done.returncode == 2
     last_error(done.stderr, "training diverged")
     saved = list(root.rglob("*.ckpt"))
@@ -162,15 +182,22 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(ckpt, tmp_path, disk, monkey
     only_line(capsys.readouterr().err, "No space left on device")
     assert [p.name for p in (disk / "cache").iterdir()] == []  # the temporary entry is gone
     fill(disk, leave=8192)
-    runs = [["generate", "--checkpoint", str(ckpt), "--num-samples", "4", "--max-new-tokens", "16", "--out", str(disk / "s")],
-            ["export", "--checkpoint", str(ckpt), "--out", str(disk / "e")]]
+    runs = [
+        ["generate", "--checkpoint", str(ckpt), "--num-samples", "4", "--max-new-tokens", "16", "--out", str(disk / "s")],
+        ["export", "--checkpoint", str(ckpt), "--out", str(disk / "e")],
+    ]
     for argv in runs:
         assert main(argv) == 2, argv
         only_line(capsys.readouterr().err, "No space left on device")
         assert sorted(p.name for p in disk.iterdir()) == ["cache", "filler"], argv  # no temp file, claim or folder
     small = train_config(tmp_path / "t.yaml", ckpt.parent / "train.txt", disk / "runs", logger=False)
-    done = subprocess.run([sys.executable, "-m", "arseq", "train", "--config", str(small)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "ARSEQ_CACHE_DIR": str(tmp_path / "cache")})
+    done = subprocess.run(
+        [sys.executable, "-m", "arseq", "train", "--config", str(small)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "ARSEQ_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert done.returncode == 2  # torch.save's RuntimeError on a full disk is ENOSPC, one line
     last_error(done.stderr, "No space left on device")
     assert not [p for p in disk.rglob(".*")]  # the checkpoint's temporary file is gone
@@ -221,5 +248,5 @@ def test_score_csv_neutralizes_formulas_and_writes_non_utf8_names(ckpt, tmp_path
         shown = sorted(Path(row["name"]).name for row in csv.DictReader(f))
     assert shown == ["\\xff\\xfe.txt", "plain.txt"]
     # FASTA record ids name protein items: a header ">=HYPERLINK(...)" must reach a spreadsheet as text
-    rows = list(csv.DictReader(_csv([{"name": "=HYPERLINK(\"http://x\")", "nll": -1.5}, {"name": "@SUM(A1)", "nll": 2.0}]).splitlines()))
-    assert [r["name"] for r in rows] == ["'=HYPERLINK(\"http://x\")", "'@SUM(A1)"] and rows[0]["nll"] == "-1.5"
+    rows = list(csv.DictReader(_csv([{"name": '=HYPERLINK("http://x")', "nll": -1.5}, {"name": "@SUM(A1)", "nll": 2.0}]).splitlines()))
+    assert [r["name"] for r in rows] == ['\'=HYPERLINK("http://x")', "'@SUM(A1)"] and rows[0]["nll"] == "-1.5"

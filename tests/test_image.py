@@ -1,4 +1,5 @@
 """Image modality: patch tokenizer, codebook fit, conversions, bad files, constraint, completion, baselines."""
+
 from __future__ import annotations
 
 import json
@@ -8,21 +9,21 @@ import pytest
 import torch
 from PIL import Image
 
+from arseq.decode import generate
 from arseq.modalities import DataError, EvalInputs, Example, Plan, Request, Sample, SamplingOptions, Skipped, resolve
 from arseq.modalities.image import ImageGenerate, ImageModality
 from arseq.modalities.image_metrics import baseline_bits
-from arseq.decode import generate
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.patch import PatchTokenizer, kmeans, psnr, to_mode
-
 
 DIGITS = [str(i) for i in range(10)]
 
 
 def _args(prompt: str | None = None, out=None, n: int = 1, cond=(), labels=DIGITS, **options) -> Request:
     """A request as the core hands it to `plan`: `condition_values` holds the classes the model knows."""
-    return Request(n, prompt, options=ImageGenerate(**options), out=out, conditions=list(cond),
-                   condition_values={"label": list(labels)} if labels else {})
+    return Request(
+        n, prompt, options=ImageGenerate(**options), out=out, conditions=list(cond), condition_values={"label": list(labels)} if labels else {}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,12 @@ def test_digits_are_lossless_with_17_levels(digits):
     assert all(len(e.tokens) == 66 for e in examples)  # BOS 64 codes EOS
     assert [e.conditions for e in examples[:3]] == [{"label": "0"}, {"label": "1"}, {"label": "2"}]
     assert {e.conditions["label"] for e in examples} == set(DIGITS)
-    assert tok.fit_stats["fit_images"] == 1797 and tok.fit_stats["heldout_images"] == 179 and tok.fit_stats["heldout_psnr_db"] is None and tok.fit_stats["heldout_exact"]
+    assert (
+        tok.fit_stats["fit_images"] == 1797
+        and tok.fit_stats["heldout_images"] == 179
+        and tok.fit_stats["heldout_psnr_db"] is None
+        and tok.fit_stats["heldout_exact"]
+    )
 
 
 def test_state_is_json_and_rebuilds_the_same_tokenizer(digits):
@@ -99,16 +105,19 @@ def test_patch_tokens_follow_raster_order():
     assert codes.tolist() == [0, 1, 0, 0] and np.array_equal(tok.decode_pixels(tok.encode(px)), px)
 
 
-@pytest.mark.parametrize("make, mode, expected", [
-    (lambda: Image.new("CMYK", (4, 4), (0, 0, 0, 0)), "RGB", (255, 255, 255)),
-    (lambda: Image.new("RGBA", (4, 4), (10, 20, 30, 0)), "RGB", (255, 255, 255)),  # alpha on white
-    (lambda: Image.new("LA", (4, 4), (0, 255)), "L", 0),
-    (lambda: Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)), "L", 255),  # 16-bit scaled, not clipped
-    (lambda: Image.fromarray(np.full((4, 4), 32896, dtype=np.uint16)), "L", 128),
-    (lambda: Image.new("1", (4, 4), 1), "L", 255),
-    (lambda: Image.new("F", (4, 4), 0.5), "L", 128),
-    (lambda: Image.new("RGB", (4, 4), (255, 0, 0)).convert("P"), "RGB", (255, 0, 0)),
-])
+@pytest.mark.parametrize(
+    "make, mode, expected",
+    [
+        (lambda: Image.new("CMYK", (4, 4), (0, 0, 0, 0)), "RGB", (255, 255, 255)),
+        (lambda: Image.new("RGBA", (4, 4), (10, 20, 30, 0)), "RGB", (255, 255, 255)),  # alpha on white
+        (lambda: Image.new("LA", (4, 4), (0, 255)), "L", 0),
+        (lambda: Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)), "L", 255),  # 16-bit scaled, not clipped
+        (lambda: Image.fromarray(np.full((4, 4), 32896, dtype=np.uint16)), "L", 128),
+        (lambda: Image.new("1", (4, 4), 1), "L", 255),
+        (lambda: Image.new("F", (4, 4), 0.5), "L", 128),
+        (lambda: Image.new("RGB", (4, 4), (255, 0, 0)).convert("P"), "RGB", (255, 0, 0)),
+    ],
+)
 def test_modes_are_converted(make, mode, expected):
     im = to_mode(make(), mode)
     assert im.mode == mode and im.getpixel((1, 1)) == expected
@@ -226,8 +235,11 @@ def test_label_flag_asks_the_core_for_the_label_condition(digits):
     assert m.plan(tok, _args(label="3", n=2)).conditions == [{"label": "3"}] * 2
     assert m.plan(tok, _args(label=1, labels=["a", "b", "c"])).conditions == [{"label": "b"}]  # an index when not a name
     assert m.plan(tok, _args(n=2)).conditions == [{}, {}]  # unconditional
-    for args, why in ((_args(label="cat"), "unknown class label"), (_args(label="3", labels=()), "trained without class labels"),
-                      (_args(label="3", cond=["label=4"]), "give the class once")):
+    for args, why in (
+        (_args(label="cat"), "unknown class label"),
+        (_args(label="3", labels=()), "trained without class labels"),
+        (_args(label="3", cond=["label=4"]), "give the class once"),
+    ):
         with pytest.raises(DataError, match=why):
             m.plan(tok, args)
 
@@ -235,8 +247,14 @@ def test_label_flag_asks_the_core_for_the_label_condition(digits):
 def test_a_model_from_before_conditions_keeps_its_label_token():
     """Checkpoints whose tokenizer holds the class labels still sample class-conditionally."""
     m = ImageModality(mode="L", size=8, patch_size=1, codebook_size=17)
-    tok = PatchTokenizer.fit(list(np.random.default_rng(0).integers(0, 17, (4, 8, 8, 1), dtype=np.uint8)), size=8, patch_size=1,
-                             mode="L", codebook_size=17, labels=["cat", "dog"])
+    tok = PatchTokenizer.fit(
+        list(np.random.default_rng(0).integers(0, 17, (4, 8, 8, 1), dtype=np.uint8)),
+        size=8,
+        patch_size=1,
+        mode="L",
+        codebook_size=17,
+        labels=["cat", "dog"],
+    )
     args = _args(label="dog", labels=())
     for s in _sample(m, tok, args, n=3):
         ids = np.asarray(s.prompt + s.tokens)

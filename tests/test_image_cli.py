@@ -1,4 +1,5 @@
 """The image modality through the CLI: tiny digits train -> generate (labels, completion) -> evaluate."""
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,24 @@ def test_completion_keeps_the_prompt_rows(ckpt, tmp_path, capsys):
     digit = np.rint(load_digits().images[0] * 255 / 16).astype(np.uint8)
     prompt = tmp_path / "zero.png"
     Image.fromarray(digit, "L").save(prompt)
-    code, _, err = run(capsys, "generate", "--checkpoint", ckpt, "--prompt", prompt, "--prompt-rows", 4,
-                       "--label", 0, "--num-samples", 2, "--seed", 0, "--out", tmp_path / "c")
+    code, _, err = run(
+        capsys,
+        "generate",
+        "--checkpoint",
+        ckpt,
+        "--prompt",
+        prompt,
+        "--prompt-rows",
+        4,
+        "--label",
+        0,
+        "--num-samples",
+        2,
+        "--seed",
+        0,
+        "--out",
+        tmp_path / "c",
+    )
     assert code == 0, err
     for path in (tmp_path / "c").glob("sample_*.png"):
         assert np.array_equal(np.asarray(Image.open(path))[:4], digit[:4])
@@ -113,8 +130,8 @@ def test_evaluate_reads_the_class_of_samples_back_with_a_classifier(ckpt, capsys
 def test_a_class_asked_for_samples_at_the_image_defaults_for_conditioned_samples(ckpt, capsys):
     """Asked for a class, images sample with guidance 1.5 (the modality's `conditioned_sampling`);
     without one at the core's defaults; an option given wins either way."""
-    from arseq.artifacts.checkpoint import load
     from arseq.app.planning import make_plan
+    from arseq.artifacts.checkpoint import load
     from arseq.modalities import Request, SamplingOptions
 
     loaded = load(ckpt)

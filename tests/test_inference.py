@@ -1,8 +1,8 @@
 """Fast inference: static-shape decode (same tokens as full passes), the compiled decode step, int8
 weights and their export, --dtype, and one-line errors for bad --compile/--quantize/--dtype values."""
+
 import copy
 import json
-
 import logging
 
 import pytest
@@ -76,7 +76,7 @@ def test_compiled_greedy_equals_eager_and_the_step_is_built_once(model):
     prompts = [[5, 6, 7, 8, 9, 10], [1, 2], [3]]
     eager = generate(model, prompts, GREEDY).tokens
     assert generate(model, prompts, GREEDY, compile=True).tokens == eager
-    (step, caches), = inference._COMPILED[model].values()
+    ((step, caches),) = inference._COMPILED[model].values()
     other = [[9, 9, 1], [4], [3, 3]]  # another batch of the same size: the same step and buffers
     assert generate(model, other, GREEDY, compile=True).tokens == generate(model, other, GREEDY).tokens
     assert list(inference._COMPILED[model].values()) == [(step, caches)]
@@ -133,6 +133,7 @@ def test_compile_that_cannot_work_is_one_line_or_falls_back_with_auto(model, mon
 
 def test_a_later_graph_that_fails_to_compile_is_one_line_too(monkeypatch, caplog):
     """The speculative passes compile two shapes: the second failing after the first worked is no traceback."""
+
     def compile_once(fn, **kwargs):
         shapes = set()
 
@@ -141,6 +142,7 @@ def test_a_later_graph_that_fails_to_compile_is_one_line_too(monkeypatch, caplog
             if len(shapes) > 1:
                 raise RuntimeError("CppCompileError: C++ compile error\n  long log")
             return fn(*args)
+
         return run
 
     monkeypatch.setattr(torch, "compile", compile_once)
@@ -212,11 +214,14 @@ def test_quantized_export_is_4x_smaller_and_loads_directly(trained, tmp_path, ca
     assert len(err) == 1 and "quantization 'int4' is unknown" in err[0]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--quantize", "int4"], "--quantize must be one of none, int8, got 'int4'"),
-    (["--dtype", "float8"], "--dtype must be one of"),
-    (["--compile", "sometimes"], "--compile must be one of off, on, auto"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--quantize", "int4"], "--quantize must be one of none, int8, got 'int4'"),
+        (["--dtype", "float8"], "--dtype must be one of"),
+        (["--compile", "sometimes"], "--compile must be one of off, on, auto"),
+    ],
+)
 def test_bad_inference_flags_are_one_line(trained, capsys, flags, message):
     code = main(["generate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), *flags])
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,4 +1,5 @@
 """Image infilling through `generate --keep-rows`: the kept rows come back byte for byte, the others repainted."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,16 +31,39 @@ def test_keep_rows_repaints_only_the_gap(tmp_path, capsys):
     prompt = tmp_path / "zero.png"
     Image.fromarray(digit, "L").save(prompt)
     out = tmp_path / "filled"
-    assert main(["generate", "--checkpoint", ckpt, "--prompt", str(prompt), "--keep-rows", "1-2,6-8", "--label", "0",
-                 "--num-samples", "3", "--seed", "0", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                ckpt,
+                "--prompt",
+                str(prompt),
+                "--keep-rows",
+                "1-2,6-8",
+                "--label",
+                "0",
+                "--num-samples",
+                "3",
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     samples = sorted(out.glob("sample_*.png"))
     assert len(samples) == 3 and (out / "completion.png").exists()
     for path in samples:
         pixels = np.asarray(Image.open(path))
         assert pixels.shape == (8, 8)
         assert np.array_equal(pixels[:2], digit[:2]) and np.array_equal(pixels[5:], digit[5:])
-    for flags, said in ((["--keep-rows", "1-2,4,7-8"], "one run"), (["--keep-rows", "1-9"], "outside"),
-                        (["--keep-rows", "1-8"], "nothing to regenerate")):
+    for flags, said in (
+        (["--keep-rows", "1-2,4,7-8"], "one run"),
+        (["--keep-rows", "1-9"], "outside"),
+        (["--keep-rows", "1-8"], "nothing to regenerate"),
+    ):
         assert main(["generate", "--checkpoint", ckpt, "--prompt", str(prompt), *flags]) == 2
         err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("arseq generate: error")]
         assert len(err) == 1 and said in err[0] and "--keep-rows" in err[0]

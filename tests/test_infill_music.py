@@ -1,5 +1,6 @@
 """Music infilling end to end: a tiny FIM-trained model regenerates bars of a chorale through `generate --keep-bars`;
 every sample has exactly the piece's bars in every part, keeps the kept bars note for note, and parses back."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,10 +9,10 @@ import pytest
 from music21 import converter
 
 from arseq.cli import main
+from arseq.errors import DataError
 from arseq.modalities.infill_ranges import parse_ranges
 from arseq.modalities.music_infill import kept_notes
 from arseq.modalities.music_reading import bach_chorales
-from arseq.errors import DataError
 from arseq.tokenizers.score import ScoreTokenizer
 
 CONFIG = """\
@@ -56,8 +57,26 @@ def test_keep_bars_regenerates_exactly_the_gap(chorales, tmp_path):
     original = tok.decode_events(tok.encode(converter.parse(prompt)))
     n = len(original.bars)
     out = tmp_path / "out"
-    assert main(["generate", "--checkpoint", str(models[0.5]), "--prompt", str(prompt), "--keep-bars", f"1-4,9-{n}",
-                 "--num-samples", "3", "--seed", "0", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(models[0.5]),
+                "--prompt",
+                str(prompt),
+                "--keep-bars",
+                f"1-4,9-{n}",
+                "--num-samples",
+                "3",
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     written = sorted(out.glob("sample_*.musicxml"))
     assert len(written) == 3 and len(list(out.glob("sample_*.png"))) == 3 and len(list(out.glob("sample_*.mid"))) == 3
     kept = [*range(0, 4), *range(8, n)]
@@ -90,8 +109,10 @@ def test_revise_keeps_only_improvements(chorales, tmp_path, capsys):
     data, models = chorales
     prompt = str(sorted(data.iterdir())[1])
     capsys.readouterr()
-    assert main(["revise", "--checkpoint", str(models[0.5]), "--samples", prompt, "--rounds", "2", "--candidates", "2",
-                 "--out", str(tmp_path / "rev")]) == 0
+    assert (
+        main(["revise", "--checkpoint", str(models[0.5]), "--samples", prompt, "--rounds", "2", "--candidates", "2", "--out", str(tmp_path / "rev")])
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     counts = [r["errors"] for r in report["rounds"]]
     assert len(counts) == 3 and counts[2] <= counts[1] <= counts[0]  # a change never adds errors

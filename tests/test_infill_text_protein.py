@@ -1,5 +1,6 @@
 """Text (`--gap`) and protein (`--redesign`) infilling through `generate`: the kept parts come back exactly, the
 protein span has the length asked for, and bad requests are one line naming the flag."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,8 +39,28 @@ def _error(capsys) -> str:
 def test_text_gap_keeps_both_sides(tmp_path, corpus, capsys):
     ckpt = _train(tmp_path, "text", corpus)
     out = tmp_path / "filled"
-    assert main(["generate", "--checkpoint", ckpt, "--prompt", "the cat [...] the mat.", "--gap", "[...]",
-                 "--num-samples", "3", "--max-new-tokens", "12", "--seed", "0", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                ckpt,
+                "--prompt",
+                "the cat [...] the mat.",
+                "--gap",
+                "[...]",
+                "--num-samples",
+                "3",
+                "--max-new-tokens",
+                "12",
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     texts = [p.read_text() for p in sorted(out.glob("sample_*.txt"))]
     assert len(texts) == 3 and all(t.startswith("the cat ") and t.endswith(" the mat.") for t in texts)
     assert all("[...]" not in t for t in texts)
@@ -63,19 +84,47 @@ def test_protein_redesign_keeps_the_sides_byte_for_byte(tmp_path, capsys):
     prompt = tmp_path / "scaffold.fasta"
     prompt.write_text(f">scaffold\n{scaffold}\n")
     out = tmp_path / "designs.fasta"
-    assert main(["generate", "--checkpoint", ckpt, "--prompt", str(prompt), "--redesign", "30-45", "--num-samples", "4",
-                 "--seed", "0", "--out", str(out)]) == 0
+    assert (
+        main(
+            ["generate", "--checkpoint", ckpt, "--prompt", str(prompt), "--redesign", "30-45", "--num-samples", "4", "--seed", "0", "--out", str(out)]
+        )
+        == 0
+    )
     records = list(SeqIO.parse(out, "fasta"))
     assert len(records) == 4
     for r in records:
         seq = str(r.seq)
         assert len(seq) == 80 and seq[:29] == scaffold[:29] and seq[45:] == scaffold[45:]
         assert "redesigned=30-45" in r.description
-    assert main(["generate", "--checkpoint", ckpt, "--prompt", str(prompt), "--redesign", "30-45", "--redesign-length", "5-8",
-                 "--num-samples", "3", "--seed", "1", "--out", str(tmp_path / "short.fasta")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                ckpt,
+                "--prompt",
+                str(prompt),
+                "--redesign",
+                "30-45",
+                "--redesign-length",
+                "5-8",
+                "--num-samples",
+                "3",
+                "--seed",
+                "1",
+                "--out",
+                str(tmp_path / "short.fasta"),
+            ]
+        )
+        == 0
+    )
     for r in SeqIO.parse(tmp_path / "short.fasta", "fasta"):
         assert 29 + 5 + 35 <= len(r.seq) <= 29 + 8 + 35 and str(r.seq).endswith(scaffold[45:])
-    for flags, said in ((["--redesign", "30-45,50-60"], "one span"), (["--redesign", "70-90"], "outside"),
-                        (["--redesign", "1-80"], "whole sequence"), (["--redesign", "30-45", "--redesign-length", "9-3"], "MIN-MAX")):
+    for flags, said in (
+        (["--redesign", "30-45,50-60"], "one span"),
+        (["--redesign", "70-90"], "outside"),
+        (["--redesign", "1-80"], "whole sequence"),
+        (["--redesign", "30-45", "--redesign-length", "9-3"], "MIN-MAX"),
+    ):
         assert main(["generate", "--checkpoint", ckpt, "--prompt", str(prompt), *flags]) == 2
         assert said in _error(capsys)

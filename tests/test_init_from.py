@@ -1,4 +1,5 @@
 """`arseq train --init-from`: a new run starting from existing weights (fine-tuning), not a resumed one."""
+
 import json
 from pathlib import Path
 
@@ -21,8 +22,9 @@ class RecordStart(L.Callback):
     seen: list[dict] = []
 
     def on_train_start(self, trainer, module):
-        RecordStart.seen.append({"state": {k: v.clone() for k, v in module.model.state_dict().items()},
-                                 "lr": trainer.optimizers[0].param_groups[0]["lr"]})
+        RecordStart.seen.append(
+            {"state": {k: v.clone() for k, v in module.model.state_dict().items()}, "lr": trainer.optimizers[0].param_groups[0]["lr"]}
+        )
 
 
 CALLBACKS = json.dumps([{"class_path": f"{__name__}.RecordStart"}])
@@ -37,9 +39,22 @@ def test_init_from_checkpoint_starts_from_its_weights_and_tokenizer(trained, tin
     # new data with fewer characters: refitting would give another vocabulary, the source's must be kept
     (tmp_path / "new.txt").write_text("the cat sat on the mat.\n" * 200, encoding="utf-8")
     RecordStart.seen.clear()
-    code, out, err = run(capsys, "train", "--config", str(tiny_config), "--init-from", str(trained),
-                         "--data.paths", str(tmp_path / "new.txt"), "--trainer.max_steps", "4",
-                         "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.callbacks", CALLBACKS)
+    code, out, err = run(
+        capsys,
+        "train",
+        "--config",
+        str(tiny_config),
+        "--init-from",
+        str(trained),
+        "--data.paths",
+        str(tmp_path / "new.txt"),
+        "--trainer.max_steps",
+        "4",
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+        "--trainer.callbacks",
+        CALLBACKS,
+    )
     assert code == 0, err
     assert f"initialised from {trained / 'checkpoints'}" in err and "its tokenizer" in err
     start = RecordStart.seen[-1]
@@ -77,8 +92,17 @@ def test_init_from_a_hugging_face_llama_needs_resize_for_another_vocabulary(tiny
 
     llama = tiny_hf_llama(transformers, tmp_path / "llama", vocab=40)
     capsys.readouterr()
-    base = ["train", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path / "runs"),
-            "--trainer.max_steps", "2", "--init-from", str(tmp_path / "llama")]
+    base = [
+        "train",
+        "--config",
+        str(tiny_config),
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+        "--trainer.max_steps",
+        "2",
+        "--init-from",
+        str(tmp_path / "llama"),
+    ]
     code, _, err = run(capsys, *base)
     assert code == 2 and "vocabulary of 40 tokens but the tokenizer 24" in err and "--init-from-resize-vocab" in err
     RecordStart.seen.clear()
@@ -103,9 +127,20 @@ def test_init_from_a_hugging_face_export_reuses_its_arseq_tokenizer(trained, tin
     assert run(capsys, "export", "--checkpoint", str(trained), "--out", str(tmp_path / "hf"), "--format", "hf")[0] == 0
     source = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
     RecordStart.seen.clear()
-    code, out, err = run(capsys, "train", "--config", str(tiny_config), "--init-from", str(tmp_path / "hf"),
-                         "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "runs"),
-                         "--trainer.callbacks", CALLBACKS)
+    code, out, err = run(
+        capsys,
+        "train",
+        "--config",
+        str(tiny_config),
+        "--init-from",
+        str(tmp_path / "hf"),
+        "--trainer.max_steps",
+        "2",
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+        "--trainer.callbacks",
+        CALLBACKS,
+    )
     assert code == 0 and "its tokenizer" in out, err
     for name, weight in RecordStart.seen[-1]["state"].items():
         assert torch.equal(weight, source["state_dict"]["model." + name]), name

@@ -1,6 +1,7 @@
 """The linear layer's routes (arseq.models.linear): each gives F.linear's numbers (int8 routes within their
 quantization), the rule follows the CPU's features and falls back where one is missing, FBGEMM's packed
 weights follow the weights, and --dtype bfloat16 falls back to float32 on a CPU without bf16 arithmetic."""
+
 import copy
 import logging
 
@@ -127,8 +128,7 @@ def test_bfloat16_on_a_cpu_without_bf16_falls_back_with_one_warning(monkeypatch,
     monkeypatch.setattr(cpu_features, "FOUND", frozenset({"avx2", "fma"}))
     with caplog.at_level(logging.WARNING):
         assert resolve_dtype("bfloat16", torch.device("cpu")) is torch.float32
-    assert [r.getMessage() for r in caplog.records] == [
-        "--dtype bfloat16: this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX); using float32"]
+    assert [r.getMessage() for r in caplog.records] == ["--dtype bfloat16: this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX); using float32"]
     monkeypatch.setattr(cpu_features, "FOUND", frozenset({"avx2", "avx512", "avx512_bf16"}))
     assert resolve_dtype("bfloat16", torch.device("cpu")) is torch.bfloat16
     assert linear_module.FUSED_ROWS >= 8  # decode steps of a batch of 8 stay on the few-row routes

@@ -21,8 +21,8 @@ def params(**cfg) -> Params:
 def recompute_greedy(model, prompt, n):
     seq = list(prompt)
     for _ in range(n):
-        seq.append(int(model(torch.tensor([seq[-model.cfg.max_seq_len:]]))[0, -1].argmax()))
-    return seq[len(prompt):]
+        seq.append(int(model(torch.tensor([seq[-model.cfg.max_seq_len :]]))[0, -1].argmax()))
+    return seq[len(prompt) :]
 
 
 def test_cached_logits_match_full_pass(model):
@@ -102,8 +102,7 @@ def test_a_constraint_that_allows_nothing_ends_the_row_instead_of_failing(model)
                 allowed[i] = False
         return allowed
 
-    gen = generate(model, [[1], [3]], SamplingConfig(max_new_tokens=8, temperature=0.9, top_p=0.9, seed=0, stop_tokens=(2,)),
-                   constraint=constraint)
+    gen = generate(model, [[1], [3]], SamplingConfig(max_new_tokens=8, temperature=0.9, top_p=0.9, seed=0, stop_tokens=(2,)), constraint=constraint)
     assert gen.stopped == [True, False] and len(gen.tokens[0]) == 3 and len(gen.tokens[1]) == 8
 
 

@@ -1,5 +1,6 @@
 """The WAV rendering of music, checked by measurement: its length is the MIDI file's duration and its
 spectrum peaks at the notes' frequencies."""
+
 from __future__ import annotations
 
 import io

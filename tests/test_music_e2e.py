@@ -1,13 +1,12 @@
 """End to end through the CLI on 3 chorales: prepare -> train (a few steps) -> generate -> parse back -> evaluate."""
+
 from __future__ import annotations
 
 import json
 import shutil
 
-
-import music21  # noqa: F401  (a hard dependency: a broken install must fail, not skip)
 import lightning  # noqa: F401
-
+import music21  # noqa: F401  (a hard dependency: a broken install must fail, not skip)
 from music21 import converter  # noqa: E402
 
 from arseq.cli import main  # noqa: E402
@@ -75,5 +74,7 @@ def test_train_generate_parse_back_evaluate(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(ckpt), "--num-samples", "2", "--max-new-tokens", "80", "--seed", "0"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["nll_per_note"] > 0 and report["baselines"]["unigram"]["loss"] > 1.0 and report["unigram_counted_tokens"] == report["predicted_tokens"]
+    assert (
+        report["nll_per_note"] > 0 and report["baselines"]["unigram"]["loss"] > 1.0 and report["unigram_counted_tokens"] == report["predicted_tokens"]
+    )
     assert "in_key_rate" in report["data_metrics"]

@@ -1,4 +1,5 @@
 """Grace notes (tokens, grammar, writing), reasons for inexact round trips, and tokenizers saved before grace tokens."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,10 @@ from music21 import chord, converter, meter, note, stream  # noqa: E402
 from safetensors.torch import save_model  # noqa: E402
 
 from arseq.artifacts import checkpoint  # noqa: E402
+from arseq.decode import SamplingConfig, generate  # noqa: E402
 from arseq.modalities.base import Example  # noqa: E402
 from arseq.modalities.music import GrammarConstraint, MusicModality  # noqa: E402
 from arseq.modalities.music_reading import _load, roundtrip_losses, roundtrip_report  # noqa: E402
-from arseq.decode import SamplingConfig, generate  # noqa: E402
 from arseq.models.transformer import Transformer, TransformerConfig  # noqa: E402
 from arseq.tokenizers.score import Grammar, ScoreTokenizer  # noqa: E402
 from arseq.tokenizers.score.events import note_key, note_order  # noqa: E402
@@ -22,8 +23,7 @@ from arseq.tokenizers.score.vocab import DUR, GRACE, GRACE_KINDS, PITCH, POS  # 
 
 TOK = ScoreTokenizer()
 # The state `ScoreTokenizer.to_dict()` saved before grace tokens existed, and that tokenizer's vocabulary size.
-OLD_STATE = {"kind": "score", "ppq": 24, "max_parts": 16, "max_bar_quarters": 16, "max_dur_quarters": 16,
-             "velocity": False, "tempo": True}
+OLD_STATE = {"kind": "score", "ppq": 24, "max_parts": 16, "max_bar_quarters": 16, "max_dur_quarters": 16, "velocity": False, "tempo": True}
 OLD_VOCAB_SIZE = 1439
 
 
@@ -37,12 +37,19 @@ def graced_score() -> stream.Score:
     """Two parts: grace notes before a note, a chord and a rest, several in a row, a grace chord, in voices."""
     m1 = stream.Measure(number=1)
     m1.timeSignature = meter.TimeSignature("3/4")
-    m1.append([grace("D5"), grace("E5", "eighth", slash=False), note.Note("C5", quarterLength=1),
-               grace("B4", "32nd"), chord.Chord(["E4", "G4"], quarterLength=1), grace("F5", "quarter"),
-               note.Rest(quarterLength=1)])
+    m1.append(
+        [
+            grace("D5"),
+            grace("E5", "eighth", slash=False),
+            note.Note("C5", quarterLength=1),
+            grace("B4", "32nd"),
+            chord.Chord(["E4", "G4"], quarterLength=1),
+            grace("F5", "quarter"),
+            note.Rest(quarterLength=1),
+        ]
+    )
     m2 = stream.Measure(number=2)
-    m2.append([chord.Chord(["A4", "C5"], quarterLength=1).getGrace(), note.Note("G4", quarterLength=2),
-               note.Note("F4", quarterLength=1)])
+    m2.append([chord.Chord(["A4", "C5"], quarterLength=1).getGrace(), note.Note("G4", quarterLength=2), note.Note("F4", quarterLength=1)])
     low = stream.Measure(number=1)
     low.timeSignature = meter.TimeSignature("3/4")
     v1, v2 = stream.Voice(id="1"), stream.Voice(id="2")
@@ -60,8 +67,7 @@ def keys(events) -> list[tuple]:
 
 
 def graces_of(score) -> list[tuple]:
-    return [(p.midi, el.duration.type, el.duration.slash) for el in score.recurse().notes if el.duration.isGrace
-            for p in el.pitches]
+    return [(p.midi, el.duration.type, el.duration.slash) for el in score.recurse().notes if el.duration.isGrace for p in el.pitches]
 
 
 def test_grace_notes_round_trip_as_music21_grace_notes(tmp_path):
@@ -145,7 +151,7 @@ def test_grace_notes_come_before_an_onsets_ordinary_notes():
     assert g.feed(TOK.start[POS] + 0)  # back to beat 1, where an ordinary note was: no more graces there
     assert not g.allowed()[grace_ids].any() and g.allowed()[TOK.start[PITCH] + 72]
     g = Grammar(TOK)
-    for t in ids[:at - 5]:  # up to the first Grace token
+    for t in ids[: at - 5]:  # up to the first Grace token
         g.feed(t)
     ok = g.allowed()
     assert ok[TOK.start[PITCH] : TOK.start[PITCH] + 128].all() and ok.sum() == 128  # only a Pitch follows a Grace
@@ -191,7 +197,8 @@ def test_an_inexact_item_reports_its_reason(tmp_path):
     examples = [Example(ids, name, exact, info), Example(exact_item[1], "bwv66.6", True, exact_item[3])]
     report = roundtrip_report(examples)
     assert report["roundtrip_reasons"] == {
-        "off_grid": {"reason": "onset or duration moved onto the grid", "files": 1, "notes": 5, "first": ["quintuplets"]}}
+        "off_grid": {"reason": "onset or duration moved onto the grid", "files": 1, "notes": 5, "first": ["quintuplets"]}
+    }
     assert report["roundtrip_inexact"] == ["quintuplets: onset or duration moved onto the grid (5 notes)"]
     summary = MusicModality(workers=1).summarize(TOK, examples)
     assert summary["roundtrip_reasons"]["off_grid"]["files"] == 1
@@ -240,8 +247,9 @@ def test_checkpoint_with_an_old_tokenizer_loads_and_generates(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps(OLD_STATE))
     loaded = checkpoint.load(tmp_path)
     assert loaded.tokenizer.vocab_size == OLD_VOCAB_SIZE
-    out = generate(loaded.model, [[loaded.tokenizer.bos_id]] * 2, SamplingConfig(max_new_tokens=60, seed=0),
-                   constraint=GrammarConstraint(loaded.tokenizer))
+    out = generate(
+        loaded.model, [[loaded.tokenizer.bos_id]] * 2, SamplingConfig(max_new_tokens=60, seed=0), constraint=GrammarConstraint(loaded.tokenizer)
+    )
     for tokens in out.tokens:
         assert all(t < OLD_VOCAB_SIZE for t in tokens)
         events = loaded.tokenizer.decode_events([loaded.tokenizer.bos_id, *tokens])

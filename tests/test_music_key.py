@@ -1,4 +1,5 @@
 """arseq's own Krumhansl-Schmuckler key finder against music21's, which conditioning used before."""
+
 from __future__ import annotations
 
 import numpy as np

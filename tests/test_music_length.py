@@ -1,13 +1,14 @@
 """Music length control: `--bars N` gives exactly N new bars; without it a sample does not end before
 `min_bars` new bars (the shortest training chorales), even from a model that would rather stop at once."""
+
 from __future__ import annotations
 
 import torch
+from test_speculative import tiny
 
 from arseq.decode import SamplingConfig, generate
 from arseq.modalities.music import GrammarConstraint
 from arseq.tokenizers.score import ScoreTokenizer
-from test_speculative import tiny
 
 TOK = ScoreTokenizer()
 

@@ -7,6 +7,7 @@ where music21's import splits held notes of a part with two voices (the fast pat
 MusicXML score); bwv299, whose MIDI (as music21 writes it) has a note-off before its note-on, so two
 notes of one pitch share a note-off, and symusic keeps one of them.
 """
+
 from __future__ import annotations
 
 import os
@@ -134,8 +135,7 @@ def test_every_chorale(tmp_path):
     """All 350 chorales (~5 minutes on 2 cores: music21 writes and reads every one)."""
     files = write_midi(None, tmp_path)
     quantized, other = compare(files)
-    print(f"{len(files)} chorales: {len(files) - len(quantized) - len(other)} identical; "
-          f"music21 quantized {quantized}; other differences {other}")
+    print(f"{len(files)} chorales: {len(files) - len(quantized) - len(other)} identical; music21 quantized {quantized}; other differences {other}")
     assert len(files) == 350
     assert set(other) <= {"bach_bwv248.23-2", "bach_bwv299"}
     assert len(quantized) <= 4

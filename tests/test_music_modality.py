@@ -1,14 +1,13 @@
 """Music modality: reading (bad files skipped with reasons), augmentation, prompts, constraint, writing, metrics."""
+
 from __future__ import annotations
 
 import struct
 from pathlib import Path
 
+import music21  # noqa: F401  (a hard dependency: a broken install must fail, not skip)
 import numpy as np
 import pytest
-
-import music21  # noqa: F401  (a hard dependency: a broken install must fail, not skip)
-
 from music21 import converter, stream  # noqa: E402
 
 from arseq.modalities import DataError, EvalInputs, Example, Plan, Request, Sample, SamplingOptions, Skipped, resolve  # noqa: E402
@@ -70,8 +69,12 @@ def test_bad_files_are_skipped_with_reasons(tmp_path, chorales):
     assert [Path(e.name).name for e in examples] == ["good.mid", Path(chorales[0][1]).name]
     assert all(e.exact for e in examples)
     expected = {
-        "truncated.mid": "truncated MIDI", "garbage.mid": "not a MIDI file", "empty.mid": "empty score",
-        "drums.mid": "percussion only", "fast.mid": "absurd tempo", "notes.txt": "unsupported file type",
+        "truncated.mid": "truncated MIDI",
+        "garbage.mid": "not a MIDI file",
+        "empty.mid": "empty score",
+        "drums.mid": "percussion only",
+        "fast.mid": "absurd tempo",
+        "notes.txt": "unsupported file type",
         "crowd.musicxml": "20 parts",
     }
     assert set(skipped) == set(expected)
@@ -190,8 +193,7 @@ def test_write_makes_midi_musicxml_and_png_that_parse_back(tmp_path, chorales):
     ids = tok.encode(converter.parse(chorales[2][1]))
     samples = [Sample(ids[:1], ids[1:-1], True, 1.0), Sample([tok.bos_id], [5, 900, 3, 3], False, 2.0)]
     paths = m.write(tok, samples, Request(2, out=tmp_path / "out"), Plan([]))
-    assert sorted(p.name for p in paths) == sorted(
-        f"sample_{i:03d}{s}" for i in range(2) for s in (".mid", ".musicxml", ".png"))
+    assert sorted(p.name for p in paths) == sorted(f"sample_{i:03d}{s}" for i in range(2) for s in (".mid", ".musicxml", ".png"))
     want = sorted((n.part, n.onset, n.pitch, n.dur) for n in tok.decode_events(ids).notes)
     for p in paths[:2]:
         back = tok.extract(converter.parse(p))

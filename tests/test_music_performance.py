@@ -1,6 +1,7 @@
 """Performance tokens (note-on, note-off, 10 ms time shifts, velocity bins) on humanized chorales: the round
 trip keeps onsets within half a step, the constraint keeps samples well-formed, prepare says when a score
 tokenization would lose the timing, and samples are written as MIDI and a piano roll."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -109,8 +110,7 @@ def test_prepare_with_each_tokenizer(played, tmp_path, monkeypatch):
     data = DataConfig(paths=str(played), val_fraction=0.0, workers=2)
     score = prepare(MusicModality(), {"tokenizer": "score"}, data, progress=False)
     assert score.stats["off_grid_share"] > 0.5 and "performance" in score.stats["suggestion"]
-    played_stats = prepare(MusicModality(tokenizer="performance"), {"tokenizer": "performance"}, data,
-                           check_roundtrip=True, progress=False).stats
+    played_stats = prepare(MusicModality(tokenizer="performance"), {"tokenizer": "performance"}, data, check_roundtrip=True, progress=False).stats
     assert played_stats["num_items"] == 6 and played_stats["roundtrip_exact"] == 1.0
     assert played_stats["roundtrip_onset_ms_max"] <= 5.0 + 1e-6
     assert "key" in played_stats["conditions"]

@@ -1,13 +1,12 @@
 """Score tokenizer: exact round trips, repair of malformed input, the grammar, transposition."""
+
 from __future__ import annotations
 
 from fractions import Fraction
 
+import music21  # noqa: F401  (a hard dependency: a broken install must fail, not skip)
 import numpy as np
 import pytest
-
-import music21  # noqa: F401  (a hard dependency: a broken install must fail, not skip)
-
 from music21 import chord, converter, key, meter, note, stream, tie  # noqa: E402
 
 from arseq.tokenizers.score import KEY, PITCH, TS, Grammar, ScoreTokenizer  # noqa: E402
@@ -44,20 +43,24 @@ def measure(number, items, ts=None, ks=None, pad_left=0):
 def hand_built() -> tuple[stream.Score, list[tuple]]:
     """Two parts: pickup, tie over a bar line, rests, a chord, triplets, a meter and a key change."""
     t3 = Fraction(1, 3)
-    upper = stream.Part([
-        measure(0, [(67, 1, None)], ts="4/4", ks=1, pad_left=3),  # pickup: one quarter
-        measure(1, [(69, 1, None), (None, 1, None), ([60, 64, 67], 1, None), (72, 1, "start")]),
-        measure(2, [(72, 1, "stop"), (71, t3, None), (69, t3, None), (67, t3, None), (65, 2, None)]),
-        measure(3, [(64, 1.5, None), (62, 0.5, None), (60, 1, None)], ts="3/4", ks=-2),
-        measure(4, [(None, 3, None)]),
-    ])
-    lower = stream.Part([
-        measure(0, [(None, 1, None)], ts="4/4", ks=1, pad_left=3),
-        measure(1, [(48, 4, "start")]),
-        measure(2, [(48, 2, "stop"), (43, 0.25, None), (45, 0.25, None), (47, 0.5, None), (None, 1, None)]),
-        measure(3, [(36, 3, None)], ts="3/4", ks=-2),
-        measure(4, [(None, 2, None), (41, 1, None)]),
-    ])
+    upper = stream.Part(
+        [
+            measure(0, [(67, 1, None)], ts="4/4", ks=1, pad_left=3),  # pickup: one quarter
+            measure(1, [(69, 1, None), (None, 1, None), ([60, 64, 67], 1, None), (72, 1, "start")]),
+            measure(2, [(72, 1, "stop"), (71, t3, None), (69, t3, None), (67, t3, None), (65, 2, None)]),
+            measure(3, [(64, 1.5, None), (62, 0.5, None), (60, 1, None)], ts="3/4", ks=-2),
+            measure(4, [(None, 3, None)]),
+        ]
+    )
+    lower = stream.Part(
+        [
+            measure(0, [(None, 1, None)], ts="4/4", ks=1, pad_left=3),
+            measure(1, [(48, 4, "start")]),
+            measure(2, [(48, 2, "stop"), (43, 0.25, None), (45, 0.25, None), (47, 0.5, None), (None, 1, None)]),
+            measure(3, [(36, 3, None)], ts="3/4", ks=-2),
+            measure(4, [(None, 2, None), (41, 1, None)]),
+        ]
+    )
     for p in (upper, lower):
         off = 0
         for m in p.getElementsByClass(stream.Measure):
@@ -66,11 +69,25 @@ def hand_built() -> tuple[stream.Score, list[tuple]]:
     score = stream.Score([upper, lower])
     q = lambda x: int(Fraction(x) * Q)  # noqa: E731
     expected = [
-        (0, 0, 67, q(1)), (0, q(1), 69, q(1)), (0, q(3), 60, q(1)), (0, q(3), 64, q(1)), (0, q(3), 67, q(1)),
-        (0, q(4), 72, q(2)), (0, q(6), 71, q(t3)), (0, q(6 + t3), 69, q(t3)), (0, q(6 + 2 * t3), 67, q(t3)),
-        (0, q(7), 65, q(2)), (0, q(9), 64, q(1.5)), (0, q(10.5), 62, q(0.5)), (0, q(11), 60, q(1)),
-        (1, q(1), 48, q(6)), (1, q(7), 43, q(0.25)), (1, q(7.25), 45, q(0.25)), (1, q(7.5), 47, q(0.5)),
-        (1, q(9), 36, q(3)), (1, q(14), 41, q(1)),
+        (0, 0, 67, q(1)),
+        (0, q(1), 69, q(1)),
+        (0, q(3), 60, q(1)),
+        (0, q(3), 64, q(1)),
+        (0, q(3), 67, q(1)),
+        (0, q(4), 72, q(2)),
+        (0, q(6), 71, q(t3)),
+        (0, q(6 + t3), 69, q(t3)),
+        (0, q(6 + 2 * t3), 67, q(t3)),
+        (0, q(7), 65, q(2)),
+        (0, q(9), 64, q(1.5)),
+        (0, q(10.5), 62, q(0.5)),
+        (0, q(11), 60, q(1)),
+        (1, q(1), 48, q(6)),
+        (1, q(7), 43, q(0.25)),
+        (1, q(7.25), 45, q(0.25)),
+        (1, q(7.5), 47, q(0.5)),
+        (1, q(9), 36, q(3)),
+        (1, q(14), 41, q(1)),
     ]
     return score, sorted(expected)
 
@@ -129,7 +146,11 @@ def test_malformed_sequences_decode_to_valid_scores(tmp_path):
     ids = chorale_ids()
     rng = np.random.default_rng(0)
     bad = [
-        [], [TOK.bos_id], [TOK.eos_id], [TOK.pad_id] * 5, [-3, 10**6, 5],
+        [],
+        [TOK.bos_id],
+        [TOK.eos_id],
+        [TOK.pad_id] * 5,
+        [-3, 10**6, 5],
         ids[: len(ids) // 3],  # truncated mid-piece
         ids[1:],  # no BOS
         [t for i, t in enumerate(ids) if i % 7],  # tokens deleted

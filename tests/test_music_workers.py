@@ -1,5 +1,6 @@
 """`prepare` in worker processes: the same cache entry and bytes for any worker count, bad MIDI files
 skipped with their reasons, and a file that crashes or hangs its worker skipped instead of ending the run."""
+
 from __future__ import annotations
 
 import faulthandler
@@ -16,8 +17,8 @@ import pytest
 pytest.importorskip("symusic")
 
 from arseq.data.prepare import DataConfig, prepare  # noqa: E402
-from arseq.parallel import Failed, ordered_map  # noqa: E402
 from arseq.modalities.music import MusicModality  # noqa: E402
+from arseq.parallel import Failed, ordered_map  # noqa: E402
 from arseq.tokenizers.score import Bar, Events, Note  # noqa: E402
 from arseq.tokenizers.score.midi_writing import write_midi  # noqa: E402
 

@@ -1,4 +1,5 @@
 """Typed generation options: flags, YAML and Python fill the same dataclasses, and a value given wins."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,10 +15,36 @@ from arseq.modalities.protein import ProteinGenerate
 
 def test_argparse_spellings_become_jsonargparse_flags():
     kinds = options.kinds(ProteinGenerate)
-    argv = ["--top-k=5", "--overwrite", "--data.paths", "a.fa", "b.fa", "--standard-only", "--max-length", "9", "--no-overwrite",
-            "--cond", "tag=x", "--cond", "size=big"]
-    assert options.normalize(argv, kinds) == ["--top_k=5", "--overwrite", "true", "--standard_only", "true", "--max_length", "9",
-                                              "--overwrite", "false", "--data.paths", '["a.fa", "b.fa"]', "--cond", '["tag=x", "size=big"]']
+    argv = [
+        "--top-k=5",
+        "--overwrite",
+        "--data.paths",
+        "a.fa",
+        "b.fa",
+        "--standard-only",
+        "--max-length",
+        "9",
+        "--no-overwrite",
+        "--cond",
+        "tag=x",
+        "--cond",
+        "size=big",
+    ]
+    assert options.normalize(argv, kinds) == [
+        "--top_k=5",
+        "--overwrite",
+        "true",
+        "--standard_only",
+        "true",
+        "--max_length",
+        "9",
+        "--overwrite",
+        "false",
+        "--data.paths",
+        '["a.fa", "b.fa"]',
+        "--cond",
+        '["tag=x", "size=big"]',
+    ]
 
 
 def test_given_values_beat_modality_defaults_which_beat_the_core():
@@ -31,8 +58,9 @@ def test_given_values_beat_modality_defaults_which_beat_the_core():
 
 def test_flags_yaml_and_python_give_the_same_call(tmp_path):
     p = options.parser("generate", MusicGenerate)
-    flags = options.to_call(options.parse(p, ["--bars", "4", "--temperature", "0.7", "--num-samples", "3", "--out", "x"],
-                                          options.kinds(MusicGenerate)), MusicGenerate)
+    flags = options.to_call(
+        options.parse(p, ["--bars", "4", "--temperature", "0.7", "--num-samples", "3", "--out", "x"], options.kinds(MusicGenerate)), MusicGenerate
+    )
     (tmp_path / "gen.yaml").write_text("bars: 4\ntemperature: 0.7\nnum_samples: 3\nout: x\n")
     yaml_call = options.to_call(options.parse(p, ["--config", str(tmp_path / "gen.yaml")], {}), MusicGenerate)
     python = options.from_python("generate", MusicGenerate, {"bars": 4, "temperature": 0.7, "num_samples": 3, "out": "x"})

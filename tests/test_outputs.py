@@ -1,4 +1,5 @@
 """Generated files: never replace a user's file without --overwrite, all or nothing, usual permissions."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,7 @@ def test_atomic_write_honours_the_umask_and_leaves_no_temp_file(tmp_path, umask0
     atomic_write(tmp_path / "a" / "x.txt", "hello")
     atomic_write(tmp_path / "a" / "y.bin", b"\x00\x01")
     atomic_write(tmp_path / "a" / "z.png", lambda p: p.write_bytes(b"png"))
-    assert [(p.name, _mode(p)) for p in sorted((tmp_path / "a").iterdir())] == [
-        ("x.txt", 0o644), ("y.bin", 0o644), ("z.png", 0o644)]
+    assert [(p.name, _mode(p)) for p in sorted((tmp_path / "a").iterdir())] == [("x.txt", 0o644), ("y.bin", 0o644), ("z.png", 0o644)]
     assert (tmp_path / "a" / "z.png").read_bytes() == b"png"
 
 

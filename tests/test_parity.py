@@ -4,6 +4,7 @@ Modalities come from `arseq.modalities.loadable()` at collection time, built-ins
 alike, so a new modality is covered without touching this file. Each provides its tiny data through
 `Modality.demo_config`; one that returns None is skipped with the reason.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,18 @@ def smoke_config(name: str, root) -> dict:
         "data": {"val_fraction": 0.2, "block_size": 64, "batch_size": 4},
         "model": {"n_layer": 1, "n_head": 2, "d_model": 32},
         "optim": {"lr": 3.0e-3, "min_lr": 3.0e-4, "warmup_steps": 2},
-        "trainer": {"max_steps": 10, "val_check_interval": 5, "check_val_every_n_epoch": None, "limit_val_batches": 2,
-                    "log_every_n_steps": 5, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
-                    "enable_model_summary": False, "default_root_dir": str(root / "runs")},
+        "trainer": {
+            "max_steps": 10,
+            "val_check_interval": 5,
+            "check_val_every_n_epoch": None,
+            "limit_val_batches": 2,
+            "log_every_n_steps": 5,
+            "accelerator": "cpu",
+            "devices": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(root / "runs"),
+        },
     }
 
 
@@ -67,8 +77,7 @@ def test_prepare_train_generate_evaluate(name, tmp_path, capsys):
         assert f"--{f.name}" in shown and described and " ".join(described.group(1).split()[:4]) in shown, f.name
 
     out = tmp_path / "samples"
-    assert main(["generate", "--checkpoint", str(ckpt), "--num-samples", "2", "--max-new-tokens", "32",
-                 "--seed", "0", "--out", str(out)]) == 0
+    assert main(["generate", "--checkpoint", str(ckpt), "--num-samples", "2", "--max-new-tokens", "32", "--seed", "0", "--out", str(out)]) == 0
     written = [p for p in out.rglob("*") if p.is_file()] if out.is_dir() else [out]
     assert written and all(p.stat().st_size > 0 for p in written)
 

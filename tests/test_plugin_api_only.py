@@ -2,6 +2,7 @@
 would be: `arseq.modalities` (which re-exports `arseq.modalities.base`), `arseq.tokenizers`, and the leaves
 (errors, atomic writes, limits on hostile input, worker processes); never the core's private modules (data, decode, conditioning,
 artifacts, app...). A built-in may import its own helper modules under `arseq/modalities/`."""
+
 from __future__ import annotations
 
 import ast

@@ -1,5 +1,6 @@
 """Modality plugins: the examples/arseq-dna package found through an entry point, and broken plugins
 reported in one warning each while every other modality and the CLI keep working."""
+
 from __future__ import annotations
 
 import warnings
@@ -46,8 +47,7 @@ def broken(tmp_path, monkeypatch):
         "    def write(self, tokenizer, samples, out, args):\n        return []\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path / "plugs"))
-    points = {"crash": "broken_plugins.crash:Crash", "impostor": "broken_plugins.impostor:Impostor",
-              "partial": "broken_plugins.partial:Partial"}
+    points = {"crash": "broken_plugins.crash:Crash", "impostor": "broken_plugins.impostor:Impostor", "partial": "broken_plugins.partial:Partial"}
     install_entry_points(tmp_path / "site-broken", "broken-plugins", points, monkeypatch)
     return points
 
@@ -63,9 +63,24 @@ def test_example_plugin_is_listed(dna, capsys):
 def test_example_plugin_trains_and_generates_fasta(dna, tmp_path, capsys):
     config = tmp_path / "dna.yaml"
     config.write_text((EXAMPLE / "arseq_dna" / "configs" / "tiny.yaml").read_text())
-    overrides = ["--trainer.max_steps", "8", "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "2",
-                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "runs"),
-                 "--data.block_size", "64", "--model.n_layer", "1", "--model.d_model", "32"]
+    overrides = [
+        "--trainer.max_steps",
+        "8",
+        "--trainer.val_check_interval",
+        "4",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+        "--data.block_size",
+        "64",
+        "--model.n_layer",
+        "1",
+        "--model.d_model",
+        "32",
+    ]
     assert main(["train", "--config", str(config), *overrides]) == 0
     ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
     out = tmp_path / "samples"

@@ -1,18 +1,18 @@
 """Prompts longer than the context are cut to what fits (whole bars, newest tokens), with one line saying so."""
+
 from __future__ import annotations
 
 import logging
-
 from pathlib import Path
 
 import music21
 import torch
 
+from arseq.app.generation import sample
+from arseq.app.planning import make_plan
 from arseq.artifacts.checkpoint import Loaded
 from arseq.artifacts.metadata import RunMeta
 from arseq.cli import main
-from arseq.app.generation import sample
-from arseq.app.planning import make_plan
 from arseq.modalities import Request, SamplingOptions, resolve
 from arseq.modalities.music import MusicGenerate
 from arseq.modalities.music_reading import prompt_tokens

@@ -1,4 +1,5 @@
 """Protein modality: tokenizers, FASTA reading and its errors, constrained designs, FASTA/CSV output, metrics."""
+
 from __future__ import annotations
 
 import csv
@@ -11,10 +12,10 @@ import pytest
 import torch
 from Bio import SeqIO
 
+from arseq.decode import generate
 from arseq.modalities import DataError, Example, Plan, Request, Sample, SamplingOptions, Skipped, resolve
 from arseq.modalities.protein import ProteinGenerate, ProteinModality
 from arseq.modalities.protein_metrics import degenerate, kl_divergence, novelty, properties
-from arseq.decode import generate
 from arseq.models.scoring import unigram_baseline
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.protein import ALPHABET, STANDARD, ProteinBPETokenizer, ProteinTokenizer
@@ -145,9 +146,7 @@ def test_nonstandard_policies_and_length_filters(tmp_path):
         ProteinModality(min_length=10, max_length=5)
 
 
-RANDOM_FASTA = b"".join(
-    b">r%d\n" % i + "".join(np.random.default_rng(i).choice(list(STANDARD), size=300)).encode() + b"\n" for i in range(20)
-)
+RANDOM_FASTA = b"".join(b">r%d\n" % i + "".join(np.random.default_rng(i).choice(list(STANDARD), size=300)).encode() + b"\n" for i in range(20))
 
 
 @pytest.mark.parametrize(
@@ -239,9 +238,15 @@ def test_presets_and_given_options_win():
     assert cfg.top_k == 950 and cfg.repetition_penalty == 1.2
     cfg = SamplingOptions(temperature=1.0).resolve(m.plan(tok, request(preset="progen2")).sampling, ())  # --temperature 1.0
     assert cfg.temperature == 1.0 and cfg.top_p == 0.9
-    for bad in (request(min_length=10, max_length=5), request(rank=0.0), request(prefix="MKTAY", max_length=3),
-                request(prefix="MK1"), request(prefix="MKX", standard_only=True), request(prefix="MK", prompt="MK"),
-                request(preset="protgpt3")):
+    for bad in (
+        request(min_length=10, max_length=5),
+        request(rank=0.0),
+        request(prefix="MKTAY", max_length=3),
+        request(prefix="MK1"),
+        request(prefix="MKX", standard_only=True),
+        request(prefix="MK", prompt="MK"),
+        request(preset="protgpt3"),
+    ):
         with pytest.raises(DataError):
             m.plan(tok, bad)
 

@@ -1,4 +1,5 @@
 """End to end through the CLI: train a tiny model on FASTA, generate designs, parse the FASTA and CSV, evaluate."""
+
 from __future__ import annotations
 
 import csv
@@ -44,9 +45,28 @@ trainer: {{max_steps: 6, val_check_interval: 3, check_val_every_n_epoch: null, l
     ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
 
     out = tmp_path / "out" / "designs.fasta"
-    args = ["generate", "--checkpoint", str(ckpt), "--num-samples", "6", "--seed", "0", "--prefix", "mkt",
-            "--min-length", "10", "--max-length", "25", "--standard-only", "--preset", "protgpt2", "--rank", "0.5",
-            "--out", str(out)]
+    args = [
+        "generate",
+        "--checkpoint",
+        str(ckpt),
+        "--num-samples",
+        "6",
+        "--seed",
+        "0",
+        "--prefix",
+        "mkt",
+        "--min-length",
+        "10",
+        "--max-length",
+        "25",
+        "--standard-only",
+        "--preset",
+        "protgpt2",
+        "--rank",
+        "0.5",
+        "--out",
+        str(out),
+    ]
     assert cli.main(args) == 0
     records = list(SeqIO.parse(out, "fasta"))
     assert len(records) == 3
@@ -111,8 +131,25 @@ trainer: {{max_steps: 4, val_check_interval: 2, check_val_every_n_epoch: null, l
     monkeypatch.setattr(tf, "measure", spy)
     capsys.readouterr()
     # every position of every piece is a site: position 1 (the tag) would be one without the fix
-    argv = ["analyze", "drift", "--checkpoint", str(ckpt), "--items", "20", "--positions", "40", "--offsets", "4",
-            "--num-samples", "2", "--max-new-tokens", "10", "--bootstrap", "20", "--no-divergence"]
+    argv = [
+        "analyze",
+        "drift",
+        "--checkpoint",
+        str(ckpt),
+        "--items",
+        "20",
+        "--positions",
+        "40",
+        "--offsets",
+        "4",
+        "--num-samples",
+        "2",
+        "--max-new-tokens",
+        "10",
+        "--bootstrap",
+        "20",
+        "--no-divergence",
+    ]
     assert cli.main(argv) == 0
     assert json.loads(capsys.readouterr().out)["sites"] == len(seen["sites"]) > 0
     controls = set(range(seen["vocab"] - 3, seen["vocab"]))  # unknown, Cytoplasm-S, Nucleus-U after the residues

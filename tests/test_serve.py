@@ -1,6 +1,7 @@
 """`arseq serve` over real HTTP on a loopback port: completions and generate for every built-in modality,
 streaming and not; seeded requests equal `arseq generate --seed`; a client that leaves frees its slot; a full
 queue gives 429; bad requests get one-line 4xx naming the field and the server keeps serving."""
+
 from __future__ import annotations
 
 import base64
@@ -47,8 +48,20 @@ def test_text_completion_equals_generate_and_streams(text, trained, tmp_path):
     status, out = text.post("/v1/completions", body)
     assert status == 200 and out["object"] == "text_completion" and len(out["choices"]) == 2
     assert out["usage"]["completion_tokens"] == sum(len(c["token_ids"]) for c in out["choices"])
-    files = cli_files(tmp_path, trained / "checkpoints" / "last.ckpt", "--prompt", "the cat", "--max-new-tokens", 40,
-                      "--num-samples", 2, "--seed", 11, "--temperature", 0.8)
+    files = cli_files(
+        tmp_path,
+        trained / "checkpoints" / "last.ckpt",
+        "--prompt",
+        "the cat",
+        "--max-new-tokens",
+        40,
+        "--num-samples",
+        2,
+        "--seed",
+        11,
+        "--temperature",
+        0.8,
+    )
     assert [files[f"sample_{i:03d}.txt"].decode() for i in range(2)] == ["the cat" + c["text"] for c in out["choices"]]
 
     conn, r = text.stream("/v1/completions", body)
@@ -59,8 +72,7 @@ def test_text_completion_equals_generate_and_streams(text, trained, tmp_path):
     chunks = [json.loads(f) for f in frames[:-1]]
     streamed = ["".join(c["choices"][0]["text"] for c in chunks if c["choices"][0]["index"] == i) for i in range(2)]
     assert streamed == [c["text"] for c in out["choices"]]
-    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]] == \
-        [c["finish_reason"] for c in out["choices"]]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]] == [c["finish_reason"] for c in out["choices"]]
 
 
 def test_token_id_prompts_and_the_same_sample_under_load(text):
@@ -98,13 +110,15 @@ def test_music_generate_with_key_and_meter_equals_generate(models, tmp_path):
         key, meter = info["conditions"]["key"][0], info["conditions"]["meter"][0]
         options = {o["name"]: o for o in info["options"]}
         assert options["temperature"]["default"] == 0.9 and options["bars"]["group"] == "music"
-        status, body = s.post("/v1/generate", {"num_samples": 2, "max_new_tokens": 80, "bars": 2, "seed": 4,
-                                               "conditions": {"key": key, "meter": meter}})
+        status, body = s.post(
+            "/v1/generate", {"num_samples": 2, "max_new_tokens": 80, "bars": 2, "seed": 4, "conditions": {"key": key, "meter": meter}}
+        )
         assert status == 200, body
         files = served_files(body)
         assert sorted(files) == [f"sample_{i:03d}{x}" for i in range(2) for x in (".mid", ".musicxml", ".png", ".wav")]
-        cli = cli_files(tmp_path, ckpt, "--num-samples", 2, "--max-new-tokens", 80, "--bars", 2, "--seed", 4,
-                        "--cond", f"key={key}", "--cond", f"meter={meter}")
+        cli = cli_files(
+            tmp_path, ckpt, "--num-samples", 2, "--max-new-tokens", 80, "--bars", 2, "--seed", 4, "--cond", f"key={key}", "--cond", f"meter={meter}"
+        )
         assert all(files[n] == cli[n] for n in cli if n.endswith((".mid", ".png")))
         tok = s.loaded.tokenizer
         for i, sample in enumerate(body["samples"]):
@@ -146,8 +160,7 @@ def test_protein_generate_with_a_tag_and_motif_equals_generate(models, tmp_path)
         assert status == 200, body
         files = served_files(body)
         assert sorted(files) == ["designs.csv", "designs.fasta"]
-        cli = cli_files(tmp_path, ckpt, "--num-samples", 3, "--prompt", "MK", "--max-length", 20, "--seed", 9,
-                        "--cond", "tag=polyW")
+        cli = cli_files(tmp_path, ckpt, "--num-samples", 3, "--prompt", "MK", "--max-length", 20, "--seed", 9, "--cond", "tag=polyW")
         assert files == cli and all(sample["text"] is not None for sample in body["samples"])
         status, body = s.post("/v1/completions", {"prompt": "MA", "max_tokens": 10, "seed": 9})
         assert status == 200 and body["choices"][0]["text"].isalpha() or body["choices"][0]["text"] == ""
@@ -198,8 +211,9 @@ def test_body_limit_paths_and_a_failing_request(text, monkeypatch):
 
     def broken(tok, request):
         plan = real(modality, tok, request)
-        plan.constraint = lambda: (lambda rows: 1 / 0)
+        plan.constraint = lambda: lambda rows: 1 / 0
         return plan
+
     monkeypatch.setattr(modality, "plan", broken)
     status, body = text.post("/v1/completions", {"prompt": "a", "max_tokens": 5})
     assert status == 500 and "ZeroDivisionError" in body["error"]["message"]
@@ -241,9 +255,16 @@ def test_timeout_health_metrics_and_page(models):
         assert json.loads(s.get("/health")[1])["status"] == "ok"
         assert s.post("/v1/completions", {"max_tokens": 3})[0] == 200
         text = s.get("/metrics")[1].decode()
-        for name in ("arseq_requests_running", "arseq_requests_waiting", "arseq_generated_tokens_total",
-                     "arseq_time_to_first_token_seconds_bucket", "arseq_inter_token_latency_seconds_bucket",
-                     "arseq_request_latency_seconds_bucket", "arseq_requests_rejected_total", 'reason="timeout"'):
+        for name in (
+            "arseq_requests_running",
+            "arseq_requests_waiting",
+            "arseq_generated_tokens_total",
+            "arseq_time_to_first_token_seconds_bucket",
+            "arseq_inter_token_latency_seconds_bucket",
+            "arseq_request_latency_seconds_bucket",
+            "arseq_requests_rejected_total",
+            'reason="timeout"',
+        ):
             assert name in text, name
         wait_for(lambda: s.metric("arseq_rows_active") == 0)
         status, page = s.get("/")
@@ -263,8 +284,11 @@ def test_sigterm_finishes_running_requests_and_exits_0(trained):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "arseq", "serve", "--checkpoint", str(trained), "--port", str(port),
-                             "--log-level", "warning"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "arseq", "serve", "--checkpoint", str(trained), "--port", str(port), "--log-level", "warning"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -308,9 +332,32 @@ def test_the_dna_plugin_is_served_like_a_built_in(tmp_path, monkeypatch):
         monkeypatch.syspath_prepend(str(tmp_path / "site"))
     config = tmp_path / "dna.yaml"
     config.write_text((example / "arseq_dna" / "configs" / "tiny.yaml").read_text())
-    assert main(["train", "--config", str(config), "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
-                 "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir",
-                 str(tmp_path / "runs"), "--data.block_size", "64", "--model.n_layer", "1", "--model.d_model", "32"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config),
+                "--trainer.max_steps",
+                "4",
+                "--trainer.val_check_interval",
+                "4",
+                "--trainer.limit_val_batches",
+                "1",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.default_root_dir",
+                str(tmp_path / "runs"),
+                "--data.block_size",
+                "64",
+                "--model.n_layer",
+                "1",
+                "--model.d_model",
+                "32",
+            ]
+        )
+        == 0
+    )
     ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
     s = Served(ckpt)
     try:

@@ -5,6 +5,7 @@ the piano roll loads, a download gives the file's bytes. Images: a digit's grid.
 Skipped when playwright or a Chromium is missing; `.ci/run` installs Debian's `chromium`. With
 ARSEQ_SCREENSHOTS=DIR, each page's screenshot is also saved there (docs/ holds the ones taken so).
 """
+
 from __future__ import annotations
 
 import base64
@@ -90,7 +91,8 @@ def test_music_page_plays_the_piece(page, tmp_path_factory, tmp_path):
             assert roll.evaluate("img => img.complete && img.naturalWidth") > 0
         assert page.locator(".sample").count() == 2
         played = page.locator(".sample[data-sample='0'] audio").evaluate(
-            "a => a.play().then(() => new Promise(r => setTimeout(r, 300))).then(() => a.currentTime)")
+            "a => a.play().then(() => new Promise(r => setTimeout(r, 300))).then(() => a.currentTime)"
+        )
         assert played > 0
         for name in ("sample_000.mid", "sample_000.wav", "sample_000.musicxml"):
             check_download(page, next(f for f in result["files"] if f["name"] == name))

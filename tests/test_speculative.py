@@ -1,6 +1,7 @@
 """Speculative decoding (arseq.decode.speculative): greedy output is plain greedy decoding's token for
 token (batches, left padding, sliding windows, every modality's constraint); sampled tokens follow the
 target's exact distribution (chi-square, with a deliberately bad draft); constraints follow rows cut back."""
+
 from __future__ import annotations
 
 import copy
@@ -38,8 +39,11 @@ def speculative_generate(target: Transformer, prompts: list[list[int]], cfg: Sam
 
 
 def proposers(target: Transformer) -> dict[str, DraftModel | NGram]:
-    return {"draft": DraftModel(tiny(target.cfg.vocab_size, target.cfg.max_seq_len, 1, 16, seed=5)),
-            "same": DraftModel(copy.deepcopy(target)), "ngram": NGram()}
+    return {
+        "draft": DraftModel(tiny(target.cfg.vocab_size, target.cfg.max_seq_len, 1, 16, seed=5)),
+        "same": DraftModel(copy.deepcopy(target)),
+        "ngram": NGram(),
+    }
 
 
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
@@ -256,8 +260,7 @@ def test_stateful_constraints_roll_back(name):
     target = tiny(tok.vocab_size, context=128, scale=0.3)
     cfg = SamplingConfig(max_new_tokens=40, temperature=1.0, seed=0)
     a = generate(target, [prompts[-1]], cfg, pad_id=tok.pad_id, constraint=make()).tokens[0]
-    b = generate(target, [prompts[-1]], SamplingConfig(max_new_tokens=40, temperature=1.0, seed=1), pad_id=tok.pad_id,
-                 constraint=make()).tokens[0]
+    b = generate(target, [prompts[-1]], SamplingConfig(max_new_tokens=40, temperature=1.0, seed=1), pad_id=tok.pad_id, constraint=make()).tokens[0]
     prompt = list(prompts[-1])
     constraint, row = make(), list(prompt)
 
@@ -298,8 +301,8 @@ def test_prefix_counts_follow_rows_cut_back():
 def test_cli_draft_gives_plain_greedy_output_and_reports(trained, tmp_path, capsys):
     import json
 
-    from arseq.artifacts import checkpoint
     from arseq.api import load
+    from arseq.artifacts import checkpoint
     from arseq.cli import main
 
     ckpt = str(trained / "checkpoints" / "last.ckpt")
@@ -307,8 +310,11 @@ def test_cli_draft_gives_plain_greedy_output_and_reports(trained, tmp_path, caps
     capsys.readouterr()
     base = ["generate", "--checkpoint", ckpt, "--prompt", "the ", "--temperature", "0", "--max-new-tokens", "40"]
     outs = {}
-    for name, extra in {"plain": [], "draft": ["--draft", str(tmp_path / "draft"), "--draft-tokens", "3"],
-                        "ngram": ["--draft", "ngram", "--ngram", "2"]}.items():
+    for name, extra in {
+        "plain": [],
+        "draft": ["--draft", str(tmp_path / "draft"), "--draft-tokens", "3"],
+        "ngram": ["--draft", "ngram", "--ngram", "2"],
+    }.items():
         assert main(base + extra) == 0
         outs[name], err = capsys.readouterr()
         assert ("speculative: acceptance" in err) == (name != "plain")
@@ -362,7 +368,9 @@ def test_failing_ngram_proposals_fall_back_to_plain_decoding(monkeypatch):
     import arseq.decode.speculative as spec_module
 
     target = tiny(20, context=128)
-    wrong = lambda tokens, k, n, min_n: [(tokens[-1] + 1) % 20 if target(torch.tensor([tokens]))[0, -1].argmax() != (tokens[-1] + 1) % 20 else (tokens[-1] + 2) % 20]  # noqa: E731
+    wrong = lambda tokens, k, n, min_n: [
+        (tokens[-1] + 1) % 20 if target(torch.tensor([tokens]))[0, -1].argmax() != (tokens[-1] + 1) % 20 else (tokens[-1] + 2) % 20
+    ]  # noqa: E731
     monkeypatch.setattr(spec_module, "lookup", wrong)
     cfg = SamplingConfig(max_new_tokens=100, temperature=0)
     streamed: list[int] = []

@@ -1,4 +1,5 @@
 """Loading a checkpoint or export never imports a module the file names, unless the user allows it."""
+
 from __future__ import annotations
 
 import sys

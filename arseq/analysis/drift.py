@@ -10,6 +10,7 @@ The same cache also gives the free-running view: greedy continuations of the cle
 compared token by token ("divergence"). Under teacher forcing a model of a Markov process recovers at once
 (the true tokens after the error say everything); letting it run shows whether the error propagates.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -49,8 +50,9 @@ class DriftResult:
     clean_nll: np.ndarray  # (all sites, K) NLL of the true continuation with the clean prefix
 
 
-def choose_sites(items: Sequence[np.ndarray], units: int, positions: int, offsets: int, unit_len: int,
-                 rng: np.random.Generator, start: int = 1) -> list[Site]:
+def choose_sites(
+    items: Sequence[np.ndarray], units: int, positions: int, offsets: int, unit_len: int, rng: np.random.Generator, start: int = 1
+) -> list[Site]:
     """`positions` random positions in each of `units` random pieces of the data, each leaving `offsets` true
     tokens after it. A piece is an item, or a `unit_len` slice of a longer one (one long text file still gives
     many independent pieces: the bootstrap resamples pieces). Positions before `start` (BOS, and a
@@ -165,8 +167,16 @@ def measure(
     )
 
 
-def _pick_wrong(batch: list[Site], at_j: torch.Tensor, true: torch.Tensor, banned: np.ndarray, mistake: Mistake | None,
-                items: Sequence[np.ndarray], rng: np.random.Generator, kinds: Sequence[str]) -> None:
+def _pick_wrong(
+    batch: list[Site],
+    at_j: torch.Tensor,
+    true: torch.Tensor,
+    banned: np.ndarray,
+    mistake: Mistake | None,
+    items: Sequence[np.ndarray],
+    rng: np.random.Generator,
+    kinds: Sequence[str],
+) -> None:
     """Fill each site's wrong token per kind: uniform, the model's likeliest wrong one, the modality's near miss."""
     logits = at_j.clone()
     logits[:, torch.from_numpy(banned).to(logits.device)] = float("-inf")
@@ -182,8 +192,7 @@ def _pick_wrong(batch: list[Site], at_j: torch.Tensor, true: torch.Tensor, banne
         s.wrong["plausible"] = int(w) if w is not None and w != t else None
 
 
-def _continue(model: Transformer, suffix: torch.Tensor, ends: torch.Tensor, k: int,
-              diverge: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def _continue(model: Transformer, suffix: torch.Tensor, ends: torch.Tensor, k: int, diverge: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """After the cached prefixes (row r's ends at position ends[r]): log-probs of the next token after each of
     the K fed tokens (teacher forcing), and (with `diverge`; else zeros) K greedy tokens generated from the
     first fed token on (free running)."""
@@ -197,8 +206,7 @@ def _continue(model: Transformer, suffix: torch.Tensor, ends: torch.Tensor, k: i
     return logp, greedy
 
 
-def bootstrap_curve(values: np.ndarray, groups: np.ndarray, n_boot: int = 1000, level: float = 0.95,
-                    seed: int = 0) -> dict[str, list[float]]:
+def bootstrap_curve(values: np.ndarray, groups: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, list[float]]:
     """Mean over rows per offset, with a percentile CI from resampling whole pieces of data (positions
     in one piece are not independent)."""
     values = np.asarray(values, dtype=np.float64)
@@ -213,8 +221,7 @@ def bootstrap_curve(values: np.ndarray, groups: np.ndarray, n_boot: int = 1000, 
     np.add.at(weights, (np.arange(n_boot)[:, None], draws), 1.0)
     means = (weights @ sums) / np.maximum(weights @ counts, 1)[:, None]
     a = (1 - level) / 2
-    return {"mean": values.mean(0).tolist(), "lo": np.quantile(means, a, axis=0).tolist(),
-            "hi": np.quantile(means, 1 - a, axis=0).tolist()}
+    return {"mean": values.mean(0).tolist(), "lo": np.quantile(means, a, axis=0).tolist(), "hi": np.quantile(means, 1 - a, axis=0).tolist()}
 
 
 def summarize_curve(mean: Sequence[float]) -> dict[str, float | int | None]:
@@ -227,8 +234,7 @@ def summarize_curve(mean: Sequence[float]) -> dict[str, float | int | None]:
     peak = float(m[peak_at])
     below = np.flatnonzero(m[peak_at:] < peak / 2) if peak > 0 else np.array([0])
     half = int(peak_at + below[0] + 1) if below.size else None
-    return {"peak": peak, "peak_offset": peak_at + 1, "half_life": half,
-            "remaining_share": float(m[-1] / peak) if peak > 0 else 0.0}
+    return {"peak": peak, "peak_offset": peak_at + 1, "half_life": half, "remaining_share": float(m[-1] / peak) if peak > 0 else 0.0}
 
 
 def report(result: DriftResult, n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
@@ -244,8 +250,7 @@ def report(result: DriftResult, n_boot: int = 1000, seed: int = 0) -> dict[str, 
             "pieces": int(len(np.unique(g))),
             "excess_nll": excess,
             "kl": bootstrap_curve(result.kl[kind], g, n_boot, seed=seed),
-            **({"divergence": bootstrap_curve(result.diverged[kind].astype(np.float64), g, n_boot, seed=seed)}
-               if len(result.diverged[kind]) else {}),
+            **({"divergence": bootstrap_curve(result.diverged[kind].astype(np.float64), g, n_boot, seed=seed)} if len(result.diverged[kind]) else {}),
             **summarize_curve(excess["mean"]),
         }
     return out

@@ -2,6 +2,7 @@
 given the prefix alone (left to right), on the same held-out cuts. The measure behind `benchmarks/bench_fim.py`
 and the FIM tests; `revise` uses the same prompts to score spans.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,8 +52,16 @@ def _total(model: Transformer, seqs: list[list[int]], start: list[int], pad_id: 
     return float(nll.sum()), int(count.sum())
 
 
-def cut_items(items: Sequence[np.ndarray], head: int, bounds: Callable[[np.ndarray], np.ndarray], gap: int, side: int,
-              rng: np.random.Generator, limit: int, per_item: int = 1) -> list[Cut]:
+def cut_items(
+    items: Sequence[np.ndarray],
+    head: int,
+    bounds: Callable[[np.ndarray], np.ndarray],
+    gap: int,
+    side: int,
+    rng: np.random.Generator,
+    limit: int,
+    per_item: int = 1,
+) -> list[Cut]:
     """`per_item` cuts per item (those with room): a middle of `gap` units (between unit boundaries `bounds(body)`)
     with up to `side` units on each side, the whole within `limit` tokens (far ends trimmed to fit)."""
     cuts = []
@@ -67,8 +76,9 @@ def cut_items(items: Sequence[np.ndarray], head: int, bounds: Callable[[np.ndarr
         for _ in range(per_item):
             a = int(rng.integers(1, units - gap))  # at least one unit on each side
             lo, hi = starts[max(0, a - side)], starts[min(units, a + gap + side)]
-            c = Cut(item[:head].tolist(), body[lo : starts[a]].tolist(), body[starts[a] : starts[a + gap]].tolist(),
-                    body[starts[a + gap] : hi].tolist())
+            c = Cut(
+                item[:head].tolist(), body[lo : starts[a]].tolist(), body[starts[a] : starts[a + gap]].tolist(), body[starts[a + gap] : hi].tolist()
+            )
             while _length(c) > limit and (len(c.prefix) > 1 or len(c.suffix) > 1):
                 if len(c.prefix) > 1:  # trim the far ends
                     c.prefix = c.prefix[max(1, len(c.prefix) // 4) :]

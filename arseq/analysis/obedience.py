@@ -4,6 +4,7 @@
 - classification by likelihood: the value v maximising p(item | v), against the majority-class baseline
   (the most common training value), as accuracy and macro-F1.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,9 @@ from arseq.models.transformer import Transformer
 MAX_ITEMS = 300  # classification scores every item once per value: a seeded sample keeps it to minutes
 
 
-def condition_report(model: Transformer, controls: Controls, items: Sequence[Sequence[int]], batch_size: int, pad_id: int,
-                     stride: int, seed: int = 0) -> dict[str, Any]:
+def condition_report(
+    model: Transformer, controls: Controls, items: Sequence[Sequence[int]], batch_size: int, pad_id: int, stride: int, seed: int = 0
+) -> dict[str, Any]:
     """Per field: perplexity with the true and the unknown value, and likelihood classification."""
     from sklearn.metrics import f1_score
     from tqdm import tqdm
@@ -28,8 +30,7 @@ def condition_report(model: Transformer, controls: Controls, items: Sequence[Seq
     start = 1 + controls.width  # score the item's own tokens, not the control tokens
     report: dict[str, Any] = {}
     # every held-out item is scored 2 + (number of values) times per field: minutes on long music
-    bar = tqdm(total=sum(2 + len(v) for v in controls.fields.values()), desc="scoring conditions", unit="pass",
-               leave=False, disable=None)
+    bar = tqdm(total=sum(2 + len(v) for v in controls.fields.values()), desc="scoring conditions", unit="pass", leave=False, disable=None)
     for slot, (name, values) in enumerate(controls.fields.items()):
         unknown = controls.unknown_id(name)
         known = [list(map(int, it)) for it in items if len(it) > start and int(it[1 + slot]) != unknown]
@@ -47,8 +48,7 @@ def condition_report(model: Transformer, controls: Controls, items: Sequence[Seq
         def nll(token: int | None) -> tuple[np.ndarray, int]:
             """Per item summed NLL of its tokens after the control tokens (with `token` as the value), and their count."""
             rows = known if token is None else with_value(token)  # noqa: B023  (called in this iteration)
-            out, count = sequence_nll(model, rows, start=[start] * len(rows), batch_size=batch_size, pad_id=pad_id,
-                                      stride=stride, head=controls.head)
+            out, count = sequence_nll(model, rows, start=[start] * len(rows), batch_size=batch_size, pad_id=pad_id, stride=stride, head=controls.head)
             bar.update()
             return out, int(count.sum())
 

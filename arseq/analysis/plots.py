@@ -1,6 +1,7 @@
 """The PNG plots of `arseq analyze drift` (matplotlib, Agg backend: no display needed).
 
 Each function returns a writer for `OutputFiles.add`, so plots are written atomically with the rest."""
+
 from __future__ import annotations
 
 from pathlib import Path

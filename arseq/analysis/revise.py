@@ -12,6 +12,7 @@ and per-token NLL, the error rate and how many pieces changed.
 Music only for now: the other modalities' infilling (text --gap, protein --redesign, image --keep-rows) has no
 weakest-span search yet.
 """
+
 from __future__ import annotations
 
 import logging
@@ -74,13 +75,19 @@ def _stats(loaded: Loaded, pieces: list[Piece], nlls: list[np.ndarray]) -> dict[
     wrong = [errors(loaded, p) for p in pieces]
     pitches = sum(int((tok.types[np.asarray(p.ids)] == PITCH).sum()) for p in pieces)
     flagged = sum(int(w.sum()) for w in wrong)
-    return {"nll_total": float(sum(n.sum() for n in nlls)), "nll_per_token": float(np.concatenate(nlls).mean()),
-            "errors": flagged, "error_rate": flagged / max(1, pitches),
-            "pieces_with_errors": sum(bool(w.any()) for w in wrong), "grammar_repairs": sum(tok.decode_events(p.ids).repairs for p in pieces)}
+    return {
+        "nll_total": float(sum(n.sum() for n in nlls)),
+        "nll_per_token": float(np.concatenate(nlls).mean()),
+        "errors": flagged,
+        "error_rate": flagged / max(1, pitches),
+        "pieces_with_errors": sum(bool(w.any()) for w in wrong),
+        "grammar_repairs": sum(tok.decode_events(p.ids).repairs for p in pieces),
+    }
 
 
-def revise(loaded: Loaded, pieces: list[Piece], rounds: int = 3, candidates: int = 4, cfg: SamplingConfig | None = None,
-           seed: int = 0, slots: int = 16) -> tuple[list[Piece], list[dict[str, Any]]]:
+def revise(
+    loaded: Loaded, pieces: list[Piece], rounds: int = 3, candidates: int = 4, cfg: SamplingConfig | None = None, seed: int = 0, slots: int = 16
+) -> tuple[list[Piece], list[dict[str, Any]]]:
     """`rounds` rounds of revision (see the module docstring); the revised pieces and one report per round
     (round 0: before)."""
     if loaded.modality.name != "music":
@@ -115,8 +122,9 @@ def revise(loaded: Loaded, pieces: list[Piece], rounds: int = 3, candidates: int
     return pieces, reports
 
 
-def _resample(loaded: Loaded, fim: Fim, pieces: list[Piece], infills: list[MusicInfill], candidates: int, cfg: SamplingConfig,
-              seed: int, slots: int) -> list[list[list[int]]]:
+def _resample(
+    loaded: Loaded, fim: Fim, pieces: list[Piece], infills: list[MusicInfill], candidates: int, cfg: SamplingConfig, seed: int, slots: int
+) -> list[list[list[int]]]:
     """`candidates` infilled versions of each piece (own tokens), sampled on the decode engine, all rows at once."""
     tok, controls, model = loaded.tokenizer, loaded.controls, loaded.model
     context = model.cfg.max_seq_len - (controls.width if controls is not None else 0)

@@ -1,5 +1,6 @@
 """Per-token log-probabilities and ranks with the same windows as `sequence_nll` (each token once, long items
 strided), and the per-item table of `arseq score` (rank FASTA variants or MIDI files by likelihood)."""
+
 from __future__ import annotations
 
 import math
@@ -44,15 +45,20 @@ def token_scores(
     for c, (i, _, _) in enumerate(chunks):
         out[i][0].append(per_chunk[c][0])
         out[i][1].append(per_chunk[c][1])
-    return [(np.concatenate(a) if a else np.zeros(0), np.concatenate(b).astype(np.int64) if b else np.zeros(0, np.int64))
-            for a, b in out]
+    return [(np.concatenate(a) if a else np.zeros(0), np.concatenate(b).astype(np.int64) if b else np.zeros(0, np.int64)) for a, b in out]
 
 
 def item_row(name: str, nll: float, count: int) -> dict[str, Any]:
     """One line of the score table: summed and mean NLL (nats), perplexity and scored token count."""
     mean = nll / count if count else math.nan
-    return {"name": name, "tokens": int(count), "nll_sum": float(nll), "nll_mean": mean,
-            "perplexity": math.exp(mean) if count else math.nan, "bits_per_token": mean / math.log(2) if count else math.nan}
+    return {
+        "name": name,
+        "tokens": int(count),
+        "nll_sum": float(nll),
+        "nll_mean": mean,
+        "perplexity": math.exp(mean) if count else math.nan,
+        "bits_per_token": mean / math.log(2) if count else math.nan,
+    }
 
 
 def token_label(tokenizer: Any, token: int) -> str:

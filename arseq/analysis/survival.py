@@ -6,6 +6,7 @@ constraint would have forbidden the token, plus the modality's own rule), and co
 curve with (1 - e)^n for the measured e. The clustering ratio P(error at t | an error in the previous w
 tokens) / P(error) is 1 under independence, > 1 when errors come in bursts, < 1 when the model recovers.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -17,8 +18,9 @@ Predicate = Callable[[Sequence[int]], np.ndarray]  # whole sequence -> bool per 
 Constraint = Callable[[list[list[int]]], torch.Tensor]
 
 
-def mark_errors(prompts: Sequence[Sequence[int]], generated: Sequence[Sequence[int]],
-                constraint: Constraint | None, predicate: Predicate | None) -> list[np.ndarray]:
+def mark_errors(
+    prompts: Sequence[Sequence[int]], generated: Sequence[Sequence[int]], constraint: Constraint | None, predicate: Predicate | None
+) -> list[np.ndarray]:
     """Per sequence, a bool per generated token: the constraint would have forbidden it, or `predicate` says so.
 
     The constraint is replayed as the sampler would call it (rows growing in place, one call per step)."""
@@ -34,7 +36,7 @@ def mark_errors(prompts: Sequence[Sequence[int]], generated: Sequence[Sequence[i
                 rows[i].append(token)
     if predicate is not None:
         for i, (p, g) in enumerate(zip(prompts, generated)):
-            flags = np.asarray(predicate(list(p) + list(g)), dtype=bool)[len(p):]
+            flags = np.asarray(predicate(list(p) + list(g)), dtype=bool)[len(p) :]
             errors[i] |= flags[: len(g)]
     return errors
 
@@ -43,13 +45,12 @@ def _kaplan_meier(first: np.ndarray, length: np.ndarray, horizon: int) -> np.nda
     """S(n) for n = 1..horizon from each sequence's first error index (-1: none) and its length (censoring)."""
     t = np.arange(horizon)
     at_risk = ((length[:, None] > t[None, :]) & ((first[:, None] < 0) | (first[:, None] >= t[None, :]))).sum(0)
-    events = ((first[:, None] == t[None, :])).sum(0)
+    events = (first[:, None] == t[None, :]).sum(0)
     hazard = np.where(at_risk > 0, events / np.maximum(at_risk, 1), 0.0)
     return np.cumprod(1 - hazard)
 
 
-def survival(errors: Sequence[np.ndarray], horizon: int | None = None, n_boot: int = 500, level: float = 0.95,
-             seed: int = 0) -> dict[str, object]:
+def survival(errors: Sequence[np.ndarray], horizon: int | None = None, n_boot: int = 500, level: float = 0.95, seed: int = 0) -> dict[str, object]:
     """Measured S(n) (Kaplan-Meier: sequences that end early are censored) with a bootstrap band over
     sequences, next to (1 - e)^n with its band, e the pooled per-token error rate."""
     lengths = np.array([len(e) for e in errors], dtype=np.int64)

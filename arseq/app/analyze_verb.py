@@ -1,4 +1,5 @@
 """`arseq analyze drift`: do errors compound? Injected errors (teacher-forced) and free-running survival."""
+
 from __future__ import annotations
 
 import sys
@@ -55,9 +56,11 @@ class DriftOptions:
 def drift_parser(generate_options: type | None):
     """evaluate's options (but --stride: a site fits the context) and the drift measurement's."""
     p = options.parser("drift", generate_options, prog="arseq analyze drift", num_samples=64)
-    p.description = ("Do errors compound? Injected errors scored teacher-forced (excess NLL and KL per offset, "
-                     "recovery half-life) and free-running survival S(n) against (1 - e)^n. JSON on stdout; "
-                     "with --out, the JSON, a CSV per curve and PNG plots in that folder.")
+    p.description = (
+        "Do errors compound? Injected errors scored teacher-forced (excess NLL and KL per offset, "
+        "recovery half-life) and free-running survival S(n) against (1 - e)^n. JSON on stdout; "
+        "with --out, the JSON, a CSV per curve and PNG plots in that folder."
+    )
     p.add_class_arguments(DriftOptions, None, as_group=True)
     p.set_defaults(seed=0)
     return p
@@ -65,8 +68,10 @@ def drift_parser(generate_options: type | None):
 
 def run_analyze(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: arseq analyze drift --checkpoint C [--data.paths ...] [--items N] [--offsets K] [--out DIR]\n\n"
-              f"{HELP}.\nRun 'arseq analyze drift --help' for the options.")
+        print(
+            "usage: arseq analyze drift --checkpoint C [--data.paths ...] [--items N] [--offsets K] [--out DIR]\n\n"
+            f"{HELP}.\nRun 'arseq analyze drift --help' for the options."
+        )
         return 0
     if argv[0] != "drift":
         raise DataError(f"unknown analysis {argv[0]!r}; available: drift")
@@ -134,8 +139,19 @@ def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str
     def mistake(tokens: np.ndarray, pos: int, r: np.random.Generator) -> int | None:
         return modality.plausible_mistake(tok, tokens, pos, r)
 
-    measured = tf.measure(model, items, sites, args.offsets, specials=(tok.pad_id, tok.bos_id, tok.eos_id, *control_ids), mistake=mistake,
-                          kinds=args.kinds, batch_size=call.run.batch_size, pad_id=tok.pad_id, seed=seed, diverge=args.divergence)
+    measured = tf.measure(
+        model,
+        items,
+        sites,
+        args.offsets,
+        specials=(tok.pad_id, tok.bos_id, tok.eos_id, *control_ids),
+        mistake=mistake,
+        kinds=args.kinds,
+        batch_size=call.run.batch_size,
+        pad_id=tok.pad_id,
+        seed=seed,
+        diverge=args.divergence,
+    )
     injected = tf.report(measured, args.bootstrap, seed)
     t1 = time.perf_counter()
     survival: dict[str, Any] = {}
@@ -143,18 +159,42 @@ def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str
         planned = make_plan(loaded, call.request)
         prompts, cfg = planned.prompts, planned.cfg
         head = controls.head if controls is not None else 0  # no constraint, no guidance: the model alone
-        generated = generate(model, prompts, cfg, pad_id=tok.pad_id, seeds=[seed + i for i in range(len(prompts))],
-                             head=head, slots=min(call.run.batch_size, len(prompts)), compile=call.run.compile).tokens
+        generated = generate(
+            model,
+            prompts,
+            cfg,
+            pad_id=tok.pad_id,
+            seeds=[seed + i for i in range(len(prompts))],
+            head=head,
+            slots=min(call.run.batch_size, len(prompts)),
+            compile=call.run.compile,
+        ).tokens
         reference = train_data.train.items() if train_data is not None else items
         constraint = planned.constraint() if planned.constraint is not None else None
         errors = fr.mark_errors(prompts, generated, constraint, modality.error_predicate(tok, reference))
-        survival = {"curve": fr.survival(errors, n_boot=min(args.bootstrap, 500), seed=seed),
-                    "clustering": fr.clustering_ratio(errors, args.window), "sampling": {
-                        "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "min_p": cfg.min_p,
-                        "max_new_tokens": cfg.max_new_tokens, "constraint": "off"}}
-    return {"data": where, "modality": modality.name, "context": model.cfg.max_seq_len, "offsets": args.offsets,
-            "sites": len(sites), "clean_nll_mean": float(measured.clean_nll.mean()), "injected": injected,
-            "free_running": survival, "seconds": {"teacher_forced": round(t1 - t0, 2), "free_running": round(time.perf_counter() - t1, 2)}}
+        survival = {
+            "curve": fr.survival(errors, n_boot=min(args.bootstrap, 500), seed=seed),
+            "clustering": fr.clustering_ratio(errors, args.window),
+            "sampling": {
+                "temperature": cfg.temperature,
+                "top_k": cfg.top_k,
+                "top_p": cfg.top_p,
+                "min_p": cfg.min_p,
+                "max_new_tokens": cfg.max_new_tokens,
+                "constraint": "off",
+            },
+        }
+    return {
+        "data": where,
+        "modality": modality.name,
+        "context": model.cfg.max_seq_len,
+        "offsets": args.offsets,
+        "sites": len(sites),
+        "clean_nll_mean": float(measured.clean_nll.mean()),
+        "injected": injected,
+        "free_running": survival,
+        "seconds": {"teacher_forced": round(t1 - t0, 2), "free_running": round(time.perf_counter() - t1, 2)},
+    }
 
 
 def write_drift(result: dict[str, Any], out: Path, overwrite: bool, name: str) -> list[Path]:
@@ -165,8 +205,11 @@ def write_drift(result: dict[str, Any], out: Path, overwrite: bool, name: str) -
     for key, label in (("excess_nll", "excess NLL (nats)"), ("kl", "KL(clean || corrupted) (nats)"), ("divergence", "greedy continuations differ")):
         if not all(key in c for c in kinds.values()):
             continue
-        rows = [{"kind": k, "offset": o + 1, "mean": c[key]["mean"][o], "lo": c[key]["lo"][o], "hi": c[key]["hi"][o]}
-                for k, c in kinds.items() for o in range(len(c[key]["mean"]))]
+        rows = [
+            {"kind": k, "offset": o + 1, "mean": c[key]["mean"][o], "lo": c[key]["lo"][o], "hi": c[key]["hi"][o]}
+            for k, c in kinds.items()
+            for o in range(len(c[key]["mean"]))
+        ]
         files.add(out / f"{key}.csv", csv_text(rows))
         if key != "divergence":
             files.add(out / f"{key}.png", curves_plot(kinds, key, label, f"{name}: {label} after one injected error"))
@@ -175,6 +218,8 @@ def write_drift(result: dict[str, Any], out: Path, overwrite: bool, name: str) -
         cols = ("n", "survival", "survival_lo", "survival_hi", "independent", "independent_lo", "independent_hi")
         files.add(out / "survival.csv", csv_text([dict(zip(cols, v)) for v in zip(*(s[c] for c in cols))]))
         ratio = result["free_running"]["clustering"]["ratio"]
-        files.add(out / "survival.png", survival_plot(s, f"{name}: survival without the constraint (clustering ratio "
-                                                      f"{'n/a' if ratio is None else f'{ratio:.2f}'})"))
+        files.add(
+            out / "survival.png",
+            survival_plot(s, f"{name}: survival without the constraint (clustering ratio {'n/a' if ratio is None else f'{ratio:.2f}'})"),
+        )
     return files.commit()

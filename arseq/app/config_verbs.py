@@ -1,6 +1,7 @@
 """What `arseq train` and `arseq prepare` share: a YAML config whose sections mirror the code's signatures (the
 modality's options, DataConfig, and for train TransformerConfig, OptimConfig, lightning.Trainer), one jsonargparse
 parser, and the modality it selects."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,9 @@ def _modality_name(argv: Sequence[str]) -> str | None:
 
 def config_parser(verb: str, help: str, modality_cls: type | None) -> ArgumentParser:
     """The sections every config verb takes; the verb adds its own."""
-    parser = ArgumentParser(prog=f"arseq {verb}", exit_on_error=False,
-                            description=help + ". Every key of the YAML config can be overridden as --section.key VALUE.")
+    parser = ArgumentParser(
+        prog=f"arseq {verb}", exit_on_error=False, description=help + ". Every key of the YAML config can be overridden as --section.key VALUE."
+    )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file(s); later ones and flags override")
     parser.add_argument("--seed", type=int, default=1337, help="seed for weights, sampling of windows and dropout")
     parser.add_argument("--modality.name", type=str, required=True, help="registered modality name or package.module:Class")
@@ -57,8 +59,7 @@ class ConfigCall:
     cfg: Namespace
 
 
-def parse_config(verb: str, help: str, argv: list[str], add: Callable[[ArgumentParser], None],
-                 sections: Sequence[str] = ()) -> ConfigCall:
+def parse_config(verb: str, help: str, argv: list[str], add: Callable[[ArgumentParser], None], sections: Sequence[str] = ()) -> ConfigCall:
     """Parse `argv` for `verb` (--help and --print_config print and exit); `add` adds the verb's options."""
     name = _modality_name(argv)
     if name is None and not {"-h", "--help", "--print_config"} & set(argv):

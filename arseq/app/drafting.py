@@ -1,15 +1,16 @@
 """`--draft` for generate/evaluate (and `arseq.load(...).generate(draft=...)`): speculative decoding
 (arseq.decode.speculative) with a draft checkpoint or export of the same tokenizer, or `ngram`
 (prompt lookup, no model): loading and checking the draft, and the per-run report."""
+
 from __future__ import annotations
 
 from typing import Any
 
 from arseq.app.run_options import RunOptions
+from arseq.artifacts import checkpoint
 from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import DraftModel, NGram, Speculative
 from arseq.errors import DataError
-from arseq.artifacts import checkpoint
 from arseq.models.inference import prepare_for_inference
 
 
@@ -41,15 +42,18 @@ def load_draft(path: str, loaded: Loaded, run: RunOptions) -> Loaded:
         raise DataError(f"--draft {path}: {e}") from None
     ours, theirs = loaded.tokenizer, draft.tokenizer
     if theirs.vocab_size != ours.vocab_size:
-        raise DataError(f"--draft {path}: its vocabulary has {theirs.vocab_size} tokens, the model's {ours.vocab_size}; "
-                        "a draft needs the model's tokenizer")
+        raise DataError(
+            f"--draft {path}: its vocabulary has {theirs.vocab_size} tokens, the model's {ours.vocab_size}; a draft needs the model's tokenizer"
+        )
     if theirs.to_dict() != ours.to_dict():
-        raise DataError(f"--draft {path}: its tokenizer differs from the model's (same size, other tokens); "
-                        "train the draft on the same data and tokenizer")
-    same = (lambda c: None if c is None else (c.offset, c.fields))  # how training placed them may differ
+        raise DataError(
+            f"--draft {path}: its tokenizer differs from the model's (same size, other tokens); train the draft on the same data and tokenizer"
+        )
+    same = lambda c: None if c is None else (c.offset, c.fields)  # how training placed them may differ
     if same(draft.controls) != same(loaded.controls):
-        raise DataError(f"--draft {path}: its condition tokens differ from the model's; train the draft on the same data "
-                        "with the same data.conditions")
+        raise DataError(
+            f"--draft {path}: its condition tokens differ from the model's; train the draft on the same data with the same data.conditions"
+        )
     device = loaded.model.norm.weight.device
     prepare_for_inference(draft.model, device, run.dtype, run.quantize)
     return draft

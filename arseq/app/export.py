@@ -1,4 +1,5 @@
 """`arseq export`: a self-contained model folder (arseq's format or a Hugging Face Llama folder)."""
+
 from __future__ import annotations
 
 import os
@@ -6,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from arseq.app.planning import make_plan
 from arseq.app.options import parse_verb, verb_parser
+from arseq.app.planning import make_plan
 from arseq.artifacts import checkpoint
 from arseq.artifacts.checkpoint import Loaded
 from arseq.artifacts.export import export
@@ -39,8 +40,7 @@ class ExportOptions:
 
 
 def run_export(argv: list[str]) -> int:
-    p = verb_parser("arseq export", HELP + ": a self-contained model folder that 'arseq generate' and 'arseq evaluate' "
-                    "accept like a checkpoint")
+    p = verb_parser("arseq export", HELP + ": a self-contained model folder that 'arseq generate' and 'arseq evaluate' accept like a checkpoint")
     p.add_class_arguments(ExportOptions, None, as_group=True)
     cfg = parse_verb(p, argv, [ExportOptions])
     if cfg.out is None:

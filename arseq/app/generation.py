@@ -3,6 +3,7 @@ samples (batched, seeded per sample) and scores, and the modality writes files.
 
 Used by the CLI (arseq.app.options parses flags and YAML into these types) and by the Python API (arseq.api).
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from arseq.analysis.obedience import condition_report
 from arseq.app import drafting
 from arseq.app.planning import Planned, make_plan
 from arseq.app.run_options import RunOptions
@@ -23,23 +25,26 @@ from arseq.conditioning import Controls, split_condition
 from arseq.data.prepare import DataConfig, Prepared, prepare
 from arseq.decode import Speculative, generate
 from arseq.modalities import DataError, EvalInputs, Example, Modality, Request, Sample
-from arseq.models.scoring import sequence_nll, unigram_baseline
 from arseq.models.device import resolve_device
-from arseq.analysis.obedience import condition_report
 from arseq.models.inference import prepare_for_inference
+from arseq.models.scoring import sequence_nll, unigram_baseline
 
 log = logging.getLogger(__name__)
 
-def sample(loaded: Loaded, planned: Planned, batch_size: int, compile: Any = False, stream: bool = True,
-           spec: Speculative | None = None) -> list[Sample]:
+
+def sample(
+    loaded: Loaded, planned: Planned, batch_size: int, compile: Any = False, stream: bool = True, spec: Speculative | None = None
+) -> list[Sample]:
     """Sample one sequence per prompt of the plan on the decode engine (`batch_size` rows at once, rows joining
     as others end), with its constraint (and streamer, when `stream`); speculatively with `spec` (--draft)."""
     tok, model, controls, cfg = loaded.tokenizer, loaded.model, loaded.controls, planned.cfg
     head = controls.head if controls is not None else 0  # BOS and the conditions stay in the context
     prompts, streamer = planned.prompts, planned.plan.streamer if stream else None
     if spec is not None and planned.guide is not None:
-        raise DataError(f"--draft: speculative decoding does not guide, and these samples are guided (guidance {cfg.guidance:g}: "
-                        f"--guidance, or the {loaded.modality.name} default for conditioned samples); add --guidance 1 or drop --draft")
+        raise DataError(
+            f"--draft: speculative decoding does not guide, and these samples are guided (guidance {cfg.guidance:g}: "
+            f"--guidance, or the {loaded.modality.name} default for conditioned samples); add --guidance 1 or drop --draft"
+        )
     bar = None
     if streamer is None and len(prompts) > 1:
         bar = tqdm(total=len(prompts), desc="generating", unit="sample", leave=False, disable=None)
@@ -52,8 +57,19 @@ def sample(loaded: Loaded, planned: Planned, batch_size: int, compile: Any = Fal
 
     slots = min(batch_size, len(prompts)) * (2 if planned.guide is not None else 1)
     try:
-        gen = generate(model, prompts, cfg, pad_id=tok.pad_id, constraint=planned.constraint() if planned.constraint else None,
-                       guide=planned.guide, head=head, on_token=on_token, compile=compile, slots=slots, speculative=spec)
+        gen = generate(
+            model,
+            prompts,
+            cfg,
+            pad_id=tok.pad_id,
+            constraint=planned.constraint() if planned.constraint else None,
+            guide=planned.guide,
+            head=head,
+            on_token=on_token,
+            compile=compile,
+            slots=slots,
+            speculative=spec,
+        )
     except ValueError as e:
         raise DataError(f"generate: {e}") from None
     finally:
@@ -66,8 +82,15 @@ def sample(loaded: Loaded, planned: Planned, batch_size: int, compile: Any = Fal
         scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, tokens, stopped)]
         nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id, head=head)
         for i, (p, t, s, n, c) in enumerate(zip(batch, tokens, stopped, nll, count), start=b0):
-            out.append(Sample(controls.strip(p) if controls else list(p), t, s, float(n / c) if c else float("nan"),
-                              dict(planned.conditions[i]) if planned.conditions else {}))
+            out.append(
+                Sample(
+                    controls.strip(p) if controls else list(p),
+                    t,
+                    s,
+                    float(n / c) if c else float("nan"),
+                    dict(planned.conditions[i]) if planned.conditions else {},
+                )
+            )
     if spec is not None:
         log.info(spec.stats.line())
     return out
@@ -99,8 +122,7 @@ def held_out(loaded: Loaded, data_paths: list[str] | None) -> tuple[Prepared | N
     return train_data, items, where
 
 
-def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list[str] | None = None,
-             stride: int | None = None) -> dict[str, Any]:
+def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list[str] | None = None, stride: int | None = None) -> dict[str, Any]:
     """Loss on held-out data, the modality's extra figures, and (with request.num_samples) sample metrics."""
     tok, modality, model, controls = loaded.tokenizer, loaded.modality, loaded.model, loaded.controls
     train_data, conditioned, where = held_out(loaded, data_paths)
@@ -108,8 +130,16 @@ def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list
     context = model.cfg.max_seq_len
     stride = stride or max(1, context // 2)
     start = [1 + (controls.width if controls else 0)] * len(conditioned)  # the item's tokens, given its conditions
-    nll, count = sequence_nll(model, conditioned, start=start, batch_size=run.batch_size, pad_id=tok.pad_id, stride=stride,
-                              progress=True, head=controls.head if controls else 0)
+    nll, count = sequence_nll(
+        model,
+        conditioned,
+        start=start,
+        batch_size=run.batch_size,
+        pad_id=tok.pad_id,
+        stride=stride,
+        progress=True,
+        head=controls.head if controls else 0,
+    )
     strip = (lambda seqs: [np.asarray(controls.strip(s), dtype=np.int64) for s in seqs]) if controls else list
     items = strip(conditioned)  # what the modality sees: its own tokens
     loss = float(nll.sum() / max(1, count.sum()))
@@ -148,12 +178,21 @@ def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list
         chosen = np.random.default_rng(0).choice(len(items), n, replace=False)
         result["data_metrics"] = modality.metrics(tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)], train_items)
         result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))
-        result["lengths"] = {"samples": quantiles([len(s.prompt) + len(s.tokens) + s.stopped for s in samples]),
-                             "held_out": quantiles([len(item) for item in items])}
+        result["lengths"] = {
+            "samples": quantiles([len(s.prompt) + len(s.tokens) + s.stopped for s in samples]),
+            "held_out": quantiles([len(item) for item in items]),
+        }
         if request.conditions and controls is not None:
             train_conditioned = train_data.train.items() if train_data is not None else []
-            result["conditions_obeyed"] = obeyed(modality, tok, controls, request.conditions, [s.prompt + s.tokens for s in samples],
-                                                 examples(controls, train_conditioned), examples(controls, conditioned))
+            result["conditions_obeyed"] = obeyed(
+                modality,
+                tok,
+                controls,
+                request.conditions,
+                [s.prompt + s.tokens for s in samples],
+                examples(controls, train_conditioned),
+                examples(controls, conditioned),
+            )
     return result
 
 
@@ -168,8 +207,16 @@ def examples(controls: Controls, sequences: Sequence[Sequence[int]]) -> list[Exa
     return [Example(controls.strip(s), conditions=controls.read(s)) for s in sequences]
 
 
-def obeyed(modality: Modality, tok: Any, controls: Controls, conditions: list[str], sequences: list[list[int]],
-           reference: Sequence[Example] = (), held: Sequence[Example] = (), max_held: int = 300) -> dict[str, Any]:
+def obeyed(
+    modality: Modality,
+    tok: Any,
+    controls: Controls,
+    conditions: list[str],
+    sequences: list[list[int]],
+    reference: Sequence[Example] = (),
+    held: Sequence[Example] = (),
+    max_held: int = 300,
+) -> dict[str, Any]:
     """Per requested field the modality can read back from a sample (a piece's analysed key, an image's class by a
     classifier fitted on `reference`): the share of samples showing the value asked for, next to that value's share
     of the training items, and the reader's agreement with the true values of (up to `max_held`) held-out items:
@@ -184,9 +231,14 @@ def obeyed(modality: Modality, tok: Any, controls: Controls, conditions: list[st
         if read:
             counts = controls.counts.get(name, {})
             agree = [r[name] == e.conditions[name] for r, e in zip(real, held) if name in r and name in e.conditions]
-            out[name] = {"asked": value, "share": float(np.mean([v == value for v in read])), "samples_read": len(read),
-                         "training_share": counts.get(value, 0) / max(1, sum(counts.values())),
-                         "held_out_agreement": float(np.mean(agree)) if agree else None, "held_out_read": len(agree)}
+            out[name] = {
+                "asked": value,
+                "share": float(np.mean([v == value for v in read])),
+                "samples_read": len(read),
+                "training_share": counts.get(value, 0) / max(1, sum(counts.values())),
+                "held_out_agreement": float(np.mean(agree)) if agree else None,
+                "held_out_read": len(agree),
+            }
     return out
 
 
@@ -210,8 +262,7 @@ def run_generate(loaded: Loaded, request: Request, run: RunOptions) -> tuple[lis
     return samples, loaded.modality.write(loaded.tokenizer, samples, planned.request, planned.plan)
 
 
-def run_evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list[str] | None = None,
-                 stride: int | None = None) -> dict[str, Any]:
+def run_evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list[str] | None = None, stride: int | None = None) -> dict[str, Any]:
     """`arseq evaluate`: checks the options, prepares the model, returns the JSON report."""
     context = loaded.model.cfg.max_seq_len
     if request.num_samples < 0:

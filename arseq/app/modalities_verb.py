@@ -1,4 +1,5 @@
 """`arseq modalities`: the registered modalities, and why any cannot be loaded."""
+
 from __future__ import annotations
 
 import sys

@@ -2,6 +2,7 @@
 dataclasses (SamplingOptions, RunOptions, the modality's `generate_options`), so flags, `--help`, YAML
 (`--config gen.yaml`, `--print_config`) and the Python API (`parse_object`) check the same types.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from arseq.app.run_options import RunOptions
 from arseq.config_files import read_config
 from arseq.errors import DataError, one_line
-from arseq.app.run_options import RunOptions
 from arseq.modalities import Request, SamplingOptions
 
 HELP = {
@@ -108,15 +108,30 @@ def early(argv: Sequence[str]) -> dict[str, Any]:
 
 def verb_parser(prog: str, description: str) -> ArgumentParser:
     """A verb's parser with what every verb that loads a model takes: --config, --checkpoint and how to trust it."""
-    p = ArgumentParser(prog=prog, exit_on_error=False, description=description + ". Flags take - or _ (--top-k, "
-                       "--top_k); the same options, as YAML keys, from --config FILE.")
+    p = ArgumentParser(
+        prog=prog,
+        exit_on_error=False,
+        description=description + ". Flags take - or _ (--top-k, --top_k); the same options, as YAML keys, from --config FILE.",
+    )
     p.add_argument("--config", action=ActionConfigFile, help="YAML file of these options (e.g. temperature: 0.8); flags override it")
-    p.add_argument("--checkpoint", type=str | None, default=None,
-                   help="a .ckpt, a run folder of 'arseq train' (its best checkpoint), or a folder from 'arseq export'")
-    p.add_argument("--modality", type=str | None, default=None,
-                   help="use this modality (registered name or package.module:Class) instead of the one the file names")
-    p.add_argument("--trust_modality_import", type=bool, default=False,
-                   help="allow the import path of a modality stored in the file (imports that module: trust the file first)")
+    p.add_argument(
+        "--checkpoint",
+        type=str | None,
+        default=None,
+        help="a .ckpt, a run folder of 'arseq train' (its best checkpoint), or a folder from 'arseq export'",
+    )
+    p.add_argument(
+        "--modality",
+        type=str | None,
+        default=None,
+        help="use this modality (registered name or package.module:Class) instead of the one the file names",
+    )
+    p.add_argument(
+        "--trust_modality_import",
+        type=bool,
+        default=False,
+        help="allow the import path of a modality stored in the file (imports that module: trust the file first)",
+    )
     return p
 
 
@@ -131,12 +146,16 @@ def parse_verb(p: ArgumentParser, argv: Sequence[str], classes: Sequence[type], 
 def parser(verb: str, generate_options: type | None, prog: str | None = None, num_samples: int | None = None):
     """The parser of `verb` (generate, evaluate, or drift: evaluate's without --stride and --draft)."""
     p = verb_parser(prog or f"arseq {verb}", HELP.get(verb, ""))
-    p.add_argument("--prompt", type=str | None, default=None,
-                   help="what to continue: text for text models, a file for music and images, a motif or FASTA for proteins")
-    p.add_argument("--num_samples", type=int, default=num_samples if num_samples is not None else int(verb == "generate"),
-                   help="how many samples")
-    p.add_argument("--cond", type=list[str], default=[],
-                   help="FIELD=VALUE for a conditioned model (repeat for several fields): e.g. --cond tag=Cell.membrane-M")
+    p.add_argument(
+        "--prompt",
+        type=str | None,
+        default=None,
+        help="what to continue: text for text models, a file for music and images, a motif or FASTA for proteins",
+    )
+    p.add_argument("--num_samples", type=int, default=num_samples if num_samples is not None else int(verb == "generate"), help="how many samples")
+    p.add_argument(
+        "--cond", type=list[str], default=[], help="FIELD=VALUE for a conditioned model (repeat for several fields): e.g. --cond tag=Cell.membrane-M"
+    )
     p.add_class_arguments(SamplingOptions, None, as_group=True)
     # drift scores with the model itself: a draft model would change nothing it measures
     p.add_class_arguments(RunOptions, None, as_group=True, skip={"draft", "draft_tokens", "ngram"} if verb == "drift" else None)
@@ -144,12 +163,20 @@ def parser(verb: str, generate_options: type | None, prog: str | None = None, nu
         p.add_argument("--out", type=Path | None, default=None, help="output file or folder (default: print)")
         p.add_argument("--overwrite", type=bool, default=False, help="replace files that --out would write and that exist already")
     else:
-        p.add_argument("--data.paths", type=list[str] | None, default=None,
-                       help="evaluate on these files instead of the validation split the model was trained with")
+        p.add_argument(
+            "--data.paths",
+            type=list[str] | None,
+            default=None,
+            help="evaluate on these files instead of the validation split the model was trained with",
+        )
     if verb == "evaluate":
-        p.add_argument("--stride", type=int | None, default=None,
-                       help="items longer than the context are scored in windows advancing by this many tokens, "
-                            "each token once (default: half the context; the context itself is cheapest)")
+        p.add_argument(
+            "--stride",
+            type=int | None,
+            default=None,
+            help="items longer than the context are scored in windows advancing by this many tokens, "
+            "each token once (default: half the context; the context itself is cheapest)",
+        )
     if generate_options is not None:
         taken = {f.name for cls in (SamplingOptions, RunOptions) for f in fields(cls)} | {"prompt", "num_samples", "out", "overwrite"}
         clash = sorted(taken & {f.name for f in fields(generate_options)})
@@ -161,8 +188,7 @@ def parser(verb: str, generate_options: type | None, prog: str | None = None, nu
 
 def kinds(generate_options: type | None) -> dict[str, str]:
     classes = [SamplingOptions, RunOptions] + ([generate_options] if generate_options else [])
-    return {**field_kinds(classes), "overwrite": "bool", "trust_modality_import": "bool", "data.paths": "list", "cond": "list",
-            "compile": "optional"}
+    return {**field_kinds(classes), "overwrite": "bool", "trust_modality_import": "bool", "data.paths": "list", "cond": "list", "compile": "optional"}
 
 
 def parse(p: Any, argv: Sequence[str], kinds_: dict[str, str]) -> Any:
@@ -177,9 +203,13 @@ def to_call(cfg: Any, generate_options: type | None) -> Call:
     d = cfg.as_dict() if hasattr(cfg, "as_dict") else dict(cfg)
     pick = lambda cls: cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})  # noqa: E731
     request = Request(
-        num_samples=d["num_samples"], prompt=d["prompt"], sampling=pick(SamplingOptions), conditions=list(d.get("cond") or []),
+        num_samples=d["num_samples"],
+        prompt=d["prompt"],
+        sampling=pick(SamplingOptions),
+        conditions=list(d.get("cond") or []),
         options=pick(generate_options) if generate_options is not None else None,
-        out=Path(d["out"]) if d.get("out") is not None else None, overwrite=bool(d.get("overwrite", False)),
+        out=Path(d["out"]) if d.get("out") is not None else None,
+        overwrite=bool(d.get("overwrite", False)),
     )
     return Call(request, pick(RunOptions), (d.get("data") or {}).get("paths"), d.get("stride"))
 

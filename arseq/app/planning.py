@@ -1,6 +1,7 @@
 """From a request to what the decode engine runs: the modality plans (prompts, sampling defaults, a constraint);
 the core fits the prompts to the context, resolves the sampling settings and adds the condition tokens, keeping
 what it adds in its own object (`Planned`) so that the modality's `Plan` and the user's `Request` stay as given."""
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,7 @@ def fit_prompts(modality: Modality, tok: Any, prompts: list[list[int]], context:
     for p in prompts:
         if len(p) > context and tuple(p) not in fitted:
             kept, what = modality.fit_prompt(tok, list(p), context - room)
-            log.warning(f"arseq: the prompt is {len(p)} tokens, more than the model's context of {context}; "
-                        f"kept {what} ({len(kept)} tokens)")
+            log.warning(f"arseq: the prompt is {len(p)} tokens, more than the model's context of {context}; kept {what} ({len(kept)} tokens)")
             fitted[tuple(p)] = kept
     return [fitted.get(tuple(p), p) for p in prompts]
 
@@ -52,8 +52,13 @@ def make_plan(loaded: Loaded, request: Request) -> Planned:
         options = modality.generate_options()
     width = controls.width if controls is not None else 0
     fim = Fim.from_dict(loaded.meta.fim)  # infilling options need it; None: a model without FIM
-    request = replace(request, options=options, condition_values=dict(controls.fields) if controls is not None else {},
-                      fim=fim, context=loaded.model.cfg.max_seq_len - width)
+    request = replace(
+        request,
+        options=options,
+        condition_values=dict(controls.fields) if controls is not None else {},
+        fim=fim,
+        context=loaded.model.cfg.max_seq_len - width,
+    )
     plan = modality.plan(tok, request)
     conditions = [dict(values) for values in plan.conditions or [{}] * len(plan.prompts)]
     if controls is not None:

@@ -1,4 +1,5 @@
 """`arseq prepare`: tokenize and cache a dataset as a config describes it; print its statistics as JSON."""
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,18 @@ def add_options(parser: ArgumentParser) -> None:
         parser.add_argument(f"--{section}", type=dict | None, default=None, help="ignored by prepare")
     for key in ("ckpt_path", "init_from", "init_from_resize_vocab", "compile"):
         parser.add_argument(f"--{key}", type=str | bool | None, default=None, help="ignored by prepare")
-    parser.add_argument("--check-roundtrip", "--check_roundtrip", dest="check_roundtrip", action="store_true",
-                        help="also report the fraction of items that decode(encode(x)) reproduces exactly")
+    parser.add_argument(
+        "--check-roundtrip",
+        "--check_roundtrip",
+        dest="check_roundtrip",
+        action="store_true",
+        help="also report the fraction of items that decode(encode(x)) reproduces exactly",
+    )
 
 
 def run_prepare(argv: list[str]) -> int:
     call = parse_config("prepare", HELP, argv, add_options)
     prepared = prepare(call.modality, call.options, call.data, check_roundtrip=call.cfg.check_roundtrip)
-    report = {**prepared.stats, "seconds": round(prepared.seconds, 4), "cached": prepared.cached,
-              "cache_dir": str(prepared.directory)}
+    report = {**prepared.stats, "seconds": round(prepared.seconds, 4), "cached": prepared.cached, "cache_dir": str(prepared.directory)}
     print(json.dumps(report, indent=1))
     return 0

@@ -1,4 +1,5 @@
 """`arseq revise`: improve finished pieces where they are weakest (arseq.analysis.revise), from files or fresh samples."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,9 @@ class ReviseOptions:
 
 
 def parser() -> ArgumentParser:
-    p = verb_parser("arseq revise", HELP + ": rescore, resample the least likely bar given both sides (a model trained "
-                    "with data.fim_rate > 0), keep improvements")
+    p = verb_parser(
+        "arseq revise", HELP + ": rescore, resample the least likely bar given both sides (a model trained with data.fim_rate > 0), keep improvements"
+    )
     p.add_class_arguments(ReviseOptions, None, as_group=True)
     return p
 

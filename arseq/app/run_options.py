@@ -1,4 +1,5 @@
 """How a model runs for generate, evaluate and analyze drift: batch, device, compile, int8, dtype, draft."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """`arseq generate` and `arseq evaluate`: the model is loaded first, since its modality adds options."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """`arseq score`: per-item NLL, perplexity and token count of given files (CSV; JSON on stdout)."""
+
 from __future__ import annotations
 
 import sys
@@ -89,19 +90,34 @@ def score(loaded: Loaded, data_paths: list[str], args: ScoreOptions) -> int:
         seqs = [np.delete(s, np.s_[1 : 1 + width]) for s in seqs]
         rows = [item_row(printable_name(e.name), -float(lp.sum()), len(lp)) for e, (lp, _) in zip(examples, scored)]
     else:
-        nll, count = sequence_nll(model, seqs, start=[1 + width] * len(seqs), batch_size=args.batch_size, pad_id=tok.pad_id,
-                                  stride=stride, progress=True)
+        nll, count = sequence_nll(
+            model, seqs, start=[1 + width] * len(seqs), batch_size=args.batch_size, pad_id=tok.pad_id, stride=stride, progress=True
+        )
         rows = [item_row(printable_name(e.name), float(n), int(c)) for e, n, c in zip(examples, nll, count)]
     total_nll, total = sum(r["nll_sum"] for r in rows), sum(r["tokens"] for r in rows)
-    result: dict[str, Any] = {"items": rows, "skipped": [{"file": printable_name(s.file), "reason": s.reason} for s in skipped],
-                              "total": item_row("(all)", total_nll, total), "context": context, "stride": stride}
+    result: dict[str, Any] = {
+        "items": rows,
+        "skipped": [{"file": printable_name(s.file), "reason": s.reason} for s in skipped],
+        "total": item_row("(all)", total_nll, total),
+        "context": context,
+        "stride": stride,
+    }
     if args.out is not None:
         files_out = OutputFiles(overwrite=args.overwrite, protect=[*data_paths, *files])  # never over an input
         files_out.add(args.out, csv_text(rows))
         if args.per_token:
-            token_rows = [{"name": printable_name(e.name), "index": j + 1, "token": int(s[j + 1]), "label": token_label(tok, int(s[j + 1])),
-                           "logprob": float(lp[j]), "rank": int(rk[j])}
-                          for e, s, (lp, rk) in zip(examples, seqs, scored) for j in range(len(lp))]
+            token_rows = [
+                {
+                    "name": printable_name(e.name),
+                    "index": j + 1,
+                    "token": int(s[j + 1]),
+                    "label": token_label(tok, int(s[j + 1])),
+                    "logprob": float(lp[j]),
+                    "rank": int(rk[j]),
+                }
+                for e, s, (lp, rk) in zip(examples, seqs, scored)
+                for j in range(len(lp))
+            ]
             files_out.add(args.out.with_name(args.out.stem + ".tokens.csv"), csv_text(token_rows))
         for path in files_out.commit():
             print(f"wrote {path}", file=sys.stderr)

@@ -4,6 +4,7 @@ A verb's module is imported when that verb runs (`arseq.cli` does it through thi
 input): `arseq generate` does not pay for importing Lightning, and `arseq serve` alone needs the `serve` extra.
 A new verb is a module in `arseq/app/` (or `arseq/serve/` for the server) with a `run(argv) -> int` and a row here.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -21,14 +22,10 @@ VERBS: dict[str, Verb] = {
     "evaluate": Verb("held-out loss, perplexity and modality metrics as JSON", "arseq.app.sampling_verbs:run_evaluate"),
     "export": Verb("write config.json + model.safetensors + tokenizer.json", "arseq.app.export:run_export"),
     "modalities": Verb("list the registered modalities", "arseq.app.modalities_verb:run_modalities"),
-    "score": Verb("per-item NLL, perplexity and token count of given files (CSV; JSON on stdout)",
-                  "arseq.app.score_verb:run_score"),
-    "analyze": Verb("do errors compound? 'arseq analyze drift': injected errors and free-running survival",
-                    "arseq.app.analyze_verb:run_analyze"),
-    "revise": Verb("improve finished pieces where they are weakest, with a fill-in-the-middle model",
-                   "arseq.app.revise_verb:run_revise"),
-    "serve": Verb("an HTTP server with continuous batching and a web page (needs 'arseq[serve]')",
-                  "arseq.serve.command:run_serve"),
+    "score": Verb("per-item NLL, perplexity and token count of given files (CSV; JSON on stdout)", "arseq.app.score_verb:run_score"),
+    "analyze": Verb("do errors compound? 'arseq analyze drift': injected errors and free-running survival", "arseq.app.analyze_verb:run_analyze"),
+    "revise": Verb("improve finished pieces where they are weakest, with a fill-in-the-middle model", "arseq.app.revise_verb:run_revise"),
+    "serve": Verb("an HTTP server with continuous batching and a web page (needs 'arseq[serve]')", "arseq.serve.command:run_serve"),
 }
 # Verbs that install their own SIGTERM handling (Lightning's, uvicorn's).
 OWN_SIGNALS = frozenset({"train", "serve"})

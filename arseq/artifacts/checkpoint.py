@@ -3,6 +3,7 @@ Hugging Face folder (writing exports: arseq.artifacts.export).
 
 Checkpoints are read with `torch.load(weights_only=True)`: no code from a file is ever unpickled.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,10 +18,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model
 
+from arseq.artifacts import hf
 from arseq.artifacts.metadata import RunMeta
 from arseq.conditioning import Controls
 from arseq.errors import first_line, one_line
-from arseq.artifacts import hf
 from arseq.limits import check_model, check_zip_entries, inside
 from arseq.modalities import DataError, Modality, resolve
 from arseq.models.quantize import SCHEMES, quantize_model
@@ -80,8 +81,14 @@ def build_modality(meta: RunMeta, where: str, modality: str | None = None, trust
 
 
 def _assemble(
-    model_cfg: dict[str, Any], state: dict[str, torch.Tensor] | Path, meta: RunMeta, tok_state: dict[str, Any],
-    where: str, modality: str | None = None, trust_import: bool = False, quantization: str = "none",
+    model_cfg: dict[str, Any],
+    state: dict[str, torch.Tensor] | Path,
+    meta: RunMeta,
+    tok_state: dict[str, Any],
+    where: str,
+    modality: str | None = None,
+    trust_import: bool = False,
+    quantization: str = "none",
 ) -> Loaded:
     check_model(model_cfg, where)
     try:
@@ -97,8 +104,10 @@ def _assemble(
     extra = controls.size if controls is not None else 0
     extra += 3 if meta.fim else 0  # fill-in-the-middle sentinels (arseq.decode.infill.Fim)
     if tokenizer.vocab_size + extra != cfg.vocab_size:
-        raise DataError(f"{where}: tokenizer has {tokenizer.vocab_size} tokens{f' and {extra} control tokens' if extra else ''} "
-                        f"but the model's vocabulary is {cfg.vocab_size}")
+        raise DataError(
+            f"{where}: tokenizer has {tokenizer.vocab_size} tokens{f' and {extra} control tokens' if extra else ''} "
+            f"but the model's vocabulary is {cfg.vocab_size}"
+        )
     model = quantize_model(Transformer(cfg), quantization)  # int8 exports: the int8 modules, then their weights
     try:
         if isinstance(state, Path):
@@ -189,8 +198,13 @@ def read_parts(path: str | os.PathLike) -> Parts:
                     raise ValueError("not a mapping")
             except (OSError, ValueError, RecursionError):
                 raise DataError(f"{path / hf.HF_META}: not readable arseq settings") from None
-            return Parts(model_cfg, state, RunMeta.from_dict(meta, str(path / hf.HF_META)).without_data_paths(),
-                         read_tokenizer_state(inside(path, hf.HF_TOKENIZER)), str(path))
+            return Parts(
+                model_cfg,
+                state,
+                RunMeta.from_dict(meta, str(path / hf.HF_META)).without_data_paths(),
+                read_tokenizer_state(inside(path, hf.HF_TOKENIZER)),
+                str(path),
+            )
         config_file = inside(path, "config.json")
         try:
             config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -203,8 +217,14 @@ def read_parts(path: str | os.PathLike) -> Parts:
             raise DataError(f"{config_file}: quantization {quantization!r} is unknown to this arseq (--quantize: {', '.join(SCHEMES)})")
         tok_state = read_tokenizer_state(inside(path, "tokenizer.json"))
         check_model(config["model"], str(config_file))
-        return Parts(config["model"], inside(path, "model.safetensors"), RunMeta.from_dict(config, str(config_file)).without_data_paths(),
-                     tok_state, str(path), quantization)
+        return Parts(
+            config["model"],
+            inside(path, "model.safetensors"),
+            RunMeta.from_dict(config, str(config_file)).without_data_paths(),
+            tok_state,
+            str(path),
+            quantization,
+        )
     ckpt = load_checkpoint_file(path)
     meta = RunMeta.from_dict(ckpt["arseq"], str(path))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
@@ -219,9 +239,10 @@ def load(path: str | os.PathLike, modality: str | None = None, trust_import: boo
     """
     parts = read_parts(path)
     if parts.meta is None or parts.tokenizer is None:
-        raise DataError(f"{parts.where}: a Hugging Face model without arseq's tokenizer and modality ({hf.HF_META}); "
-                        "start a run from it with 'arseq train --init-from'")
-    loaded = _assemble(parts.model_cfg, parts.state, parts.meta, parts.tokenizer, parts.where, modality, trust_import,
-                       parts.quantization)
+        raise DataError(
+            f"{parts.where}: a Hugging Face model without arseq's tokenizer and modality ({hf.HF_META}); "
+            "start a run from it with 'arseq train --init-from'"
+        )
+    loaded = _assemble(parts.model_cfg, parts.state, parts.meta, parts.tokenizer, parts.where, modality, trust_import, parts.quantization)
     loaded.chosen_modality, loaded.trust_import = modality, trust_import
     return loaded

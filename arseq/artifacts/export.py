@@ -1,5 +1,6 @@
 """Write a model as a self-contained folder: arseq's own format (config.json + model.safetensors +
 tokenizer.json, int8 weights when quantized) or a Hugging Face LlamaForCausalLM folder that arseq reads too."""
+
 from __future__ import annotations
 
 import copy
@@ -21,8 +22,7 @@ from arseq.models.transformer import Transformer
 from arseq.outputs import claimed
 
 
-def export(loaded: Loaded, out: str | os.PathLike, format: str = "arseq", quantize: str = "none",
-           sampling: SamplingConfig | None = None) -> Path:
+def export(loaded: Loaded, out: str | os.PathLike, format: str = "arseq", quantize: str = "none", sampling: SamplingConfig | None = None) -> Path:
     """Write a self-contained export directory; refuses to touch a non-empty existing one.
 
     `format="hf"`: a Hugging Face LlamaForCausalLM folder that arseq reads too (see arseq.artifacts.hf).

@@ -9,6 +9,7 @@ logits). Reading an HF folder needs only safetensors/torch (`weights_only=True`)
 An HF export folder holds HF's files (config.json, model.safetensors, generation_config.json) plus arseq's
 modality/data settings (arseq.json) and tokenizer (arseq_tokenizer.json), so `arseq generate` reads it too.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from arseq.errors import first_line
 from arseq.atomic import atomic_write
+from arseq.decode.config import SamplingConfig
+from arseq.errors import first_line
 from arseq.limits import check_model, check_zip_entries, inside
 from arseq.modalities import DataError
-from arseq.decode.config import SamplingConfig
 from arseq.models.transformer import Transformer, TransformerConfig
 
 if TYPE_CHECKING:
@@ -33,12 +34,17 @@ if TYPE_CHECKING:
 HF_META, HF_TOKENIZER = "arseq.json", "arseq_tokenizer.json"
 LLAMA_TYPES = ("llama", "mistral")  # same layout; mistral only without a binding sliding window
 # TransformerConfig fields with a LlamaConfig equivalent, and those that only matter while training.
-MAPPED = {"vocab_size", "max_seq_len", "n_layer", "n_head", "d_model", "mlp_hidden", "attn_dropout", "tie_weights",
-          "bias", "rope_base", "norm_eps"}
+MAPPED = {"vocab_size", "max_seq_len", "n_layer", "n_head", "d_model", "mlp_hidden", "attn_dropout", "tie_weights", "bias", "rope_base", "norm_eps"}
 TRAINING_ONLY = {"dropout"}
 # TransformerConfig size fields as config.json spells them (so a refusal names the field the file has)
-HF_NAMES = {"vocab_size": "vocab_size", "max_seq_len": "max_position_embeddings", "n_layer": "num_hidden_layers",
-            "n_head": "num_attention_heads", "d_model": "hidden_size", "mlp_hidden": "intermediate_size"}
+HF_NAMES = {
+    "vocab_size": "vocab_size",
+    "max_seq_len": "max_position_embeddings",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "d_model": "hidden_size",
+    "mlp_hidden": "intermediate_size",
+}
 LOGITS_TOLERANCE = 1e-4  # float32
 
 
@@ -64,17 +70,30 @@ def llama_config_kwargs(cfg: TransformerConfig, bos_id: int, eos_id: int, pad_id
     """Keyword arguments of `transformers.LlamaConfig` for the same model (`rope_theta`: v4 and v5 accept it)."""
     check_exportable(cfg)
     return {
-        "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.mlp_hidden,
-        "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head,
-        "head_dim": cfg.head_dim, "hidden_act": "silu", "max_position_embeddings": cfg.max_seq_len,
-        "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_base, "tie_word_embeddings": cfg.tie_weights,
-        "attention_bias": cfg.bias, "mlp_bias": cfg.bias, "attention_dropout": cfg.attn_dropout,
-        "bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.mlp_hidden,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_base,
+        "tie_word_embeddings": cfg.tie_weights,
+        "attention_bias": cfg.bias,
+        "mlp_bias": cfg.bias,
+        "attention_dropout": cfg.attn_dropout,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": pad_id,
     }
 
 
 def config_from_hf(hf: dict[str, Any], where: str) -> dict[str, Any]:
     """TransformerConfig keyword arguments for an HF Llama-family config.json; one line on what cannot map."""
+
     def refuse(what: str) -> DataError:
         return DataError(f"{where}: {what}, which arseq's transformer cannot hold")
 
@@ -101,11 +120,17 @@ def config_from_hf(hf: dict[str, Any], where: str) -> dict[str, Any]:
         if window is not None and int(window) < max_len:
             raise refuse(f"sliding-window attention ({window} < {max_len} positions)")
         return {
-            "vocab_size": int(hf["vocab_size"]), "max_seq_len": max_len, "n_layer": int(hf["num_hidden_layers"]),
-            "n_head": n_head, "d_model": d_model, "mlp_hidden": int(hf["intermediate_size"]),
-            "tie_weights": bool(hf.get("tie_word_embeddings", False)), "bias": bool(hf.get("attention_bias", False)),
+            "vocab_size": int(hf["vocab_size"]),
+            "max_seq_len": max_len,
+            "n_layer": int(hf["num_hidden_layers"]),
+            "n_head": n_head,
+            "d_model": d_model,
+            "mlp_hidden": int(hf["intermediate_size"]),
+            "tie_weights": bool(hf.get("tie_word_embeddings", False)),
+            "bias": bool(hf.get("attention_bias", False)),
             "rope_base": float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-            "norm_eps": float(hf.get("rms_norm_eps", 1e-6)), "attn_dropout": float(hf.get("attention_dropout", 0.0)),
+            "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+            "attn_dropout": float(hf.get("attention_dropout", 0.0)),
         }
     except DataError:
         raise
@@ -118,16 +143,17 @@ def config_from_hf(hf: dict[str, Any], where: str) -> dict[str, Any]:
 def _pairs(cfg: TransformerConfig) -> list[tuple[str, list[str]]]:
     """(arseq name, HF names it splits into), for every tensor of the model."""
     kinds = ("weight", "bias") if cfg.bias else ("weight",)
-    out = [("embed.weight", ["model.embed_tokens.weight"]), ("norm.weight", ["model.norm.weight"]),
-           ("lm_head.weight", ["lm_head.weight"])]
+    out = [("embed.weight", ["model.embed_tokens.weight"]), ("norm.weight", ["model.norm.weight"]), ("lm_head.weight", ["lm_head.weight"])]
     for i in range(cfg.n_layer):
         a, h = f"blocks.{i}.", f"model.layers.{i}."
         out += [(a + "norm1.weight", [h + "input_layernorm.weight"]), (a + "norm2.weight", [h + "post_attention_layernorm.weight"])]
         for k in kinds:
-            out += [(a + f"attn.qkv.{k}", [h + f"self_attn.{p}_proj.{k}" for p in "qkv"]),
-                    (a + f"attn.proj.{k}", [h + f"self_attn.o_proj.{k}"]),
-                    (a + f"mlp.gate_up.{k}", [h + f"mlp.{p}_proj.{k}" for p in ("gate", "up")]),
-                    (a + f"mlp.down.{k}", [h + f"mlp.down_proj.{k}"])]
+            out += [
+                (a + f"attn.qkv.{k}", [h + f"self_attn.{p}_proj.{k}" for p in "qkv"]),
+                (a + f"attn.proj.{k}", [h + f"self_attn.o_proj.{k}"]),
+                (a + f"mlp.gate_up.{k}", [h + f"mlp.{p}_proj.{k}" for p in ("gate", "up")]),
+                (a + f"mlp.down.{k}", [h + f"mlp.down_proj.{k}"]),
+            ]
     return out
 
 
@@ -221,8 +247,13 @@ def read_hf_folder(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
 
 def generation_kwargs(s: SamplingConfig, bos_id: int, eos_id: int, pad_id: int) -> dict[str, Any]:
     """`transformers.GenerationConfig` arguments for arseq's sampling settings (top_k 0: HF's default is 50)."""
-    out: dict[str, Any] = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id,
-                           "max_new_tokens": s.max_new_tokens, "do_sample": s.temperature > 0}
+    out: dict[str, Any] = {
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": pad_id,
+        "max_new_tokens": s.max_new_tokens,
+        "do_sample": s.temperature > 0,
+    }
     if s.repetition_penalty != 1.0:
         out["repetition_penalty"] = s.repetition_penalty
     if s.temperature > 0:
@@ -242,7 +273,7 @@ def _check_logits(model: Transformer, hf_model: Any) -> None:
         raise DataError(f"--format hf: the converted model's logits differ by {diff:.2e} (> {LOGITS_TOLERANCE}); not exported")
 
 
-def write_hf_folder(folder: Path, loaded: "Loaded", export_format: int, sampling: SamplingConfig) -> None:
+def write_hf_folder(folder: Path, loaded: Loaded, export_format: int, sampling: SamplingConfig) -> None:
     """Write HF's config/weights, a generation config of `sampling`, and arseq's settings and tokenizer into `folder`."""
     transformers = require_transformers()
     tok, model = loaded.tokenizer, copy.deepcopy(loaded.model).float().eval()

@@ -5,6 +5,7 @@ Llama-family folder. Only weights are taken: the optimizer, schedule and step co
 the same run is `--ckpt_path`). An arseq source also gives its tokenizer, so that token ids keep their
 meaning. Files are read with `torch.load(weights_only=True)` or safetensors: loading never runs code.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,8 +45,11 @@ def read_source(path: str, modality: Modality, model: dict[str, Any], block_size
     except (TypeError, ValueError) as e:
         raise DataError(f"{where}: bad model config ({e})") from None
     wanted = TransformerConfig(vocab_size=source_cfg.vocab_size, max_seq_len=block_size, **model)
-    diffs = [f"model.{k} is {getattr(source_cfg, k)!r} there but {getattr(wanted, k)!r} in the config"
-             for k in STRUCTURE if getattr(source_cfg, k) != getattr(wanted, k)]
+    diffs = [
+        f"model.{k} is {getattr(source_cfg, k)!r} there but {getattr(wanted, k)!r} in the config"
+        for k in STRUCTURE
+        if getattr(source_cfg, k) != getattr(wanted, k)
+    ]
     if diffs:
         raise DataError(f"{where}: {'; '.join(diffs)} (the model section must match the weights' shape)")
     tokenizer = None
@@ -79,8 +83,10 @@ def initialise(model: Transformer, source: InitSource, resize_vocab: bool = Fals
     have, want = source.config.vocab_size, model.cfg.vocab_size
     if have != want:
         if not resize_vocab:
-            raise DataError(f"{source.where}: the weights have a vocabulary of {have} tokens but the tokenizer {want}; "
-                            "pass --init-from-resize-vocab to resize the embeddings (new tokens start at the mean embedding)")
+            raise DataError(
+                f"{source.where}: the weights have a vocabulary of {have} tokens but the tokenizer {want}; "
+                "pass --init-from-resize-vocab to resize the embeddings (new tokens start at the mean embedding)"
+            )
         for name in ("embed.weight", "lm_head.weight"):
             state[name] = _resize_rows(state[name], want)
         if model.cfg.tie_weights:

@@ -4,6 +4,7 @@ options, the data and model configs, the condition tokens. One typed record, rea
 Stored as a mapping: in a `.ckpt` under `arseq` (with `tokenizer` beside it), in an export's `config.json`
 (with `format`), in a Hugging Face folder's `arseq.json`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -26,8 +27,12 @@ class RunMeta:
     version: int = META_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"version": self.version, "modality": {"name": self.modality, "options": self.modality_options},
-                               "data": self.data, "model": self.model}
+        out: dict[str, Any] = {
+            "version": self.version,
+            "modality": {"name": self.modality, "options": self.modality_options},
+            "data": self.data,
+            "model": self.model,
+        }
         if self.conditions is not None:
             out["conditions"] = self.conditions
         if self.fim is not None:
@@ -41,15 +46,18 @@ class RunMeta:
             raise DataError(f"{where}: the model's settings are a {type(stored).__name__}, not a mapping")
         version = stored.get("version", 1)  # files from before the field existed have the same layout
         if version != META_VERSION:
-            raise DataError(f"{where}: settings of version {version!r}; this arseq reads version {META_VERSION} "
-                            "(written by another arseq version?)")
+            raise DataError(f"{where}: settings of version {version!r}; this arseq reads version {META_VERSION} (written by another arseq version?)")
         spec = stored.get("modality")
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise DataError(f"{where}: modality settings are unusable (no modality name)")
         options = spec.get("options", {})
-        for name, value, kind in (("modality options", options, dict), ("data", stored.get("data", {}), dict),
-                                  ("model", stored.get("model"), dict), ("conditions", stored.get("conditions"), (dict, type(None))),
-                                  ("fim", stored.get("fim"), (dict, type(None)))):
+        for name, value, kind in (
+            ("modality options", options, dict),
+            ("data", stored.get("data", {}), dict),
+            ("model", stored.get("model"), dict),
+            ("conditions", stored.get("conditions"), (dict, type(None))),
+            ("fim", stored.get("fim"), (dict, type(None))),
+        ):
             if not isinstance(value, kind):
                 raise DataError(f"{where}: {name} settings are a {type(value).__name__}, not a mapping")
         return cls(spec["name"], options, stored.get("data", {}), stored["model"], stored.get("conditions"), stored.get("fim"))
@@ -61,5 +69,8 @@ class RunMeta:
 
     def data_paths(self) -> list[str]:
         """The files the model was trained and validated on, as its data config names them."""
-        return [str(p) for key in ("paths", "val_paths")
-                for p in ([self.data.get(key)] if isinstance(self.data.get(key), str) else self.data.get(key) or [])]
+        return [
+            str(p)
+            for key in ("paths", "val_paths")
+            for p in ([self.data.get(key)] if isinstance(self.data.get(key), str) else self.data.get(key) or [])
+        ]

@@ -6,6 +6,7 @@ or overwritten file is found (not trained on) and the entry rebuilt. Committed e
 a damaged one is first renamed away (atomic), so two processes building the same key both end up with one
 complete entry, whichever rename won.
 """
+
 from __future__ import annotations
 
 import hashlib

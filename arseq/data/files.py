@@ -1,4 +1,5 @@
 """Turn `data.paths` (a file, folder, glob, or a list of them) into a sorted list of files."""
+
 from __future__ import annotations
 
 import glob
@@ -26,8 +27,10 @@ def expand_paths(paths: str | Sequence[str] | None, suffixes: Sequence[str] = ()
             files.extend(matched)
         elif Path(entry).is_dir():
             found = sorted(
-                p for p in Path(entry).rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(entry).parts)
+                p
+                for p in Path(entry).rglob("*")
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(entry).parts)
                 and (not suffixes or p.name.lower().endswith(suffixes))
             )
             if not found:

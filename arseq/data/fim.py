@@ -15,6 +15,7 @@ tokens they add fall off the window's end); where the item runs on past the wind
 make room for the sentinels and an EOS after the middle, so the window keeps its length and its middle's end. The same model still writes left to
 right: the other windows, and the prefix, suffix and middle themselves, are ordinary text of the item.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -26,8 +27,7 @@ from arseq.decode.infill import ORDERINGS, SENTINELS, Fim  # noqa: F401  (the se
 Cuts = Callable[[np.ndarray, int], np.ndarray]  # a body of an item's tokens, where it starts in the item -> cut positions
 
 
-def reorder(tokens: np.ndarray, head: int, tail: int, cuts: np.ndarray, rng: np.random.Generator, fim: Fim,
-            spm: bool) -> np.ndarray | None:
+def reorder(tokens: np.ndarray, head: int, tail: int, cuts: np.ndarray, rng: np.random.Generator, fim: Fim, spm: bool) -> np.ndarray | None:
     """One item's tokens (`head` tokens in front and `tail` at the end kept in place) cut at two of the
     positions `cuts` of its body (plus its ends) and reordered; None when the body offers fewer than two."""
     body = tokens[head : len(tokens) - tail]

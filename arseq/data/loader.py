@@ -1,4 +1,5 @@
 """Batches for training (random windows over a memory-mapped stream) and validation (fixed chunks)."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -12,8 +13,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from arseq.conditioning import Controls
 from arseq.data.fim import FimWindows
 from arseq.data.prepare import TokenSplit
-from arseq.models.scoring import Chunk, chunk_sequences, collate_chunks
 from arseq.errors import DataError
+from arseq.models.scoring import Chunk, chunk_sequences, collate_chunks
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -35,8 +36,16 @@ class RandomWindows(IterableDataset):
     of the windows is reordered for fill-in-the-middle after augmenting (arseq.data.fim).
     """
 
-    def __init__(self, token_file: Path, block_size: int, batch_size: int, seed: int, augment: Augment | None = None,
-                 controls: Controls | None = None, fim: FimWindows | None = None):
+    def __init__(
+        self,
+        token_file: Path,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        augment: Augment | None = None,
+        controls: Controls | None = None,
+        fim: FimWindows | None = None,
+    ):
         self.token_file, self.block_size, self.batch_size = Path(token_file), block_size, batch_size
         self.seed, self.augment, self.fim = seed, augment, fim
         self.unknown = controls.unknown_table() if controls is not None and controls.drop > 0 else None
@@ -97,8 +106,16 @@ class EvalChunks(Dataset):
         return self.chunks[i]
 
 
-def train_loader(split_file: Path, block_size: int, batch_size: int, seed: int, augment: Augment | None, num_workers: int,
-                 controls: Controls | None = None, fim: FimWindows | None = None) -> DataLoader:
+def train_loader(
+    split_file: Path,
+    block_size: int,
+    batch_size: int,
+    seed: int,
+    augment: Augment | None,
+    num_workers: int,
+    controls: Controls | None = None,
+    fim: FimWindows | None = None,
+) -> DataLoader:
     dataset = RandomWindows(split_file, block_size, batch_size, seed, augment, controls, fim)
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
 

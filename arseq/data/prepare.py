@@ -6,6 +6,7 @@ and any change to them re-tokenizes. Entries are written to a temporary folder, 
 renamed into place (`cache_entry`): an interrupted run never leaves a half-written entry, and a damaged
 one is found on loading and rebuilt.
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,10 +27,10 @@ from arseq.atomic import atomic_write
 from arseq.conditioning import Controls
 from arseq.data.cache_entry import commit, damage, discard, seal
 from arseq.data.files import expand_paths
-from arseq.data.spill import Spill, SpilledTokens
 from arseq.data.reading import read_per_file
-from arseq.parallel import configured
+from arseq.data.spill import Spill, SpilledTokens
 from arseq.modalities.base import DataError, Example, Modality, Skipped
+from arseq.parallel import configured
 from arseq.tokenizers.base import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,15 @@ def _fingerprint(files: list[Path]) -> list[tuple[str, int, int]]:
     return out
 
 
-def cache_key(modality: Modality, options: dict[str, Any], data: DataConfig, files: list[Path], val_files: list[Path],
-              tokenizer: Tokenizer | None, controls: Controls | None = None) -> str:
+def cache_key(
+    modality: Modality,
+    options: dict[str, Any],
+    data: DataConfig,
+    files: list[Path],
+    val_files: list[Path],
+    tokenizer: Tokenizer | None,
+    controls: Controls | None = None,
+) -> str:
     spec = {
         "format": CACHE_FORMAT,
         "modality": modality.name,
@@ -165,8 +173,9 @@ def _dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
 
 
-def collect(modality: Modality, files: list[Path], source: str | None, tokenizer: Tokenizer, check: bool, desc: str,
-             progress: bool, data: DataConfig):
+def collect(
+    modality: Modality, files: list[Path], source: str | None, tokenizer: Tokenizer, check: bool, desc: str, progress: bool, data: DataConfig
+):
     """Read and tokenize in `data.workers` processes; items' ids are spilled to disk as they come, so
     memory stays flat (`arseq.data.spill`)."""
     spill = Spill.create(cache_root())
@@ -176,8 +185,17 @@ def collect(modality: Modality, files: list[Path], source: str | None, tokenizer
         spill.remove()  # the items' memory maps keep their pages readable
 
 
-def _collect_into(spill: Spill, modality: Modality, files: list[Path], source: str | None, tokenizer: Tokenizer,
-                  check: bool, desc: str, progress: bool, data: DataConfig):
+def _collect_into(
+    spill: Spill,
+    modality: Modality,
+    files: list[Path],
+    source: str | None,
+    tokenizer: Tokenizer,
+    check: bool,
+    desc: str,
+    progress: bool,
+    data: DataConfig,
+):
     from tqdm import tqdm
 
     examples: list[tuple[Example, int, int]] = []
@@ -258,8 +276,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _controls(modality: Modality, data: DataConfig, tokenizer: Tokenizer, examples: list[Example],
-              given: Controls | None) -> Controls | None:
+def _controls(modality: Modality, data: DataConfig, tokenizer: Tokenizer, examples: list[Example], given: Controls | None) -> Controls | None:
     """Learn the control tokens of `data.conditions` from the training items (unless given), and put them in every item."""
     if given is not None:
         _condition(examples, given)
@@ -351,8 +368,9 @@ def prepare(
         stored = Controls.from_dict(json.loads((directory / "controls.json").read_text()))
         if controls is not None and stored != controls:
             continue
-        return Prepared(modality.load_tokenizer(state), load_split(directory, "train"), load_split(directory, "val"), stats, directory, 0.0,
-                        True, stored)
+        return Prepared(
+            modality.load_tokenizer(state), load_split(directory, "train"), load_split(directory, "val"), stats, directory, 0.0, True, stored
+        )
     directory = cache_root() / modality.name / candidates[0]
 
     t0 = time.perf_counter()
@@ -392,8 +410,9 @@ def prepare(
         stats["roundtrip_failures"] = [e.name for e in everything if e.exact is False][:50]
     stats.update(modality.summarize(tokenizer, everything))
     if controls is not None:
-        stats["conditions"] = {f: {"values": controls.counts[f], "items_without": sum(f not in e.conditions for e in everything)}
-                               for f in controls.fields}
+        stats["conditions"] = {
+            f: {"values": controls.counts[f], "items_without": sum(f not in e.conditions for e in everything)} for f in controls.fields
+        }
 
     cache_root().mkdir(parents=True, exist_ok=True)
     remove_stale_builds(cache_root())

@@ -1,5 +1,6 @@
 """A modality's `read`, one file at a time in worker processes (arseq.parallel), for modalities whose items depend
 on their own file only (`Modality.reads_files_independently`)."""
+
 from __future__ import annotations
 
 from functools import partial

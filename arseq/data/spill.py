@@ -6,6 +6,7 @@ are appended to one file as they arrive from the readers, and the item keeps a v
 (pages the kernel can drop), so memory stays flat however large the corpus. Control tokens (conditions)
 are added on access, not copied into every item.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,7 @@ class SpilledTokens(Sequence[int]):
     def __init__(self, ids: np.ndarray, prefix: Sequence[int] = ()):
         self._ids, self._prefix = ids, np.asarray(prefix, dtype=DTYPE)
 
-    def with_prefix(self, prefix: Sequence[int]) -> "SpilledTokens":
+    def with_prefix(self, prefix: Sequence[int]) -> SpilledTokens:
         return SpilledTokens(self._ids, prefix)
 
     def __len__(self) -> int:
@@ -48,7 +49,7 @@ class Spill:
     """An append-only file of int32 ids; `add` returns where an item's ids lie, `view` maps them back."""
 
     @classmethod
-    def create(cls, root: Path) -> "Spill":
+    def create(cls, root: Path) -> Spill:
         """A spill file in a new `.tmp-PID-*` folder of the cache (removed with the stale builds of
         killed runs, `prepare.remove_stale_builds`)."""
         root.mkdir(parents=True, exist_ok=True)

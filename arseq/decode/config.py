@@ -1,6 +1,7 @@
 """What one row of decoding asks for: its sampling settings (`SamplingConfig`), and the row itself (`Row`):
 prompt, seed, constraint, guidance prompt, head and token callback. The engine (arseq.decode.engine) holds
 each row's settings as tensors, so rows with different settings share every pass."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -8,6 +8,7 @@ Every row has its own position, tokens, sampling settings (as tensors: arseq.dec
 (arseq.decode.rng), constraint state, window head and token budget, and a guided row has a partner slot
 running its prompt without conditions; so nothing about a row depends on which rows share its steps.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -60,8 +61,16 @@ class Engine:
     """Continuous batching over a static cache of `slots` rows of `length` positions (default: the context)."""
 
     @torch.inference_mode()
-    def __init__(self, model: Transformer, slots: int = 8, *, length: int | None = None, compile: Compile = False,
-                 pad_id: int = 0, speculative: Round | None = None):
+    def __init__(
+        self,
+        model: Transformer,
+        slots: int = 8,
+        *,
+        length: int | None = None,
+        compile: Compile = False,
+        pad_id: int = 0,
+        speculative: Round | None = None,
+    ):
         context = model.cfg.max_seq_len
         self.length = min(length or context, context)
         if slots < 1:
@@ -298,8 +307,11 @@ class Engine:
         fed_slots, fed_tokens, seen_slots, seen_tokens = [], [], [], []
         for slot, live in list(self.live.items()):
             if bad[slot]:
-                done.append(self._leave(live, False, error="the model's logits are not finite (NaN weights, or a "
-                                        "guidance scale too large); no token could be drawn"))
+                done.append(
+                    self._leave(
+                        live, False, error="the model's logits are not finite (NaN weights, or a guidance scale too large); no token could be drawn"
+                    )
+                )
                 continue
             slots = [s for s in (live.slot, live.partner) if s >= 0]
             for t in chosen[slot]:

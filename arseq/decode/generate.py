@@ -1,6 +1,7 @@
 """`generate`: the engine driven for one call, the shape the CLI, the Python API, evaluation and the
 benchmarks use: every prompt a row, all submitted at once, as many slots as `slots` allows (rows join as
 others finish), run to the end."""
+
 from __future__ import annotations
 
 import time

@@ -9,6 +9,7 @@ SPM order, `Fim.prompt`): it streams, batches and slides like any other. Two con
   prefix, however much of it the prompt kept) plus the middle so far, so the modality's grammar, bar counts
   and lengths apply to the middle as if it were written right after the prefix.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -65,13 +66,13 @@ class Fim:
         return {"offset": self.offset, "rate": self.rate, "ordering": self.ordering}
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any] | None) -> "Fim | None":
+    def from_dict(cls, state: dict[str, Any] | None) -> Fim | None:
         if not state:
             return None
         return cls(int(state["offset"]), float(state["rate"]), str(state["ordering"]))
 
     @classmethod
-    def of(cls, rate: float, ordering: str, offset: int) -> "Fim | None":
+    def of(cls, rate: float, ordering: str, offset: int) -> Fim | None:
         """The sentinels a training run with `data.fim_rate` reserves after `offset` ids; None at rate 0."""
         if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
             raise DataError(f"data.fim_rate must be a number in [0, 1], got {rate!r}")
@@ -116,4 +117,3 @@ class MiddleView:
             self.views.set(row, (view, start))
             shown.append(view)
         return self.inner(shown)
-

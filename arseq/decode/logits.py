@@ -3,6 +3,7 @@ and speculative decoding alike (constraint, repetition penalty, temperature, top
 order), classifier-free guidance, and the draw. Settings are tensors (`Params`, one entry per row); a filter
 a row does not use is the identity for that row (top-k of the whole vocabulary, top-p of 1, min-p of 0), so
 a row's result never depends on its neighbours' settings."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,11 +44,11 @@ class Params:
 
     def repeat(self, n: int) -> Params:
         """Each row's settings n times in a row (row-major): for the n positions of a verify pass."""
+
         def rep(t: Tensor) -> Tensor:
             return t.repeat_interleave(n)
 
-        return Params(rep(self.temperature), rep(self.top_k), rep(self.top_p), rep(self.min_p), rep(self.penalty),
-                      self.filters, self.sampled)
+        return Params(rep(self.temperature), rep(self.top_k), rep(self.top_p), rep(self.min_p), rep(self.penalty), self.filters, self.sampled)
 
 
 def process_logits(logits: Tensor, p: Params, seen: Tensor | None, allowed: Tensor | None) -> Tensor:

@@ -1,6 +1,7 @@
 """Draft-free proposals ("prompt lookup decoding"): the tokens that followed the latest earlier
 occurrence of the sequence's last n-gram. Structured sequences (music, proteins, code) repeat a lot,
 so this costs nothing and is often right."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -8,6 +8,7 @@ identical on every device; a row's draws never depend on the rows beside it. The
 hash from Chris Wellons' hash prospector (multipliers below 2^31, so int64 products of 32-bit values never
 overflow).
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,8 +37,7 @@ def _mix(x: Tensor) -> Tensor:
 
 def keys(seeds: list[int], counters: list[int], stream: int) -> list[int]:
     """Each row's 32-bit key for its `counter`-th draw of `stream`."""
-    return [_mix_int(_mix_int(_mix_int(_mix_int(stream ^ (s >> 32) & _M32) ^ s & _M32) ^ c & _M32))
-            for s, c in zip(seeds, counters)]
+    return [_mix_int(_mix_int(_mix_int(_mix_int(stream ^ (s >> 32) & _M32) ^ s & _M32) ^ c & _M32)) for s, c in zip(seeds, counters)]
 
 
 _LANES: dict[tuple[int, torch.device], Tensor] = {}

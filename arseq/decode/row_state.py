@@ -5,6 +5,7 @@ back where a speculative proposal was rejected; a row that joins is a new list. 
 incremental state per row (a grammar fed so far, running sums) and find it again by the list's identity. Ids of
 dead lists are reused, so the id alone is not enough: the list itself is kept and compared.
 """
+
 from __future__ import annotations
 
 from typing import Generic, TypeVar

@@ -8,6 +8,7 @@ is compiled once (torch.compile; CUDA graphs on a GPU) and replayed. A prompt is
 alone, in chunks: a row's prefill never shares a matrix product with another row, whose size would change
 its rounding (MKL's results depend on the number of rows), so a row's tokens do not depend on its neighbours.
 """
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ nothing to undo (a slot's positions past its row's end are never read), and ever
 draws from its own random stream, so a row's tokens do not depend on its neighbours'. Proposers: `DraftModel`
 (a smaller model with the same tokenizer, its own slots) and `NGram` (prompt lookup, adaptive, no model).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -49,13 +50,18 @@ class SpecStats:
             "acceptance_rate": round(self.accepted / self.proposed, 4) if self.proposed else 0.0,
             "tokens_per_target_pass": round(self.tokens / self.target_passes, 4) if self.target_passes else 0.0,
             "tokens_per_s": round(self.tokens / self.seconds, 2) if self.seconds else 0.0,
-            "proposed": self.proposed, "accepted": self.accepted, "target_passes": self.target_passes, "tokens": self.tokens,
+            "proposed": self.proposed,
+            "accepted": self.accepted,
+            "target_passes": self.target_passes,
+            "tokens": self.tokens,
         }
 
     def line(self) -> str:
         d = self.as_dict()
-        return (f"speculative: acceptance {d['acceptance_rate']:.1%}, {d['tokens_per_target_pass']:.2f} tokens per target pass, "
-                f"{d['tokens_per_s']:.1f} tokens/s")
+        return (
+            f"speculative: acceptance {d['acceptance_rate']:.1%}, {d['tokens_per_target_pass']:.2f} tokens per target pass, "
+            f"{d['tokens_per_s']:.1f} tokens/s"
+        )
 
 
 @dataclass
@@ -240,8 +246,9 @@ class Speculative:
         self.draft.attach()
         return self.draft.run(tokens, torch.tensor(pos, device=engine.device)[:, None])[:, -1]
 
-    def _verify(self, engine: Engine, logits: Tensor, props: dict[int, list[int]], allowed: list[Tensor],
-                q: list[Tensor]) -> tuple[dict[int, int], list[bool]]:
+    def _verify(
+        self, engine: Engine, logits: Tensor, props: dict[int, list[int]], allowed: list[Tensor], q: list[Tensor]
+    ) -> tuple[dict[int, int], list[bool]]:
         """How many proposals each row keeps: while the target's argmax (greedy rows) or while u * q(d) < p(d)."""
         S, k, dev = engine.slots, len(allowed) - 1, engine.device
         kept = {s: 0 for s in engine.live}
@@ -263,8 +270,9 @@ class Speculative:
         out = torch.stack([ok.long().cumprod(1).sum(1), bad.long()]).tolist()
         return {s: out[0][s] for s in engine.live}, [bool(b) for b in out[1]]
 
-    def _correct(self, engine: Engine, logits: Tensor, props: dict[int, list[int]], kept: dict[int, int],
-                 q: list[Tensor]) -> tuple[list[int], list[bool]]:
+    def _correct(
+        self, engine: Engine, logits: Tensor, props: dict[int, list[int]], kept: dict[int, int], q: list[Tensor]
+    ) -> tuple[list[int], list[bool]]:
         """The target's own token after each row's kept proposals: argmax, a draw from p after a full accept,
         from the residual max(0, p - q) after a rejection (p itself where the residual vanishes)."""
         S, dev = engine.slots, engine.device
@@ -290,8 +298,7 @@ class Speculative:
         out = torch.stack([drawn, not_finite(x).long()]).tolist()
         return out[0], [bool(b) for b in out[1]]
 
-    def _account(self, states: dict[int, _RowState], props: dict[int, list[int]], kept: dict[int, int],
-                 tokens: dict[int, int]) -> None:
+    def _account(self, states: dict[int, _RowState], props: dict[int, list[int]], kept: dict[int, int], tokens: dict[int, int]) -> None:
         """Stats, the n-gram's adaptive count per row, and its give-up rule; the draft's kept positions."""
         after, break_even = self.give_up
         for s, st in states.items():

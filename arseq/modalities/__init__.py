@@ -3,6 +3,7 @@
 A config names a modality by registered name (`text`) or by import path (`my_pkg.dna:DnaModality`).
 A plugin that fails to load is reported in one warning and skipped; it never breaks the others.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -14,17 +15,17 @@ from arseq.errors import one_line
 from arseq.modalities.base import (
     Constraint,
     Controls,
-    Fim,
-    MiddleView,
-    RowState,
     DataError,
     EvalInputs,
     Example,
+    Fim,
+    MiddleView,
     Modality,
     OutputFiles,
     Plan,
     PrefixCounts,
     Request,
+    RowState,
     Sample,
     SamplingConfig,
     SamplingOptions,
@@ -32,8 +33,28 @@ from arseq.modalities.base import (
 )
 
 __all__ = [
-    "Constraint", "Controls", "DataError", "EvalInputs", "Example", "Modality", "OutputFiles", "Fim", "MiddleView", "Plan", "PrefixCounts", "Request", "RowState", "Sample", "SamplingConfig", "SamplingOptions", "Skipped",
-    "PluginWarning", "Registered", "loadable", "registered", "resolve",
+    "Constraint",
+    "Controls",
+    "DataError",
+    "EvalInputs",
+    "Example",
+    "Modality",
+    "OutputFiles",
+    "Fim",
+    "MiddleView",
+    "Plan",
+    "PrefixCounts",
+    "Request",
+    "RowState",
+    "Sample",
+    "SamplingConfig",
+    "SamplingOptions",
+    "Skipped",
+    "PluginWarning",
+    "Registered",
+    "loadable",
+    "registered",
+    "resolve",
 ]
 
 BUILTIN = {
@@ -77,12 +98,17 @@ def registered() -> dict[str, Registered]:
             dist = getattr(ep, "dist", None)
             entry = Registered(ep.name, ep.value, dist.name if dist else "?", (dist.version if dist else None) or "?")
         except Exception as e:
-            warnings.warn(f"modality plugin {ep.name!r} ignored: unreadable package metadata ({one_line(e, with_type=True)})", PluginWarning, stacklevel=2)
+            warnings.warn(
+                f"modality plugin {ep.name!r} ignored: unreadable package metadata ({one_line(e, with_type=True)})", PluginWarning, stacklevel=2
+            )
             continue
         if ep.name in found:
             taken = found[ep.name]
-            warnings.warn(f"modality plugin {ep.name!r} ({ep.value}) from {entry.package} ignored: the name is taken by "
-                          f"{taken.target} from {taken.package}", PluginWarning, stacklevel=2)
+            warnings.warn(
+                f"modality plugin {ep.name!r} ({ep.value}) from {entry.package} ignored: the name is taken by {taken.target} from {taken.package}",
+                PluginWarning,
+                stacklevel=2,
+            )
             continue
         found[ep.name] = entry
     return found

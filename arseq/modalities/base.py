@@ -6,6 +6,7 @@ caching, splitting, batching, training, sampling, evaluation — is shared core 
 `write`, and override any of the optional hooks, grouped below by the verb that calls them. Constructor arguments are the modality's options: they appear in YAML under
 `modality:` (typed, checked, overridable as `--modality.OPTION`) and are saved with checkpoints.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -98,9 +99,7 @@ class Modality(ABC):
         """Make the tokenizer: fit it on the training files, or build it from options alone."""
 
     @abstractmethod
-    def read(
-        self, files: list[Path], source: str | None, tokenizer: Tokenizer, check_roundtrip: bool = False
-    ) -> Iterator[Example | Skipped]:
+    def read(self, files: list[Path], source: str | None, tokenizer: Tokenizer, check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
         """Yield one Example per usable item and one Skipped per unusable file or record."""
 
     # ---- generation (write required) -------------------------------------------------------------
@@ -156,14 +155,13 @@ class Modality(ABC):
         holds the training items, for figures that compare with them (composition, novelty)."""
         return {}
 
-    def condition_values(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()
-                         ) -> list[dict[str, str]]:
+    def condition_values(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()) -> list[dict[str, str]]:
         """The condition values each token sequence shows, where the modality can read them back (a
         generated piece's analysed key, an image's class by a classifier fitted on `reference`: training
         items with their `conditions`): `evaluate --cond` reports how often samples obey. Default: none."""
         return [{} for _ in sequences]
 
-    def evaluate(self, tokenizer: Tokenizer, report: "EvalInputs") -> dict[str, Any]:
+    def evaluate(self, tokenizer: Tokenizer, report: EvalInputs) -> dict[str, Any]:
         """Extra keys for `arseq evaluate`'s JSON (baselines, bits per dim, NLL per note...)."""
         return {}
 

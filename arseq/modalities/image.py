@@ -21,6 +21,7 @@ keep the label as a tokenizer token (``BOS label code... EOS``) and still load a
 upper bound on -log2 p(image)) per pixel channel, next to count baselines fitted on the training split
 and scored on the same held-out images. For a lossy codebook it measures the codes, not the pixels.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,8 @@ from arseq.modalities import (
     Sample,
     Skipped,
 )
-from arseq.modalities.image_infill import completed, infill_plan, row_cuts
 from arseq.modalities.image_files import class_root, load_digits, natural_order, open_image
+from arseq.modalities.image_infill import completed, infill_plan, row_cuts
 from arseq.modalities.image_metrics import baseline_bits, psnr_from_mse
 from arseq.modalities.render import ascii_art, tile
 from arseq.tokenizers.patch import MAX_PATCHES, PatchTokenizer, pick_label
@@ -100,15 +101,25 @@ class ImageModality(Modality):
     condition_fields = {"label": "the class: the digit, or the image's class folder (ImageFolder layout)"}
     suffixes = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm")
 
-    def __init__(self, mode: str = "L", size: int = 32, patch_size: int = 1, codebook_size: int = 256,
-                 conditional: bool = True, codebook_seed: int = 0, max_fit_patches: int = 200_000):
+    def __init__(
+        self,
+        mode: str = "L",
+        size: int = 32,
+        patch_size: int = 1,
+        codebook_size: int = 256,
+        conditional: bool = True,
+        codebook_seed: int = 0,
+        max_fit_patches: int = 200_000,
+    ):
         if mode not in ("L", "RGB"):
             raise DataError(f"modality.mode must be 'L' or 'RGB', got {mode!r}")
         if size < 1 or patch_size < 1 or size % patch_size:
             raise DataError(f"modality.size ({size}) must be a positive multiple of modality.patch_size ({patch_size})")
         if (size // patch_size) ** 2 > MAX_PATCHES:
-            raise DataError(f"modality.size {size} with modality.patch_size {patch_size} makes images of "
-                            f"{(size // patch_size) ** 2:,} tokens, more than {MAX_PATCHES:,}")
+            raise DataError(
+                f"modality.size {size} with modality.patch_size {patch_size} makes images of "
+                f"{(size // patch_size) ** 2:,} tokens, more than {MAX_PATCHES:,}"
+            )
         if codebook_size < 1 or max_fit_patches < 1:
             raise DataError("modality.codebook_size and modality.max_fit_patches must be >= 1")
         self.mode, self.size, self.patch_size = mode, size, patch_size
@@ -125,8 +136,9 @@ class ImageModality(Modality):
         dim = self.patch_size * self.patch_size * (1 if self.mode == "L" else 3)
         return PatchTokenizer([[0] * dim], size=self.size, patch_size=self.patch_size, mode=self.mode)
 
-    def _items(self, files: list[Path], source: str | None, labels: Sequence[str] | None
-               ) -> Iterator[tuple[str, np.ndarray | None, str | None, str | None]]:
+    def _items(
+        self, files: list[Path], source: str | None, labels: Sequence[str] | None
+    ) -> Iterator[tuple[str, np.ndarray | None, str | None, str | None]]:
         """(name, pixels, label, problem) per item; label None when unlabelled, pixels None on a problem.
 
         `labels` None means: take class names from the folder layout (fitting); otherwise a file's
@@ -181,17 +193,22 @@ class ImageModality(Modality):
         return tok
 
     def _fit(self, pixels: list[np.ndarray]) -> PatchTokenizer:
-        return PatchTokenizer.fit(pixels, size=self.size, patch_size=self.patch_size, mode=self.mode,
-                                  codebook_size=self.codebook_size, seed=self.codebook_seed,
-                                  max_patches=self.max_fit_patches)
+        return PatchTokenizer.fit(
+            pixels,
+            size=self.size,
+            patch_size=self.patch_size,
+            mode=self.mode,
+            codebook_size=self.codebook_size,
+            seed=self.codebook_seed,
+            max_patches=self.max_fit_patches,
+        )
 
     @staticmethod
     def _sq_err(tok: PatchTokenizer, pixels: np.ndarray) -> float:
         rec = tok.decode_pixels(tok.codes(pixels) + tok.code_offset)
         return float(np.mean((rec.astype(np.float64) - pixels) ** 2))
 
-    def read(self, files: list[Path], source: str | None, tokenizer: PatchTokenizer, check_roundtrip: bool = False
-             ) -> Iterator[Example | Skipped]:
+    def read(self, files: list[Path], source: str | None, tokenizer: PatchTokenizer, check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
         labels = tokenizer.labels if self.conditional else []  # a tokenizer with labels: a model from before conditions
         if source is None and self.conditional:
             root = class_root(files)
@@ -206,8 +223,13 @@ class ImageModality(Modality):
             tokens = tokenizer.encode(pixels, label if labels else None)
             rec = tokenizer.decode_pixels(tokens)
             sq = float(np.mean((rec.astype(np.float64) - pixels) ** 2))
-            yield Example(tokens, name, exact=bool(sq == 0) if check_roundtrip else None, info={"sq_err": sq},
-                          conditions={"label": label} if label is not None and not labels else {})
+            yield Example(
+                tokens,
+                name,
+                exact=bool(sq == 0) if check_roundtrip else None,
+                info={"sq_err": sq},
+                conditions={"label": label} if label is not None and not labels else {},
+            )
 
     def summarize(self, tokenizer: PatchTokenizer, examples: list[Example]) -> dict[str, Any]:
         counts = Counter(e.conditions.get("label") or tokenizer.decode_label(e.tokens) for e in examples)
@@ -247,10 +269,19 @@ class ImageModality(Modality):
             return infill_plan(tok, request, prompt, labels)
         if tok.labels:  # a model from before conditions: the label is a token of the tokenizer
             heads = [[tok.label_id(label)] if label else [] for label in labels]
-            return Plan([[tok.bos_id] + head + kept for head in heads], constraint=partial(self._constraint, tok),
-                        parsed=prompt, new_tokens=tok.num_patches + 2)  # label + every patch + EOS: the constraint ends it exactly
-        return Plan([[tok.bos_id] + kept for _ in labels], constraint=partial(self._constraint, tok), parsed=prompt,
-                    new_tokens=tok.num_patches + 1, conditions=[{"label": label} if label else {} for label in labels])
+            return Plan(
+                [[tok.bos_id] + head + kept for head in heads],
+                constraint=partial(self._constraint, tok),
+                parsed=prompt,
+                new_tokens=tok.num_patches + 2,
+            )  # label + every patch + EOS: the constraint ends it exactly
+        return Plan(
+            [[tok.bos_id] + kept for _ in labels],
+            constraint=partial(self._constraint, tok),
+            parsed=prompt,
+            new_tokens=tok.num_patches + 1,
+            conditions=[{"label": label} if label else {} for label in labels],
+        )
 
     def _labels(self, tok: PatchTokenizer, request: Request, completing: bool) -> list[str | None]:
         """The class of each sample: --label; cycled over all classes when completing a prompt image without
@@ -296,7 +327,7 @@ class ImageModality(Modality):
         """Label tokens right after BOS (when labelled), then exactly num_patches codes, then EOS."""
         tok = tokenizer
         allow = torch.zeros(3, tok.vocab_size, dtype=torch.bool)
-        allow[0, tok.label_offset:] = True
+        allow[0, tok.label_offset :] = True
         allow[1, tok.code_offset : tok.label_offset] = True
         allow[2, tok.eos_id] = True
         start = 2 if tok.labels else 1  # index of the first code in a row
@@ -311,8 +342,7 @@ class ImageModality(Modality):
         tok = tokenizer
         samples = completed(tok, samples, plan)  # --keep-rows: kept rows and repainted ones in order
         images = [tok.decode(s.prompt + s.tokens) for s in samples]
-        labels = [tok.decode_label(s.prompt + s.tokens) for s in samples] if tok.labels else \
-            [s.conditions.get("label") for s in samples]
+        labels = [tok.decode_label(s.prompt + s.tokens) for s in samples] if tok.labels else [s.conditions.get("label") for s in samples]
         if request.out is None:
             for i, label in enumerate(labels):
                 head = f"sample {i}" + (f" (label {label})" if label is not None else "")
@@ -369,19 +399,20 @@ class ImageModality(Modality):
             pixels = tok.codebook[codes].astype(np.float64) / 255  # (n, patches, patch_dim)
             imgs = np.stack([tok.decode_pixels(c + tok.code_offset) for c in codes]).astype(np.float64) / 255
             luma = imgs.mean(axis=3)
-            out.update({
-                "mean_intensity": float(pixels.mean()),
-                "foreground_fraction": float((luma > 0.5).mean()),
-                "edge_strength": float(np.abs(np.diff(luma, axis=2)).mean() + np.abs(np.diff(luma, axis=1)).mean()) / 2,
-                "distinct_fraction": len({c.tobytes() for c in codes}) / len(codes),
-            })
+            out.update(
+                {
+                    "mean_intensity": float(pixels.mean()),
+                    "foreground_fraction": float((luma > 0.5).mean()),
+                    "edge_strength": float(np.abs(np.diff(luma, axis=2)).mean() + np.abs(np.diff(luma, axis=1)).mean()) / 2,
+                    "distinct_fraction": len({c.tobytes() for c in codes}) / len(codes),
+                }
+            )
         counts = Counter(tok.decode_label(s) for s in sequences)
         for name in tok.labels:  # every class, in order, so data and samples share the keys
             out[f"label_{name}"] = counts[name] / max(len(sequences), 1)
         return out
 
-    def condition_values(self, tokenizer: PatchTokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()
-                         ) -> list[dict[str, str]]:
+    def condition_values(self, tokenizer: PatchTokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()) -> list[dict[str, str]]:
         """The class of each image by a logistic regression fitted on the labelled reference images (scikit-learn;
         pixels scaled to 0..1): how `evaluate --cond label=...` checks that samples show the class asked for."""
         tok = tokenizer
@@ -408,5 +439,3 @@ class ImageModality(Modality):
         dist = ((tokenizer.codebook.astype(np.int64) - tokenizer.codebook[code].astype(np.int64)) ** 2).sum(1)
         dist[code] = np.iinfo(np.int64).max
         return int(np.argmin(dist)) + tokenizer.code_offset
-
-

@@ -1,5 +1,6 @@
 """Reading images: scikit-learn's bundled digits, image files decoded in full with one-line reasons for
 those that cannot be, and the class folders of an ImageFolder layout."""
+
 from __future__ import annotations
 
 import os

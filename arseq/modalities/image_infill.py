@@ -1,6 +1,7 @@
 """Image infilling (`generate --prompt IMAGE --keep-rows 1-3,7-8`): the patch rows not kept are repainted so that
 they join the rows below them (a model trained with `data.fim_rate` > 0, whose cuts fall on patch rows). The
 constraint writes exactly the missing rows' codes, then EOS; the kept rows' codes are the prompt's, unchanged."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -9,13 +10,10 @@ from functools import partial
 import numpy as np
 import torch
 
-from arseq.modalities.base import Fim
-from arseq.modalities.base import Constraint
-from arseq.modalities.base import MiddleView
 from arseq.errors import DataError
-from arseq.modalities.base import Sample
-from arseq.modalities.plan import Plan, Request
+from arseq.modalities.base import Constraint, Fim, MiddleView, Sample
 from arseq.modalities.infill_ranges import check_fim, gap_of, parse_ranges
+from arseq.modalities.plan import Plan, Request
 from arseq.tokenizers.patch import PatchTokenizer
 
 
@@ -78,8 +76,13 @@ def infill_plan(tok: PatchTokenizer, request: Request, prompt: tuple[np.ndarray,
     heads = [[tok.label_id(label)] if tok.labels and label else [] for label in labels]
     prompts = [infill.prompt(fim, [tok.bos_id, *head]) for head in heads]
     skip = len(prompts[0]) - prompts[0].index(fim.mid_id) - 1  # SPM prompts end with the prefix
-    return Plan(prompts, constraint=partial(infill.constraint, tok, fim, skip), parsed=(prompt[0], infill),
-                new_tokens=infill.missing + 1, conditions=None if tok.labels else [{"label": x} if x else {} for x in labels])
+    return Plan(
+        prompts,
+        constraint=partial(infill.constraint, tok, fim, skip),
+        parsed=(prompt[0], infill),
+        new_tokens=infill.missing + 1,
+        conditions=None if tok.labels else [{"label": x} if x else {} for x in labels],
+    )
 
 
 def completed(tok: PatchTokenizer, samples: list[Sample], plan: Plan) -> list[Sample]:

@@ -1,4 +1,5 @@
 """Image figures that need no model: reconstruction PSNR, and the bits/dim of a count baseline over codes."""
+
 from __future__ import annotations
 
 import math

@@ -1,13 +1,14 @@
 """The spans infilling options name, in the modality's units (`--keep-bars 1-4,9-12`, `--redesign 40-60`,
 `--keep-rows`): parsed once, checked against the prompt, every mistake one line naming the flag."""
+
 from __future__ import annotations
 
 import re
 
 import numpy as np
 
-from arseq.modalities.base import Fim
 from arseq.errors import DataError
+from arseq.modalities.base import Fim
 
 
 def parse_ranges(spec: str, count: int, flag: str, unit: str) -> list[tuple[int, int]]:
@@ -40,15 +41,15 @@ def gap_of(kept: list[tuple[int, int]], count: int, flag: str, unit: str) -> tup
     if not len(missing):
         raise DataError(f"{flag}: every {unit} is kept, nothing to regenerate")
     if missing[-1] - missing[0] + 1 != len(missing):
-        raise DataError(f"{flag}: the {unit}s to regenerate must be one run (fill one gap per call), "
-                        f"not {', '.join(str(i + 1) for i in missing)}")
+        raise DataError(f"{flag}: the {unit}s to regenerate must be one run (fill one gap per call), not {', '.join(str(i + 1) for i in missing)}")
     return int(missing[0]), int(missing[-1]) + 1
 
 
 def check_fim(fim: Fim | None, flag: str) -> Fim:
     """The model's sentinels, or one line saying it cannot infill."""
     if fim is None:
-        raise DataError(f"{flag}: this model was trained without fill-in-the-middle and cannot infill; "
-                        "train one with data.fim_rate > 0 (e.g. --data.fim_rate 0.5)")
+        raise DataError(
+            f"{flag}: this model was trained without fill-in-the-middle and cannot infill; "
+            "train one with data.fim_rate > 0 (e.g. --data.fim_rate 0.5)"
+        )
     return fim
-

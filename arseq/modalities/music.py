@@ -8,6 +8,7 @@ piece's conditions, and hands back only token ids and names, so scores are never
 
 music21 is imported only inside functions: a cached `arseq prepare` or `train` never pays for it.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-
 
 from arseq.modalities import (
     Controls,
@@ -32,9 +32,10 @@ from arseq.modalities import (
     SamplingConfig,
     Skipped,
 )
+from arseq.modalities import music_performance as perf
+from arseq.modalities.infill_ranges import check_fim
 from arseq.modalities.music_conditions import FIELDS, piece_conditions, transposed_keys
 from arseq.modalities.music_corpus import COMPOSERS, bach_chorales, music21_composers
-from arseq.modalities.infill_ranges import check_fim
 from arseq.modalities.music_grammar import GrammarConstraint
 from arseq.modalities.music_infill import MusicInfill, load_infill
 from arseq.modalities.music_metrics import key_scale, score_metrics
@@ -46,7 +47,6 @@ from arseq.modalities.music_reading import (
     roundtrip_report,
 )
 from arseq.modalities.render import piano_roll
-from arseq.modalities import music_performance as perf
 from arseq.tokenizers.performance import PerformanceTokenizer
 from arseq.tokenizers.score import PITCH, Events, ScoreTokenizer
 
@@ -57,7 +57,8 @@ SAMPLING_DEFAULTS = {"temperature": 0.9, "top_p": 0.95}
 OFF_GRID_SUGGEST = 0.2
 # data.source names: pieces from music21's installed corpus (no network)
 SOURCES: dict[str, Callable[[], list[tuple[str, str]]]] = {
-    "bach_chorales": bach_chorales, "music21_composers": music21_composers,
+    "bach_chorales": bach_chorales,
+    "music21_composers": music21_composers,
 }
 
 
@@ -85,15 +86,34 @@ class MusicModality(Modality):
     suffixes = SUFFIXES
     condition_fields = FIELDS
 
-    def __init__(self, transpose: list[int] = [-5, 6], ppq: int = 24, max_parts: int = 16,  # noqa: B006
-                 velocity: bool = False, tempo: bool = True, grace: bool = True, max_bar_quarters: int = 16,
-                 max_dur_quarters: int = 16, workers: int | None = None, composers: list[str] | None = None,
-                 per_composer: int | None = None, midi_reader: str = "symusic", tokenizer: str = "score"):
+    def __init__(
+        self,
+        transpose: list[int] = [-5, 6],  # noqa: B006  (never mutated; jsonargparse shows it as the default)
+        ppq: int = 24,
+        max_parts: int = 16,
+        velocity: bool = False,
+        tempo: bool = True,
+        grace: bool = True,
+        max_bar_quarters: int = 16,
+        max_dur_quarters: int = 16,
+        workers: int | None = None,
+        composers: list[str] | None = None,
+        per_composer: int | None = None,
+        midi_reader: str = "symusic",
+        tokenizer: str = "score",
+    ):
         if len(transpose) != 2 or transpose[0] > transpose[1]:
             raise DataError(f"modality.transpose must be [low, high] semitones, got {transpose}")
         self.transpose = (int(transpose[0]), int(transpose[1]))
-        self.options = dict(ppq=ppq, max_parts=max_parts, velocity=velocity, tempo=tempo, grace=grace,
-                            max_bar_quarters=max_bar_quarters, max_dur_quarters=max_dur_quarters)
+        self.options = dict(
+            ppq=ppq,
+            max_parts=max_parts,
+            velocity=velocity,
+            tempo=tempo,
+            grace=grace,
+            max_bar_quarters=max_bar_quarters,
+            max_dur_quarters=max_dur_quarters,
+        )
         # None: data.workers of the run (the usable cores by default); a number here overrides it
         self.workers = None if workers is None else max(1, workers)
         if midi_reader not in MIDI_READERS:
@@ -113,18 +133,16 @@ class MusicModality(Modality):
         """Five chorales copied from music21's corpus, transposition kept small."""
         import shutil
 
-        for name, path in bach_chorales()[:5]:
+        for _, path in bach_chorales()[:5]:
             shutil.copy(path, tmp_dir / Path(path).name)
         return {"data": {"paths": str(tmp_dir)}, "modality": {"transpose": [-1, 1], "workers": 1}}
 
     def build_tokenizer(self, files: list[Path], source: str | None) -> ScoreTokenizer:
         return self.tokenizer
 
-    def read(self, files: list[Path], source: str | None, tokenizer: ScoreTokenizer,
-             check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
+    def read(self, files: list[Path], source: str | None, tokenizer: ScoreTokenizer, check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
         if source not in (None, *SOURCES):
-            raise DataError(f"data.source {source!r}: the music modality knows {' and '.join(map(repr, SOURCES))} "
-                            "(or give data.paths)")
+            raise DataError(f"data.source {source!r}: the music modality knows {' and '.join(map(repr, SOURCES))} (or give data.paths)")
         if (self.composers is not None or self.per_composer is not None) and source != "music21_composers":
             raise DataError("modality.composers and modality.per_composer choose works of data.source music21_composers")
         if source == "music21_composers":
@@ -196,8 +214,7 @@ class MusicModality(Modality):
             raise DataError("--prompt-bars needs --prompt FILE")
         else:
             prompt = [tokenizer.bos_id]
-        return Plan([list(prompt) for _ in range(request.num_samples)], sampling,
-                    constraint=partial(GrammarConstraint, tokenizer, opts.bars, least))
+        return Plan([list(prompt) for _ in range(request.num_samples)], sampling, constraint=partial(GrammarConstraint, tokenizer, opts.bars, least))
 
     def _infill_plan(self, tokenizer: ScoreTokenizer, request: Request, sampling: dict[str, Any]) -> Plan:
         """--keep-bars: the prompt file's piece with its other bars to regenerate (arseq.modalities.music_infill)."""
@@ -213,9 +230,13 @@ class MusicModality(Modality):
         sampling["max_new_tokens"] = room
         known = request.condition_values  # a conditioned model: the piece's own key and meter, where it knows them
         shown = {k: v for k, v in piece_conditions(infill.events).items() if v in known.get(k, ())}
-        return Plan([list(prompt) for _ in range(request.num_samples)], sampling,
-                    constraint=partial(infill.constraint, tokenizer, fim, skip), parsed=infill,
-                    conditions=[dict(shown) for _ in range(request.num_samples)] if known else None)
+        return Plan(
+            [list(prompt) for _ in range(request.num_samples)],
+            sampling,
+            constraint=partial(infill.constraint, tokenizer, fim, skip),
+            parsed=infill,
+            conditions=[dict(shown) for _ in range(request.num_samples)] if known else None,
+        )
 
     def fit_prompt(self, tokenizer: ScoreTokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
         """The header and the first whole bars that fit, then a bar line (as --prompt-bars does)."""
@@ -234,8 +255,7 @@ class MusicModality(Modality):
             infill = plan.parsed if isinstance(plan.parsed, MusicInfill) else None
             for i, s in enumerate(samples):
                 ev = infill.complete(tokenizer, s.tokens) if infill is not None else tokenizer.decode_events(s.prompt + s.tokens)
-                print(f"# sample {i}: {len(ev.bars)} bars, {len(ev.notes)} notes, {ev.num_parts} parts, "
-                      f"{ev.repairs} repairs, nll {s.nll:.3f}")
+                print(f"# sample {i}: {len(ev.bars)} bars, {len(ev.notes)} notes, {ev.num_parts} parts, {ev.repairs} repairs, nll {s.nll:.3f}")
                 print(" ".join(tokenizer.token_name(t) for t in (tokenizer.encode_events(ev) if infill else s.prompt + s.tokens)))
             return []
         out = Path(request.out)
@@ -258,9 +278,14 @@ class MusicModality(Modality):
         notes = sum(e.info.get("notes", 0) for e in examples)
         tokens = sum(len(e.tokens) for e in examples)
         off_grid = sum(e.info.get("off_grid", 0) for e in examples) / max(1, notes)
-        suggestion = ({"suggestion": f"{off_grid:.0%} of the notes were moved onto the score grid: these look like "
-                       "recorded performances; modality.tokenizer: performance keeps their timing and dynamics"}
-                      if off_grid > OFF_GRID_SUGGEST else {})
+        suggestion = (
+            {
+                "suggestion": f"{off_grid:.0%} of the notes were moved onto the score grid: these look like "
+                "recorded performances; modality.tokenizer: performance keeps their timing and dynamics"
+            }
+            if off_grid > OFF_GRID_SUGGEST
+            else {}
+        )
         return {
             "num_notes": int(notes),
             "tokens_per_note": round(tokens / max(1, notes), 3),
@@ -274,8 +299,7 @@ class MusicModality(Modality):
             **suggestion,
         }
 
-    def condition_values(self, tokenizer: ScoreTokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()
-                         ) -> list[dict[str, str]]:
+    def condition_values(self, tokenizer: ScoreTokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()) -> list[dict[str, str]]:
         """Key and meter as the samples show them (the composer is not in the notes)."""
         if isinstance(tokenizer, PerformanceTokenizer):
             return [{"key": perf.find_key(perf.histogram(tokenizer.decode(s)))[2]} for s in sequences]
@@ -299,7 +323,6 @@ class MusicModality(Modality):
             "tokens_per_note": report.num_predicted / max(1, notes),
         }
 
-
     def plausible_mistake(self, tokenizer: ScoreTokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
         """A note a semitone off (up or down at random); None for tokens that are not pitches."""
         t = int(tokens[position])
@@ -312,6 +335,7 @@ class MusicModality(Modality):
         """Besides grammar violations (the constraint): a pitch outside the key of the piece (as `in_key_rate` judges it)."""
         if isinstance(tokenizer, PerformanceTokenizer):
             return None
+
         def out_of_key(tokens: Sequence[int]) -> np.ndarray:
             ids = np.asarray(tokens, dtype=np.int64)
             pitch = (ids >= 0) & (ids < tokenizer.vocab_size)
@@ -323,11 +347,11 @@ class MusicModality(Modality):
             return pitch & ~np.isin(tokenizer.values[np.clip(ids, 0, tokenizer.vocab_size - 1)] % 12, scale)
 
         return out_of_key
+
+
 def _write_midi(score: Any, path: Path) -> None:
     score.write("midi", fp=str(path))
 
 
 def _write_piano_roll(events: Events, ppq: int, marked: range | None, path: Path) -> None:
     piano_roll(events, ppq, marked=marked).save(path, format="PNG")
-
-

@@ -6,6 +6,7 @@ envelope; parts are mixed and the mix normalised. Time follows the piece's bars:
 length at the tempo in force (the bar's own, else the last one given, else 120 quarter notes a minute,
 music21's default and so the MIDI file's), so the WAV lasts exactly as long as the MIDI file arseq writes.
 """
+
 from __future__ import annotations
 
 import io

@@ -4,10 +4,11 @@ meter (the first bar's time signature) and its composer (the music21 corpus fold
 Read from the tokens, so data and generated samples are described by the same code: `evaluate --cond
 key="D minor"` reports the share of samples whose analysed key is the one asked for.
 """
+
 from __future__ import annotations
 
 import importlib.util
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ def analysed_key(ev: Events) -> tuple[int, str, str]:
     return find_key(pitch_class_histogram(ev))
 
 
-@lru_cache(maxsize=None)
+@cache
 def transposed_keys(values: tuple[str, ...], semitones: int) -> tuple[int | None, ...]:
     """Per key in `values`: the index in `values` of the key `semitones` higher (same mode), None when absent."""
     where = {key_pitch_class(v): i for i, v in enumerate(values)}

@@ -1,5 +1,6 @@
 """Pieces from music21's own corpus (installed with music21, no network): the Bach chorales, and the works
 of several other composers, one corpus folder a composer (the folder name is the composer's label)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,9 +10,31 @@ from arseq.errors import DataError
 # Corpus folders holding one composer's works, J. S. Bach left out (he has the chorales). Folk-song
 # collections (essenFolksong, oneills1850, ryansMammoth, ...), demos and exercises are not composers.
 COMPOSERS = (
-    "beach", "beethoven", "chopin", "ciconia", "corelli", "cpebach", "handel", "haydn", "johnson_j_r", "joplin",
-    "josquin", "liliuokalani", "luca", "lusitano", "monteverdi", "mozart", "palestrina", "schoenberg", "schubert",
-    "schumann_clara", "schumann_robert", "trecento", "verdi", "weber", "webern",
+    "beach",
+    "beethoven",
+    "chopin",
+    "ciconia",
+    "corelli",
+    "cpebach",
+    "handel",
+    "haydn",
+    "johnson_j_r",
+    "joplin",
+    "josquin",
+    "liliuokalani",
+    "luca",
+    "lusitano",
+    "monteverdi",
+    "mozart",
+    "palestrina",
+    "schoenberg",
+    "schubert",
+    "schumann_clara",
+    "schumann_robert",
+    "trecento",
+    "verdi",
+    "weber",
+    "webern",
 )
 # Preferred format where a work is stored twice (beethoven/opus18no1 has movement1.krn and .mxl).
 FORMAT_ORDER = {".mxl": 0, ".musicxml": 1, ".xml": 1, ".krn": 2, ".abc": 3, ".mid": 4, ".midi": 4}

@@ -1,4 +1,5 @@
 """The music sampling constraint: the score grammar's allowed tokens, and bar counts (`--bars`, `--min-bars`)."""
+
 from __future__ import annotations
 
 import numpy as np

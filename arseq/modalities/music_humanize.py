@@ -6,6 +6,7 @@ by a few to tens of ms, durations shortened or held over (legato / staccato), an
 phrase-long dynamic curve with per-note spread. What matters for the tokenizers: onsets no longer fall on
 any grid, and velocities vary.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -9,6 +9,7 @@ notes as they were, the new bars between them, so every kept bar is the original
 the middle's last part or ringing notes were (tokens alone would not guarantee it: a bar's first Part and Pos
 tokens are left out when they repeat what came before).
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,9 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from arseq.modalities.base import Fim
-from arseq.modalities.base import MiddleView
 from arseq.errors import DataError
+from arseq.modalities.base import Fim, MiddleView
 from arseq.modalities.infill_ranges import gap_of, parse_ranges
 from arseq.modalities.music_grammar import GrammarConstraint
 from arseq.modalities.music_reading import read_events
@@ -71,8 +71,10 @@ class MusicInfill:
             else:
                 after -= 1
         if len(prompt) + room > context:
-            raise DataError(f"{FLAG}: {self.bars} bars to regenerate need ~{room} tokens, more than the model's context "
-                            f"of {context} leaves beside the bars next to them; regenerate fewer bars")
+            raise DataError(
+                f"{FLAG}: {self.bars} bars to regenerate need ~{room} tokens, more than the model's context "
+                f"of {context} leaves beside the bars next to them; regenerate fewer bars"
+            )
         return prompt, max(context - len(prompt), int(3 * per_bar * self.bars) + 64)  # a long middle slides on
 
     def constraint(self, tok: ScoreTokenizer, fim: Fim, skip: int) -> MiddleView:
@@ -107,8 +109,10 @@ class KeepMeter:
         self.grammar = GrammarConstraint(tok, bars, bars)
         self.header = np.zeros(tok.vocab_size, dtype=bool)
         for kind in (TS, KEY, TEMPO, LEN):
-            self.header[tok.start[kind] : tok.start[kind] + {TS: len(tok.time_signatures), KEY: len(KEY_RANGE),
-                                                             TEMPO: 32 if tok.tempo else 0, LEN: tok.max_bar}[kind]] = True
+            self.header[
+                tok.start[kind] : tok.start[kind]
+                + {TS: len(tok.time_signatures), KEY: len(KEY_RANGE), TEMPO: 32 if tok.tempo else 0, LEN: tok.max_bar}[kind]
+            ] = True
         self.own = np.zeros(tok.vocab_size, dtype=bool)
         self.own[[tok.start[TS] + tok.ts_index[bar.ts], tok.start[KEY] + bar.key - KEY_RANGE.start]] = True
         self.rows: dict[int, tuple[list[int], list[int]]] = {}

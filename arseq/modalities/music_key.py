@@ -8,6 +8,7 @@ music21's reverse sort breaks them (higher tonic pitch class, then minor), and t
 music21 spells it (its `keysValidMajor`/`keysValidMinor`). tests/test_music_key.py checks it against
 music21 on the Bach chorales.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,7 +36,7 @@ def find_key(histogram: np.ndarray) -> tuple[int, str, str]:
     """(tonic pitch class, "major"|"minor", name like "Bb major") of a 12-bin pitch-class histogram."""
     h = np.asarray(histogram, dtype=np.float64)
     dev = h - h.mean()
-    norm = np.sqrt((_CENTRED ** 2).sum(axis=1) * (dev ** 2).sum())
+    norm = np.sqrt((_CENTRED**2).sum(axis=1) * (dev**2).sum())
     corr = np.divide(_CENTRED @ dev, norm, out=np.zeros(24), where=norm > 0)
     # music21 sorts (correlation, tonic pitch, mode) and takes the largest
     best = max(range(24), key=lambda i: (round(float(corr[i]), 12), i % 12, i >= 12))

@@ -1,4 +1,5 @@
 """Musical figures of token sequences (the same keys for samples and data): key, range, rhythm, repairs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,6 @@ from arseq.tokenizers.score import Events
 
 # Usual ranges (MIDI) of the four chorale voices, soprano to bass, for the out-of-range metric.
 VOICE_RANGES = ((60, 81), (53, 74), (48, 69), (40, 62))
-
 
 
 # ---- metrics -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ well-formed (every note-on ends), writing samples as MIDI and a piano roll, and 
 and `evaluate` report: the round trip's onset and velocity errors, inter-onset intervals and velocity
 spread (what separates a performance from its quantized score).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,9 @@ def read_performance(path: Path) -> list[PlayedNote]:
         if track.is_drum:
             continue
         a = track.notes.numpy()
-        notes += [PlayedNote(float(s), float(s + d), int(p), int(v))
-                  for s, d, p, v in zip(a["time"], a["duration"], a["pitch"], a["velocity"]) if v > 0]
+        notes += [
+            PlayedNote(float(s), float(s + d), int(p), int(v)) for s, d, p, v in zip(a["time"], a["duration"], a["pitch"], a["velocity"]) if v > 0
+        ]
     if not notes:
         raise DataError(f"{path}: no pitched notes")
     return sorted(notes, key=lambda n: (n.start, n.pitch))
@@ -83,14 +85,21 @@ def roundtrip_errors(tok: PerformanceTokenizer, notes: Sequence[PlayedNote], ids
     pairs = list(zip(before, after))
     onset = np.array([abs(a.start - b.start) * 1000 for a, b in pairs]) if pairs else np.zeros(1)
     vel = np.array([abs(a.velocity - b.velocity) for a, b in pairs]) if pairs else np.zeros(1)
-    return {"onset_ms_max": float(onset.max()), "onset_ms_mean": float(onset.mean()),
-            "velocity_max": float(vel.max()), "notes_lost": float(abs(len(notes) - len(back)))}
+    return {
+        "onset_ms_max": float(onset.max()),
+        "onset_ms_mean": float(onset.mean()),
+        "velocity_max": float(vel.max()),
+        "notes_lost": float(abs(len(notes) - len(back))),
+    }
 
 
 def summarize(examples: Sequence[Any]) -> dict[str, Any]:
     notes = sum(e.info.get("notes", 0) for e in examples)
-    out: dict[str, Any] = {"num_notes": int(notes), "tokens_per_note": round(sum(len(e.tokens) for e in examples) / max(1, notes), 3),
-                           "seconds_per_piece": round(float(np.mean([e.info.get("seconds", 0) for e in examples])), 1)}
+    out: dict[str, Any] = {
+        "num_notes": int(notes),
+        "tokens_per_note": round(sum(len(e.tokens) for e in examples) / max(1, notes), 3),
+        "seconds_per_piece": round(float(np.mean([e.info.get("seconds", 0) for e in examples])), 1),
+    }
     checked = [e for e in examples if "roundtrip.onset_ms_max" in e.info]
     if checked:
         out["roundtrip_onset_ms_max"] = max(e.info["roundtrip.onset_ms_max"] for e in checked)
@@ -109,8 +118,12 @@ def timing_metrics(notes_per_piece: Sequence[Sequence[PlayedNote]]) -> dict[str,
         vels += [n.velocity for n in notes]
     if not iois:
         return {}
-    return {"ioi_ms_median": float(np.median(iois)), "ioi_ms_iqr": float(np.subtract(*np.percentile(iois, [75, 25]))),
-            "velocity_std": float(np.std(vels)), "notes_per_second": float(len(vels) / max(1e-9, sum(iois) / 1000))}
+    return {
+        "ioi_ms_median": float(np.median(iois)),
+        "ioi_ms_iqr": float(np.subtract(*np.percentile(iois, [75, 25]))),
+        "velocity_std": float(np.std(vels)),
+        "notes_per_second": float(len(vels) / max(1e-9, sum(iois) / 1000)),
+    }
 
 
 def ioi_histogram(notes_per_piece: Sequence[Sequence[PlayedNote]], edges: np.ndarray) -> np.ndarray:
@@ -147,8 +160,9 @@ class PerformanceConstraint:
 
 def as_events(notes: Sequence[PlayedNote], steps_per_second: int = 50) -> Events:
     """Notes on a fine time grid with one-second "bars", for the piano roll (`render.piano_roll`)."""
-    ev_notes = [Note(0, int(round(n.start * steps_per_second)), n.pitch,
-                     max(1, int(round((n.end - n.start) * steps_per_second))), n.velocity) for n in notes]
+    ev_notes = [
+        Note(0, int(round(n.start * steps_per_second)), n.pitch, max(1, int(round((n.end - n.start) * steps_per_second))), n.velocity) for n in notes
+    ]
     end = max((n.onset + n.dur for n in ev_notes), default=steps_per_second)
     bars = [Bar(s, steps_per_second, (4, 4), 0) for s in range(0, end, steps_per_second)]
     return Events(bars, ev_notes, 1)
@@ -181,8 +195,7 @@ def plan(tok: PerformanceTokenizer, request: Any, sampling: dict[str, Any]) -> A
         if not path.is_file():
             raise DataError(f"{path}: prompt file not found")
         prompt = tok.encode(read_performance(path))[:-1]
-    return Plan([list(prompt) for _ in range(request.num_samples)], dict(sampling),
-                constraint=partial(PerformanceConstraint, tok))
+    return Plan([list(prompt) for _ in range(request.num_samples)], dict(sampling), constraint=partial(PerformanceConstraint, tok))
 
 
 def write_samples(tok: PerformanceTokenizer, samples: Sequence[Any], request: Any) -> list[Path]:

@@ -1,5 +1,6 @@
 """Reading scores for the music modality: files in parallel worker processes, the round-trip check and
 its reasons, MIDI sanity checks, and prompt files. (music21 corpus sources: `music_corpus`.)"""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -9,12 +10,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from arseq.parallel import Failed, file_budget, ordered_map
 from arseq.errors import DataError, one_line
 from arseq.limits import time_limit
 from arseq.modalities.base import Example
 from arseq.modalities.music_conditions import piece_conditions
 from arseq.modalities.music_corpus import bach_chorales  # noqa: F401  (imported from here before music_corpus)
+from arseq.parallel import Failed, file_budget, ordered_map
 from arseq.tokenizers.score import Events, ScoreTokenizer
 from arseq.tokenizers.score.events import LOSS_REASONS, note_key, note_order
 from arseq.tokenizers.score.midi_reading import read_midi
@@ -65,17 +66,24 @@ def load_piece(name: str, path: str, state: dict, check_roundtrip: bool, reader:
         import symusic  # noqa: F401
     seconds = file_budget()
     try:
-        with time_limit(seconds, f"{path}: still reading after {seconds:g} s (the per-file budget, data.file_seconds "
-                                 "or ARSEQ_FILE_SECONDS); skipped"):
+        with time_limit(
+            seconds, f"{path}: still reading after {seconds:g} s (the per-file budget, data.file_seconds or ARSEQ_FILE_SECONDS); skipped"
+        ):
             events = read_events(tok, Path(path), reader)
     except DataError as e:
         return name, None, None, {}, {}, str(e).removeprefix(f"{path}: ")
     ids = np.asarray(tok.encode_events(events), dtype=np.int32)
     lost = roundtrip_losses(tok, events, ids) if check_roundtrip else {}
-    info = {"notes": float(len(events.notes)), "bars": float(len(events.bars)), "parts": float(events.num_parts),
-            "quantized": float(events.quantized), "dropped": float(events.dropped),
-            "off_grid": float(events.lost.get("off_grid", 0)),
-            "grace": float(sum(n.grace > 0 for n in events.notes)), **{f"lost.{k}": float(v) for k, v in lost.items()}}
+    info = {
+        "notes": float(len(events.notes)),
+        "bars": float(len(events.bars)),
+        "parts": float(events.num_parts),
+        "quantized": float(events.quantized),
+        "dropped": float(events.dropped),
+        "off_grid": float(events.lost.get("off_grid", 0)),
+        "grace": float(sum(n.grace > 0 for n in events.notes)),
+        **{f"lost.{k}": float(v) for k, v in lost.items()},
+    }
     return name, ids, (not lost) if check_roundtrip else None, info, piece_conditions(events, path), None
 
 
@@ -178,8 +186,9 @@ def _check_midi(path: Path, scan_events: bool = True) -> None:
         ticks, count = _track_extent(data, at + 8, at + 8 + size)
         events += count
         if ticks / per_quarter > MAX_MIDI_QUARTERS:
-            raise DataError(f"{path}: track {i + 1} lasts {ticks:,} ticks ({ticks / per_quarter:,.0f} quarter notes), "
-                            f"more than {MAX_MIDI_QUARTERS:,}")
+            raise DataError(
+                f"{path}: track {i + 1} lasts {ticks:,} ticks ({ticks / per_quarter:,.0f} quarter notes), more than {MAX_MIDI_QUARTERS:,}"
+            )
         if events > MAX_MIDI_EVENTS:
             raise DataError(f"{path}: more than {MAX_MIDI_EVENTS:,} MIDI events")
         at += 8 + size

@@ -1,5 +1,6 @@
 """Helpers behind the modalities' error-analysis hooks (`plausible_mistake`, `error_predicate`): what a near
 miss looks like in text (a typo) and in proteins (a substitution), and which generated words do not exist."""
+
 from __future__ import annotations
 
 import re
@@ -7,6 +8,7 @@ from functools import lru_cache
 from typing import Callable, Sequence
 
 import numpy as np
+
 from arseq.tokenizers.protein import STANDARD
 
 KEYBOARD = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
@@ -17,8 +19,7 @@ WORD = re.compile(r"[A-Za-z']+")
 def keyboard_neighbours() -> dict[str, str]:
     """Letters next to each letter on a QWERTY keyboard (same row and the rows above and below)."""
     pos = {c: (r, i) for r, row in enumerate(KEYBOARD) for i, c in enumerate(row)}
-    return {c: "".join(d for d, (r2, i2) in pos.items() if d != c and abs(r2 - r) <= 1 and abs(i2 - i) <= 1)
-            for c, (r, i) in pos.items()}
+    return {c: "".join(d for d, (r2, i2) in pos.items() if d != c and abs(r2 - r) <= 1 and abs(i2 - i) <= 1) for c, (r, i) in pos.items()}
 
 
 def typo(tokenizer: object, token: int, rng: np.random.Generator) -> int | None:

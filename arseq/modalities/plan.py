@@ -5,6 +5,7 @@ Options are typed dataclasses: the core's (`SamplingOptions`) and each modality'
 API fill the same fields. A sampling option left at None means "the modality's default, else the core's",
 so nothing ever asks whether a flag was typed: a value given wins, whatever its source.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields

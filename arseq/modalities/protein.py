@@ -14,6 +14,7 @@ Files are streamed, so a file that breaks after some records were read (a trunca
 stops the run with a `DataError` rather than train on half of it; so does a corpus with nothing
 usable left. Length, non-standard and duplicate filters are counted in `prepare`'s summary instead.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -32,7 +33,6 @@ import torch
 
 from arseq.atomic import atomic_write
 from arseq.modalities import (
-    SamplingConfig,
     Constraint,
     DataError,
     EvalInputs,
@@ -43,9 +43,11 @@ from arseq.modalities import (
     PrefixCounts,
     Request,
     Sample,
+    SamplingConfig,
     Skipped,
 )
-from arseq.modalities.protein_infill import ProteinRedesign, redesign_plan
+from arseq.modalities.near_miss import similar_residues
+from arseq.modalities.protein_designs import design_table
 from arseq.modalities.protein_fasta import (
     FileProblem,
     fasta_records,
@@ -54,7 +56,7 @@ from arseq.modalities.protein_fasta import (
     record_problem,
     start_motifs,
 )
-from arseq.modalities.protein_designs import design_table
+from arseq.modalities.protein_infill import ProteinRedesign, redesign_plan
 from arseq.modalities.protein_metrics import (
     NOVELTY_QUERIES,
     NOVELTY_REFERENCES,
@@ -73,7 +75,6 @@ from arseq.tokenizers.protein import (
     residue_lengths,
     standard_ids,
 )
-from arseq.modalities.near_miss import similar_residues
 
 ProteinTokenizers = ProteinTokenizer | ProteinBPETokenizer
 
@@ -172,6 +173,7 @@ class ProteinModality(Modality):
         records = [f">demo_{i}\nM{''.join(rng.choice(list(STANDARD), size=int(rng.integers(30, 60))))}" for i in range(20)]
         atomic_write(tmp_dir / "demo.fasta", "\n".join(records) + "\n")
         return {"data": {"paths": str(tmp_dir / "demo.fasta")}}
+
     def proteins(self, files: list[Path]) -> Iterator[tuple[str, str, str | None] | Skipped]:
         """(name, normalised sequence, tag) per usable protein and a Skipped per unusable file or record."""
         seen: set[bytes] = set()
@@ -221,9 +223,7 @@ class ProteinModality(Modality):
             raise DataError(f"no usable protein to fit the BPE tokenizer in {len(files)} file(s)")
         return ProteinBPETokenizer.fit(seqs, self.bpe_vocab_size)
 
-    def read(
-        self, files: list[Path], source: str | None, tokenizer: ProteinTokenizers, check_roundtrip: bool = False
-    ) -> Iterator[Example | Skipped]:
+    def read(self, files: list[Path], source: str | None, tokenizer: ProteinTokenizers, check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
         if source:
             raise DataError(f"the protein modality has no built-in data source ({source!r}); use data.paths")
         used, first_skip = 0, None
@@ -237,8 +237,7 @@ class ProteinModality(Modality):
             exact = tokenizer.decode(ids) == seq if check_roundtrip else None
             info = {"residues": float(len(seq)), "nonstandard": float(sum(seq.count(c) for c in NONSTANDARD))}
             used += 1
-            yield Example([tokenizer.bos_id, *ids, tokenizer.eos_id], name=name, exact=exact, info=info,
-                          conditions={"tag": tag} if tag else {})
+            yield Example([tokenizer.bos_id, *ids, tokenizer.eos_id], name=name, exact=exact, info=info, conditions={"tag": tag} if tag else {})
         if used == 0:
             if first_skip is not None:
                 where = "" if len(files) == 1 else f"no usable protein in {len(files)} files; first problem: "
@@ -349,8 +348,7 @@ class ProteinModality(Modality):
         residues = float(np.maximum(residue_lengths(tokenizer)[val], 1).sum())
         return {"perplexity_per_residue": math.exp(report.total_nll / residues)}
 
-    def metrics(self, tokenizer: ProteinTokenizers, sequences: list[list[int]],
-                reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
+    def metrics(self, tokenizer: ProteinTokenizers, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
         """Length, composition, repeats and (given training items as `reference`) KL and novelty.
 
         The same keys for samples and held-out data, so each figure has its natural yardstick: e.g. the
@@ -385,7 +383,6 @@ class ProteinModality(Modality):
                 out["train_identity_max"] = float(ident.max())
                 out["near_copy_fraction"] = float((ident >= 0.9).mean())
         return out
-
 
     def plausible_mistake(self, tokenizer: ProteinTokenizers, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
         """A substituted amino acid: one residue of the token swapped for one BLOSUM62 scores as a likely substitution."""

@@ -1,4 +1,5 @@
 """Generated proteins as files people use: FASTA records and a CSV of their properties, best first when ranked."""
+
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,9 @@ from arseq.modalities.base import Sample
 from arseq.modalities.protein_metrics import degenerate, longest_run, properties
 
 
-def design_table(seqs: Sequence[str], samples: Sequence[Sample], rank: float | None, max_length: int | None,
-                 note: str | None = None) -> tuple[str, str]:
+def design_table(
+    seqs: Sequence[str], samples: Sequence[Sample], rank: float | None, max_length: int | None, note: str | None = None
+) -> tuple[str, str]:
     """FASTA text (each header has the length, perplexity and end: eos, max_length when EOS was forced
     there, or limit when max_new_tokens ran out; and `note`, e.g. what --redesign rewrote) and the CSV of
     properties, in the same order. With `rank`, only that fraction of designs with the lowest perplexity,
@@ -33,8 +35,17 @@ def design_table(seqs: Sequence[str], samples: Sequence[Sample], rank: float | N
         end = "limit" if not s.stopped else "max_length" if len(seq) == max_length else "eos"
         desc = f"length={len(seq)} perplexity={s.perplexity:.3f} end={end}" + (f" {note}" if note else "")
         records.append(SeqRecord(Seq(seq), id=name, description=desc))
-        rows.append({"id": name, "length": len(seq), "perplexity": round(s.perplexity, 4), "end": end,
-                     "longest_run": longest_run(seq), "degenerate": int(repeats[i]), **properties(seq)})
+        rows.append(
+            {
+                "id": name,
+                "length": len(seq),
+                "perplexity": round(s.perplexity, 4),
+                "end": end,
+                "longest_run": longest_run(seq),
+                "degenerate": int(repeats[i]),
+                **properties(seq),
+            }
+        )
     fasta = io.StringIO()
     SeqIO.write(records, fasta, "fasta")
     table = io.StringIO()

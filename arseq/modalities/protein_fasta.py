@@ -1,4 +1,5 @@
 """Reading FASTA files (plain or gzip) record by record, and what makes a record unusable."""
+
 from __future__ import annotations
 
 import gzip

@@ -2,6 +2,7 @@
 rewritten between the fixed residues on both sides (a loop between two domains), by a model trained with
 `data.fim_rate` > 0. The constraint writes residues only, between --redesign-length's bounds (default: the
 span's own length), then ends; the kept residues are written back exactly as they were."""
+
 from __future__ import annotations
 
 import re
@@ -11,11 +12,8 @@ from typing import Any
 
 import torch
 
-from arseq.modalities.base import Fim
-from arseq.modalities.base import Constraint
-from arseq.modalities.base import MiddleView
 from arseq.errors import DataError
-from arseq.modalities.base import PrefixCounts
+from arseq.modalities.base import Constraint, Fim, MiddleView, PrefixCounts
 from arseq.modalities.infill_ranges import check_fim, parse_ranges
 from arseq.modalities.plan import Plan, Request
 from arseq.tokenizers.protein import residue_lengths, standard_ids
@@ -94,5 +92,9 @@ def redesign_plan(tok, request: Request, motifs: list[str], presets: dict[str, d
     skip = len(prompt) - prompt.index(request.fim.mid_id) - 1  # SPM prompts end with the prefix
     sampling: dict[str, Any] = dict(presets[opts.preset]) if opts.preset else {}
     sampling["max_new_tokens"] = span.hi + 1
-    return Plan([list(prompt) for _ in range(request.num_samples)], sampling,
-                constraint=partial(span.constraint, tok, request.fim, skip, opts.standard_only), parsed=span)
+    return Plan(
+        [list(prompt) for _ in range(request.num_samples)],
+        sampling,
+        constraint=partial(span.constraint, tok, request.fim, skip, opts.standard_only),
+        parsed=span,
+    )

@@ -1,5 +1,6 @@
 """Figures of protein sequences: physico-chemical properties, composition, repeats, and novelty against
 training proteins. Plain functions of strings, shared by `metrics` and the design CSV."""
+
 from __future__ import annotations
 
 import math
@@ -25,14 +26,12 @@ def properties(seq: str) -> dict[str, Any]:
     """Biopython ProteinAnalysis properties computed on the standard residues (others are left out and counted)."""
     std = "".join(c for c in seq if c in STANDARD)
     out: dict[str, Any] = {"nonstandard_residues": len(seq) - len(std)}
-    keys = ("molecular_weight", "isoelectric_point", "instability_index", "gravy",
-            "helix_fraction", "turn_fraction", "sheet_fraction")
+    keys = ("molecular_weight", "isoelectric_point", "instability_index", "gravy", "helix_fraction", "turn_fraction", "sheet_fraction")
     if not std:
         return {**out, **{k: "" for k in keys}}
     pa = ProteinAnalysis(std)
     helix, turn, sheet = pa.secondary_structure_fraction()
-    values = (pa.molecular_weight(), pa.isoelectric_point(), pa.instability_index() if len(std) > 1 else 0.0,
-              pa.gravy(), helix, turn, sheet)
+    values = (pa.molecular_weight(), pa.isoelectric_point(), pa.instability_index() if len(std) > 1 else 0.0, pa.gravy(), helix, turn, sheet)
     return {**out, **{k: round(float(v), 4) for k, v in zip(keys, values)}}
 
 
@@ -70,8 +69,9 @@ def spread(n: int, k: int) -> list[int]:
 
 
 def _aligner() -> Align.PairwiseAligner:
-    return Align.PairwiseAligner(mode="local", substitution_matrix=substitution_matrices.load("BLOSUM62"),
-                                 open_gap_score=-10.0, extend_gap_score=-0.5)
+    return Align.PairwiseAligner(
+        mode="local", substitution_matrix=substitution_matrices.load("BLOSUM62"), open_gap_score=-10.0, extend_gap_score=-0.5
+    )
 
 
 def novelty(queries: list[str], references: list[str], k: int = 3) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Pictures of generated data for people to look at: the piano roll of a piece, a grid of images,
 images as text for a terminal."""
+
 from __future__ import annotations
 
 import math
@@ -10,9 +11,7 @@ from PIL import Image, ImageDraw
 
 from arseq.tokenizers.score import VOICE_NAMES, Events
 
-PART_COLOURS = ((220, 50, 47), (38, 139, 210), (133, 153, 0), (108, 113, 196), (203, 75, 22),
-                (42, 161, 152), (211, 54, 130), (181, 137, 0))
-
+PART_COLOURS = ((220, 50, 47), (38, 139, 210), (133, 153, 0), (108, 113, 196), (203, 75, 22), (42, 161, 152), (211, 54, 130), (181, 137, 0))
 
 
 def piano_roll(ev: Events, ppq: int, px_per_quarter: int = 24, row: int = 5, marked: range | None = None) -> Any:

@@ -3,6 +3,7 @@
 Files must be UTF-8. By default a file that is not is skipped with the byte offset of the first bad
 byte; `errors: replace` decodes it anyway, replacing invalid bytes with U+FFFD.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,11 +26,11 @@ from arseq.modalities.base import (
     Sample,
     Skipped,
 )
+from arseq.modalities.near_miss import typo, unknown_words, vocabulary
 from arseq.modalities.text_infill import TextInfill, split_gap
 from arseq.tokenizers.base import Tokenizer
 from arseq.tokenizers.bpe import BPETokenizer
 from arseq.tokenizers.char import CharTokenizer
-from arseq.modalities.near_miss import typo, unknown_words, vocabulary
 
 
 @dataclass
@@ -121,8 +122,9 @@ class TextModality(Modality):
         except ValueError as e:
             raise DataError(f"--prompt: {e}") from None
         stream = request.out is None and request.num_samples == 1
-        return Plan([[tokenizer.bos_id, *ids] for _ in range(request.num_samples)],
-                    streamer=self._streamer(tokenizer, request.prompt) if stream else None)
+        return Plan(
+            [[tokenizer.bos_id, *ids] for _ in range(request.num_samples)], streamer=self._streamer(tokenizer, request.prompt) if stream else None
+        )
 
     def _streamer(self, tokenizer: Tokenizer, prompt: str | None) -> Callable[[int, int], None]:
         printed, ids, started = [""], [], [False]
@@ -136,7 +138,7 @@ class TextModality(Modality):
             ids.append(token)
             text = tokenizer.decode(ids)  # decode the whole tail: BPE merges can change earlier bytes
             if not text.endswith("\ufffd"):
-                sys.stdout.write(text[len(printed[0]):])
+                sys.stdout.write(text[len(printed[0]) :])
                 sys.stdout.flush()
                 printed[0] = text
 

@@ -1,12 +1,13 @@
 """Text infilling (`generate --prompt "It was [...] night." --gap "[...]"`): the model writes what joins the text
 before the marker to the text after it (a model trained with `data.fim_rate` > 0). The middle ends where the model
 ends it (its EOS: FIM training puts one after every middle), or at --max-new-tokens."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from arseq.modalities.base import Fim
 from arseq.errors import DataError
+from arseq.modalities.base import Fim
 from arseq.modalities.infill_ranges import check_fim
 from arseq.tokenizers.base import Tokenizer
 

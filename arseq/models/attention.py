@@ -5,6 +5,7 @@ cores, more than the layer's matmuls), while the written-out form, q.k summed ov
 and p.v summed over the slots, compiles into a few fused loops with the rest of the layer. On CUDA the
 fused kernel inside a CUDA graph is already the fast path, so it is kept there.
 """
+
 from __future__ import annotations
 
 import math

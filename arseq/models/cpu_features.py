@@ -6,6 +6,7 @@ fallback on a build without them. `ARSEQ_CPU_FEATURES` (comma-separated names, e
 none) overrides detection: a test, or a user whose hypervisor reports flags its CPU does not honour,
 can pretend to a smaller machine and get the fallbacks.
 """
+
 from __future__ import annotations
 
 import functools
@@ -62,8 +63,7 @@ FBGEMM_BUILT: bool = "fbgemm" in torch.backends.quantized.supported_engines
 def _fbgemm_ops() -> bool:
     # The quantized-tensor API these ops take is deprecated in torch 2.13: a build without them falls back.
     try:
-        return all((torch.ops.quantized.linear_prepack, torch.ops.quantized.linear_dynamic,
-                    torch._make_per_channel_quantized_tensor))
+        return all((torch.ops.quantized.linear_prepack, torch.ops.quantized.linear_dynamic, torch._make_per_channel_quantized_tensor))
     except (AttributeError, RuntimeError):
         return False
 

@@ -1,4 +1,5 @@
 """`--device` names as torch devices this machine has, or one line saying why not."""
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ with the module that owns them; the pack is rebuilt when the weights move or cha
 It is a custom op (`arseq::int8_linear`), so torch.compile keeps it as one opaque call inside a compiled
 decode step (the packed weights are a C++ object a graph cannot hold): the owner is named by an int.
 """
+
 # No `from __future__ import annotations` here: torch 2.4's custom_op reads the op's schema from real annotations.
 import itertools
 import warnings
@@ -34,8 +35,7 @@ def owner_id(module: nn.Module) -> int:
 def _pack(q: Tensor, scale: Tensor) -> object:
     with warnings.catch_warnings():  # torch 2.13 deprecates quantized tensors (cpu_features checks they exist)
         warnings.simplefilter("ignore", UserWarning)
-        channels = torch._make_per_channel_quantized_tensor(
-            q, scale.detach().double(), torch.zeros(q.shape[0], dtype=torch.long), 0)
+        channels = torch._make_per_channel_quantized_tensor(q, scale.detach().double(), torch.zeros(q.shape[0], dtype=torch.long), 0)
         return torch.ops.quantized.linear_prepack(channels, None)
 
 

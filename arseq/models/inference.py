@@ -5,6 +5,7 @@ A compiled pass (the decode step; speculative decoding's row passes) is built on
 cache length, dtype, device) and kept together with its KV cache buffers: later batches of the same run
 replay it (a CUDA graph needs fixed addresses).
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,9 +18,9 @@ import torch
 from torch import Tensor
 
 from arseq.errors import first_line
+from arseq.models import cpu_features
 from arseq.models.quantize import quantize_model
 from arseq.models.transformer import KVCache, Transformer
-from arseq.models import cpu_features
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ COMPILE_CHOICES = ("off", "on", "auto")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # model -> {(fn, batch, cache_len, dtype, device, mode): (compiled fn, caches)}; entries go with their model
-_COMPILED: weakref.WeakKeyDictionary[Transformer, dict[tuple, tuple["Compiled", list[KVCache]]]] = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[Transformer, dict[tuple, tuple[Compiled, list[KVCache]]]] = weakref.WeakKeyDictionary()
 
 
 def compile_mode(value: Compile) -> str:
@@ -66,16 +67,17 @@ class Compiled:
             if self.fn is self.eager:
                 raise
             if not self.fallback:
-                raise ValueError(f"--compile: torch.compile does not work on {self.device} ({first_line(e)}); "
-                                 "use --compile off, or auto to fall back") from None
-            log.warning(f"warning: --compile auto: torch.compile does not work on {self.device} ({first_line(e)}); "
-                        "decoding eagerly")
+                raise ValueError(
+                    f"--compile: torch.compile does not work on {self.device} ({first_line(e)}); use --compile off, or auto to fall back"
+                ) from None
+            log.warning(f"warning: --compile auto: torch.compile does not work on {self.device} ({first_line(e)}); decoding eagerly")
             self.fn = self.eager
             return self.fn(*args)
 
 
-def compiled(model: Transformer, fn: Callable[..., Tensor], batch: int, cache_len: int, mode: str,
-             caches: Callable[[], list[KVCache]]) -> tuple[Compiled, list[KVCache]]:
+def compiled(
+    model: Transformer, fn: Callable[..., Tensor], batch: int, cache_len: int, mode: str, caches: Callable[[], list[KVCache]]
+) -> tuple[Compiled, list[KVCache]]:
     """`fn` compiled for `model` at (batch, cache length), with the KV cache buffers it was built with
     (made by `caches` the first time): one entry per model, function, shape, dtype, device and mode."""
     p = model.norm.weight
@@ -118,7 +120,11 @@ def _cpu_runs(dtype: torch.dtype) -> bool:
 
 
 def prepare_for_inference(
-    model: Transformer, device: str | torch.device, dtype: str | None = None, quantize: str = "none", compile: Compile = False,
+    model: Transformer,
+    device: str | torch.device,
+    dtype: str | None = None,
+    quantize: str = "none",
+    compile: Compile = False,
 ) -> Transformer:
     """Check --compile, quantize (--quantize), move to `device` in `dtype` (--dtype): the CLI's one call
     before sampling or scoring."""

@@ -34,6 +34,7 @@ chose MKL over itself), "reduce" with the rows innermost (1.22 ms at 8 rows: 5-2
 still behind sgemm), FBGEMM's fp16-weight GEMM (0.16 / 0.51 ms vs sgemm 0.21 / 0.57 at 2 threads, but not
 float32's numbers).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -109,4 +110,3 @@ class Linear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         y = linear(x, self.weight)
         return y if self.bias is None else y + self.bias
-

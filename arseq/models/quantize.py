@@ -12,6 +12,7 @@ quantized per call (arseq.models.fbgemm_int8), because Inductor's int8 loop is 7
 one there. `torch._weight_int8pack_mm` measured 3-50x slower than float32 F.linear (1-8 rows, AVX2 host;
 ~100x for one row on the AVX-512 host), `torch._int_mm` is a plain loop on CPU (~100x).
 """
+
 from __future__ import annotations
 
 from typing import cast

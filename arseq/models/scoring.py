@@ -4,6 +4,7 @@ than the context is scored in windows of context + 1 tokens that advance by `str
 scores only the tokens the previous one did not, so with stride < context every token past the first
 window still sees at least context - stride tokens before it (stride = context: chunks that restart
 the context, cheapest)."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -18,7 +19,10 @@ Chunk = tuple[int, int, np.ndarray]  # (sequence index, first target offset with
 
 
 def chunk_sequences(
-    seqs: Sequence[Sequence[int]], context: int, start: Sequence[int] | None = None, stride: int | None = None,
+    seqs: Sequence[Sequence[int]],
+    context: int,
+    start: Sequence[int] | None = None,
+    stride: int | None = None,
     head: int = 0,
 ) -> list[Chunk]:
     """Cut sequences into scoring windows; tokens before `start[i]` (e.g. a prompt) are context only. With

@@ -3,6 +3,7 @@ PyTorch's fused scaled-dot-product attention (arseq.models.attention) and an opt
 
 It knows token ids, a vocabulary size and a maximum sequence length, and nothing about any modality.
 """
+
 from __future__ import annotations
 
 import math
@@ -117,8 +118,7 @@ class Attention(nn.Module):
         self.proj = Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.cache: KVCache | None = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cached: tuple[Tensor, Tensor | None] | None,
-                mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cached: tuple[Tensor, Tensor | None] | None, mask: Tensor | None) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -156,8 +156,7 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cached: tuple[Tensor, Tensor | None] | None,
-                mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cached: tuple[Tensor, Tensor | None] | None, mask: Tensor | None) -> Tensor:
         x = x + self.drop(self.attn(self.norm1(x), cos, sin, cached, mask))
         return x + self.drop(self.mlp(self.norm2(x)))
 

@@ -4,6 +4,7 @@
 conditions in, the modality's files out as base64, progress as SSE), `GET /v1/model`, `GET /health`,
 `GET /metrics` and the web page at `/`. Errors are one-line JSON naming the field at fault.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -58,8 +59,7 @@ class Server:
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
-        return self.schema.describe(s.name, {"slots": s.slots, "max_queue": s.max_queue, "timeout_s": s.timeout,
-                                             "max_body_bytes": s.max_body_bytes})
+        return self.schema.describe(s.name, {"slots": s.slots, "max_queue": s.max_queue, "timeout_s": s.timeout, "max_body_bytes": s.max_body_bytes})
 
 
 def error_response(e: RequestError) -> JSONResponse:
@@ -146,7 +146,7 @@ class Run:
         text = text_of(self.server.loaded, self.tokens[sample])
         if text.endswith("\ufffd"):
             return ""
-        new, self.texts[sample] = text[len(self.texts[sample]):], text
+        new, self.texts[sample] = text[len(self.texts[sample]) :], text
         return new
 
 
@@ -172,10 +172,16 @@ async def completions(http: HttpRequest) -> Response:
     name = server.settings.name
 
     def chunk(sample: int, text: str, tokens: list[int], finish: str | None) -> dict[str, Any]:
-        return {"id": run.id, "object": "text_completion", "created": run.created, "model": name,
-                "choices": [{"index": sample, "text": text, "token_ids": tokens, "logprobs": None, "finish_reason": finish}]}
+        return {
+            "id": run.id,
+            "object": "text_completion",
+            "created": run.created,
+            "model": name,
+            "choices": [{"index": sample, "text": text, "token_ids": tokens, "logprobs": None, "finish_reason": finish}],
+        }
 
     if parsed.stream:
+
         async def stream() -> AsyncIterator[str]:
             async for event in run.events():
                 if event[0] == "idle":
@@ -189,14 +195,33 @@ async def completions(http: HttpRequest) -> Response:
                         yield sse(chunk(i, run.delta(i), [], "stop" if s.stopped else "length"))
             yield sse("[DONE]")
             server.metrics.requests.labels("completions", "200").inc()
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
-                                 background=BackgroundTask(run.close))
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}, background=BackgroundTask(run.close)
+        )
     samples = await _result(run)
-    choices = [{"index": i, "text": text_of(server.loaded, s.tokens), "token_ids": s.tokens, "logprobs": None,
-                "finish_reason": "stop" if s.stopped else "length"} for i, s in enumerate(samples)]
+    choices = [
+        {
+            "index": i,
+            "text": text_of(server.loaded, s.tokens),
+            "token_ids": s.tokens,
+            "logprobs": None,
+            "finish_reason": "stop" if s.stopped else "length",
+        }
+        for i, s in enumerate(samples)
+    ]
     server.metrics.requests.labels("completions", "200").inc()
-    return JSONResponse({"id": run.id, "object": "text_completion", "created": run.created, "model": name,
-                         "choices": choices, "usage": _usage(run), "seed": run.plan.seed})
+    return JSONResponse(
+        {
+            "id": run.id,
+            "object": "text_completion",
+            "created": run.created,
+            "model": name,
+            "choices": choices,
+            "usage": _usage(run),
+            "seed": run.plan.seed,
+        }
+    )
 
 
 async def _result(run: Run) -> list[Any]:
@@ -218,12 +243,26 @@ async def _generated(run: Run, samples: list[Any]) -> dict[str, Any]:
         raise as_request_error(e) from None
     text = server.schema.prompt_kind is not None
     return {
-        "id": run.id.replace("cmpl-", "gen-"), "object": "generation", "created": run.created, "model": server.settings.name,
-        "modality": server.loaded.modality.name, "seed": run.plan.seed, "sampling": run.plan.sampling,
-        "samples": [{"index": i, "prompt_tokens": s.prompt, "tokens": s.tokens, "stopped": s.stopped,
-                     "perplexity": s.perplexity, **({"text": text_of(server.loaded, s.tokens)} if text else {})}
-                    for i, s in enumerate(samples)],
-        "files": files, "usage": _usage(run),
+        "id": run.id.replace("cmpl-", "gen-"),
+        "object": "generation",
+        "created": run.created,
+        "model": server.settings.name,
+        "modality": server.loaded.modality.name,
+        "seed": run.plan.seed,
+        "sampling": run.plan.sampling,
+        "samples": [
+            {
+                "index": i,
+                "prompt_tokens": s.prompt,
+                "tokens": s.tokens,
+                "stopped": s.stopped,
+                "perplexity": s.perplexity,
+                **({"text": text_of(server.loaded, s.tokens)} if text else {}),
+            }
+            for i, s in enumerate(samples)
+        ],
+        "files": files,
+        "usage": _usage(run),
     }
 
 
@@ -237,8 +276,7 @@ async def generate(http: HttpRequest) -> Response:
     text = server.schema.prompt_kind is not None
 
     async def stream() -> AsyncIterator[str]:
-        yield sse({"samples": len(run.plan.rows), "max_new_tokens": run.plan.cfg.max_new_tokens, "seed": run.plan.seed},
-                  "start")
+        yield sse({"samples": len(run.plan.rows), "max_new_tokens": run.plan.cfg.max_new_tokens, "seed": run.plan.seed}, "start")
         async for event in run.events():
             if event[0] == "idle":
                 yield ": keepalive\n\n"
@@ -254,8 +292,8 @@ async def generate(http: HttpRequest) -> Response:
                     yield sse(e.body(), "error")
         yield sse("[DONE]")
         server.metrics.requests.labels("generate", "200").inc()
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
-                                 background=BackgroundTask(run.close))
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}, background=BackgroundTask(run.close))
 
 
 async def model_info(http: HttpRequest) -> Response:
@@ -270,8 +308,10 @@ async def models(http: HttpRequest) -> Response:
 async def health(http: HttpRequest) -> Response:
     server: Server = http.app.state.server
     ok = server.loop.thread.is_alive() and not server.loop.stopping
-    return JSONResponse({"status": "ok" if ok else "unavailable", "rows_active": server.loop.engine.active,
-                         "requests_waiting": server.loop.waiting()}, status_code=200 if ok else 503)
+    return JSONResponse(
+        {"status": "ok" if ok else "unavailable", "rows_active": server.loop.engine.active, "requests_waiting": server.loop.waiting()},
+        status_code=200 if ok else 503,
+    )
 
 
 async def metrics(http: HttpRequest) -> Response:
@@ -311,9 +351,13 @@ def create_app(loaded: Loaded, make_engine: Callable[[], Any], settings: Setting
         server.writer.shutdown(wait=True)
 
     routes = [
-        Route("/", index), Route("/health", health), Route("/metrics", metrics),
-        Route("/v1/model", model_info), Route("/v1/models", models),
-        Route("/v1/completions", completions, methods=["POST"]), Route("/v1/generate", generate, methods=["POST"]),
+        Route("/", index),
+        Route("/health", health),
+        Route("/metrics", metrics),
+        Route("/v1/model", model_info),
+        Route("/v1/models", models),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/generate", generate, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={RequestError: refused, Exception: crashed})

@@ -3,6 +3,7 @@
 On a signal uvicorn stops accepting connections and lets running requests finish for `--grace` seconds,
 after which they are cancelled; then the engine loop stops and the process exits 0.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,12 +15,12 @@ from typing import Any, Iterator, Literal, Sequence
 
 from jsonargparse import ArgumentParser
 
-from arseq.errors import DataError
 from arseq.app import generation
 from arseq.app.options import parse_verb, verb_parser
 from arseq.app.run_options import RunOptions
 from arseq.artifacts import checkpoint
 from arseq.decode import Engine
+from arseq.errors import DataError
 
 log = logging.getLogger("arseq.serve")
 
@@ -54,8 +55,10 @@ class ServeOptions:
 
 
 def parser() -> ArgumentParser:
-    p = verb_parser("arseq serve", "an HTTP server with continuous batching: OpenAI completions, arseq's /v1/generate "
-                    "(the modality's files), metrics and a web page at /")
+    p = verb_parser(
+        "arseq serve",
+        "an HTTP server with continuous batching: OpenAI completions, arseq's /v1/generate (the modality's files), metrics and a web page at /",
+    )
     p.add_class_arguments(ServeOptions, None, as_group=True)
     # how the model runs, as for generate (a draft model and a batch size are not the server's: --slots is)
     p.add_class_arguments(RunOptions, None, as_group=True, skip={"batch_size", "draft", "draft_tokens", "ngram"})
@@ -80,9 +83,14 @@ def build(args: Any) -> Any:
     def make_engine() -> Any:
         return Engine(loaded.model, slots=args.slots, compile=args.compile, pad_id=loaded.tokenizer.pad_id)
 
-    settings = Settings(name=args.name or loaded.modality.name, slots=args.slots, max_queue=args.max_queue,
-                        max_new_tokens_limit=args.max_new_tokens_limit, timeout=args.timeout or None,
-                        max_body_bytes=args.max_body_bytes)
+    settings = Settings(
+        name=args.name or loaded.modality.name,
+        slots=args.slots,
+        max_queue=args.max_queue,
+        max_new_tokens_limit=args.max_new_tokens_limit,
+        timeout=args.timeout or None,
+        max_body_bytes=args.max_body_bytes,
+    )
     return create_app(loaded, make_engine, settings)
 
 
@@ -99,8 +107,14 @@ def run_serve(argv: Sequence[str]) -> int:
     app = build(args)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: anyone who can reach it can use this model (there is no authentication)", args.host)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=args.grace,
-                            limit_concurrency=max(256, 4 * args.max_queue))
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=args.grace,
+        limit_concurrency=max(256, 4 * args.max_queue),
+    )
     server = quiet_exit(uvicorn.Server)(config)
     server.run()
     return 0
@@ -109,6 +123,7 @@ def run_serve(argv: Sequence[str]) -> int:
 def quiet_exit(server_cls: type) -> type:
     """uvicorn's Server, whose SIGTERM/SIGINT start the graceful shutdown and then let the process exit 0 (uvicorn
     re-raises the signal after shutting down, which would end the process with it)."""
+
     class Server(server_cls):  # type: ignore[misc, valid-type]
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -121,4 +136,5 @@ def quiet_exit(server_cls: type) -> type:
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+
     return Server

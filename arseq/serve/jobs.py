@@ -5,6 +5,7 @@ modality's plan, sample i seeded with seed + i, one constraint for the request's
 the conditioned head), so a seeded request gives what `arseq generate --seed` gives. `write_files` writes
 the samples into a private temporary folder the server creates, reads them back and deletes it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,16 +17,23 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from arseq.app.planning import make_plan
 from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import SamplingConfig
 from arseq.modalities import Plan, Request, Sample
-from arseq.serve.schema import Parsed
-from arseq.app.planning import make_plan
-from arseq.models.scoring import sequence_nll
 from arseq.modalities.music_audio import render_wav
+from arseq.models.scoring import sequence_nll
+from arseq.serve.schema import Parsed
 
-MEDIA = {".mid": "audio/midi", ".musicxml": "application/vnd.recordare.musicxml+xml", ".png": "image/png",
-         ".wav": "audio/wav", ".fasta": "text/x-fasta", ".csv": "text/csv", ".txt": "text/plain"}
+MEDIA = {
+    ".mid": "audio/midi",
+    ".musicxml": "application/vnd.recordare.musicxml+xml",
+    ".png": "image/png",
+    ".wav": "audio/wav",
+    ".fasta": "text/x-fasta",
+    ".csv": "text/csv",
+    ".txt": "text/plain",
+}
 
 
 @dataclass
@@ -80,8 +88,10 @@ def samples_of(loaded: Loaded, job: JobPlan, results: list[tuple[list[int], bool
     prompts = [r.prompt for r in job.rows]
     scored = [p + t + ([tok.eos_id] if s else []) for p, (t, s) in zip(prompts, results)]
     nll, count = sequence_nll(loaded.model, scored, start=[len(p) for p in prompts], pad_id=tok.pad_id, head=job.head)
-    return [Sample(controls.strip(p) if controls else list(p), list(t), bool(s), float(n / c) if c else float("nan"), dict(cond))
-            for p, (t, s), n, c, cond in zip(prompts, results, nll, count, job.conditions)]
+    return [
+        Sample(controls.strip(p) if controls else list(p), list(t), bool(s), float(n / c) if c else float("nan"), dict(cond))
+        for p, (t, s), n, c, cond in zip(prompts, results, nll, count, job.conditions)
+    ]
 
 
 def text_of(loaded: Loaded, tokens: list[int]) -> str:

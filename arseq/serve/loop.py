@@ -6,6 +6,7 @@ their rows, steps the engine while any row is waiting or decoding, and sleeps on
 request's own code raises (its plan, its constraint, scoring or reading its samples) fails that request alone;
 an exception in a step fails the requests that were decoding, and the loop goes on with a fresh engine.
 """
+
 from __future__ import annotations
 
 import logging
@@ -76,8 +77,7 @@ class EngineLoop:
             waiting = len(self.inbox) + sum(1 for j in self.jobs if j.first_token is None)
             if waiting >= self.max_queue:
                 self.metrics.rejected.labels("queue_full").inc()
-                raise RequestError(429, f"the queue is full ({waiting} requests waiting); retry later", None,
-                                   {"Retry-After": "1"})
+                raise RequestError(429, f"the queue is full ({waiting} requests waiting); retry later", None, {"Retry-After": "1"})
             self.inbox.append(job)
         self.wake.set()
 
@@ -150,8 +150,9 @@ class EngineLoop:
         try:
             constraint = self._guarded(job, plan.constraint) if plan.constraint is not None else None
             for i, row in enumerate(plan.rows):
-                rid = self.engine.submit(Row(row.prompt, plan.cfg, seed=row.seed, constraint=constraint, guide=row.guide,
-                                             head=plan.head, on_token=self._on_token(job, i)))
+                rid = self.engine.submit(
+                    Row(row.prompt, plan.cfg, seed=row.seed, constraint=constraint, guide=row.guide, head=plan.head, on_token=self._on_token(job, i))
+                )
                 job.ids.append(rid)
                 self.by_row[rid] = (job, i)
             self.jobs.append(job)
@@ -160,6 +161,7 @@ class EngineLoop:
 
     def _guarded(self, job: Job, constraint: Callable) -> Callable:
         """The request's constraint; if it raises, the request fails and its rows may take any token until they leave."""
+
         def allowed(rows: list[list[int]]) -> torch.Tensor:
             try:
                 return constraint(rows)
@@ -167,6 +169,7 @@ class EngineLoop:
                 if job.failed is None:
                     job.failed = as_request_error(e)
                 return torch.ones(len(rows), self.loaded.model.cfg.vocab_size, dtype=torch.bool)
+
         return allowed
 
     def _on_token(self, job: Job, sample: int) -> Callable[[int, bool], None]:
@@ -186,6 +189,7 @@ class EngineLoop:
             self.metrics.tokens.inc()
             if not job.cancelled:
                 job.emit(("token", sample, token))
+
         return on_token
 
     def _step(self) -> None:
@@ -246,8 +250,9 @@ class EngineLoop:
         for job in list(self.jobs):
             if job.deadline is not None and now > job.deadline:
                 self.metrics.cancelled.labels("timeout").inc()
-                self._drop(job, RequestError(504, f"timeout: the request ran longer than the server's --timeout of "
-                                             f"{job.deadline - job.submitted:g} s", None))
+                self._drop(
+                    job, RequestError(504, f"timeout: the request ran longer than the server's --timeout of {job.deadline - job.submitted:g} s", None)
+                )
             elif stopping and now > self.stop_by:
                 self._drop(job, RequestError(503, "the server is shutting down", None))
 

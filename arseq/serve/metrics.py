@@ -1,4 +1,5 @@
 """Prometheus metrics of one server, in a registry of its own (several servers can live in one process)."""
+
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -18,11 +19,9 @@ class Metrics:
         self.rows_active = Gauge("arseq_rows_active", "engine rows decoding (slots in use)", registry=r)
         self.rows_waiting = Gauge("arseq_rows_waiting", "engine rows waiting for a slot", registry=r)
         self.tokens = Counter("arseq_generated_tokens", "tokens generated", registry=r)
-        self.ttft = Histogram("arseq_time_to_first_token_seconds", "from a request's arrival to its first token",
-                              buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("arseq_time_to_first_token_seconds", "from a request's arrival to its first token", buckets=LATENCY_BUCKETS, registry=r)
         self.itl = Histogram("arseq_inter_token_latency_seconds", "between two tokens of one sample", buckets=TOKEN_BUCKETS, registry=r)
-        self.latency = Histogram("arseq_request_latency_seconds", "from a request's arrival to its last token",
-                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram("arseq_request_latency_seconds", "from a request's arrival to its last token", buckets=LATENCY_BUCKETS, registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,6 +6,7 @@ endpoint also takes OpenAI's names (`max_tokens`, `n`). Only the core's sampling
 own options are accepted: nothing that names a file, a checkpoint, a device or code (`out`, `draft`,
 `config`, `checkpoint`, `modality`, ...) exists here. Every problem is a `RequestError` naming its field.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,25 +14,36 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from arseq.artifacts.checkpoint import Loaded
-from arseq.modalities import Request, SamplingOptions
-from arseq.decode import SamplingConfig
 from arseq.app.planning import make_plan
+from arseq.artifacts.checkpoint import Loaded
+from arseq.decode import SamplingConfig
+from arseq.modalities import Request, SamplingOptions
 
 MAX_SAMPLES = 64  # samples per request
 MAX_SEED = 2**63 - 1
 # (lowest, highest, lowest excluded) of the core's sampling options
 RANGES: dict[str, tuple[float, float, bool]] = {
-    "temperature": (0.0, 100.0, False), "top_k": (1, 2**31, False), "top_p": (0.0, 1.0, True),
-    "min_p": (0.0, 1.0, False), "repetition_penalty": (0.0, 100.0, True), "guidance": (0.0, 100.0, False),
+    "temperature": (0.0, 100.0, False),
+    "top_k": (1, 2**31, False),
+    "top_p": (0.0, 1.0, True),
+    "min_p": (0.0, 1.0, False),
+    "repetition_penalty": (0.0, 100.0, True),
+    "guidance": (0.0, 100.0, False),
     "seed": (0, MAX_SEED, False),
 }
 OPENAI_ALIASES = {"max_tokens": "max_new_tokens", "n": "num_samples"}
 # OpenAI fields taken and ignored, and those refused unless they are left at their neutral value
 IGNORED = {"model", "user"}
-NEUTRAL = {"stop": (None, [], ""), "echo": (None, False), "logprobs": (None, 0, False), "suffix": (None, ""),
-           "best_of": (None, 1), "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
-           "logit_bias": (None, {})}
+NEUTRAL = {
+    "stop": (None, [], ""),
+    "echo": (None, False),
+    "logprobs": (None, 0, False),
+    "suffix": (None, ""),
+    "best_of": (None, 1),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+}
 
 
 class RequestError(Exception):
@@ -101,8 +113,9 @@ class Schema:
         effective.update(self.sampling_defaults())
         helps = arg_help(SamplingOptions)
         for f in fields(SamplingOptions):
-            self.options[f.name] = _option(f.name, typing.get_type_hints(SamplingOptions)[f.name], "sampling",
-                                           effective.get(f.name), helps.get(f.name, ""))
+            self.options[f.name] = _option(
+                f.name, typing.get_type_hints(SamplingOptions)[f.name], "sampling", effective.get(f.name), helps.get(f.name, "")
+            )
         self.options["max_new_tokens"].minimum, self.options["max_new_tokens"].maximum = 1, self.max_new_tokens_limit
         if self.options["max_new_tokens"].default is not None:
             self.options["max_new_tokens"].default = min(self.options["max_new_tokens"].default, self.max_new_tokens_limit)
@@ -110,8 +123,7 @@ class Schema:
         if cls is not None:
             helps = arg_help(cls)
             for f in fields(cls):
-                self.options[f.name] = _option(f.name, typing.get_type_hints(cls)[f.name], modality.name, _default(f),
-                                               helps.get(f.name, ""))
+                self.options[f.name] = _option(f.name, typing.get_type_hints(cls)[f.name], modality.name, _default(f), helps.get(f.name, ""))
         controls = self.loaded.controls
         self.conditions = {k: list(v) for k, v in controls.fields.items()} if controls is not None else {}
 
@@ -135,8 +147,11 @@ class Schema:
         loaded = self.loaded
         modality = loaded.modality
         return {
-            "id": name, "object": "model", "modality": modality.name,
-            "context": loaded.model.cfg.max_seq_len, "vocab_size": loaded.model.cfg.vocab_size,
+            "id": name,
+            "object": "model",
+            "modality": modality.name,
+            "context": loaded.model.cfg.max_seq_len,
+            "vocab_size": loaded.model.cfg.vocab_size,
             "conditions": self.conditions,
             "conditioned_sampling": dict(modality.conditioned_sampling) if self.conditions else {},
             "options": [asdict(o) for o in self.options.values()],
@@ -207,8 +222,11 @@ def parse(schema: Schema, body: Any, openai: bool = False) -> Parsed:
         body.setdefault("num_samples", body.pop("n"))
     num = body.pop("num_samples", 1)
     if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= MAX_SAMPLES:
-        raise RequestError(422 if isinstance(num, int) and not isinstance(num, bool) else 400,
-                           f"num_samples: expected an integer from 1 to {MAX_SAMPLES}, got {num!r}", "num_samples")
+        raise RequestError(
+            422 if isinstance(num, int) and not isinstance(num, bool) else 400,
+            f"num_samples: expected an integer from 1 to {MAX_SAMPLES}, got {num!r}",
+            "num_samples",
+        )
     prompt, token_prompt = body.pop("prompt", None), None
     conditions = _conditions(schema, body.pop("conditions", None))
     values: dict[str, Any] = {}
@@ -227,8 +245,7 @@ def parse(schema: Schema, body: Any, openai: bool = False) -> Parsed:
         prompt = None
     elif prompt is not None:
         prompt = _text_prompt(schema, prompt, options)
-    return Parsed(Request(num_samples=num, prompt=prompt, sampling=sampling, options=options, conditions=conditions),
-                  stream, token_prompt)
+    return Parsed(Request(num_samples=num, prompt=prompt, sampling=sampling, options=options, conditions=conditions), stream, token_prompt)
 
 
 def _conditions(schema: Schema, given: Any) -> list[str]:
@@ -266,8 +283,11 @@ def _text_prompt(schema: Schema, prompt: Any, options: Any) -> str | None:
         raise RequestError(400, f"prompt: expected a string or a list of token ids, got {type(prompt).__name__}", "prompt")
     kind = schema.prompt_kind
     if kind is None:
-        raise RequestError(422, f"prompt: a {schema.loaded.modality.name} model's prompt is a file, which this server does "
-                           "not read; send token ids instead", "prompt")
+        raise RequestError(
+            422,
+            f"prompt: a {schema.loaded.modality.name} model's prompt is a file, which this server does not read; send token ids instead",
+            "prompt",
+        )
     room = schema.loaded.model.cfg.max_seq_len - (schema.loaded.controls.width if schema.loaded.controls else 0) - 2
     if len(prompt) > 8 * room:  # before encoding anything large
         raise RequestError(422, f"prompt: {len(prompt)} characters, more than this model's context of {room} tokens holds", "prompt")

@@ -3,6 +3,7 @@
 A tokenizer is plain data: `to_dict()` returns JSON-able state, so it can live inside a checkpoint
 (loaded with ``weights_only=True``) and in an export directory as ``tokenizer.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,7 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> Any: ...
     def to_dict(self) -> dict[str, Any]: ...
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> "Tokenizer": ...
+    def from_dict(cls, state: dict[str, Any]) -> Tokenizer: ...
 
 
 def check_special_ids(hf: Any, what: str) -> None:

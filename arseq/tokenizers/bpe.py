@@ -1,4 +1,5 @@
 """Byte-level BPE (GPT-2 style) trained with Hugging Face `tokenizers`: lossless on any UTF-8 text."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Iterable, Sequence
@@ -18,7 +19,7 @@ class BPETokenizer:
         self.hf = hf
 
     @classmethod
-    def fit(cls, texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> "BPETokenizer":
+    def fit(cls, texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> BPETokenizer:
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()
@@ -49,5 +50,5 @@ class BPETokenizer:
         return {"kind": self.kind, "json": self.hf.to_str()}
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> "BPETokenizer":
+    def from_dict(cls, state: dict[str, Any]) -> BPETokenizer:
         return cls(HFTokenizer.from_str(state["json"]))

@@ -1,4 +1,5 @@
 """Character-level text tokenizer (nanoGPT's): one id per distinct character of the training text."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Iterable, Sequence
@@ -19,7 +20,7 @@ class CharTokenizer:
         self._lookup = np.array(self.chars, dtype=object)
 
     @classmethod
-    def fit(cls, texts: Iterable[str]) -> "CharTokenizer":
+    def fit(cls, texts: Iterable[str]) -> CharTokenizer:
         seen: set[str] = set()
         for text in texts:
             seen.update(text)
@@ -55,5 +56,5 @@ class CharTokenizer:
         return {"kind": self.kind, "chars": "".join(self.chars)}
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> "CharTokenizer":
+    def from_dict(cls, state: dict[str, Any]) -> CharTokenizer:
         return cls(list(state["chars"]))

@@ -12,6 +12,7 @@ Ids: 0, 1, 2 = pad, bos, eos; then one id per codebook vector (sorted dark to br
 class label (models from before arseq's shared conditioning; since, the class is a control token of the
 core, `arseq.conditioning`, and the tokenizer has no labels). A sequence is ``BOS [label] code... EOS``.
 """
+
 from __future__ import annotations
 
 import math
@@ -97,9 +98,7 @@ def _sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return (x * x).sum(1, keepdim=True) - 2 * x @ c.T + (c * c).sum(1)[None, :]
 
 
-def kmeans(
-    x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 100, batch_size: int = 2048, init_sample: int = 10_000
-) -> torch.Tensor:
+def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 100, batch_size: int = 2048, init_sample: int = 10_000) -> torch.Tensor:
     """Mini-batch k-means (Sculley 2010) with k-means++ initialisation on a sample; returns (k, D) centres.
 
     Deterministic for a given seed. Centres that win no points for a while are re-seeded on the points
@@ -154,15 +153,25 @@ class PatchTokenizer:
     kind: ClassVar[str] = "patch"
     pad_id, bos_id, eos_id = 0, 1, 2
 
-    def __init__(self, codebook: Sequence[Sequence[int]] | np.ndarray, *, size: int, patch_size: int, mode: str,
-                 labels: Sequence[str] = (), lossless: bool = False, fit_stats: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        codebook: Sequence[Sequence[int]] | np.ndarray,
+        *,
+        size: int,
+        patch_size: int,
+        mode: str,
+        labels: Sequence[str] = (),
+        lossless: bool = False,
+        fit_stats: dict[str, Any] | None = None,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if size < 1 or patch_size < 1 or size % patch_size:
             raise ValueError(f"size {size} must be a positive multiple of patch_size {patch_size}")
         if (size // patch_size) ** 2 > MAX_PATCHES:  # one token per patch: generating an image would never end
-            raise ValueError(f"size {size} with patch_size {patch_size} makes images of {(size // patch_size) ** 2:,} tokens, "
-                             f"more than {MAX_PATCHES:,}")
+            raise ValueError(
+                f"size {size} with patch_size {patch_size} makes images of {(size // patch_size) ** 2:,} tokens, more than {MAX_PATCHES:,}"
+            )
         self.size, self.patch_size, self.mode = size, patch_size, mode
         self.channels = 1 if mode == "L" else 3
         self.codebook = np.asarray(codebook, dtype=np.uint8).reshape(len(codebook), -1)
@@ -264,18 +273,44 @@ class PatchTokenizer:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "size": self.size, "patch_size": self.patch_size, "mode": self.mode,
-                "labels": list(self.labels), "lossless": self.lossless, "fit_stats": self.fit_stats, "codebook": self.codebook.tolist()}
+        return {
+            "kind": self.kind,
+            "size": self.size,
+            "patch_size": self.patch_size,
+            "mode": self.mode,
+            "labels": list(self.labels),
+            "lossless": self.lossless,
+            "fit_stats": self.fit_stats,
+            "codebook": self.codebook.tolist(),
+        }
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> "PatchTokenizer":
-        return cls(state["codebook"], size=state["size"], patch_size=state["patch_size"], mode=state["mode"],
-                   labels=state.get("labels", ()), lossless=state.get("lossless", False), fit_stats=state.get("fit_stats"))
+    def from_dict(cls, state: dict[str, Any]) -> PatchTokenizer:
+        return cls(
+            state["codebook"],
+            size=state["size"],
+            patch_size=state["patch_size"],
+            mode=state["mode"],
+            labels=state.get("labels", ()),
+            lossless=state.get("lossless", False),
+            fit_stats=state.get("fit_stats"),
+        )
 
     # ---- fitting -------------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, images: Sequence[np.ndarray], *, size: int, patch_size: int, mode: str, codebook_size: int,
-            labels: Sequence[str] = (), seed: int = 0, max_patches: int = 200_000, iters: int = 100) -> "PatchTokenizer":
+    def fit(
+        cls,
+        images: Sequence[np.ndarray],
+        *,
+        size: int,
+        patch_size: int,
+        mode: str,
+        codebook_size: int,
+        labels: Sequence[str] = (),
+        seed: int = 0,
+        max_patches: int = 200_000,
+        iters: int = 100,
+    ) -> PatchTokenizer:
         """Fit the codebook on pixel arrays (each from `pixels()`).
 
         If the patches hold at most `codebook_size` distinct vectors they become the codebook (lossless);

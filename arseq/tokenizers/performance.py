@@ -16,6 +16,7 @@ The round trip keeps onsets and offsets within half a step (5 ms) and velocities
 `PerformanceGrammar` says which tokens may come next (an Off only for a sounding pitch, an On only for a
 silent one, the end only when nothing sounds), for decoding and for the sampling constraint.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -140,7 +141,7 @@ class PerformanceTokenizer:
         return {"kind": self.kind, "step_ms": self.step_ms, "max_shift": self.max_shift, "velocity_bins": self.velocity_bins}
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> "PerformanceTokenizer":
+    def from_dict(cls, state: dict[str, Any]) -> PerformanceTokenizer:
         return cls(**{k: v for k, v in state.items() if k != "kind"})
 
 

@@ -6,6 +6,7 @@ residues alone, and the modality adds BOS/EOS around it. Each tokenizer also rep
 many residues it spells and whether they are all standard, which is what length and alphabet
 constraints need whatever the tokenization.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Iterable, Sequence
@@ -57,7 +58,7 @@ class ProteinTokenizer:
         return {"kind": self.kind, "alphabet": ALPHABET}
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> "ProteinTokenizer":
+    def from_dict(cls, state: dict[str, Any]) -> ProteinTokenizer:
         if state.get("alphabet", ALPHABET) != ALPHABET:
             raise ValueError("protein tokenizer state has a different alphabet")
         return cls()
@@ -81,7 +82,7 @@ class ProteinBPETokenizer:
             self.pieces[i] = piece
 
     @classmethod
-    def fit(cls, proteins: Iterable[str], vocab_size: int = 512) -> "ProteinBPETokenizer":
+    def fit(cls, proteins: Iterable[str], vocab_size: int = 512) -> ProteinBPETokenizer:
         if vocab_size < len(SPECIALS) + len(ALPHABET):
             raise ValueError(f"BPE vocab_size must be at least {len(SPECIALS) + len(ALPHABET)}")
         hf = HFTokenizer(models.BPE())
@@ -111,7 +112,7 @@ class ProteinBPETokenizer:
         return {"kind": self.kind, "json": self.hf.to_str()}
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> "ProteinBPETokenizer":
+    def from_dict(cls, state: dict[str, Any]) -> ProteinBPETokenizer:
         return cls(HFTokenizer.from_str(state["json"]))
 
 

@@ -5,6 +5,7 @@ when $TMPDIR is another filesystem such as a tmpfs: SIGKILL during the copy left
 the file is staged beside its destination, flushed to disk and renamed over it (arseq.atomic), so the
 previous checkpoint stays whole until the new one is complete.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Callable | None = lambda storage, loc: storage,
-                        weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Callable | None = lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         # Resuming reads tensors and plain containers only, whatever the caller asked for.
         return torch.load(path, map_location=map_location, weights_only=True)
 

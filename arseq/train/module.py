@@ -1,4 +1,5 @@
 """The one LightningModule every modality trains through: next-token cross-entropy on a Transformer."""
+
 from __future__ import annotations
 
 import math
@@ -12,9 +13,9 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Checkpoint
 
 from arseq.errors import DataError
+from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.train.checkpoint_io import clean_checkpoint_folder
 from arseq.train.optim import OptimConfig, lr_factor, make_optimizer
-from arseq.models.transformer import Transformer, TransformerConfig
 
 LN2 = math.log(2)
 
@@ -52,8 +53,10 @@ class ARModule(L.LightningModule):
         x, y = batch
         loss = self._loss(x, y)
         if not torch.isfinite(loss):  # diverged: stop before a NaN model is saved (or kept as "best")
-            raise DataError(f"training diverged: the loss is {loss.item()} at step {self.trainer.global_step} "
-                            f"(lower optim.lr, now {self.optim.lr:g}; last.ckpt keeps the last finite state)")
+            raise DataError(
+                f"training diverged: the loss is {loss.item()} at step {self.trainer.global_step} "
+                f"(lower optim.lr, now {self.optim.lr:g}; last.ckpt keeps the last finite state)"
+            )
         self.log("train/loss", loss, prog_bar=True)
         now = time.perf_counter()
         if self._tick is not None and self.trainer.global_step % self.trainer.log_every_n_steps == 0:
@@ -75,8 +78,9 @@ class ARModule(L.LightningModule):
         total = self.trainer.strategy.reduce(self._val, reduce_op="sum")
         loss = (total[0] / total[1].clamp(min=1)).float()
         if not self.trainer.sanity_checking and not torch.isfinite(loss):
-            raise DataError(f"training diverged: the validation loss is {loss.item()} at step {self.trainer.global_step} "
-                            f"(lower optim.lr, now {self.optim.lr:g})")
+            raise DataError(
+                f"training diverged: the validation loss is {loss.item()} at step {self.trainer.global_step} (lower optim.lr, now {self.optim.lr:g})"
+            )
         self.log("val/loss", loss, prog_bar=True)
         self.log_dict({"val/perplexity": loss.exp(), "val/bits_per_token": loss / LN2})
 
@@ -122,8 +126,10 @@ class LastCheckpoint(Checkpoint):
         if trainer.global_step != self._step and not trainer.sanity_checking:
             bad = next((n for n, p in trainer.lightning_module.named_parameters() if not torch.isfinite(p).all()), None)
             if bad is not None:  # never replace the last good state with a diverged one
-                raise DataError(f"training diverged: {bad} holds NaN or infinite values at step {trainer.global_step} "
-                                "(lower optim.lr; last.ckpt keeps the last finite state)")
+                raise DataError(
+                    f"training diverged: {bad} holds NaN or infinite values at step {trainer.global_step} "
+                    "(lower optim.lr; last.ckpt keeps the last finite state)"
+                )
             trainer.save_checkpoint(self.path, weights_only=False)  # full state, for resuming
             self._step = trainer.global_step
 

@@ -1,4 +1,5 @@
 """Optimizer and learning-rate schedule shared by the LightningModule and the benchmarks' bare loop."""
+
 from __future__ import annotations
 
 import math

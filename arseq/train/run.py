@@ -1,5 +1,6 @@
 """Training as a plain function: the modality's data cache, the transformer in its LightningModule, and
 Lightning's Trainer with arseq's checkpointing (atomic, a claimed run folder, best and last checkpoints)."""
+
 from __future__ import annotations
 
 import logging
@@ -95,19 +96,29 @@ def run_train(
         theirs = resumed.get("model", {})
         differ = [f"{k} {theirs.get(k)} vs {v}" for k, v in asdict(model_cfg).items() if k in theirs and theirs[k] != v]
         if differ:
-            raise DataError(f"--ckpt_path {ckpt_path}: its model differs from the config's ({', '.join(differ)}); "
-                            "resume with the config it was trained with")
+            raise DataError(
+                f"--ckpt_path {ckpt_path}: its model differs from the config's ({', '.join(differ)}); resume with the config it was trained with"
+            )
         done = state.get("global_step", 0)
         if isinstance(done, int) and done >= trainer_args["max_steps"]:  # Lightning would do nothing, in a new run folder
-            raise DataError(f"--ckpt_path {ckpt_path}: already trained for {done} steps, trainer.max_steps is "
-                            f"{trainer_args['max_steps']}; raise trainer.max_steps to train on")
-    meta = RunMeta(selector or modality.name, options, asdict(data), asdict(model_cfg),
-                   prepared.controls.to_dict() if prepared.controls is not None else None, fim.to_dict() if fim is not None else None)
+            raise DataError(
+                f"--ckpt_path {ckpt_path}: already trained for {done} steps, trainer.max_steps is "
+                f"{trainer_args['max_steps']}; raise trainer.max_steps to train on"
+            )
+    meta = RunMeta(
+        selector or modality.name,
+        options,
+        asdict(data),
+        asdict(model_cfg),
+        prepared.controls.to_dict() if prepared.controls is not None else None,
+        fim.to_dict() if fim is not None else None,
+    )
     module = ARModule(asdict(model_cfg), optim, {**meta.to_dict(), "tokenizer": tok.to_dict()}, compile)
     init_note = initialise(module.model, source, init_from_resize_vocab) if source else None
     augment = None if type(modality).augment is Modality.augment else partial(modality.augment, controls=prepared.controls)
-    train = train_loader(prepared.directory / "train.npy", data.block_size, data.batch_size, seed, augment, data.num_workers,
-                         prepared.controls, fim_windows)
+    train = train_loader(
+        prepared.directory / "train.npy", data.block_size, data.batch_size, seed, augment, data.num_workers, prepared.controls, fim_windows
+    )
     val = val_loader(prepared.val, data.block_size, data.batch_size, tok.pad_id, prepared.controls.head if prepared.controls else 0)
 
     root = trainer_args.pop("default_root_dir", None) or "runs"
@@ -116,10 +127,17 @@ def run_train(
     if find_spec("tensorboard") or find_spec("tensorboardX"):
         loggers.append(TensorBoardLogger(root, name=modality.name, version=version, default_hp_metric=False))
     last = LastCheckpoint(every_n_steps=None if val is not None else max(1, trainer_args["max_steps"] // 10))  # no validation: save ten times
-    best = ModelCheckpoint(
-        monitor="val/loss", mode="min", save_top_k=1, filename="best-step{step}-loss{val/loss:.4f}",
-        auto_insert_metric_name=False,
-    ) if val is not None else None
+    best = (
+        ModelCheckpoint(
+            monitor="val/loss",
+            mode="min",
+            save_top_k=1,
+            filename="best-step{step}-loss{val/loss:.4f}",
+            auto_insert_metric_name=False,
+        )
+        if val is not None
+        else None
+    )
     trainer_args.setdefault("logger", loggers)
     monitor = [LearningRateMonitor(logging_interval="step")] if trainer_args["logger"] not in (False, None, []) else []
     callbacks = [c for c in (best, last) if c] + monitor + list(trainer_args.pop("callbacks", None) or [])
@@ -135,8 +153,10 @@ def run_train(
             check_compile(trainer.strategy.root_device)
         if trainer.is_global_zero:
             conditioned = f" (conditioned on {', '.join(prepared.controls.fields)})" if prepared.controls else ""
-            log.info(f"model: {module.model.num_params() / 1e6:.2f}M parameters, vocab {prepared.vocab_size}{conditioned}, context {data.block_size}; "
-                  f"data: {prepared.train.num_tokens:,} train / {prepared.val.num_tokens:,} val tokens")
+            log.info(
+                f"model: {module.model.num_params() / 1e6:.2f}M parameters, vocab {prepared.vocab_size}{conditioned}, context {data.block_size}; "
+                f"data: {prepared.train.num_tokens:,} train / {prepared.val.num_tokens:,} val tokens"
+            )
             if init_note:
                 log.info(init_note)
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)

@@ -32,6 +32,7 @@ The package, one concern a module:
 
 music21 is imported inside the functions that need it, so importing this package stays cheap.
 """
+
 from arseq.tokenizers.score.events import Bar, Events, Note
 from arseq.tokenizers.score.grammar import Grammar
 from arseq.tokenizers.score.tokenizer import ScoreTokenizer

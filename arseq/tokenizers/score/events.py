@@ -1,4 +1,5 @@
 """A piece as plain data: what the token stream means, independent of music21 and of ids."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -69,6 +70,5 @@ def clip_to_last_bar(notes: list[Note], bars: list[Bar]) -> tuple[list[Note], in
     if not bars:
         return notes, 0
     end = bars[-1].start + bars[-1].length
-    out = [n if n.onset + n.dur <= end else Note(n.part, n.onset, n.pitch, end - n.onset, n.vel, n.grace)
-           for n in notes]
+    out = [n if n.onset + n.dur <= end else Note(n.part, n.onset, n.pitch, end - n.onset, n.vel, n.grace) for n in notes]
     return out, sum(n.onset + n.dur > end for n in notes)

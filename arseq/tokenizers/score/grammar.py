@@ -9,6 +9,7 @@ each Dur after a Dur_max adding to it); a grace note is `[Pos] [Vel] Grace Pitch
 and the cursor stays at its onset, so the principal note after it needs no Pos). At one onset of a
 block, grace notes come first, in the order they are played, then the ordinary notes by pitch.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,8 +18,24 @@ import numpy as np
 
 from arseq.tokenizers.score.events import Bar, Events, Note, clip_to_last_bar
 from arseq.tokenizers.score.vocab import (
-    BAR, BOS, DUR, EOS, GRACE, GRACE_KINDS, KEY, KEY_RANGE, LEN, PART, PITCH, POS, TEMPO, TEMPO_BINS, TS, VEL,
-    VEL_BINS, ScoreVocab,
+    BAR,
+    BOS,
+    DUR,
+    EOS,
+    GRACE,
+    GRACE_KINDS,
+    KEY,
+    KEY_RANGE,
+    LEN,
+    PART,
+    PITCH,
+    POS,
+    TEMPO,
+    TEMPO_BINS,
+    TS,
+    VEL,
+    VEL_BINS,
+    ScoreVocab,
 )
 
 
@@ -55,8 +72,14 @@ class Grammar:
         """The state, cheaply: `bars` and `notes` only ever grow, only the last bar changes, and only the last
         note is replaced (a further Dur lengthens it)."""
         state = dict(self.__dict__)
-        state.update(bars=len(self.bars), notes=len(self.notes), part_end=dict(self.part_end), part_vel=dict(self.part_vel),
-                     last_bar=_copy_bar(self.bars[-1]) if self.bars else None, last_note=self.notes[-1] if self.notes else None)
+        state.update(
+            bars=len(self.bars),
+            notes=len(self.notes),
+            part_end=dict(self.part_end),
+            part_vel=dict(self.part_vel),
+            last_bar=_copy_bar(self.bars[-1]) if self.bars else None,
+            last_note=self.notes[-1] if self.notes else None,
+        )
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -318,8 +341,7 @@ class Grammar:
             self._recover()
         notes, clipped = clip_to_last_bar(self.notes, self.bars)
         num_parts = max((n.part for n in notes), default=-1) + 1
-        return Events(self.bars, notes, num_parts, dropped=int(half_built),
-                      repairs=self.repairs + (clipped if self.ended else 0))
+        return Events(self.bars, notes, num_parts, dropped=int(half_built), repairs=self.repairs + (clipped if self.ended else 0))
 
 
 def _copy_bar(bar: Bar) -> Bar:

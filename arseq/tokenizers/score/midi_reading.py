@@ -20,6 +20,7 @@ One difference by design: an onset or duration off the tokenizer's grid is moved
 step here and counted as `off_grid`, where music21 first snaps every value to 16ths and eighth triplets
 (so a 32nd note survives here and not there). On-grid files (what notation programs write) are equal.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -31,6 +32,7 @@ import numpy as np
 
 from arseq.tokenizers.score.events import Bar, Events, Note, clip_to_last_bar
 from arseq.tokenizers.score.vocab import KEY_RANGE, ScoreVocab
+
 
 def read_midi(vocab: ScoreVocab, path: Path, max_quarters: int | None = None, max_notes: int | None = None) -> Events:
     """Events of one MIDI file on the grid of `vocab`; ValueError with a one-line reason for what this
@@ -70,8 +72,7 @@ def score_events(vocab: ScoreVocab, score: Any) -> Events:
         vel = arr["velocity"].astype(np.int64) if vocab.velocity else np.full(len(onset), 64)
         pitch = arr["pitch"].astype(np.int64)
         keep = ~zero
-        notes += [Note(pi, int(o), int(p), int(d), int(v))
-                  for o, p, d, v in zip(onset[keep], pitch[keep], dur[keep], vel[keep])]
+        notes += [Note(pi, int(o), int(p), int(d), int(v)) for o, p, d, v in zip(onset[keep], pitch[keep], dur[keep], vel[keep])]
     if not notes:
         raise ValueError("percussion only (no pitched notes)" if lost["unpitched"] else "empty score (no notes)")
     end = max(n.onset + n.dur for n in notes)
@@ -109,10 +110,8 @@ def _steps(ticks: np.ndarray, tpq: int, ppq: int) -> tuple[np.ndarray, np.ndarra
 def _bars(vocab: ScoreVocab, score: Any, tpq: int, end: int) -> list[Bar]:
     """Bars from tick 0 under the time signatures in force, until `end` (grid steps) is covered; each bar
     carries the key signature in force at its start."""
-    meters = sorted((_step(ts.time, tpq, vocab.ppq), (int(ts.numerator), int(ts.denominator)))
-                    for ts in score.time_signatures)
-    keys = sorted((_step(k.time, tpq, vocab.ppq), max(KEY_RANGE.start, min(KEY_RANGE.stop - 1, int(k.key))))
-                  for k in score.key_signatures)
+    meters = sorted((_step(ts.time, tpq, vocab.ppq), (int(ts.numerator), int(ts.denominator))) for ts in score.time_signatures)
+    keys = sorted((_step(k.time, tpq, vocab.ppq), max(KEY_RANGE.start, min(KEY_RANGE.stop - 1, int(k.key)))) for k in score.key_signatures)
     bars: list[Bar] = []
     at, ts, key, mi, ki = 0, (4, 4), 0, 0, 0
     while at < end or not bars:
@@ -137,7 +136,7 @@ def _set_tempi(vocab: ScoreVocab, score: Any, tpq: int, bars: list[Bar]) -> None
         return
     starts = [b.start for b in bars]
     for at, bpm in sorted(marks):
-        for b in bars[max(0, bisect.bisect_right(starts, at) - 1):]:
+        for b in bars[max(0, bisect.bisect_right(starts, at) - 1) :]:
             b.tempo = bpm
 
 

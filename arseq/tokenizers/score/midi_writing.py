@@ -1,5 +1,6 @@
 """Events to a MIDI file with symusic: a track per part, time and key signatures where bars change them,
 tempo marks; ~100x faster than building a music21 score to write it (benchmarks make thousands of files)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Reading music21 scores into events: notes on the grid (ties merged), bars, meters, keys and tempi."""
+
 from __future__ import annotations
 
 import bisect
@@ -15,7 +16,8 @@ def read_score(vocab: ScoreVocab, score: Any) -> Events:
 
     Raises ValueError with a one-line reason for what this tokenizer cannot represent.
     """
-    from music21 import stream, tempo as m21tempo
+    from music21 import stream
+    from music21 import tempo as m21tempo
 
     if isinstance(score, stream.Opus):
         if not score.scores:
@@ -67,7 +69,7 @@ def read_score(vocab: ScoreVocab, score: Any) -> Events:
     marks = score.recurse().getElementsByClass(m21tempo.MetronomeMark)
     # a mark with words only ("Sehr langsam", no number) sets no tempo
     tempi = [(steps(el.getOffsetInHierarchy(score))[0], bpm) for el in marks if (bpm := el.getQuarterBPM()) is not None]
-    for at, bpm in tempi:
+    for _, bpm in tempi:
         if not 10 <= bpm <= 1000:
             raise ValueError(f"absurd tempo {bpm} bpm")
     if vocab.tempo and tempi:
@@ -79,8 +81,7 @@ def read_score(vocab: ScoreVocab, score: Any) -> Events:
     lost = Counter({k: v for k, v in lost.items() if v})
     moved = ("off_grid", "microtone", "pitch_range", "past_last_bar", "grace_notation")
     dropped = ("grace_dropped", "zero_duration", "unpitched")
-    return Events(bars, notes, len(parts), sum(lost[k] for k in moved), sum(lost[k] for k in dropped),
-                  lost=dict(lost))
+    return Events(bars, notes, len(parts), sum(lost[k] for k in moved), sum(lost[k] for k in dropped), lost=dict(lost))
 
 
 def grid_steps(ql: Fraction, ppq: int) -> tuple[int, bool]:
@@ -121,6 +122,7 @@ def _grace_kind(d: Any, lost: Counter) -> int:
         lost["grace_notation"] += 1
     value = d.type if d.type in GRACE_TYPES else "eighth"
     return GRACE_KINDS.index((value, slash)) + 1
+
 
 def _bar_grid(vocab: ScoreVocab, parts: list, end: int) -> list[Bar]:
     """Bar grid from the measures of the part that has the most, extended by bars of the last meter up
@@ -173,6 +175,7 @@ def _bar_grid(vocab: ScoreVocab, parts: list, end: int) -> list[Bar]:
         b = bars[-1]
         bars.append(Bar(b.start + b.length, vocab.ts_steps(b.ts), b.ts, b.key, b.tempo))
     return bars
+
 
 def _notes_with_offsets(part: Any) -> Iterator[tuple[Fraction, Any]]:
     """(absolute offset, note or chord) for a part, looking inside measures and voices without flattening.

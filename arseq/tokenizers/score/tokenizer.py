@@ -1,4 +1,5 @@
 """`ScoreTokenizer`: scores to ids and back, through events (reading, writing) and the grammar (decoding)."""
+
 from __future__ import annotations
 
 import bisect
@@ -98,12 +99,19 @@ class ScoreTokenizer(ScoreVocab):
 
     # ---- state --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "ppq": self.ppq, "max_parts": self.max_parts,
-                "max_bar_quarters": self.max_bar_quarters, "max_dur_quarters": self.max_dur_quarters,
-                "velocity": self.velocity, "tempo": self.tempo, "grace": self.grace}
+        return {
+            "kind": self.kind,
+            "ppq": self.ppq,
+            "max_parts": self.max_parts,
+            "max_bar_quarters": self.max_bar_quarters,
+            "max_dur_quarters": self.max_dur_quarters,
+            "velocity": self.velocity,
+            "tempo": self.tempo,
+            "grace": self.grace,
+        }
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> "ScoreTokenizer":
+    def from_dict(cls, state: dict[str, Any]) -> ScoreTokenizer:
         """Rebuild from `to_dict`. A state saved before grace tokens existed has no "grace" key: it gets
         grace=False, hence exactly its old vocabulary, so old checkpoints load and generate as before."""
         return cls(**{"grace": False, **{k: v for k, v in state.items() if k != "kind"}})

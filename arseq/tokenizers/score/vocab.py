@@ -4,6 +4,7 @@ Ids are laid out type by type (`start[kind]` is the first id of a type); `types[
 read any id back. Grammar, reading and writing share the grid helpers (`ts_steps`, tempo and velocity
 bins) from here, so one definition serves both directions.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,21 +32,41 @@ class ScoreVocab:
 
     pad_id, bos_id, eos_id = 0, 1, 2
 
-    def __init__(self, ppq: int = 24, max_parts: int = 16, max_bar_quarters: int = 16,
-                 max_dur_quarters: int = 16, velocity: bool = False, tempo: bool = True, grace: bool = True):
+    def __init__(
+        self,
+        ppq: int = 24,
+        max_parts: int = 16,
+        max_bar_quarters: int = 16,
+        max_dur_quarters: int = 16,
+        velocity: bool = False,
+        tempo: bool = True,
+        grace: bool = True,
+    ):
         if ppq < 1 or max_parts < 1 or max_bar_quarters < 1 or max_dur_quarters < 1:
             raise ValueError("ppq, max_parts, max_bar_quarters and max_dur_quarters must be >= 1")
         self.ppq, self.max_parts, self.velocity, self.tempo, self.grace = ppq, max_parts, velocity, tempo, grace
         self.max_bar_quarters, self.max_dur_quarters = max_bar_quarters, max_dur_quarters
         self.max_bar, self.max_dur = max_bar_quarters * ppq, max_dur_quarters * ppq
         self.time_signatures = [
-            (n, d) for d in TS_DENOMINATORS for n in range(1, 33)
+            (n, d)
+            for d in TS_DENOMINATORS
+            for n in range(1, 33)
             if Fraction(4 * n, d) <= max_bar_quarters and (Fraction(4 * n * ppq, d)).denominator == 1
         ]
         self.ts_index = {ts: i for i, ts in enumerate(self.time_signatures)}
-        sizes = {BAR: 1, TS: len(self.time_signatures), KEY: len(KEY_RANGE), TEMPO: TEMPO_BINS if tempo else 0,
-                 LEN: self.max_bar, PART: max_parts, POS: self.max_bar, VEL: VEL_BINS if velocity else 0,
-                 PITCH: 128, DUR: self.max_dur, GRACE: len(GRACE_KINDS) if grace else 0}
+        sizes = {
+            BAR: 1,
+            TS: len(self.time_signatures),
+            KEY: len(KEY_RANGE),
+            TEMPO: TEMPO_BINS if tempo else 0,
+            LEN: self.max_bar,
+            PART: max_parts,
+            POS: self.max_bar,
+            VEL: VEL_BINS if velocity else 0,
+            PITCH: 128,
+            DUR: self.max_dur,
+            GRACE: len(GRACE_KINDS) if grace else 0,
+        }
         # Grace ids come last, so a tokenizer without them (grace=False, the state of tokenizers saved before
         # grace tokens existed) has exactly the old ids, and with them every other id is unchanged too.
         types, values = [PAD, BOS, EOS], [0, 0, 0]

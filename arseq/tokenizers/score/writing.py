@@ -1,4 +1,5 @@
 """Writing events as a music21 score: measures, voices, notatable durations, ties, enharmonic spelling."""
+
 from __future__ import annotations
 
 import bisect
@@ -92,6 +93,7 @@ def to_score(vocab: ScoreVocab, ev: Events) -> Any:
             prev = bar
         score.insert(0, part)
     return score
+
 
 def write_musicxml(score: Any, path: str | Path) -> None:
     """Write a `to_score` score as is: music21's own notation pass would re-bar long bars."""

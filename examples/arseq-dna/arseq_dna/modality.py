@@ -3,6 +3,7 @@
 Reads FASTA (plain or gzipped; one item per record), writes generated sequences as FASTA, reports GC
 content and bits per base. It imports only arseq's public API: `arseq.modalities`, `arseq.tokenizers`.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -21,10 +22,19 @@ from Bio.Seq import Seq
 from Bio.SeqRecord import SeqRecord
 
 from arseq.modalities import (
-    Constraint, DataError, EvalInputs, Example, Modality, OutputFiles, Plan, PrefixCounts, Request, Sample, Skipped,
+    Constraint,
+    DataError,
+    EvalInputs,
+    Example,
+    Modality,
+    OutputFiles,
+    Plan,
+    PrefixCounts,
+    Request,
+    Sample,
+    Skipped,
 )
 from arseq.tokenizers import Tokenizer
-
 from arseq_dna import synthetic
 from arseq_dna.tokenizer import NucleotideTokenizer
 
@@ -129,8 +139,7 @@ class DnaModality(Modality):
         if length is not None and len(request.prompt or "") >= length:
             raise DataError(f"--prompt is {len(request.prompt)} bases long, not shorter than --length {length}")
         sampling = {"max_new_tokens": length + 1} if length is not None else {}  # single-base tokens and the EOS
-        return Plan([[tokenizer.bos_id, *ids] for _ in range(request.num_samples)], sampling,
-                    constraint=partial(self.constraint, tokenizer, length))
+        return Plan([[tokenizer.bos_id, *ids] for _ in range(request.num_samples)], sampling, constraint=partial(self.constraint, tokenizer, length))
 
     def constraint(self, tokenizer: Tokenizer, length: int | None) -> Constraint:
         """Unambiguous bases only (no N, no specials) until EOS; with a length, exactly that many bases."""
@@ -192,7 +201,6 @@ class DnaModality(Modality):
             "bits_per_base": report.total_nll / math.log(2) / max(1, len(val)),
             "baselines": {"base_frequencies": {"bits_per_base": order0}, "uniform": {"bits_per_base": 2.0}},
         }
-
 
     # ---- error analysis (`arseq analyze drift`; errors in samples: the constraint's N or specials) --------
     def plausible_mistake(self, tokenizer: Tokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:

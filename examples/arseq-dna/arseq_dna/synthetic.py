@@ -3,6 +3,7 @@
 Each sequence is ATG, 12-40 codons drawn from a skewed codon table (GC-rich or AT-rich, by sequence),
 and a stop codon — structure that shows up in the loss and in samples' GC content within minutes.
 """
+
 from __future__ import annotations
 
 import itertools

@@ -4,6 +4,7 @@ With `k > 1` every full k-mer of unambiguous bases is one token; a chunk holding
 shorter than k fall back to single-base tokens, so any sequence encodes losslessly (up to case,
 ambiguity codes -> N, and T/U, which the molecule type decides).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -36,7 +37,7 @@ class NucleotideTokenizer:
         self.n_id = len(SPECIALS) + 4
         self._first_kmer = self.n_id + 1
         # bases per token: 0 for specials, so a row's length in bases is a sum over its tokens
-        self.token_bases = np.array([0] * len(SPECIALS) + [len(t) for t in self.vocab[len(SPECIALS):]], dtype=np.int64)
+        self.token_bases = np.array([0] * len(SPECIALS) + [len(t) for t in self.vocab[len(SPECIALS) :]], dtype=np.int64)
 
     @property
     def vocab_size(self) -> int:
@@ -74,5 +75,5 @@ class NucleotideTokenizer:
         return {"kind": self.kind, "molecule": self.molecule, "k": self.k}
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> "NucleotideTokenizer":
+    def from_dict(cls, state: dict[str, Any]) -> NucleotideTokenizer:
         return cls(state["molecule"], state["k"])
