@@ -236,7 +236,7 @@ def test_a_killed_prepares_temp_folder_is_removed_by_the_next(ckpt, tmp_path, mo
 
 
 def test_score_csv_neutralizes_formulas_and_writes_non_utf8_names(ckpt, tmp_path, capsys):
-    from arseq.app.analysis_verbs import _csv
+    from arseq.outputs import csv_text
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -248,5 +248,5 @@ def test_score_csv_neutralizes_formulas_and_writes_non_utf8_names(ckpt, tmp_path
         shown = sorted(Path(row["name"]).name for row in csv.DictReader(f))
     assert shown == ["\\xff\\xfe.txt", "plain.txt"]
     # FASTA record ids name protein items: a header ">=HYPERLINK(...)" must reach a spreadsheet as text
-    rows = list(csv.DictReader(_csv([{"name": '=HYPERLINK("http://x")', "nll": -1.5}, {"name": "@SUM(A1)", "nll": 2.0}]).splitlines()))
+    rows = list(csv.DictReader(csv_text([{"name": '=HYPERLINK("http://x")', "nll": -1.5}, {"name": "@SUM(A1)", "nll": 2.0}]).splitlines()))
     assert [r["name"] for r in rows] == ['\'=HYPERLINK("http://x")', "'@SUM(A1)"] and rows[0]["nll"] == "-1.5"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -214,12 +215,12 @@ def _model(vocab: int) -> Transformer:
 
 
 def _sample(m, tok, args, n=4, seed=0):
-    args.num_samples = n
-    plan = m.plan(tok, args)
+    plan = m.plan(tok, replace(args, num_samples=n))
     cfg = SamplingOptions(seed=seed, max_new_tokens=plan.new_tokens).resolve(plan.sampling, (tok.eos_id,))
     prompts = plan.prompts
     gen = generate(_model(tok.vocab_size), prompts, cfg, constraint=plan.constraint())
-    return [Sample(p, t, s, 0.0) for p, t, s in zip(prompts, gen.tokens, gen.stopped)]
+    conditions = plan.conditions or [{}] * len(prompts)  # as the core gives each sample its plan's conditions
+    return [Sample(p, t, s, 0.0, c) for p, t, s, c in zip(prompts, gen.tokens, gen.stopped, conditions)]
 
 
 def test_constraint_makes_every_sample_a_full_image(digits):
@@ -269,11 +270,11 @@ def test_completion_keeps_prompt_rows_pixel_exact_and_writes_side_by_side(digits
     Image.fromarray(original[..., 0], "L").save(prompt_png)
     args = _args(prompt=str(prompt_png), prompt_rows=3)
     samples = _sample(m, tok, args, n=3)
-    assert m.plan(tok, args).conditions == [{"label": "0"}, {"label": "1"}, {"label": "2"}]  # classes cycle without --label
+    assert m.plan(tok, replace(args, num_samples=3)).conditions == [{"label": "0"}, {"label": "1"}, {"label": "2"}]  # classes cycle without --label
     assert m.plan(tok, _args(prompt=str(prompt_png), n=2, cond=["label=4"])).conditions == [{}, {}]  # --cond label=4 decides
     for s in samples:
         assert np.array_equal(tok.decode_pixels(s.prompt + s.tokens)[:3], original[:3])
-    args.out = tmp_path / "out"
+    args = replace(args, num_samples=3, out=tmp_path / "out")
     written = m.write(tok, samples, args, m.plan(tok, args))
     names = [p.name for p in written]
     assert names == ["sample_000_0.png", "sample_001_1.png", "sample_002_2.png", "grid.png", "completion.png"]
@@ -291,7 +292,7 @@ def test_completion_keeps_prompt_rows_pixel_exact_and_writes_side_by_side(digits
 
 def test_write_to_terminal_prints_ascii(digits, capsys):
     m, tok, examples = digits
-    assert m.write(tok, [Sample([1], list(examples[0].tokens[1:-1]), True, 0.5)], _args(), Plan([], conditions=[{"label": "0"}])) == []
+    assert m.write(tok, [Sample([1], list(examples[0].tokens[1:-1]), True, 0.5, {"label": "0"})], _args(), Plan([])) == []
     out = capsys.readouterr().out
     assert "label 0" in out and "@" in out and len(out.splitlines()) >= 9
 
