@@ -8,6 +8,7 @@ spread (what separates a performance from its quantized score).
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,8 +16,10 @@ import numpy as np
 import torch
 
 from arseq.errors import DataError, one_line
-from arseq.modalities.base import RowState
+from arseq.modalities.base import OutputFiles, Plan, RowState
 from arseq.modalities.music_key import find_key
+from arseq.modalities.music_reading import _check_midi
+from arseq.modalities.render import piano_roll
 from arseq.tokenizers.performance import PerformanceGrammar, PerformanceTokenizer, PlayedNote
 from arseq.tokenizers.score import Bar, Events, Note
 
@@ -48,8 +51,6 @@ def read_performance(path: Path) -> list[PlayedNote]:
 
 def load_performance(name: str, path: str, state: dict, check_roundtrip: bool) -> tuple:
     """(name, tokens, exact, info, conditions, skip reason) of one file, as `music_reading.load_piece`."""
-    from arseq.modalities.music_reading import _check_midi
-
     tok = PerformanceTokenizer.from_dict(state)
     try:
         if not path.lower().endswith((".mid", ".midi")):
@@ -185,10 +186,6 @@ def write_midi(notes: Sequence[PlayedNote], path: Path) -> None:
 
 def plan(tok: PerformanceTokenizer, request: Any, sampling: dict[str, Any]) -> Any:
     """Prompts (BOS, or a MIDI file's events without EOS) and the well-formedness constraint."""
-    from functools import partial
-
-    from arseq.modalities.plan import Plan
-
     prompt = [tok.bos_id]
     if request.prompt:
         path = Path(request.prompt)
@@ -200,11 +197,6 @@ def plan(tok: PerformanceTokenizer, request: Any, sampling: dict[str, Any]) -> A
 
 def write_samples(tok: PerformanceTokenizer, samples: Sequence[Any], request: Any) -> list[Path]:
     """Each sample as .mid and a piano-roll .png under `request.out` (or printed without one)."""
-    from functools import partial
-
-    from arseq.atomic import OutputFiles
-    from arseq.modalities.render import piano_roll
-
     if request.out is None:
         for i, s in enumerate(samples):
             notes = tok.decode(s.prompt + s.tokens)
