@@ -25,6 +25,10 @@ HELP = {
 # Chosen by loading the model, before the full parser (whose options depend on its modality) exists.
 LOAD_KEYS = ("checkpoint", "modality", "trust_modality_import")
 
+# How the command line spells the flags every model-loading verb shares (see `normalize`): a bare
+# --trust-modality-import is true, a bare --compile is on.
+SHARED_KINDS = {"trust_modality_import": "bool", "compile": "optional"}
+
 
 @dataclass
 class Call:
@@ -91,7 +95,7 @@ def early(argv: Sequence[str]) -> dict[str, Any]:
     """LOAD_KEYS and --help from the flags, or from the YAML files of --config (flags win)."""
     found: dict[str, Any] = {"help": any(a in ("-h", "--help") for a in argv)}
     from_flags: dict[str, Any] = {}
-    args = normalize(argv, {"trust_modality_import": "bool"})
+    args = normalize(argv, SHARED_KINDS)
     for i, arg in enumerate(args):
         name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
         if not eq and i + 1 < len(args):
@@ -137,7 +141,7 @@ def verb_parser(prog: str, description: str) -> ArgumentParser:
 
 def parse_verb(p: ArgumentParser, argv: Sequence[str], classes: Sequence[type], **kinds_: str) -> Any:
     """Parse a verb's flags (argparse's spellings accepted, see `normalize`); --checkpoint is required."""
-    cfg = parse(p, argv, {**field_kinds(classes), "trust_modality_import": "bool", "compile": "optional", **kinds_})
+    cfg = parse(p, argv, {**field_kinds(classes), **SHARED_KINDS, **kinds_})
     if not cfg.checkpoint:
         raise DataError("--checkpoint is required")
     return cfg
@@ -188,7 +192,7 @@ def parser(verb: str, generate_options: type | None, prog: str | None = None, nu
 
 def kinds(generate_options: type | None) -> dict[str, str]:
     classes = [SamplingOptions, RunOptions] + ([generate_options] if generate_options else [])
-    return {**field_kinds(classes), "overwrite": "bool", "trust_modality_import": "bool", "data.paths": "list", "cond": "list", "compile": "optional"}
+    return {**field_kinds(classes), **SHARED_KINDS, "overwrite": "bool", "data.paths": "list", "cond": "list"}
 
 
 def parse(p: Any, argv: Sequence[str], kinds_: dict[str, str]) -> Any:
