@@ -20,10 +20,10 @@ seed: 0
 modality: {{name: music, workers: 1, transpose: [0, 0]}}
 data: {{paths: {data}, val_fraction: 0.34, block_size: 256, batch_size: 4, fim_rate: {rate}}}
 model: {{n_layer: 1, n_head: 2, d_model: 32, dropout: 0.0}}
-optim: {{lr: 1.0e-3, min_lr: 1.0e-4, warmup_steps: 1, weight_decay: 0.0}}
+optim: {{lr: 1.0e-2, min_lr: 1.0e-3, warmup_steps: 1, weight_decay: 0.0}}
 trainer:
-  max_steps: 3
-  val_check_interval: 3
+  max_steps: 60
+  val_check_interval: 60
   check_val_every_n_epoch: null
   limit_val_batches: 2
   accelerator: cpu
@@ -128,3 +128,27 @@ def test_parse_ranges():
     assert parse_ranges("3", 5, "--keep-bars", "bar") == [(2, 3)]
     with pytest.raises(DataError, match="first >= 1"):
         parse_ranges("4-2", 12, "--keep-bars", "bar")
+
+
+@pytest.mark.slow
+def test_drift_revises_free_running_samples(chorales, tmp_path, capsys):
+    """`analyze drift --revise-rounds`: the free-running samples re-encoded, then revised, each measured again;
+    revision starts from the re-encoded samples and never adds errors by the modality's predicate."""
+    import json
+
+    data, models = chorales
+    args = ["analyze", "drift", "--data.paths", str(sorted(data.iterdir())[0]), "--items", "2", "--positions", "1", "--offsets", "4"]
+    args += ["--num-samples", "3", "--max-new-tokens", "60", "--bootstrap", "20", "--no-divergence", "--seed", "0"]
+    out = tmp_path / "drift"
+    capsys.readouterr()
+    assert main([*args, "--checkpoint", str(models[0.5]), "--revise-rounds", "2", "--revise-candidates", "2", "--out", str(out)]) == 0
+    revision = json.loads(capsys.readouterr().out)["free_running"]["revision"]
+    rounds = revision["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2] and rounds[2]["errors"] <= rounds[1]["errors"] <= rounds[0]["errors"]
+    for arm in ("reencoded", "revised"):
+        curve = revision[arm]["curve"]
+        assert curve["sequences"] == 3 and curve["tokens"] > 0 and 0 <= curve["error_rate"] <= 1
+        assert all(a >= b for a, b in zip(curve["survival"], curve["survival"][1:]))  # S(n) never rises
+        assert (out / f"survival_{arm}.csv").read_text().startswith("n,survival") and (out / f"survival_{arm}.png").stat().st_size > 0
+    assert main([*args, "--checkpoint", str(models[0.0]), "--revise-rounds", "1"]) == 2
+    assert "--revise-rounds" in capsys.readouterr().err

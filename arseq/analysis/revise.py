@@ -61,13 +61,13 @@ def errors(loaded: Loaded, piece: Piece) -> np.ndarray:
     return predicate(piece.ids) if predicate is not None else np.zeros(len(piece.ids), dtype=bool)
 
 
-def weakest_bar(tok: Any, piece: Piece, nll: np.ndarray, wrong: np.ndarray) -> int:
-    """The bar to resample: most flagged tokens first, then the highest mean NLL per token."""
+def weakest_bar(tok: Any, piece: Piece, nll: np.ndarray, wrong: np.ndarray) -> int | None:
+    """The bar to resample: most flagged tokens first, then the highest mean NLL per token (None: no bar)."""
     ids = np.asarray(piece.ids)
     bar_at = np.flatnonzero(ids == tok.bar_id)
     ends = np.concatenate([bar_at[1:], [len(ids) - 1]])
     keys = [(int(wrong[a:b].sum()), float(nll[a - 1 : b - 1].mean()) if b > a else 0.0) for a, b in zip(bar_at, ends)]
-    return int(max(range(len(keys)), key=lambda k: keys[k]))
+    return int(max(range(len(keys)), key=lambda k: keys[k])) if keys else None
 
 
 def _stats(loaded: Loaded, pieces: list[Piece], nlls: list[np.ndarray]) -> dict[str, Any]:
@@ -85,14 +85,19 @@ def _stats(loaded: Loaded, pieces: list[Piece], nlls: list[np.ndarray]) -> dict[
     }
 
 
+def check_revisable(loaded: Loaded, flag: str) -> Fim:
+    """The model's sentinels, or one line saying why `flag` cannot revise with this model."""
+    if loaded.modality.name != "music":
+        raise DataError(f"{flag}: the {loaded.modality.name} modality has no weakest-span search yet (music only)")
+    return check_fim(Fim.from_dict(loaded.meta.fim), flag)
+
+
 def revise(
     loaded: Loaded, pieces: list[Piece], rounds: int = 3, candidates: int = 4, cfg: SamplingConfig | None = None, seed: int = 0, slots: int = 16
 ) -> tuple[list[Piece], list[dict[str, Any]]]:
     """`rounds` rounds of revision (see the module docstring); the revised pieces and one report per round
     (round 0: before)."""
-    if loaded.modality.name != "music":
-        raise DataError(f"revise: the {loaded.modality.name} modality has no weakest-span search yet (music only)")
-    fim = check_fim(Fim.from_dict(loaded.meta.fim), "revise")
+    fim = check_revisable(loaded, "revise")
     if rounds < 1 or candidates < 1:
         raise DataError("revise: --rounds and --candidates must be >= 1")
     tok = loaded.tokenizer
@@ -100,12 +105,11 @@ def revise(
     nlls = score(loaded, pieces)
     reports = [{"round": 0, **_stats(loaded, pieces, nlls), "changed": 0}]
     for r in range(1, rounds + 1):
-        infills = []
+        infills: list[MusicInfill | None] = []
         for p, nll in zip(pieces, nlls):
-            ev = tok.decode_events(p.ids)
+            a = weakest_bar(tok, p, nll, errors(loaded, p))  # None: a sample that never opened a bar is left as it is
             bar_at = [i for i, t in enumerate(p.ids) if t == tok.bar_id]
-            a = weakest_bar(tok, p, nll, errors(loaded, p))
-            infills.append(MusicInfill(list(p.ids), ev, bar_at, a, a + 1))
+            infills.append(MusicInfill(list(p.ids), tok.decode_events(p.ids), bar_at, a, a + 1) if a is not None else None)
         proposals = _resample(loaded, fim, pieces, infills, candidates, cfg, seed + 1000 * r, slots)
         changed = 0
         for i, options in enumerate(proposals):
@@ -123,15 +127,17 @@ def revise(
 
 
 def _resample(
-    loaded: Loaded, fim: Fim, pieces: list[Piece], infills: list[MusicInfill], candidates: int, cfg: SamplingConfig, seed: int, slots: int
+    loaded: Loaded, fim: Fim, pieces: list[Piece], infills: list[MusicInfill | None], candidates: int, cfg: SamplingConfig, seed: int, slots: int
 ) -> list[list[list[int]]]:
     """`candidates` infilled versions of each piece (own tokens), sampled on the decode engine, all rows at once."""
     tok, controls, model = loaded.tokenizer, loaded.controls, loaded.model
     context = model.cfg.max_seq_len - (controls.width if controls is not None else 0)
     engine = Engine(model, slots, pad_id=tok.pad_id)
-    owner: dict[int, int] = {}
+    owner: dict[int, tuple[int, MusicInfill]] = {}
     try:
         for i, (p, infill) in enumerate(zip(pieces, infills)):
+            if infill is None:
+                continue
             try:
                 prompt, room = infill.prompt(fim, tok.bos_id, context)
             except DataError as e:  # a bar longer than the context allows beside its neighbours: left as it is
@@ -143,13 +149,13 @@ def _resample(
             full = controls.insert(prompt, controls.ids(p.conditions)) if controls is not None else prompt
             row_cfg = replace(cfg, max_new_tokens=room, stop_tokens=(tok.eos_id,))
             for k in range(candidates):
-                owner[engine.submit(Row(full, row_cfg, seed + 100 * i + k, constraint, head=controls.head if controls else 0))] = i
+                owner[engine.submit(Row(full, row_cfg, seed + 100 * i + k, constraint, head=controls.head if controls else 0))] = (i, infill)
         done = engine.run()
     finally:
         engine.close()
     out: list[list[list[int]]] = [[] for _ in pieces]
     for f in done:
         if f.error is None:
-            i = owner[f.id]
-            out[i].append(tok.encode_events(infills[i].complete(tok, f.tokens)))
+            i, infill = owner[f.id]
+            out[i].append(tok.encode_events(infill.complete(tok, f.tokens)))
     return out

@@ -14,6 +14,8 @@ from arseq.analysis import drift as tf
 from arseq.analysis import survival as fr
 from arseq.analysis.drift import KINDS
 from arseq.analysis.plots import curves_plot, survival_plot
+from arseq.analysis.revise import check_revisable
+from arseq.analysis.revised_survival import Revision, revised_survival
 from arseq.app import generation, options
 from arseq.app.planning import make_plan
 from arseq.artifacts import checkpoint
@@ -38,6 +40,8 @@ class DriftOptions:
         divergence: the greedy divergence curve (--no-divergence skips it: K sequential steps per kind, most of the teacher-forced time)
         window: clustering ratio: an error in the previous this many tokens
         bootstrap: bootstrap resamples for the confidence bands
+        revise_rounds: with a fill-in-the-middle music model: revise the free-running samples this many rounds (as arseq revise) and measure their survival again
+        revise_candidates: resampled versions of the weakest bar per sample and round
         out: folder for drift.json, the CSVs and the plots
         overwrite: replace files of an earlier run in --out
     """
@@ -49,6 +53,8 @@ class DriftOptions:
     divergence: bool = True
     window: int = 8
     bootstrap: int = 1000
+    revise_rounds: int = 0
+    revise_candidates: int = 4
     out: Path | None = None
     overwrite: bool = False
 
@@ -94,9 +100,15 @@ def run_drift(argv: list[str]) -> int:
     cfg = options.parse(parser, argv, {**options.kinds(opts), **options.field_kinds([DriftOptions])})
     call = options.to_call(cfg, opts)
     args = DriftOptions(**{f.name: cfg[f.name] for f in fields(DriftOptions)})
-    for flag in ("items", "positions", "offsets", "window", "bootstrap"):
+    for flag in ("items", "positions", "offsets", "window", "bootstrap", "revise_candidates"):
         if getattr(args, flag) < 1:
-            raise DataError(f"--{flag} must be >= 1")
+            raise DataError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.revise_rounds < 0:
+        raise DataError("--revise-rounds must be >= 0")
+    if args.revise_rounds > 0:
+        check_revisable(loaded, "--revise-rounds")
+        if call.request.num_samples < 1:
+            raise DataError("--revise-rounds revises the free-running samples: --num-samples must be >= 1")
     context = loaded.model.cfg.max_seq_len
     if args.offsets >= context:  # said before the stored data paths are read (and said to be)
         raise DataError(f"--offsets must be between 1 and the model's context - 1 ({context - 1}), got {args.offsets}")
@@ -107,7 +119,7 @@ def run_drift(argv: list[str]) -> int:
     with claimed(args.out):  # a second drift into this --out refuses instead of replacing our files
         if args.out is not None:  # fail before minutes of work, not after
             plan = OutputFiles(overwrite=args.overwrite)
-            for name in OUTPUTS:
+            for name in OUTPUTS + (REVISION_OUTPUTS if args.revise_rounds > 0 else ()):
                 plan.add(Path(args.out) / name, "")
             plan.check()
         with checkpoint.stored_data(loaded, call.data_paths):
@@ -120,6 +132,7 @@ def run_drift(argv: list[str]) -> int:
 
 
 OUTPUTS = ("drift.json", "excess_nll.csv", "kl.csv", "divergence.csv", "survival.csv", "excess_nll.png", "kl.png", "survival.png")
+REVISION_OUTPUTS = tuple(f"survival_{arm}.{ext}" for arm in ("reencoded", "revised") for ext in ("csv", "png"))
 
 
 def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str, Any]:
@@ -171,7 +184,8 @@ def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str
         ).tokens
         reference = train_data.train.items() if train_data is not None else items
         constraint = planned.constraint() if planned.constraint is not None else None
-        errors = fr.mark_errors(prompts, generated, constraint, modality.error_predicate(tok, reference))
+        predicate = modality.error_predicate(tok, reference)
+        errors = fr.mark_errors(prompts, generated, constraint, predicate)
         survival = {
             "curve": fr.survival(errors, n_boot=min(args.bootstrap, 500), seed=seed),
             "clustering": fr.clustering_ratio(errors, args.window),
@@ -184,6 +198,13 @@ def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str
                 "constraint": "off",
             },
         }
+        if args.revise_rounds > 0:
+            revision = Revision(args.revise_rounds, args.revise_candidates, seed, args.window, min(args.bootstrap, 500))
+
+            def mark(gen: list[list[int]]) -> list[np.ndarray]:  # a fresh constraint: it keeps state per row
+                return fr.mark_errors(prompts, gen, planned.constraint() if planned.constraint is not None else None, predicate)
+
+            survival["revision"] = revised_survival(loaded, prompts, generated, planned.conditions, mark, revision)
     return {
         "data": where,
         "modality": modality.name,
@@ -213,13 +234,21 @@ def write_drift(result: dict[str, Any], out: Path, overwrite: bool, name: str) -
         files.add(out / f"{key}.csv", csv_text(rows))
         if key != "divergence":
             files.add(out / f"{key}.png", curves_plot(kinds, key, label, f"{name}: {label} after one injected error"))
-    s = result["free_running"].get("curve")
-    if s:
-        cols = ("n", "survival", "survival_lo", "survival_hi", "independent", "independent_lo", "independent_hi")
-        files.add(out / "survival.csv", csv_text([dict(zip(cols, v)) for v in zip(*(s[c] for c in cols))]))
-        ratio = result["free_running"]["clustering"]["ratio"]
-        files.add(
-            out / "survival.png",
-            survival_plot(s, f"{name}: survival without the constraint (clustering ratio {'n/a' if ratio is None else f'{ratio:.2f}'})"),
-        )
+    free = result["free_running"]
+    revision = free.get("revision", {})
+    for label, arm in (("", free), ("reencoded", revision.get("reencoded")), ("revised", revision.get("revised"))):
+        _survival_files(files, out, arm, label, name)
     return files.commit()
+
+
+def _survival_files(files: OutputFiles, out: Path, arm: dict[str, Any] | None, label: str, name: str) -> None:
+    """survival.csv and .png of one arm of the free-running samples: as drawn (label ""), re-encoded or revised."""
+    s = arm.get("curve") if arm else None
+    if not arm or not s:
+        return
+    suffix, what = (f"_{label}", f"samples {label}") if label else ("", "without the constraint")
+    cols = ("n", "survival", "survival_lo", "survival_hi", "independent", "independent_lo", "independent_hi")
+    files.add(out / f"survival{suffix}.csv", csv_text([dict(zip(cols, v)) for v in zip(*(s[c] for c in cols))]))
+    ratio = arm["clustering"]["ratio"]
+    title = f"{name}: survival, {what} (clustering ratio {'n/a' if ratio is None else f'{ratio:.2f}'})"
+    files.add(out / f"survival{suffix}.png", survival_plot(s, title))
