@@ -290,7 +290,7 @@ def test_sigterm_finishes_running_requests_and_exits_0(trained):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a fresh interpreter importing torch on busy cores: tens of seconds
         while True:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
             try:
@@ -306,7 +306,7 @@ def test_sigterm_finishes_running_requests_and_exits_0(trained):
         proc.send_signal(signal.SIGTERM)
         assert list(stream)[-1][1] == "[DONE]"  # the running request finishes
         conn.close()
-        assert proc.wait(30) == 0
+        assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
