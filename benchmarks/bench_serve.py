@@ -10,7 +10,7 @@ RSS is sampled (`rss_growth`: at the end over after the first fifth). The engine
 16 rows over a step of one, in this process) is reported beside it. `transformers serve`, the anchor, is run
 where it is installed (`hf_serve_tokens_per_s`; null and `hf_serve_error` otherwise).
 
-    python benchmarks/bench_serve.py --checkpoint runs/text [--soak-seconds 300] [--clients 1 4 16 64]
+    python benchmarks/bench_serve.py --checkpoint runs/text [--soak-seconds 300] [--clients 1 4 16 64] [--serve-flags "--compile"]
 """
 
 from __future__ import annotations
@@ -303,7 +303,9 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--soak-seconds", type=float, default=300.0)
     p.add_argument("--prompt", default=None, help="text prompt (text and protein models); default: BOS alone")
+    p.add_argument("--serve-flags", default="", help="more flags for every arseq serve started, e.g. '--compile --quantize int8'")
     args = p.parse_args()
+    flags = args.serve_flags.split()
     prompt: Any = args.prompt if args.prompt is not None else [0]
     if args.prompt is None:
         from arseq.artifacts import checkpoint as ck
@@ -311,13 +313,13 @@ def main() -> None:
         prompt = [ck.load(args.checkpoint).tokenizer.bos_id]
     per = lambda c: args.requests_per_client or max(2, 16 // c)  # noqa: E731
     out: dict[str, Any] = {"by_clients": {}}
-    proc, port = start(args.checkpoint, "--slots", str(args.slots), "--max-queue", "256")
+    proc, port = start(args.checkpoint, "--slots", str(args.slots), "--max-queue", "256", *flags)
     try:
         for c in args.clients:
             out["by_clients"][str(c)] = asyncio.run(load(port, c, per(c), seed=c, prompt=prompt))
     finally:
         stop(proc)
-    proc, port = start(args.checkpoint, "--slots", "1", "--max-queue", "256")
+    proc, port = start(args.checkpoint, "--slots", "1", "--max-queue", "256", *flags)
     try:
         out["sequential_tokens_per_s"] = asyncio.run(load(port, 16, per(16), seed=16, prompt=prompt))["tokens_per_s"]
     finally:
@@ -332,7 +334,7 @@ def main() -> None:
         )
     if error:
         out["hf_serve_error"] = error
-    proc, port = start(args.checkpoint, "--slots", str(args.slots), "--max-queue", "16")
+    proc, port = start(args.checkpoint, "--slots", str(args.slots), "--max-queue", "16", *flags)
     try:
         over = asyncio.run(overload(port, proc.pid, 64, args.soak_seconds, prompt))
     finally:
@@ -342,6 +344,7 @@ def main() -> None:
     out["meta"] = {
         "checkpoint": args.checkpoint,
         "slots": args.slots,
+        "serve_flags": args.serve_flags,
         "soak_seconds": args.soak_seconds,
         "cpus": os.cpu_count(),
         "requests_per_client": {str(c): per(c) for c in args.clients},
