@@ -243,3 +243,14 @@ def test_compiled_passes_of_many_models_each_keep_their_own_graphs():
         torch.manual_seed(seed)
         m = Transformer(TransformerConfig(vocab_size=20, max_seq_len=32, n_layer=1, n_head=2, d_model=8 + 4 * seed)).eval()
         assert generate(m, [[1, 2]], cfg, compile=True).tokens == generate(m, [[1, 2]], cfg).tokens
+
+
+def test_a_bare_compile_flag_means_on():
+    """`--compile` alone (and a YAML `compile: true`) turns compiling on in every verb that takes it."""
+    from arseq.app.options import SHARED_KINDS, normalize
+    from arseq.models.inference import compile_mode
+    from arseq.serve.command import parser as serve_parser
+
+    assert normalize(["--compile"], SHARED_KINDS) == ["--compile", "true"]
+    args = serve_parser().parse_args(normalize(["--checkpoint", "x", "--compile"], SHARED_KINDS))
+    assert [compile_mode(v) for v in (args.compile, "true", "False", True, "auto")] == ["on", "on", "off", "on", "auto"]

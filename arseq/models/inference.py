@@ -32,8 +32,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 _COMPILED: weakref.WeakKeyDictionary[Transformer, dict[tuple, tuple[Compiled, list[KVCache]]]] = weakref.WeakKeyDictionary()
 
 
-def compile_mode(value: Compile) -> str:
-    """True/False or "on"/"off"/"auto" -> one of COMPILE_CHOICES."""
+def compile_mode(value: Compile | str) -> str:
+    """True/False (also as the strings a bare `--compile` or a YAML `true` give) or "on"/"off"/"auto" -> one of
+    COMPILE_CHOICES."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
     if value is True or value is False:
         return "on" if value else "off"
     if value not in COMPILE_CHOICES:
