@@ -93,16 +93,8 @@ class Run:
     def __init__(self, server: Server, plan: JobPlan, http: HttpRequest):
         self.server, self.plan, self.http = server, plan, http
         self.queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-
-        def emit(event: tuple) -> None:
-            try:
-                loop.call_soon_threadsafe(self.queue.put_nowait, event)
-            except RuntimeError:  # the event loop is closed: nobody is listening any more
-                pass
-
         timeout = server.settings.timeout
-        self.job = Job(plan, emit, time.monotonic() + timeout if timeout else None)
+        self.job = Job(plan, self.queue, time.monotonic() + timeout if timeout else None)
         n = len(plan.rows)
         self.tokens: list[list[int]] = [[] for _ in range(n)]
         self.texts = ["" for _ in range(n)]
@@ -345,7 +337,7 @@ def create_app(loaded: Loaded, make_engine: Callable[[], Any], settings: Setting
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        server.loop.start()
+        server.loop.start(asyncio.get_running_loop())
         yield
         await asyncio.get_running_loop().run_in_executor(None, server.loop.stop, 5.0)
         server.writer.shutdown(wait=True)
