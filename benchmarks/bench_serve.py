@@ -10,7 +10,7 @@ RSS is sampled (`rss_growth`: at the end over after the first fifth). The engine
 16 rows over a step of one, in this process) is reported beside it. `transformers serve`, the anchor, is run
 where it is installed (`hf_serve_tokens_per_s`; null and `hf_serve_error` otherwise).
 
-    python benchmarks/bench_serve.py --checkpoint runs/text [--soak-seconds 300] [--clients 1 4 16 64] [--serve-flags "--compile"]
+    python benchmarks/bench_serve.py --checkpoint runs/text [--soak-seconds 300] [--clients 1 4 16 64] [--serve-flags=--compile]
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--soak-seconds", type=float, default=300.0)
     p.add_argument("--prompt", default=None, help="text prompt (text and protein models); default: BOS alone")
-    p.add_argument("--serve-flags", default="", help="more flags for every arseq serve started, e.g. '--compile --quantize int8'")
+    p.add_argument("--serve-flags", default="", help="more flags for every arseq serve started, e.g. --serve-flags='--compile --quantize int8'")
     args = p.parse_args()
     flags = args.serve_flags.split()
     prompt: Any = args.prompt if args.prompt is not None else [0]
