@@ -19,8 +19,8 @@ import pytest
 pytest.importorskip("music21")
 pytest.importorskip("symusic")
 
-from arseq.modalities.music_conditions import analysed_key  # noqa: E402
-from arseq.modalities.music_reading import load_piece, read_events  # noqa: E402
+from arseq.modalities.music.conditions import analysed_key  # noqa: E402
+from arseq.modalities.music.reading import load_piece, read_events  # noqa: E402
 from arseq.tokenizers.score import ScoreTokenizer  # noqa: E402
 
 TOK = ScoreTokenizer()
@@ -32,7 +32,7 @@ def write_midi(names: tuple[str, ...] | None, folder: Path) -> list[Path]:
     """Chorales of music21's corpus written to MIDI by music21 (all 350 when `names` is None)."""
     from music21 import converter
 
-    from arseq.modalities.music_corpus import bach_chorales
+    from arseq.modalities.music.corpus import bach_chorales
 
     folder.mkdir(parents=True, exist_ok=True)
     out = []
