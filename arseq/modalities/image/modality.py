@@ -52,7 +52,7 @@ from arseq.modalities.image.codebook import fit_codebook
 from arseq.modalities.image.files import natural_order, open_image
 from arseq.modalities.image.infill import completed, infill_plan, row_cuts
 from arseq.modalities.image.metrics import baseline_bits, psnr_from_mse
-from arseq.modalities.image.reading import empty_class_folders, geometry, image_items
+from arseq.modalities.image.reading import empty_class_folders, encoded_files, geometry, image_items
 from arseq.modalities.image.render import ascii_art, tile
 from arseq.tokenizers.patch import MAX_PATCHES, PatchTokenizer, pick_label
 
@@ -77,6 +77,13 @@ class ImageGenerate:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "_"
+
+
+def _encoded(tokenizer: PatchTokenizer, label_token: bool, pixels: np.ndarray, label: str | None) -> tuple[Any, float]:
+    """An image's tokens and the mean squared error of their reconstruction (in a worker: `read`)."""
+    tokens = tokenizer.encode(pixels, label if label_token else None)
+    rec = tokenizer.decode_pixels(tokens)
+    return tokens, float(np.mean((rec.astype(np.float64) - pixels) ** 2))
 
 
 def _png(image: Image.Image) -> Callable[[Path], None]:
@@ -158,13 +165,19 @@ class ImageModality(Modality):
         labels = tokenizer.labels if self.conditional else []  # a tokenizer with labels: a model from before conditions
         if source is None and self.conditional:
             yield from empty_class_folders(files)
-        for name, pixels, label, problem in image_items(files, source, labels or None, self._geometry(), self.conditional):
-            if pixels is None:
+        encode = partial(_encoded, tokenizer, bool(labels))
+        if source is None:
+            found = encoded_files(files, labels or None, self._geometry(), self.conditional, encode)
+        else:
+            found = (
+                (name, encode(p, label), label, None)
+                for name, p, label, _ in image_items(files, source, labels or None, self._geometry(), self.conditional)
+            )
+        for name, result, label, problem in found:
+            if result is None:
                 yield Skipped(name, problem or "unreadable")
                 continue
-            tokens = tokenizer.encode(pixels, label if labels else None)
-            rec = tokenizer.decode_pixels(tokens)
-            sq = float(np.mean((rec.astype(np.float64) - pixels) ** 2))
+            tokens, sq = result
             yield Example(
                 tokens,
                 name,

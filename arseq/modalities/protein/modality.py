@@ -43,6 +43,7 @@ from arseq.modalities import (
     Skipped,
 )
 from arseq.modalities.protein.designs import design_table
+from arseq.modalities.protein.encoding import encode_proteins
 from arseq.modalities.protein.fasta import (
     FileProblem,
     fasta_records,
@@ -188,14 +189,12 @@ class ProteinModality(Modality):
         if source:
             raise DataError(f"the protein modality has no built-in data source ({source!r}); use data.paths")
         used, first_skip = 0, None
-        for item in self.proteins(files):
+        for item in encode_proteins(self.proteins(files), tokenizer, check_roundtrip):
             if isinstance(item, Skipped):
                 first_skip = first_skip or item
                 yield item
                 continue
-            name, seq, tag = item
-            ids = tokenizer.encode(seq)
-            exact = tokenizer.decode(ids) == seq if check_roundtrip else None
+            (name, seq, tag), ids, exact = item
             info = {"residues": float(len(seq)), "nonstandard": float(sum(seq.count(c) for c in NONSTANDARD))}
             used += 1
             yield Example([tokenizer.bos_id, *ids, tokenizer.eos_id], name=name, exact=exact, info=info, conditions={"tag": tag} if tag else {})
