@@ -43,6 +43,11 @@ def prepared(modality, options, folder: Path, cache: Path, monkeypatch, workers:
 
 
 def test_images_prepared_in_workers_are_the_same(image_folder, tmp_path, monkeypatch):
+    import torch
+
+    x = torch.randn(1500, 1500, dtype=torch.float64)
+    assert (x @ x).isfinite().all()  # this process's torch thread pool has run, as after a large codebook fit
+    monkeypatch.setenv("ARSEQ_FILE_SECONDS", "30")  # a worker hanging on the pool's lock fails in 30 s, not 120
     one = prepared(ImageModality(**IMAGE_OPTIONS), IMAGE_OPTIONS, image_folder, tmp_path / "c1", monkeypatch, workers=1)
     two = prepared(ImageModality(**IMAGE_OPTIONS), IMAGE_OPTIONS, image_folder, tmp_path / "c2", monkeypatch, workers=2)
     assert one[0] == two[0]  # the same cache key
@@ -122,3 +127,26 @@ def test_a_chunk_that_crashes_its_worker_skips_its_proteins(tmp_path, monkeypatc
     _, _, stats = prepared(ProteinModality(), {}, folder, tmp_path / "c", monkeypatch, workers=2)
     crashed = [s for s in stats["skipped"] if "encoding" in s["reason"]]
     assert stats["num_items"] == 500 and len(crashed) == 100 and "died" in crashed[0]["reason"]
+
+
+def _matmul(seed: int) -> float:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    y, c = torch.randn(1024, 64, generator=g, dtype=torch.float64), torch.randn(256, 64, generator=g, dtype=torch.float64)
+    return float((y @ c.T).sum())  # big enough for torch to run it on its thread pool
+
+
+def test_torch_in_workers_after_torch_ran_here():
+    """A parent that ran torch on its thread pool (the image codebook's k-means) forks workers whose
+    first parallel op would hang on the pool's lock; the workers run torch on one thread instead."""
+    import torch
+
+    from arseq.parallel import Failed, ordered_map
+
+    x = torch.randn(1500, 1500, dtype=torch.float64)
+    assert (x @ x).isfinite().all()
+    threads = torch.get_num_threads()
+    out = list(ordered_map(_matmul, range(4), workers=2, seconds=10))
+    assert not [o for o in out if isinstance(o, Failed)], out
+    assert out == pytest.approx([_matmul(i) for i in range(4)]) and torch.get_num_threads() == threads  # this process keeps its threads
