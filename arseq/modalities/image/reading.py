@@ -1,7 +1,7 @@
 """Reading images for the image modality: pixels at the modality's size and mode, and each file's class
 from the folder layout (torchvision's ImageFolder: the first subfolder of the common folder is the class).
-`read` encodes files in worker processes (`encoded_files`): encoding, a nearest-codebook search per patch,
-is most of prepare's time after the codebook fit; opening and resizing is ~6 % of it."""
+`read` opens, resizes and encodes each file in a worker process (`encoded_files`): all three are per file,
+and about half of an image's time is opening and resizing, half the nearest-codebook search."""
 
 from __future__ import annotations
 
