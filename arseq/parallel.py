@@ -17,6 +17,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -91,6 +92,7 @@ class _Worker:
 
 def _serve(conn: Connection, fn: Callable[[Any], Any]) -> None:
     """A worker's loop: run `fn` on each job received until None; exceptions go back as `Failed`."""
+    _one_thread_torch()
     while True:
         try:
             message = conn.recv()
@@ -104,6 +106,15 @@ def _serve(conn: Connection, fn: Callable[[Any], Any]) -> None:
         except Exception as e:  # the parent reports it as this file's reason; the worker goes on
             result = Failed(f"{type(e).__name__}: {e}".splitlines()[0][:300])
         conn.send((index, result))
+
+
+def _one_thread_torch() -> None:
+    """In a forked worker, torch on one thread: the OpenMP pool of a parent that ran torch in parallel (the
+    image codebook's k-means) does not survive the fork, and the child's first parallel op hangs on its
+    lock. Torch is used only if the parent imported it (the workers are one per core anyway)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and mp.parent_process() is not None:
+        torch.set_num_threads(1)
 
 
 def ordered_map(

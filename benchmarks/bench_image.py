@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from arseq.modalities.image_metrics import baseline_bits
+from arseq.modalities.image.metrics import baseline_bits
 from arseq.tokenizers.patch import PatchTokenizer, kmeans, psnr, to_patches
 
 # (geometry, patch size, codebook size) and the fit sizes: 10k, and the modality's default cap of 200k

@@ -3,7 +3,7 @@ held-out performances?
 
     python benchmarks/bench_music_performance.py [--chorales 40] [--steps 300] [--samples 8]
 
-Makes performances of the first `--chorales` Bach chorales (two takes each, `music_humanize`) for training
+Makes performances of the first `--chorales` Bach chorales (two takes each, `arseq.modalities.music.humanize`) for training
 and of the next 8 for reference, trains the same small model once with `modality.tokenizer: performance`
 and once with the score tokenizer (which moves the played onsets onto its grid and drops velocities),
 samples both, and compares each sample set with the held-out performances:
@@ -30,8 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from arseq.modalities import music_performance as perf  # noqa: E402
-from arseq.modalities.music_humanize import humanize  # noqa: E402
+from arseq.modalities.music import performance as perf  # noqa: E402
+from arseq.modalities.music.humanize import humanize  # noqa: E402
 from arseq.tokenizers.score import ScoreTokenizer  # noqa: E402
 
 EDGES = np.append(np.arange(0, 1510, 10), 10_000)
@@ -40,7 +40,7 @@ EDGES = np.append(np.arange(0, 1510, 10), 10_000)
 def make_performances(first: int, count: int, folder: Path, takes: int) -> None:
     from music21 import converter
 
-    from arseq.modalities.music_corpus import bach_chorales
+    from arseq.modalities.music.corpus import bach_chorales
 
     folder.mkdir(parents=True)
     tok = ScoreTokenizer()

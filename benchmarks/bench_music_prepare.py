@@ -42,7 +42,7 @@ def source_pieces(count: int, tok: ScoreTokenizer) -> list[Events]:
     """The first `count` Bach chorales as events (music21 reads them: ~0.5 s each)."""
     from music21 import converter
 
-    from arseq.modalities.music_corpus import bach_chorales
+    from arseq.modalities.music.corpus import bach_chorales
 
     out = []
     for _, path in bach_chorales()[: count * 2]:
@@ -122,7 +122,7 @@ def miditok_remi(files: list[Path]) -> tuple[float, int, int]:
 
 def same_tokens(files: list[Path]) -> float:
     """The share of files the symusic and music21 paths give identical tokens for."""
-    from arseq.modalities.music_reading import read_events
+    from arseq.modalities.music.reading import read_events
 
     tok = ScoreTokenizer()
     same = [tok.encode_events(read_events(tok, f, "symusic")) == tok.encode_events(read_events(tok, f, "music21")) for f in files]

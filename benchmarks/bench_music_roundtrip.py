@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arseq.modalities.base import Example  # noqa: E402
-from arseq.modalities.music_corpus import COMPOSERS, music21_composers  # noqa: E402
-from arseq.modalities.music_reading import read_in_parallel, roundtrip_report  # noqa: E402
+from arseq.modalities.music.corpus import COMPOSERS, music21_composers  # noqa: E402
+from arseq.modalities.music.reading import read_in_parallel, roundtrip_report  # noqa: E402
 from arseq.tokenizers.score import ScoreTokenizer  # noqa: E402
 
 NAMED = ("monteverdi", "palestrina", "haydn", "handel", "verdi", "joplin", "trecento")  # issue 17's composers

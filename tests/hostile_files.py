@@ -20,7 +20,7 @@ TEXT = "abc abc\nab ca\n" * 40
 
 def base_parts(data_paths: str | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(arseq metadata, state dict) of a fresh tiny text model."""
-    from arseq.data.prepare import DataConfig
+    from arseq.data.config import DataConfig
     from arseq.models.transformer import Transformer, TransformerConfig
     from arseq.tokenizers.char import CharTokenizer
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arseq.data.prepare import DataConfig, prepare
+from arseq.data.config import DataConfig
+from arseq.data.prepare import prepare
 from arseq.modalities.text import TextModality
 
 

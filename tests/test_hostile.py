@@ -316,7 +316,7 @@ def test_a_pattern_from_a_file_runs_under_a_time_limit(tmp_path):
 
 
 def test_a_long_motif_is_a_motif_not_a_file_name():
-    from arseq.modalities.protein_fasta import start_motifs
+    from arseq.modalities.protein.fasta import start_motifs
 
     assert start_motifs(None, "M" * 300) == ["M" * 300]  # ENAMETOOLONG when tried as a path
 

@@ -13,7 +13,7 @@ from PIL import Image
 from arseq.decode import generate
 from arseq.modalities import DataError, EvalInputs, Example, Plan, Request, Sample, SamplingOptions, Skipped, resolve
 from arseq.modalities.image import ImageGenerate, ImageModality
-from arseq.modalities.image_metrics import baseline_bits
+from arseq.modalities.image.metrics import baseline_bits
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.patch import PatchTokenizer, kmeans, psnr, to_mode
 

@@ -11,8 +11,8 @@ from music21 import converter
 from arseq.cli import main
 from arseq.errors import DataError
 from arseq.modalities.infill_ranges import parse_ranges
-from arseq.modalities.music_infill import kept_notes
-from arseq.modalities.music_reading import bach_chorales
+from arseq.modalities.music.corpus import bach_chorales
+from arseq.modalities.music.infill import kept_notes
 from arseq.tokenizers.score import ScoreTokenizer
 
 CONFIG = """\

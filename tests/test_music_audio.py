@@ -8,7 +8,7 @@ import wave
 
 import numpy as np
 
-from arseq.modalities.music_audio import duration_seconds, midi_hz, render, render_wav
+from arseq.modalities.music.audio import duration_seconds, midi_hz, render, render_wav
 from arseq.tokenizers.score import Events, ScoreTokenizer
 from arseq.tokenizers.score.events import Bar, Note
 

@@ -10,7 +10,7 @@ import music21  # noqa: F401  (a hard dependency: a broken install must fail, no
 from music21 import converter  # noqa: E402
 
 from arseq.cli import main  # noqa: E402
-from arseq.modalities.music_reading import bach_chorales  # noqa: E402
+from arseq.modalities.music.corpus import bach_chorales  # noqa: E402
 from arseq.tokenizers.score import ScoreTokenizer  # noqa: E402
 
 CONFIG = """\

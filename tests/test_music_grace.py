@@ -14,8 +14,9 @@ from safetensors.torch import save_model  # noqa: E402
 from arseq.artifacts import checkpoint  # noqa: E402
 from arseq.decode import SamplingConfig, generate  # noqa: E402
 from arseq.modalities.base import Example  # noqa: E402
-from arseq.modalities.music import GrammarConstraint, MusicModality  # noqa: E402
-from arseq.modalities.music_reading import _load, roundtrip_losses, roundtrip_report  # noqa: E402
+from arseq.modalities.music import MusicModality
+from arseq.modalities.music.grammar import GrammarConstraint  # noqa: E402
+from arseq.modalities.music.reading import _load, roundtrip_losses, roundtrip_report  # noqa: E402
 from arseq.models.transformer import Transformer, TransformerConfig  # noqa: E402
 from arseq.tokenizers.score import Grammar, ScoreTokenizer  # noqa: E402
 from arseq.tokenizers.score.events import note_key, note_order  # noqa: E402

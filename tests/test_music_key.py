@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("music21")
 
-from arseq.modalities.music_key import find_key, key_pitch_class  # noqa: E402
+from arseq.modalities.music.key import find_key, key_pitch_class  # noqa: E402
 
 
 def music21_key(histogram: np.ndarray) -> str:

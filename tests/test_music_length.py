@@ -7,7 +7,7 @@ import torch
 from test_speculative import tiny
 
 from arseq.decode import SamplingConfig, generate
-from arseq.modalities.music import GrammarConstraint
+from arseq.modalities.music.grammar import GrammarConstraint
 from arseq.tokenizers.score import ScoreTokenizer
 
 TOK = ScoreTokenizer()

@@ -11,8 +11,10 @@ import pytest
 from music21 import converter, stream  # noqa: E402
 
 from arseq.modalities import DataError, EvalInputs, Example, Plan, Request, Sample, SamplingOptions, Skipped, resolve  # noqa: E402
-from arseq.modalities.music import GrammarConstraint, MusicGenerate  # noqa: E402
-from arseq.modalities.music_reading import bach_chorales, prompt_tokens  # noqa: E402
+from arseq.modalities.music import MusicGenerate
+from arseq.modalities.music.corpus import bach_chorales  # noqa: E402
+from arseq.modalities.music.grammar import GrammarConstraint  # noqa: E402
+from arseq.modalities.music.reading import prompt_tokens  # noqa: E402
 from arseq.tokenizers.score import DUR, PART, PITCH  # noqa: E402
 
 MUSIC = resolve("music")
@@ -237,7 +239,7 @@ def test_metrics_summarize_and_evaluate(chorales):
 
 def test_conditions_read_from_a_chorale_and_windows_holding_them_transpose_to_known_keys(chorales):
     from arseq.conditioning import Controls
-    from arseq.modalities.music_conditions import composer_of, piece_conditions
+    from arseq.modalities.music.conditions import composer_of, piece_conditions
 
     m = MUSIC(workers=1)
     tok = m.tokenizer
@@ -269,7 +271,7 @@ def test_conditions_read_from_a_chorale_and_windows_holding_them_transpose_to_kn
 
 def test_music21_composers_source_takes_chosen_folders_capped_per_composer():
     """modality.composers / per_composer pick the works of data.source music21_composers (a balanced corpus)."""
-    from arseq.modalities.music_corpus import music21_composers
+    from arseq.modalities.music.corpus import music21_composers
 
     chosen = music21_composers(("monteverdi", "mozart"), per_composer=3)
     assert [name.split("/")[0] for name, _ in chosen] == ["monteverdi"] * 3 + ["mozart"] * 3

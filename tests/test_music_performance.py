@@ -12,11 +12,12 @@ import pytest
 
 pytest.importorskip("symusic")
 
-from arseq.data.prepare import DataConfig, prepare  # noqa: E402
-from arseq.modalities import music_performance as perf  # noqa: E402
+from arseq.data.config import DataConfig  # noqa: E402
+from arseq.data.prepare import prepare  # noqa: E402
 from arseq.modalities.base import Sample  # noqa: E402
 from arseq.modalities.music import MusicModality  # noqa: E402
-from arseq.modalities.music_humanize import humanize  # noqa: E402
+from arseq.modalities.music import performance as perf  # noqa: E402
+from arseq.modalities.music.humanize import humanize  # noqa: E402
 from arseq.tokenizers.performance import PerformanceGrammar, PerformanceTokenizer, PlayedNote  # noqa: E402
 from arseq.tokenizers.score import ScoreTokenizer  # noqa: E402
 

@@ -121,7 +121,7 @@ def test_off_grid_notes_are_quantized_and_counted():
 
 
 def test_bach_chorales_round_trip_losslessly_and_compactly():
-    from arseq.modalities.music_reading import bach_chorales
+    from arseq.modalities.music.corpus import bach_chorales
 
     total_tokens = total_notes = 0
     for name, path in bach_chorales()[:4]:
@@ -137,7 +137,7 @@ def test_bach_chorales_round_trip_losslessly_and_compactly():
 
 
 def chorale_ids() -> list[int]:
-    from arseq.modalities.music_reading import bach_chorales
+    from arseq.modalities.music.corpus import bach_chorales
 
     return TOK.encode(converter.parse(bach_chorales()[0][1]))
 

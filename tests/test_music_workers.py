@@ -16,7 +16,8 @@ import pytest
 
 pytest.importorskip("symusic")
 
-from arseq.data.prepare import DataConfig, prepare  # noqa: E402
+from arseq.data.config import DataConfig  # noqa: E402
+from arseq.data.prepare import prepare  # noqa: E402
 from arseq.modalities.music import MusicModality  # noqa: E402
 from arseq.parallel import Failed, ordered_map  # noqa: E402
 from arseq.tokenizers.score import Bar, Events, Note  # noqa: E402

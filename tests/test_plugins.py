@@ -153,3 +153,13 @@ def test_dna_kmer_tokens_are_lossless_and_the_length_constraint_holds(dna):
     assert not allowed[tok.eos_id] and not allowed[tok.encode("GGG")[0]] and allowed[tok.encode("A")[0]]
     row += tok.encode("A")
     assert mask([row])[0].nonzero().flatten().tolist() == [tok.eos_id]
+
+
+@pytest.mark.parametrize("name", ["text", "music", "image", "protein"])
+def test_the_import_paths_of_0_1_0_still_name_the_built_ins(name):
+    """Checkpoints store the registered name; a config (and so a run's metadata) may name the class by the
+    import path 0.1.0 had, `arseq.modalities.<name>:<Class>`: the built-ins are packages that export it."""
+    target = modalities.BUILTIN[name]
+    assert target == f"arseq.modalities.{name}:{name.capitalize()}Modality"
+    assert modalities.resolve(target).name == name
+    assert modalities.resolve(target.replace(":", ".")).name == name

@@ -15,7 +15,7 @@ from arseq.artifacts.metadata import RunMeta
 from arseq.cli import main
 from arseq.modalities import Request, SamplingOptions, resolve
 from arseq.modalities.music import MusicGenerate
-from arseq.modalities.music_reading import prompt_tokens
+from arseq.modalities.music.reading import prompt_tokens
 from arseq.models.transformer import Transformer, TransformerConfig
 
 MUSIC = resolve("music")

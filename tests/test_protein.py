@@ -15,7 +15,7 @@ from Bio import SeqIO
 from arseq.decode import generate
 from arseq.modalities import DataError, Example, Plan, Request, Sample, SamplingOptions, Skipped, resolve
 from arseq.modalities.protein import ProteinGenerate, ProteinModality
-from arseq.modalities.protein_metrics import degenerate, kl_divergence, novelty, properties
+from arseq.modalities.protein.metrics import degenerate, kl_divergence, novelty, properties
 from arseq.models.scoring import unigram_baseline
 from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.protein import ALPHABET, STANDARD, ProteinBPETokenizer, ProteinTokenizer

@@ -100,7 +100,7 @@ def test_generate_text_files_and_progress_events(text):
 
 
 def test_music_generate_with_key_and_meter_equals_generate(models, tmp_path):
-    from arseq.modalities.music_audio import duration_seconds
+    from arseq.modalities.music.audio import duration_seconds
 
     ckpt = models("music")
     s = Served(ckpt)

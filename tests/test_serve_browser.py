@@ -66,7 +66,7 @@ def check_download(page, file):
 
 
 def test_music_page_plays_the_piece(page, tmp_path_factory, tmp_path):
-    from arseq.modalities.music_audio import duration_seconds
+    from arseq.modalities.music.audio import duration_seconds
 
     s = Served(tiny_model("music", tmp_path_factory))
     try:

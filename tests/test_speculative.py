@@ -187,7 +187,7 @@ def test_sampled_tokens_follow_the_targets_distribution(proposer):
 
 # ---- constraints --------------------------------------------------------------------------------
 def music_case():
-    from arseq.modalities.music import GrammarConstraint
+    from arseq.modalities.music.grammar import GrammarConstraint
     from arseq.tokenizers.score import ScoreTokenizer
 
     tok = ScoreTokenizer()

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from arseq.data.prepare import DataConfig, prepare
+from arseq.data.config import DataConfig
+from arseq.data.prepare import prepare
 from arseq.modalities import Skipped
 from arseq.modalities.text import TextModality
 from arseq.tokenizers.bpe import BPETokenizer

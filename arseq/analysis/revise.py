@@ -29,7 +29,7 @@ from arseq.decode.engine import Engine
 from arseq.decode.infill import hide_sentinels
 from arseq.errors import DataError
 from arseq.modalities.infill_ranges import check_fim
-from arseq.modalities.music_infill import MusicInfill
+from arseq.modalities.music.infill import MusicInfill
 from arseq.tokenizers.score.vocab import PITCH
 
 log = logging.getLogger(__name__)

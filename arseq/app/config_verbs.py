@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from arseq.config_files import read_config
-from arseq.data.prepare import DataConfig
+from arseq.data.config import DataConfig
 from arseq.errors import DataError, one_line
 from arseq.modalities import Modality, resolve
 

@@ -22,7 +22,8 @@ from arseq.app.planning import Planned, make_plan
 from arseq.app.run_options import RunOptions
 from arseq.artifacts.checkpoint import Loaded
 from arseq.conditioning import Controls, split_condition
-from arseq.data.prepare import DataConfig, Prepared, prepare
+from arseq.data.config import DataConfig
+from arseq.data.prepare import Prepared, prepare
 from arseq.decode import Speculative, generate
 from arseq.modalities import DataError, EvalInputs, Example, Modality, Request, Sample
 from arseq.models.device import resolve_device

@@ -20,7 +20,7 @@ from arseq.atomic import atomic_write
 from arseq.decode.config import SamplingConfig
 from arseq.errors import DataError
 from arseq.modalities import Plan, Request, Sample, SamplingOptions
-from arseq.modalities.music_reading import read_events
+from arseq.modalities.music.reading import read_events
 from arseq.outputs import claimed
 
 log = logging.getLogger(__name__)

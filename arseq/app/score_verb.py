@@ -15,8 +15,9 @@ from arseq.app.options import parse_verb, verb_parser
 from arseq.artifacts import checkpoint
 from arseq.artifacts.checkpoint import Loaded
 from arseq.atomic import OutputFiles
+from arseq.data.config import DataConfig
 from arseq.data.files import expand_paths
-from arseq.data.prepare import DataConfig, collect
+from arseq.data.streams import collect
 from arseq.errors import DataError
 from arseq.models.device import resolve_device
 from arseq.models.scoring import sequence_nll

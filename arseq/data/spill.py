@@ -51,7 +51,7 @@ class Spill:
     @classmethod
     def create(cls, root: Path) -> Spill:
         """A spill file in a new `.tmp-PID-*` folder of the cache (removed with the stale builds of
-        killed runs, `prepare.remove_stale_builds`)."""
+        killed runs, `cache_key.remove_stale_builds`)."""
         root.mkdir(parents=True, exist_ok=True)
         return cls(Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{os.getpid()}-")) / "tokens.bin")
 

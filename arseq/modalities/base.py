@@ -90,7 +90,7 @@ class Modality(ABC):
     condition_fields: ClassVar[dict[str, str]] = {}
     # True when `read(files)` yields exactly what `read([f])` for each file yields, in file order, and keeps no
     # state: `prepare` then reads the files in `data.workers` processes (a modality that parallelises its
-    # own reading, like music, reads `arseq.parallel.configured_workers()` instead).
+    # own reading, like music, image and protein, reads `arseq.parallel.configured_workers()` instead).
     reads_files_independently: ClassVar[bool] = False
 
     # ---- data (required) -------------------------------------------------------------------------

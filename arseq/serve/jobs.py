@@ -21,7 +21,7 @@ from arseq.app.planning import make_plan
 from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import SamplingConfig
 from arseq.modalities import Plan, Request, Sample
-from arseq.modalities.music_audio import render_wav
+from arseq.modalities.music.audio import render_wav
 from arseq.models.scoring import sequence_nll
 from arseq.serve.schema import Parsed
 

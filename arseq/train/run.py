@@ -20,9 +20,10 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from arseq.artifacts.checkpoint import load_checkpoint_file
 from arseq.artifacts.init_from import initialise, read_source
 from arseq.artifacts.metadata import RunMeta
+from arseq.data.config import DataConfig
 from arseq.data.fim import for_training
 from arseq.data.loader import train_loader, val_loader
-from arseq.data.prepare import DataConfig, prepare
+from arseq.data.prepare import prepare
 from arseq.errors import first_line, one_line
 from arseq.limits import check_model
 from arseq.modalities import DataError, Modality

@@ -34,7 +34,7 @@ LOSS_REASONS = {
     "grace_notation": "grace note of an unsupported notated value written as the nearest",
     "zero_duration": "zero-length note (not a grace note) dropped",
     "unpitched": "unpitched (percussion) notes dropped",
-    # found by the round trip itself (`arseq.modalities.music_reading.roundtrip_losses`)
+    # found by the round trip itself (`arseq.modalities.music.reading.roundtrip_losses`)
     "grammar_repairs": "tokens the grammar had to repair (an encoder bug)",
     "changed_in_writing": "notes changed by decoding, writing and re-reading the score",
     "rebuild_failed": "the decoded score could not be rebuilt or re-read",

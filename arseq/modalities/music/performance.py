@@ -17,9 +17,9 @@ import torch
 
 from arseq.errors import DataError, one_line
 from arseq.modalities.base import OutputFiles, Plan, RowState
-from arseq.modalities.music_key import find_key
-from arseq.modalities.music_reading import _check_midi
-from arseq.modalities.render import piano_roll
+from arseq.modalities.music.key import find_key
+from arseq.modalities.music.reading import _check_midi
+from arseq.modalities.music.render import piano_roll
 from arseq.tokenizers.performance import PerformanceGrammar, PerformanceTokenizer, PlayedNote
 from arseq.tokenizers.score import Bar, Events, Note
 
@@ -50,7 +50,7 @@ def read_performance(path: Path) -> list[PlayedNote]:
 
 
 def load_performance(name: str, path: str, state: dict, check_roundtrip: bool) -> tuple:
-    """(name, tokens, exact, info, conditions, skip reason) of one file, as `music_reading.load_piece`."""
+    """(name, tokens, exact, info, conditions, skip reason) of one file, as `reading.load_piece`."""
     tok = PerformanceTokenizer.from_dict(state)
     try:
         if not path.lower().endswith((".mid", ".midi")):

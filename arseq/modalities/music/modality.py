@@ -32,21 +32,21 @@ from arseq.modalities import (
     SamplingConfig,
     Skipped,
 )
-from arseq.modalities import music_performance as perf
 from arseq.modalities.infill_ranges import check_fim
-from arseq.modalities.music_conditions import FIELDS, piece_conditions, transposed_keys
-from arseq.modalities.music_corpus import COMPOSERS, bach_chorales, music21_composers
-from arseq.modalities.music_grammar import GrammarConstraint
-from arseq.modalities.music_infill import MusicInfill, load_infill
-from arseq.modalities.music_metrics import key_scale, score_metrics
-from arseq.modalities.music_reading import (
+from arseq.modalities.music import performance as perf
+from arseq.modalities.music.conditions import FIELDS, piece_conditions, transposed_keys
+from arseq.modalities.music.corpus import COMPOSERS, bach_chorales, music21_composers
+from arseq.modalities.music.grammar import GrammarConstraint
+from arseq.modalities.music.infill import MusicInfill, load_infill
+from arseq.modalities.music.metrics import key_scale, score_metrics
+from arseq.modalities.music.reading import (
     MIDI_READERS,
     SUFFIXES,
     prompt_tokens,
     read_in_parallel,
     roundtrip_report,
 )
-from arseq.modalities.render import piano_roll
+from arseq.modalities.music.render import piano_roll
 from arseq.tokenizers.performance import PerformanceTokenizer
 from arseq.tokenizers.score import PITCH, Events, ScoreTokenizer
 
@@ -125,7 +125,7 @@ class MusicModality(Modality):
         self.composers, self.per_composer = composers, per_composer
         if tokenizer not in self.tokenizer_kinds:
             raise DataError(f"modality.tokenizer must be score or performance, got {tokenizer!r}")
-        # built from options alone, so `augment` has it; performance: MIDI as played (music_performance)
+        # built from options alone, so `augment` has it; performance: MIDI as played (`performance`)
         self.tokenizer: Any = ScoreTokenizer(**self.options) if tokenizer == "score" else PerformanceTokenizer()
 
     # ---- data ---------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ class MusicModality(Modality):
         return Plan([list(prompt) for _ in range(request.num_samples)], sampling, constraint=partial(GrammarConstraint, tokenizer, opts.bars, least))
 
     def _infill_plan(self, tokenizer: ScoreTokenizer, request: Request, sampling: dict[str, Any]) -> Plan:
-        """--keep-bars: the prompt file's piece with its other bars to regenerate (arseq.modalities.music_infill)."""
+        """--keep-bars: the prompt file's piece with its other bars to regenerate (arseq.modalities.music.infill)."""
         opts: MusicGenerate = request.options
         fim = check_fim(request.fim, "--keep-bars")
         if not request.prompt:

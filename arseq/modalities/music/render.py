@@ -1,12 +1,9 @@
-"""Pictures of generated data for people to look at: the piano roll of a piece, a grid of images,
-images as text for a terminal."""
+"""The piano roll of a piece: a picture of generated music for people to look at."""
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from arseq.tokenizers.score import VOICE_NAMES, Events
@@ -54,24 +51,3 @@ def piano_roll(ev: Events, ppq: int, px_per_quarter: int = 24, row: int = 5, mar
         x0, x1 = left + int(n.onset * scale), left + max(int(n.onset * scale) + 1, int((n.onset + n.dur) * scale) - 1)
         d.rectangle([x0, y(n.pitch), x1, y(n.pitch) + row - 1], fill=PART_COLOURS[n.part % len(PART_COLOURS)])
     return img
-
-
-def _upscale(image: Image.Image, scale: int) -> Image.Image:
-    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST) if scale > 1 else image
-
-
-def tile(images: Sequence[Image.Image], cols: int, scale: int, gap: int = 2) -> Image.Image:
-    """Images (all the same size and mode) on a gray grid, each upscaled `scale` times (nearest)."""
-    cells = [_upscale(im.convert("RGB"), scale) for im in images]
-    w, h = cells[0].size
-    rows = math.ceil(len(cells) / cols)
-    grid = Image.new("RGB", (cols * (w + gap) + gap, rows * (h + gap) + gap), (128, 128, 128))
-    for i, cell in enumerate(cells):
-        grid.paste(cell, (gap + (i % cols) * (w + gap), gap + (i // cols) * (h + gap)))
-    return grid
-
-
-def ascii_art(pixels: np.ndarray) -> str:
-    ramp = " .:-=+*#%@"
-    luma = pixels.astype(np.float64).mean(axis=2)
-    return "\n".join("".join(ramp[min(int(v / 256 * len(ramp)), len(ramp) - 1)] * 2 for v in row) for row in luma)

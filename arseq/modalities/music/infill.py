@@ -23,8 +23,8 @@ import torch
 from arseq.errors import DataError
 from arseq.modalities.base import Fim, MiddleView
 from arseq.modalities.infill_ranges import gap_of, parse_ranges
-from arseq.modalities.music_grammar import GrammarConstraint
-from arseq.modalities.music_reading import read_events
+from arseq.modalities.music.grammar import GrammarConstraint
+from arseq.modalities.music.reading import read_events
 from arseq.tokenizers.score import Events, ScoreTokenizer
 from arseq.tokenizers.score.events import Bar
 from arseq.tokenizers.score.vocab import KEY, KEY_RANGE, LEN, TEMPO, TS

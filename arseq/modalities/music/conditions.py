@@ -1,4 +1,4 @@
-"""What a piece can be conditioned on: its key (Krumhansl-Schmuckler analysis of the notes, as music21 does it: `music_key`), its
+"""What a piece can be conditioned on: its key (Krumhansl-Schmuckler analysis of the notes, as music21 does it: `key`), its
 meter (the first bar's time signature) and its composer (the music21 corpus folder, else the file's folder).
 
 Read from the tokens, so data and generated samples are described by the same code: `evaluate --cond
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arseq.modalities.music_key import find_key, key_pitch_class
+from arseq.modalities.music.key import find_key, key_pitch_class
 from arseq.tokenizers.score import Events
 
 FIELDS = {
@@ -34,7 +34,7 @@ def pitch_class_histogram(ev: Events) -> np.ndarray:
 
 def analysed_key(ev: Events) -> tuple[int, str, str]:
     """(tonic pitch class, mode, name) of the piece's key by Krumhansl-Schmuckler on duration-weighted
-    pitch classes: arseq's own numpy version of music21's analysis (`music_key`), no music21 needed."""
+    pitch classes: arseq's own numpy version of music21's analysis (`key`), no music21 needed."""
     return find_key(pitch_class_histogram(ev))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -100,3 +101,15 @@ def novelty(queries: list[str], references: list[str], k: int = 3) -> np.ndarray
         alignment = aligner.align(q, refs[best])[0]
         out.append(alignment.counts().identities / len(q))
     return np.array(out)
+
+
+@lru_cache(maxsize=1)
+def similar_residues() -> dict[str, str]:
+    """Per standard amino acid, the others BLOSUM62 scores as likely substitutions (score > 0), else the best."""
+    m = substitution_matrices.load("BLOSUM62")
+    out = {}
+    for a in STANDARD:
+        scores = {b: m[a][b] for b in STANDARD if b != a}
+        good = [b for b, s in scores.items() if s > 0]
+        out[a] = "".join(good) or max(scores, key=scores.get)
+    return out

@@ -1,5 +1,5 @@
-"""Helpers behind the modalities' error-analysis hooks (`plausible_mistake`, `error_predicate`): what a near
-miss looks like in text (a typo) and in proteins (a substitution), and which generated words do not exist."""
+"""Helpers behind text's error-analysis hooks (`plausible_mistake`, `error_predicate`): what a near miss looks
+like in text (a typo), and which generated words do not exist."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from functools import lru_cache
 from typing import Callable, Sequence
 
 import numpy as np
-
-from arseq.tokenizers.protein import STANDARD
 
 KEYBOARD = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
 WORD = re.compile(r"[A-Za-z']+")
@@ -59,17 +57,3 @@ def unknown_words(decode_piece: Callable[[int], str], vocabulary: set[str]) -> C
 
 def vocabulary(texts: Sequence[str]) -> set[str]:
     return {w.lower().strip("'") for t in texts for w in WORD.findall(t)}
-
-
-@lru_cache(maxsize=1)
-def similar_residues() -> dict[str, str]:
-    """Per standard amino acid, the others BLOSUM62 scores as likely substitutions (score > 0), else the best."""
-    from Bio.Align import substitution_matrices
-
-    m = substitution_matrices.load("BLOSUM62")
-    out = {}
-    for a in STANDARD:
-        scores = {b: m[a][b] for b in STANDARD if b != a}
-        good = [b for b, s in scores.items() if s > 0]
-        out[a] = "".join(good) or max(scores, key=scores.get)
-    return out

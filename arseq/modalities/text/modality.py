@@ -26,8 +26,8 @@ from arseq.modalities.base import (
     Sample,
     Skipped,
 )
-from arseq.modalities.near_miss import typo, unknown_words, vocabulary
-from arseq.modalities.text_infill import TextInfill, split_gap
+from arseq.modalities.text.infill import TextInfill, split_gap
+from arseq.modalities.text.near_miss import typo, unknown_words, vocabulary
 from arseq.tokenizers.base import Tokenizer
 from arseq.tokenizers.bpe import BPETokenizer
 from arseq.tokenizers.char import CharTokenizer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from arseq.modalities.music_conditions import analysed_key
+from arseq.modalities.music.conditions import analysed_key
 from arseq.tokenizers.score import Events
 
 # Usual ranges (MIDI) of the four chorale voices, soprano to bass, for the out-of-range metric.

@@ -48,13 +48,14 @@ from arseq.modalities import (
     Sample,
     Skipped,
 )
-from arseq.modalities.image_files import class_root, load_digits, natural_order, open_image
-from arseq.modalities.image_infill import completed, infill_plan, row_cuts
-from arseq.modalities.image_metrics import baseline_bits, psnr_from_mse
-from arseq.modalities.render import ascii_art, tile
+from arseq.modalities.image.codebook import fit_codebook
+from arseq.modalities.image.files import natural_order, open_image
+from arseq.modalities.image.infill import completed, infill_plan, row_cuts
+from arseq.modalities.image.metrics import baseline_bits, psnr_from_mse
+from arseq.modalities.image.reading import empty_class_folders, encoded_files, geometry, image_items
+from arseq.modalities.image.render import ascii_art, tile
 from arseq.tokenizers.patch import MAX_PATCHES, PatchTokenizer, pick_label
 
-SOURCES = ("digits",)
 LN2 = math.log(2)
 MAX_CLASSIFIER_IMAGES = 5000  # condition_values fits its classifier on at most this many training images
 
@@ -76,6 +77,13 @@ class ImageGenerate:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "_"
+
+
+def _encoded(tokenizer: PatchTokenizer, label_token: bool, pixels: np.ndarray, label: str | None) -> tuple[Any, float]:
+    """An image's tokens and the mean squared error of their reconstruction (in a worker: `read`)."""
+    tokens = tokenizer.encode(pixels, label if label_token else None)
+    rec = tokenizer.decode_pixels(tokens)
+    return tokens, float(np.mean((rec.astype(np.float64) - pixels) ** 2))
 
 
 def _png(image: Image.Image) -> Callable[[Path], None]:
@@ -131,70 +139,16 @@ class ImageModality(Modality):
         return {"modality": {"mode": "L", "size": 8, "patch_size": 1, "codebook_size": 17}, "data": {"source": "digits", "block_size": 80}}
 
     # ---- reading ---------------------------------------------------------------------------------
-    def _geometry(self) -> PatchTokenizer:
-        """A tokenizer with a placeholder codebook: its pixels() does the resizing and conversion."""
-        dim = self.patch_size * self.patch_size * (1 if self.mode == "L" else 3)
-        return PatchTokenizer([[0] * dim], size=self.size, patch_size=self.patch_size, mode=self.mode)
-
-    def _items(
-        self, files: list[Path], source: str | None, labels: Sequence[str] | None
-    ) -> Iterator[tuple[str, np.ndarray | None, str | None, str | None]]:
-        """(name, pixels, label, problem) per item; label None when unlabelled, pixels None on a problem.
-
-        `labels` None means: take class names from the folder layout (fitting); otherwise a file's
-        class is its nearest ancestor folder named in `labels`.
-        """
-        geometry = self._geometry()
-        if source is not None:
-            if source not in SOURCES:
-                raise DataError(f"unknown image data.source {source!r}; known: {', '.join(SOURCES)}")
-            pixels, targets = load_digits()
-            for i, (p, y) in enumerate(zip(pixels, targets)):
-                yield f"digits/{i:04d}", geometry.pixels(Image.fromarray(p[..., 0], "L")), str(y) if self.conditional else None, None
-            return
-        root = class_root(files)
-        for f in files:
-            label, problem = None, None
-            if self.conditional and labels is None and root is not None and Path(f).parent != root:
-                label = Path(f).relative_to(root).parts[0]
-            elif self.conditional and labels:
-                label = next((p.name for p in Path(f).parents if p.name in labels), None)
-                if label is None:
-                    problem = "not inside a class folder the tokenizer knows"
-            if problem is None:
-                try:
-                    yield str(f), geometry.pixels(open_image(Path(f))), label, None
-                    continue
-                except ValueError as e:
-                    problem = str(e)
-            yield str(f), None, label, problem
-
     def build_tokenizer(self, files: list[Path], source: str | None) -> PatchTokenizer:
-        """Fit the codebook on every usable image. Its generalisation is measured by a second fit that
-        leaves out 10% of the images (at least one, chosen by `codebook_seed`): their reconstruction PSNR
-        is stored in the tokenizer's `fit_stats`, next to the PSNR on the images it was fitted on."""
-        found = list(self._items(files, source, None))
+        """Fit the codebook on every usable image; `codebook.fit_codebook` also measures how it generalises."""
+        found = list(image_items(files, source, None, self._geometry(), self.conditional))
         items = [(p, label) for _, p, label, _ in found if p is not None]
         if not items:
             causes = "; ".join(f"{name}: {problem}" for name, _, _, problem in found[:3])
             more = f"; and {len(found) - 3} more" if len(found) > 3 else ""
             raise DataError(f"no usable image among {len(files)} files ({causes}{more})" if files else "no images to fit the tokenizer on")
-        pixels = [p for p, _ in items]
-        tok = self._fit(pixels)
-        mse = float(np.mean([self._sq_err(tok, p) for p in pixels]))
-        stats: dict[str, Any] = {"fit_images": len(pixels), "fit_psnr_db": psnr_from_mse(mse), "fit_exact": mse == 0}
-        order = np.random.default_rng(self.codebook_seed).permutation(len(pixels))
-        n_held = len(pixels) // 10 if len(pixels) >= 10 else int(len(pixels) > 1)
-        if n_held:
-            probe = self._fit([pixels[i] for i in order[n_held:]])
-            mse = float(np.mean([self._sq_err(probe, pixels[i]) for i in order[:n_held]]))
-            stats.update(heldout_images=n_held, heldout_psnr_db=psnr_from_mse(mse), heldout_exact=mse == 0)
-        tok.fit_stats = stats
-        return tok
-
-    def _fit(self, pixels: list[np.ndarray]) -> PatchTokenizer:
-        return PatchTokenizer.fit(
-            pixels,
+        fit = partial(
+            PatchTokenizer.fit,
             size=self.size,
             patch_size=self.patch_size,
             mode=self.mode,
@@ -202,27 +156,28 @@ class ImageModality(Modality):
             seed=self.codebook_seed,
             max_patches=self.max_fit_patches,
         )
+        return fit_codebook([p for p, _ in items], fit, self.codebook_seed)
 
-    @staticmethod
-    def _sq_err(tok: PatchTokenizer, pixels: np.ndarray) -> float:
-        rec = tok.decode_pixels(tok.codes(pixels) + tok.code_offset)
-        return float(np.mean((rec.astype(np.float64) - pixels) ** 2))
+    def _geometry(self) -> PatchTokenizer:
+        return geometry(self.size, self.patch_size, self.mode)
 
     def read(self, files: list[Path], source: str | None, tokenizer: PatchTokenizer, check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
         labels = tokenizer.labels if self.conditional else []  # a tokenizer with labels: a model from before conditions
         if source is None and self.conditional:
-            root = class_root(files)
-            seen = {p.name for f in files for p in Path(f).parents}
-            for d in sorted(root.iterdir()) if root is not None and root.is_dir() else []:
-                if d.is_dir() and not d.name.startswith(".") and d.name not in seen:
-                    yield Skipped(str(d), "empty class folder: no image files")
-        for name, pixels, label, problem in self._items(files, source, labels or None):
-            if pixels is None:
+            yield from empty_class_folders(files)
+        encode = partial(_encoded, tokenizer, bool(labels))
+        if source is None:
+            found = encoded_files(files, labels or None, self._geometry(), self.conditional, encode)
+        else:
+            found = (
+                (name, encode(p, label), label, None)
+                for name, p, label, _ in image_items(files, source, labels or None, self._geometry(), self.conditional)
+            )
+        for name, result, label, problem in found:
+            if result is None:
                 yield Skipped(name, problem or "unreadable")
                 continue
-            tokens = tokenizer.encode(pixels, label if labels else None)
-            rec = tokenizer.decode_pixels(tokens)
-            sq = float(np.mean((rec.astype(np.float64) - pixels) ** 2))
+            tokens, sq = result
             yield Example(
                 tokens,
                 name,

@@ -12,7 +12,7 @@ from Bio.Seq import Seq
 from Bio.SeqRecord import SeqRecord
 
 from arseq.modalities.base import Sample
-from arseq.modalities.protein_metrics import degenerate, longest_run, properties
+from arseq.modalities.protein.metrics import degenerate, longest_run, properties
 
 
 def design_table(

@@ -23,32 +23,28 @@ import math
 import re
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from arseq.atomic import atomic_write
 from arseq.modalities import (
-    Constraint,
     DataError,
     EvalInputs,
     Example,
     Modality,
     OutputFiles,
     Plan,
-    PrefixCounts,
     Request,
     Sample,
     SamplingConfig,
     Skipped,
 )
-from arseq.modalities.near_miss import similar_residues
-from arseq.modalities.protein_designs import design_table
-from arseq.modalities.protein_fasta import (
+from arseq.modalities.protein.designs import design_table
+from arseq.modalities.protein.encoding import encode_proteins
+from arseq.modalities.protein.fasta import (
     FileProblem,
     fasta_records,
     header_tag,
@@ -56,8 +52,9 @@ from arseq.modalities.protein_fasta import (
     record_problem,
     start_motifs,
 )
-from arseq.modalities.protein_infill import ProteinRedesign, redesign_plan
-from arseq.modalities.protein_metrics import (
+from arseq.modalities.protein.generating import PRESETS, ProteinGenerate, check_lengths, length_constraint
+from arseq.modalities.protein.infill import ProteinRedesign, redesign_plan
+from arseq.modalities.protein.metrics import (
     NOVELTY_QUERIES,
     NOVELTY_REFERENCES,
     composition,
@@ -65,6 +62,7 @@ from arseq.modalities.protein_metrics import (
     kl_divergence,
     longest_run,
     novelty,
+    similar_residues,
     spread,
 )
 from arseq.tokenizers.protein import (
@@ -73,46 +71,10 @@ from arseq.tokenizers.protein import (
     ProteinBPETokenizer,
     ProteinTokenizer,
     residue_lengths,
-    standard_ids,
 )
 
 ProteinTokenizers = ProteinTokenizer | ProteinBPETokenizer
-
-# Published sampling settings: ProtGPT2 (Ferruz et al. 2022) and ProGen2 (Nijkamp et al. 2022).
-# With a 28-letter vocabulary ProtGPT2's top-k of 950 keeps every token; it matters for BPE vocabularies.
-PRESETS: dict[str, dict[str, float]] = {
-    "protgpt2": {"top_k": 950, "repetition_penalty": 1.2},
-    "progen2": {"temperature": 0.8, "top_p": 0.9},
-}
 NONSTANDARD_POLICIES = ("keep", "x", "drop")
-
-
-@dataclass
-class ProteinGenerate:
-    """protein options
-
-    Args:
-        prefix: start motif every design begins with, e.g. MKT
-        min_length: fewest residues per design (prefix included)
-        max_length: most residues per design (prefix included)
-        standard_only: only the 20 standard amino acids
-        preset: published sampling settings, as defaults (given sampling options win): protgpt2 (top_k 950,
-            repetition_penalty 1.2) or progen2 (temperature 0.8, top_p 0.9)
-        rank: keep this fraction of designs with the lowest perplexity, best first; designs with degenerate
-            repeats rank after all others (a repeat is easy to predict)
-        redesign: with --prompt (one sequence): rewrite these residues, e.g. 40-60, keeping the others as they are
-            (fill in the middle; needs a model trained with data.fim_rate > 0)
-        redesign_length: with --redesign: residues the new span may have, MIN-MAX or N (default: the span's own length)
-    """
-
-    prefix: str | None = None
-    min_length: int | None = None
-    max_length: int | None = None
-    standard_only: bool = False
-    preset: Literal["protgpt2", "progen2"] | None = None
-    rank: float | None = None
-    redesign: str | None = None
-    redesign_length: str | None = None
 
 
 class ProteinModality(Modality):
@@ -227,14 +189,12 @@ class ProteinModality(Modality):
         if source:
             raise DataError(f"the protein modality has no built-in data source ({source!r}); use data.paths")
         used, first_skip = 0, None
-        for item in self.proteins(files):
+        for item in encode_proteins(self.proteins(files), tokenizer, check_roundtrip):
             if isinstance(item, Skipped):
                 first_skip = first_skip or item
                 yield item
                 continue
-            name, seq, tag = item
-            ids = tokenizer.encode(seq)
-            exact = tokenizer.decode(ids) == seq if check_roundtrip else None
+            (name, seq, tag), ids, exact = item
             info = {"residues": float(len(seq)), "nonstandard": float(sum(seq.count(c) for c in NONSTANDARD))}
             used += 1
             yield Example([tokenizer.bos_id, *ids, tokenizer.eos_id], name=name, exact=exact, info=info, conditions={"tag": tag} if tag else {})
@@ -267,7 +227,7 @@ class ProteinModality(Modality):
         prefixes = start_motifs(opts.prefix, request.prompt)
         if opts.redesign is not None or opts.redesign_length is not None:
             return redesign_plan(tokenizer, request, prefixes, PRESETS)
-        self._check(opts, prefixes)
+        check_lengths(opts, prefixes)
         sampling: dict[str, Any] = dict(PRESETS[opts.preset]) if opts.preset else {}
         shortest = min(map(len, prefixes))
         if opts.max_length is not None:  # room for the longest design and its EOS; the constraint ends it in time
@@ -275,47 +235,7 @@ class ProteinModality(Modality):
         elif opts.min_length is not None:
             sampling["max_new_tokens"] = max(SamplingConfig.max_new_tokens, opts.min_length - shortest + 1)
         prompts = [[tokenizer.bos_id, *tokenizer.encode(prefixes[i % len(prefixes)])] for i in range(request.num_samples)]
-        return Plan(prompts, sampling, constraint=partial(self._constraint, tokenizer, opts))
-
-    def _check(self, opts: ProteinGenerate, prefixes: list[str]) -> None:
-        lo, hi, rank = opts.min_length, opts.max_length, opts.rank
-        if lo is not None and lo < 1 or hi is not None and hi < 1:
-            raise DataError("--min-length and --max-length must be >= 1")
-        if lo is not None and hi is not None and lo > hi:
-            raise DataError(f"--min-length {lo} is more than --max-length {hi}")
-        if hi is not None and max(map(len, prefixes)) > hi:
-            raise DataError(f"the start motif is longer than --max-length {hi}")
-        if rank is not None and not 0 < rank <= 1:
-            raise DataError(f"--rank must be a fraction in (0, 1], not {rank}")
-        if opts.preset is not None and opts.preset not in PRESETS:
-            raise DataError(f"--preset {opts.preset!r}: not one of {', '.join(sorted(PRESETS))}")
-        if opts.standard_only and any(set(p) - set(STANDARD) for p in prefixes):
-            raise DataError("--standard-only but the start motif has non-standard letters")
-
-    def _constraint(self, tokenizer: ProteinTokenizers, opts: ProteinGenerate) -> Constraint:
-        """Only residue tokens (of the chosen alphabet), no EOS before --min-length, EOS at --max-length."""
-        lengths = torch.from_numpy(residue_lengths(tokenizer))
-        residue = lengths > 0
-        if opts.standard_only:
-            residue &= torch.from_numpy(standard_ids(tokenizer))
-        lo = max(1, opts.min_length or 1)
-        hi = opts.max_length
-        eos = tokenizer.eos_id
-        residues = PrefixCounts(lengths.tolist(), skip=1)  # per row, also when cut back (row[0] is BOS)
-
-        def allowed(rows: list[list[int]]) -> torch.Tensor:
-            mask = torch.zeros(len(rows), len(lengths), dtype=torch.bool)
-            for i, row in enumerate(rows):
-                n = residues(row)
-                if row[-1] == eos and len(row) > 1:  # finished row: anything valid keeps the sampler happy
-                    mask[i, eos] = True
-                    continue
-                room = None if hi is None else hi - n
-                mask[i] = residue if room is None else residue & (lengths <= room)
-                mask[i, eos] = n >= lo or not bool(mask[i].any())
-            return mask
-
-        return allowed
+        return Plan(prompts, sampling, constraint=partial(length_constraint, tokenizer, opts))
 
     def write(self, tokenizer: ProteinTokenizers, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         """FASTA (prefix + design; the header has its length, perplexity and end: eos, max_length when EOS

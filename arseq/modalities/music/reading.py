@@ -1,5 +1,5 @@
 """Reading scores for the music modality: files in parallel worker processes, the round-trip check and
-its reasons, MIDI sanity checks, and prompt files. (music21 corpus sources: `music_corpus`.)"""
+its reasons, MIDI sanity checks, and prompt files. (music21 corpus sources: `corpus`.)"""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import numpy as np
 from arseq.errors import DataError, one_line
 from arseq.limits import time_limit
 from arseq.modalities.base import Example
-from arseq.modalities.music_conditions import piece_conditions
-from arseq.modalities.music_corpus import bach_chorales  # noqa: F401  (imported from here before music_corpus)
+from arseq.modalities.music.conditions import piece_conditions
 from arseq.parallel import Failed, file_budget, ordered_map
 from arseq.tokenizers.score import Events, ScoreTokenizer
 from arseq.tokenizers.score.events import LOSS_REASONS, note_key, note_order
