@@ -65,40 +65,19 @@ def int8_product(x: Tensor, q: Tensor, scale: Tensor, owner: int) -> Tensor:
     13.54 ms for 8, 9.69 vs 8.36 ms for a 5-token verify pass against one scale per input; held-out
     perplexity through 8-row steps +0.14 % over float32 (one scale per input: +0.19 %)."""
     flat = x.reshape(-1, x.shape[-1]).float()
-    amax = torch.linalg.vector_norm(flat, float("inf"), -1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)  # max |x| per row
-    if torch.compiler.is_compiling():  # the graph folds the anchors into a constant and keeps the op opaque
-        y = int8_linear(torch.cat((flat / amax, _anchor_rows(flat.shape[1], flat.device))), q, scale, owner)
-    else:
-        # Eagerly, the op is called directly and the anchors are made once per width: the custom op's Python
-        # dispatch and the anchors' three small tensors per call had made the eager one-row int8 step 1.8x the
-        # float32 one (11.95 vs 6.74 ms, bench_generate's model, 1 thread); FBGEMM's own product is no
-        # slower than sgemm there (590 vs 566 us over the five layer shapes).
-        anchors = _ANCHORS.get((flat.shape[1], flat.device))
-        if anchors is None:
-            anchors = _ANCHORS[flat.shape[1], flat.device] = _anchor_rows(flat.shape[1], flat.device)
-        y = _product(torch.cat((flat / amax, anchors)), q, scale, owner)
+    amax = flat.abs().amax(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    signs = torch.tensor([[1.0], [-1.0]], dtype=flat.dtype, device=flat.device)
+    anchors = torch.cat((signs, signs.new_zeros(2, flat.shape[1] - 1)), dim=1)
+    y = int8_linear(torch.cat((flat / amax, anchors)), q, scale, owner)
     return (y[: flat.shape[0]] * amax).reshape(*x.shape[:-1], q.shape[0]).to(x.dtype)
-
-
-_ANCHORS: dict[tuple[int, torch.device], Tensor] = {}  # eager: the anchor rows per input width and device
-
-
-def _anchor_rows(width: int, device: torch.device) -> Tensor:
-    """(2, width): +1 and -1 in the first column, zeros elsewhere (they pin the quantized input's range)."""
-    signs = torch.tensor([[1.0], [-1.0]], device=device)
-    return torch.cat((signs, signs.new_zeros(2, width - 1)), dim=1)
-
-
-def _product(x: Tensor, q: Tensor, scale: Tensor, owner: int) -> Tensor:
-    # reduce_range: 7-bit activations, so that AVX2's vpmaddubsw (pairs of u8 x s8 summed into int16)
-    # cannot saturate; FBGEMM's own default for this reason.
-    return torch.ops.quantized.linear_dynamic(x.contiguous(), packed(q, scale, owner), True)
 
 
 @torch.library.custom_op("arseq::int8_linear", mutates_args=())
 def int8_linear(x: Tensor, q: Tensor, scale: Tensor, owner: int) -> Tensor:
     """FBGEMM's product of float32 x (rows, in) and the owner's pack of (q, scale): (rows, out) float32."""
-    return _product(x, q, scale, owner)
+    # reduce_range: 7-bit activations, so that AVX2's vpmaddubsw (pairs of u8 x s8 summed into int16)
+    # cannot saturate; FBGEMM's own default for this reason.
+    return torch.ops.quantized.linear_dynamic(x.contiguous(), packed(q, scale, owner), True)
 
 
 @int8_linear.register_fake
