@@ -21,7 +21,7 @@ from arseq.models.transformer import KVCache, Transformer
 
 PREFILL_CHUNK = 512  # prompt tokens per prefill pass: bounds the activations of a long prompt
 # Spans: powers of two from SPAN_MIN that leave at least a quarter of the cache unread, the largest SPANS - 1 of
-# them, then the whole cache; so a step reads at most twice the slots its rows have reached (or the cache).
+# them, then the whole cache; so past the smallest span a step reads at most 8/3 of the slots its rows reach.
 # At most SPANS graphs per pass width: a compiled pass has one or two widths (speculative decoding's 1 and
 # k + 1), within torch.compile's 8 graphs per code object. Why: the 8-row step of bench_step's model read
 # every slot of every row's cache (~40 MB at 272 slots in float32, as much as its weights); reading 128 of
