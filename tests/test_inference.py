@@ -82,6 +82,36 @@ def test_compiled_greedy_equals_eager_and_the_step_is_built_once(model):
     assert list(inference._COMPILED[model].values()) == [(step, caches)]
 
 
+def test_a_step_over_a_span_equals_the_step_over_the_whole_cache():
+    """Attention reads slots 0..span-1 (the engine's spans): the same logits as reading every slot, eager
+    and compiled, and the same greedy tokens; a decode through several spans compiles one graph per span."""
+    from arseq.decode.slots import cached_pass, spans
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=50, max_seq_len=256, n_layer=2, n_head=4, d_model=32)).eval()
+    assert spans(256) == [64, 128, 256]
+    model.setup_cache(3, 256)
+    with torch.no_grad():
+        model(torch.randint(1, 50, (3, 110)), pos=torch.arange(110).expand(3, 110))  # every row's slots 0..109
+        tokens, pos = torch.randint(1, 50, (3, 1)), torch.tensor([[70], [5], [109]])
+        full = model(tokens, pos=pos)
+        part = model(tokens, pos=pos, span=128)
+        step = torch.compile(cached_pass, dynamic=False, fullgraph=True)
+        compiled_full, compiled_part = step(model, tokens, pos, 256), step(model, tokens, pos, 128)
+    torch.testing.assert_close(part, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled_part, compiled_full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled_part, full, rtol=1e-5, atol=1e-6)
+    assert torch.equal(part.argmax(-1), full.argmax(-1)) and torch.equal(compiled_part.argmax(-1), full.argmax(-1))
+    model.clear_cache()
+    cfg = SamplingConfig(max_new_tokens=200, temperature=0)  # a cache of 211 slots, rows at positions 2 to 209
+    prompts = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]
+    eager = generate(model, prompts, cfg).tokens
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert generate(model, prompts, cfg, compile=True).tokens == eager
+    assert spans(211) == [64, 128, 211] and torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 3
+    assert eager == [generate(model, [p], cfg).tokens[0] for p in prompts]  # alone: other spans, the same tokens
+
+
 @pytest.mark.parametrize("rows", [1, 8, 40])
 def test_compiled_linear_takes_the_fused_reduction_for_few_rows_and_equals_f_linear(rows, monkeypatch):
     from arseq.models import linear as linear_module

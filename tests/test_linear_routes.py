@@ -63,7 +63,7 @@ def test_the_rule_follows_the_cpu_and_falls_back_without_a_feature(monkeypatch):
     monkeypatch.setattr(cpu_features, "FBGEMM_BUILT", True)
     monkeypatch.setattr(cpu_features, "FOUND", avx2)
     assert rule_route("cpu", torch.int8, True, 1, True) == "fbgemm_int8"  # Inductor's int8 loop is slow on AVX2
-    assert rule_route("cpu", torch.int8, True, 8, False) == "fbgemm_int8"  # eager decoding makes the same choice
+    assert rule_route("cpu", torch.int8, True, 8, False) == "blas"  # eager: the dequantized sgemm, a row alone or in a batch
     assert rule_route("cpu", torch.int8, True, 64, False) == "blas"  # prefill and scoring: weights-only error
     assert rule_route("cpu", torch.float32, False, 8, True) == "blas"  # MKL's sgemm beat Inductor's loop on AVX2
     assert rule_route("cpu", torch.float32, False, 64, True) == "blas"

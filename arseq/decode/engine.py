@@ -135,7 +135,7 @@ class Engine:
             chosen, bad = self.spec.round(self)
         else:
             self._slide()
-            logits = self.cache.run(self.cur[:, None], self._positions(1))[:, -1]
+            logits = self.cache.run(self.cur[:, None], self.fed)[:, -1]
             self._advance({s: 1 for s in self.owner})
             tokens, bad = self.choose(logits, self.allowed())
             chosen = {slot: [tokens[slot]] for slot in self.live}
@@ -249,10 +249,6 @@ class Engine:
                 seq = live.seq(slot)
                 self.starts[slot] = len(seq) - (keep - live.row.head)
                 self._load(slot, seq, {})
-
-    def _positions(self, width: int) -> Tensor:
-        fed = torch.tensor(self.fed, device=self.device)
-        return fed[:, None] + torch.arange(width, device=self.device)[None, :]
 
     def _advance(self, fed: dict[int, int]) -> None:
         for slot, n in fed.items():

@@ -3,8 +3,10 @@
 A slot holds one row; a row's token at position p sits at cache position p of its slot (rows start at 0 and
 slide back to 0 when their window moves), so rows of one pass sit at different positions and a row leaves
 or joins by nothing more than its slot being reused. The decode pass feeds every slot T tokens (1, or k + 1
-to verify speculative proposals) at each slot's own positions: its shapes depend only on (S, T, L), so it
-is compiled once (torch.compile; CUDA graphs on a GPU) and replayed. A prompt is prefilled into its slot
+to verify speculative proposals) at each slot's own positions, and its attention reads the first `span`
+slots of every row: the smallest of at most SPANS fixed spans (`spans`) that holds every row's newest
+position. Its shapes depend only on (S, T, span), so it is compiled once per span used (torch.compile;
+CUDA graphs on a GPU) and replayed. A prompt is prefilled into its slot
 alone, in chunks: a row's prefill never shares a matrix product with another row, whose size would change
 its rounding (MKL's results depend on the number of rows), so a row's tokens do not depend on its neighbours.
 """
@@ -18,11 +20,27 @@ from arseq.models.inference import Compile, compile_mode, compiled
 from arseq.models.transformer import KVCache, Transformer
 
 PREFILL_CHUNK = 512  # prompt tokens per prefill pass: bounds the activations of a long prompt
+# Spans: powers of two from SPAN_MIN that leave at least a quarter of the cache unread, the largest SPANS - 1 of
+# them, then the whole cache; so past the smallest span a step reads at most 8/3 of the slots its rows reach.
+# At most SPANS graphs per pass width: a compiled pass has one or two widths (speculative decoding's 1 and
+# k + 1), within torch.compile's 8 graphs per code object. Why: the 8-row step of bench_step's model read
+# every slot of every row's cache (~40 MB at 272 slots in float32, as much as its weights); reading 128 of
+# them (rows at position 100), same-process A/B on the AVX2 host, 1 thread: float32 20.7 -> 15.8 ms (8 rows
+# over 1: 2.41 -> 1.95), int8 14.1 -> 11.7 ms (1.69 -> 1.45). Spans of every multiple of 64 would read less
+# but compile up to L / 64 graphs (each 20-45 s here) and overrun the recompile limit.
+SPAN_MIN, SPANS = 64, 4
 
 
-def cached_pass(model: Transformer, tokens: Tensor, pos: Tensor) -> Tensor:
-    """Logits (S, T, V) of `tokens` (S, T) at positions `pos` (S, T) of every slot: what torch.compile sees."""
-    return model(tokens, pos=pos)
+def spans(size: int) -> list[int]:
+    """The spans a pass over a cache of `size` slots per row may read, ascending (the last is `size`)."""
+    powers = [SPAN_MIN << i for i in range(max(size.bit_length(), 1)) if 4 * (SPAN_MIN << i) <= 3 * size]
+    return powers[1 - SPANS :] + [size]
+
+
+def cached_pass(model: Transformer, tokens: Tensor, pos: Tensor, span: int) -> Tensor:
+    """Logits (S, T, V) of `tokens` (S, T) at positions `pos` (S, T) of every slot, reading slots 0..span-1:
+    what torch.compile sees (a graph per span)."""
+    return model(tokens, pos=pos, span=span)
 
 
 class Slots:
@@ -33,6 +51,8 @@ class Slots:
         self.model, self.slots, self.length = model, slots, length
         self.device = model.norm.weight.device
         size = length + spare
+        self.spans = spans(size)
+        self.widths: dict[int, Tensor] = {}  # T -> arange(T): a pass's offsets from each row's start
         mode = compile_mode(compile)
         if mode == "off":
             self.compiled = None
@@ -50,9 +70,16 @@ class Slots:
         for attn, cache in zip(attns, self.caches):
             attn.cache = cache
 
-    def run(self, tokens: Tensor, pos: Tensor) -> Tensor:
-        """Feed every slot tokens (S, T) at positions (S, T); return logits (S, T, V)."""
-        return (self.compiled or cached_pass)(self.model, tokens, pos)
+    def run(self, tokens: Tensor, starts: list[int]) -> Tensor:
+        """Feed every slot tokens (S, T) at positions starts[s] .. starts[s] + T - 1; return logits (S, T, V)."""
+        T = tokens.shape[1]
+        offsets = self.widths.get(T)
+        if offsets is None:
+            offsets = self.widths[T] = torch.arange(T, device=self.device)
+        reach = max(starts) + T
+        span = next(s for s in self.spans if s >= reach)
+        pos = torch.tensor(starts, device=self.device)[:, None] + offsets
+        return (self.compiled or cached_pass)(self.model, tokens, pos, span)
 
     def prefill(self, slot: int, tokens: list[int]) -> None:
         """Write `tokens` at positions 0.. of `slot` (its earlier contents zeroed: a NaN would leak through the mask)."""
@@ -62,7 +89,7 @@ class Slots:
         for a in range(0, len(tokens), PREFILL_CHUNK):
             chunk = torch.tensor([tokens[a : a + PREFILL_CHUNK]], dtype=torch.long, device=self.device)
             pos = torch.arange(a, a + chunk.shape[1], device=self.device)[None]
-            self.model(chunk, pos=pos, rows=rows, last_only=True)
+            self.model(chunk, pos=pos, rows=rows, span=a + chunk.shape[1], last_only=True)  # eager: any span
 
     def copy(self, src: int, dst: int) -> None:
         """Slot `dst` becomes a copy of slot `src` (rows with the same prompt: one prefill for all)."""

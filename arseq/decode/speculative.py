@@ -139,7 +139,7 @@ class Speculative:
             if p:
                 tokens[s, 1 : 1 + len(p)] = torch.tensor(p, device=engine.device)
         engine.cache.attach()
-        logits = engine.cache.run(tokens, engine._positions(width))
+        logits = engine.cache.run(tokens, engine.fed)
         kept, bad = self._verify(engine, logits, props, allowed, q)
         for s, r in live.items():  # rows shrink to their kept proposals (the constraint sees it), then to
             del r.tokens[base[s] + kept[s] :]  # where they were: engine.commit appends what was kept
@@ -222,8 +222,7 @@ class Speculative:
             pos[s], last[s] = st.draft_fed, len(feed) - 1
             st.draft_fed += len(feed)
             st.draft_base = st.draft_fed
-        at = torch.tensor(pos, device=engine.device)[:, None] + torch.arange(2, device=engine.device)
-        logits = draft.run(tokens, at)
+        logits = draft.run(tokens, pos)
         return logits[torch.arange(S, device=engine.device), torch.tensor(last, device=engine.device)]
 
     def _idle_positions(self, engine: Engine) -> list[int]:
@@ -244,7 +243,7 @@ class Speculative:
             st.draft_fed += 1
         assert self.draft is not None  # a DraftModel's round: bind gave it its slots
         self.draft.attach()
-        return self.draft.run(tokens, torch.tensor(pos, device=engine.device)[:, None])[:, -1]
+        return self.draft.run(tokens, pos)[:, -1]
 
     def _verify(
         self, engine: Engine, logits: Tensor, props: dict[int, list[int]], allowed: list[Tensor], q: list[Tensor]

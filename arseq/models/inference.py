@@ -58,6 +58,10 @@ class Compiled:
         # CUDA: CUDA graphs replay the whole pass in one launch. CPU: the graph's wrapper in C++ instead of
         # Python (its ~50 buffer allocations and checks per call): 5-31 % more tokens/s at batch 1 in
         # same-process A/B runs. dynamic=False: one graph per shape, no symbolic sizes (a static pass is the point).
+        # Not kept: Inductor's freezing (weights folded in as constants and pre-packed for MKL): 8.40 -> 8.17 ms
+        # at 1 row, 18.35 -> 16.63 ms at 8 (bench_step's model, span 128, one A/B on the loaded AVX2 host,
+        # within its spread), while a frozen graph would go on decoding with the weights it was built with
+        # after the model is trained further or loaded again (graphs are kept per model object).
         self.how = {"mode": "reduce-overhead"} if device.type == "cuda" else {"options": {"cpp_wrapper": True}}
         self.fn: Callable[..., Tensor] | None = None
 

@@ -14,15 +14,22 @@ device, the weight's dtype, the CPU's features and the number of rows. `rule_rou
     int8 "reduce"           46.1 / 91.8 / 186  / 358  / 209    (int8 -> float 8 lanes at a time via a partial load)
     int8 "fbgemm_int8"      11.1 / 13.0 / 22.0 / 45.1 / 14.2   <- kept
   "fbgemm_int8" (arseq.models.fbgemm_int8): FBGEMM's int8 x int8 product, the activations quantized per call
-  to 7 bits, each row on its own scale (a row's result does not depend on the batch), for int8 passes of
-  <= FUSED_ROWS rows, eager and compiled (so that both make the same choices). The int8 row above used one
-  scale per input; per row costs 9-16 % more (A/B in arseq.models.fbgemm_int8). Longer int8 passes
-  (prefill, scoring, the perplexity `evaluate` reports) take "blas" on the dequantized weights, whose error
-  is the weights' alone (one activation scale over 160 rows had given 3.8 % relative logit error in tests,
+  to 7 bits, each row on its own scale (a row's result does not depend on the batch), for compiled int8
+  passes of <= FUSED_ROWS rows. The int8 row above used one scale per input; per row costs 9-16 % more (A/B
+  in arseq.models.fbgemm_int8). Eager int8 passes and longer compiled ones (prefill, scoring, the perplexity
+  `evaluate` reports) take "blas" on the dequantized weights, whose error is the weights' alone (one activation scale over 160 rows had given 3.8 % relative logit error in tests,
   the weights alone 1-2 %). Held-out perplexity through 8-row decode steps (4 x 128 char model, 10,240
   tokens): float32 5.7002, int8 dequantized 5.7013 (+0.02 %), int8 FBGEMM 5.7081 (+0.14 %).
   Most of what an 8-row step costs beyond a 1-row one here is the KV cache, not the matmuls: at cache
   length 32 instead of 272 the 8-row step is 13.2 ms (int8) / 17.5 ms (float32) instead of 33.7 / 34.1.
+  Why eager int8 takes "blas" whatever its rows: eagerly, a one-row step dequantizes each layer's weights
+  into a buffer that stays in L3 for the sgemm that follows, which then reads 4x fewer bytes from memory
+  than float32 does, while FBGEMM pays ~30 us of small eager ops per call. Eager step of bench_generate's
+  model, same-process interleaved medians (min), ms at 1 / 8 rows, 1 thread, a loaded host: float32
+  10.4 (6.0) / 20.1 (12.0), int8 dequantized + sgemm 9.8 (5.4) / 17.7 (10.9), int8 FBGEMM (its op called
+  directly) 10.6 (6.3) / 13.9 (9.4). FBGEMM at 2-16 rows only (the faster choice at each row count) would
+  make a row's tokens depend on how many rows share its steps, as would any rule on eager rows: one route
+  for every eager decode pass keeps a row's tokens the same alone or in a batch.
 
 Measured and not kept, per layer (same host, 1 thread, interleaved medians; one 2048 x 384 layer at 1 / 8
 rows unless said): `torch._int_mm` (a plain loop on CPU: 1.8 / 59 ms), `torch._weight_int8pack_mm` (0.44 /
@@ -76,8 +83,8 @@ def rule_route(device: str, weight_dtype: torch.dtype, scaled: bool, rows: int, 
     if cpu_features.has("avx512"):
         return "reduce" if few else "blas"
     if weight_dtype == torch.int8:
-        if scaled and rows <= FUSED_ROWS and cpu_features.fbgemm_int8():
-            return "fbgemm_int8"  # eager too: eager and compiled decoding then make the same choices
+        if scaled and few and cpu_features.fbgemm_int8():
+            return "fbgemm_int8"  # compiled only: eagerly the dequantized sgemm is faster at one row (above)
         return "reduce" if few else "blas"
     return "blas"
 

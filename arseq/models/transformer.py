@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import cast
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -71,12 +71,21 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
 
 
+class Cached(NamedTuple):
+    """What a cached pass tells each layer (built once per pass by Transformer.forward)."""
+
+    pos: Tensor  # (B, T) each token's position: its slot in its row of the cache
+    at: Tensor  # (B, 1) the cache rows written
+    rows: Tensor | None  # the cache rows read: None for every row in order (the decode pass)
+    span: int  # slots 0..span-1 of each row are read: more than any position in `pos`
+
+
 class KVCache(nn.Module):
     """Pre-allocated keys and values for every slot a sampling run may reach.
 
-    `update` writes at tensor positions and returns the whole buffer, so a decode step has the same
-    shapes at every slot (what torch.compile and CUDA graphs need); the attention mask hides the
-    slots not written yet.
+    `update` writes at tensor positions and returns the first `span` slots of every row, so a decode
+    step has the same shapes at every position within a span (what torch.compile and CUDA graphs need);
+    the attention mask hides the slots not written yet.
     """
 
     k: Tensor  # (batch, n_head, max_len, head_dim) buffers: declared for the type checker, which reads
@@ -88,16 +97,16 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, pos: Tensor, k: Tensor, v: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, H, T, D) at each row's positions `pos` (B, T); return the keys and values of those
-        rows: the whole buffer when `rows` is None (every slot: the static decode pass), else the slots
-        `rows` (B,) after writing (a prefill of some slots). An indexed assignment (index_put_), not scatter_:
-        Inductor copies a buffer written by scatter_ twice per layer and step, which made 8-row compiled steps
-        twice as slow (bench_step, same-process A/B)."""
-        at = (torch.arange(k.shape[0], device=k.device) if rows is None else rows)[:, None]
-        self.k[at, :, pos] = k.transpose(1, 2).to(self.k.dtype)
-        self.v[at, :, pos] = v.transpose(1, 2).to(self.v.dtype)
-        return (self.k, self.v) if rows is None else (self.k[rows], self.v[rows])
+    def update(self, c: Cached, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, H, T, D) at each row's positions; return the first `c.span` slots of the rows read
+        (B, H, span, D): every row's when `c.rows` is None (the decode pass), else those of `c.rows` (a prefill
+        of some slots). An indexed assignment (index_put_), not scatter_: Inductor copies a buffer written by
+        scatter_ twice per layer and step, which made 8-row compiled steps twice as slow (bench_step, A/B)."""
+        self.k[c.at, :, c.pos] = k.transpose(1, 2).to(self.k.dtype)
+        self.v[c.at, :, c.pos] = v.transpose(1, 2).to(self.v.dtype)
+        if c.rows is None:
+            return self.k[:, :, : c.span], self.v[:, :, : c.span]
+        return self.k[c.rows, :, : c.span], self.v[c.rows, :, : c.span]
 
     def clear(self, rows: Tensor | None = None) -> None:
         """Zero the buffers (or the slots `rows`) for reuse: stale positions are masked out anyway, but a NaN
@@ -118,12 +127,13 @@ class Attention(nn.Module):
         self.proj = Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.cache: KVCache | None = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cached: tuple[Tensor, Tensor | None] | None, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cached: Cached | None, mask: Tensor | None) -> Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        qk = apply_rope(qkv[:2], cos, sin)  # q and k rotated together: half the small eager ops of two calls
+        q, k, v = qk[0], qk[1], qkv[2]
         if cached is not None:
-            k, v = self.kv_cache().update(cached[0], k, v, cached[1])
+            k, v = self.kv_cache().update(cached, k, v)
         # Causal by flag only without a cache (training, scoring): cached passes always bring a mask.
         is_causal = mask is None and T > 1
         y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
@@ -156,7 +166,7 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cached: tuple[Tensor, Tensor | None] | None, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cached: Cached | None, mask: Tensor | None) -> Tensor:
         x = x + self.drop(self.attn(self.norm1(x), cos, sin, cached, mask))
         return x + self.drop(self.mlp(self.norm2(x)))
 
@@ -190,24 +200,31 @@ class Transformer(nn.Module):
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, idx: Tensor, *, pos: Tensor | None = None, rows: Tensor | None = None, last_only: bool = False) -> Tensor:
+    def forward(
+        self, idx: Tensor, *, pos: Tensor | None = None, rows: Tensor | None = None, span: int | None = None, last_only: bool = False
+    ) -> Tensor:
         """Logits (B, T, vocab) for ids (B, T).
 
         Training and scoring call this with ids alone: a causal pass at positions 0..T-1. Sampling (after
         `setup_cache`) passes `pos` (B, T): each token's position, which is also its slot in its row's KV
         cache, so rows of one pass sit at different places; a query sees its row's slots up to its own.
-        `rows` (B,) names the cache rows the batch is (default: all of them, in order).
+        `rows` (B,) names the cache rows the batch is (default: all of them, in order). `span`: the slots
+        0..span-1 of each row that attention reads (default: all), more than any position in `pos`; the
+        decode engine passes one of a few fixed spans (arseq.decode.slots), so that a step reads the slots
+        its rows have reached rather than the whole cache, with static shapes per span.
         """
-        T = idx.shape[1]
+        B, T = idx.shape
         if pos is None:
             if T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens exceeds the model's context of {self.cfg.max_seq_len}")
             cos, sin, cached, mask = self.rope_cos[:T], self.rope_sin[:T], None, None
         else:  # positions past the context are padding (never seen by a real token): any rotation will do
-            at = pos.clamp(max=self.cfg.max_seq_len - 1)
-            cos, sin = self.rope_cos[at].unsqueeze(1), self.rope_sin[at].unsqueeze(1)  # (B, 1, T, D/2)
-            slots = torch.arange(cast(Block, self.blocks[0]).attn.kv_cache().k.shape[2], device=idx.device)
-            cached, mask = (pos, rows), (slots[None, None, :] <= pos[:, :, None]).unsqueeze(1)  # (B, 1, T, slots)
+            angle = pos.clamp(max=self.cfg.max_seq_len - 1)
+            cos, sin = self.rope_cos[angle].unsqueeze(1), self.rope_sin[angle].unsqueeze(1)  # (B, 1, T, D/2)
+            span = span or cast(Block, self.blocks[0]).attn.kv_cache().k.shape[2]
+            at = (torch.arange(B, device=idx.device) if rows is None else rows)[:, None]
+            cached = Cached(pos, at, rows, span)
+            mask = (torch.arange(span, device=idx.device)[None, None, :] <= pos[:, :, None]).unsqueeze(1)  # (B, 1, T, span)
         x = self.drop(self.embed(idx))
         for block in self.blocks:
             x = block(x, cos, sin, cached, mask)
