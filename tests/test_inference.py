@@ -284,3 +284,25 @@ def test_a_bare_compile_flag_means_on():
     assert normalize(["--compile"], SHARED_KINDS) == ["--compile", "true"]
     args = serve_parser().parse_args(normalize(["--checkpoint", "x", "--compile"], SHARED_KINDS))
     assert [compile_mode(v) for v in (args.compile, "true", "False", True, "auto")] == ["on", "on", "off", "on", "auto"]
+
+
+def test_a_warmed_engine_compiles_nothing_while_it_decodes():
+    """Engine.warm compiles a graph per span up front (what `arseq serve --compile` does before it listens);
+    decoding afterwards compiles nothing more and gives the eager tokens."""
+    from arseq.decode import Engine, Row
+
+    torch.manual_seed(1)
+    model = Transformer(TransformerConfig(vocab_size=40, max_seq_len=160, n_layer=1, n_head=2, d_model=16)).eval()
+    cfg = SamplingConfig(max_new_tokens=150, temperature=0)
+    eager = generate(model, [[3, 4]], cfg).tokens
+    engine = Engine(model, slots=2, compile=True)
+    try:
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        engine.warm()
+        warmed = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert warmed - graphs == len(engine.cache.spans) == 2  # spans 64 and the whole cache
+        engine.submit(Row([3, 4], cfg, seed=0))
+        assert [f.tokens for f in engine.run()] == eager
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == warmed
+    finally:
+        engine.close()

@@ -141,6 +141,12 @@ class Engine:
             chosen = {slot: [tokens[slot]] for slot in self.live}
         return done + self.commit(chosen, bad)
 
+    @torch.inference_mode()
+    def warm(self) -> None:
+        """Compile the decode step for every cache span it may read (a no-op when not compiled); see Slots.warm."""
+        self.cache.attach()
+        self.cache.warm()
+
     def run(self) -> list[Finished]:
         """Step until every submitted row has ended; return them in the order they ended."""
         out: list[Finished] = []

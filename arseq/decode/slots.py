@@ -81,6 +81,16 @@ class Slots:
         pos = torch.tensor(starts, device=self.device)[:, None] + offsets
         return (self.compiled or cached_pass)(self.model, tokens, pos, span)
 
+    def warm(self) -> None:
+        """Compile the decode pass for every span now, before any row needs it (on a CPU each graph takes
+        seconds: a server compiles before it takes requests, not while they wait). What the passes write is
+        never read: a row's prefill clears its slot first."""
+        if self.compiled is None:
+            return
+        tokens = torch.zeros(self.slots, 1, dtype=torch.long, device=self.device)
+        for span in self.spans:
+            self.run(tokens, [span - 1] * self.slots)
+
     def prefill(self, slot: int, tokens: list[int]) -> None:
         """Write `tokens` at positions 0.. of `slot` (its earlier contents zeroed: a NaN would leak through the mask)."""
         rows = torch.tensor([slot], device=self.device)

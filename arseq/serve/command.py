@@ -93,7 +93,9 @@ def build(args: Any) -> Any:
         torch.set_num_threads(args.threads or max(1, usable_cores() - 1))
 
     def make_engine() -> Any:
-        return Engine(loaded.model, slots=args.slots, compile=args.compile, pad_id=loaded.tokenizer.pad_id)
+        engine = Engine(loaded.model, slots=args.slots, compile=args.compile, pad_id=loaded.tokenizer.pad_id)
+        engine.warm()  # --compile: every graph before the first request, not during it
+        return engine
 
     settings = Settings(
         name=args.name or loaded.modality.name,
