@@ -76,10 +76,11 @@ def test_compiled_greedy_equals_eager_and_the_step_is_built_once(model):
     prompts = [[5, 6, 7, 8, 9, 10], [1, 2], [3]]
     eager = generate(model, prompts, GREEDY).tokens
     assert generate(model, prompts, GREEDY, compile=True).tokens == eager
-    ((step, caches),) = inference._COMPILED[model].values()
+    built = list(inference._COMPILED[model].values())
+    assert len(built) == 2 and built[0][1] is built[1][1]  # the step and a sliding row's prefill, on the same buffers
     other = [[9, 9, 1], [4], [3, 3]]  # another batch of the same size: the same step and buffers
     assert generate(model, other, GREEDY, compile=True).tokens == generate(model, other, GREEDY).tokens
-    assert list(inference._COMPILED[model].values()) == [(step, caches)]
+    assert list(inference._COMPILED[model].values()) == built
 
 
 def test_a_step_over_a_span_equals_the_step_over_the_whole_cache():
@@ -287,20 +288,22 @@ def test_a_bare_compile_flag_means_on():
 
 
 def test_a_warmed_engine_compiles_nothing_while_it_decodes():
-    """Engine.warm compiles a graph per span up front (what `arseq serve --compile` does before it listens);
-    decoding afterwards compiles nothing more and gives the eager tokens."""
+    """Engine.warm compiles a graph per span and one for a sliding row's prefill up front (what `arseq serve
+    --compile` does before it listens); decoding afterwards, the rows sliding twice, compiles nothing more
+    and gives the eager tokens."""
     from arseq.decode import Engine, Row
 
     torch.manual_seed(1)
     model = Transformer(TransformerConfig(vocab_size=40, max_seq_len=160, n_layer=1, n_head=2, d_model=16)).eval()
-    cfg = SamplingConfig(max_new_tokens=150, temperature=0)
+    cfg = SamplingConfig(max_new_tokens=300, temperature=0)
     eager = generate(model, [[3, 4]], cfg).tokens
     engine = Engine(model, slots=2, compile=True)
     try:
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         engine.warm()
         warmed = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        assert warmed - graphs == len(engine.cache.spans) == 2  # spans 64 and the whole cache
+        assert len(engine.cache.spans) == 2  # spans 64 and the whole cache
+        assert warmed - graphs == 3 and list(engine.cache.prefills) == [79]  # and a slide's prefill (half the cache, but one)
         engine.submit(Row([3, 4], cfg, seed=0))
         assert [f.tokens for f in engine.run()] == eager
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == warmed

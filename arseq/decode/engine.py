@@ -81,7 +81,7 @@ class Engine:
         self.was_training = model.training
         model.eval()
         spare = speculative.k if speculative is not None else 0
-        self.cache = Slots(model, slots, self.length, compile, spare)
+        self.cache = Slots(model, slots, self.length, compile, spare, prefill_lengths=(self.length // 2 - 1,))  # a slide's (_slide)
         self.device, self.vocab = self.cache.device, model.cfg.vocab_size
         if speculative is not None:
             speculative.bind(self)

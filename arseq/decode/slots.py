@@ -9,6 +9,8 @@ position. Its shapes depend only on (S, T, span), so it is compiled once per spa
 CUDA graphs on a GPU) and replayed. A prompt is prefilled into its slot
 alone, in chunks: a row's prefill never shares a matrix product with another row, whose size would change
 its rounding (MKL's results depend on the number of rows), so a row's tokens do not depend on its neighbours.
+Prefills of the lengths named at construction (a sliding row's window, always the same length) are
+compiled too; any other length runs eagerly.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from arseq.models.inference import Compile, compile_mode, compiled
+from arseq.models.inference import Compile, Compiled, compile_mode, compiled
 from arseq.models.transformer import KVCache, Transformer
 
 PREFILL_CHUNK = 512  # prompt tokens per prefill pass: bounds the activations of a long prompt
@@ -43,23 +45,37 @@ def cached_pass(model: Transformer, tokens: Tensor, pos: Tensor, span: int) -> T
     return model(tokens, pos=pos, span=span)
 
 
+def prefill_pass(model: Transformer, tokens: Tensor, pos: Tensor, rows: Tensor, span: int) -> Tensor:
+    """A chunk of one row's prompt (1, T) written at positions `pos` (1, T) of cache row `rows` (1,): what
+    torch.compile sees for a prefill of a fixed length (a graph per length)."""
+    return model(tokens, pos=pos, rows=rows, span=span, last_only=True)
+
+
 class Slots:
     """`model`'s KV cache for `slots` rows of `length` positions (`spare` more take the padding of a pass of
     several tokens at a row's end), attached while decoding runs."""
 
-    def __init__(self, model: Transformer, slots: int, length: int, compile: Compile = False, spare: int = 0):
+    def __init__(self, model: Transformer, slots: int, length: int, compile: Compile = False, spare: int = 0, prefill_lengths: tuple[int, ...] = ()):
         self.model, self.slots, self.length = model, slots, length
         self.device = model.norm.weight.device
         size = length + spare
         self.spans = spans(size)
         self.widths: dict[int, Tensor] = {}  # T -> arange(T): a pass's offsets from each row's start
         mode = compile_mode(compile)
+        self.prefills: dict[int, Compiled] = {}  # prompt lengths prefilled by a compiled pass
         if mode == "off":
             self.compiled = None
             self.caches: list[KVCache] = model.setup_cache(slots, size)
         else:  # the buffers the compiled pass was built with, cleared
             self.compiled, caches = compiled(model, cached_pass, slots, size, mode, lambda: model.setup_cache(slots, size))
             self.caches = model.setup_cache(slots, size, caches)
+            # Why: a row that outgrows the cache slides (arseq.decode.engine) and its window is prefilled again,
+            # once every length / 2 tokens. Eager, that prefill cost as much as 3 compiled 16-row steps (31 tokens
+            # of the 4 x 128 text model: 3.1 ms against 0.94 ms, 1 thread), most of it per-op overhead, and sliding
+            # rows' prefills took 22 % of the server's engine thread at 16 streams.
+            for n in prefill_lengths:
+                if 0 < n <= PREFILL_CHUNK:
+                    self.prefills[n] = compiled(model, prefill_pass, slots, size, mode, lambda: self.caches, tokens=n)[0]
 
     def attach(self) -> None:
         """Put this cache on the model's blocks (a draft and its target each hold their own); a no-op when
@@ -90,6 +106,8 @@ class Slots:
         tokens = torch.zeros(self.slots, 1, dtype=torch.long, device=self.device)
         for span in self.spans:
             self.run(tokens, [span - 1] * self.slots)
+        for n in self.prefills:
+            self.prefill(0, [0] * n)
 
     def prefill(self, slot: int, tokens: list[int]) -> None:
         """Write `tokens` at positions 0.. of `slot` (its earlier contents zeroed: a NaN would leak through the mask)."""
@@ -99,7 +117,8 @@ class Slots:
         for a in range(0, len(tokens), PREFILL_CHUNK):
             chunk = torch.tensor([tokens[a : a + PREFILL_CHUNK]], dtype=torch.long, device=self.device)
             pos = torch.arange(a, a + chunk.shape[1], device=self.device)[None]
-            self.model(chunk, pos=pos, rows=rows, span=a + chunk.shape[1], last_only=True)  # eager: any span
+            fixed = self.prefills.get(len(tokens))  # the whole prompt in one chunk, of a compiled length
+            (fixed or prefill_pass)(self.model, chunk, pos, rows, a + chunk.shape[1])  # eager: any length and span
 
     def copy(self, src: int, dst: int) -> None:
         """Slot `dst` becomes a copy of slot `src` (rows with the same prompt: one prefill for all)."""

@@ -83,12 +83,19 @@ class Compiled:
 
 
 def compiled(
-    model: Transformer, fn: Callable[..., Tensor], batch: int, cache_len: int, mode: str, caches: Callable[[], list[KVCache]]
+    model: Transformer,
+    fn: Callable[..., Tensor],
+    batch: int,
+    cache_len: int,
+    mode: str,
+    caches: Callable[[], list[KVCache]],
+    tokens: int = 1,
 ) -> tuple[Compiled, list[KVCache]]:
-    """`fn` compiled for `model` at (batch, cache length), with the KV cache buffers it was built with
-    (made by `caches` the first time): one entry per model, function, shape, dtype, device and mode."""
+    """`fn` compiled for `model` at (batch, cache length, tokens a pass: a prefill's fixed length), with the
+    KV cache buffers it was built with (made by `caches` the first time): one entry per model, function,
+    shape, dtype, device and mode."""
     p = model.norm.weight
-    key = (fn, batch, cache_len, p.dtype, p.device, mode)
+    key = (fn, batch, cache_len, tokens, p.dtype, p.device, mode)
     entries = _COMPILED.setdefault(model, {})
     if key not in entries:
         entries[key] = (Compiled(fn, p.device, fallback=mode == "auto"), caches())

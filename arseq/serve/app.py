@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from arseq.artifacts.checkpoint import Loaded
 from arseq.errors import one_line
-from arseq.serve.jobs import JobPlan, plan_job, text_of, write_files
+from arseq.serve.jobs import JobPlan, plan_job, text_delta, text_of, write_files
 from arseq.serve.loop import EngineLoop, Job, as_request_error
 from arseq.serve.metrics import Metrics
 from arseq.serve.schema import Parsed, RequestError, Schema, parse
@@ -97,7 +97,7 @@ class Run:
         self.job = Job(plan, self.queue, time.monotonic() + timeout if timeout else None)
         n = len(plan.rows)
         self.tokens: list[list[int]] = [[] for _ in range(n)]
-        self.texts = ["" for _ in range(n)]
+        self.offsets = [(0, 0)] * n  # per sample: where its streamed text stands (jobs.text_delta)
         self.finished = False
         self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
@@ -135,10 +135,7 @@ class Run:
 
     def delta(self, sample: int) -> str:
         """New text of a sample since the last call (nothing while a multi-byte character is incomplete)."""
-        text = text_of(self.server.loaded, self.tokens[sample])
-        if text.endswith("\ufffd"):
-            return ""
-        new, self.texts[sample] = text[len(self.texts[sample]) :], text
+        new, self.offsets[sample] = text_delta(self.server.loaded, self.tokens[sample], self.offsets[sample])
         return new
 
 
@@ -146,7 +143,7 @@ async def _start(server: Server, http: HttpRequest, openai: bool) -> tuple[Run, 
     parsed = parse(server.schema, await read_json(http, server.settings.max_body_bytes), openai)
     loop = asyncio.get_running_loop()
     try:
-        plan = await loop.run_in_executor(None, plan_job, server.loaded, parsed, server.settings.max_new_tokens_limit)
+        plan = await loop.run_in_executor(None, plan_job, server.loaded, parsed, server.settings.max_new_tokens_limit, not openai)
     except Exception as e:  # noqa: BLE001 - the modality refused the options: 422 naming them; else 500
         raise as_request_error(e) from None
     return Run(server, plan, http), parsed

@@ -55,14 +55,15 @@ class JobPlan:
     request: Request
     seed: int
     conditions: list[dict[str, str]]  # per row: the condition values it is sampled with
+    scored: bool = True  # whether the answer reports each sample's perplexity (a pass of the model over it)
 
     @property
     def sampling(self) -> dict[str, Any]:
         return {f.name: getattr(self.cfg, f.name) for f in fields(self.cfg) if f.name != "stop_tokens"}
 
 
-def plan_job(loaded: Loaded, parsed: Parsed, max_new_tokens_limit: int) -> JobPlan:
-    """The rows of a request (DataError for options the modality refuses)."""
+def plan_job(loaded: Loaded, parsed: Parsed, max_new_tokens_limit: int, scored: bool = True) -> JobPlan:
+    """The rows of a request (DataError for options the modality refuses); `scored`: see JobPlan."""
     given = parsed.request.sampling
     seed = given.seed if given.seed is not None else secrets.randbits(31)
     # every row seeded, so an unseeded request can be repeated from its answer
@@ -79,15 +80,20 @@ def plan_job(loaded: Loaded, parsed: Parsed, max_new_tokens_limit: int) -> JobPl
     guide = guide if guide is not None and cfg.guidance != 1.0 else None
     rows = [RowSpec(p, seed + i, guide[i] if guide is not None else None) for i, p in enumerate(prompts)]
     constraint = planned.constraint() if planned.constraint is not None else None
-    return JobPlan(rows, cfg, constraint, head, planned.plan, planned.request, seed, planned.conditions)
+    return JobPlan(rows, cfg, constraint, head, planned.plan, planned.request, seed, planned.conditions, scored)
 
 
 def samples_of(loaded: Loaded, job: JobPlan, results: list[tuple[list[int], bool]]) -> list[Sample]:
-    """Samples as `arseq generate` makes them: prompts without control tokens, and each one's mean NLL."""
+    """Samples as `arseq generate` makes them: prompts without control tokens, and each one's mean NLL (NaN
+    when the answer does not report it: scoring is a pass of the model over the whole sample, in the engine's
+    thread, which took ~9 % of it at 16 streams of completions, whose answers carry no perplexity)."""
     tok, controls = loaded.tokenizer, loaded.controls
     prompts = [r.prompt for r in job.rows]
-    scored = [p + t + ([tok.eos_id] if s else []) for p, (t, s) in zip(prompts, results)]
-    nll, count = sequence_nll(loaded.model, scored, start=[len(p) for p in prompts], pad_id=tok.pad_id, head=job.head)
+    if job.scored:
+        scored = [p + t + ([tok.eos_id] if s else []) for p, (t, s) in zip(prompts, results)]
+        nll, count = sequence_nll(loaded.model, scored, start=[len(p) for p in prompts], pad_id=tok.pad_id, head=job.head)
+    else:
+        nll, count = [float("nan")] * len(prompts), [1] * len(prompts)
     return [
         Sample(controls.strip(p) if controls else list(p), list(t), bool(s), float(n / c) if c else float("nan"), dict(cond))
         for p, (t, s), n, c, cond in zip(prompts, results, nll, count, job.conditions)
@@ -105,6 +111,20 @@ def text_of(loaded: Loaded, tokens: list[int]) -> str:
             return ""
     name = getattr(tok, "token_name", None)
     return " ".join(name(t) for t in tokens) if name is not None else ""
+
+
+def text_delta(loaded: Loaded, tokens: list[int], offsets: tuple[int, int]) -> tuple[str, tuple[int, int]]:
+    """The new text of a stream of `tokens` since the last call, and the offsets for the next one: vLLM's
+    incremental detokenizing. Decoding the whole list per token made a stream O(n^2); decoding the new tokens
+    alone would lose what depends on the tokens before them (a word's leading space, a character split over
+    tokens), so the tokens since the last emitted text are decoded after those of the emission before (the
+    prefix), and the text past the prefix's is new. Nothing is emitted while a multi-byte character is incomplete."""
+    prefix, read = offsets
+    before = text_of(loaded, tokens[prefix:read])
+    text = text_of(loaded, tokens[prefix:])
+    if len(text) <= len(before) or text.endswith("\ufffd"):
+        return "", offsets
+    return text[len(before) :], (read, len(tokens))
 
 
 def write_files(loaded: Loaded, job: JobPlan, samples: list[Sample]) -> list[dict[str, Any]]:
