@@ -299,7 +299,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run folder, .ckpt or export")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
-    p.add_argument("--requests-per-client", type=int, default=0, help="per client per level (default: 16 / clients, at least 2)")
+    p.add_argument(
+        "--requests-per-client",
+        type=int,
+        default=0,
+        help="per client per level (default: 16 / clients, at least 8: a level ends with its last long requests decoding beside idle slots, and more requests make that tail a smaller part of it)",
+    )
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--soak-seconds", type=float, default=300.0)
     p.add_argument("--prompt", default=None, help="text prompt (text and protein models); default: BOS alone")
@@ -311,7 +316,7 @@ def main() -> None:
         from arseq.artifacts import checkpoint as ck
 
         prompt = [ck.load(args.checkpoint).tokenizer.bos_id]
-    per = lambda c: args.requests_per_client or max(2, 16 // c)  # noqa: E731
+    per = lambda c: args.requests_per_client or max(8, 16 // c)  # noqa: E731
     out: dict[str, Any] = {"by_clients": {}}
     proc, port = start(args.checkpoint, "--slots", str(args.slots), "--max-queue", "256", *flags)
     try:

@@ -47,3 +47,10 @@ def test_char_and_token_name_deltas_add_up():
     music = SimpleNamespace(modality=SimpleNamespace(name="music"), tokenizer=names)
     tokens = [60, 64, 67, 72]
     assert "".join(streamed(music, tokens)) == "Note_60 Note_64 Note_67 Note_72" == text_of(music, tokens)
+
+
+def test_queued_tokens_of_a_sample_merge_into_one_event_in_order():
+    from arseq.serve.app import merged
+
+    events = [("token", 0, 5), ("token", 0, 6), ("token", 1, 7), ("token", 0, 8), ("done", None, []), ("token", 0, 9)]
+    assert merged(events) == [("tokens", 0, [5, 6]), ("tokens", 1, [7]), ("tokens", 0, [8]), ("done", None, []), ("tokens", 0, [9])]

@@ -104,26 +104,32 @@ class Run:
         server.loop.submit(self.job)
 
     async def events(self) -> AsyncIterator[tuple]:
-        """Engine events until the request ends; ("idle",) while nothing happens. A client that left (checked every
-        KEEPALIVE_S seconds) ends it, and its rows leave the engine at the next step."""
+        """Engine events until the request ends: ("tokens", sample, [token, ...]), ("done", plan, samples),
+        ("error", RequestError), and ("idle",) while nothing happens. Tokens of a sample that queued up while the
+        stream was being written come as one event, so a stream that falls behind catches up in fewer, larger
+        writes instead of falling further behind. A client that left (checked every KEEPALIVE_S seconds) ends
+        the request, and its rows leave the engine at the next step."""
         checked = time.monotonic()
         try:
             while True:
                 try:
-                    event = await asyncio.wait_for(self.queue.get(), KEEPALIVE_S)
+                    batch = [await asyncio.wait_for(self.queue.get(), KEEPALIVE_S)]
+                    while not self.queue.empty():
+                        batch.append(self.queue.get_nowait())
                 except asyncio.TimeoutError:
-                    event = ("idle",)
+                    batch = [("idle",)]
                 if time.monotonic() - checked >= KEEPALIVE_S:
                     checked = time.monotonic()
                     if await self.http.is_disconnected():
                         return
-                if event[0] == "token":
-                    self.tokens[event[1]].append(event[2])
-                elif event[0] in ("done", "error"):
-                    self.finished = True
-                yield event
-                if self.finished:
-                    return
+                for event in merged(batch):
+                    if event[0] == "tokens":
+                        self.tokens[event[1]] += event[2]
+                    elif event[0] in ("done", "error"):
+                        self.finished = True
+                    yield event
+                    if self.finished:
+                        return
         finally:
             self.close()
 
@@ -137,6 +143,19 @@ class Run:
         """New text of a sample since the last call (nothing while a multi-byte character is incomplete)."""
         new, self.offsets[sample] = text_delta(self.server.loaded, self.tokens[sample], self.offsets[sample])
         return new
+
+
+def merged(events: list[tuple]) -> list[tuple]:
+    """Engine events with each run of ("token", sample, t) of one sample as one ("tokens", sample, [t, ...])."""
+    out: list[tuple] = []
+    for event in events:
+        if event[0] != "token":
+            out.append(event)
+        elif out and out[-1][0] == "tokens" and out[-1][1] == event[1]:
+            out[-1][2].append(event[2])
+        else:
+            out.append(("tokens", event[1], [event[2]]))
+    return out
 
 
 async def _start(server: Server, http: HttpRequest, openai: bool) -> tuple[Run, Parsed]:
@@ -175,8 +194,8 @@ async def completions(http: HttpRequest) -> Response:
             async for event in run.events():
                 if event[0] == "idle":
                     yield ": keepalive\n\n"
-                elif event[0] == "token":
-                    yield sse(chunk(event[1], run.delta(event[1]), [event[2]], None))
+                elif event[0] == "tokens":
+                    yield sse(chunk(event[1], run.delta(event[1]), event[2], None))
                 elif event[0] == "error":
                     yield sse(event[1].body())
                 else:
@@ -269,8 +288,11 @@ async def generate(http: HttpRequest) -> Response:
         async for event in run.events():
             if event[0] == "idle":
                 yield ": keepalive\n\n"
-            elif event[0] == "token":
-                yield sse({"sample": event[1], "token": event[2], **({"text": run.delta(event[1])} if text else {})}, "token")
+            elif event[0] == "tokens":  # an event a token (the page counts them); the new text with the last
+                *before, last = event[2]
+                for t in before:
+                    yield sse({"sample": event[1], "token": t, **({"text": ""} if text else {})}, "token")
+                yield sse({"sample": event[1], "token": last, **({"text": run.delta(event[1])} if text else {})}, "token")
             elif event[0] == "error":
                 yield sse(event[1].body(), "error")
             else:

@@ -27,10 +27,12 @@ from arseq.parallel import usable_cores
 
 log = logging.getLogger("arseq.serve")
 # The engine thread and the event loop share the GIL. A torch op gives it up and takes it back, and taking it
-# back from a busy event loop waits out Python's switch interval (5 ms by default): while the event loop
-# was writing streams, a compiled 16-row step that runs in 1 ms took ~80 ms (a spinning thread beside it, 1
-# torch thread: 12 steps/s; 460 with 1 ms). 1 ms lets the two take turns at the pace of a step.
-SWITCH_INTERVAL_S = 0.001
+# back from a busy event loop waits out Python's switch interval (5 ms by default): while another thread ran
+# Python, a compiled 16-row step that runs in 1 ms took ~80 ms (a spinning thread beside it, 1 torch thread:
+# 12 steps/s; 460 with 1 ms). Served (16 streaming clients, the 4 x 128 text model, compiled, 2 busy
+# cores, two A/B rounds): 5 ms 2,576 tokens/s; 1 ms 2,578-2,654; 0.2 ms 2,803-2,811 (one request at a
+# time: 855-865 with 1 ms, 837 with 0.2 ms). The engine's steps are the critical path: let them in soon.
+SWITCH_INTERVAL_S = 0.0002
 
 
 @dataclass
