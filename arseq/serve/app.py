@@ -45,6 +45,7 @@ class Settings:
     max_new_tokens_limit: int = 4096
     timeout: float | None = 600.0
     max_body_bytes: int = 1 << 20
+    stream_interval: float = 0.0  # seconds streamed tokens may wait to go out together (EngineLoop)
 
 
 class Server:
@@ -54,7 +55,7 @@ class Server:
         self.loaded, self.settings = loaded, settings
         self.metrics = Metrics()
         self.schema = Schema(loaded, settings.max_new_tokens_limit)
-        self.loop = EngineLoop(loaded, make_engine, self.metrics, settings.max_queue)
+        self.loop = EngineLoop(loaded, make_engine, self.metrics, settings.max_queue, settings.stream_interval)
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="arseq-write")  # music21, pillow: one at a time
 
     def describe(self) -> dict[str, Any]:

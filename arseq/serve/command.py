@@ -49,6 +49,7 @@ class ServeOptions:
         max_body_bytes: largest request body accepted (413 past it)
         grace: on SIGTERM/SIGINT: seconds running requests get to finish
         threads: torch threads for the model on a CPU (default: the usable cores but one, at least one; the HTTP side needs the other)
+        stream_interval: milliseconds a stream's tokens may wait to go out together (a request's first token and its end go at once); 0: every token as it comes
         name: the model's name in responses (default: the checkpoint's modality)
         log_level: debug, info, warning or error
     """
@@ -62,6 +63,7 @@ class ServeOptions:
     max_body_bytes: int = 1 << 20
     grace: float = 30.0
     threads: int | None = None
+    stream_interval: float = 10.0
     name: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -83,8 +85,8 @@ def check(args: Any) -> None:
     for name, lo in (("slots", 1), ("max_queue", 1), ("max_new_tokens_limit", 1), ("max_body_bytes", 1024), ("port", 0)):
         if getattr(args, name) < lo:
             raise DataError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(args, name)}")
-    if args.timeout < 0 or args.grace < 0:
-        raise DataError("--timeout and --grace must be >= 0")
+    if args.timeout < 0 or args.grace < 0 or not 0 <= args.stream_interval <= 1000:
+        raise DataError("--timeout and --grace must be >= 0, --stream-interval in 0..1000 (milliseconds)")
 
 
 def build(args: Any) -> Any:
@@ -112,6 +114,7 @@ def build(args: Any) -> Any:
         max_new_tokens_limit=args.max_new_tokens_limit,
         timeout=args.timeout or None,
         max_body_bytes=args.max_body_bytes,
+        stream_interval=args.stream_interval / 1000,
     )
     return create_app(loaded, make_engine, settings)
 

@@ -49,9 +49,11 @@ class Job:
 class EngineLoop:
     """The thread that runs the engine. `make_engine()` builds a fresh engine (at start, and after a step failed)."""
 
-    def __init__(self, loaded: Loaded, make_engine: Callable[[], Any], metrics: Metrics, max_queue: int):
+    def __init__(self, loaded: Loaded, make_engine: Callable[[], Any], metrics: Metrics, max_queue: int, stream_interval: float = 0.0):
         self.loaded, self.make_engine, self.metrics = loaded, make_engine, metrics
-        self.max_queue = max_queue
+        self.max_queue, self.stream_interval = max_queue, stream_interval
+        self.flushed = 0.0  # when the last hand-over was
+        self.urgent = False  # the outbox holds an event that goes out at once (a first token, an end)
         self.engine = make_engine()
         self.lock = threading.Lock()
         self.wake = threading.Event()
@@ -142,17 +144,24 @@ class EngineLoop:
         self.metrics.rows_waiting.set(self.engine.waiting)
         self.metrics.requests_waiting.set(self.waiting())
         self.metrics.requests_running.set(sum(1 for j in self.jobs if j.first_token is not None))
-        self._flush()
+        if self.urgent or time.monotonic() - self.flushed >= self.stream_interval or not self.engine.active:
+            self._flush()
         return False
 
-    def _emit(self, job: Job, event: tuple) -> None:
+    def _emit(self, job: Job, event: tuple, urgent: bool = True) -> None:
         with self.lock:
             self.outbox.append((job, event))
+            self.urgent |= urgent
 
     def _flush(self) -> None:
-        """Hand the events emitted since the last flush to the event loop, in order, with one wake-up."""
+        """Hand the events emitted since the last flush to the event loop, in order, with one wake-up.
+
+        Tokens that are not a request's first wait up to `stream_interval` to go out with later ones: each
+        hand-over wakes the event loop, which then writes every stream it touched, in Python, under the GIL
+        the engine thread needs between its torch calls (see SWITCH_INTERVAL_S in arseq.serve.command)."""
         with self.lock:
-            batch, self.outbox = self.outbox, []
+            batch, self.outbox, self.urgent = self.outbox, [], False
+        self.flushed = time.monotonic()
         if batch and self.asyncio_loop is not None:
             try:
                 self.asyncio_loop.call_soon_threadsafe(_deliver, batch)
@@ -212,7 +221,7 @@ class EngineLoop:
                 return
             self.metrics.tokens.inc()
             if not job.cancelled:
-                self._emit(job, ("token", sample, token))
+                self._emit(job, ("token", sample, token), urgent=last is None)
 
         return on_token
 
