@@ -41,7 +41,7 @@ ZERO_LENGTH_GRACE = GRACE_KINDS.index(("quarter", True)) + 1
 def read_midi(vocab: ScoreVocab, path: Path, max_quarters: int | None = None, max_notes: int = 2_000_000) -> Events:
     """Events of one MIDI file on the grid of `vocab`; ValueError with a one-line reason for a file that is
     not MIDI or is damaged, for what this tokenizer cannot represent, or for a file longer than
-    `max_quarters` or with more than `max_notes` notes."""
+    `max_quarters` or with more note-ons and note-offs than `max_notes` notes have (checked as it reads)."""
     content = read_midi_file(path.read_bytes(), 2 * max_notes)  # a note is a note-on and a note-off
     tpq = content.ticks_per_quarter
     if max_quarters is not None and content.end / tpq > max_quarters:
