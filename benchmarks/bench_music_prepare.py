@@ -6,7 +6,7 @@ Makes `--files` MIDI files from music21's Bach chorales (the first `--sources` o
 music21): each file is one to three chorales, each transposed by -5..+6 semitones, played one after
 the other, written with symusic. Then, side by side, on the same files:
 
-- arseq: `arseq prepare` (CLI, fresh cache, `--data.workers N`, the symusic path); files/s and tokens/s
+- arseq: `arseq prepare` (CLI, fresh cache, `--data.workers N`, the fast path, `midi_reader: symusic`); files/s and tokens/s
   from the `seconds` prepare reports (reading, tokenizing, writing the cache; not Python's start-up,
   reported apart as `arseq_wall_s`), peak RSS of the process and its workers;
 - MidiTok 3.1 REMI with its defaults, reading with its own symusic, one process (MidiTok has no worker
@@ -121,7 +121,7 @@ def miditok_remi(files: list[Path]) -> tuple[float, int, int]:
 
 
 def same_tokens(files: list[Path]) -> float:
-    """The share of files the symusic and music21 paths give identical tokens for."""
+    """The share of files the fast and music21 paths give identical tokens for."""
     from arseq.modalities.music.reading import read_events
 
     tok = ScoreTokenizer()

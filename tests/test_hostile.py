@@ -345,7 +345,9 @@ def test_prepare_skips_a_file_past_its_time_budget(tmp_path, monkeypatch, capsys
         pytest.skip("music21's test MIDI files are not installed")
     for i, source in enumerate(shipped):
         shutil.copy(source, tmp_path / f"{i}.mid")
-    config = config_file(tmp_path / "m.yaml", {"modality": {"name": "music", "workers": 1}, "data": {"paths": str(tmp_path), "val_fraction": 0.0}})
+    # music21's reading: the fast path reads such a small file within the shortest budget (1 ms)
+    modality = {"name": "music", "workers": 1, "midi_reader": "music21"}
+    config = config_file(tmp_path / "m.yaml", {"modality": modality, "data": {"paths": str(tmp_path), "val_fraction": 0.0}})
     monkeypatch.setenv("ARSEQ_FILE_SECONDS", "0.001")  # no file can be parsed this fast: each is skipped with its reason
     assert main(["prepare", "--config", str(config)]) == 2
     line = one_line(capsys.readouterr().err, "no usable training items")

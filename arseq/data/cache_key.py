@@ -57,6 +57,8 @@ def cache_key(
         "conditions": data.conditions,
         "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
     }
+    if modality.reading_version:
+        spec["reading"] = modality.reading_version
     if controls is not None:
         spec["controls"] = controls.to_dict()
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]

@@ -92,6 +92,9 @@ class Modality(ABC):
     # state: `prepare` then reads the files in `data.workers` processes (a modality that parallelises its
     # own reading, like music, image and protein, reads `arseq.parallel.configured_workers()` instead).
     reads_files_independently: ClassVar[bool] = False
+    # Part of the data cache key: changed when `read` makes something else of the same files and options, so
+    # entries made by the old reading are not reused. Empty: the key is as it always was.
+    reading_version: str = ""
 
     # ---- data (required) -------------------------------------------------------------------------
     @abstractmethod

@@ -1,7 +1,7 @@
 """Music: scores (MIDI, MusicXML, Humdrum, ABC) as REMI-style tokens; Bach chorales out of the box.
 
 Reading parses files in worker processes (`data.workers`; music21 needs ~0.1-0.5 s a score, MIDI files
-go through symusic in ~1 ms unless `midi_reader: music21`); each worker parses, encodes and finds the
+are read from their bytes in ~1 ms unless `midi_reader: music21`); each worker parses, encodes and finds the
 piece's conditions, and hands back only token ids and names, so scores are never pickled. Generated pieces are written as
 .mid (one distinct program per part, so voices survive a MIDI round trip), .musicxml and a piano-roll
 .png. A grammar constraint keeps sampled event order well-formed, so every sample parses back.
@@ -119,6 +119,8 @@ class MusicModality(Modality):
         if midi_reader not in MIDI_READERS:
             raise DataError(f"modality.midi_reader must be one of {', '.join(MIDI_READERS)}, got {midi_reader!r}")
         self.midi_reader = midi_reader
+        # MIDI reading 2: both readers pair note-ons as music21 does, and music21's on the tokenizer's grid
+        self.reading_version = "midi-2"
         if per_composer is not None and per_composer < 1:
             raise DataError(f"modality.per_composer must be a positive integer, got {per_composer}")
         # data.source music21_composers: which corpus folders, and at most how many works of each

@@ -31,8 +31,8 @@ def read_in_parallel(jobs: list[tuple], workers: int | None = None, loader: Call
     order: a file that crashes or hangs its worker is skipped with the reason."""
     if any(job[1].lower().endswith(SUFFIXES[2:]) for job in jobs) or any(job[4:5] == ("music21",) for job in jobs):
         import music21.converter  # noqa: F401  (imported once here, inherited by forked workers)
-    if any(job[1].lower().endswith(SUFFIXES[:2]) for job in jobs):
-        import symusic  # noqa: F401  (the same)
+    if loader is not None and any(job[1].lower().endswith(SUFFIXES[:2]) for job in jobs):
+        import symusic  # noqa: F401  (the same, for the performance reader)
     workers = 1 if len(jobs) < 4 else workers  # forking costs more than a few files
     # the parent's budget: the worker's own SIGALRM budget first, then a kill (a hang in C code)
     run = partial(_run_job, loader or load_piece)
@@ -59,10 +59,6 @@ def load_piece(name: str, path: str, state: dict, check_roundtrip: bool, reader:
     """(name, tokens, exact, info, conditions, skip reason) for one file: parsed, encoded, optionally
     round-tripped, its conditions (key, meter, composer) found from its events, all in the worker."""
     tok = _tokenizer(tuple(sorted(state.items())))
-    if reader == "symusic" and path.lower().endswith((".mid", ".midi")):
-        # imported before the time budget starts: SIGALRM landing inside an extension module's
-        # initialisation leaves it half-built, and the next use crashes the process
-        import symusic  # noqa: F401
     seconds = file_budget()
     try:
         with time_limit(
@@ -127,17 +123,23 @@ def roundtrip_report(examples: Sequence[Example], first: int = 5) -> dict[str, A
 
 def read_events(tok: ScoreTokenizer, path: Path, midi_reader: str = "symusic") -> Events:
     """Parse one file into events; every problem becomes a one-line DataError naming the file. MIDI files
-    go through symusic unless `midi_reader` is "music21" (`midi_reading`: the same events, ~100x faster)."""
+    go through `midi_reading` unless `midi_reader` is "music21" (the same events, ~100x faster; the name
+    "symusic" is what configs have always said, from when symusic parsed the files).
+
+    music21 reads MIDI on the tokenizer's own grid (`quarterLengthDivisors=(ppq,)`): its default, 16ths
+    and eighth triplets, would move 32nd notes and quintuplets and gather near onsets into chords, throwing
+    away what the tokens can hold (and what the fast path keeps)."""
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; music reads {' '.join(SUFFIXES)}")
-    if path.suffix.lower() in (".mid", ".midi"):
+    midi = path.suffix.lower() in (".mid", ".midi")
+    if midi:
         _check_midi(path, scan_events=midi_reader != "symusic")
         if midi_reader == "symusic":
             return _read_midi_fast(tok, path)
     from music21 import converter
 
     try:
-        score = converter.parse(str(path))
+        score = converter.parse(str(path), quarterLengthDivisors=(tok.ppq,)) if midi else converter.parse(str(path))
     except Exception as e:  # music21 raises many kinds on bad files; one line is what the user needs
         raise DataError(f"{path}: cannot parse ({one_line(e, with_type=True, limit=200)})") from None
     try:
@@ -149,22 +151,22 @@ def read_events(tok: ScoreTokenizer, path: Path, midi_reader: str = "symusic") -
 
 
 def _read_midi_fast(tok: ScoreTokenizer, path: Path) -> Events:
-    """symusic's reading, bounded like music21's (the same limits, checked on what symusic read: its C++
-    parser holds a 2^28-tick gap as one number, the bars made from it would not be)."""
+    """The fast reading, bounded like music21's (the same limits, checked on what the scan read: it holds a
+    2^28-tick gap as one number, the bars made from it would not be)."""
     try:
         return read_midi(tok, path, MAX_MIDI_QUARTERS, MAX_MIDI_EVENTS)
     except ValueError as e:
         raise DataError(f"{path}: {e}") from None
-    except Exception as e:  # symusic raises RuntimeError and others on damaged files
+    except Exception as e:  # a damaged file the scan's own checks did not foresee: one line, not a traceback
         raise DataError(f"{path}: cannot parse ({one_line(e, with_type=True, limit=200)})") from None
 
 
 def _check_midi(path: Path, scan_events: bool = True) -> None:
     """Catch truncated MIDI files, which music21 reads silently as their first few notes (symusic too, when
-    the header promises more tracks than there are), and, with `scan_events`, files whose length in time
+    the header promises more tracks than there are: the performance reader), and, with `scan_events`, files whose length in time
     or events would take all memory or hours in music21 (a 45-byte file with one gap of 2^28 ticks became
     5.4 GB): bounded by MAX_MIDI_QUARTERS and MAX_MIDI_EVENTS before parsing. Without `scan_events` only
-    the chunk headers are read (~10 us instead of ~5 ms a file; the symusic path checks sizes after reading)."""
+    the chunk headers are read (~10 us instead of ~5 ms a file; the fast path checks sizes as it reads)."""
     data = path.read_bytes()
     if data[:4] != b"MThd" or len(data) < 14:
         raise DataError(f"{path}: not a MIDI file (no MThd header)")

@@ -1,13 +1,19 @@
-"""Reading MIDI files with symusic (C++) into the same `Events` as music21's path (`reading.read_score`).
+"""Reading MIDI files into the same `Events` as music21's path (`reading.read_score`), ~100x faster.
 
 Why not music21: it builds a full notated score (chords, voices, measures, ties, rests) for every file,
 ~30 ms for a small chorale, while the tokenizer only needs notes on a grid, bars, meters, keys and tempi.
-symusic parses the same file in ~50 us. Every rule below mirrors what music21's MIDI import does, so the
-two paths give the same events (and tokens) for the same file (tests/test_music_midi_path.py):
+The file's events come from `midi_file` (a scan of the bytes, ~0.3 ms for a chorale). Every rule below
+mirrors what music21's MIDI import does when it quantizes to the tokenizer's grid (`quarterLengthDivisors`
+of `(ppq,)`, as `midi_reader: music21` reads), so the two paths give the same events (and tokens) for the
+same file (tests/test_music_midi_path.py):
 
-- a note ends at the first note-off of its pitch after it (`_first_off`);
-- a part per MIDI track that has notes (music21 drops the conductor track and empty tracks); drum tracks
-  (channel 10) keep their part, their notes are dropped as unpitched;
+- a note ends at the first note-off of its pitch and channel after it in its track (`midi_file._pair`);
+- a part per MIDI track that has notes (music21 drops the conductor track and empty tracks); notes on
+  channel 10 are dropped as unpitched (music21 makes `Unpitched` of them), their track keeps its part;
+- onsets and durations go to the nearest grid step, halfway to the earlier one, and a note is at least
+  one step long (music21's `quantize` never makes a note of length 0); one moved is counted as `off_grid`;
+  a note whose note-off is at its note-on's tick is a grace note (music21's import gives it a
+  `GraceDuration`, which its reading writes as a slashed quarter);
 - tempo marks where the file has them (none where it has none), bpm rounded to two decimals like
   music21's `midiEventToTempo`;
 - bars of the time signature in force at each bar's start (4/4 without one) from tick 0, as many as the
@@ -15,10 +21,6 @@ two paths give the same events (and tokens) for the same file (tests/test_music_
   score's bar was shorter than its meter, and its `makeMeasures` reads them so);
 - the key signature of the bar line where one stands; one mid-bar is ignored (music21 places it inside
   the measure, where `Measure.keySignature`, which reading uses, does not see it).
-
-One difference by design: an onset or duration off the tokenizer's grid is moved to the nearest grid
-step here and counted as `off_grid`, where music21 first snaps every value to 16ths and eighth triplets
-(so a 32nd note survives here and not there). On-grid files (what notation programs write) are equal.
 """
 
 from __future__ import annotations
@@ -26,92 +28,75 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from arseq.tokenizers.score.events import Bar, Events, Note, clip_to_last_bar
-from arseq.tokenizers.score.vocab import KEY_RANGE, ScoreVocab
+from arseq.tokenizers.score.midi_file import MidiContent, read_midi_file
+from arseq.tokenizers.score.vocab import GRACE_KINDS, KEY_RANGE, ScoreVocab
+
+ZERO_LENGTH_GRACE = GRACE_KINDS.index(("quarter", True)) + 1
 
 
-def read_midi(vocab: ScoreVocab, path: Path, max_quarters: int | None = None, max_notes: int | None = None) -> Events:
-    """Events of one MIDI file on the grid of `vocab`; ValueError with a one-line reason for what this
-    tokenizer cannot represent or for a file longer than `max_quarters` or with more than `max_notes`
-    notes (symusic's own errors on unreadable files are passed on as they are)."""
-    import symusic
-
-    score = symusic.Score(str(path), ttype="tick")
-    tpq = max(1, int(score.ticks_per_quarter))
-    if max_quarters is not None and score.end() / tpq > max_quarters:
-        raise ValueError(f"lasts {score.end():,} ticks ({score.end() / tpq:,.0f} quarter notes), more than {max_quarters:,}")
-    if max_notes is not None and score.note_num() > max_notes:
-        raise ValueError(f"more than {max_notes:,} notes")
-    return score_events(vocab, score)
+def read_midi(vocab: ScoreVocab, path: Path, max_quarters: int | None = None, max_notes: int = 2_000_000) -> Events:
+    """Events of one MIDI file on the grid of `vocab`; ValueError with a one-line reason for a file that is
+    not MIDI or is damaged, for what this tokenizer cannot represent, or for a file longer than
+    `max_quarters` or with more note-ons and note-offs than `max_notes` notes have (checked as it reads)."""
+    content = read_midi_file(path.read_bytes(), 2 * max_notes)  # a note is a note-on and a note-off
+    tpq = content.ticks_per_quarter
+    if max_quarters is not None and content.end / tpq > max_quarters:
+        raise ValueError(f"lasts {content.end:,} ticks ({content.end / tpq:,.0f} quarter notes), more than {max_quarters:,}")
+    return content_events(vocab, content)
 
 
-def score_events(vocab: ScoreVocab, score: Any) -> Events:
-    """Events of a symusic `Score` (tick time); see the module docstring for the rules."""
-    tpq = int(score.ticks_per_quarter)
-    if tpq <= 0:
-        raise ValueError("SMPTE (frame-based) MIDI timing is not supported")
+def content_events(vocab: ScoreVocab, content: MidiContent) -> Events:
+    """Events of a parsed MIDI file; see the module docstring for the rules."""
+    tpq = content.ticks_per_quarter
+    if len(content.tracks) > vocab.max_parts:
+        raise ValueError(f"{len(content.tracks)} parts; at most {vocab.max_parts} are supported")
     lost: Counter[str] = Counter()
-    tracks = [t for t in score.tracks if t.note_num() > 0]
-    if len(tracks) > vocab.max_parts:
-        raise ValueError(f"{len(tracks)} parts; at most {vocab.max_parts} are supported")
     notes: list[Note] = []
-    for pi, track in enumerate(tracks):
-        arr = track.notes.numpy()
-        if track.is_drum:
-            lost["unpitched"] += len(arr["time"])
-            continue
-        onset, on_grid = _steps(arr["time"], tpq, vocab.ppq)
-        dur, dur_grid = _steps(_first_off(arr["time"], arr["duration"], arr["pitch"]), tpq, vocab.ppq)
-        lost["off_grid"] += int((~(on_grid & dur_grid)).sum())
-        zero = dur == 0
-        lost["zero_duration"] += int(zero.sum())
-        vel = arr["velocity"].astype(np.int64) if vocab.velocity else np.full(len(onset), 64)
-        pitch = arr["pitch"].astype(np.int64)
-        keep = ~zero
-        notes += [Note(pi, int(o), int(p), int(d), int(v)) for o, p, d, v in zip(onset[keep], pitch[keep], dur[keep], vel[keep])]
+    for pi, track in enumerate(content.tracks):
+        pitched = track.channel != 9  # MIDI channel 10 is percussion
+        lost["unpitched"] += len(pitched) - int(pitched.sum())
+        start, ticks = track.start[pitched], track.end[pitched] - track.start[pitched]
+        onset, on_grid = _steps(start, tpq, vocab.ppq)
+        dur, dur_grid = _steps(ticks, tpq, vocab.ppq)
+        lost["off_grid"] += int((~(on_grid & dur_grid) | ((dur == 0) & (ticks > 0))).sum())
+        # a note-off at its note-on's tick: music21 makes a grace note (a slashed quarter) of it
+        grace = np.where(ticks == 0, ZERO_LENGTH_GRACE if vocab.grace else -1, 0)
+        lost["grace_dropped"] += int((grace < 0).sum())
+        dur = np.where(grace == 0, np.maximum(dur, 1), 0)
+        vel = track.velocity[pitched] if vocab.velocity else np.full(len(onset), 64)
+        notes += [
+            Note(pi, o, p, d, v, g)
+            for o, p, d, v, g in zip(onset.tolist(), track.pitch[pitched].tolist(), dur.tolist(), vel.tolist(), grace.tolist())
+            if g >= 0
+        ]
     if not notes:
         raise ValueError("percussion only (no pitched notes)" if lost["unpitched"] else "empty score (no notes)")
     end = max(n.onset + n.dur for n in notes)
-    bars = _bars(vocab, score, tpq, end)
+    bars = _bars(vocab, content, tpq, end)
     notes, lost["past_last_bar"] = clip_to_last_bar(notes, bars)
-    _set_tempi(vocab, score, tpq, bars)
+    _set_tempi(vocab, content, tpq, bars)
     lost = Counter({k: v for k, v in lost.items() if v})
     moved = ("off_grid", "microtone", "pitch_range", "past_last_bar", "grace_notation")
     dropped = ("grace_dropped", "zero_duration", "unpitched")
-    return Events(bars, notes, len(tracks), sum(lost[k] for k in moved), sum(lost[k] for k in dropped), lost=dict(lost))
-
-
-def _first_off(start: np.ndarray, duration: np.ndarray, pitch: np.ndarray) -> np.ndarray:
-    """Durations (ticks) with each note ended by the first note-off of its pitch after its onset, as
-    music21 pairs them. Where one pitch sounds twice at once (two voices in one track), symusic pairs
-    note-ons and -offs first in, first out; music21 ends every such note at the next note-off, so the
-    two paths would read different durations from the same bytes."""
-    start, end = start.astype(np.int64), start.astype(np.int64) + duration.astype(np.int64)
-    key = pitch.astype(np.int64) << 40
-    ends = np.sort(key + end)
-    i = np.searchsorted(ends, key + start, side="right")
-    found = i < len(ends)
-    nxt = np.where(found, ends[np.minimum(i, len(ends) - 1)], 0)
-    same = found & (nxt >> 40 == key >> 40)
-    return np.where(same, (nxt & ((1 << 40) - 1)) - start, duration)
+    return Events(bars, notes, len(content.tracks), sum(lost[k] for k in moved), sum(lost[k] for k in dropped), lost=dict(lost))
 
 
 def _steps(ticks: np.ndarray, tpq: int, ppq: int) -> tuple[np.ndarray, np.ndarray]:
-    """(nearest grid steps, exactly on the grid) of tick values (integer arithmetic: no float rounding)."""
-    t = ticks.astype(np.int64) * ppq
-    steps = (2 * t + tpq) // (2 * tpq)  # round half up
-    return steps, t % tpq == 0
+    """(nearest grid steps, exactly on the grid) of tick values (integer arithmetic: no float rounding);
+    halfway between two steps goes to the earlier one, as music21's `common.nearestMultiple` rounds."""
+    t = ticks * ppq
+    return (2 * t + tpq - 1) // (2 * tpq), t % tpq == 0
 
 
-def _bars(vocab: ScoreVocab, score: Any, tpq: int, end: int) -> list[Bar]:
+def _bars(vocab: ScoreVocab, content: MidiContent, tpq: int, end: int) -> list[Bar]:
     """Bars from tick 0 under the time signatures in force, until `end` (grid steps) is covered; each bar
     carries the key signature in force at its start."""
-    meters = sorted((_step(ts.time, tpq, vocab.ppq), (int(ts.numerator), int(ts.denominator))) for ts in score.time_signatures)
-    keys = sorted((_step(k.time, tpq, vocab.ppq), max(KEY_RANGE.start, min(KEY_RANGE.stop - 1, int(k.key)))) for k in score.key_signatures)
+    meters = sorted((_step(at, tpq, vocab.ppq), (n, d)) for at, n, d in content.time_signatures)
+    keys = sorted((_step(at, tpq, vocab.ppq), max(KEY_RANGE.start, min(KEY_RANGE.stop - 1, k))) for at, k in content.key_signatures)
     bars: list[Bar] = []
     at, ts, key, mi, ki = 0, (4, 4), 0, 0, 0
     while at < end or not bars:
@@ -126,9 +111,9 @@ def _bars(vocab: ScoreVocab, score: Any, tpq: int, end: int) -> list[Bar]:
     return bars
 
 
-def _set_tempi(vocab: ScoreVocab, score: Any, tpq: int, bars: list[Bar]) -> None:
+def _set_tempi(vocab: ScoreVocab, content: MidiContent, tpq: int, bars: list[Bar]) -> None:
     """Each bar's tempo: the last tempo mark at or before its start (music21 rounds bpm to 2 decimals)."""
-    marks = [(_step(t.time, tpq, vocab.ppq), round(60_000_000 / t.mspq, 2)) for t in score.tempos if t.mspq > 0]
+    marks = [(_step(at, tpq, vocab.ppq), round(60_000_000 / mspq, 2)) for at, mspq in content.tempos if mspq > 0]
     for _, bpm in marks:
         if not 10 <= bpm <= 1000:
             raise ValueError(f"absurd tempo {bpm} bpm")
@@ -141,4 +126,5 @@ def _set_tempi(vocab: ScoreVocab, score: Any, tpq: int, bars: list[Bar]) -> None
 
 
 def _step(tick: int, tpq: int, ppq: int) -> int:
-    return (2 * int(tick) * ppq + tpq) // (2 * tpq)
+    """The nearest grid step of a tick, halfway to the earlier one (as `_steps`)."""
+    return (2 * tick * ppq + tpq - 1) // (2 * tpq)
