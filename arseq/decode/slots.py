@@ -75,7 +75,7 @@ class Slots:
             # rows' prefills took 22 % of the server's engine thread at 16 streams.
             for n in prefill_lengths:
                 if 0 < n <= PREFILL_CHUNK:
-                    self.prefills[n] = compiled(model, prefill_pass, slots, size, mode, lambda: self.caches, tokens=n)[0]
+                    self.prefills[n] = compiled(model, prefill_pass, slots, size, mode, lambda: self.caches, tokens=n, warn=False)[0]
 
     def attach(self) -> None:
         """Put this cache on the model's blocks (a draft and its target each hold their own); a no-op when

@@ -49,8 +49,8 @@ class Compiled:
     as the speculative passes of two widths) turns a failure into one line, or into one warning line and
     eager `fn` from then on when `fallback` (compile="auto")."""
 
-    def __init__(self, fn: Callable[..., Tensor], device: torch.device, fallback: bool):
-        self.eager, self.device, self.fallback = fn, device, fallback
+    def __init__(self, fn: Callable[..., Tensor], device: torch.device, fallback: bool, warn: bool = True):
+        self.eager, self.device, self.fallback, self.warn = fn, device, fallback, warn
         # torch.compile keeps graphs per code object, at most 8 (recompile_limit, then a hard failure with
         # fullgraph): a copy with its own code object gives each pass its own one or two graphs, whatever
         # other models and shapes a process compiles, and a shorter list of guards to check per call.
@@ -77,7 +77,8 @@ class Compiled:
                 raise ValueError(
                     f"--compile: torch.compile does not work on {self.device} ({first_line(e)}); use --compile off, or auto to fall back"
                 ) from None
-            log.warning(f"warning: --compile auto: torch.compile does not work on {self.device} ({first_line(e)}); decoding eagerly")
+            if self.warn:
+                log.warning(f"warning: --compile auto: torch.compile does not work on {self.device} ({first_line(e)}); decoding eagerly")
             self.fn = self.eager
             return self.fn(*args)
 
@@ -90,15 +91,17 @@ def compiled(
     mode: str,
     caches: Callable[[], list[KVCache]],
     tokens: int = 1,
+    warn: bool = True,
 ) -> tuple[Compiled, list[KVCache]]:
     """`fn` compiled for `model` at (batch, cache length, tokens a pass: a prefill's fixed length), with the
     KV cache buffers it was built with (made by `caches` the first time): one entry per model, function,
-    shape, dtype, device and mode."""
+    shape, dtype, device and mode. `warn`: whether falling back to eager (mode "auto") says so (a pass beside
+    another that says it for both does not)."""
     p = model.norm.weight
     key = (fn, batch, cache_len, tokens, p.dtype, p.device, mode)
     entries = _COMPILED.setdefault(model, {})
     if key not in entries:
-        entries[key] = (Compiled(fn, p.device, fallback=mode == "auto"), caches())
+        entries[key] = (Compiled(fn, p.device, fallback=mode == "auto", warn=warn), caches())
     return entries[key]
 
 
