@@ -382,3 +382,20 @@ def test_failing_ngram_proposals_fall_back_to_plain_decoding(monkeypatch):
     monkeypatch.setattr(spec_module, "lookup", lambda tokens, k, n, min_n: [(tokens[-1] + 7) % 20])
     spec = speculative_generate(short, [[1, 2, 3]], cfg, NGram(), k=4)
     assert spec.tokens == generate(short, [[1, 2, 3]], cfg).tokens and spec.stats.proposed < 64
+
+
+def test_sampled_rounds_without_proposals_draw_what_plain_decoding_draws(monkeypatch):
+    """A round in which no row proposes is a plain step: the same sampled tokens from the same random streams,
+    and rows that propose and rows that do not (or no longer) share rounds without changing each other's tokens."""
+    import arseq.decode.speculative as spec_module
+
+    target = tiny(30, context=48)  # rows slide too
+    cfg = SamplingConfig(max_new_tokens=80, temperature=1.0, seed=3)
+    plain = generate(target, PROMPTS, cfg).tokens
+    monkeypatch.setattr(spec_module, "lookup", lambda tokens, k, n, min_n: [])
+    spec = speculative_generate(target, PROMPTS, cfg, NGram(), k=4)
+    assert spec.tokens == plain and spec.stats.proposed == 0 and spec.stats.target_passes == sum(len(t) for t in plain)
+    # the first row proposes (always wrong, until it gives up); the others never do: theirs are still plain's tokens
+    monkeypatch.setattr(spec_module, "lookup", lambda tokens, k, n, min_n: [29] if tokens[:6] == PROMPTS[0] else [])
+    mixed = speculative_generate(target, PROMPTS, cfg, NGram(), k=4)
+    assert mixed.stats.proposed > 0 and mixed.tokens[1:] == plain[1:]

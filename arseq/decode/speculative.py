@@ -130,6 +130,15 @@ class Speculative:
         want = {s: self._budget(engine, s, st) for s, st in states.items()}
         base = {s: len(r.tokens) for s, r in live.items()}
         props, allowed, q = self._propose(engine, want)
+        if not any(props.values()):  # nothing to verify (rows that gave up, no n-gram found): a plain step, which
+            # draws the same tokens from the same streams as `_correct` would, without its residual arithmetic
+            # (compiled, n-gram rows that gave up ran at 0.79x plain decoding this way; see docs/speculative.md)
+            logits = engine.cache.run(engine.cur[:, None], engine.fed)[:, -1]
+            engine._advance({s: 1 for s in live})
+            tokens, bad = engine.choose(logits, allowed[0])
+            chosen = {s: [tokens[s]] for s in live}
+            self._account(states, props, {s: 0 for s in live}, {s: _kept_tokens(live[s], chosen[s]) for s in live})
+            return chosen, bad
         width = 1 + max(len(p) for p in props.values())
         if width > 1 and engine.cache.compiled is not None:
             width = self.k + 1  # the compiled shape
