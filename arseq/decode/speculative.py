@@ -85,7 +85,7 @@ class _RowState:
     want: int
     skip: int = 0
     backoff: int = 1
-    tokens: int = 0
+    tokens: int = 0  # tokens and target passes of the rounds this row proposed in (the give-up rule)
     passes: int = 0
     draft_fed: int = 0  # the draft's positions of this row's window
     draft_start: int = -1  # where the draft's window leaves the row (after its head); -1: not loaded
@@ -315,7 +315,9 @@ class Speculative:
             self.stats.accepted += n
             self.stats.target_passes += 1
             self.stats.tokens += tokens[s]
-            st.tokens, st.passes = st.tokens + tokens[s], st.passes + 1
+            if m:  # the give-up rule weighs the rounds this row proposed in: one that found nothing to propose
+                # yet (no n-gram of it so far) has not shown that proposals do not pay
+                st.tokens, st.passes = st.tokens + tokens[s], st.passes + 1
             if self.draft is not None and m:
                 st.draft_fed = min(st.draft_fed, st.draft_base + n)  # its proposals past the kept ones are void
             elif m:
