@@ -135,8 +135,8 @@ class Speculative:
             # (compiled, n-gram rows that gave up ran at 0.79x plain decoding this way; see docs/speculative.md)
             logits = engine.cache.run(engine.cur[:, None], engine.fed)[:, -1]
             engine._advance({s: 1 for s in live})
-            tokens, bad = engine.choose(logits, allowed[0])
-            chosen = {s: [tokens[s]] for s in live}
+            drawn, bad = engine.choose(logits, allowed[0])
+            chosen = {s: [drawn[s]] for s in live}
             self._account(states, props, {s: 0 for s in live}, {s: _kept_tokens(live[s], chosen[s]) for s in live})
             return chosen, bad
         width = 1 + max(len(p) for p in props.values())
