@@ -17,6 +17,7 @@ from arseq.modalities.music.conditions import piece_conditions
 from arseq.parallel import Failed, file_budget, ordered_map
 from arseq.tokenizers.score import Events, ScoreTokenizer
 from arseq.tokenizers.score.events import LOSS_REASONS, note_key, note_order
+from arseq.tokenizers.score.midi_file import track_chunks
 from arseq.tokenizers.score.midi_reading import read_midi
 
 SUFFIXES = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".krn", ".abc")
@@ -170,29 +171,22 @@ def _check_midi(path: Path, scan_events: bool = True) -> None:
     data = path.read_bytes()
     if data[:4] != b"MThd" or len(data) < 14:
         raise DataError(f"{path}: not a MIDI file (no MThd header)")
-    at = 8 + int.from_bytes(data[4:8], "big")
-    tracks = int.from_bytes(data[10:12], "big")
     division = int.from_bytes(data[12:14], "big")
     per_quarter = division if division and not division & 0x8000 else 480  # SMPTE timing: ticks are frames
     events = 0
-    for i in range(tracks):
-        if at + 8 > len(data):
-            raise DataError(f"{path}: truncated MIDI (header promises {tracks} tracks, file ends in track {i + 1})")
-        size = int.from_bytes(data[at + 4 : at + 8], "big")
-        if at + 8 + size > len(data):
-            raise DataError(f"{path}: truncated MIDI (track {i + 1} declares {size} bytes, {len(data) - at - 8} present)")
-        if not scan_events:
-            at += 8 + size
-            continue
-        ticks, count = _track_extent(data, at + 8, at + 8 + size)
+    try:
+        chunks = list(track_chunks(data))
+    except ValueError as e:
+        raise DataError(f"{path}: {e}") from None
+    for number, _, start, size in chunks if scan_events else []:
+        ticks, count = _track_extent(data, start, start + size)
         events += count
         if ticks / per_quarter > MAX_MIDI_QUARTERS:
             raise DataError(
-                f"{path}: track {i + 1} lasts {ticks:,} ticks ({ticks / per_quarter:,.0f} quarter notes), more than {MAX_MIDI_QUARTERS:,}"
+                f"{path}: track {number} lasts {ticks:,} ticks ({ticks / per_quarter:,.0f} quarter notes), more than {MAX_MIDI_QUARTERS:,}"
             )
         if events > MAX_MIDI_EVENTS:
             raise DataError(f"{path}: more than {MAX_MIDI_EVENTS:,} MIDI events")
-        at += 8 + size
 
 
 MAX_MIDI_QUARTERS = 50_000  # ~7 hours at 120 bpm; the longest Bach chorale is ~200

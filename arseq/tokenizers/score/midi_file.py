@@ -21,6 +21,7 @@ note-off. Chunks of other types are skipped, as the standard says.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,7 +59,6 @@ def read_midi_file(data: bytes, max_events: int = 4_000_000) -> MidiContent:
     note-ons and note-offs together (checked as it reads, so memory stays bounded)."""
     if data[:4] != b"MThd" or len(data) < 14:
         raise ValueError("not a MIDI file (no MThd header)")
-    tracks = int.from_bytes(data[10:12], "big")
     division = int.from_bytes(data[12:14], "big")
     if division & 0x8000:
         raise ValueError("SMPTE (frame-based) MIDI timing is not supported")
@@ -67,22 +67,15 @@ def read_midi_file(data: bytes, max_events: int = 4_000_000) -> MidiContent:
     out = MidiContent(division)
     events: list[int] = []  # tick, status, position of the data bytes in the chunk: each note-on and -off
     counts, bases = [], []  # per track: note events, and where its chunk's events start in `data`
-    at = 8 + int.from_bytes(data[4:8], "big")
-    for i in range(tracks):
-        if at + 8 > len(data):
-            raise ValueError(f"truncated MIDI (header promises {tracks} tracks, file ends in track {i + 1})")
-        size = int.from_bytes(data[at + 4 : at + 8], "big")
-        if at + 8 + size > len(data):
-            raise ValueError(f"truncated MIDI (track {i + 1} declares {size} bytes, {len(data) - at - 8} present)")
-        if data[at : at + 4] == b"MTrk":
+    for number, kind, start, size in track_chunks(data):
+        if kind == b"MTrk":
             before = len(events)
             try:
-                _scan_track(data[at + 8 : at + 8 + size], events, 3 * max_events, out)
+                _scan_track(data[start : start + size], events, 3 * max_events, out)
             except IndexError:
-                raise ValueError(f"truncated MIDI (track {i + 1} ends inside an event)") from None
+                raise ValueError(f"truncated MIDI (track {number} ends inside an event)") from None
             counts.append((len(events) - before) // 3)
-            bases.append(at + 8)
-        at += 8 + size
+            bases.append(start)
     if out.end >= 1 << 40:  # ~100 years at 480 ticks a quarter; numpy holds the ticks as int64
         raise ValueError(f"a track lasts {out.end:,} ticks")
     if events:
@@ -90,6 +83,21 @@ def read_midi_file(data: bytes, max_events: int = 4_000_000) -> MidiContent:
         rows[:, 2] += np.repeat(bases, counts)
         _pair(np.frombuffer(data, dtype=np.uint8), rows, counts, out)
     return out
+
+
+def track_chunks(data: bytes) -> Iterator[tuple[int, bytes, int, int]]:
+    """(track number from 1, chunk type, where its bytes start, their size) of each chunk the header of a
+    Standard MIDI File promises; ValueError with one line where the file ends before one or inside it."""
+    tracks = int.from_bytes(data[10:12], "big")
+    at = 8 + int.from_bytes(data[4:8], "big")
+    for i in range(tracks):
+        if at + 8 > len(data):
+            raise ValueError(f"truncated MIDI (header promises {tracks} tracks, file ends in track {i + 1})")
+        size = int.from_bytes(data[at + 4 : at + 8], "big")
+        if at + 8 + size > len(data):
+            raise ValueError(f"truncated MIDI (track {i + 1} declares {size} bytes, {len(data) - at - 8} present)")
+        yield i + 1, data[at : at + 4], at + 8, size
+        at += 8 + size
 
 
 def _scan_track(chunk: bytes, events: list[int], limit: int, out: MidiContent) -> None:
