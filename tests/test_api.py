@@ -64,8 +64,9 @@ def test_unknown_options_are_one_line(trained):
         model.generate(temprature=0.5)
 
 
-def test_same_seed_same_samples_at_any_batch_size(trained):
+def test_same_seed_same_samples_at_any_batch_size(trained, capsys):
     model = arseq.load(trained / "checkpoints" / "last.ckpt")
     runs = [[s.tokens for s in model.generate(n=5, seed=11, max_new_tokens=16, batch_size=b)] for b in (1, 2, 5)]
+    assert capsys.readouterr().out == ""  # the samples are returned, not printed (printing is the CLI's)
     assert runs[0] == runs[1] == runs[2]
     assert len({tuple(t) for t in runs[0]}) > 1  # and the samples differ from each other

@@ -250,9 +250,10 @@ def prepare_model(loaded: Loaded, run: RunOptions) -> None:
     prepare_for_inference(loaded.model, resolve_device(run.device), run.dtype, run.quantize, run.compile)
 
 
-def run_generate(loaded: Loaded, request: Request, run: RunOptions) -> tuple[list[Sample], list[Path]]:
-    """Sample `request.num_samples` sequences and write the modality's files under `request.out`
-    (printed when it is None); return the samples and the paths written."""
+def run_generate(loaded: Loaded, request: Request, run: RunOptions, show: bool = True) -> tuple[list[Sample], list[Path]]:
+    """Sample `request.num_samples` sequences and write the modality's files under `request.out` (printed
+    on stdout when it is None and `show`: the CLI's results; Python callers get the samples instead);
+    return the samples and the paths written."""
     if request.num_samples < 1:
         raise DataError(f"--num-samples must be >= 1, got {request.num_samples}")
     if request.out is not None and Path(request.out).is_file() and not request.overwrite:
@@ -260,6 +261,8 @@ def run_generate(loaded: Loaded, request: Request, run: RunOptions) -> tuple[lis
     prepare_model(loaded, run)
     planned = make_plan(loaded, request)
     samples = sample(loaded, planned, run.batch_size, run.compile, spec=drafting.from_run(loaded, run))
+    if request.out is None and not show:
+        return samples, []
     return samples, loaded.modality.write(loaded.tokenizer, samples, planned.request, planned.plan)
 
 
