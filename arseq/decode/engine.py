@@ -81,7 +81,8 @@ class Engine:
         self.was_training = model.training
         model.eval()
         spare = speculative.k if speculative is not None else 0
-        self.cache = Slots(model, slots, self.length, compile, spare, prefill_lengths=(self.length // 2 - 1,))  # a slide's (_slide)
+        self.keep = self.length // 2  # positions a sliding row keeps (_slide): its prefill has a fixed length
+        self.cache = Slots(model, slots, self.length, compile, spare, prefill_lengths=(self.keep - 1,))
         self.device, self.vocab = self.cache.device, model.cfg.vocab_size
         if speculative is not None:
             speculative.bind(self)
@@ -135,11 +136,16 @@ class Engine:
             chosen, bad = self.spec.round(self)
         else:
             self._slide()
-            logits = self.cache.run(self.cur[:, None], self.fed)[:, -1]
-            self._advance({s: 1 for s in self.owner})
-            tokens, bad = self.choose(logits, self.allowed())
-            chosen = {slot: [tokens[slot]] for slot in self.live}
+            chosen, bad = self.plain_step(self.allowed())
         return done + self.commit(chosen, bad)
+
+    def plain_step(self, allowed: Tensor) -> tuple[dict[int, list[int]], list[bool]]:
+        """One token for every row (rows with room: `_slide` first): the pass, and the draw from the tokens
+        each row is `allowed`; (slot -> [token], which rows' logits were not finite), for `commit`."""
+        logits = self.cache.run(self.cur[:, None], self.fed)[:, -1]
+        self._advance({s: 1 for s in self.owner})
+        tokens, bad = self.choose(logits, allowed)
+        return {slot: [tokens[slot]] for slot in self.live}, bad
 
     @torch.inference_mode()
     def warm(self) -> None:
@@ -249,11 +255,10 @@ class Engine:
     # ---- one step ------------------------------------------------------------------------------------
     def _slide(self, room: int = 1) -> None:
         """Rows without `room` positions left slide: their head and newest tokens, half the cache, prefilled again."""
-        keep = self.length // 2
         for slot, live in self.owner.items():
             if self.fed[slot] + room > self.length:
                 seq = live.seq(slot)
-                self.starts[slot] = len(seq) - (keep - live.row.head)
+                self.starts[slot] = len(seq) - (self.keep - live.row.head)
                 self._load(slot, seq, {})
 
     def _advance(self, fed: dict[int, int]) -> None:

@@ -133,10 +133,7 @@ class Speculative:
         if not any(props.values()):  # nothing to verify (rows that gave up, no n-gram found): a plain step, which
             # draws the same tokens from the same streams as `_correct` would, without its residual arithmetic
             # (compiled, n-gram rows that gave up ran at 0.79x plain decoding this way; see docs/speculative.md)
-            logits = engine.cache.run(engine.cur[:, None], engine.fed)[:, -1]
-            engine._advance({s: 1 for s in live})
-            drawn, bad = engine.choose(logits, allowed[0])
-            chosen = {s: [drawn[s]] for s in live}
+            chosen, bad = engine.plain_step(allowed[0])
             self._account(states, props, {s: 0 for s in live}, {s: _kept_tokens(live[s], chosen[s]) for s in live})
             return chosen, bad
         width = 1 + max(len(p) for p in props.values())
