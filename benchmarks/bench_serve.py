@@ -67,10 +67,15 @@ def stop(proc: subprocess.Popen) -> int:
 
 
 def rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its children (`arseq serve` runs its engine in a child process)."""
+    total = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+            total += int(line.split()[1]) * 1024
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split() if (task / "children").exists() else []
+        total += sum(rss_bytes(int(child)) for child in children)
+    return total
 
 
 async def one(port: int, body: dict[str, Any], path: str = "/v1/completions") -> dict[str, Any]:

@@ -72,9 +72,10 @@ def train_tiny(name: str, root: Path) -> Path:
 
 
 class Served:
-    """A server for `checkpoint` on 127.0.0.1 and a free port, in a thread; `stop()` shuts it down."""
+    """A server for `checkpoint` on 127.0.0.1 and a free port, in a thread; `stop()` shuts it down. `process`: the
+    engine in a process of its own, as `arseq serve` runs it (else in a thread of this one)."""
 
-    def __init__(self, checkpoint: Path, **settings: Any):
+    def __init__(self, checkpoint: Path, process: bool = False, **settings: Any):
         import uvicorn
 
         from arseq.app import generation
@@ -90,7 +91,15 @@ class Served:
 
             return Engine(self.loaded.model, slots=slots, compile="off", pad_id=self.loaded.tokenizer.pad_id)
 
-        self.app = create_app(self.loaded, make_engine, Settings(**{"name": "tiny", "slots": slots, **settings}))
+        engine: Any = make_engine
+        if process:
+            from arseq.serve.engine_process import EngineSpec
+
+            run = generation.RunOptions(device="cpu")
+            engine = EngineSpec(
+                str(checkpoint), None, False, run, slots, 1, settings.get("stream_interval", 0.0), settings.get("max_new_tokens_limit", 4096)
+            )
+        self.app = create_app(self.loaded, engine, Settings(**{"name": "tiny", "slots": slots, **settings}))
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

@@ -52,5 +52,5 @@ def test_char_and_token_name_deltas_add_up():
 def test_queued_tokens_of_a_sample_merge_into_one_event_in_order():
     from arseq.serve.app import merged
 
-    events = [("token", 0, 5), ("token", 0, 6), ("token", 1, 7), ("token", 0, 8), ("done", None, []), ("token", 0, 9)]
-    assert merged(events) == [("tokens", 0, [5, 6]), ("tokens", 1, [7]), ("tokens", 0, [8]), ("done", None, []), ("tokens", 0, [9])]
+    events = [("token", 0, 5), ("token", 0, 6), ("token", 1, 7), ("token", 0, 8), ("done", []), ("token", 0, 9)]
+    assert merged(events) == [("tokens", 0, [5, 6]), ("tokens", 1, [7]), ("tokens", 0, [8]), ("done", []), ("tokens", 0, [9])]

@@ -27,6 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from arseq.artifacts.checkpoint import Loaded
 from arseq.errors import one_line
+from arseq.serve.engine_process import EngineProcess, EngineSpec
 from arseq.serve.jobs import JobPlan, plan_job, text_delta, text_of, write_files
 from arseq.serve.loop import EngineLoop, Job, as_request_error
 from arseq.serve.metrics import Metrics
@@ -51,11 +52,15 @@ class Settings:
 class Server:
     """The state behind the routes: model, schema, engine loop, metrics, and the thread that writes files."""
 
-    def __init__(self, loaded: Loaded, make_engine: Callable[[], Any], settings: Settings):
+    def __init__(self, loaded: Loaded, engine: Callable[[], Any] | EngineSpec, settings: Settings):
         self.loaded, self.settings = loaded, settings
         self.metrics = Metrics()
         self.schema = Schema(loaded, settings.max_new_tokens_limit)
-        self.loop = EngineLoop(loaded, make_engine, self.metrics, settings.max_queue, settings.stream_interval)
+        self.loop: EngineLoop | EngineProcess
+        if isinstance(engine, EngineSpec):
+            self.loop = EngineProcess(engine, self.metrics, settings.max_queue)
+        else:
+            self.loop = EngineLoop(loaded, engine, self.metrics, settings.max_queue, settings.stream_interval)
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="arseq-write")  # music21, pillow: one at a time
 
     def describe(self) -> dict[str, Any]:
@@ -105,7 +110,7 @@ class Run:
         server.loop.submit(self.job)
 
     async def events(self) -> AsyncIterator[tuple]:
-        """Engine events until the request ends: ("tokens", sample, [token, ...]), ("done", plan, samples),
+        """Engine events until the request ends: ("tokens", sample, [token, ...]), ("done", samples),
         ("error", RequestError), and ("idle",) while nothing happens. Tokens of a sample that queued up while the
         stream was being written come as one event, so a stream that falls behind catches up in fewer, larger
         writes instead of falling further behind. A client that left (checked every KEEPALIVE_S seconds) ends
@@ -200,7 +205,7 @@ async def completions(http: HttpRequest) -> Response:
                 elif event[0] == "error":
                     yield sse(event[1].body())
                 else:
-                    for i, s in enumerate(event[2]):
+                    for i, s in enumerate(event[1]):
                         yield sse(chunk(i, run.delta(i), [], "stop" if s.stopped else "length"))
             yield sse("[DONE]")
             server.metrics.requests.labels("completions", "200").inc()
@@ -238,7 +243,7 @@ async def _result(run: Run) -> list[Any]:
         if event[0] == "error":
             raise event[1]
         if event[0] == "done":
-            return event[2]
+            return event[1]
     raise RequestError(499, "the client closed the connection", None)
 
 
@@ -297,9 +302,9 @@ async def generate(http: HttpRequest) -> Response:
             elif event[0] == "error":
                 yield sse(event[1].body(), "error")
             else:
-                yield sse({"samples": len(event[2])}, "writing")
+                yield sse({"samples": len(event[1])}, "writing")
                 try:
-                    yield sse(await _generated(run, event[2]), "result")
+                    yield sse(await _generated(run, event[1]), "result")
                 except RequestError as e:
                     yield sse(e.body(), "error")
         yield sse("[DONE]")
@@ -318,12 +323,9 @@ async def models(http: HttpRequest) -> Response:
 
 
 async def health(http: HttpRequest) -> Response:
-    server: Server = http.app.state.server
-    ok = server.loop.thread.is_alive() and not server.loop.stopping
-    return JSONResponse(
-        {"status": "ok" if ok else "unavailable", "rows_active": server.loop.engine.active, "requests_waiting": server.loop.waiting()},
-        status_code=200 if ok else 503,
-    )
+    state = http.app.state.server.loop.health()
+    ok = state.pop("ok")
+    return JSONResponse({"status": "ok" if ok else "unavailable", **state}, status_code=200 if ok else 503)
 
 
 async def metrics(http: HttpRequest) -> Response:
@@ -351,9 +353,10 @@ async def crashed(http: HttpRequest, e: Exception) -> Response:
     return error_response(RequestError(500, f"internal error: {type(e).__name__}: {one_line(e)}", None))
 
 
-def create_app(loaded: Loaded, make_engine: Callable[[], Any], settings: Settings | None = None) -> Any:
-    """The ASGI app (with its engine loop, started and stopped by the app's lifespan)."""
-    server = Server(loaded, make_engine, settings or Settings())
+def create_app(loaded: Loaded, engine: Callable[[], Any] | EngineSpec, settings: Settings | None = None) -> Any:
+    """The ASGI app over an engine loop in this process (`engine`: a function that makes an Engine) or in a
+    process of its own (an EngineSpec; `arseq serve`), started and stopped by the app's lifespan."""
+    server = Server(loaded, engine, settings or Settings())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -9,30 +9,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Sequence
 
-import torch
 from jsonargparse import ArgumentParser
 
-from arseq.app import generation
 from arseq.app.options import parse_verb, verb_parser
 from arseq.app.run_options import RunOptions
 from arseq.artifacts import checkpoint
-from arseq.decode import Engine
 from arseq.errors import DataError
-from arseq.parallel import usable_cores
 
 log = logging.getLogger("arseq.serve")
-# The engine thread and the event loop share the GIL. A torch op gives it up and takes it back, and taking it
-# back from a busy event loop waits out Python's switch interval (5 ms by default): while another thread ran
-# Python, a compiled 16-row step that runs in 1 ms took ~80 ms (a spinning thread beside it, 1 torch thread:
-# 12 steps/s; 460 with 1 ms). Served (16 streaming clients, the 4 x 128 text model, compiled, 2 busy
-# cores, two A/B rounds): 5 ms 2,576 tokens/s; 1 ms 2,578-2,654; 0.2 ms 2,803-2,811 (one request at a
-# time: 855-865 with 1 ms, 837 with 0.2 ms). The engine's steps are the critical path: let them in soon.
-SWITCH_INTERVAL_S = 0.0002
 
 
 @dataclass
@@ -90,23 +78,25 @@ def check(args: Any) -> None:
 
 
 def build(args: Any) -> Any:
-    """Load the model and make the app (the engine is built when the app starts)."""
+    """Start the engine process (its model loaded and compiled) and make the app."""
     from arseq.serve.app import Settings, create_app
+    from arseq.serve.engine_process import EngineSpec
 
     loaded = checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import)
-    generation.prepare_model(loaded, RunOptions(device=args.device, compile=args.compile, quantize=args.quantize, dtype=args.dtype))
-    if next(loaded.model.parameters()).device.type == "cpu":
-        # The engine thread's matmuls and the event loop (HTTP, SSE, JSON) share the cores: with torch's default
-        # of one thread per core, torch's threads wait on each other behind the event loop (16 streams of a
-        # 4 x 128 character model on 2 cores, compiled, measured A/B: 1,350-1,460 tokens/s with one torch
-        # thread, 790-830 with two).
-        torch.set_num_threads(args.threads or max(1, usable_cores() - 1))
-
-    def make_engine() -> Any:
-        engine = Engine(loaded.model, slots=args.slots, compile=args.compile, pad_id=loaded.tokenizer.pad_id)
-        engine.warm()  # --compile: every graph before the first request, not during it
-        return engine
-
+    run = RunOptions(device=args.device, compile=args.compile, quantize=args.quantize, dtype=args.dtype)
+    # This process plans requests and writes files: it needs the model's shape, never its weights.
+    loaded.model.to("meta")
+    spec = EngineSpec(
+        checkpoint=str(args.checkpoint),
+        modality=args.modality,
+        trust_modality_import=args.trust_modality_import,
+        run=run,
+        slots=args.slots,
+        threads=args.threads,
+        stream_interval=args.stream_interval / 1000,
+        max_new_tokens_limit=args.max_new_tokens_limit,
+        log_level=args.log_level,
+    )
     settings = Settings(
         name=args.name or loaded.modality.name,
         slots=args.slots,
@@ -116,7 +106,7 @@ def build(args: Any) -> Any:
         max_body_bytes=args.max_body_bytes,
         stream_interval=args.stream_interval / 1000,
     )
-    return create_app(loaded, make_engine, settings)
+    return create_app(loaded, spec, settings)
 
 
 def run_serve(argv: Sequence[str]) -> int:
@@ -141,7 +131,6 @@ def run_serve(argv: Sequence[str]) -> int:
         limit_concurrency=max(256, 4 * args.max_queue),
     )
     server = quiet_exit(uvicorn.Server)(config)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     server.run()
     return 0
 

@@ -56,6 +56,7 @@ class JobPlan:
     seed: int
     conditions: list[dict[str, str]]  # per row: the condition values it is sampled with
     scored: bool = True  # whether the answer reports each sample's perplexity (a pass of the model over it)
+    parsed: Parsed | None = None  # the request with its seed: planning it again gives this plan (an engine process does)
 
     @property
     def sampling(self) -> dict[str, Any]:
@@ -67,7 +68,8 @@ def plan_job(loaded: Loaded, parsed: Parsed, max_new_tokens_limit: int, scored: 
     given = parsed.request.sampling
     seed = given.seed if given.seed is not None else secrets.randbits(31)
     # every row seeded, so an unseeded request can be repeated from its answer
-    planned = make_plan(loaded, replace(parsed.request, sampling=replace(given, seed=seed)))
+    parsed = replace(parsed, request=replace(parsed.request, sampling=replace(given, seed=seed)))
+    planned = make_plan(loaded, parsed.request)
     prompts, guide, cfg = planned.prompts, planned.guide, planned.cfg
     if parsed.token_prompt is not None:  # after BOS and the control tokens the plan put in front
         ids = parsed.token_prompt[1:] if parsed.token_prompt[0] == loaded.tokenizer.bos_id else parsed.token_prompt
@@ -80,7 +82,7 @@ def plan_job(loaded: Loaded, parsed: Parsed, max_new_tokens_limit: int, scored: 
     guide = guide if guide is not None and cfg.guidance != 1.0 else None
     rows = [RowSpec(p, seed + i, guide[i] if guide is not None else None) for i, p in enumerate(prompts)]
     constraint = planned.constraint() if planned.constraint is not None else None
-    return JobPlan(rows, cfg, constraint, head, planned.plan, planned.request, seed, planned.conditions, scored)
+    return JobPlan(rows, cfg, constraint, head, planned.plan, planned.request, seed, planned.conditions, scored, parsed)
 
 
 def samples_of(loaded: Loaded, job: JobPlan, results: list[tuple[list[int], bool]]) -> list[Sample]:

@@ -1,11 +1,12 @@
 """The engine loop: one thread owns the model and the engine, admits requests' rows between steps, and hands
 every token to asyncio as it is chosen.
 
-Requests arrive from the event loop (`submit`, `cancel`) through a locked inbox; the thread plans them, submits
-their rows, steps the engine while any row is waiting or decoding, and sleeps on an event otherwise. The events
-of a turn (every row's token, requests done or failed) go to the requests' asyncio queues in one hand-over per
-turn: each hand-over wakes the event loop (a write to its self-pipe), which, made per token, took 14 % of the
-engine thread at 16 streams. Anything a
+Requests arrive (`submit`, `cancel`) through a locked inbox; the thread submits their rows, steps the engine
+while any row is waiting or decoding, and sleeps on an event otherwise. The events of a turn (every row's
+token, requests done or failed) go out in one hand-over (`outlet`): to the requests' asyncio queues when the
+loop runs in the server's process, through a pipe when it runs in an engine process of its own
+(arseq.serve.engine_process). Each hand-over to asyncio wakes the event loop (a write to its self-pipe), which,
+made per token, took 14 % of the engine thread at 16 streams. Anything a
 request's own code raises (its plan, its constraint, scoring or reading its samples) fails that request alone;
 an exception in a step fails the requests that were decoding, and the loop goes on with a fresh engine.
 """
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class Job:
     plan: JobPlan  # planned by the event loop's side (`jobs.plan_job`), so a refusal is answered before any stream
-    events: asyncio.Queue  # ("token", sample, token) | ("done", JobPlan, samples) | ("error", RequestError)
-    deadline: float | None
+    events: asyncio.Queue | None  # ("token", sample, token) | ("done", samples) | ("error", RequestError); None: see `key`
+    deadline: float | None  # time.monotonic() (one clock for every process of a machine)
+    key: int = 0  # the request's number between the server's process and an engine process
     submitted: float = field(default_factory=time.monotonic)
     ids: list[int] = field(default_factory=list)  # engine row ids, one per sample (guide rows are the engine's)
     results: dict[int, Any] = field(default_factory=dict)  # sample -> Finished
@@ -46,11 +48,23 @@ class Job:
     done: bool = False
 
 
-class EngineLoop:
-    """The thread that runs the engine. `make_engine()` builds a fresh engine (at start, and after a step failed)."""
+Outlet = Callable[[list[tuple[Job, tuple]]], None]  # where a turn's events go, in order
 
-    def __init__(self, loaded: Loaded, make_engine: Callable[[], Any], metrics: Metrics, max_queue: int, stream_interval: float = 0.0):
-        self.loaded, self.make_engine, self.metrics = loaded, make_engine, metrics
+
+class EngineLoop:
+    """The thread that runs the engine. `make_engine()` builds a fresh engine (at start, and after a step failed);
+    `metrics` takes what Metrics takes (arseq.serve.engine_process records it for the server's process)."""
+
+    def __init__(
+        self,
+        loaded: Loaded,
+        make_engine: Callable[[], Any],
+        metrics: Metrics | Any,
+        max_queue: int,
+        stream_interval: float = 0.0,
+        outlet: Outlet | None = None,
+    ):
+        self.loaded, self.make_engine, self.metrics, self.outlet = loaded, make_engine, metrics, outlet
         self.max_queue, self.stream_interval = max_queue, stream_interval
         self.flushed = 0.0  # when the last hand-over was
         self.urgent = False  # the outbox holds an event that goes out at once (a first token, an end)
@@ -64,14 +78,17 @@ class EngineLoop:
         self.stopping = False
         self.stop_by = float("inf")  # while stopping: rows still decoding then are cancelled
         self.thread = threading.Thread(target=self._run, name="arseq-engine", daemon=True)
-        self.asyncio_loop: asyncio.AbstractEventLoop | None = None
         self.outbox: list[tuple[Job, tuple]] = []  # this turn's events, handed over together (`_flush`)
 
     # ---- the event loop's side ---------------------------------------------------------------------
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the thread; events go to the requests' queues on `loop`."""
-        self.asyncio_loop = loop
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start the thread; events go to the requests' queues on `loop` (or to the outlet given)."""
+        if loop is not None:
+            self.outlet = to_asyncio(loop)
         self.thread.start()
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": self.thread.is_alive() and not self.stopping, "rows_active": self.engine.active, "requests_waiting": self.waiting()}
 
     def waiting(self) -> int:
         """Requests not yet decoding: in the inbox, or planned with no token chosen yet."""
@@ -154,19 +171,17 @@ class EngineLoop:
             self.urgent |= urgent
 
     def _flush(self) -> None:
-        """Hand the events emitted since the last flush to the event loop, in order, with one wake-up.
+        """Hand the events emitted since the last flush to the outlet, in order, in one hand-over.
 
         Tokens that are not a request's first wait up to `stream_interval` to go out with later ones: each
-        hand-over wakes the event loop, which then writes every stream it touched, in Python, under the GIL
-        the engine thread needs between its torch calls (see SWITCH_INTERVAL_S in arseq.serve.command)."""
+        hand-over wakes the event loop, which then writes every stream it touched, in Python: under the GIL the
+        engine thread needs between its torch calls when both share a process, on the cores the engine needs
+        when it has its own (see arseq.serve.engine_process)."""
         with self.lock:
             batch, self.outbox, self.urgent = self.outbox, [], False
         self.flushed = time.monotonic()
-        if batch and self.asyncio_loop is not None:
-            try:
-                self.asyncio_loop.call_soon_threadsafe(_deliver, batch)
-            except RuntimeError:  # the event loop is closed: nobody is listening any more
-                pass
+        if self.outlet is not None:  # also with no events: an engine process's outlet sends the metrics recorded
+            self.outlet(batch)
 
     def _close_engine(self) -> None:
         close = getattr(self.engine, "close", None)
@@ -262,7 +277,7 @@ class EngineLoop:
             self._fail(job, e)
             return
         self.metrics.latency.observe(time.monotonic() - job.submitted)
-        self._emit(job, ("done", job.plan, samples))
+        self._emit(job, ("done", samples))
 
     def _drop(self, job: Job, error: RequestError | None) -> None:
         """Cancel a job's rows (they leave at the next step); answer it with `error` unless the client is gone."""
@@ -296,9 +311,23 @@ class EngineLoop:
         self._drop(job, error)
 
 
-def _deliver(batch: list[tuple[Job, tuple]]) -> None:
-    for job, event in batch:
-        job.events.put_nowait(event)
+def to_asyncio(loop: asyncio.AbstractEventLoop) -> Outlet:
+    """An outlet that puts each event on its request's queue, on `loop`'s thread (one wake-up per hand-over)."""
+
+    def deliver(batch: list[tuple[Job, tuple]]) -> None:
+        for job, event in batch:
+            assert job.events is not None
+            job.events.put_nowait(event)
+
+    def outlet(batch: list[tuple[Job, tuple]]) -> None:
+        if not batch:
+            return
+        try:
+            loop.call_soon_threadsafe(deliver, batch)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+    return outlet
 
 
 def as_request_error(e: Exception) -> RequestError:
