@@ -68,7 +68,7 @@ def check_download(page, file):
 def test_music_page_plays_the_piece(page, tmp_path_factory, tmp_path):
     from arseq.modalities.music.audio import duration_seconds
 
-    s = Served(tiny_model("music", tmp_path_factory))
+    s = Served(tiny_model("music", tmp_path_factory), process=True)  # as `arseq serve` runs it
     try:
         page.goto(f"http://127.0.0.1:{s.port}/")
         page.wait_for_selector("#cond-key option:nth-child(2)", state="attached")
