@@ -91,6 +91,7 @@ class _RowState:
     backoff: int = 1
     tokens: int = 0  # tokens and target passes of the rounds this row proposed in (the give-up rule)
     passes: int = 0
+    gave_up: bool = False  # its proposals did not pay: plain decoding from here
     draft_fed: int = 0  # the draft's positions of this row's window
     draft_start: int = -1  # where the draft's window leaves the row (after its head); -1: not loaded
     draft_base: int = 0  # the draft's positions after catching up this round
@@ -129,6 +130,13 @@ class Speculative:
         """One target pass for every row: propose, verify, and the tokens each row keeps (engine.commit)."""
         engine._slide()
         live = engine.live
+        if self.draft is None and all(getattr(self.rows.get(r.id), "gave_up", False) for r in live.values()):
+            # every row gave up: a plain step, without the round's per-row bookkeeping (compiled at batch 1 that
+            # bookkeeping cost ~5 % of a step)
+            chosen, bad = engine.plain_step(engine.allowed())
+            self.stats.target_passes += len(live)
+            self.stats.tokens += sum(_kept_tokens(live[s], chosen[s]) for s in live)
+            return chosen, bad
         states = {s: self.rows.setdefault(r.id, _RowState(self.k if self.draft else max(1, self.k // 2))) for s, r in live.items()}
         self.rows = {live[s].id: st for s, st in states.items()}
         want = {s: self._budget(engine, s, st) for s, st in states.items()}
@@ -166,6 +174,8 @@ class Speculative:
         live = engine.live[slot]
         room = engine.length - engine.fed[slot] - 1
         left = live.row.cfg.max_new_tokens - live.generated - 1
+        if st.gave_up:
+            return 0
         if st.skip:
             st.skip -= 1
             return 0
@@ -328,7 +338,7 @@ class Speculative:
                 else:
                     st.skip, st.backoff = st.backoff, min(32, 2 * st.backoff)
             if self.draft is None and st.tokens < self.break_even * st.passes:
-                st.skip = 1 << 30  # proposals do not pay for this row: plain decoding from here
+                st.gave_up = True
 
     def close(self) -> None:
         if self.draft is not None:

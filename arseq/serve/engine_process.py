@@ -80,6 +80,8 @@ class Records:
         self.observed: defaultdict[str, list[float]] = defaultdict(list)
 
     def __getattr__(self, name: str) -> _Recorded:
+        if name not in RECORDED:  # a metric the server's process would refuse to replay, or a probe (copy, pickle)
+            raise AttributeError(name)
         return _Recorded(self, name, ())
 
     def take(self) -> tuple[dict, dict, dict] | None:
@@ -283,11 +285,11 @@ class EngineProcess:
             self._lost()
 
     def _deliver(self, events: list[tuple[int, tuple]], taken: tuple[dict, dict, dict] | None) -> None:
-        now = time.monotonic()
-        for key, event in events:
-            with self.lock:
+        now, out = time.monotonic(), []
+        with self.lock:
+            for key, event in events:
                 job = self.jobs.get(key)
-                if job is None or job.events is None:  # cancelled here already
+                if job is None:  # cancelled here already
                     continue
                 if event[0] == "error":
                     event = ("error", RequestError(*event[1]))
@@ -295,6 +297,9 @@ class EngineProcess:
                     del self.jobs[key]
                 elif job.first_token is None:
                     job.first_token = now
+                out.append((job, event))
+        for job, event in out:
+            assert job.events is not None
             job.events.put_nowait(event)
         if taken is not None:
             self._replay(*taken)
