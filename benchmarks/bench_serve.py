@@ -197,16 +197,21 @@ async def overload(port: int, pid: int, clients: int, soak: float, prompt: Any) 
     }
 
 
-def step_cost_ratio(checkpoint: str, rows: int = 16, steps: int = 30) -> float | None:
-    """Seconds per engine step with `rows` rows decoding over seconds per step with one (this process)."""
+def step_cost_ratio(checkpoint: str, compile: str, rows: int = 16, steps: int = 30) -> float | None:
+    """Seconds per engine step with `rows` rows decoding over seconds per step with one (this process, one torch
+    thread as the server's engine has on 2 cores; compiled as the servers were)."""
+    import torch
+
     from arseq.artifacts import checkpoint as ck
     from arseq.decode import Engine, Row, SamplingConfig
 
+    torch.set_num_threads(1)
     loaded = ck.load(checkpoint)
     loaded.model.eval()
     times = {}
     for n in (1, rows):
-        engine = Engine(loaded.model, slots=n, compile="off", pad_id=loaded.tokenizer.pad_id)
+        engine = Engine(loaded.model, slots=n, compile=compile, pad_id=loaded.tokenizer.pad_id)
+        engine.warm()
         cfg = SamplingConfig(max_new_tokens=10**5, temperature=1.0)
         for i in range(n):
             engine.submit(Row([loaded.tokenizer.bos_id], cfg, seed=i))
@@ -337,7 +342,8 @@ def main() -> None:
         stop(proc)
     if "16" in out["by_clients"]:
         out["speedup_16_clients"] = round(out["by_clients"]["16"]["tokens_per_s"] / max(1e-9, out["sequential_tokens_per_s"]), 2)
-    out["engine_step_cost_ratio_16_rows"] = step_cost_ratio(args.checkpoint)
+    compiled = "--compile" in flags and flags[flags.index("--compile") + 1 : flags.index("--compile") + 2] not in (["off"], ["false"])
+    out["engine_step_cost_ratio_16_rows"] = step_cost_ratio(args.checkpoint, "on" if compiled else "off")
     # transformers serve at its best: one torch thread (its event loop needs the other core) or one per core
     by_threads = {t: hf_serve(args, prompt, 16, per(16), t) for t in (1, os.cpu_count() or 1)}
     out["hf_serve_by_threads"] = {str(t): r[0] for t, r in by_threads.items()}
