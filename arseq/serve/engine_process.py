@@ -147,8 +147,8 @@ def engine_main(conn: Connection, spec: EngineSpec) -> None:
         if next(loaded.model.parameters()).device.type == "cpu":
             # The engine's matmuls and the server's process (HTTP, SSE, JSON) share the cores: with torch's
             # default of one thread per core, torch's threads wait on each other behind the event loop (16
-            # streams of a 4 x 128 character model on 2 cores, compiled, A/B: 1,350-1,460 tokens/s with one
-            # torch thread, 790-830 with two; measured with the engine in the server's process).
+            # streams of a 4 x 128 character model on 2 cores, compiled, A/B: 5,998-6,009 tokens/s with one
+            # torch thread, 1,826-1,869 with two).
             torch.set_num_threads(spec.threads or max(1, usable_cores() - 1))
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         loop = EngineLoop(loaded, lambda: build_engine(loaded, spec.slots, spec.run.compile), records, sys.maxsize, spec.stream_interval, outlet)
