@@ -216,7 +216,10 @@ class EngineProcess:
             message = conn.recv()
         except EOFError:
             process.join(5)
-            message = ("failed", f"the engine process exited with code {process.exitcode} before it was ready")
+            message = (  # its own error is on stderr above; spawn runs a script's top level again unless guarded
+                "failed",
+                f"the engine process exited with code {process.exitcode} before it was ready (a script that starts one needs `if __name__ == '__main__':`)",
+            )
         if message[0] != "ready":
             process.join(5)
             conn.close()
