@@ -38,12 +38,12 @@ class Model:
 
     def generate(self, n: int = 1, *, out: str | os.PathLike | None = None, overwrite: bool = False, **kwargs: Any) -> list[Sample]:
         """Sample `n` sequences; with `out`, also write the modality's files there (never over existing
-        files unless `overwrite`); without, nothing is printed. Returns the samples (prompt and new token
+        files unless `overwrite`); nothing is printed. Returns the samples (prompt and new token
         ids, perplexity)."""
         call = self._call("generate", {**kwargs, "num_samples": n, "out": out, "overwrite": overwrite})
         check_call(self.loaded, call, "generate")
         with claimed(call.request.out):
-            return generation.run_generate(self.loaded, call.request, call.run, show=False)[0]
+            return generation.run_generate(self.loaded, call.request, call.run)[0]
 
     def evaluate(self, *, data_paths: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
         """What `arseq evaluate` prints: held-out loss, perplexity, baselines, the modality's figures."""

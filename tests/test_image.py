@@ -290,10 +290,10 @@ def test_completion_keeps_prompt_rows_pixel_exact_and_writes_side_by_side(digits
     assert np.array_equal(np.asarray(Image.open(tmp_path / "grid.png")), original[..., 0])
 
 
-def test_write_to_terminal_prints_ascii(digits, capsys):
+def test_show_draws_ascii_and_prints_nothing(digits, capsys):
     m, tok, examples = digits
-    assert m.write(tok, [Sample([1], list(examples[0].tokens[1:-1]), True, 0.5, {"label": "0"})], _args(), Plan([])) == []
-    out = capsys.readouterr().out
+    out = m.show(tok, [Sample([1], list(examples[0].tokens[1:-1]), True, 0.5, {"label": "0"})], _args(), Plan([]))
+    assert capsys.readouterr().out == ""  # the core prints it (the CLI), a modality never does
     assert "label 0" in out and "@" in out and len(out.splitlines()) >= 9
 
 

@@ -209,11 +209,13 @@ def test_write_makes_midi_musicxml_and_png_that_parse_back(tmp_path, chorales):
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
 
 
-def test_write_without_out_prints_events(capsys):
+def test_show_lists_events_and_write_needs_out(capsys):
     m = MUSIC()
     tok = m.tokenizer
-    assert m.write(tok, [Sample([tok.bos_id], [tok.bar_id], False, 0.5)], Request(1), Plan([])) == []
-    assert "Bar" in capsys.readouterr().out
+    samples = [Sample([tok.bos_id], [tok.bar_id], False, 0.5)]
+    assert "Bar" in m.show(tok, samples, Request(1), Plan([])) and capsys.readouterr().out == ""
+    with pytest.raises(ValueError, match="request.out"):
+        m.write(tok, samples, Request(1), Plan([]))
 
 
 def test_metrics_summarize_and_evaluate(chorales):

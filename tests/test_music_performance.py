@@ -5,7 +5,6 @@ tokenization would lose the timing, and samples are written as MIDI and a piano 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ pytest.importorskip("symusic")
 
 from arseq.data.config import DataConfig  # noqa: E402
 from arseq.data.prepare import prepare  # noqa: E402
-from arseq.modalities.base import Sample  # noqa: E402
+from arseq.modalities.base import Request, Sample  # noqa: E402
 from arseq.modalities.music import MusicModality  # noqa: E402
 from arseq.modalities.music import performance as perf  # noqa: E402
 from arseq.modalities.music.humanize import humanize  # noqa: E402
@@ -121,7 +120,7 @@ def test_samples_written_as_midi_and_piano_roll(tmp_path, played):
     notes = perf.read_performance(sorted(played.glob("*.mid"))[0])[:40]
     ids = TOK.encode(notes)
     sample = Sample(prompt=[TOK.bos_id], tokens=ids[1:-1], stopped=True, nll=1.0)
-    written = perf.write_samples(TOK, [sample], SimpleNamespace(out=tmp_path / "out", overwrite=False, prompt=None))
+    written = perf.write_samples(TOK, [sample], Request(out=tmp_path / "out"))
     assert sorted(p.suffix for p in written) == [".mid", ".png"]
     back = perf.read_performance(tmp_path / "out" / "sample_000.mid")
     assert len(back) == 40 and max(abs(a.start - b.start) for a, b in zip(back, TOK.decode(ids))) < 0.002

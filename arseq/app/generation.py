@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -34,13 +34,19 @@ log = logging.getLogger(__name__)
 
 
 def sample(
-    loaded: Loaded, planned: Planned, batch_size: int, compile: Any = False, stream: bool = True, spec: Speculative | None = None
+    loaded: Loaded,
+    planned: Planned,
+    batch_size: int,
+    compile: Any = False,
+    echo: Callable[[str], None] | None = None,
+    spec: Speculative | None = None,
 ) -> list[Sample]:
     """Sample one sequence per prompt of the plan on the decode engine (`batch_size` rows at once, rows joining
-    as others end), with its constraint (and streamer, when `stream`); speculatively with `spec` (--draft)."""
+    as others end), with its constraint (and its streamer's text to `echo`, when given); speculatively with
+    `spec` (--draft)."""
     tok, model, controls, cfg = loaded.tokenizer, loaded.model, loaded.controls, planned.cfg
     head = controls.head if controls is not None else 0  # BOS and the conditions stay in the context
-    prompts, streamer = planned.prompts, planned.plan.streamer if stream else None
+    prompts, streamer = planned.prompts, planned.plan.streamer if echo is not None else None
     if spec is not None and planned.guide is not None:
         raise DataError(
             f"--draft: speculative decoding does not guide, and these samples are guided (guidance {cfg.guidance:g}: "
@@ -51,8 +57,8 @@ def sample(
         bar = tqdm(total=len(prompts), desc="generating", unit="sample", leave=False, disable=None)
 
     def on_token(row: int, token: int, done: bool) -> None:
-        if streamer is not None:
-            streamer(row, token)
+        if streamer is not None and echo is not None:
+            echo(streamer(row, token))
         if bar is not None and done:
             bar.update()
 
@@ -171,7 +177,7 @@ def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list
         if request.conditions:
             result["sampling"]["conditions"] = list(request.conditions)
         spec = drafting.from_run(loaded, run)
-        samples = sample(loaded, planned, run.batch_size, run.compile, stream=False, spec=spec)
+        samples = sample(loaded, planned, run.batch_size, run.compile, spec=spec)
         if spec is not None:
             result["speculative"] = drafting.report(spec)
         result["sample_metrics"] = modality.metrics(tok, [s.prompt + s.tokens for s in samples], train_items)
@@ -250,20 +256,22 @@ def prepare_model(loaded: Loaded, run: RunOptions) -> None:
     prepare_for_inference(loaded.model, resolve_device(run.device), run.dtype, run.quantize, run.compile)
 
 
-def run_generate(loaded: Loaded, request: Request, run: RunOptions, show: bool = True) -> tuple[list[Sample], list[Path]]:
-    """Sample `request.num_samples` sequences and write the modality's files under `request.out` (printed
-    on stdout when it is None and `show`: the CLI's results; Python callers get the samples instead);
-    return the samples and the paths written."""
+def run_generate(loaded: Loaded, request: Request, run: RunOptions, echo: Callable[[str], None] | None = None) -> tuple[list[Sample], list[Path]]:
+    """Sample `request.num_samples` sequences and write the modality's files under `request.out`; without
+    one, the samples as text go to `echo` (the CLI's stdout; streamed as sampled where the modality streams)
+    when given. Return the samples and the paths written."""
     if request.num_samples < 1:
         raise DataError(f"--num-samples must be >= 1, got {request.num_samples}")
     if request.out is not None and Path(request.out).is_file() and not request.overwrite:
         raise DataError(f"{request.out}: already exists; pass --overwrite to replace it, or choose another --out")
     prepare_model(loaded, run)
     planned = make_plan(loaded, request)
-    samples = sample(loaded, planned, run.batch_size, run.compile, spec=drafting.from_run(loaded, run))
-    if request.out is None and not show:
-        return samples, []
-    return samples, loaded.modality.write(loaded.tokenizer, samples, planned.request, planned.plan)
+    samples = sample(loaded, planned, run.batch_size, run.compile, echo=echo if request.out is None else None, spec=drafting.from_run(loaded, run))
+    if request.out is not None:
+        return samples, loaded.modality.write(loaded.tokenizer, samples, planned.request, planned.plan)
+    if echo is not None:  # a streamed sample is on the terminal already
+        echo("\n" if planned.plan.streamer is not None else loaded.modality.show(loaded.tokenizer, samples, planned.request, planned.plan))
+    return samples, []
 
 
 def run_evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list[str] | None = None, stride: int | None = None) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def run_revise(argv: list[str]) -> int:
         pieces = [Piece(x, c) for x, c in zip(ids, modality.condition_values(tok, ids))]
     else:
         planned = make_plan(loaded, Request(num_samples=args.num_samples, sampling=SamplingOptions(seed=args.seed)))
-        drawn = generation.sample(loaded, planned, 16, stream=False)
+        drawn = generation.sample(loaded, planned, 16)
         pieces = [Piece([*s.prompt, *s.tokens, tok.eos_id], s.conditions) for s in drawn]
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p)
     with claimed(args.out):

@@ -33,10 +33,16 @@ def run_sampling_verb(verb: str, argv: list[str]) -> int:
         print(to_json(result, indent=1))  # NaN (e.g. no token to predict) is null: the output stays JSON
         return 0
     with claimed(call.request.out):  # a second run into this --out refuses instead of replacing our files
-        _, written = generation.run_generate(loaded, call.request, call.run)
+        _, written = generation.run_generate(loaded, call.request, call.run, echo=_stdout)
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _stdout(text: str) -> None:
+    """The samples without --out: the verb's result, on stdout as it comes."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def run_generate(argv: list[str]) -> int:

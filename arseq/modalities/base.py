@@ -122,8 +122,13 @@ class Modality(ABC):
 
     @abstractmethod
     def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
-        """Write samples as files people use under `request.out` (or print them when it is None); return
-        the paths. Stage them in an `OutputFiles` so nothing is overwritten unless `request.overwrite`."""
+        """Write samples as files people use under `request.out` (always set here); return the paths. Stage
+        them in an `OutputFiles` so nothing is overwritten unless `request.overwrite`."""
+
+    def show(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> str:
+        """The samples as text for a terminal: what `arseq generate` without --out prints on stdout (the core
+        prints it; a modality never prints, so Python callers stay quiet). Default: each sample's token ids."""
+        return "".join(f"# sample {i}: nll {s.nll:.3f}\n{' '.join(map(str, s.prompt + s.tokens))}\n" for i, s in enumerate(samples))
 
     def fit_prompt(self, tokenizer: Tokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
         """Cut a prompt longer than the model's context to at most `limit` tokens; say what was kept.

@@ -72,6 +72,12 @@ class Request:
     out: Path | None = None  # generate: the output file or folder; None prints
     overwrite: bool = False  # replace files `out` would write that exist already
 
+    def out_path(self) -> Path:
+        """`out`, which a modality's `write` is always given (the core shows the samples otherwise)."""
+        if self.out is None:
+            raise ValueError("write needs request.out; without one the core calls the modality's show")
+        return Path(self.out)
+
     def asked(self) -> dict[str, str | None]:
         """The `--cond FIELD=VALUE` flags as field -> value (the core checks them against the model)."""
         return dict(split_condition(spec) for spec in self.conditions)
@@ -85,7 +91,7 @@ class Plan:
     prompts: list[list[int]]
     sampling: dict[str, Any] = field(default_factory=dict)  # defaults for the SamplingOptions left unset
     constraint: Callable[[], Constraint] | None = None  # makes a fresh constraint (it may keep per-row state)
-    streamer: Callable[[int, int], None] | None = None  # fed (row, token) as tokens are sampled
+    streamer: Callable[[int, int], str] | None = None  # fed (row, token) as tokens are sampled: the text to show now
     parsed: Any = None
     new_tokens: int | None = None  # every sample needs exactly this many (an image's patches): replaces max_new_tokens
     # Per prompt, condition values the modality's own options ask for (--label 7: {"label": "7"}); `--cond`

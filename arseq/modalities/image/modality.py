@@ -293,17 +293,24 @@ class ImageModality(Modality):
 
         return allowed
 
+    @staticmethod
+    def _sample_labels(tok: PatchTokenizer, samples: list[Sample]) -> list[str | None]:
+        return [tok.decode_label(s.prompt + s.tokens) for s in samples] if tok.labels else [s.conditions.get("label") for s in samples]
+
+    def show(self, tokenizer: PatchTokenizer, samples: list[Sample], request: Request, plan: Plan) -> str:
+        samples = completed(tokenizer, samples, plan)
+        out = []
+        for i, (s, label) in enumerate(zip(samples, self._sample_labels(tokenizer, samples))):
+            head = f"sample {i}" + (f" (label {label})" if label is not None else "")
+            out.append(f"{head}, nll {s.nll:.3f}\n{ascii_art(tokenizer.decode_pixels(s.prompt + s.tokens))}\n\n")
+        return "".join(out)
+
     def write(self, tokenizer: PatchTokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         tok = tokenizer
         samples = completed(tok, samples, plan)  # --keep-rows: kept rows and repainted ones in order
         images = [tok.decode(s.prompt + s.tokens) for s in samples]
-        labels = [tok.decode_label(s.prompt + s.tokens) for s in samples] if tok.labels else [s.conditions.get("label") for s in samples]
-        if request.out is None:
-            for i, label in enumerate(labels):
-                head = f"sample {i}" + (f" (label {label})" if label is not None else "")
-                print(f"{head}, nll {samples[i].nll:.3f}\n{ascii_art(tok.decode_pixels(samples[i].prompt + samples[i].tokens))}\n")
-            return []
-        out = Path(request.out)
+        labels = self._sample_labels(tok, samples)
+        out = request.out_path()
         if out.exists() and not out.is_dir():
             raise DataError(f"{out}: --out must be a folder for images")
         files = OutputFiles(overwrite=request.overwrite, protect=[request.prompt])

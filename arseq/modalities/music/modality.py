@@ -250,17 +250,22 @@ class MusicModality(Modality):
             raise DataError(f"the prompt's first bar does not fit in {limit} tokens; choose a shorter prompt")
         return prompt[: bar_at[bars]] + [tokenizer.bar_id], f"its first {bars} of {len(bar_at)} bars"
 
+    def show(self, tokenizer: ScoreTokenizer, samples: list[Sample], request: Request, plan: Plan) -> str:
+        """Each piece's figures and its tokens by name."""
+        if isinstance(tokenizer, PerformanceTokenizer):
+            return perf.show_samples(tokenizer, samples)
+        infill = plan.parsed if isinstance(plan.parsed, MusicInfill) else None
+        out = []
+        for i, s in enumerate(samples):
+            ev = infill.complete(tokenizer, s.tokens) if infill is not None else tokenizer.decode_events(s.prompt + s.tokens)
+            out.append(f"# sample {i}: {len(ev.bars)} bars, {len(ev.notes)} notes, {ev.num_parts} parts, {ev.repairs} repairs, nll {s.nll:.3f}\n")
+            out.append(" ".join(tokenizer.token_name(t) for t in (tokenizer.encode_events(ev) if infill else s.prompt + s.tokens)) + "\n")
+        return "".join(out)
+
     def write(self, tokenizer: ScoreTokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         if isinstance(tokenizer, PerformanceTokenizer):
             return perf.write_samples(tokenizer, samples, request)
-        if request.out is None:
-            infill = plan.parsed if isinstance(plan.parsed, MusicInfill) else None
-            for i, s in enumerate(samples):
-                ev = infill.complete(tokenizer, s.tokens) if infill is not None else tokenizer.decode_events(s.prompt + s.tokens)
-                print(f"# sample {i}: {len(ev.bars)} bars, {len(ev.notes)} notes, {ev.num_parts} parts, {ev.repairs} repairs, nll {s.nll:.3f}")
-                print(" ".join(tokenizer.token_name(t) for t in (tokenizer.encode_events(ev) if infill else s.prompt + s.tokens)))
-            return []
-        out = Path(request.out)
+        out = request.out_path()
         files = OutputFiles(overwrite=request.overwrite, protect=[request.prompt])
         infill = plan.parsed if isinstance(plan.parsed, MusicInfill) else None
         marked = range(infill.a, infill.b) if infill is not None else None  # the regenerated bars, on the piano roll

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from arseq.errors import DataError, one_line
-from arseq.modalities.base import OutputFiles, Plan, RowState
+from arseq.modalities.base import OutputFiles, Plan, Request, RowState
 from arseq.modalities.music.key import find_key
 from arseq.modalities.music.reading import _check_midi
 from arseq.modalities.music.render import piano_roll
@@ -195,18 +195,22 @@ def plan(tok: PerformanceTokenizer, request: Any, sampling: dict[str, Any]) -> A
     return Plan([list(prompt) for _ in range(request.num_samples)], dict(sampling), constraint=partial(PerformanceConstraint, tok))
 
 
-def write_samples(tok: PerformanceTokenizer, samples: Sequence[Any], request: Any) -> list[Path]:
-    """Each sample as .mid and a piano-roll .png under `request.out` (or printed without one)."""
-    if request.out is None:
-        for i, s in enumerate(samples):
-            notes = tok.decode(s.prompt + s.tokens)
-            print(f"# sample {i}: {len(notes)} notes, {max((n.end for n in notes), default=0):.1f} s, nll {s.nll:.3f}")
-            print(" ".join(tok.token_name(t) for t in s.prompt + s.tokens))
-        return []
+def show_samples(tok: PerformanceTokenizer, samples: Sequence[Any]) -> str:
+    """Each sample as a line of figures and its token names, for a terminal."""
+    out = []
+    for i, s in enumerate(samples):
+        notes = tok.decode(s.prompt + s.tokens)
+        out.append(f"# sample {i}: {len(notes)} notes, {max((n.end for n in notes), default=0):.1f} s, nll {s.nll:.3f}\n")
+        out.append(" ".join(tok.token_name(t) for t in s.prompt + s.tokens) + "\n")
+    return "".join(out)
+
+
+def write_samples(tok: PerformanceTokenizer, samples: Sequence[Any], request: Request) -> list[Path]:
+    """Each sample as .mid and a piano-roll .png under `request.out`."""
     files = OutputFiles(overwrite=request.overwrite, protect=[request.prompt])
     for i, s in enumerate(samples):
         notes = tok.decode(s.prompt + s.tokens)
-        stem = Path(request.out) / f"sample_{i:03d}"
+        stem = request.out_path() / f"sample_{i:03d}"
         files.add(stem.with_suffix(".mid"), partial(write_midi, notes))
         files.add(stem.with_suffix(".png"), lambda path, n=notes: piano_roll(as_events(n), 25).save(path, format="PNG"))
     return files.commit()

@@ -21,7 +21,6 @@ import gzip
 import hashlib
 import math
 import re
-import sys
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -237,18 +236,20 @@ class ProteinModality(Modality):
         prompts = [[tokenizer.bos_id, *tokenizer.encode(prefixes[i % len(prefixes)])] for i in range(request.num_samples)]
         return Plan(prompts, sampling, constraint=partial(length_constraint, tokenizer, opts))
 
-    def write(self, tokenizer: ProteinTokenizers, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+    def _designs(self, tokenizer: ProteinTokenizers, samples: list[Sample], request: Request, plan: Plan) -> tuple[str, str]:
         """FASTA (prefix + design; the header has its length, perplexity and end: eos, max_length when EOS
-        was forced there, or limit when max_new_tokens ran out) and beside it a CSV of properties; both are
-        computed in full before either file is replaced atomically."""
+        was forced there, or limit when max_new_tokens ran out) and the CSV of properties."""
         span = plan.parsed if isinstance(plan.parsed, ProteinRedesign) else None
         seqs = [span.complete(tokenizer, s.tokens) if span else tokenizer.decode([*s.prompt, *s.tokens]) for s in samples]
-        fasta, table = design_table(seqs, samples, request.options.rank, request.options.max_length, span.note if span else None)
-        out = request.out
-        if out is None:
-            sys.stdout.write(fasta)
-            return []
-        out = Path(out)
+        return design_table(seqs, samples, request.options.rank, request.options.max_length, span.note if span else None)
+
+    def show(self, tokenizer: ProteinTokenizers, samples: list[Sample], request: Request, plan: Plan) -> str:
+        return self._designs(tokenizer, samples, request, plan)[0]
+
+    def write(self, tokenizer: ProteinTokenizers, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+        """The FASTA and beside it the property CSV, both computed in full before either file is replaced atomically."""
+        fasta, table = self._designs(tokenizer, samples, request, plan)
+        out = request.out_path()
         if out.is_dir():
             out = out / "designs.fasta"
         if out.suffix == ".csv":

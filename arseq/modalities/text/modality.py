@@ -7,7 +7,6 @@ byte; `errors: replace` decodes it anyway, replacing invalid bytes with U+FFFD.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
@@ -126,35 +125,33 @@ class TextModality(Modality):
             [[tokenizer.bos_id, *ids] for _ in range(request.num_samples)], streamer=self._streamer(tokenizer, request.prompt) if stream else None
         )
 
-    def _streamer(self, tokenizer: Tokenizer, prompt: str | None) -> Callable[[int, int], None]:
+    def _streamer(self, tokenizer: Tokenizer, prompt: str | None) -> Callable[[int, int], str]:
         printed, ids, started = [""], [], [False]
 
-        def emit(row: int, token: int) -> None:
-            if not started[0]:  # the prompt goes out with the first token: making a plan prints nothing
-                sys.stdout.write(prompt or "")
-                started[0] = True
+        def emit(row: int, token: int) -> str:
+            head = ""
+            if not started[0]:  # the prompt goes out with the first token: making a plan shows nothing
+                head, started[0] = prompt or "", True
             if token == tokenizer.eos_id:
-                return
+                return head
             ids.append(token)
             text = tokenizer.decode(ids)  # decode the whole tail: BPE merges can change earlier bytes
-            if not text.endswith("\ufffd"):
-                sys.stdout.write(text[len(printed[0]) :])
-                sys.stdout.flush()
-                printed[0] = text
+            if text.endswith("\ufffd"):
+                return head
+            new, printed[0] = text[len(printed[0]) :], text
+            return head + new
 
         return emit
 
-    def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+    def _sample_texts(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[str]:
         infill = plan.parsed if isinstance(plan.parsed, TextInfill) else None
-        texts = [infill.text(tokenizer.decode(s.tokens)) if infill else (request.prompt or "") + tokenizer.decode(s.tokens) for s in samples]
-        out = request.out
-        if out is None:
-            if plan.streamer is not None:
-                print()  # the sample was streamed already
-            else:
-                for i, t in enumerate(texts):
-                    print(f"----- sample {i} -----\n{t}")
-            return []
+        return [infill.text(tokenizer.decode(s.tokens)) if infill else (request.prompt or "") + tokenizer.decode(s.tokens) for s in samples]
+
+    def show(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> str:
+        return "".join(f"----- sample {i} -----\n{t}\n" for i, t in enumerate(self._sample_texts(tokenizer, samples, request, plan)))
+
+    def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+        texts, out = self._sample_texts(tokenizer, samples, request, plan), request.out_path()
         files = OutputFiles(overwrite=request.overwrite)
         if out.suffix in (".txt", ".md"):
             files.add(out, "\n\n".join(texts) + "\n")

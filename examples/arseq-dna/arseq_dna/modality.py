@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import io
 import math
-import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -161,7 +160,7 @@ class DnaModality(Modality):
 
         return mask
 
-    def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+    def _fasta(self, tokenizer: Tokenizer, samples: list[Sample]) -> str:
         records = []
         for i, s in enumerate(samples):
             seq = tokenizer.decode(s.prompt + s.tokens)
@@ -170,12 +169,15 @@ class DnaModality(Modality):
             records.append(SeqRecord(Seq(seq), id=f"sample_{i:03d}", description=desc))
         text = io.StringIO()
         SeqIO.write(records, text, "fasta")
-        if request.out is None:
-            sys.stdout.write(text.getvalue())
-            return []
-        out = request.out
+        return text.getvalue()
+
+    def show(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> str:
+        return self._fasta(tokenizer, samples)
+
+    def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+        out = request.out_path()
         files = OutputFiles(overwrite=request.overwrite)  # atomic, 0644, never over a file unless asked
-        files.add(out if out.name.endswith(FASTA) else out / "samples.fasta", text.getvalue())
+        files.add(out if out.name.endswith(FASTA) else out / "samples.fasta", self._fasta(tokenizer, samples))
         return files.commit()
 
     # ---- evaluation ------------------------------------------------------------------------------
