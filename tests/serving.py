@@ -80,7 +80,8 @@ class Served:
 
         from arseq.app import generation
         from arseq.artifacts import checkpoint as ck
-        from arseq.serve.app import Settings, create_app
+        from arseq.serve.app import create_app
+        from arseq.serve.settings import Settings
 
         self.loaded = ck.load(checkpoint)
         generation.prepare_model(self.loaded, generation.RunOptions(device="cpu"))
@@ -96,9 +97,7 @@ class Served:
             from arseq.serve.engine_process import EngineSpec
 
             run = generation.RunOptions(device="cpu")
-            engine = EngineSpec(
-                str(checkpoint), None, False, run, slots, 1, settings.get("stream_interval", 0.0), settings.get("max_new_tokens_limit", 4096)
-            )
+            engine = EngineSpec(str(checkpoint), None, False, run, threads=1)
         self.app = create_app(self.loaded, engine, Settings(**{"name": "tiny", "slots": slots, **settings}))
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))

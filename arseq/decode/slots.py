@@ -114,11 +114,11 @@ class Slots:
         rows = torch.tensor([slot], device=self.device)
         for cache in self.caches:
             cache.clear(rows)
+        run = self.prefills.get(len(tokens)) or prefill_pass  # compiled: a whole prompt of a length named (one chunk)
         for a in range(0, len(tokens), PREFILL_CHUNK):
             chunk = torch.tensor([tokens[a : a + PREFILL_CHUNK]], dtype=torch.long, device=self.device)
             pos = torch.arange(a, a + chunk.shape[1], device=self.device)[None]
-            fixed = self.prefills.get(len(tokens))  # the whole prompt in one chunk, of a compiled length
-            (fixed or prefill_pass)(self.model, chunk, pos, rows, a + chunk.shape[1])  # eager: any length and span
+            run(self.model, chunk, pos, rows, a + chunk.shape[1])
 
     def copy(self, src: int, dst: int) -> None:
         """Slot `dst` becomes a copy of slot `src` (rows with the same prompt: one prefill for all)."""

@@ -130,18 +130,14 @@ class Speculative:
         """One target pass for every row: propose, verify, and the tokens each row keeps (engine.commit)."""
         engine._slide()
         live = engine.live
-        if self.draft is None and all(getattr(self.rows.get(r.id), "gave_up", False) for r in live.values()):
-            # every row gave up: a plain step, without the round's per-row bookkeeping (compiled at batch 1 that
-            # bookkeeping cost ~5 % of a step)
-            chosen, bad = engine.plain_step(engine.allowed())
-            self.stats.target_passes += len(live)
-            self.stats.tokens += sum(_kept_tokens(live[s], chosen[s]) for s in live)
-            return chosen, bad
         states = {s: self.rows.setdefault(r.id, _RowState(self.k if self.draft else max(1, self.k // 2))) for s, r in live.items()}
         self.rows = {live[s].id: st for s, st in states.items()}
         want = {s: self._budget(engine, s, st) for s, st in states.items()}
         base = {s: len(r.tokens) for s, r in live.items()}
-        props, allowed, q = self._propose(engine, want)
+        if any(want.values()):
+            props, allowed, q = self._propose(engine, want)
+        else:  # no row proposes (all gave up or back off): nothing to look up (compiled at batch 1 that cost ~5 % of a step)
+            props, allowed, q = {s: [] for s in live}, [engine.allowed()], []
         if not any(props.values()):  # nothing to verify (rows that gave up, no n-gram found): a plain step, which
             # draws the same tokens from the same streams as `_correct` would, without its residual arithmetic
             # (compiled, n-gram rows that gave up ran at 0.79x plain decoding this way; see docs/speculative.md)
@@ -172,10 +168,10 @@ class Speculative:
     def _budget(self, engine: Engine, slot: int, st: _RowState) -> int:
         """Proposals this row may make now: its adaptive count, room in the cache, what is left of its budget."""
         live = engine.live[slot]
-        room = engine.length - engine.fed[slot] - 1
-        left = live.row.cfg.max_new_tokens - live.generated - 1
         if st.gave_up:
             return 0
+        room = engine.length - engine.fed[slot] - 1
+        left = live.row.cfg.max_new_tokens - live.generated - 1
         if st.skip:
             st.skip -= 1
             return 0

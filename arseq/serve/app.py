@@ -14,7 +14,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -32,21 +31,11 @@ from arseq.serve.jobs import JobPlan, plan_job, text_delta, text_of, write_files
 from arseq.serve.loop import EngineLoop, Job, as_request_error
 from arseq.serve.metrics import Metrics
 from arseq.serve.schema import Parsed, RequestError, Schema, parse
+from arseq.serve.settings import Settings
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_S = 1.0  # an idle stream sends an SSE comment this often (and so notices a client that left)
-
-
-@dataclass
-class Settings:
-    name: str = "arseq"
-    slots: int = 8
-    max_queue: int = 64
-    max_new_tokens_limit: int = 4096
-    timeout: float | None = 600.0
-    max_body_bytes: int = 1 << 20
-    stream_interval: float = 0.0  # seconds streamed tokens may wait to go out together (EngineLoop)
 
 
 class Server:
@@ -58,7 +47,7 @@ class Server:
         self.schema = Schema(loaded, settings.max_new_tokens_limit)
         self.loop: EngineLoop | EngineProcess
         if isinstance(engine, EngineSpec):
-            self.loop = EngineProcess(engine, self.metrics, settings.max_queue)
+            self.loop = EngineProcess(engine, settings, self.metrics)
         else:
             self.loop = EngineLoop(loaded, engine, self.metrics, settings.max_queue, settings.stream_interval)
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="arseq-write")  # music21, pillow: one at a time

@@ -79,8 +79,9 @@ def check(args: Any) -> None:
 
 def build(args: Any) -> Any:
     """Start the engine process (its model loaded and compiled) and make the app."""
-    from arseq.serve.app import Settings, create_app
+    from arseq.serve.app import create_app
     from arseq.serve.engine_process import EngineSpec
+    from arseq.serve.settings import Settings
 
     loaded = checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import)
     run = RunOptions(device=args.device, compile=args.compile, quantize=args.quantize, dtype=args.dtype)
@@ -91,10 +92,7 @@ def build(args: Any) -> Any:
         modality=args.modality,
         trust_modality_import=args.trust_modality_import,
         run=run,
-        slots=args.slots,
         threads=args.threads,
-        stream_interval=args.stream_interval / 1000,
-        max_new_tokens_limit=args.max_new_tokens_limit,
         log_level=args.log_level,
     )
     settings = Settings(

@@ -35,9 +35,10 @@ from arseq.decode import Engine
 from arseq.errors import DataError, one_line
 from arseq.parallel import usable_cores
 from arseq.serve.jobs import plan_job
-from arseq.serve.loop import EngineLoop, Job, as_request_error
+from arseq.serve.loop import EngineLoop, Job, admit, as_request_error, waiting_jobs
 from arseq.serve.metrics import Metrics
 from arseq.serve.schema import RequestError
+from arseq.serve.settings import Settings
 
 log = logging.getLogger(__name__)
 # The engine thread shares its process's GIL with the thread reading the pipe (which plans requests). A torch op
@@ -56,10 +57,7 @@ class EngineSpec:
     modality: str | None
     trust_modality_import: bool
     run: RunOptions
-    slots: int
     threads: int | None  # torch threads on a CPU (None: the usable cores but one; the server's process needs one)
-    stream_interval: float  # seconds (EngineLoop)
-    max_new_tokens_limit: int
     log_level: str = "info"
 
 
@@ -112,7 +110,7 @@ class _Recorded:
         self.records.gauges[(self.name, self.values)] = value
 
 
-def engine_main(conn: Connection, spec: EngineSpec) -> None:
+def engine_main(conn: Connection, spec: EngineSpec, settings: Settings) -> None:
     """The engine process: load and prepare the model, build the engine loop, say "ready" (or "failed" and why),
     then take requests from the pipe until told to stop or the server's process goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server's process decides
@@ -151,7 +149,8 @@ def engine_main(conn: Connection, spec: EngineSpec) -> None:
             # torch thread, 1,826-1,869 with two).
             torch.set_num_threads(spec.threads or max(1, usable_cores() - 1))
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        loop = EngineLoop(loaded, lambda: build_engine(loaded, spec.slots, spec.run.compile), records, sys.maxsize, spec.stream_interval, outlet)
+        make_engine = lambda: build_engine(loaded, settings.slots, spec.run.compile)  # noqa: E731
+        loop = EngineLoop(loaded, make_engine, records, sys.maxsize, settings.stream_interval, outlet)  # the queue is bounded there
     except Exception as e:  # noqa: BLE001 - the server's process says it in one line and exits 2
         send(("failed", one_line(e)))
         return
@@ -166,7 +165,7 @@ def engine_main(conn: Connection, spec: EngineSpec) -> None:
         if message[0] == "submit":
             key, parsed, scored, deadline, submitted = message[1:]
             try:
-                plan = plan_job(loaded, parsed, spec.max_new_tokens_limit, scored)
+                plan = plan_job(loaded, parsed, settings.max_new_tokens_limit, scored)
                 jobs[key] = job = Job(plan, None, deadline, key=key, submitted=submitted)
                 loop.submit(job)
             except Exception as e:  # noqa: BLE001 - planned once already by the server's process; answer it anyway
@@ -196,8 +195,8 @@ class EngineProcess:
     """EngineLoop's surface (submit, cancel, stop, waiting, health) over a pipe to an engine process, started
     here (blocking until its model is loaded and its graphs compiled: DataError with the child's line if not)."""
 
-    def __init__(self, spec: EngineSpec, metrics: Metrics, max_queue: int):
-        self.spec, self.metrics, self.max_queue = spec, metrics, max_queue
+    def __init__(self, spec: EngineSpec, settings: Settings, metrics: Metrics):
+        self.spec, self.settings, self.metrics = spec, settings, metrics
         self.jobs: dict[int, Job] = {}  # submitted, not ended
         self.keys = itertools.count(1)
         self.lock = threading.Lock()  # sends (the event loop's, the shutdown's) and `jobs`
@@ -209,7 +208,7 @@ class EngineProcess:
     def _spawn(self) -> tuple[Connection, Any]:
         ctx = multiprocessing.get_context("spawn")
         conn, child = ctx.Pipe()
-        process = ctx.Process(target=engine_main, args=(child, self.spec), name="arseq-engine", daemon=True)
+        process = ctx.Process(target=engine_main, args=(child, self.spec, self.settings), name="arseq-engine", daemon=True)
         process.start()
         child.close()
         try:
@@ -233,7 +232,7 @@ class EngineProcess:
 
     def waiting(self) -> int:
         with self.lock:
-            return sum(1 for j in self.jobs.values() if j.first_token is None)
+            return waiting_jobs(self.jobs.values())
 
     def health(self) -> dict[str, Any]:
         ok = self.process.is_alive() and not (self.stopping or self.restarting)
@@ -243,12 +242,8 @@ class EngineProcess:
         """Send a request to the engine; RequestError 429 past `max_queue` waiting ones, 503 while shutting down
         or while a new engine process starts."""
         with self.lock:
-            if self.stopping or self.restarting:
-                raise RequestError(503, f"the server is {'shutting down' if self.stopping else 'restarting its engine'}", None, {"Retry-After": "5"})
-            waiting = sum(1 for j in self.jobs.values() if j.first_token is None)
-            if waiting >= self.max_queue:
-                self.metrics.rejected.labels("queue_full").inc()
-                raise RequestError(429, f"the queue is full ({waiting} requests waiting); retry later", None, {"Retry-After": "1"})
+            closed = "shutting down" if self.stopping else "restarting its engine" if self.restarting else None
+            admit(closed, waiting_jobs(self.jobs.values()), self.settings.max_queue, self.metrics)
             job.key = next(self.keys)
             self.jobs[job.key] = job
             self._send(("submit", job.key, job.plan.parsed, job.plan.scored, job.deadline, job.submitted))

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -93,17 +93,12 @@ class EngineLoop:
     def waiting(self) -> int:
         """Requests not yet decoding: in the inbox, or planned with no token chosen yet."""
         with self.lock:
-            return len(self.inbox) + sum(1 for j in self.jobs if j.first_token is None)
+            return len(self.inbox) + waiting_jobs(self.jobs)
 
     def submit(self, job: Job) -> None:
         """Queue a request; RequestError 429 past `max_queue` waiting ones, 503 while shutting down."""
         with self.lock:
-            if self.stopping:
-                raise RequestError(503, "the server is shutting down", None)
-            waiting = len(self.inbox) + sum(1 for j in self.jobs if j.first_token is None)
-            if waiting >= self.max_queue:
-                self.metrics.rejected.labels("queue_full").inc()
-                raise RequestError(429, f"the queue is full ({waiting} requests waiting); retry later", None, {"Retry-After": "1"})
+            admit(None if not self.stopping else "shutting down", len(self.inbox) + waiting_jobs(self.jobs), self.max_queue, self.metrics)
             self.inbox.append(job)
         self.wake.set()
 
@@ -309,6 +304,21 @@ class EngineLoop:
         if error.status >= 500:
             log.error("request failed: %s", one_line(e), exc_info=e)
         self._drop(job, error)
+
+
+def waiting_jobs(jobs: Iterable[Job]) -> int:
+    """Jobs with no token chosen yet."""
+    return sum(1 for j in jobs if j.first_token is None)
+
+
+def admit(closed: str | None, waiting: int, max_queue: int, metrics: Any) -> None:
+    """Whether a server takes one more request: RequestError 503 while `closed` (why), 429 with Retry-After
+    past `max_queue` requests `waiting`."""
+    if closed is not None:
+        raise RequestError(503, f"the server is {closed}", None, {"Retry-After": "5"})
+    if waiting >= max_queue:
+        metrics.rejected.labels("queue_full").inc()
+        raise RequestError(429, f"the queue is full ({waiting} requests waiting); retry later", None, {"Retry-After": "1"})
 
 
 def to_asyncio(loop: asyncio.AbstractEventLoop) -> Outlet:
