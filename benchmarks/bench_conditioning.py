@@ -33,7 +33,7 @@ def draw(loaded, conditions: list[str], n: int, sampling: SamplingOptions, optio
         sampling = replace(sampling, guidance=None)  # nothing to guide towards
     request = Request(n, sampling=sampling, options=options, conditions=conditions)
     planned = make_plan(loaded, request)
-    return [s.prompt + s.tokens for s in sample(loaded, planned, batch_size=min(n, 64), stream=False)], planned.cfg
+    return [s.prompt + s.tokens for s in sample(loaded, planned, batch_size=min(n, 64))], planned.cfg
 
 
 def first_bars(tok, tokens: list[int], bars: int) -> list[int]:

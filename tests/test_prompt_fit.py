@@ -45,7 +45,7 @@ def test_a_whole_chorale_as_prompt_is_cut_to_whole_bars_and_continues(caplog):
     loaded = Loaded(model.eval(), tok, m, RunMeta("music", {}, {}, model.cfg.__dict__))
     request = Request(1, path, SamplingOptions(temperature=1.0, seed=3), MusicGenerate(bars=2))
     with caplog.at_level(logging.WARNING, logger="arseq"):
-        (s,) = sample(loaded, make_plan(loaded, request), batch_size=1, stream=False)
+        (s,) = sample(loaded, make_plan(loaded, request), batch_size=1)
     assert s.prompt == m.fit_prompt(tok, whole, 256 - 64)[0] and len(s.tokens) > 0  # --bars 2: 128 new tokens, room 64
     assert tok.decode_events(s.prompt + s.tokens).repairs == 0  # the grammar constraint accepted the cut prompt
     err = " ".join(r.getMessage() for r in caplog.records)
