@@ -119,8 +119,9 @@ class MusicModality(Modality):
         if midi_reader not in MIDI_READERS:
             raise DataError(f"modality.midi_reader must be one of {', '.join(MIDI_READERS)}, got {midi_reader!r}")
         self.midi_reader = midi_reader
-        # MIDI reading 2: both readers pair note-ons as music21 does, and music21's on the tokenizer's grid
-        self.reading_version = "midi-2"
+        # MIDI reading 3: both readers pair note-ons as music21 does; music21's reads on the tokenizer's grid
+        # and skips its notation step (`music21_midi`)
+        self.reading_version = "midi-3"
         if per_composer is not None and per_composer < 1:
             raise DataError(f"modality.per_composer must be a positive integer, got {per_composer}")
         # data.source music21_composers: which corpus folders, and at most how many works of each

@@ -19,6 +19,7 @@ from arseq.tokenizers.score import Events, ScoreTokenizer
 from arseq.tokenizers.score.events import LOSS_REASONS, note_key, note_order
 from arseq.tokenizers.score.midi_file import track_chunks
 from arseq.tokenizers.score.midi_reading import read_midi
+from arseq.tokenizers.score.music21_midi import read_midi_music21
 
 SUFFIXES = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".krn", ".abc")
 
@@ -129,7 +130,8 @@ def read_events(tok: ScoreTokenizer, path: Path, midi_reader: str = "symusic") -
 
     music21 reads MIDI on the tokenizer's own grid (`quarterLengthDivisors=(ppq,)`): its default, 16ths
     and eighth triplets, would move 32nd notes and quintuplets and gather near onsets into chords, throwing
-    away what the tokens can hold (and what the fast path keeps)."""
+    away what the tokens can hold (and what the fast path keeps); and without its notation step, which moves
+    notes (`music21_midi`)."""
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; music reads {' '.join(SUFFIXES)}")
     midi = path.suffix.lower() in (".mid", ".midi")
@@ -140,7 +142,11 @@ def read_events(tok: ScoreTokenizer, path: Path, midi_reader: str = "symusic") -
     from music21 import converter
 
     try:
-        score = converter.parse(str(path), quarterLengthDivisors=(tok.ppq,)) if midi else converter.parse(str(path))
+        if midi:
+            return read_midi_music21(tok, path)
+        score = converter.parse(str(path))
+    except ValueError as e:
+        raise DataError(f"{path}: {e}") from None
     except Exception as e:  # music21 raises many kinds on bad files; one line is what the user needs
         raise DataError(f"{path}: cannot parse ({one_line(e, with_type=True, limit=200)})") from None
     try:

@@ -10,17 +10,16 @@ same file (tests/test_music_midi_path.py):
 - a note ends at the first note-off of its pitch and channel after it in its track (`midi_file._pair`);
 - a part per MIDI track that has notes (music21 drops the conductor track and empty tracks); notes on
   channel 10 are dropped as unpitched (music21 makes `Unpitched` of them), their track keeps its part;
-- onsets and durations go to the nearest grid step, halfway to the earlier one, and a note is at least
-  one step long (music21's `quantize` never makes a note of length 0); one moved is counted as `off_grid`;
+- onsets and durations go to the nearest grid step, halfway to the earlier one as music21 computes it in
+  floating point (`_steps`), and a note is at least one step long (music21's `quantize` never makes a note of length 0); one moved is counted as `off_grid`;
   a note whose note-off is at its note-on's tick is a grace note (music21's import gives it a
   `GraceDuration`, which its reading writes as a slashed quarter);
 - tempo marks where the file has them (none where it has none), bpm rounded to two decimals like
   music21's `midiEventToTempo`;
 - bars of the time signature in force at each bar's start (4/4 without one) from tick 0, as many as the
   notes need: a time signature mid-bar takes effect at the next bar line (music21 writes them where a
-  score's bar was shorter than its meter, and its `makeMeasures` reads them so);
-- the key signature of the bar line where one stands; one mid-bar is ignored (music21 places it inside
-  the measure, where `Measure.keySignature`, which reading uses, does not see it).
+  score's bar was shorter than its meter); the key signature of the bar line where one stands, one mid-bar
+  ignored (`meter_bars`, which the reference lays its bars with too).
 """
 
 from __future__ import annotations
@@ -86,17 +85,29 @@ def content_events(vocab: ScoreVocab, content: MidiContent) -> Events:
 
 
 def _steps(ticks: np.ndarray, tpq: int, ppq: int) -> tuple[np.ndarray, np.ndarray]:
-    """(nearest grid steps, exactly on the grid) of tick values (integer arithmetic: no float rounding);
-    halfway between two steps goes to the earlier one, as music21's `common.nearestMultiple` rounds."""
-    t = ticks * ppq
-    return (2 * t + tpq - 1) // (2 * tpq), t % tpq == 0
+    """(nearest grid steps, exactly on the grid) of tick values. The rounding is music21's
+    (`common.nearestMultiple`, in floating point, on `ticks / tpq` quarters): halfway between two steps goes
+    to the earlier one unless float error puts it past halfway (66.3125 quarters: step 1592 of 24 a
+    quarter, not 1591), so the reference and this path round every value alike."""
+    quarters, unit = ticks / tpq, 1.0 / ppq
+    low = np.floor(quarters / unit)
+    steps = np.where(quarters <= unit * low + unit / 2.0, low, low + 1).astype(np.int64)
+    return steps, ticks * ppq % tpq == 0
 
 
 def _bars(vocab: ScoreVocab, content: MidiContent, tpq: int, end: int) -> list[Bar]:
-    """Bars from tick 0 under the time signatures in force, until `end` (grid steps) is covered; each bar
-    carries the key signature in force at its start."""
-    meters = sorted((_step(at, tpq, vocab.ppq), (n, d)) for at, n, d in content.time_signatures)
-    keys = sorted((_step(at, tpq, vocab.ppq), max(KEY_RANGE.start, min(KEY_RANGE.stop - 1, k))) for at, k in content.key_signatures)
+    """Bars of the file's time and key signatures (ticks put on the grid) until `end` (grid steps)."""
+    meters = [(_step(at, tpq, vocab.ppq), (n, d)) for at, n, d in content.time_signatures]
+    keys = [(_step(at, tpq, vocab.ppq), k) for at, k in content.key_signatures]
+    return meter_bars(vocab, meters, keys, end)
+
+
+def meter_bars(vocab: ScoreVocab, meters: list[tuple[int, tuple[int, int]]], keys: list[tuple[int, int]], end: int) -> list[Bar]:
+    """Bars from step 0 under the time signatures in force (`meters`: (step, (numerator, denominator))),
+    until `end` (grid steps) is covered; each bar carries the key signature (`keys`: (step, sharps)) that
+    stands on its bar line. One mid-bar waits for the next bar line (a meter) or is ignored (a key)."""
+    meters = sorted(meters)
+    keys = sorted((at, max(KEY_RANGE.start, min(KEY_RANGE.stop - 1, k))) for at, k in keys)
     bars: list[Bar] = []
     at, ts, key, mi, ki = 0, (4, 4), 0, 0, 0
     while at < end or not bars:
@@ -126,5 +137,5 @@ def _set_tempi(vocab: ScoreVocab, content: MidiContent, tpq: int, bars: list[Bar
 
 
 def _step(tick: int, tpq: int, ppq: int) -> int:
-    """The nearest grid step of a tick, halfway to the earlier one (as `_steps`)."""
-    return (2 * tick * ppq + tpq - 1) // (2 * tpq)
+    """The nearest grid step of a tick, rounded as `_steps` rounds."""
+    return int(_steps(np.array([tick], dtype=np.int64), tpq, ppq)[0][0])

@@ -5,14 +5,17 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from fractions import Fraction
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from arseq.tokenizers.score.events import Bar, Events, Note, clip_to_last_bar
 from arseq.tokenizers.score.vocab import GRACE_KINDS, GRACE_TYPES, KEY_RANGE, ScoreVocab
 
+BarGrid = Callable[[list, int], list[Bar]]  # (the score's parts, the notes' end in steps) -> bars
 
-def read_score(vocab: ScoreVocab, score: Any) -> Events:
-    """Notes (ties merged), bars, meters, keys and tempi of a music21 score, on the grid of `vocab`.
+
+def read_score(vocab: ScoreVocab, score: Any, bar_grid: BarGrid | None = None) -> Events:
+    """Notes (ties merged), bars, meters, keys and tempi of a music21 score, on the grid of `vocab`. Bars
+    come from the score's measures, or from `bar_grid` for a score without them (`music21_midi`).
 
     Raises ValueError with a one-line reason for what this tokenizer cannot represent.
     """
@@ -64,7 +67,8 @@ def read_score(vocab: ScoreVocab, score: Any) -> Events:
                 _add_tied(notes, open_ties, Note(pi, onset, midi, max(1, dur), int(vel)), tie)
     if not notes:
         raise ValueError("percussion only (no pitched notes)" if lost["unpitched"] else "empty score (no notes)")
-    bars = _bar_grid(vocab, parts, max(n.onset + max(1, n.dur) for n in notes))
+    end = max(n.onset + max(1, n.dur) for n in notes)
+    bars = bar_grid(parts, end) if bar_grid is not None else _bar_grid(vocab, parts, end)
     notes, lost["past_last_bar"] = clip_to_last_bar(notes, bars)
     marks = score.recurse().getElementsByClass(m21tempo.MetronomeMark)
     # a mark with words only ("Sehr langsam", no number) sets no tempo
