@@ -93,7 +93,7 @@ def check_revisable(loaded: Loaded, flag: str) -> Fim:
 
 
 def revise(
-    loaded: Loaded, pieces: list[Piece], rounds: int = 3, candidates: int = 4, cfg: SamplingConfig | None = None, seed: int = 0, slots: int = 16
+    loaded: Loaded, pieces: list[Piece], rounds: int = 3, candidates: int = 8, cfg: SamplingConfig | None = None, seed: int = 0, slots: int = 16
 ) -> tuple[list[Piece], list[dict[str, Any]]]:
     """`rounds` rounds of revision (see the module docstring); the revised pieces and one report per round
     (round 0: before)."""

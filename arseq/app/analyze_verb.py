@@ -54,7 +54,7 @@ class DriftOptions:
     window: int = 8
     bootstrap: int = 1000
     revise_rounds: int = 0
-    revise_candidates: int = 4
+    revise_candidates: int = 8
     out: Path | None = None
     overwrite: bool = False
 

@@ -45,7 +45,7 @@ class ReviseOptions:
     samples: list[str] | None = None
     num_samples: int = 0
     rounds: int = 3
-    candidates: int = 4
+    candidates: int = 8
     temperature: float = 0.9
     top_p: float = 0.95
     seed: int = 0
