@@ -1,12 +1,14 @@
 """Performance tokens vs score tokens on humanized chorales: whose samples time and voice notes like the
 held-out performances?
 
-    python benchmarks/bench_music_performance.py [--chorales 40] [--steps 300] [--samples 8]
+    python benchmarks/bench_music_performance.py [--model small|config] [--chorales 40] [--steps 300] [--samples 8]
 
 Makes performances of the first `--chorales` Bach chorales (two takes each, `arseq.modalities.music.humanize`) for training
-and of the next 8 for reference, trains the same small model once with `modality.tokenizer: performance`
+and of the next 8 for reference, trains the same model once with `modality.tokenizer: performance`
 and once with the score tokenizer (which moves the played onsets onto its grid and drops velocities),
-samples both, and compares each sample set with the held-out performances:
+samples both, and compares each sample set with the held-out performances. `--model small` (the default) is
+2 layers of width 64, block 256, batch 8; `--model config` keeps `configs/music/performance.yaml`'s model and
+data shapes (4 layers of width 128, 4 heads, block 512, batch 16) for both tokenizers.
 
 - `ioi_l1`: L1 distance between the inter-onset-interval histograms (10 ms bins up to 1.5 s, the rest in
   the last bin), 0 = the same distribution, 2 = disjoint;
@@ -35,6 +37,11 @@ from arseq.modalities.music.humanize import humanize  # noqa: E402
 from arseq.tokenizers.score import ScoreTokenizer  # noqa: E402
 
 EDGES = np.append(np.arange(0, 1510, 10), 10_000)
+# Overrides of configs/music/performance.yaml's model and data shapes; "config" trains what it ships.
+MODELS: dict[str, list[str]] = {
+    "small": ["--model.n_layer", "2", "--model.d_model", "64", "--model.n_head", "4", "--data.block_size", "256", "--data.batch_size", "8"],
+    "config": [],
+}
 
 
 def make_performances(first: int, count: int, folder: Path, takes: int) -> None:
@@ -50,7 +57,7 @@ def make_performances(first: int, count: int, folder: Path, takes: int) -> None:
             perf.write_midi(humanize(ev, tok.ppq, seed=1000 * (first + i) + take), folder / f"{name.replace('/', '_')}_{take}.mid")
 
 
-def train_and_sample(tokenizer: str, data: Path, work: Path, steps: int, samples: int) -> list[Path]:
+def train_and_sample(tokenizer: str, data: Path, work: Path, model: str, steps: int, samples: int) -> list[Path]:
     env = {**os.environ, "ARSEQ_CACHE_DIR": str(work / "cache"), "PYTHONPATH": str(ROOT)}
     run = work / f"run_{tokenizer}"
     common = [
@@ -58,16 +65,7 @@ def train_and_sample(tokenizer: str, data: Path, work: Path, steps: int, samples
         tokenizer,
         "--data.paths",
         str(data),
-        "--model.n_layer",
-        "2",
-        "--model.d_model",
-        "64",
-        "--model.n_head",
-        "4",
-        "--data.block_size",
-        "256",
-        "--data.batch_size",
-        "8",
+        *MODELS[model],
         "--trainer.max_steps",
         str(steps),
         "--trainer.val_check_interval",
@@ -120,6 +118,7 @@ def stats(pieces: list[list[perf.PlayedNote]], reference: np.ndarray | None = No
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=list(MODELS), default="small", help="small: 2 x 64, block 256, batch 8; config: performance.yaml's")
     p.add_argument("--chorales", type=int, default=40)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--samples", type=int, default=8)
@@ -132,7 +131,7 @@ def main() -> None:
         ref = perf.ioi_histogram(held, EDGES)
         result = {"reference": stats(held)}
         for kind in ("performance", "score"):
-            files = train_and_sample(kind, work / "train", work, args.steps, args.samples)
+            files = train_and_sample(kind, work / "train", work, args.model, args.steps, args.samples)
             result[f"{kind}_model"] = stats([perf.read_performance(f) for f in files], ref)
     result["settings"] = vars(args)
     result["performance_closer"] = {
