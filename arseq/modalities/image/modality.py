@@ -49,15 +49,13 @@ from arseq.modalities import (
     Skipped,
 )
 from arseq.modalities.image.codebook import fit_codebook
+from arseq.modalities.image.evaluation import classified_labels, image_report, sample_figures
 from arseq.modalities.image.files import natural_order, open_image
 from arseq.modalities.image.infill import completed, infill_plan, row_cuts
-from arseq.modalities.image.metrics import baseline_bits, psnr_from_mse
+from arseq.modalities.image.metrics import psnr_from_mse
 from arseq.modalities.image.reading import empty_class_folders, encoded_files, geometry, image_items
 from arseq.modalities.image.render import ascii_art, tile
 from arseq.tokenizers.patch import MAX_PATCHES, PatchTokenizer, pick_label
-
-LN2 = math.log(2)
-MAX_CLASSIFIER_IMAGES = 5000  # condition_values fits its classifier on at most this many training images
 
 
 @dataclass
@@ -323,75 +321,15 @@ class ImageModality(Modality):
             files.add(out / "completion.png", _png(tile([tok.image(plan.parsed[0])] + images, len(images) + 1, scale)))
         return files.commit()
 
-    # ---- evaluation ------------------------------------------------------------------------------
-    def _codes(self, tok: PatchTokenizer, items: Sequence[Sequence[int]]) -> np.ndarray:
-        """(items, num_patches) code indices of the complete images among token sequences."""
-        rows = []
-        for ids in items:
-            ids = np.asarray(ids, dtype=np.int64)
-            codes = ids[tok.is_code(ids)] - tok.code_offset
-            if len(codes) >= tok.num_patches:
-                rows.append(codes[: tok.num_patches])
-        return np.array(rows, dtype=np.int64).reshape(len(rows), tok.num_patches)
-
+    # ---- evaluation (arseq/modalities/image/evaluation.py) ---------------------------------------
     def evaluate(self, tokenizer: PatchTokenizer, report: EvalInputs) -> dict[str, Any]:
-        """bits/dim of the model and of three count baselines fitted on the training split, same val items.
-
-        The model's bits/dim counts every predicted token of an item (label and EOS too), so it bounds
-        -log2 p(image) from above; the baselines model the codes alone.
-        """
-        tok = tokenizer
-        dims = tok.dims_per_image
-        train, val = self._codes(tok, report.train), self._codes(tok, report.val)
-        result: dict[str, Any] = {
-            "bits_per_dim": float(report.item_nll.sum() / LN2 / (len(report.val) * dims)) if len(report.val) else None,
-            "dims_per_image": dims,
-            "lossless": tok.lossless,
-        }
-        if len(train) and len(val):
-            result["baselines"] = {name: float(bits / dims) for name, bits in baseline_bits(train, val, len(tok.codebook)).items()}
-        result["tokenizer"] = {"codebook_size": len(tok.codebook), **tok.fit_stats}
-        return result
+        return image_report(tokenizer, report)
 
     def metrics(self, tokenizer: PatchTokenizer, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
-        tok = tokenizer
-        codes = self._codes(tok, sequences)
-        out: dict[str, float] = {"complete_fraction": len(codes) / max(len(sequences), 1)}
-        if len(codes):
-            pixels = tok.codebook[codes].astype(np.float64) / 255  # (n, patches, patch_dim)
-            imgs = np.stack([tok.decode_pixels(c + tok.code_offset) for c in codes]).astype(np.float64) / 255
-            luma = imgs.mean(axis=3)
-            out.update(
-                {
-                    "mean_intensity": float(pixels.mean()),
-                    "foreground_fraction": float((luma > 0.5).mean()),
-                    "edge_strength": float(np.abs(np.diff(luma, axis=2)).mean() + np.abs(np.diff(luma, axis=1)).mean()) / 2,
-                    "distinct_fraction": len({c.tobytes() for c in codes}) / len(codes),
-                }
-            )
-        counts = Counter(tok.decode_label(s) for s in sequences)
-        for name in tok.labels:  # every class, in order, so data and samples share the keys
-            out[f"label_{name}"] = counts[name] / max(len(sequences), 1)
-        return out
+        return sample_figures(tokenizer, sequences)
 
     def condition_values(self, tokenizer: PatchTokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()) -> list[dict[str, str]]:
-        """The class of each image by a logistic regression fitted on the labelled reference images (scikit-learn;
-        pixels scaled to 0..1): how `evaluate --cond label=...` checks that samples show the class asked for."""
-        tok = tokenizer
-        train = [(self._codes(tok, [e.tokens]), e.conditions["label"]) for e in reference if "label" in e.conditions]
-        train = [(codes, label) for codes, label in train if len(codes)][:MAX_CLASSIFIER_IMAGES]  # complete images only
-        if len({label for _, label in train}) < 2:
-            return [{} for _ in sequences]
-        from sklearn.linear_model import LogisticRegression
-
-        def features(codes: np.ndarray) -> np.ndarray:
-            return tok.codebook[codes].reshape(len(codes), -1).astype(np.float32) / 255
-
-        classifier = LogisticRegression(max_iter=2000).fit(features(np.concatenate([c for c, _ in train])), [label for _, label in train])
-        per = [self._codes(tok, [s]) for s in sequences]  # (1 or 0, num_patches): complete image or not
-        codes = np.concatenate(per) if per else np.zeros((0, tok.num_patches), dtype=np.int64)
-        guesses = iter(classifier.predict(features(codes)).tolist() if len(codes) else [])  # one batched prediction
-        return [{"label": str(next(guesses))} if len(c) else {} for c in per]
+        return classified_labels(tokenizer, sequences, reference)
 
     def plausible_mistake(self, tokenizer: PatchTokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
         """A neighbouring pixel value: the code whose patch is nearest to this one's (greyscale 1-pixel codes: next level)."""
