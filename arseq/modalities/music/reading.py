@@ -134,19 +134,13 @@ def read_events(tok: ScoreTokenizer, path: Path, midi_reader: str = "symusic") -
     notes (`music21_midi`)."""
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; music reads {' '.join(SUFFIXES)}")
-    midi = path.suffix.lower() in (".mid", ".midi")
-    if midi:
+    if path.suffix.lower() in (".mid", ".midi"):
         _check_midi(path, scan_events=midi_reader != "symusic")
-        if midi_reader == "symusic":
-            return _read_midi_fast(tok, path)
+        return _read_midi(tok, path, midi_reader)
     from music21 import converter
 
     try:
-        if midi:
-            return read_midi_music21(tok, path)
         score = converter.parse(str(path))
-    except ValueError as e:
-        raise DataError(f"{path}: {e}") from None
     except Exception as e:  # music21 raises many kinds on bad files; one line is what the user needs
         raise DataError(f"{path}: cannot parse ({one_line(e, with_type=True, limit=200)})") from None
     try:
@@ -157,14 +151,16 @@ def read_events(tok: ScoreTokenizer, path: Path, midi_reader: str = "symusic") -
         raise DataError(f"{path}: cannot read the score ({one_line(e, with_type=True, limit=200)})") from None
 
 
-def _read_midi_fast(tok: ScoreTokenizer, path: Path) -> Events:
-    """The fast reading, bounded like music21's (the same limits, checked on what the scan read: it holds a
-    2^28-tick gap as one number, the bars made from it would not be)."""
+def _read_midi(tok: ScoreTokenizer, path: Path, midi_reader: str) -> Events:
+    """A MIDI file by either reader. The fast one is bounded like music21's (the same limits, checked on what
+    the scan read: it holds a 2^28-tick gap as one number, the bars made from it would not be)."""
     try:
-        return read_midi(tok, path, MAX_MIDI_QUARTERS, MAX_MIDI_EVENTS)
+        if midi_reader == "symusic":
+            return read_midi(tok, path, MAX_MIDI_QUARTERS, MAX_MIDI_EVENTS)
+        return read_midi_music21(tok, path)
     except ValueError as e:
         raise DataError(f"{path}: {e}") from None
-    except Exception as e:  # a damaged file the scan's own checks did not foresee: one line, not a traceback
+    except Exception as e:  # a damaged file neither reader's own checks foresaw: one line, not a traceback
         raise DataError(f"{path}: cannot parse ({one_line(e, with_type=True, limit=200)})") from None
 
 

@@ -11,9 +11,9 @@ same file (tests/test_music_midi_path.py):
 - a part per MIDI track that has notes (music21 drops the conductor track and empty tracks); notes on
   channel 10 are dropped as unpitched (music21 makes `Unpitched` of them), their track keeps its part;
 - onsets and durations go to the nearest grid step, halfway to the earlier one as music21 computes it in
-  floating point (`_steps`), and a note is at least one step long (music21's `quantize` never makes a note of length 0); one moved is counted as `off_grid`;
-  a note whose note-off is at its note-on's tick is a grace note (music21's import gives it a
-  `GraceDuration`, which its reading writes as a slashed quarter);
+  floating point (`_steps`), and a note is at least one step long (music21's `quantize` never makes a note
+  of length 0); one moved is counted as `off_grid`; a note whose note-off is at its note-on's tick is a
+  grace note (music21's import gives it a `GraceDuration`, which its reading writes as a slashed quarter);
 - tempo marks where the file has them (none where it has none), bpm rounded to two decimals like
   music21's `midiEventToTempo`;
 - bars of the time signature in force at each bar's start (4/4 without one) from tick 0, as many as the

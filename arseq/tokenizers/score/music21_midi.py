@@ -55,7 +55,8 @@ def read_midi_music21(vocab: ScoreVocab, path: Path) -> Events:
             conductorPart=conductor,
             isFirst=mt is first,
         )
-    marks = [(_step(el.offset, vocab.ppq), el) for p in (conductor, *score.parts) for el in p.getElementsByClass(("TimeSignature", "KeySignature"))]
+    # every part holds copies of the conductor's signatures and its own track's: the file's, all of them
+    marks = [(_step(el.offset, vocab.ppq), el) for p in score.parts for el in p.getElementsByClass(("TimeSignature", "KeySignature"))]
     meters = [(at, (el.numerator, el.denominator)) for at, el in marks if "TimeSignature" in el.classSet]
     keys = [(at, el.sharps) for at, el in marks if "KeySignature" in el.classSet]
     return read_score(vocab, score, bar_grid=lambda parts, end: meter_bars(vocab, meters, keys, end))
