@@ -18,16 +18,17 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from arseq.artifacts.checkpoint import load_checkpoint_file
-from arseq.artifacts.init_from import initialise, read_source
+from arseq.artifacts.init_from import InitSource, initialise, read_source
 from arseq.artifacts.metadata import RunMeta
 from arseq.data.config import DataConfig
 from arseq.data.fim import for_training
 from arseq.data.loader import train_loader, val_loader
-from arseq.data.prepare import prepare
+from arseq.data.prepare import Prepared, prepare
 from arseq.errors import first_line, one_line
 from arseq.limits import check_model
 from arseq.modalities import DataError, Modality
 from arseq.models.transformer import TransformerConfig
+from arseq.tokenizers.base import Tokenizer
 from arseq.train.checkpoint_io import AtomicCheckpointIO, clean_checkpoint_folder
 from arseq.train.module import ARModule, LastCheckpoint
 from arseq.train.optim import OptimConfig
@@ -66,46 +67,17 @@ def run_train(
 
     `selector` is how the config named the modality (a registered name or an import path); it is
     stored in checkpoints so that loading finds an unregistered modality class too. `init_from` starts
-    from existing weights (see arseq.artifacts.init_from); `ckpt_path` resumes a run.
+    from existing weights (see arseq.artifacts.init_from); `ckpt_path` resumes a run. The parameters
+    mirror the config's sections (jsonargparse reads the config against this signature).
     """
-    if trainer_args.get("max_steps") in (None, -1):
-        raise DataError("set trainer.max_steps: training runs for a number of steps, not epochs")
-    if not isinstance(trainer_args["max_steps"], int) or trainer_args["max_steps"] < 1:
-        raise DataError(f"trainer.max_steps must be a positive integer, got {trainer_args['max_steps']!r}")
-    probe = TransformerConfig(vocab_size=1, max_seq_len=data.block_size, **model)  # fail on a bad size before reading data
-    check_model(asdict(probe), "config", batch=data.batch_size, names={"max_seq_len": "data.block_size"})
-    check_trainer_args(trainer_args)
-    OptimConfig(**optim)
+    check_settings(data, model, optim, trainer_args)
     L.seed_everything(seed, verbose=False)
-    tokenizer, resumed = None, None
-    if ckpt_path:  # resume with the checkpoint's tokenizer, never a refitted one
-        state = load_checkpoint_file(Path(ckpt_path))
-        resumed = state["arseq"]
-        tokenizer = modality.load_tokenizer(resumed["tokenizer"])
-        clean_checkpoint_folder(Path(ckpt_path).parent)  # what a kill of that run left behind
-    source = None
-    if init_from:  # fine-tune: an arseq source's tokenizer too, so that token ids keep their meaning
-        if ckpt_path:
-            raise DataError("--init-from starts a new run from weights, --ckpt_path resumes a run: give one of them")
-        source = read_source(init_from, modality, model, data.block_size)
-        tokenizer = source.tokenizer
-    prepared = prepare(modality, options, data, tokenizer=tokenizer)
-    tok = prepared.tokenizer
+    start = starting_point(modality, model, data.block_size, ckpt_path, init_from)
+    prepared = prepare(modality, options, data, tokenizer=start.tokenizer)
     fim, fim_windows = for_training(data.fim_rate, data.fim_ordering, prepared, modality)  # None, None at rate 0
     model_cfg = TransformerConfig(vocab_size=prepared.vocab_size + (fim.size if fim else 0), max_seq_len=data.block_size, **model)
-    if resumed is not None:
-        theirs = resumed.get("model", {})
-        differ = [f"{k} {theirs.get(k)} vs {v}" for k, v in asdict(model_cfg).items() if k in theirs and theirs[k] != v]
-        if differ:
-            raise DataError(
-                f"--ckpt_path {ckpt_path}: its model differs from the config's ({', '.join(differ)}); resume with the config it was trained with"
-            )
-        done = state.get("global_step", 0)
-        if isinstance(done, int) and done >= trainer_args["max_steps"]:  # Lightning would do nothing, in a new run folder
-            raise DataError(
-                f"--ckpt_path {ckpt_path}: already trained for {done} steps, trainer.max_steps is "
-                f"{trainer_args['max_steps']}; raise trainer.max_steps to train on"
-            )
+    if start.resumed is not None:
+        check_resumable(start.resumed, model_cfg, ckpt_path, trainer_args["max_steps"])
     meta = RunMeta(
         selector or modality.name,
         options,
@@ -114,63 +86,131 @@ def run_train(
         prepared.controls.to_dict() if prepared.controls is not None else None,
         fim.to_dict() if fim is not None else None,
     )
-    module = ARModule(asdict(model_cfg), optim, {**meta.to_dict(), "tokenizer": tok.to_dict()}, compile)
-    init_note = initialise(module.model, source, init_from_resize_vocab) if source else None
+    module = ARModule(asdict(model_cfg), optim, {**meta.to_dict(), "tokenizer": prepared.tokenizer.to_dict()}, compile)
+    init_note = initialise(module.model, start.source, init_from_resize_vocab) if start.source else None
     augment = None if type(modality).augment is Modality.augment else partial(modality.augment, controls=prepared.controls)
     train = train_loader(
         prepared.directory / "train.npy", data.block_size, data.batch_size, seed, augment, data.num_workers, prepared.controls, fim_windows
     )
-    val = val_loader(prepared.val, data.block_size, data.batch_size, tok.pad_id, prepared.controls.head if prepared.controls else 0)
-
-    root = trainer_args.pop("default_root_dir", None) or "runs"
-    run_dir, version = claim_run_folder(Path(root) / modality.name)  # no other run writes its checkpoints here
-    loggers: list[Any] = [CSVLogger(root, name=modality.name, version=version)]
-    if find_spec("tensorboard") or find_spec("tensorboardX"):
-        loggers.append(TensorBoardLogger(root, name=modality.name, version=version, default_hp_metric=False))
-    last = LastCheckpoint(every_n_steps=None if val is not None else max(1, trainer_args["max_steps"] // 10))  # no validation: save ten times
-    best = (
-        ModelCheckpoint(
-            monitor="val/loss",
-            mode="min",
-            save_top_k=1,
-            filename="best-step{step}-loss{val/loss:.4f}",
-            auto_insert_metric_name=False,
-        )
-        if val is not None
-        else None
-    )
-    trainer_args.setdefault("logger", loggers)
-    monitor = [LearningRateMonitor(logging_interval="step")] if trainer_args["logger"] not in (False, None, []) else []
-    callbacks = [c for c in (best, last) if c] + monitor + list(trainer_args.pop("callbacks", None) or [])
-    plugins = list(trainer_args.pop("plugins", None) or [])
-    if not any(isinstance(p, CheckpointIO) for p in plugins):
-        plugins.append(AtomicCheckpointIO())  # a kill never leaves a broken last.ckpt
-    trainer_args["plugins"] = plugins
-    if trainer_args["logger"] in (False, None, []):  # no logger: checkpoints go to the claimed folder, not root
-        root = str(run_dir)
+    val = val_loader(prepared.val, data.block_size, data.batch_size, prepared.tokenizer.pad_id, prepared.controls.head if prepared.controls else 0)
+    run = RunFolder.claim(modality.name, trainer_args, validated=val is not None)
     try:
-        trainer = make_trainer(default_root_dir=root, callbacks=callbacks, **trainer_args)
+        trainer = make_trainer(default_root_dir=run.root, callbacks=run.callbacks, **trainer_args)
         if compile:
             check_compile(trainer.strategy.root_device)
         if trainer.is_global_zero:
-            conditioned = f" (conditioned on {', '.join(prepared.controls.fields)})" if prepared.controls else ""
-            log.info(
-                f"model: {module.model.num_params() / 1e6:.2f}M parameters, vocab {prepared.vocab_size}{conditioned}, context {data.block_size}; "
-                f"data: {prepared.train.num_tokens:,} train / {prepared.val.num_tokens:,} val tokens"
-            )
+            log.info(describe(module, prepared, data.block_size))
             if init_note:
                 log.info(init_note)
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
     except BaseException:
-        remove_if_empty(run_dir)  # a run that failed before writing anything leaves no empty version_N
+        remove_if_empty(run.folder)  # a run that failed before writing anything leaves no empty version_N
         raise
-    run_dir = Path(trainer.log_dir or root)
-    best_path = Path(best.best_model_path) if best is not None and best.best_model_path else None
-    last_path = last.path if last.path is not None and last.path.exists() else None
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Join gloo/NCCL's threads now: left to static destructors at exit, they abort the process (rc -6)
         torch.distributed.destroy_process_group()
-    return Trained(run_dir, last_path, best_path, trainer.is_global_zero)
+    return run.trained(trainer)
+
+
+def check_settings(data: DataConfig, model: dict[str, Any], optim: dict[str, Any], trainer_args: dict[str, Any]) -> None:
+    """The config's mistakes as one line each, before any data is read."""
+    if trainer_args.get("max_steps") in (None, -1):
+        raise DataError("set trainer.max_steps: training runs for a number of steps, not epochs")
+    if not isinstance(trainer_args["max_steps"], int) or trainer_args["max_steps"] < 1:
+        raise DataError(f"trainer.max_steps must be a positive integer, got {trainer_args['max_steps']!r}")
+    probe = TransformerConfig(vocab_size=1, max_seq_len=data.block_size, **model)
+    check_model(asdict(probe), "config", batch=data.batch_size, names={"max_seq_len": "data.block_size"})
+    check_trainer_args(trainer_args)
+    OptimConfig(**optim)
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a run starts from besides the config: a resumed checkpoint's state, or an `--init-from` source."""
+
+    tokenizer: Tokenizer | None = None  # the one to keep (None: fit one on the data)
+    resumed: dict[str, Any] | None = None  # the checkpoint being resumed (its `arseq` entry holds the run's metadata)
+    source: InitSource | None = None  # an --init-from source
+
+
+def starting_point(modality: Modality, model: dict[str, Any], block_size: int, ckpt_path: str | None, init_from: str | None) -> Start:
+    """Resume with the checkpoint's tokenizer, never a refitted one; fine-tune with the source's tokenizer
+    (an arseq source's), so that token ids keep their meaning."""
+    if ckpt_path and init_from:
+        raise DataError("--init-from starts a new run from weights, --ckpt_path resumes a run: give one of them")
+    if ckpt_path:
+        state = load_checkpoint_file(Path(ckpt_path))
+        clean_checkpoint_folder(Path(ckpt_path).parent)  # what a kill of that run left behind
+        return Start(modality.load_tokenizer(state["arseq"]["tokenizer"]), state)
+    if init_from:
+        source = read_source(init_from, modality, model, block_size)
+        return Start(source.tokenizer, None, source)
+    return Start()
+
+
+def check_resumable(state: dict[str, Any], model_cfg: TransformerConfig, ckpt_path: str | None, max_steps: int) -> None:
+    """A checkpoint resumes only with the model it was trained with, and only with steps left to train."""
+    theirs = state["arseq"].get("model", {})
+    differ = [f"{k} {theirs.get(k)} vs {v}" for k, v in asdict(model_cfg).items() if k in theirs and theirs[k] != v]
+    if differ:
+        raise DataError(
+            f"--ckpt_path {ckpt_path}: its model differs from the config's ({', '.join(differ)}); resume with the config it was trained with"
+        )
+    done = state.get("global_step", 0)
+    if isinstance(done, int) and done >= max_steps:  # Lightning would do nothing, in a new run folder
+        raise DataError(
+            f"--ckpt_path {ckpt_path}: already trained for {done} steps, trainer.max_steps is {max_steps}; raise trainer.max_steps to train on"
+        )
+
+
+def describe(module: ARModule, prepared: Prepared, block_size: int) -> str:
+    conditioned = f" (conditioned on {', '.join(prepared.controls.fields)})" if prepared.controls else ""
+    return (
+        f"model: {module.model.num_params() / 1e6:.2f}M parameters, vocab {prepared.vocab_size}{conditioned}, context {block_size}; "
+        f"data: {prepared.train.num_tokens:,} train / {prepared.val.num_tokens:,} val tokens"
+    )
+
+
+@dataclass
+class RunFolder:
+    """The run's claimed `version_N` folder, and the loggers, checkpoint callbacks and plugins that write into it."""
+
+    folder: Path
+    root: str  # the Trainer's default_root_dir
+    callbacks: list[Any]
+    best: ModelCheckpoint | None
+    last: LastCheckpoint
+
+    @classmethod
+    def claim(cls, name: str, trainer_args: dict[str, Any], validated: bool) -> RunFolder:
+        """Claim the folder and set up `trainer_args` (loggers, plugins) to write into it; pops what it takes."""
+        root = trainer_args.pop("default_root_dir", None) or "runs"
+        folder, version = claim_run_folder(Path(root) / name)  # no other run writes its checkpoints here
+        loggers: list[Any] = [CSVLogger(root, name=name, version=version)]
+        if find_spec("tensorboard") or find_spec("tensorboardX"):
+            loggers.append(TensorBoardLogger(root, name=name, version=version, default_hp_metric=False))
+        trainer_args.setdefault("logger", loggers)
+        logged = trainer_args["logger"] not in (False, None, [])
+        last = LastCheckpoint(every_n_steps=None if validated else max(1, trainer_args["max_steps"] // 10))  # no validation: save ten times
+        best = (
+            ModelCheckpoint(
+                monitor="val/loss", mode="min", save_top_k=1, filename="best-step{step}-loss{val/loss:.4f}", auto_insert_metric_name=False
+            )
+            if validated
+            else None
+        )
+        monitor = [LearningRateMonitor(logging_interval="step")] if logged else []
+        callbacks = [c for c in (best, last) if c] + monitor + list(trainer_args.pop("callbacks", None) or [])
+        plugins = list(trainer_args.pop("plugins", None) or [])
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())  # a kill never leaves a broken last.ckpt
+        trainer_args["plugins"] = plugins
+        return cls(folder, root if logged else str(folder), callbacks, best, last)  # no logger: checkpoints go to the claimed folder
+
+    def trained(self, trainer: Any) -> Trained:
+        best = Path(self.best.best_model_path) if self.best is not None and self.best.best_model_path else None
+        last = self.last.path if self.last.path is not None and self.last.path.exists() else None
+        return Trained(Path(trainer.log_dir or self.root), last, best, trainer.is_global_zero)
 
 
 def claim_run_folder(parent: Path) -> tuple[Path, int]:
