@@ -103,67 +103,100 @@ def measure(
     if unknown:
         raise ValueError(f"unknown error kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
     rng = np.random.default_rng(seed)
-    vocab = model.cfg.vocab_size
-    banned = _forbidden(vocab, specials)
-    K, C0 = offsets, context - offsets
-    device = model.embed.weight.device
-    out = {k: {"excess": [], "kl": [], "div": [], "item": []} for k in kinds}
+    banned = _forbidden(model.cfg.vocab_size, specials)
+    rows: dict[str, dict[str, list[np.ndarray]]] = {k: {"excess": [], "kl": [], "div": [], "group": []} for k in kinds}
     clean_rows = []
     was_training = model.training
     model.eval()
     try:
         for b0 in range(0, len(sites), batch_size):
             batch = sites[b0 : b0 + batch_size]
-            B = len(batch)
-            prefix = torch.full((B, C0), pad_id, dtype=torch.long)  # each row from position 0, padded after its end
-            suffix = torch.empty((B, K), dtype=torch.long)  # x[j..j+K-1]: what is fed after the prefix
-            target = torch.empty((B, K), dtype=torch.long)  # x[j+1..j+K]
-            ends = torch.empty(B, dtype=torch.long)
-            for r, s in enumerate(batch):
-                x = np.asarray(items[s.item], dtype=np.int64)
-                before = x[max(0, s.pos - C0) : s.pos]
-                prefix[r, : len(before)] = torch.from_numpy(before)
-                ends[r] = len(before)
-                suffix[r] = torch.from_numpy(x[s.pos : s.pos + K])
-                target[r] = torch.from_numpy(x[s.pos + 1 : s.pos + K + 1])
-            prefix, suffix, target, ends = prefix.to(device), suffix.to(device), target.to(device), ends.to(device)
-            model.setup_cache(B, context)
-            logits = model(prefix, pos=torch.arange(C0, device=device).expand(B, C0))  # a row's padding comes after it
-            at_j = logits[torch.arange(B, device=device), ends - 1].float()  # the model's prediction of x[j]
-            _pick_wrong(batch, at_j, suffix[:, 0], banned, mistake, items, rng, kinds)
-            clean_lp, clean_greedy = _continue(model, suffix, ends, K, diverge)
-            clean_nll = -clean_lp.gather(-1, target[..., None]).squeeze(-1)
-            clean_rows.append(clean_nll.cpu().numpy())
+            fed = _feed(batch, items, context - offsets, offsets, pad_id, model.embed.weight.device)
+            model.setup_cache(len(batch), context)
+            _pick_wrong(batch, _prefill(model, fed), fed.suffix[:, 0], banned, mistake, items, rng, kinds)
+            clean = _Continued(*_continue(model, fed.suffix, fed.ends, offsets, diverge), fed.target)
+            clean_rows.append(clean.nll.cpu().numpy())
             for kind in kinds:
-                rows = [r for r, s in enumerate(batch) if s.wrong.get(kind) is not None]
-                if not rows:
-                    continue
-                idx = torch.tensor(rows, device=device)
-                corrupted = suffix.clone()
-                corrupted[idx, 0] = torch.tensor([batch[r].wrong[kind] for r in rows], device=device)
-                lp, greedy = _continue(model, corrupted, ends, K, diverge)
-                nll = -lp.gather(-1, target[..., None]).squeeze(-1)
-                p_clean = clean_lp.exp()
-                kl = (p_clean * (clean_lp - lp)).sum(-1)
-                out[kind]["excess"].append((nll - clean_nll)[idx].cpu().numpy())
-                out[kind]["kl"].append(kl[idx].clamp(min=0).cpu().numpy())
-                if diverge:
-                    out[kind]["div"].append((greedy != clean_greedy)[idx].cpu().numpy())
-                out[kind]["item"].append(np.array([batch[r].group for r in rows]))
+                for key, value in _corrupted(model, batch, kind, fed, clean, diverge).items():
+                    rows[kind][key].append(value)
     finally:
         model.clear_cache()
         model.train(was_training)
+    return _result(rows, clean_rows, offsets)
 
+
+@dataclass
+class _Fed:
+    """One batch of sites as tensors: the shared prefixes x[..j-1] (each from position 0, padded after its end
+    at `ends`), the fed suffixes x[j..j+K-1] and their targets x[j+1..j+K]."""
+
+    prefix: torch.Tensor
+    suffix: torch.Tensor
+    target: torch.Tensor
+    ends: torch.Tensor
+
+
+def _feed(batch: list[Site], items: Sequence[np.ndarray], prefix_len: int, k: int, pad_id: int, device: torch.device) -> _Fed:
+    n = len(batch)
+    prefix = torch.full((n, prefix_len), pad_id, dtype=torch.long)
+    suffix, target = torch.empty((n, k), dtype=torch.long), torch.empty((n, k), dtype=torch.long)
+    ends = torch.empty(n, dtype=torch.long)
+    for r, s in enumerate(batch):
+        x = np.asarray(items[s.item], dtype=np.int64)
+        before = x[max(0, s.pos - prefix_len) : s.pos]
+        prefix[r, : len(before)] = torch.from_numpy(before)
+        ends[r] = len(before)
+        suffix[r] = torch.from_numpy(x[s.pos : s.pos + k])
+        target[r] = torch.from_numpy(x[s.pos + 1 : s.pos + k + 1])
+    return _Fed(prefix.to(device), suffix.to(device), target.to(device), ends.to(device))
+
+
+def _prefill(model: Transformer, fed: _Fed) -> torch.Tensor:
+    """Run the prefixes into the cache; return the model's prediction of each x[j] (a row's padding comes after it)."""
+    n, length = fed.prefix.shape
+    logits = model(fed.prefix, pos=torch.arange(length, device=fed.prefix.device).expand(n, length))
+    return logits[torch.arange(n, device=logits.device), fed.ends - 1].float()
+
+
+class _Continued:
+    """A continuation's log-probs after each fed token, its greedy tokens, and the NLL of the true targets."""
+
+    def __init__(self, lp: torch.Tensor, greedy: torch.Tensor, target: torch.Tensor):
+        self.lp, self.greedy = lp, greedy
+        self.nll = -lp.gather(-1, target[..., None]).squeeze(-1)
+
+
+def _corrupted(model: Transformer, batch: list[Site], kind: str, fed: _Fed, clean: _Continued, diverge: bool) -> dict[str, np.ndarray]:
+    """Excess NLL, KL, divergence and piece of each site with a wrong token of this kind (nothing without one)."""
+    rows = [r for r, s in enumerate(batch) if s.wrong.get(kind) is not None]
+    if not rows:
+        return {}
+    idx = torch.tensor(rows, device=fed.suffix.device)
+    corrupted = fed.suffix.clone()
+    corrupted[idx, 0] = torch.tensor([batch[r].wrong[kind] for r in rows], device=corrupted.device)
+    wrong = _Continued(*_continue(model, corrupted, fed.ends, fed.suffix.shape[1], diverge), fed.target)
+    kl = (clean.lp.exp() * (clean.lp - wrong.lp)).sum(-1)
+    out = {
+        "excess": (wrong.nll - clean.nll)[idx].cpu().numpy(),
+        "kl": kl[idx].clamp(min=0).cpu().numpy(),
+        "group": np.array([batch[r].group for r in rows]),
+    }
+    if diverge:
+        out["div"] = (wrong.greedy != clean.greedy)[idx].cpu().numpy()
+    return out
+
+
+def _result(rows: dict[str, dict[str, list[np.ndarray]]], clean_rows: list[np.ndarray], k: int) -> DriftResult:
     def cat(parts: list[np.ndarray], shape: tuple[int, ...], dtype: type) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros(shape, dtype=dtype)
 
     return DriftResult(
-        K,
-        {k: cat(v["excess"], (0, K), np.float64) for k, v in out.items()},
-        {k: cat(v["kl"], (0, K), np.float64) for k, v in out.items()},
-        {k: cat(v["div"], (0, K), bool) for k, v in out.items()},
-        {k: cat(v["item"], (0,), np.int64) for k, v in out.items()},
-        cat(clean_rows, (0, K), np.float64),
+        k,
+        {kind: cat(v["excess"], (0, k), np.float64) for kind, v in rows.items()},
+        {kind: cat(v["kl"], (0, k), np.float64) for kind, v in rows.items()},
+        {kind: cat(v["div"], (0, k), bool) for kind, v in rows.items()},
+        {kind: cat(v["group"], (0,), np.int64) for kind, v in rows.items()},
+        cat(clean_rows, (0, k), np.float64),
     )
 
 
