@@ -138,77 +138,19 @@ REVISION_OUTPUTS = tuple(f"survival_{arm}.{ext}" for arm in ("reencoded", "revis
 def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str, Any]:
     """Both measurements on a loaded model; the JSON of `arseq analyze drift`. `call` (arseq.app.options.Call)
     holds the sampling options of the free-running samples."""
-    tok, modality, model = loaded.tokenizer, loaded.modality, loaded.model
     train_data, items, where = generation.held_out(loaded, call.data_paths)
-    rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    controls = loaded.controls  # a conditioned model: never inject at, or inject, a control token
-    width = controls.width if controls is not None else 0
-    control_ids = range(controls.offset, controls.offset + controls.size) if controls is not None else range(0)
-    sites = tf.choose_sites(items, args.items, args.positions, args.offsets, model.cfg.max_seq_len, rng, start=1 + width)
+    sites, measured = _injected(loaded, items, args, call.run.batch_size, seed)
     if not sites:
         raise DataError(f"no held-out item is longer than --offsets {args.offsets} + 2 tokens ({where}); lower --offsets")
-
-    def mistake(tokens: np.ndarray, pos: int, r: np.random.Generator) -> int | None:
-        return modality.plausible_mistake(tok, tokens, pos, r)
-
-    measured = tf.measure(
-        model,
-        items,
-        sites,
-        args.offsets,
-        specials=(tok.pad_id, tok.bos_id, tok.eos_id, *control_ids),
-        mistake=mistake,
-        kinds=args.kinds,
-        batch_size=call.run.batch_size,
-        pad_id=tok.pad_id,
-        seed=seed,
-        diverge=args.divergence,
-    )
     injected = tf.report(measured, args.bootstrap, seed)
     t1 = time.perf_counter()
-    survival: dict[str, Any] = {}
-    if call.request.num_samples > 0:
-        planned = make_plan(loaded, call.request)
-        prompts, cfg = planned.prompts, planned.cfg
-        head = controls.head if controls is not None else 0  # no constraint, no guidance: the model alone
-        generated = generate(
-            model,
-            prompts,
-            cfg,
-            pad_id=tok.pad_id,
-            seeds=[seed + i for i in range(len(prompts))],
-            head=head,
-            slots=min(call.run.batch_size, len(prompts)),
-            compile=call.run.compile,
-        ).tokens
-        reference = train_data.train.items() if train_data is not None else items
-        constraint = planned.constraint() if planned.constraint is not None else None
-        predicate = modality.error_predicate(tok, reference)
-        errors = fr.mark_errors(prompts, generated, constraint, predicate)
-        survival = {
-            "curve": fr.survival(errors, n_boot=min(args.bootstrap, 500), seed=seed),
-            "clustering": fr.clustering_ratio(errors, args.window),
-            "sampling": {
-                "temperature": cfg.temperature,
-                "top_k": cfg.top_k,
-                "top_p": cfg.top_p,
-                "min_p": cfg.min_p,
-                "max_new_tokens": cfg.max_new_tokens,
-                "constraint": "off",
-            },
-        }
-        if args.revise_rounds > 0:
-            revision = Revision(args.revise_rounds, args.revise_candidates, seed, args.window, min(args.bootstrap, 500))
-
-            def mark(gen: list[list[int]]) -> list[np.ndarray]:  # a fresh constraint: it keeps state per row
-                return fr.mark_errors(prompts, gen, planned.constraint() if planned.constraint is not None else None, predicate)
-
-            survival["revision"] = revised_survival(loaded, prompts, generated, planned.conditions, mark, revision)
+    reference = train_data.train.items() if train_data is not None else items
+    survival = _free_running(loaded, args, call, seed, reference) if call.request.num_samples > 0 else {}
     return {
         "data": where,
-        "modality": modality.name,
-        "context": model.cfg.max_seq_len,
+        "modality": loaded.modality.name,
+        "context": loaded.model.cfg.max_seq_len,
         "offsets": args.offsets,
         "sites": len(sites),
         "clean_nll_mean": float(measured.clean_nll.mean()),
@@ -216,6 +158,53 @@ def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str
         "free_running": survival,
         "seconds": {"teacher_forced": round(t1 - t0, 2), "free_running": round(time.perf_counter() - t1, 2)},
     }
+
+
+def _injected(loaded: Any, items: list[np.ndarray], args: DriftOptions, batch_size: int, seed: int) -> tuple[list[tf.Site], tf.DriftResult | None]:
+    """Teacher-forced: errors injected at random sites of the held-out items (never at or as a control token)."""
+    tok, model, controls = loaded.tokenizer, loaded.model, loaded.controls
+    width = controls.width if controls is not None else 0
+    control_ids = range(controls.offset, controls.offset + controls.size) if controls is not None else range(0)
+    rng = np.random.default_rng(seed)
+    sites = tf.choose_sites(items, args.items, args.positions, args.offsets, model.cfg.max_seq_len, rng, start=1 + width)
+    if not sites:
+        return sites, None
+
+    def mistake(tokens: np.ndarray, pos: int, r: np.random.Generator) -> int | None:
+        return loaded.modality.plausible_mistake(tok, tokens, pos, r)
+
+    specials = (tok.pad_id, tok.bos_id, tok.eos_id, *control_ids)
+    kwargs = {"kinds": args.kinds, "batch_size": batch_size, "pad_id": tok.pad_id, "seed": seed, "diverge": args.divergence}
+    return sites, tf.measure(model, items, sites, args.offsets, specials=specials, mistake=mistake, **kwargs)
+
+
+def _free_running(loaded: Any, args: DriftOptions, call: Any, seed: int, reference: list[np.ndarray]) -> dict[str, Any]:
+    """Free-running: survival S(n) of samples drawn with no constraint and no guidance (the model alone), and
+    with --revise-rounds the same samples revised."""
+    planned = make_plan(loaded, call.request)
+    prompts, cfg = planned.prompts, planned.cfg
+    seeds = [seed + i for i in range(len(prompts))]
+    head = loaded.controls.head if loaded.controls is not None else 0
+    slots = min(call.run.batch_size, len(prompts))
+    generated = generate(
+        loaded.model, prompts, cfg, pad_id=loaded.tokenizer.pad_id, seeds=seeds, head=head, slots=slots, compile=call.run.compile
+    ).tokens
+    predicate = loaded.modality.error_predicate(loaded.tokenizer, reference)
+
+    def mark(gen: list[list[int]]) -> list[np.ndarray]:  # a fresh constraint each time: it keeps state per row
+        return fr.mark_errors(prompts, gen, planned.constraint() if planned.constraint is not None else None, predicate)
+
+    errors = mark(generated)
+    sampling = {k: getattr(cfg, k) for k in ("temperature", "top_k", "top_p", "min_p", "max_new_tokens")}
+    survival = {
+        "curve": fr.survival(errors, n_boot=min(args.bootstrap, 500), seed=seed),
+        "clustering": fr.clustering_ratio(errors, args.window),
+        "sampling": {**sampling, "constraint": "off"},
+    }
+    if args.revise_rounds > 0:
+        revision = Revision(args.revise_rounds, args.revise_candidates, seed, args.window, min(args.bootstrap, 500))
+        survival["revision"] = revised_survival(loaded, prompts, generated, planned.conditions, mark, revision)
+    return survival
 
 
 def write_drift(result: dict[str, Any], out: Path, overwrite: bool, name: str) -> list[Path]:
