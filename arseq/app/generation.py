@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -103,9 +103,17 @@ def sample(
     return out
 
 
-def held_out(loaded: Loaded, data_paths: list[str] | None) -> tuple[Prepared | None, list[np.ndarray], str]:
-    """The training data (None when it is gone), the items to evaluate (--data.paths, else the validation
-    split), and where they came from; all tokenized with the checkpoint's tokenizer."""
+class HeldOut(NamedTuple):
+    """What evaluation scores: the training data (None when it is gone), the items to evaluate (with their
+    control tokens) and where they came from, all tokenized with the checkpoint's tokenizer."""
+
+    train: Prepared | None
+    items: list[np.ndarray]
+    where: str
+
+
+def held_out(loaded: Loaded, data_paths: list[str] | None) -> HeldOut:
+    """The items to evaluate: --data.paths, else the training data's validation split."""
     modality, tok = loaded.modality, loaded.tokenizer
     options = loaded.meta.modality_options
     controls = loaded.controls
@@ -126,80 +134,86 @@ def held_out(loaded: Loaded, data_paths: list[str] | None) -> tuple[Prepared | N
     items = evaluated.items()
     if not items:
         raise DataError(f"no held-out items to evaluate ({where}); pass --data.paths")
-    return train_data, items, where
+    return HeldOut(train_data, items, where)
+
+
+def own_tokens(controls: Controls | None, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Sequences as the modality sees them: its own tokens, without the control tokens (as they are, often
+    memory-mapped, when there are none)."""
+    return [np.asarray(controls.strip(s), dtype=np.int64) for s in sequences] if controls else list(sequences)
 
 
 def evaluate(loaded: Loaded, request: Request, run: RunOptions, data_paths: list[str] | None = None, stride: int | None = None) -> dict[str, Any]:
     """Loss on held-out data, the modality's extra figures, and (with request.num_samples) sample metrics."""
-    tok, modality, model, controls = loaded.tokenizer, loaded.modality, loaded.model, loaded.controls
-    train_data, conditioned, where = held_out(loaded, data_paths)
+    data = held_out(loaded, data_paths)
+    stride = stride or max(1, loaded.model.cfg.max_seq_len // 2)
+    result = scored(loaded, data, run.batch_size, stride)
+    if loaded.controls is not None:
+        result["conditions"] = condition_report(loaded.model, loaded.controls, data.items, run.batch_size, loaded.tokenizer.pad_id, stride)
+    if request.num_samples > 0:
+        result.update(sampled(loaded, request, run, data))
+    return result
+
+
+def scored(loaded: Loaded, data: HeldOut, batch_size: int, stride: int) -> dict[str, Any]:
+    """The held-out items' loss (each token given its item's conditions), the unigram baseline and the modality's figures."""
+    tok, controls = loaded.tokenizer, loaded.controls
     t0 = time.perf_counter()
-    context = model.cfg.max_seq_len
-    stride = stride or max(1, context // 2)
-    start = [1 + (controls.width if controls else 0)] * len(conditioned)  # the item's tokens, given its conditions
+    start = [1 + (controls.width if controls else 0)] * len(data.items)
+    head = controls.head if controls else 0
     nll, count = sequence_nll(
-        model,
-        conditioned,
-        start=start,
-        batch_size=run.batch_size,
-        pad_id=tok.pad_id,
-        stride=stride,
-        progress=True,
-        head=controls.head if controls else 0,
+        loaded.model, data.items, start=start, batch_size=batch_size, pad_id=tok.pad_id, stride=stride, progress=True, head=head
     )
-    strip = (lambda seqs: [np.asarray(controls.strip(s), dtype=np.int64) for s in seqs]) if controls else list
-    items = strip(conditioned)  # what the modality sees: its own tokens
+    items = own_tokens(controls, data.items)
+    train_items = own_tokens(controls, data.train.train.items()) if data.train is not None else items
     loss = float(nll.sum() / max(1, count.sum()))
-    result: dict[str, Any] = {
-        "data": where,
+    unigram, counted = unigram_baseline(train_items, items, tok.vocab_size, never_predicted=(tok.pad_id, tok.bos_id))
+    extra = loaded.modality.evaluate(tok, EvalInputs(loss, float(nll.sum()), int(count.sum()), nll, count, train_items, items))
+    return {
+        "data": data.where,
         "items": len(items),
         "predicted_tokens": int(count.sum()),
-        "context": context,
+        "context": loaded.model.cfg.max_seq_len,
         "stride": stride,
         "loss": loss,
         "perplexity": math.exp(loss),
         "bits_per_token": loss / math.log(2),
         "seconds": round(time.perf_counter() - t0, 3),
+        "baselines": {"unigram": {"loss": unigram, "perplexity": math.exp(unigram)}, **extra.get("baselines", {})},
+        "perplexity_vs_unigram": math.exp(loss - unigram),
+        "unigram_counted_tokens": counted,
+        **{k: v for k, v in extra.items() if k != "baselines"},
     }
-    train_items = strip(train_data.train.items()) if train_data is not None else items
-    unigram, counted = unigram_baseline(train_items, items, tok.vocab_size, never_predicted=(tok.pad_id, tok.bos_id))
-    result["baselines"] = {"unigram": {"loss": unigram, "perplexity": math.exp(unigram)}}
-    result["perplexity_vs_unigram"] = math.exp(loss - unigram)
-    result["unigram_counted_tokens"] = counted
-    report = EvalInputs(loss, float(nll.sum()), int(count.sum()), nll, count, train_items, items)
-    extra = modality.evaluate(tok, report)
-    result.update({**extra, "baselines": {**result["baselines"], **extra.get("baselines", {})}})
-    if controls is not None:
-        result["conditions"] = condition_report(model, controls, conditioned, run.batch_size, tok.pad_id, stride)
-    if request.num_samples > 0:
-        planned = make_plan(loaded, request)
-        result["sampling"] = {k: v for k, v in asdict(planned.cfg).items() if k != "stop_tokens"}
-        if request.conditions:
-            result["sampling"]["conditions"] = list(request.conditions)
-        spec = drafting.from_run(loaded, run)
-        samples = sample(loaded, planned, run.batch_size, run.compile, spec=spec)
-        if spec is not None:
-            result["speculative"] = drafting.report(spec)
-        result["sample_metrics"] = modality.metrics(tok, [s.prompt + s.tokens for s in samples], train_items)
-        n = min(len(items), max(request.num_samples, 100))  # a seeded sample of the held-out items, not the first n
-        chosen = np.random.default_rng(0).choice(len(items), n, replace=False)
-        result["data_metrics"] = modality.metrics(tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)], train_items)
-        result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))
-        result["lengths"] = {
-            "samples": quantiles([len(s.prompt) + len(s.tokens) + s.stopped for s in samples]),
-            "held_out": quantiles([len(item) for item in items]),
-        }
-        if request.conditions and controls is not None:
-            train_conditioned = train_data.train.items() if train_data is not None else []
-            result["conditions_obeyed"] = obeyed(
-                modality,
-                tok,
-                controls,
-                request.conditions,
-                [s.prompt + s.tokens for s in samples],
-                examples(controls, train_conditioned),
-                examples(controls, conditioned),
-            )
+
+
+def sampled(loaded: Loaded, request: Request, run: RunOptions, data: HeldOut) -> dict[str, Any]:
+    """`request.num_samples` samples' figures next to the held-out items': the modality's metrics, perplexity,
+    lengths, and with conditions how often the samples show the values asked for."""
+    tok, modality, controls = loaded.tokenizer, loaded.modality, loaded.controls
+    items = own_tokens(controls, data.items)
+    train_items = own_tokens(controls, data.train.train.items()) if data.train is not None else items
+    planned = make_plan(loaded, request)
+    result: dict[str, Any] = {"sampling": {k: v for k, v in asdict(planned.cfg).items() if k != "stop_tokens"}}
+    if request.conditions:
+        result["sampling"]["conditions"] = list(request.conditions)
+    spec = drafting.from_run(loaded, run)
+    samples = sample(loaded, planned, run.batch_size, run.compile, spec=spec)
+    if spec is not None:
+        result["speculative"] = drafting.report(spec)
+    result["sample_metrics"] = modality.metrics(tok, [s.prompt + s.tokens for s in samples], train_items)
+    n = min(len(items), max(request.num_samples, 100))  # a seeded sample of the held-out items, not the first n
+    chosen = np.random.default_rng(0).choice(len(items), n, replace=False)
+    result["data_metrics"] = modality.metrics(tok, [np.asarray(items[i]).tolist() for i in sorted(chosen)], train_items)
+    result["sample_perplexity"] = float(np.exp(np.nanmean([s.nll for s in samples])))
+    result["lengths"] = {
+        "samples": quantiles([len(s.prompt) + len(s.tokens) + s.stopped for s in samples]),
+        "held_out": quantiles([len(item) for item in items]),
+    }
+    if request.conditions and controls is not None:
+        train_conditioned = data.train.train.items() if data.train is not None else []
+        sequences = [s.prompt + s.tokens for s in samples]
+        reference, held = examples(controls, train_conditioned), examples(controls, data.items)
+        result["conditions_obeyed"] = obeyed(modality, tok, controls, request.conditions, sequences, reference, held)
     return result
 
 
