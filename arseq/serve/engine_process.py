@@ -172,9 +172,10 @@ def engine_main(conn: Connection, spec: EngineSpec, settings: Settings) -> None:
                 jobs.pop(key, None)
                 send(("events", [(key, _wire(("error", as_request_error(e))))], records.take()))
         elif message[0] == "cancel":
-            cancelled = jobs.pop(message[1], None)
+            key, sample = message[1:]
+            cancelled = jobs.pop(key, None) if sample is None else jobs.get(key)
             if cancelled is not None:
-                loop.cancel(cancelled)
+                loop.cancel(cancelled, sample)
         elif message[0] == "stop":
             loop.stop(message[1])
             send(("stopped",))
@@ -248,12 +249,16 @@ class EngineProcess:
             self.jobs[job.key] = job
             self._send(("submit", job.key, job.plan.parsed, job.plan.scored, job.deadline, job.submitted))
 
-    def cancel(self, job: Job) -> None:
-        """The client went away: its rows leave at the engine's next step."""
+    def cancel(self, job: Job, sample: int | None = None) -> None:
+        """The client went away: its rows leave at the engine's next step (`sample`: see EngineLoop.cancel)."""
         with self.lock:
+            if sample is not None:
+                if job.key in self.jobs:
+                    self._send(("cancel", job.key, sample))
+                return
             job.cancelled = True
             if self.jobs.pop(job.key, None) is not None:  # the engine counts it (its metrics come back)
-                self._send(("cancel", job.key))
+                self._send(("cancel", job.key, None))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop admitting; the engine finishes its rows (cancelled after `timeout` seconds) and exits."""

@@ -72,7 +72,7 @@ class EngineLoop:
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.inbox: list[Job] = []
-        self.cancels: list[Job] = []
+        self.cancels: list[tuple[Job, int | None]] = []  # (job, one sample or None: all)
         self.jobs: list[Job] = []  # planned, not done
         self.by_row: dict[int, tuple[Job, int]] = {}
         self.stopping = False
@@ -102,11 +102,12 @@ class EngineLoop:
             self.inbox.append(job)
         self.wake.set()
 
-    def cancel(self, job: Job) -> None:
-        """The client went away: its rows leave at the next step."""
+    def cancel(self, job: Job, sample: int | None = None) -> None:
+        """The client went away: its rows leave at the next step. `sample`: that sample's row alone leaves (its
+        text reached a stop string), its slot free for others; the request goes on and ends as it would."""
         with self.lock:
-            job.cancelled = True
-            self.cancels.append(job)
+            job.cancelled |= sample is None
+            self.cancels.append((job, sample))
         self.wake.set()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -141,8 +142,11 @@ class EngineLoop:
             stopping = self.stopping
         for job in new:
             self._admit(job)
-        for job in cancels:
-            self._drop(job, None)
+        for job, sample in cancels:
+            if sample is None:
+                self._drop(job, None)
+            elif job in self.jobs:
+                self.engine.cancel(job.ids[sample])  # the row ends cancelled; the request ends with its others
         self._expire(stopping)
         if stopping and not self.jobs:
             self._flush()
