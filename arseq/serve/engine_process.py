@@ -172,10 +172,9 @@ def engine_main(conn: Connection, spec: EngineSpec, settings: Settings) -> None:
                 jobs.pop(key, None)
                 send(("events", [(key, _wire(("error", as_request_error(e))))], records.take()))
         elif message[0] == "cancel":
-            key, sample = message[1:]
-            cancelled = jobs.pop(key, None) if sample is None else jobs.get(key)
+            cancelled = jobs.pop(message[1], None) if message[2] is None else jobs.get(message[1])  # None: all its samples
             if cancelled is not None:
-                loop.cancel(cancelled, sample)
+                loop.cancel(cancelled, message[2])
         elif message[0] == "stop":
             loop.stop(message[1])
             send(("stopped",))
