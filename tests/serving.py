@@ -172,3 +172,21 @@ def wait_for(check: Any, timeout: float = 20) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.05)
+
+
+def middle(text: str) -> str:
+    """Three characters from the middle of `text`: a stop string a seeded sample is known to hold."""
+    return text[len(text) // 2 : len(text) // 2 + 3]
+
+
+def stopped_row_frees_its_slot(s: Served) -> None:
+    """A greedy sample (no EOS before its budget of 4000 tokens) stopped early: its row leaves the engine, so the
+    engine generates a few tokens past the stop, not thousands, and the next request decodes."""
+    greedy = {"prompt": "the", "temperature": 0}
+    stop = middle(s.post("/v1/completions", {**greedy, "max_tokens": 30})[1]["choices"][0]["text"])
+    before = s.metric("arseq_generated_tokens_total")
+    status, out = s.post("/v1/completions", {**greedy, "max_tokens": 4000, "stop": [stop]})
+    assert status == 200 and out["choices"][0]["finish_reason"] == "stop" and out["usage"]["completion_tokens"] < 30
+    wait_for(lambda: s.metric("arseq_rows_active") == 0)
+    assert s.metric("arseq_generated_tokens_total") - before < 500
+    assert s.post("/v1/completions", {"prompt": "a", "max_tokens": 2})[0] == 200

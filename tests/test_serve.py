@@ -145,6 +145,9 @@ def test_image_generate_with_a_digit_equals_generate(models, tmp_path):
         conn, r = s.stream("/v1/completions", {"max_tokens": 8, "seed": 0, "conditions": {"label": "3"}})
         assert list(events(r))[-1][1] == "[DONE]"
         conn.close()
+        for key, value in (("stop", "\n"), ("echo", True)):  # an image's samples are no text
+            status, body = s.post("/v1/completions", {"max_tokens": 8, key: value})
+            assert status == 422 and body["error"]["field"] == key and "not text" in body["error"]["message"]
     finally:
         s.stop()
 
@@ -164,6 +167,8 @@ def test_protein_generate_with_a_tag_and_motif_equals_generate(models, tmp_path)
         assert files == cli and all(sample["text"] is not None for sample in body["samples"])
         status, body = s.post("/v1/completions", {"prompt": "MA", "max_tokens": 10, "seed": 9})
         assert status == 200 and body["choices"][0]["text"].isalpha() or body["choices"][0]["text"] == ""
+        echoed = s.post("/v1/completions", {"prompt": "MA", "max_tokens": 10, "seed": 9, "echo": True})[1]
+        assert echoed["choices"][0]["text"] == "MA" + body["choices"][0]["text"]  # the motif, then the design
     finally:
         s.stop()
 
@@ -187,7 +192,7 @@ BAD = [  # (body or raw bytes, status, field)
     ({"prompt": {"file": "/etc/passwd"}}, 400, "prompt"),
     ({"prompt": [10**6]}, 422, "prompt"),
     ({"prompt": "x" * 5000}, 422, "prompt"),
-    ({"prompt": "hi", "stop": ["\n"]}, 422, "stop"),
+    ({"prompt": "hi", "stop": ["\n"] * 5}, 422, "stop"),
     ({"stream": "yes"}, 400, "stream"),
 ]
 

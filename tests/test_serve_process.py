@@ -14,7 +14,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
-from serving import Served, events, wait_for  # noqa: E402
+from serving import Served, events, stopped_row_frees_its_slot, wait_for  # noqa: E402
 
 from arseq.cli import main  # noqa: E402
 
@@ -69,6 +69,10 @@ def test_a_client_that_leaves_frees_its_slot_and_the_queue_is_bounded(remote):
     wait_for(lambda: remote.metric("arseq_rows_active") == 0)
     wait_for(lambda: remote.metric("arseq_requests_cancelled_total", 'reason="disconnect"') - cancelled == 3)
     assert remote.post("/v1/completions", {"prompt": "a", "max_tokens": 2})[0] == 200
+
+
+def test_a_row_stopped_by_a_stop_string_leaves_the_engine_process(remote):
+    stopped_row_frees_its_slot(remote)  # the cancel crosses the pipe
 
 
 def test_a_dead_engine_process_fails_its_requests_and_is_replaced(remote):

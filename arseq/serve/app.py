@@ -27,11 +27,12 @@ from starlette.staticfiles import StaticFiles
 from arseq.artifacts.checkpoint import Loaded
 from arseq.errors import one_line
 from arseq.serve.engine_process import EngineProcess, EngineSpec
-from arseq.serve.jobs import JobPlan, plan_job, text_delta, text_of, write_files
+from arseq.serve.jobs import JobPlan, plan_job, prompt_text, text_of, write_files
 from arseq.serve.loop import EngineLoop, Job, as_request_error
 from arseq.serve.metrics import Metrics
 from arseq.serve.schema import Parsed, RequestError, Schema, parse
 from arseq.serve.settings import Settings
+from arseq.serve.stops import SampleText
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -83,16 +84,15 @@ def sse(data: Any, event: str | None = None) -> str:
 
 
 class Run:
-    """One request in flight: its queue of engine events, its texts so far, and the way out if the client leaves."""
+    """One request in flight: its queue of engine events, its texts so far (up to their stop strings, if any),
+    and the way out if the client leaves."""
 
-    def __init__(self, server: Server, plan: JobPlan, http: HttpRequest):
+    def __init__(self, server: Server, plan: JobPlan, http: HttpRequest, stops: list[str]):
         self.server, self.plan, self.http = server, plan, http
         self.queue: asyncio.Queue = asyncio.Queue()
         timeout = server.settings.timeout
         self.job = Job(plan, self.queue, time.monotonic() + timeout if timeout else None)
-        n = len(plan.rows)
-        self.tokens: list[list[int]] = [[] for _ in range(n)]
-        self.offsets = [(0, 0)] * n  # per sample: where its streamed text stands (jobs.text_delta)
+        self.texts = [SampleText(server.loaded, stops) for _ in plan.rows]
         self.finished = False
         self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
@@ -103,7 +103,8 @@ class Run:
         ("error", RequestError), and ("idle",) while nothing happens. Tokens of a sample that queued up while the
         stream was being written come as one event, so a stream that falls behind catches up in fewer, larger
         writes instead of falling further behind. A client that left (checked every KEEPALIVE_S seconds) ends
-        the request, and its rows leave the engine at the next step."""
+        the request, and its rows leave the engine at the next step; so does the row of a sample whose text
+        reached a stop string, and its tokens after that one are dropped here."""
         checked = time.monotonic()
         try:
             while True:
@@ -119,7 +120,11 @@ class Run:
                         return
                 for event in merged(batch):
                     if event[0] == "tokens":
-                        self.tokens[event[1]] += event[2]
+                        event = ("tokens", event[1], self.texts[event[1]].add(event[2]))
+                        if not event[2]:  # the sample had stopped already
+                            continue
+                        if self.texts[event[1]].stopped:  # these tokens reached a stop string
+                            self.server.loop.cancel(self.job, event[1])
                     elif event[0] in ("done", "error"):
                         self.finished = True
                     yield event
@@ -134,10 +139,13 @@ class Run:
             self.finished = True
             self.server.loop.cancel(self.job)
 
-    def delta(self, sample: int) -> str:
-        """New text of a sample since the last call (nothing while a multi-byte character is incomplete)."""
-        new, self.offsets[sample] = text_delta(self.server.loaded, self.tokens[sample], self.offsets[sample])
-        return new
+    def delta(self, sample: int, end: bool = False) -> str:
+        """New text of a sample since the last call (nothing while a multi-byte character is incomplete, or
+        while it may begin a stop string); `end`: the sample is over."""
+        return self.texts[sample].take(end)
+
+    def finish_reason(self, sample: int, result: Any) -> str:
+        return "stop" if result.stopped or self.texts[sample].stopped else "length"
 
 
 def merged(events: list[tuple]) -> list[tuple]:
@@ -160,12 +168,12 @@ async def _start(server: Server, http: HttpRequest, openai: bool) -> tuple[Run, 
         plan = await loop.run_in_executor(None, plan_job, server.loaded, parsed, server.settings.max_new_tokens_limit, not openai)
     except Exception as e:  # noqa: BLE001 - the modality refused the options: 422 naming them; else 500
         raise as_request_error(e) from None
-    return Run(server, plan, http), parsed
+    return Run(server, plan, http, parsed.stop), parsed
 
 
 def _usage(run: Run) -> dict[str, int]:
     prompt = sum(len(r.prompt) for r in run.plan.rows)
-    done = sum(len(t) for t in run.tokens)
+    done = sum(len(t.tokens) for t in run.texts)
     return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
 
@@ -186,6 +194,8 @@ async def completions(http: HttpRequest) -> Response:
     if parsed.stream:
 
         async def stream() -> AsyncIterator[str]:
+            for i in range(len(run.plan.rows)) if parsed.echo else ():
+                yield sse(chunk(i, prompt_text(server.loaded, run.plan, i), [], None))
             async for event in run.events():
                 if event[0] == "idle":
                     yield ": keepalive\n\n"
@@ -195,7 +205,7 @@ async def completions(http: HttpRequest) -> Response:
                     yield sse(event[1].body())
                 else:
                     for i, s in enumerate(event[1]):
-                        yield sse(chunk(i, run.delta(i), [], "stop" if s.stopped else "length"))
+                        yield sse(chunk(i, run.delta(i, end=True), [], run.finish_reason(i, s)))
             yield sse("[DONE]")
             server.metrics.requests.labels("completions", "200").inc()
 
@@ -206,10 +216,10 @@ async def completions(http: HttpRequest) -> Response:
     choices = [
         {
             "index": i,
-            "text": text_of(server.loaded, s.tokens),
-            "token_ids": s.tokens,
+            "text": (prompt_text(server.loaded, run.plan, i) if parsed.echo else "") + run.texts[i].whole(),
+            "token_ids": run.texts[i].tokens,
             "logprobs": None,
-            "finish_reason": "stop" if s.stopped else "length",
+            "finish_reason": run.finish_reason(i, s),
         }
         for i, s in enumerate(samples)
     ]
@@ -244,7 +254,7 @@ async def _generated(run: Run, samples: list[Any]) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001
         log.error("writing files failed: %s", one_line(e), exc_info=e)
         raise as_request_error(e) from None
-    text = server.schema.prompt_kind is not None
+    text = server.schema.text_samples
     return {
         "id": run.id.replace("cmpl-", "gen-"),
         "object": "generation",
@@ -276,7 +286,7 @@ async def generate(http: HttpRequest) -> Response:
         body = await _generated(run, await _result(run))
         server.metrics.requests.labels("generate", "200").inc()
         return JSONResponse(body)
-    text = server.schema.prompt_kind is not None
+    text = server.schema.text_samples
 
     async def stream() -> AsyncIterator[str]:
         yield sse({"samples": len(run.plan.rows), "max_new_tokens": run.plan.cfg.max_new_tokens, "seed": run.plan.seed}, "start")

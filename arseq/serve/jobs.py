@@ -23,7 +23,7 @@ from arseq.decode import SamplingConfig
 from arseq.modalities import Plan, Request, Sample
 from arseq.modalities.music.audio import render_wav
 from arseq.models.scoring import sequence_nll
-from arseq.serve.schema import Parsed
+from arseq.serve.schema import TEXT_MODALITIES, Parsed
 
 MEDIA = {
     ".mid": "audio/midi",
@@ -105,7 +105,7 @@ def samples_of(loaded: Loaded, job: JobPlan, results: list[tuple[list[int], bool
 def text_of(loaded: Loaded, tokens: list[int]) -> str:
     """Tokens as text where the tokenizer decodes to text (text, proteins), else their names, else ''."""
     tok = loaded.tokenizer
-    if loaded.modality.name in ("text", "protein"):
+    if loaded.modality.name in TEXT_MODALITIES:
         try:
             out = tok.decode(tokens)
             return out if isinstance(out, str) else ""
@@ -113,6 +113,12 @@ def text_of(loaded: Loaded, tokens: list[int]) -> str:
             return ""
     name = getattr(tok, "token_name", None)
     return " ".join(name(t) for t in tokens) if name is not None else ""
+
+
+def prompt_text(loaded: Loaded, job: JobPlan, sample: int) -> str:
+    """A sample's prompt as text (OpenAI's `echo`): what the model was given, control tokens left out."""
+    prompt = job.rows[sample].prompt
+    return text_of(loaded, loaded.controls.strip(prompt) if loaded.controls is not None else prompt)
 
 
 def text_delta(loaded: Loaded, tokens: list[int], offsets: tuple[int, int]) -> tuple[str, tuple[int, int]]:

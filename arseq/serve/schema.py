@@ -21,6 +21,8 @@ from arseq.modalities import Request, SamplingOptions
 
 MAX_SAMPLES = 64  # samples per request
 MAX_SEED = 2**63 - 1
+MAX_STOPS, MAX_STOP_CHARS = 4, 256  # stop strings per request (OpenAI's limit), characters per stop string
+TEXT_MODALITIES = ("text", "protein")  # whose tokenizers decode samples to text (jobs.text_of)
 # (lowest, highest, lowest excluded) of the core's sampling options
 RANGES: dict[str, tuple[float, float, bool]] = {
     "temperature": (0.0, 100.0, False),
@@ -34,9 +36,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
 OPENAI_ALIASES = {"max_tokens": "max_new_tokens", "n": "num_samples"}
 # OpenAI fields taken and ignored, and those refused unless they are left at their neutral value
 IGNORED = {"model", "user"}
-NEUTRAL = {
-    "stop": (None, [], ""),
-    "echo": (None, False),
+NEUTRAL: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, 0, False),
     "suffix": (None, ""),
     "best_of": (None, 1),
@@ -139,6 +139,11 @@ class Schema:
         return out
 
     @property
+    def text_samples(self) -> bool:
+        """Whether this model's samples are text (`stop` and `echo` need it)."""
+        return self.loaded.modality.name in TEXT_MODALITIES
+
+    @property
     def prompt_kind(self) -> str | None:
         """What a text `prompt` is for this model: text to continue, a protein motif, or nothing (a file would be)."""
         return {"text": "text", "protein": "motif"}.get(self.loaded.modality.name)
@@ -167,6 +172,8 @@ class Parsed:
     request: Request
     stream: bool = False
     token_prompt: list[int] | None = None
+    stop: list[str] = field(default_factory=list)  # completions: stop strings (arseq.serve.stops)
+    echo: bool = False  # completions: the answer's text starts with the prompt's
 
 
 def _check_value(opt: Option, value: Any, where: str) -> Any:
@@ -207,6 +214,7 @@ def parse(schema: Schema, body: Any, openai: bool = False) -> Parsed:
     stream = body.pop("stream", False)
     if not isinstance(stream, bool):
         raise RequestError(400, f"stream: expected true or false, got {stream!r}", "stream")
+    stop, echo = _stop_and_echo(schema, body.pop("stop", None), body.pop("echo", None)) if openai else ([], False)
     if openai:
         for key in IGNORED:
             body.pop(key, None)
@@ -245,7 +253,25 @@ def parse(schema: Schema, body: Any, openai: bool = False) -> Parsed:
         prompt = None
     elif prompt is not None:
         prompt = _text_prompt(schema, prompt, options)
-    return Parsed(Request(num_samples=num, prompt=prompt, sampling=sampling, options=options, conditions=conditions), stream, token_prompt)
+    request = Request(num_samples=num, prompt=prompt, sampling=sampling, options=options, conditions=conditions)
+    return Parsed(request, stream, token_prompt, stop, echo)
+
+
+def _stop_and_echo(schema: Schema, stop: Any, echo: Any) -> tuple[list[str], bool]:
+    """OpenAI's `stop` (a string or a list of up to MAX_STOPS) and `echo`, for models whose samples are text."""
+    stops = [stop] if isinstance(stop, str) else [] if stop is None else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise RequestError(400, f"stop: expected a string or a list of up to {MAX_STOPS} strings, got {type(stop).__name__}", "stop")
+    if len(stops) > MAX_STOPS:
+        raise RequestError(422, f"stop: at most {MAX_STOPS} stop strings, got {len(stops)}", "stop")
+    if not all(0 < len(s) <= MAX_STOP_CHARS for s in stops):
+        raise RequestError(422, f"stop: each stop string must have 1 to {MAX_STOP_CHARS} characters", "stop")
+    if echo is not None and not isinstance(echo, bool):
+        raise RequestError(400, f"echo: expected true or false, got {echo!r}", "echo")
+    for key, given in (("stop", stops), ("echo", echo)):
+        if given and not schema.text_samples:
+            raise RequestError(422, f"{key}: a {schema.loaded.modality.name} model's samples are not text; leave {key} out", key)
+    return stops, bool(echo)
 
 
 def _conditions(schema: Schema, given: Any) -> list[str]:
