@@ -77,6 +77,10 @@ class _Worker:
         self.task: int | None = None
         self.since = 0.0
 
+    def give(self, index: int, job: Any) -> None:
+        self.conn.send((index, job))
+        self.task, self.since = index, time.monotonic()
+
     def stop(self, kill: bool = False) -> None:
         if kill:
             self.process.kill()
@@ -126,62 +130,89 @@ def ordered_map(
     flight or waiting to be yielded, so memory stays bounded however many files there are."""
     workers = configured_workers() if workers is None else workers
     if workers <= 1:
-        for job in jobs:
-            try:
-                yield fn(job)
-            except Exception as e:  # as in a worker: this job fails, the others go on
-                yield Failed(f"{type(e).__name__}: {e}".splitlines()[0][:300])
+        yield from map(_failed_as_result(fn), jobs)
         return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    pool = _Pool(fn, workers, seconds)
     source = iter(jobs)
-    pool = [_Worker(ctx, fn) for _ in range(workers)]
     done: dict[int, Any] = {}
     sent = yielded = 0
     exhausted = False
     try:
         while True:
-            for w in pool:  # hand out work, keeping the window bounded
-                if w.task is None and not exhausted and sent - yielded < ahead * workers:
-                    try:
-                        job = next(source)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    w.conn.send((sent, job))
-                    w.task, w.since = sent, time.monotonic()
-                    sent += 1
+            for w in pool.idle():  # hand out work, keeping the window bounded
+                if sent - yielded >= ahead * workers:
+                    break
+                job = next(source, _END)
+                if job is _END:
+                    exhausted = True
+                    break
+                w.give(sent, job)
+                sent += 1
             while yielded in done:
                 yield done.pop(yielded)
                 yielded += 1
-            busy = [w for w in pool if w.task is not None]
-            if not busy:
-                if exhausted:
-                    return
-                continue
-            timeout = None if seconds is None else max(0.0, min(w.since + seconds for w in busy) - time.monotonic())
-            ready = wait([w.conn for w in busy], timeout=timeout)
-            for i, w in enumerate(pool):
-                if w.task is None:
-                    continue
-                if w.conn in ready:
-                    try:
-                        index, result = w.conn.recv()
-                    except (EOFError, OSError):
-                        w.process.join(timeout=5)
-                        code = w.process.exitcode
-                        done[w.task] = Failed(f"the reading worker died on it (exit code {code})")
-                        log.warning("a reading worker died (exit code %s); starting another", code)
-                        pool[i] = _Worker(ctx, fn)
-                        w.conn.close()
-                        continue
-                    done[index] = result
-                    w.task = None
-                elif seconds is not None and time.monotonic() - w.since >= seconds:
-                    done[w.task] = Failed(
-                        f"still reading after {seconds:g} s (the per-file budget, data.file_seconds or ARSEQ_FILE_SECONDS); skipped"
-                    )
-                    w.stop(kill=True)
-                    pool[i] = _Worker(ctx, fn)
+            if pool.busy():
+                done.update(pool.results())
+            elif exhausted:
+                return
     finally:
-        for w in pool:
+        pool.close()
+
+
+_END = object()  # the end of the jobs (a job may be None)
+
+
+def _failed_as_result(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`fn` whose exceptions become `Failed`, as in a worker: this job fails, the others go on."""
+
+    def run(job: Any) -> Any:
+        try:
+            return fn(job)
+        except Exception as e:
+            return Failed(f"{type(e).__name__}: {e}".splitlines()[0][:300])
+
+    return run
+
+
+class _Pool:
+    """Workers, each with the index of the job it holds; one that dies or runs past `seconds` is replaced."""
+
+    def __init__(self, fn: Callable[[Any], Any], workers: int, seconds: float | None):
+        self.ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        self.fn, self.seconds = fn, seconds
+        self.workers = [_Worker(self.ctx, fn) for _ in range(workers)]
+
+    def idle(self) -> list[_Worker]:
+        return [w for w in self.workers if w.task is None]
+
+    def busy(self) -> list[_Worker]:
+        return [w for w in self.workers if w.task is not None]
+
+    def results(self) -> dict[int, Any]:
+        """Wait for a busy worker to answer (or for the first to run out of time); the results by job index."""
+        busy, seconds = self.busy(), self.seconds
+        timeout = None if seconds is None else max(0.0, min(w.since + seconds for w in busy) - time.monotonic())
+        ready = wait([w.conn for w in busy], timeout=timeout)
+        done: dict[int, Any] = {}
+        for i, w in enumerate(self.workers):
+            if w.task is None:
+                continue
+            if w.conn in ready:
+                try:
+                    index, result = w.conn.recv()
+                    done[index], w.task = result, None
+                except (EOFError, OSError):
+                    w.process.join(timeout=5)
+                    done[w.task] = Failed(f"the reading worker died on it (exit code {w.process.exitcode})")
+                    log.warning("a reading worker died (exit code %s); starting another", w.process.exitcode)
+                    self.workers[i] = _Worker(self.ctx, self.fn)
+                    w.conn.close()
+            elif seconds is not None and time.monotonic() - w.since >= seconds:
+                done[w.task] = Failed(f"still reading after {seconds:g} s (the per-file budget, data.file_seconds or ARSEQ_FILE_SECONDS); skipped")
+                w.stop(kill=True)
+                self.workers[i] = _Worker(self.ctx, self.fn)
+        return done
+
+    def close(self) -> None:
+        for w in self.workers:
             w.stop(kill=w.task is not None)
