@@ -19,9 +19,8 @@ VOICE_NAMES = ("Soprano", "Alto", "Tenor", "Bass")
 
 def to_score(vocab: ScoreVocab, ev: Events) -> Any:
     """A music21 Score with one Part per part index (parts kept apart by distinct MIDI programs)."""
-    from music21 import chord, instrument, key, meter, note, stream, tempo, tie
+    from music21 import stream
 
-    q = Fraction(vocab.ppq)
     score = stream.Score()
     num_parts = max(1, ev.num_parts)
     bars = ev.bars or [Bar(0, vocab.ts_steps((4, 4)), (4, 4), 0)]
@@ -34,65 +33,86 @@ def to_score(vocab: ScoreVocab, ev: Events) -> Any:
         else:
             by_part[n.part].append(n)
     for pi in range(num_parts):
-        part = stream.Part(id=f"P{pi + 1}")
-        inst = instrument.Instrument()
-        inst.midiProgram = PART_PROGRAMS[pi % len(PART_PROGRAMS)]
-        inst.partName = inst.instrumentName = VOICE_NAMES[pi] if num_parts == 4 else f"Part {pi + 1}"
-        part.partName = inst.partName
-        part.insert(0, inst)
-        segments = _split_at_bars(by_part[pi], bars)
-        prev: Bar | None = None
-        for bi, bar in enumerate(bars):
-            m = stream.Measure(number=bi + (0 if bars[0].length < vocab.ts_steps(bars[0].ts) else 1))
-            if prev is None or bar.ts != prev.ts:
-                m.timeSignature = meter.TimeSignature(f"{bar.ts[0]}/{bar.ts[1]}")
-            if prev is None or bar.key != prev.key:
-                m.keySignature = key.KeySignature(bar.key)
-            if pi == 0 and bar.tempo is not None and (prev is None or bar.tempo != prev.tempo):
-                m.insert(0, tempo.MetronomeMark(number=bar.tempo))
-            nominal = vocab.ts_steps(bar.ts)
-            if bar.length < nominal:
-                pad = Fraction(nominal - bar.length, vocab.ppq)
-                if bi == 0:
-                    m.paddingLeft = pad
-                else:
-                    m.paddingRight = pad
-            voices = _assign_voices(segments[bi])
-            # a grace note goes before its principal note; one with none at its onset goes in a voice of its
-            # own, whose rests are split there (MusicXML places a grace note only between elements)
-            principal = {pos for voice in voices for pos, _, _ in voice}
-            lone = sorted({g.onset - bar.start for g in graces[pi][bi]} - principal)
-            if lone or not voices:
-                voices.append([])
-            containers = [m] if len(voices) == 1 else [stream.Voice(id=str(v + 1)) for v in range(len(voices))]
-            for box, voice in zip(containers, voices):
-                end = 0
-                for pos, dur, group in voice:
-                    _rests(note, box, vocab.ppq, end, pos)
-                    pieces = _notatable(vocab.ppq, dur)
-                    at = pos
-                    for i, piece in enumerate(pieces):
-                        ties = [(p, _tie_piece(t, i, len(pieces)), v) for p, t, v in group]
-                        box.coreInsert(Fraction(at, vocab.ppq), _make_note(note, chord, tie, ties, bar.key, Fraction(piece, vocab.ppq)))
-                        at += piece
-                    end = pos + dur
-                for pos in lone if voice is voices[-1] and not voice else ():
-                    _rests(note, box, vocab.ppq, end, pos)
-                    end = pos
-                _rests(note, box, vocab.ppq, end, bar.length)
-            for g in graces[pi][bi]:
-                pos = g.onset - bar.start
-                box = next((b for b, v in zip(containers, voices) if any(p == pos for p, _, _ in v)), containers[-1])
-                box.coreInsert(Fraction(pos, vocab.ppq), _grace_note(note, g, bar.key))
-            for box in containers:
-                box.coreElementsChanged()
-            if len(voices) > 1:
-                for v in containers:
-                    m.insert(0, v)
-            part.insert(Fraction(bar.start) / q, m)
-            prev = bar
-        score.insert(0, part)
+        score.insert(0, _part(vocab, pi, num_parts, bars, by_part[pi], graces[pi]))
     return score
+
+
+def _part(vocab: ScoreVocab, pi: int, num_parts: int, bars: list[Bar], notes: list[Note], graces: list[list[Note]]) -> Any:
+    """Part `pi`: its instrument, then a measure per bar holding its notes (and its grace notes, per bar)."""
+    from music21 import instrument, stream
+
+    part = stream.Part(id=f"P{pi + 1}")
+    inst = instrument.Instrument()
+    inst.midiProgram = PART_PROGRAMS[pi % len(PART_PROGRAMS)]
+    inst.partName = inst.instrumentName = VOICE_NAMES[pi] if num_parts == 4 else f"Part {pi + 1}"
+    part.partName = inst.partName
+    part.insert(0, inst)
+    for bi, segment in enumerate(_split_at_bars(notes, bars)):
+        m = _measure(vocab, bars, bi, tempo_marks=pi == 0)
+        _fill(vocab, m, bars[bi], segment, graces[bi])
+        part.insert(Fraction(bars[bi].start, vocab.ppq), m)
+    return part
+
+
+def _measure(vocab: ScoreVocab, bars: list[Bar], bi: int, tempo_marks: bool) -> Any:
+    """An empty measure for bar `bi`: its number (a short first bar is a pickup, 0), the signatures and tempo
+    where they change, and padding where the bar is shorter than its meter."""
+    from music21 import key, meter, stream, tempo
+
+    bar, prev = bars[bi], bars[bi - 1] if bi > 0 else None
+    m = stream.Measure(number=bi + (0 if bars[0].length < vocab.ts_steps(bars[0].ts) else 1))
+    if prev is None or bar.ts != prev.ts:
+        m.timeSignature = meter.TimeSignature(f"{bar.ts[0]}/{bar.ts[1]}")
+    if prev is None or bar.key != prev.key:
+        m.keySignature = key.KeySignature(bar.key)
+    if tempo_marks and bar.tempo is not None and (prev is None or bar.tempo != prev.tempo):
+        m.insert(0, tempo.MetronomeMark(number=bar.tempo))
+    nominal = vocab.ts_steps(bar.ts)
+    if bar.length < nominal:
+        pad = Fraction(nominal - bar.length, vocab.ppq)
+        if bi == 0:
+            m.paddingLeft = pad
+        else:
+            m.paddingRight = pad
+    return m
+
+
+def _fill(vocab: ScoreVocab, m: Any, bar: Bar, segment: list[tuple[int, int, int, str | None, int]], graces: list[Note]) -> None:
+    """A bar's notes in voices (rests between them, durations split into notatable tied pieces), and its grace
+    notes. A grace note goes before its principal note; one with none at its onset goes in a voice of its
+    own, whose rests are split there (MusicXML places a grace note only between elements)."""
+    from music21 import chord, note, stream, tie
+
+    voices = _assign_voices(segment)
+    principal = {pos for voice in voices for pos, _, _ in voice}
+    lone = sorted({g.onset - bar.start for g in graces} - principal)
+    if lone or not voices:
+        voices.append([])
+    containers = [m] if len(voices) == 1 else [stream.Voice(id=str(v + 1)) for v in range(len(voices))]
+    for box, voice in zip(containers, voices):
+        end = 0
+        for pos, dur, group in voice:
+            _rests(note, box, vocab.ppq, end, pos)
+            pieces = _notatable(vocab.ppq, dur)
+            at = pos
+            for i, piece in enumerate(pieces):
+                ties = [(p, _tie_piece(t, i, len(pieces)), v) for p, t, v in group]
+                box.coreInsert(Fraction(at, vocab.ppq), _make_note(note, chord, tie, ties, bar.key, Fraction(piece, vocab.ppq)))
+                at += piece
+            end = pos + dur
+        for pos in lone if voice is voices[-1] and not voice else ():
+            _rests(note, box, vocab.ppq, end, pos)
+            end = pos
+        _rests(note, box, vocab.ppq, end, bar.length)
+    for g in graces:
+        pos = g.onset - bar.start
+        box = next((b for b, v in zip(containers, voices) if any(p == pos for p, _, _ in v)), containers[-1])
+        box.coreInsert(Fraction(pos, vocab.ppq), _grace_note(note, g, bar.key))
+    for box in containers:
+        box.coreElementsChanged()
+    if len(voices) > 1:
+        for v in containers:
+            m.insert(0, v)
 
 
 def write_musicxml(score: Any, path: str | Path) -> None:
