@@ -19,8 +19,24 @@ def read_score(vocab: ScoreVocab, score: Any, bar_grid: BarGrid | None = None) -
 
     Raises ValueError with a one-line reason for what this tokenizer cannot represent.
     """
+    score, parts = _score_parts(vocab, score)
+    lost: Counter[str] = Counter()
+    notes = [n for pi, part in enumerate(parts) for n in _part_notes(vocab, pi, part, lost)]
+    if not notes:
+        raise ValueError("percussion only (no pitched notes)" if lost["unpitched"] else "empty score (no notes)")
+    end = max(n.onset + max(1, n.dur) for n in notes)
+    bars = bar_grid(parts, end) if bar_grid is not None else _bar_grid(vocab, parts, end)
+    notes, lost["past_last_bar"] = clip_to_last_bar(notes, bars)
+    _set_tempi(vocab, score, bars)
+    lost = Counter({k: v for k, v in lost.items() if v})
+    moved = ("off_grid", "microtone", "pitch_range", "past_last_bar", "grace_notation")
+    dropped = ("grace_dropped", "zero_duration", "unpitched")
+    return Events(bars, notes, len(parts), sum(lost[k] for k in moved), sum(lost[k] for k in dropped), lost=dict(lost))
+
+
+def _score_parts(vocab: ScoreVocab, score: Any) -> tuple[Any, list[Any]]:
+    """The score (an opus's first) and its parts with notes (all of them if none has any)."""
     from music21 import stream
-    from music21 import tempo as m21tempo
 
     if isinstance(score, stream.Opus):
         if not score.scores:
@@ -30,49 +46,50 @@ def read_score(vocab: ScoreVocab, score: Any, bar_grid: BarGrid | None = None) -
     parts = [p for p in parts if p.recurse().notesAndRests.first() is not None] or parts
     if len(parts) > vocab.max_parts:
         raise ValueError(f"{len(parts)} parts; at most {vocab.max_parts} are supported")
-    lost: Counter[str] = Counter()
+    return score, parts
 
-    def steps(ql: Any) -> tuple[int, bool]:
-        return grid_steps(Fraction(ql), vocab.ppq)
 
+def _part_notes(vocab: ScoreVocab, pi: int, part: Any, lost: Counter[str]) -> list[Note]:
+    """Part `pi`'s notes on the grid, tied notes merged into one; what could not be kept exactly is counted in `lost`."""
     notes: list[Note] = []
-    for pi, part in enumerate(parts):
-        open_ties: dict[int, list[int]] = {}  # pitch -> indices in notes of tied notes still open
-        for off, el in _notes_with_offsets(part):
-            grace = el.duration.isGrace
-            if (grace and not vocab.grace) or (not grace and el.duration.quarterLength == 0):
-                lost["grace_dropped" if grace else "zero_duration"] += len(getattr(el, "pitches", ())) or 1
+    open_ties: dict[int, list[int]] = {}  # pitch -> indices in notes of tied notes still open
+    for off, el in _notes_with_offsets(part):
+        grace = el.duration.isGrace
+        if (grace and not vocab.grace) or (not grace and el.duration.quarterLength == 0):
+            lost["grace_dropped" if grace else "zero_duration"] += len(getattr(el, "pitches", ())) or 1
+            continue
+        pitches = getattr(el, "pitches", ())
+        if not pitches:
+            lost["unpitched"] += 1
+            continue
+        onset, on_grid = grid_steps(Fraction(off), vocab.ppq)
+        dur, dur_ok = (0, True) if grace else grid_steps(Fraction(el.duration.quarterLength), vocab.ppq)
+        kind = _grace_kind(el.duration, lost) if grace else 0
+        subs = el.notes if el.isChord else [el]
+        vel = (el.volume.velocity or 64) if vocab.velocity else 64
+        for sub, p in zip(subs, pitches):
+            midi = round(p.ps)
+            lost["off_grid"] += not (on_grid and dur_ok)
+            lost["microtone"] += midi != p.ps
+            lost["pitch_range"] += not 0 <= midi <= 127
+            midi = min(127, max(0, midi))
+            if grace:
+                notes.append(Note(pi, onset, midi, 0, int(vel), kind))
                 continue
-            pitches = getattr(el, "pitches", ())
-            if not pitches:
-                lost["unpitched"] += 1
-                continue
-            onset, on_grid = steps(off)
-            dur, dur_ok = (0, True) if grace else steps(el.duration.quarterLength)
-            kind = _grace_kind(el.duration, lost) if grace else 0
-            subs = el.notes if el.isChord else [el]
-            vel = (el.volume.velocity or 64) if vocab.velocity else 64
-            for sub, p in zip(subs, pitches):
-                midi = round(p.ps)
-                lost["off_grid"] += not (on_grid and dur_ok)
-                lost["microtone"] += midi != p.ps
-                lost["pitch_range"] += not 0 <= midi <= 127
-                midi = min(127, max(0, midi))
-                if grace:
-                    notes.append(Note(pi, onset, midi, 0, int(vel), kind))
-                    continue
-                tie = sub.tie.type if sub.tie is not None else None
-                if tie is None and el.isChord and el.tie is not None and not any(n.tie for n in subs):
-                    tie = el.tie.type  # a tie on the chord as a whole (a chord's tie is its first note's)
-                _add_tied(notes, open_ties, Note(pi, onset, midi, max(1, dur), int(vel)), tie)
-    if not notes:
-        raise ValueError("percussion only (no pitched notes)" if lost["unpitched"] else "empty score (no notes)")
-    end = max(n.onset + max(1, n.dur) for n in notes)
-    bars = bar_grid(parts, end) if bar_grid is not None else _bar_grid(vocab, parts, end)
-    notes, lost["past_last_bar"] = clip_to_last_bar(notes, bars)
+            tie = sub.tie.type if sub.tie is not None else None
+            if tie is None and el.isChord and el.tie is not None and not any(n.tie for n in subs):
+                tie = el.tie.type  # a tie on the chord as a whole (a chord's tie is its first note's)
+            _add_tied(notes, open_ties, Note(pi, onset, midi, max(1, dur), int(vel)), tie)
+    return notes
+
+
+def _set_tempi(vocab: ScoreVocab, score: Any, bars: list[Bar]) -> None:
+    """Each bar's tempo: the last metronome mark at or before its start (checked sane even when not kept)."""
+    from music21 import tempo as m21tempo
+
     marks = score.recurse().getElementsByClass(m21tempo.MetronomeMark)
     # a mark with words only ("Sehr langsam", no number) sets no tempo
-    tempi = [(steps(el.getOffsetInHierarchy(score))[0], bpm) for el in marks if (bpm := el.getQuarterBPM()) is not None]
+    tempi = [(grid_steps(Fraction(el.getOffsetInHierarchy(score)), vocab.ppq)[0], bpm) for el in marks if (bpm := el.getQuarterBPM()) is not None]
     for _, bpm in tempi:
         if not 10 <= bpm <= 1000:
             raise ValueError(f"absurd tempo {bpm} bpm")
@@ -82,10 +99,6 @@ def read_score(vocab: ScoreVocab, score: Any, bar_grid: BarGrid | None = None) -
             i = max(0, bisect.bisect_right(starts, at) - 1)
             for b in bars[i:]:
                 b.tempo = bpm
-    lost = Counter({k: v for k, v in lost.items() if v})
-    moved = ("off_grid", "microtone", "pitch_range", "past_last_bar", "grace_notation")
-    dropped = ("grace_dropped", "zero_duration", "unpitched")
-    return Events(bars, notes, len(parts), sum(lost[k] for k in moved), sum(lost[k] for k in dropped), lost=dict(lost))
 
 
 def grid_steps(ql: Fraction, ppq: int) -> tuple[int, bool]:
