@@ -136,34 +136,45 @@ class Grammar:
         if self.grace is not None:
             ok[t.start[PITCH] : t.start[PITCH] + 128] = True  # grace notes keep the order they are played in
             return ok
-        bar = self.bar
-        if bar is None:
+        if self.bar is None:
             ok[t.bar_id] = True
             return ok
-        if self.stage <= 3:
-            first = len(self.bars) == 1
-            if self.stage == 0:
-                for i, ts in enumerate(t.time_signatures):
-                    if first or ts != self.ts:
-                        ok[t.start[TS] + i] = True
-            if self.stage <= 1 and not (first and self.ts is None):
-                for i, k in enumerate(KEY_RANGE):
-                    if first and self.key is None or k != self.key:
-                        ok[t.start[KEY] + i] = True
-            if self._first_bar_open():
-                return ok
-            if self.stage <= 2 and t.tempo:
-                ok[t.start[TEMPO] : t.start[TEMPO] + TEMPO_BINS] = True
-                if self.tempo is not None:
-                    ok[t.start[TEMPO] + self.tempo] = False
-            nominal = t.ts_steps(self.ts)
-            ok[t.start[LEN] : t.start[LEN] + t.max_bar] = True
-            ok[t.start[LEN] + nominal - 1] = False
+        if self.stage <= 3 and self._allow_header(ok):
+            return ok
         if self.vel is not None or self.pos is not None:
             self._allow_note_start(ok)
             return ok
+        if not self._first_bar_open():
+            self._allow_body(ok, self.bar)
+        return ok
+
+    def _allow_header(self, ok: np.ndarray) -> bool:
+        """A bar's header: a time signature, key, tempo or length that changes something; True while the first
+        bar still needs its meter and key (nothing else may come yet)."""
+        t, first = self.t, len(self.bars) == 1
+        if self.stage == 0:
+            for i, ts in enumerate(t.time_signatures):
+                if first or ts != self.ts:
+                    ok[t.start[TS] + i] = True
+        if self.stage <= 1 and not (first and self.ts is None):
+            for i, k in enumerate(KEY_RANGE):
+                if first and self.key is None or k != self.key:
+                    ok[t.start[KEY] + i] = True
         if self._first_bar_open():
-            return ok
+            return True
+        if self.stage <= 2 and t.tempo:
+            ok[t.start[TEMPO] : t.start[TEMPO] + TEMPO_BINS] = True
+            if self.tempo is not None:
+                ok[t.start[TEMPO] + self.tempo] = False
+        nominal = t.ts_steps(self.ts)
+        ok[t.start[LEN] : t.start[LEN] + t.max_bar] = True
+        ok[t.start[LEN] + nominal - 1] = False
+        return False
+
+    def _allow_body(self, ok: np.ndarray, bar: Bar) -> None:
+        """A bar's body: the next bar or the end (once the bar is whole), another part, a position after the
+        last note's onset, or (after a position) the extension of a note."""
+        t = self.t
         if self._body_ok():
             ok[t.bar_id] = True
             # a piece has notes (encode refuses empty scores), and none may ring past the last bar line
@@ -185,7 +196,6 @@ class Grammar:
             self._allow_note_start(ok)
         if self.extend:
             ok[t.start[DUR] : t.start[DUR] + t.max_dur] = True
-        return ok
 
     def _block_view(self) -> tuple[int, tuple[int, int, int] | None]:
         """(cursor, last note) of the block a note would go to, opening the implicit block if needed."""
