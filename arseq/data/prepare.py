@@ -142,64 +142,99 @@ def prepare(
     if not files and data.source is None:
         raise DataError("no training data: set data.paths (a file, folder or glob) or data.source")
     # With a given tokenizer (resume, evaluate), the entry made when that tokenizer was fitted serves too.
-    candidates = [cache_key(modality, options, data, files, val_files, tokenizer, controls)]
+    keys = [cache_key(modality, options, data, files, val_files, tokenizer, controls)]
     if tokenizer is not None:
-        candidates.append(cache_key(modality, options, data, files, val_files, None))
-    for key in candidates:
-        directory = cache_root() / modality.name / key
-        broken = damage(directory)
-        if broken is not None:
-            log.warning(f"arseq: cache entry {directory} is damaged ({broken}); rebuilding it")
-            discard(directory)
-            continue
-        try:
-            stats = json.loads((directory / "meta.json").read_text())
-            state = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if (check_roundtrip and "roundtrip_exact" not in stats) or (tokenizer is not None and state != json.loads(json.dumps(tokenizer.to_dict()))):
-            continue
-        stored = Controls.from_dict(json.loads((directory / "controls.json").read_text()))
-        if controls is not None and stored != controls:
-            continue
-        return Prepared(
-            modality.load_tokenizer(state), load_split(directory, "train"), load_split(directory, "val"), stats, directory, 0.0, True, stored
-        )
-    directory = cache_root() / modality.name / candidates[0]
-
+        keys.append(cache_key(modality, options, data, files, val_files, None))
+    for key in keys:
+        found = _cached(modality, cache_root() / modality.name / key, tokenizer, controls, check_roundtrip)
+        if found is not None:
+            return found
     t0 = time.perf_counter()
     if tokenizer is None:
         tokenizer = modality.build_tokenizer(files, data.source)
+    read = _read(modality, data, files, val_files, tokenizer, controls, check_roundtrip, progress)
+    seconds = time.perf_counter() - t0
+    stats = _stats(modality, read, check_roundtrip)
+    directory = cache_root() / modality.name / keys[0]
+    _store(directory, read, stats, check_roundtrip)
+    return Prepared(read.tokenizer, load_split(directory, "train"), load_split(directory, "val"), stats, directory, seconds, False, read.controls)
+
+
+def _cached(modality: Modality, directory: Path, tokenizer: Tokenizer | None, controls: Controls | None, check_roundtrip: bool) -> Prepared | None:
+    """The complete cache entry in `directory` when it fits what is asked (the same tokenizer and control
+    tokens, round-trip figures if asked for); a damaged one is removed."""
+    broken = damage(directory)
+    if broken is not None:
+        log.warning(f"arseq: cache entry {directory} is damaged ({broken}); rebuilding it")
+        discard(directory)
+        return None
+    try:
+        stats = json.loads((directory / "meta.json").read_text())
+        state = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (check_roundtrip and "roundtrip_exact" not in stats) or (tokenizer is not None and state != json.loads(json.dumps(tokenizer.to_dict()))):
+        return None
+    stored = Controls.from_dict(json.loads((directory / "controls.json").read_text()))
+    if controls is not None and stored != controls:
+        return None
+    return Prepared(modality.load_tokenizer(state), load_split(directory, "train"), load_split(directory, "val"), stats, directory, 0.0, True, stored)
+
+
+@dataclass
+class _Read:
+    """The items read and split, before they are stored."""
+
+    tokenizer: Tokenizer
+    controls: Controls | None
+    everything: list[Example]
+    train: list[Any]
+    val: list[Any]
+    split: str  # files, items, tail or none
+    skipped: list[Any]
+
+
+def _read(
+    modality: Modality,
+    data: DataConfig,
+    files: list[Path],
+    val_files: list[Path],
+    tokenizer: Tokenizer,
+    given: Controls | None,
+    check_roundtrip: bool,
+    progress: bool,
+) -> _Read:
+    """Tokenize the training (and validation) files, put in the control tokens, and split."""
     examples, skipped = collect(modality, files, data.source, tokenizer, check_roundtrip, "tokenizing", progress, data)
     if not examples:
         reasons = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3])
         raise DataError(f"no usable training items{' (' + reasons + ')' if reasons else ''}")
-    controls = _controls(modality, data, tokenizer, examples, controls)
-    if val_files:
-        val_examples, val_skipped = collect(modality, val_files, None, tokenizer, check_roundtrip, "tokenizing val", progress, data)
-        _condition(val_examples, controls)
-        train_seqs = [e.tokens for e in examples]
-        val_seqs = [e.tokens for e in val_examples]
-        split = "files"
-        skipped += val_skipped
-        everything = examples + val_examples
-    else:
-        train_seqs, val_seqs, split = _split(examples, data)
-        everything = examples
-    seconds = time.perf_counter() - t0
+    controls = _controls(modality, data, tokenizer, examples, given)
+    if not val_files:
+        train, val, split = _split(examples, data)
+        return _Read(tokenizer, controls, examples, train, val, split, skipped)
+    val_examples, val_skipped = collect(modality, val_files, None, tokenizer, check_roundtrip, "tokenizing val", progress, data)
+    _condition(val_examples, controls)
+    train, val = [e.tokens for e in examples], [e.tokens for e in val_examples]
+    return _Read(tokenizer, controls, examples + val_examples, train, val, "files", skipped + val_skipped)
+
+
+def _stats(modality: Modality, read: _Read, check_roundtrip: bool) -> dict[str, Any]:
+    """What `arseq prepare` prints: sizes of the splits, what was skipped and why, the modality's figures."""
+    everything, tokenizer, controls = read.everything, read.tokenizer, read.controls
     stats: dict[str, Any] = {
         "num_items": len(everything),
         "num_tokens": int(sum(len(e.tokens) for e in everything)),
         "vocab_size": tokenizer.vocab_size,
-        "train_items": len(train_seqs),
-        "val_items": len(val_seqs),
-        "train_tokens": int(sum(len(s) for s in train_seqs)),
-        "val_tokens": int(sum(len(s) for s in val_seqs)),
-        "split": split,
-        "skipped": [asdict(s) for s in skipped],
+        "train_items": len(read.train),
+        "val_items": len(read.val),
+        "train_tokens": int(sum(len(s) for s in read.train)),
+        "val_tokens": int(sum(len(s) for s in read.val)),
+        "split": read.split,
+        "skipped": [asdict(s) for s in read.skipped],
     }
-    checked = [e.exact for e in everything if e.exact is not None]
     if check_roundtrip:
+        checked = [e.exact for e in everything if e.exact is not None]
         stats["roundtrip_exact"] = float(np.mean(checked)) if checked else None
         stats["roundtrip_failures"] = [e.name for e in everything if e.exact is False][:50]
     stats.update(modality.summarize(tokenizer, everything))
@@ -207,16 +242,20 @@ def prepare(
         stats["conditions"] = {
             f: {"values": controls.counts[f], "items_without": sum(f not in e.conditions for e in everything)} for f in controls.fields
         }
+    return stats
 
+
+def _store(directory: Path, read: _Read, stats: dict[str, Any], check_roundtrip: bool) -> None:
+    """Write the entry in a temporary folder, seal it and rename it into place (all or nothing)."""
     cache_root().mkdir(parents=True, exist_ok=True)
     remove_stale_builds(cache_root())
     tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=f".tmp-{os.getpid()}-"))
     try:
-        vocab = tokenizer.vocab_size + (controls.size if controls else 0)
-        write_split(tmp, "train", train_seqs, dtype_for(vocab), vocab)
-        write_split(tmp, "val", val_seqs, dtype_for(vocab), vocab)
-        atomic_write(tmp / "tokenizer.json", json.dumps(tokenizer.to_dict(), ensure_ascii=False))
-        atomic_write(tmp / "controls.json", json.dumps(controls.to_dict() if controls else None))
+        vocab = read.tokenizer.vocab_size + (read.controls.size if read.controls else 0)
+        write_split(tmp, "train", read.train, dtype_for(vocab), vocab)
+        write_split(tmp, "val", read.val, dtype_for(vocab), vocab)
+        atomic_write(tmp / "tokenizer.json", json.dumps(read.tokenizer.to_dict(), ensure_ascii=False))
+        atomic_write(tmp / "controls.json", json.dumps(read.controls.to_dict() if read.controls else None))
         atomic_write(tmp / "meta.json", json.dumps(stats, indent=1))
         seal(tmp)
         if directory.exists() and not _complete(directory, check_roundtrip):  # e.g. without roundtrip stats
@@ -225,4 +264,3 @@ def prepare(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Prepared(tokenizer, load_split(directory, "train"), load_split(directory, "val"), stats, directory, seconds, False, controls)
