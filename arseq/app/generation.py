@@ -82,24 +82,26 @@ def sample(
     finally:
         if bar is not None:
             bar.close()
+    out = scored_samples(loaded, planned, gen.tokens, gen.stopped, batch_size)
+    if spec is not None:
+        log.info(spec.stats.line())
+    return out
+
+
+def scored_samples(loaded: Loaded, planned: Planned, tokens: list[list[int]], stopped: list[bool], batch_size: int) -> list[Sample]:
+    """The samples with their prompts (control tokens left out), the conditions they were drawn with, and
+    their mean NLL per new token (EOS included where they stopped), scored `batch_size` at a time."""
+    tok, controls, prompts = loaded.tokenizer, loaded.controls, planned.prompts
+    head = controls.head if controls is not None else 0
     out: list[Sample] = []
     for b0 in range(0, len(prompts), batch_size):
         batch = prompts[b0 : b0 + batch_size]
-        tokens, stopped = gen.tokens[b0 : b0 + batch_size], gen.stopped[b0 : b0 + batch_size]
-        scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, tokens, stopped)]
-        nll, count = sequence_nll(model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id, head=head)
-        for i, (p, t, s, n, c) in enumerate(zip(batch, tokens, stopped, nll, count), start=b0):
-            out.append(
-                Sample(
-                    controls.strip(p) if controls else list(p),
-                    t,
-                    s,
-                    float(n / c) if c else float("nan"),
-                    dict(planned.conditions[i]) if planned.conditions else {},
-                )
-            )
-    if spec is not None:
-        log.info(spec.stats.line())
+        scored = [p + t + ([tok.eos_id] if s else []) for p, t, s in zip(batch, tokens[b0 : b0 + batch_size], stopped[b0 : b0 + batch_size])]
+        nll, count = sequence_nll(loaded.model, scored, start=[len(p) for p in batch], pad_id=tok.pad_id, head=head)
+        for i, (n, c) in enumerate(zip(nll, count), start=b0):
+            prompt = controls.strip(prompts[i]) if controls else list(prompts[i])
+            conditions = dict(planned.conditions[i]) if planned.conditions else {}
+            out.append(Sample(prompt, tokens[i], stopped[i], float(n / c) if c else float("nan"), conditions))
     return out
 
 
