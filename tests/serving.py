@@ -71,34 +71,44 @@ def train_tiny(name: str, root: Path) -> Path:
     return next((root / "runs").rglob("last.ckpt"))
 
 
-class Served:
-    """A server for `checkpoint` on 127.0.0.1 and a free port, in a thread; `stop()` shuts it down. `process`: the
-    engine in a process of its own, as `arseq serve` runs it (else in a thread of this one)."""
+def engine_of(checkpoint: Path, process: bool, slots: int) -> tuple[Any, Any]:
+    """(loaded, engine) for `create_app`: a function that makes an Engine, or (`process`) an engine process's spec."""
+    from arseq.app import generation
+    from arseq.artifacts import checkpoint as ck
 
-    def __init__(self, checkpoint: Path, process: bool = False, **settings: Any):
+    loaded = ck.load(checkpoint)
+    generation.prepare_model(loaded, generation.RunOptions(device="cpu"))
+    if process:
+        from arseq.serve.engine_process import EngineSpec
+
+        return loaded, EngineSpec(str(checkpoint), None, False, generation.RunOptions(device="cpu"), threads=1)
+
+    def make_engine() -> Any:
+        from arseq.decode import Engine
+
+        return Engine(loaded.model, slots=slots, compile="off", pad_id=loaded.tokenizer.pad_id)
+
+    return loaded, make_engine
+
+
+class Served:
+    """A server for `checkpoint` (or several models: {name: checkpoint}) on 127.0.0.1 and a free port, in a thread;
+    `stop()` shuts it down. `process`: each engine in a process of its own, as `arseq serve` runs it (else in a
+    thread of this one). `loaded`: the model (one), or {name: model}."""
+
+    def __init__(self, checkpoint: Path | dict[str, Path], process: bool = False, **settings: Any):
         import uvicorn
 
-        from arseq.app import generation
-        from arseq.artifacts import checkpoint as ck
-        from arseq.serve.app import create_app
+        from arseq.serve.app import create_models_app
         from arseq.serve.settings import Settings
 
-        self.loaded = ck.load(checkpoint)
-        generation.prepare_model(self.loaded, generation.RunOptions(device="cpu"))
         slots = settings.get("slots", 4)
-
-        def make_engine() -> Any:
-            from arseq.decode import Engine
-
-            return Engine(self.loaded.model, slots=slots, compile="off", pad_id=self.loaded.tokenizer.pad_id)
-
-        engine: Any = make_engine
-        if process:
-            from arseq.serve.engine_process import EngineSpec
-
-            run = generation.RunOptions(device="cpu")
-            engine = EngineSpec(str(checkpoint), None, False, run, threads=1)
-        self.app = create_app(self.loaded, engine, Settings(**{"name": "tiny", "slots": slots, **settings}))
+        named = checkpoint if isinstance(checkpoint, dict) else {settings.pop("name", "tiny"): checkpoint}
+        engines = {name: engine_of(path, process, slots) for name, path in named.items()}
+        self.loaded = {name: loaded for name, (loaded, _) in engines.items()}
+        if not isinstance(checkpoint, dict):
+            self.loaded = next(iter(self.loaded.values()))
+        self.app = create_models_app(engines, Settings(**{"slots": slots, **settings}))
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -112,7 +122,8 @@ class Served:
 
     @property
     def state(self) -> Any:
-        return self.app.state.server
+        """The one model's server-side state (its schema, engine loop)."""
+        return self.app.state.models.pick(None)
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -146,11 +157,16 @@ class Served:
         return c, c.getresponse()
 
     def metric(self, name: str, labels: str = "") -> float:
-        text = self.get("/metrics")[1].decode()
-        for line in text.splitlines():
-            if line.startswith(name + (f"{{{labels}}}" if labels else " ")):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        """The sum of the series of metric `name` whose labels include each of `labels` ('reason="timeout"',
+        'model="a",reason="timeout"'): over every model unless `labels` names one; 0 if there is none."""
+        wanted = set(labels.split(",")) - {""}
+        total = 0.0
+        for line in self.get("/metrics")[1].decode().splitlines():
+            series, _, value = line.rpartition(" ")
+            metric, _, have = series.partition("{")
+            if metric == name and wanted <= set(have.rstrip("}").split(",")):
+                total += float(value)
+        return total
 
 
 def events(response: http.client.HTTPResponse) -> Iterator[tuple[str | None, str]]:

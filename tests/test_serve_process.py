@@ -49,7 +49,8 @@ def test_the_same_samples_and_metrics_as_in_one_process(remote, ckpt):
     # the engine process's metrics, replayed onto the server's registry: every token counted once
     wait_for(lambda: remote.metric("arseq_generated_tokens_total") - before == 2 * sum(len(c["token_ids"]) for c in expected))
     assert remote.metric("arseq_time_to_first_token_seconds_count") >= 2 and remote.metric("arseq_rows_active") == 0
-    assert json.loads(remote.get("/health")[1]) == {"status": "ok", "rows_active": 0, "requests_waiting": 0}
+    idle = {"status": "ok", "rows_active": 0, "requests_waiting": 0}
+    assert json.loads(remote.get("/health")[1]) == {**idle, "models": {"tiny": idle}}
 
 
 def test_a_client_that_leaves_frees_its_slot_and_the_queue_is_bounded(remote):

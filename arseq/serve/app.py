@@ -1,8 +1,8 @@
-"""The HTTP side: a Starlette app over one engine loop.
+"""The HTTP side: a Starlette app over the engine loops of one or several models (arseq.serve.models).
 
 `POST /v1/completions` (OpenAI's shape, SSE with `data: [DONE]`), `POST /v1/generate` (arseq's: options and
-conditions in, the modality's files out as base64, progress as SSE), `GET /v1/model`, `GET /health`,
-`GET /metrics` and the web page at `/`. Errors are one-line JSON naming the field at fault.
+conditions in, the modality's files out as base64, progress as SSE), `GET /v1/model`, `GET /v1/models`,
+`GET /health`, `GET /metrics` and the web page at `/`. Errors are one-line JSON naming the field at fault.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import json
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Mapping
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -26,36 +25,16 @@ from starlette.staticfiles import StaticFiles
 
 from arseq.artifacts.checkpoint import Loaded
 from arseq.errors import one_line
-from arseq.serve.engine_process import EngineProcess, EngineSpec
 from arseq.serve.jobs import JobPlan, plan_job, prompt_text, text_of, write_files
-from arseq.serve.loop import EngineLoop, Job, as_request_error
-from arseq.serve.metrics import Metrics
-from arseq.serve.schema import Parsed, RequestError, Schema, parse
+from arseq.serve.loop import Job, as_request_error
+from arseq.serve.models import Engine, Model, Models
+from arseq.serve.schema import Parsed, RequestError, parse
 from arseq.serve.settings import Settings
 from arseq.serve.stops import SampleText
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_S = 1.0  # an idle stream sends an SSE comment this often (and so notices a client that left)
-
-
-class Server:
-    """The state behind the routes: model, schema, engine loop, metrics, and the thread that writes files."""
-
-    def __init__(self, loaded: Loaded, engine: Callable[[], Any] | EngineSpec, settings: Settings):
-        self.loaded, self.settings = loaded, settings
-        self.metrics = Metrics()
-        self.schema = Schema(loaded, settings.max_new_tokens_limit)
-        self.loop: EngineLoop | EngineProcess
-        if isinstance(engine, EngineSpec):
-            self.loop = EngineProcess(engine, settings, self.metrics)
-        else:
-            self.loop = EngineLoop(loaded, engine, self.metrics, settings.max_queue, settings.stream_interval)
-        self.writer = ThreadPoolExecutor(1, thread_name_prefix="arseq-write")  # music21, pillow: one at a time
-
-    def describe(self) -> dict[str, Any]:
-        s = self.settings
-        return self.schema.describe(s.name, {"slots": s.slots, "max_queue": s.max_queue, "timeout_s": s.timeout, "max_body_bytes": s.max_body_bytes})
 
 
 def error_response(e: RequestError) -> JSONResponse:
@@ -87,7 +66,7 @@ class Run:
     """One request in flight: its queue of engine events, its texts so far (up to their stop strings, if any),
     and the way out if the client leaves."""
 
-    def __init__(self, server: Server, plan: JobPlan, http: HttpRequest, stops: list[str]):
+    def __init__(self, server: Model, plan: JobPlan, http: HttpRequest, stops: list[str]):
         self.server, self.plan, self.http = server, plan, http
         self.queue: asyncio.Queue = asyncio.Queue()
         timeout = server.settings.timeout
@@ -161,8 +140,10 @@ def merged(events: list[tuple]) -> list[tuple]:
     return out
 
 
-async def _start(server: Server, http: HttpRequest, openai: bool) -> tuple[Run, Parsed]:
-    parsed = parse(server.schema, await read_json(http, server.settings.max_body_bytes), openai)
+async def _start(http: HttpRequest, openai: bool) -> tuple[Run, Parsed]:
+    models: Models = http.app.state.models
+    server, body = models.route(await read_json(http, models.settings.max_body_bytes))
+    parsed = parse(server.schema, body, openai)
     loop = asyncio.get_running_loop()
     try:
         plan = await loop.run_in_executor(None, plan_job, server.loaded, parsed, server.settings.max_new_tokens_limit, not openai)
@@ -178,8 +159,8 @@ def _usage(run: Run) -> dict[str, int]:
 
 
 async def completions(http: HttpRequest) -> Response:
-    server: Server = http.app.state.server
-    run, parsed = await _start(server, http, openai=True)
+    run, parsed = await _start(http, openai=True)
+    server = run.server
     name = server.settings.name
 
     def chunk(sample: int, text: str, tokens: list[int], finish: str | None) -> dict[str, Any]:
@@ -280,8 +261,8 @@ async def _generated(run: Run, samples: list[Any]) -> dict[str, Any]:
 
 
 async def generate(http: HttpRequest) -> Response:
-    server: Server = http.app.state.server
-    run, parsed = await _start(server, http, openai=False)
+    run, parsed = await _start(http, openai=False)
+    server = run.server
     if not parsed.stream:
         body = await _generated(run, await _result(run))
         server.metrics.requests.labels("generate", "200").inc()
@@ -313,22 +294,20 @@ async def generate(http: HttpRequest) -> Response:
 
 
 async def model_info(http: HttpRequest) -> Response:
-    return JSONResponse(http.app.state.server.describe())
+    return JSONResponse(http.app.state.models.pick(http.query_params.get("model")).describe())
 
 
 async def models(http: HttpRequest) -> Response:
-    d = http.app.state.server.describe()
-    return JSONResponse({"object": "list", "data": [{"id": d["id"], "object": "model", "owned_by": "arseq"}]})
+    return JSONResponse(http.app.state.models.listing())
 
 
 async def health(http: HttpRequest) -> Response:
-    state = http.app.state.server.loop.health()
-    ok = state.pop("ok")
-    return JSONResponse({"status": "ok" if ok else "unavailable", **state}, status_code=200 if ok else 503)
+    ok, body = http.app.state.models.health()
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 async def metrics(http: HttpRequest) -> Response:
-    return Response(http.app.state.server.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(http.app.state.models.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 async def index(http: HttpRequest) -> Response:
@@ -341,28 +320,34 @@ def _endpoint(http: HttpRequest) -> str:
 
 async def refused(http: HttpRequest, e: Exception) -> Response:
     assert isinstance(e, RequestError)
-    http.app.state.server.metrics.requests.labels(_endpoint(http), str(e.status)).inc()
+    http.app.state.models.metrics.requests.labels(_endpoint(http), str(e.status)).inc()
     return error_response(e)
 
 
 async def crashed(http: HttpRequest, e: Exception) -> Response:
     """Anything unexpected: 500 with one line; the server goes on."""
     log.error("request failed: %s", one_line(e), exc_info=e)
-    http.app.state.server.metrics.requests.labels(_endpoint(http), "500").inc()
+    http.app.state.models.metrics.requests.labels(_endpoint(http), "500").inc()
     return error_response(RequestError(500, f"internal error: {type(e).__name__}: {one_line(e)}", None))
 
 
-def create_app(loaded: Loaded, engine: Callable[[], Any] | EngineSpec, settings: Settings | None = None) -> Any:
-    """The ASGI app over an engine loop in this process (`engine`: a function that makes an Engine) or in a
-    process of its own (an EngineSpec; `arseq serve`), started and stopped by the app's lifespan."""
-    server = Server(loaded, engine, settings or Settings())
+def create_app(loaded: Loaded, engine: Engine, settings: Settings | None = None) -> Any:
+    """The ASGI app of one model, named `settings.name`, over an engine loop in this process (`engine`: a function
+    that makes an Engine) or in a process of its own (an EngineSpec; `arseq serve`)."""
+    settings = settings or Settings()
+    return create_models_app({settings.name: (loaded, engine)}, settings)
+
+
+def create_models_app(engines: Mapping[str, tuple[Loaded, Engine]], settings: Settings | None = None) -> Any:
+    """The ASGI app of several models by name (each `(loaded, engine)` as for `create_app`), each engine with
+    `settings`; the engines are started and stopped by the app's lifespan."""
+    served = Models(engines, settings or Settings())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        server.loop.start(asyncio.get_running_loop())
+        served.start(asyncio.get_running_loop())
         yield
-        await asyncio.get_running_loop().run_in_executor(None, server.loop.stop, 5.0)
-        server.writer.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(None, served.stop, 5.0)
 
     routes = [
         Route("/", index),
@@ -375,5 +360,5 @@ def create_app(loaded: Loaded, engine: Callable[[], Any] | EngineSpec, settings:
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={RequestError: refused, Exception: crashed})
-    app.state.server = server
+    app.state.models = served
     return app

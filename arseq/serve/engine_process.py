@@ -195,7 +195,7 @@ class EngineProcess:
     """EngineLoop's surface (submit, cancel, stop, waiting, health) over a pipe to an engine process, started
     here (blocking until its model is loaded and its graphs compiled: DataError with the child's line if not)."""
 
-    def __init__(self, spec: EngineSpec, settings: Settings, metrics: Metrics):
+    def __init__(self, spec: EngineSpec, settings: Settings, metrics: Metrics | Any):
         self.spec, self.settings, self.metrics = spec, settings, metrics
         self.jobs: dict[int, Job] = {}  # submitted, not ended
         self.keys = itertools.count(1)

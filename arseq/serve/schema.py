@@ -34,8 +34,9 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "seed": (0, MAX_SEED, False),
 }
 OPENAI_ALIASES = {"max_tokens": "max_new_tokens", "n": "num_samples"}
-# OpenAI fields taken and ignored, and those refused unless they are left at their neutral value
-IGNORED = {"model", "user"}
+# OpenAI fields taken and ignored (`model` is taken before: arseq.serve.models), and those refused unless they
+# are left at their neutral value
+IGNORED = {"user"}
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, 0, False),
     "suffix": (None, ""),
