@@ -1,5 +1,8 @@
 """`arseq serve --checkpoint RUN_OR_CKPT_OR_EXPORT`: the HTTP server (uvicorn), until SIGTERM or SIGINT.
 
+Several models: `--checkpoint NAME=PATH`, repeated (each its own engine process, with the same settings; a
+request names its model by `model`, see arseq.serve.models).
+
 On a signal uvicorn stops accepting connections and lets running requests finish for `--grace` seconds,
 after which they are cancelled; then the engine loop stops and the process exits 0.
 """
@@ -8,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
 from jsonargparse import ArgumentParser
@@ -21,6 +26,8 @@ from arseq.artifacts import checkpoint
 from arseq.errors import DataError
 
 log = logging.getLogger("arseq.serve")
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a model's name: safe in a URL's query, a metric's label, a log line
+NAME_RULE = "1 to 64 of A-Z a-z 0-9 _ . -"
 
 
 @dataclass
@@ -38,7 +45,7 @@ class ServeOptions:
         grace: on SIGTERM/SIGINT: seconds running requests get to finish
         threads: torch threads for the model on a CPU (default: the usable cores but one, at least one; the HTTP side needs the other)
         stream_interval: milliseconds a stream's tokens may wait to go out together (a request's first token and its end go at once); 0: every token as it comes
-        name: the model's name in responses (default: the checkpoint's modality)
+        name: the model's name in responses (default: the checkpoint's modality); several models are named by --checkpoint NAME=PATH
         log_level: debug, info, warning or error
     """
 
@@ -77,26 +84,64 @@ def check(args: Any) -> None:
         raise DataError("--timeout and --grace must be >= 0, --stream-interval in 0..1000 (milliseconds)")
 
 
-def build(args: Any) -> Any:
-    """Start the engine process (its model loaded and compiled) and make the app."""
-    from arseq.serve.app import create_app
+def checkpoint_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Every value of --checkpoint, and argv with one of them: the verb parser's --checkpoint takes one value (given
+    twice, the last would win silently)."""
+    values: list[str] = []
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg.startswith("--checkpoint="):
+            values.append(arg.partition("=")[2])
+        elif arg == "--checkpoint" and (value := next(args, None)) is not None:
+            values.append(value)
+        else:
+            rest.append(arg)  # a bare --checkpoint at the end stays: the parser says what it lacks
+    return values, rest + (["--checkpoint", values[0]] if values else [])
+
+
+def named(checkpoints: Sequence[str], name: str | None) -> list[tuple[str | None, str]]:
+    """(name, path) of each --checkpoint: NAME=PATH, or a PATH alone (a path that exists is one, '=' and all), whose
+    name is --name or its modality's (one checkpoint only). DataError for a bad or repeated name, or a PATH
+    without a name beside others."""
+    out: list[tuple[str | None, str]] = []
+    for value in checkpoints:
+        key, eq, path = value.partition("=")
+        if not eq or Path(value).exists():
+            out.append((None, value))
+        elif not NAME.fullmatch(key) or not path:
+            raise DataError(f"--checkpoint {value}: not a file or folder, nor NAME=PATH with a NAME of {NAME_RULE}")
+        else:
+            out.append((key, path))
+    names = [n for n, _ in out if n is not None]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"--checkpoint: the name {repeated[0]!r} is given twice; each model needs a name of its own")
+    unnamed = [path for n, path in out if n is None]
+    if len(out) > 1 and unnamed:
+        raise DataError(f"--checkpoint {unnamed[0]}: several checkpoints need a name each (--checkpoint NAME=PATH)")
+    if name is not None and names:
+        raise DataError("--name names the model of a single --checkpoint PATH; give --checkpoint NAME=PATH instead")
+    return out
+
+
+def build(args: Any, checkpoints: list[tuple[str | None, str]]) -> Any:
+    """Load every checkpoint (a PATH that does not load fails before any engine starts), start each model's engine
+    process (its model loaded and compiled) and make the app."""
+    from arseq.serve.app import create_models_app
     from arseq.serve.engine_process import EngineSpec
     from arseq.serve.settings import Settings
 
-    loaded = checkpoint.load(args.checkpoint, args.modality, args.trust_modality_import)
     run = RunOptions(device=args.device, compile=args.compile, quantize=args.quantize, dtype=args.dtype)
-    # This process plans requests and writes files: it needs the model's shape, never its weights.
-    loaded.model.to("meta")
-    spec = EngineSpec(
-        checkpoint=str(args.checkpoint),
-        modality=args.modality,
-        trust_modality_import=args.trust_modality_import,
-        run=run,
-        threads=args.threads,
-        log_level=args.log_level,
-    )
+    engines: dict[str, tuple[Any, EngineSpec]] = {}
+    for name, path in checkpoints:
+        loaded = checkpoint.load(path, args.modality, args.trust_modality_import)
+        # This process plans requests and writes files: it needs the model's shape, never its weights.
+        loaded.model.to("meta")
+        spec = EngineSpec(path, args.modality, args.trust_modality_import, run, args.threads, args.log_level)
+        engines[name or args.name or loaded.modality.name] = (loaded, spec)
     settings = Settings(
-        name=args.name or loaded.modality.name,
+        name=next(iter(engines)),
         slots=args.slots,
         max_queue=args.max_queue,
         max_new_tokens_limit=args.max_new_tokens_limit,
@@ -104,7 +149,7 @@ def build(args: Any) -> Any:
         max_body_bytes=args.max_body_bytes,
         stream_interval=args.stream_interval / 1000,
     )
-    return create_app(loaded, spec, settings)
+    return create_models_app(engines, settings)
 
 
 def run_serve(argv: Sequence[str]) -> int:
@@ -114,10 +159,12 @@ def run_serve(argv: Sequence[str]) -> int:
         import uvicorn
     except ImportError as e:
         raise DataError(f"arseq serve needs the serve extra ({e.name} is missing): pip install 'arseq[serve]'") from None
+    checkpoints, argv = checkpoint_flags(argv)
     args = parse_verb(parser(), argv, [ServeOptions, RunOptions])
     check(args)
+    models = named(checkpoints or [str(args.checkpoint)], args.name)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app = build(args)
+    app = build(args, models)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: anyone who can reach it can use this model (there is no authentication)", args.host)
     config = uvicorn.Config(
