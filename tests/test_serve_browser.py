@@ -149,3 +149,34 @@ def test_text_page_streams(page, trained, tmp_path):
         screenshot(page, tmp_path, "text")
     finally:
         s.stop()
+
+
+def test_a_server_of_two_models_has_a_picker_that_switches_the_form(page, trained, tmp_path_factory):
+    s = Served({"words": trained / "checkpoints" / "last.ckpt", "digits": tiny_model("image", tmp_path_factory)})
+    try:
+        page.goto(f"http://127.0.0.1:{s.port}/")
+        page.wait_for_selector("#opt-temperature", state="attached")
+        assert page.is_visible("#model-picker") and page.locator("#model-picker option").all_inner_texts() == ["words", "digits"]
+        assert page.is_visible("#prompt") and page.locator("#cond-label").count() == 0
+        page.select_option("#model-picker", "digits")
+        page.wait_for_selector("#cond-label option:nth-child(2)", state="attached")
+        assert not page.is_visible("#prompt") and page.locator("#opt-temperature").count() == 1  # the form built once
+        page.select_option("#cond-label", "5")
+        page.fill("#num_samples", "2")
+        result = generate(page, s)
+        assert result["model"] == "digits" and sum(f["name"].endswith("_5.png") for f in result["files"]) == 2
+        page.select_option("#model-picker", "words")
+        page.wait_for_selector("#prompt", state="visible")
+        assert page.locator("#cond-label").count() == 0 and page.locator("#results .card").count() == 0
+    finally:
+        s.stop()
+
+
+def test_one_model_has_no_picker(page, trained):
+    s = Served(trained / "checkpoints" / "last.ckpt")
+    try:
+        page.goto(f"http://127.0.0.1:{s.port}/")
+        page.wait_for_selector("#opt-temperature", state="attached")
+        assert not page.is_visible("#model-picker") and not page.is_visible("#model-pick")
+    finally:
+        s.stop()

@@ -1,11 +1,13 @@
 // arseq's page: the form comes from GET /v1/model's schema; POST /v1/generate streams progress (SSE) and ends
 // with the samples and the files the modality writes, shown here (audio, piano roll, images, protein table,
-// text) and offered for download. Nothing is loaded from anywhere but this server.
+// text) and offered for download. A server of several models (GET /v1/models) gets a picker: choosing one
+// builds the form from that model's schema. Nothing is loaded from anywhere but this server.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let model = null;
 let controller = null;
+let choosing = 0;  // the latest model chosen: a schema that arrives after another choice is dropped
 const urls = [];
 
 function el(tag, attrs = {}, ...children) {
@@ -41,9 +43,37 @@ function optionInput(o) {
   return el("label", { title: o.help || o.name }, o.name.replaceAll("_", " "), input);
 }
 
-async function loadModel() {
-  const r = await fetch("/v1/model");
-  model = await r.json();
+async function loadModels() {
+  const r = await fetch("/v1/models");
+  const names = (await r.json()).data.map((m) => m.id);
+  if (names.length > 1) {
+    const picker = $("model-picker");
+    for (const name of names) picker.append(el("option", { value: name, text: name }));
+    picker.addEventListener("change", () => loadModel(picker.value).catch((e) => setStatus("could not read the model: " + e.message, true)));
+    $("model-pick").hidden = false;
+  }
+  await loadModel(names[0]);
+}
+
+function clearResults() {
+  for (const u of urls.splice(0)) URL.revokeObjectURL(u);
+  $("results").replaceChildren();
+  $("live").replaceChildren();
+  $("live").hidden = true;
+}
+
+async function loadModel(name) {
+  const mine = ++choosing;
+  if (controller) controller.abort();
+  const r = await fetch("/v1/model?model=" + encodeURIComponent(name));
+  const schema = await r.json();
+  if (!r.ok) throw new Error(schema.error.message);
+  if (mine !== choosing) return;
+  model = schema;
+  clearResults();
+  setStatus("");
+  for (const box of ["conditions", "own-options", "sampling-options"]) $(box).replaceChildren();
+  $("prompt-box").hidden = true;
   $("model-name").textContent = model.modality;
   const conds = Object.entries(model.conditions);
   $("model-summary").textContent = `${model.modality} model · context ${model.context} · vocabulary ${model.vocab_size}` +
@@ -70,7 +100,7 @@ async function loadModel() {
 }
 
 function request() {
-  const body = { num_samples: Number($("num_samples").value || 1) };
+  const body = { model: model.id, num_samples: Number($("num_samples").value || 1) };
   for (const input of document.querySelectorAll("[data-kind]")) {
     if (input.type === "checkbox") { if (input.checked) body[input.name] = true; continue; }
     if (input.value === "") continue;
@@ -113,10 +143,7 @@ async function* sse(response) {
 
 async function generate(ev) {
   ev.preventDefault();
-  for (const u of urls.splice(0)) URL.revokeObjectURL(u);
-  $("results").replaceChildren();
-  $("live").replaceChildren();
-  $("live").hidden = true;
+  clearResults();
   $("generate").disabled = true;
   $("stop").hidden = false;
   const progress = $("progress");
@@ -246,4 +273,4 @@ function show(result) {
 
 $("form").addEventListener("submit", generate);
 $("stop").addEventListener("click", () => controller && controller.abort());
-loadModel().catch((e) => setStatus("could not read the model: " + e.message, true));
+loadModels().catch((e) => setStatus("could not read the model: " + e.message, true));
