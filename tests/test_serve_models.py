@@ -133,3 +133,24 @@ def test_an_engine_that_cannot_start_names_its_model_and_stops_those_started(ckp
         create_models_app({"words": words, "digits": digits})
     assert "\n" not in str(e.value)
     assert set(multiprocessing.active_children()) == before  # the words engine, started, was stopped
+
+
+def test_the_verb_starts_an_engine_process_per_named_checkpoint_with_the_same_settings(ckpts):
+    from arseq.app.options import parse_verb
+    from arseq.app.run_options import RunOptions
+    from arseq.serve import command
+
+    flags = ["--checkpoint", f"words={ckpts['words']}", f"--checkpoint=digits={ckpts['digits']}", "--slots", "3", "--threads", "1"]
+    values, argv = command.checkpoint_flags(flags)
+    assert command.named([str(ckpts["words"])], "mine") == [(None, str(ckpts["words"]))]  # one PATH: named as before
+    args = parse_verb(command.parser(), argv, [command.ServeOptions, RunOptions])
+    models = command.build(args, command.named(values, args.name)).state.models
+    try:
+        assert [(name, m.settings.name, m.settings.slots, m.loop.spec.checkpoint) for name, m in models.by_name.items()] == [
+            ("words", "words", 3, str(ckpts["words"])),
+            ("digits", "digits", 3, str(ckpts["digits"])),
+        ]
+        assert all(m.loop.process.is_alive() for m in models.by_name.values())
+    finally:
+        models.stop(0)
+    assert not any(m.loop.process.is_alive() for m in models.by_name.values())
