@@ -141,8 +141,8 @@ def merged(events: list[tuple]) -> list[tuple]:
 
 
 async def _start(http: HttpRequest, openai: bool) -> tuple[Run, Parsed]:
-    models: Models = http.app.state.models
-    server, body = models.route(await read_json(http, models.settings.max_body_bytes))
+    served: Models = http.app.state.models
+    server, body = served.route(await read_json(http, served.settings.max_body_bytes))
     parsed = parse(server.schema, body, openai)
     loop = asyncio.get_running_loop()
     try:
