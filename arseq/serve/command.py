@@ -66,7 +66,8 @@ class ServeOptions:
 def parser() -> ArgumentParser:
     p = verb_parser(
         "arseq serve",
-        "an HTTP server with continuous batching: OpenAI completions, arseq's /v1/generate (the modality's files), metrics and a web page at /",
+        "an HTTP server with continuous batching: OpenAI completions, arseq's /v1/generate (the modality's files), metrics and a web page at /. "
+        "Several models: --checkpoint NAME=PATH, repeated (requests name theirs by `model`)",
     )
     p.add_class_arguments(ServeOptions, None, as_group=True)
     # how the model runs, as for generate (a draft model and a batch size are not the server's: --slots is)
