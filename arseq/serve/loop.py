@@ -26,6 +26,7 @@ from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import Row
 from arseq.errors import DataError, one_line
 from arseq.serve.jobs import JobPlan, samples_of
+from arseq.serve.logprobs import scores_of
 from arseq.serve.metrics import Metrics
 from arseq.serve.schema import RequestError
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Job:
     plan: JobPlan  # planned by the event loop's side (`jobs.plan_job`), so a refusal is answered before any stream
-    events: asyncio.Queue | None  # ("token", sample, token) | ("done", samples) | ("error", RequestError); None: see `key`
+    events: asyncio.Queue | None  # ("token", sample, token) | ("done", samples, scores) | ("error", RequestError); None: see `key`
     deadline: float | None  # time.monotonic() (one clock for every process of a machine)
     key: int = 0  # the request's number between the server's process and an engine process
     submitted: float = field(default_factory=time.monotonic)
@@ -194,6 +195,9 @@ class EngineLoop:
         if job.cancelled:
             return
         plan = job.plan
+        if plan.parsed is not None and plan.parsed.score_only:  # nothing to sample: the prompts scored, at once
+            self._answer(job, [([], False)] * len(plan.rows))
+            return
         try:
             constraint = self._guarded(job, plan.constraint) if plan.constraint is not None else None
             for i, row in enumerate(plan.rows):
@@ -266,17 +270,23 @@ class EngineLoop:
 
     def _complete(self, job: Job) -> None:
         self.jobs.remove(job)
-        job.done = True
+        self._answer(job, [(list(job.results[i].tokens), bool(job.results[i].stopped)) for i in range(len(job.ids))])
+
+    def _answer(self, job: Job, results: list[tuple[list[int], bool]]) -> None:
+        """A request's samples from its rows' (tokens, stopped), with their logprobs where it asked (the pass of
+        arseq.serve.logprobs, here where the model is): ("done", samples, scores or None); its error if that fails."""
         if job.cancelled:
+            job.done = True
             return
         try:
-            results = [(list(job.results[i].tokens), bool(job.results[i].stopped)) for i in range(len(job.ids))]
             samples = samples_of(self.loaded, job.plan, results)
-        except Exception as e:  # noqa: BLE001
+            scores = scores_of(self.loaded, job.plan, results)
+        except Exception as e:  # noqa: BLE001 - the request's own failure (not done yet: _fail answers it)
             self._fail(job, e)
             return
+        job.done = True
         self.metrics.latency.observe(time.monotonic() - job.submitted)
-        self._emit(job, ("done", samples))
+        self._emit(job, ("done", samples, scores))
 
     def _drop(self, job: Job, error: RequestError | None) -> None:
         """Cancel a job's rows (they leave at the next step); answer it with `error` unless the client is gone."""

@@ -22,6 +22,7 @@ from arseq.modalities import Request, SamplingOptions
 MAX_SAMPLES = 64  # samples per request
 MAX_SEED = 2**63 - 1
 MAX_STOPS, MAX_STOP_CHARS = 4, 256  # stop strings per request (OpenAI's limit), characters per stop string
+MAX_LOGPROBS = 5  # likeliest tokens a completion's `logprobs` may ask for at each position (OpenAI's limit)
 TEXT_MODALITIES = ("text", "protein")  # whose tokenizers decode samples to text (jobs.text_of)
 # (lowest, highest, lowest excluded) of the core's sampling options
 RANGES: dict[str, tuple[float, float, bool]] = {
@@ -38,7 +39,6 @@ OPENAI_ALIASES = {"max_tokens": "max_new_tokens", "n": "num_samples"}
 # are left at their neutral value
 IGNORED = {"user"}
 NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, 0, False),
     "suffix": (None, ""),
     "best_of": (None, 1),
     "presence_penalty": (None, 0, 0.0),
@@ -175,6 +175,8 @@ class Parsed:
     token_prompt: list[int] | None = None
     stop: list[str] = field(default_factory=list)  # completions: stop strings (arseq.serve.stops)
     echo: bool = False  # completions: the answer's text starts with the prompt's
+    logprobs: int | None = None  # completions: each token's log-probability and the likeliest this many (arseq.serve.logprobs)
+    score_only: bool = False  # completions: `max_tokens: 0` with `echo` and `logprobs`: the prompt scored, nothing sampled
 
 
 def _check_value(opt: Option, value: Any, where: str) -> Any:
@@ -216,19 +218,12 @@ def parse(schema: Schema, body: Any, openai: bool = False) -> Parsed:
     if not isinstance(stream, bool):
         raise RequestError(400, f"stream: expected true or false, got {stream!r}", "stream")
     stop, echo = _stop_and_echo(schema, body.pop("stop", None), body.pop("echo", None)) if openai else ([], False)
+    logprobs = _logprobs(schema, body.pop("logprobs", None), stream) if openai else None
     if openai:
-        for key in IGNORED:
-            body.pop(key, None)
-        for key, neutral in NEUTRAL.items():
-            if key in body and body.pop(key) not in neutral:
-                raise RequestError(422, f"{key}: not supported by this server (leave it out)", key)
-        for alias, name in OPENAI_ALIASES.items():
-            if alias in body:
-                if name in body:
-                    raise RequestError(400, f"{alias}: give {alias} or {name}, not both", alias)
-                body[name] = body.pop(alias)
+        _openai_names(body)
     elif "n" in body:
         body.setdefault("num_samples", body.pop("n"))
+    score_only = _score_only(body, echo, logprobs)
     num = body.pop("num_samples", 1)
     if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= MAX_SAMPLES:
         raise RequestError(
@@ -255,7 +250,21 @@ def parse(schema: Schema, body: Any, openai: bool = False) -> Parsed:
     elif prompt is not None:
         prompt = _text_prompt(schema, prompt, options)
     request = Request(num_samples=num, prompt=prompt, sampling=sampling, options=options, conditions=conditions)
-    return Parsed(request, stream, token_prompt, stop, echo)
+    return Parsed(request, stream, token_prompt, stop, echo, logprobs, score_only)
+
+
+def _openai_names(body: dict[str, Any]) -> None:
+    """OpenAI's fields in `body` as arseq's names; those ignored dropped, those refused unless neutral checked."""
+    for key in IGNORED:
+        body.pop(key, None)
+    for key, neutral in NEUTRAL.items():
+        if key in body and body.pop(key) not in neutral:
+            raise RequestError(422, f"{key}: not supported by this server (leave it out)", key)
+    for alias, name in OPENAI_ALIASES.items():
+        if alias in body:
+            if name in body:
+                raise RequestError(400, f"{alias}: give {alias} or {name}, not both", alias)
+            body[name] = body.pop(alias)
 
 
 def _stop_and_echo(schema: Schema, stop: Any, echo: Any) -> tuple[list[str], bool]:
@@ -270,9 +279,40 @@ def _stop_and_echo(schema: Schema, stop: Any, echo: Any) -> tuple[list[str], boo
     if echo is not None and not isinstance(echo, bool):
         raise RequestError(400, f"echo: expected true or false, got {echo!r}", "echo")
     for key, given in (("stop", stops), ("echo", echo)):
-        if given and not schema.text_samples:
-            raise RequestError(422, f"{key}: a {schema.loaded.modality.name} model's samples are not text; leave {key} out", key)
+        if given:
+            _text_only(schema, key)
     return stops, bool(echo)
+
+
+def _text_only(schema: Schema, key: str) -> None:
+    """A 422 naming `key` unless the model's samples are text."""
+    if not schema.text_samples:
+        raise RequestError(422, f"{key}: a {schema.loaded.modality.name} model's samples are not text; leave {key} out", key)
+
+
+def _logprobs(schema: Schema, value: Any, stream: bool) -> int | None:
+    """OpenAI's `logprobs`: an integer 0..MAX_LOGPROBS (how many likeliest tokens to list at each position); null
+    or false: none. Not with `stream`: the log-probabilities come from a pass of the model after the sample ends."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(400, f"logprobs: expected an integer from 0 to {MAX_LOGPROBS} or null, got {value!r}", "logprobs")
+    if not 0 <= value <= MAX_LOGPROBS:
+        raise RequestError(422, f"logprobs: must be from 0 to {MAX_LOGPROBS}, got {value}", "logprobs")
+    _text_only(schema, "logprobs")
+    if stream:
+        raise RequestError(422, "logprobs: not available with stream: true (ask without streaming)", "logprobs")
+    return value
+
+
+def _score_only(body: dict[str, Any], echo: bool, logprobs: int | None) -> bool:
+    """Whether the request only scores its prompt (`max_tokens: 0` with `echo` and `logprobs`, as evaluation tools
+    ask for a text's log-likelihood); `max_tokens` is then taken out of `body`. Without both, 0 stays an error."""
+    given = body.get("max_new_tokens")
+    if given != 0 or isinstance(given, bool) or not echo or logprobs is None:
+        return False
+    del body["max_new_tokens"]
+    return True
 
 
 def _conditions(schema: Schema, given: Any) -> list[str]:
