@@ -149,7 +149,7 @@ BAD = [  # (fields, status, field)
     ({"stop": ["a", ""]}, 422, "stop"),
     ({"stop": "x" * 257}, 422, "stop"),
     ({"echo": "yes"}, 400, "echo"),
-    ({"logprobs": 1}, 422, "logprobs"),
+    ({"logprobs": 9}, 422, "logprobs"),
 ]
 
 

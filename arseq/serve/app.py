@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from arseq.artifacts.checkpoint import Loaded
 from arseq.errors import one_line
 from arseq.serve.jobs import JobPlan, plan_job, prompt_text, text_of, write_files
+from arseq.serve.logprobs import Scores, choice_logprobs
 from arseq.serve.loop import Job, as_request_error
 from arseq.serve.models import Engine, Model, Models
 from arseq.serve.schema import Parsed, RequestError, parse
@@ -73,12 +74,13 @@ class Run:
         self.job = Job(plan, self.queue, time.monotonic() + timeout if timeout else None)
         self.texts = [SampleText(server.loaded, stops) for _ in plan.rows]
         self.finished = False
+        self.scores: list[Scores] | None = None  # each sample's logprobs, where asked (arseq.serve.logprobs)
         self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         server.loop.submit(self.job)
 
     async def events(self) -> AsyncIterator[tuple]:
-        """Engine events until the request ends: ("tokens", sample, [token, ...]), ("done", samples),
+        """Engine events until the request ends: ("tokens", sample, [token, ...]), ("done", samples, scores),
         ("error", RequestError), and ("idle",) while nothing happens. Tokens of a sample that queued up while the
         stream was being written come as one event, so a stream that falls behind catches up in fewer, larger
         writes instead of falling further behind. A client that left (checked every KEEPALIVE_S seconds) ends
@@ -106,6 +108,7 @@ class Run:
                             self.server.loop.cancel(self.job, event[1])
                     elif event[0] in ("done", "error"):
                         self.finished = True
+                        self.scores = event[2] if event[0] == "done" else None
                     yield event
                     if self.finished:
                         return
@@ -125,6 +128,12 @@ class Run:
 
     def finish_reason(self, sample: int, result: Any) -> str:
         return "stop" if result.stopped or self.texts[sample].stopped else "length"
+
+    def logprobs(self, sample: int, echo: bool) -> dict[str, Any] | None:
+        """A choice's `logprobs` (its kept tokens': up to a stop string), once the request is done; None unless asked."""
+        if self.scores is None:
+            return None
+        return choice_logprobs(self.server.loaded, self.plan.rows[sample].prompt, self.texts[sample].tokens, self.scores[sample], echo)
 
 
 def merged(events: list[tuple]) -> list[tuple]:
@@ -199,7 +208,7 @@ async def completions(http: HttpRequest) -> Response:
             "index": i,
             "text": (prompt_text(server.loaded, run.plan, i) if parsed.echo else "") + run.texts[i].whole(),
             "token_ids": run.texts[i].tokens,
-            "logprobs": None,
+            "logprobs": run.logprobs(i, parsed.echo),
             "finish_reason": run.finish_reason(i, s),
         }
         for i, s in enumerate(samples)
