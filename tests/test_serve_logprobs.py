@@ -207,3 +207,14 @@ def test_token_strings_and_offsets_of_multi_byte_characters_and_an_unpredicted_f
     assert lp["tokens"] == [tok.decode([t]) for t in ids]  # "\ufffd" where a token is part of a character
     # each token begins where the text decoded before it ends, a character it only begins included
     assert lp["text_offset"] == [len(tok.decode(ids[:i]).rstrip("\ufffd")) for i in range(len(ids))]
+
+
+def test_a_failing_pass_fails_its_request_and_the_server_goes_on(text, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("no scores")
+
+    monkeypatch.setattr("arseq.serve.loop.scores_of", broken)
+    status, out = text.post("/v1/completions", {"prompt": "a", "max_tokens": 2, "logprobs": 1})
+    assert status == 500 and "no scores" in out["error"]["message"]  # answered, not left waiting
+    monkeypatch.undo()
+    assert text.post("/v1/completions", {"prompt": "a", "max_tokens": 2, "logprobs": 1})[0] == 200
