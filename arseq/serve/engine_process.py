@@ -116,31 +116,47 @@ def engine_main(conn: Connection, spec: EngineSpec, settings: Settings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server's process decides
     logging.basicConfig(level=spec.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_grad_enabled(False)
-    sending = threading.Lock()  # the engine thread's hand-overs and this thread's refusals
+    side = _EngineSide(conn, settings)
+    try:
+        side.start(spec)
+    except Exception as e:  # noqa: BLE001 - the server's process says it in one line and exits 2
+        side.send(("failed", one_line(e)))
+        return
+    side.send(("ready",))
+    side.serve()
 
-    def send(message: tuple) -> None:
-        with sending:
+
+class _EngineSide:
+    """The engine process's end of the pipe: the jobs it holds by key, the engine loop, and the metrics recorded
+    since the last hand-over, which go back with the next one."""
+
+    def __init__(self, conn: Connection, settings: Settings):
+        self.conn, self.settings = conn, settings
+        self.sending = threading.Lock()  # the engine thread's hand-overs and this thread's refusals
+        self.records = Records()
+        self.jobs: dict[int, Job] = {}  # key -> Job, submitted here and not ended
+
+    def send(self, message: tuple) -> None:
+        with self.sending:
             try:
-                conn.send(message)
+                self.conn.send(message)
             except OSError:  # the server's process is gone; the next read ends this one
                 pass
 
-    records = Records()
-    jobs: dict[int, Job] = {}  # jobs: key -> Job, submitted here and not ended
-
-    def outlet(batch: list[tuple[Job, tuple]]) -> None:
-        taken = records.take()
+    def outlet(self, batch: list[tuple[Job, tuple]]) -> None:
+        """The engine loop's hand-over: its events (and the metrics recorded) as one message."""
+        taken = self.records.take()
         if not batch and taken is None:
             return
         events = []
         for job, event in batch:
             if event[0] in ("done", "error"):
-                jobs.pop(job.key, None)
+                self.jobs.pop(job.key, None)
             events.append((job.key, _wire(event)))
-        send(("events", events, taken))
+        self.send(("events", events, taken))
 
-    try:
-        loaded = checkpoint.load(spec.checkpoint, spec.modality, spec.trust_modality_import)
+    def start(self, spec: EngineSpec) -> None:
+        self.loaded = loaded = checkpoint.load(spec.checkpoint, spec.modality, spec.trust_modality_import)
         generation.prepare_model(loaded, spec.run)
         if next(loaded.model.parameters()).device.type == "cpu":
             # The engine's matmuls and the server's process (HTTP, SSE, JSON) share the cores: with torch's
@@ -149,36 +165,38 @@ def engine_main(conn: Connection, spec: EngineSpec, settings: Settings) -> None:
             # torch thread, 1,826-1,869 with two).
             torch.set_num_threads(spec.threads or max(1, usable_cores() - 1))
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        make_engine = lambda: build_engine(loaded, settings.slots, spec.run.compile)  # noqa: E731
-        loop = EngineLoop(loaded, make_engine, records, sys.maxsize, settings.stream_interval, outlet)  # the queue is bounded there
-    except Exception as e:  # noqa: BLE001 - the server's process says it in one line and exits 2
-        send(("failed", one_line(e)))
-        return
-    loop.start()
-    send(("ready",))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):  # the server's process is gone
-            loop.stop(0)
-            return
-        if message[0] == "submit":
-            key, parsed, scored, deadline, submitted = message[1:]
+        make_engine = lambda: build_engine(loaded, self.settings.slots, spec.run.compile)  # noqa: E731
+        self.loop = EngineLoop(loaded, make_engine, self.records, sys.maxsize, self.settings.stream_interval, self.outlet)  # bounded there
+        self.loop.start()
+
+    def serve(self) -> None:
+        """Requests, cancels and the stop from the pipe, until the stop or the server's process is gone."""
+        while True:
             try:
-                plan = plan_job(loaded, parsed, settings.max_new_tokens_limit, scored)
-                jobs[key] = job = Job(plan, None, deadline, key=key, submitted=submitted)
-                loop.submit(job)
-            except Exception as e:  # noqa: BLE001 - planned once already by the server's process; answer it anyway
-                jobs.pop(key, None)
-                send(("events", [(key, _wire(("error", as_request_error(e))))], records.take()))
-        elif message[0] == "cancel":
-            cancelled = jobs.pop(message[1], None) if message[2] is None else jobs.get(message[1])  # None: all its samples
-            if cancelled is not None:
-                loop.cancel(cancelled, message[2])
-        elif message[0] == "stop":
-            loop.stop(message[1])
-            send(("stopped",))
-            return
+                message = self.conn.recv()
+            except (EOFError, OSError):  # the server's process is gone
+                self.loop.stop(0)
+                return
+            if message[0] == "submit":
+                self.submit(*message[1:])
+            elif message[0] == "cancel":
+                key, sample = message[1:]  # sample None: all its samples
+                cancelled = self.jobs.pop(key, None) if sample is None else self.jobs.get(key)
+                if cancelled is not None:
+                    self.loop.cancel(cancelled, sample)
+            elif message[0] == "stop":
+                self.loop.stop(message[1])
+                self.send(("stopped",))
+                return
+
+    def submit(self, key: int, parsed: Any, scored: bool, deadline: float | None, submitted: float) -> None:
+        try:
+            plan = plan_job(self.loaded, parsed, self.settings.max_new_tokens_limit, scored)
+            self.jobs[key] = job = Job(plan, None, deadline, key=key, submitted=submitted)
+            self.loop.submit(job)
+        except Exception as e:  # noqa: BLE001 - planned once already by the server's process; answer it anyway
+            self.jobs.pop(key, None)
+            self.send(("events", [(key, _wire(("error", as_request_error(e))))], self.records.take()))
 
 
 def _wire(event: tuple) -> tuple:
