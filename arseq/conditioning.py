@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ class Controls:
         i = int(token) - self._base(name) - 1
         return self.fields[name][i] if 0 <= i < len(self.fields[name]) else None
 
-    def ids(self, values: dict[str, str | None]) -> list[int]:
+    def ids(self, values: Mapping[str, str | None]) -> list[int]:
         """One control id per field: the value's, or unknown where it is missing or unseen."""
         out = []
         for f, known in self.fields.items():

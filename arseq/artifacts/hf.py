@@ -61,7 +61,7 @@ def check_exportable(cfg: TransformerConfig) -> None:
     for f in fields(cfg):
         if f.name in MAPPED | TRAINING_ONLY:
             continue
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]
         if getattr(cfg, f.name) != default:
             raise DataError(f"model.{f.name}={getattr(cfg, f.name)!r} has no Llama equivalent: --format hf cannot export it")
 
@@ -169,8 +169,9 @@ def to_hf_state(state: dict[str, Tensor], cfg: TransformerConfig) -> dict[str, T
 def from_hf_state(state: dict[str, Tensor], cfg: TransformerConfig, where: str) -> dict[str, Tensor]:
     """LlamaForCausalLM state dict -> arseq state dict; one line on a missing or unknown tensor."""
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}  # a buffer in old files
-    if cfg.tie_weights:  # the head is the embedding (files may store it once or twice)
-        state["lm_head.weight"] = state.get("model.embed_tokens.weight")
+    if cfg.tie_weights:  # the head is the embedding (files may store it once or twice; a missing one is said below)
+        if "model.embed_tokens.weight" in state:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
     elif "lm_head.weight" not in state:
         raise DataError(f"{where}: no lm_head.weight, yet tie_word_embeddings is false")
     out, used = {}, set()

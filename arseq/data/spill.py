@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class SpilledTokens(Sequence[int]):
     def __getitem__(self, index: Any) -> Any:
         return np.asarray(self)[index]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(np.asarray(self).tolist())
 
 

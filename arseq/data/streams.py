@@ -25,7 +25,7 @@ def dtype_for(vocab_size: int) -> np.dtype:
 
 def collect(
     modality: Modality, files: list[Path], source: str | None, tokenizer: Tokenizer, check: bool, desc: str, progress: bool, data: DataConfig
-):
+) -> tuple[list[Example], list[Skipped]]:
     """Read and tokenize in `data.workers` processes; items' ids are spilled to disk as they come, so
     memory stays flat (`arseq.data.spill`)."""
     spill = Spill.create(cache_root())
@@ -45,7 +45,7 @@ def _collect_into(
     desc: str,
     progress: bool,
     data: DataConfig,
-):
+) -> tuple[list[Example], list[Skipped]]:
     from tqdm import tqdm
 
     examples: list[tuple[Example, int, int]] = []

@@ -15,7 +15,7 @@ one there. `torch._weight_int8pack_mm` measured 3-50x slower than float32 F.line
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +89,10 @@ def scheme_of(model: nn.Module) -> str:
     return "int8" if any(isinstance(m, (Int8Linear, Int8Embedding)) for m in model.modules()) else "none"
 
 
-def quantize_model(model: nn.Module, scheme: str) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def quantize_model(model: M, scheme: str) -> M:
     """Replace the model's linear layers and embedding in place ("none": leave it; already int8: no-op)."""
     if scheme not in SCHEMES:
         raise ValueError(f"--quantize must be one of {', '.join(SCHEMES)}, got {scheme!r}")

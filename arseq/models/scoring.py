@@ -15,11 +15,13 @@ import torch.nn.functional as F
 
 from arseq.models.transformer import Transformer
 
+TokenSeqs = Sequence[Sequence[int] | np.ndarray]  # lists of ids, or the data splits' memory-mapped items
+
 Chunk = tuple[int, int, np.ndarray]  # (sequence index, first target offset within the chunk, tokens)
 
 
 def chunk_sequences(
-    seqs: Sequence[Sequence[int]],
+    seqs: TokenSeqs,
     context: int,
     start: Sequence[int] | None = None,
     stride: int | None = None,
@@ -65,7 +67,7 @@ def collate_chunks(batch: Sequence[Chunk], pad_id: int = 0) -> tuple[torch.Tenso
 @torch.inference_mode()
 def sequence_nll(
     model: Transformer,
-    seqs: Sequence[Sequence[int]],
+    seqs: TokenSeqs,
     *,
     start: Sequence[int] | None = None,
     batch_size: int = 32,
@@ -99,9 +101,7 @@ def sequence_nll(
     return nll, count
 
 
-def unigram_baseline(
-    train: Sequence[Sequence[int]], val: Sequence[Sequence[int]], vocab_size: int, never_predicted: Sequence[int] = ()
-) -> tuple[float, int]:
+def unigram_baseline(train: TokenSeqs, val: TokenSeqs, vocab_size: int, never_predicted: Sequence[int] = ()) -> tuple[float, int]:
     """Mean NLL (nats) of an add-one unigram model fitted on `train`, on exactly the tokens the model predicts
     in `val` (every token after the first); ids in `never_predicted` (pad, BOS) get no probability mass."""
     support = np.ones(vocab_size, dtype=bool)

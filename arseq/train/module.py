@@ -59,7 +59,7 @@ class ARModule(L.LightningModule):
             )
         self.log("train/loss", loss, prog_bar=True)
         now = time.perf_counter()
-        if self._tick is not None and self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+        if self._tick is not None and self.trainer.global_step % self.trainer.log_every_n_steps == 0:  # type: ignore[attr-defined]  # set by Lightning's logger connector
             tokens = x.numel() * self.trainer.world_size
             self.log_dict({"train/tokens_per_s": tokens / (now - self._tick), "train/bits_per_token": loss.detach() / LN2})
         self._tick = now
@@ -84,7 +84,7 @@ class ARModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True)
         self.log_dict({"val/perplexity": loss.exp(), "val/bits_per_token": loss / LN2})
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> Any:  # Lightning's optimizer-and-schedule dict
         if self.optim.name == "muon" and "FSDP" in type(self.trainer.strategy).__name__:
             raise ValueError("optim.name: muon orthogonalises whole weight matrices; FSDP shards them (use DDP or adamw)")
         optimizer = make_optimizer(self.model, self.optim)
@@ -130,6 +130,7 @@ class LastCheckpoint(Checkpoint):
                     f"training diverged: {bad} holds NaN or infinite values at step {trainer.global_step} "
                     "(lower optim.lr; last.ckpt keeps the last finite state)"
                 )
+            assert self.path is not None  # set in setup()
             trainer.save_checkpoint(self.path, weights_only=False)  # full state, for resuming
             self._step = trainer.global_step
 

@@ -122,7 +122,9 @@ class MuonAdamW(torch.optim.Optimizer):
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    matrices, decay, no_decay = [], [], []
+    matrices: list[torch.nn.Parameter] = []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
