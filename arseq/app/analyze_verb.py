@@ -141,7 +141,7 @@ def drift(loaded: Any, args: DriftOptions, call: Any, seed: int = 0) -> dict[str
     train_data, items, where = generation.held_out(loaded, call.data_paths)
     t0 = time.perf_counter()
     sites, measured = _injected(loaded, items, args, call.run.batch_size, seed)
-    if not sites:
+    if measured is None:
         raise DataError(f"no held-out item is longer than --offsets {args.offsets} + 2 tokens ({where}); lower --offsets")
     injected = tf.report(measured, args.bootstrap, seed)
     t1 = time.perf_counter()
