@@ -44,9 +44,10 @@ def tiny_model(name: str, tmp_path_factory: Any) -> Path:
     return _TRAINED[name]
 
 
-def train_tiny(name: str, root: Path) -> Path:
+def train_tiny(name: str, root: Path, settings: dict[str, Any] | None = None) -> Path:
     """Train a tiny (untrained, really: 4 steps) model of a built-in modality, with conditions where it has them:
-    music (key, meter: five chorales), image (the digit), protein (a tag in each FASTA header)."""
+    music (key, meter: five chorales), image (the digit), protein (a tag in each FASTA header). `settings`: settings
+    of the config's `data:` over the modality's (`{"fim_rate": 0.5}`: a model that infills)."""
     data = root / "data"
     data.mkdir(parents=True)
     config: dict[str, Any] = {**SMOKE, "modality": {"name": name}, "trainer": {**SMOKE["trainer"], "default_root_dir": str(root / "runs")}}
@@ -66,6 +67,7 @@ def train_tiny(name: str, root: Path) -> Path:
         config["data"] = {**SMOKE["data"], "paths": str(data / "p.fasta"), "block_size": 32}
     else:
         raise ValueError(name)
+    config["data"] = {**config["data"], **(settings or {})}
     (root / "c.yaml").write_text(yaml.safe_dump(config))
     assert main(["train", "--config", str(root / "c.yaml")]) == 0
     return next((root / "runs").rglob("last.ckpt"))

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Mapping
 
@@ -32,6 +33,7 @@ from arseq.serve.models import Engine, Model, Models
 from arseq.serve.schema import Parsed, RequestError, parse
 from arseq.serve.settings import Settings
 from arseq.serve.stops import SampleText
+from arseq.serve.uploads import take_upload
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -152,7 +154,8 @@ def merged(events: list[tuple]) -> list[tuple]:
 async def _start(http: HttpRequest, openai: bool) -> tuple[Run, Parsed]:
     served: Models = http.app.state.models
     server, body = served.route(await read_json(http, served.settings.max_body_bytes))
-    parsed = parse(server.schema, body, openai)
+    body, upload = take_upload(server.schema, body) if not openai else (body, None)
+    parsed = replace(parse(server.schema, body, openai), prompt_file=upload)
     loop = asyncio.get_running_loop()
     try:
         plan = await loop.run_in_executor(None, plan_job, server.loaded, parsed, server.settings.max_new_tokens_limit, not openai)

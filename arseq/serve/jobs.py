@@ -17,12 +17,12 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from arseq.app.planning import make_plan
 from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import SamplingConfig
 from arseq.modalities import Plan, Request, Sample
 from arseq.modalities.music.audio import render_wav
 from arseq.models.scoring import sequence_nll
+from arseq.serve import uploads
 from arseq.serve.schema import TEXT_MODALITIES, Parsed
 
 MEDIA = {
@@ -69,7 +69,7 @@ def plan_job(loaded: Loaded, parsed: Parsed, max_new_tokens_limit: int, scored: 
     seed = given.seed if given.seed is not None else secrets.randbits(31)
     # every row seeded, so an unseeded request can be repeated from its answer
     parsed = replace(parsed, request=replace(parsed.request, sampling=replace(given, seed=seed)))
-    planned = make_plan(loaded, parsed.request)
+    planned = uploads.planned(loaded, parsed)
     prompts, guide, cfg = planned.prompts, planned.guide, planned.cfg
     if parsed.token_prompt is not None:  # after BOS and the control tokens the plan put in front
         ids = parsed.token_prompt[1:] if parsed.token_prompt[0] == loaded.tokenizer.bos_id else parsed.token_prompt

@@ -19,11 +19,17 @@ from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import SamplingConfig
 from arseq.modalities import Request, SamplingOptions
 
+if typing.TYPE_CHECKING:
+    from arseq.serve.uploads import Upload
+
 MAX_SAMPLES = 64  # samples per request
 MAX_SEED = 2**63 - 1
 MAX_STOPS, MAX_STOP_CHARS = 4, 256  # stop strings per request (OpenAI's limit), characters per stop string
 MAX_LOGPROBS = 5  # likeliest tokens a completion's `logprobs` may ask for at each position (OpenAI's limit)
 TEXT_MODALITIES = ("text", "protein")  # whose tokenizers decode samples to text (jobs.text_of)
+# built-in modalities whose plan reads `request.prompt` as a file (arseq.serve.uploads); a plugin's plan may read
+# it as anything, so a plugin takes no prompt file
+FILE_PROMPT_MODALITIES = ("music", "image")
 # (lowest, highest, lowest excluded) of the core's sampling options
 RANGES: dict[str, tuple[float, float, bool]] = {
     "temperature": (0.0, 100.0, False),
@@ -149,6 +155,13 @@ class Schema:
         """What a text `prompt` is for this model: text to continue, a protein motif, or nothing (a file would be)."""
         return {"text": "text", "protein": "motif"}.get(self.loaded.modality.name)
 
+    @property
+    def prompt_suffixes(self) -> tuple[str, ...]:
+        """The suffixes of the prompt files this model reads (`prompt_file`); () when it reads none."""
+        modality = self.loaded.modality
+        builtin = type(modality).__module__.startswith("arseq.modalities.") and modality.name in FILE_PROMPT_MODALITIES
+        return tuple(s.lower() for s in modality.suffixes) if builtin else ()
+
     def describe(self, name: str, limits: dict[str, Any]) -> dict[str, Any]:
         loaded = self.loaded
         modality = loaded.modality
@@ -162,6 +175,7 @@ class Schema:
             "conditioned_sampling": dict(modality.conditioned_sampling) if self.conditions else {},
             "options": [asdict(o) for o in self.options.values()],
             "prompt": self.prompt_kind,
+            "prompt_file": list(self.prompt_suffixes) or None,
             "limits": {"max_samples": MAX_SAMPLES, "max_new_tokens": self.max_new_tokens_limit, **limits},
         }
 
@@ -177,6 +191,7 @@ class Parsed:
     echo: bool = False  # completions: the answer's text starts with the prompt's
     logprobs: int | None = None  # completions: each token's log-probability and the likeliest this many (arseq.serve.logprobs)
     score_only: bool = False  # completions: `max_tokens: 0` with `echo` and `logprobs`: the prompt scored, nothing sampled
+    prompt_file: Upload | None = None  # generate: an uploaded prompt file, its bytes (each planning writes its own copy)
 
 
 def _check_value(opt: Option, value: Any, where: str) -> Any:
@@ -352,7 +367,7 @@ def _text_prompt(schema: Schema, prompt: Any, options: Any) -> str | None:
     if kind is None:
         raise RequestError(
             422,
-            f"prompt: a {schema.loaded.modality.name} model's prompt is a file, which this server does not read; send token ids instead",
+            f"prompt: a {schema.loaded.modality.name} model's prompt is a file: send it as prompt_file, or send token ids",
             "prompt",
         )
     room = schema.loaded.model.cfg.max_seq_len - (schema.loaded.controls.width if schema.loaded.controls else 0) - 2
