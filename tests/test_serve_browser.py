@@ -101,6 +101,44 @@ def test_music_page_plays_the_piece(page, tmp_path_factory, tmp_path):
         s.stop()
 
 
+def test_music_page_continues_an_uploaded_midi_file(page, tmp_path_factory, tmp_path):
+    from music21 import converter
+
+    from arseq.modalities.music.corpus import bach_chorales
+
+    chorale = tmp_path / "chorale.mid"
+    converter.parse(bach_chorales()[0][1]).write("midi", fp=str(chorale))
+    s = Served(tiny_model("music", tmp_path_factory))
+    try:
+        page.goto(f"http://127.0.0.1:{s.port}/")
+        page.wait_for_selector("#opt-prompt_bars", state="attached")
+        assert page.is_visible("#prompt-file") and ".mid" in page.get_attribute("#prompt-file", "accept").split(",")
+        assert page.inner_text("#file-legend") == "Continue a piece"
+        page.set_input_files("#prompt-file", str(chorale))
+        page.fill("#opt-prompt_bars", "2")
+        page.fill("#num_samples", "2")
+        page.fill("#opt-seed", "3")
+        page.fill("#opt-max_new_tokens", "60")
+        result = generate(page, s)
+        same = s.post(
+            "/v1/generate",
+            {
+                "num_samples": 2,
+                "prompt_bars": 2,
+                "seed": 3,
+                "max_new_tokens": 60,
+                "prompt_file": {"name": "c.mid", "data": base64.b64encode(chorale.read_bytes()).decode()},
+            },
+        )[1]
+        assert [x["tokens"] for x in result["samples"]] == [x["tokens"] for x in same["samples"]]
+        assert result["samples"][0]["prompt_tokens"].count(s.loaded.tokenizer.bar_id) == 3  # the file's first two bars
+        assert page.locator(".sample audio").count() == 2
+        page.click("#clear-file")
+        assert page.evaluate("document.getElementById('prompt-file').files.length") == 0
+    finally:
+        s.stop()
+
+
 def test_image_page_shows_the_grid(page, tmp_path_factory, tmp_path):
     s = Served(tiny_model("image", tmp_path_factory))
     try:
@@ -140,6 +178,7 @@ def test_text_page_streams(page, trained, tmp_path):
     try:
         page.goto(f"http://127.0.0.1:{s.port}/")
         page.wait_for_selector("#opt-temperature", state="attached")
+        assert page.is_hidden("#file-box")  # a text model reads no prompt file
         page.fill("#prompt", "the cat")
         page.fill("#num_samples", "2")
         page.fill("#opt-max_new_tokens", "60")

@@ -72,8 +72,14 @@ async function loadModel(name) {
   model = schema;
   clearResults();
   setStatus("");
-  for (const box of ["conditions", "own-options", "sampling-options"]) $(box).replaceChildren();
+  for (const box of ["conditions", "own-options", "sampling-options", "file-options"]) $(box).replaceChildren();
   $("prompt-box").hidden = true;
+  $("prompt-file").value = "";
+  $("file-box").hidden = !model.prompt_file;
+  if (model.prompt_file) {
+    $("prompt-file").accept = model.prompt_file.join(",");
+    $("file-legend").textContent = model.modality === "image" ? "Complete an image" : "Continue a piece";
+  }
   $("model-name").textContent = model.modality;
   const conds = Object.entries(model.conditions);
   $("model-summary").textContent = `${model.modality} model · context ${model.context} · vocabulary ${model.vocab_size}` +
@@ -91,15 +97,25 @@ async function loadModel(name) {
     $("prompt-legend").textContent = model.prompt === "motif" ? "Start motif (residues)" : "Text to continue";
   }
   for (const o of model.options) {
-    if (o.name.startsWith("prompt_")) continue;  // they need a prompt file, which the server does not read
+    const withFile = o.name.startsWith("prompt_") || o.name.startsWith("keep_");  // options of a prompt file
+    if (withFile && !model.prompt_file) continue;
     if (o.name === "prefix" && model.prompt === "motif") continue;  // the prompt box is the start motif
     if (o.group !== "sampling" && o.name in model.conditions) continue;  // an image's label: chosen with the conditions
     const visible = o.group !== "sampling" || o.name === "seed" || o.name === "max_new_tokens";
-    $(visible ? "own-options" : "sampling-options").append(optionInput(o));
+    $(withFile ? "file-options" : visible ? "own-options" : "sampling-options").append(optionInput(o));
   }
 }
 
-function request() {
+function base64Of(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result.slice(reader.result.indexOf(",") + 1));  // after "data:...;base64,"
+    reader.onerror = () => reject(new Error(`could not read ${file.name}`));
+    reader.readAsDataURL(file);
+  });
+}
+
+async function request() {
   const body = { model: model.id, num_samples: Number($("num_samples").value || 1) };
   for (const input of document.querySelectorAll("[data-kind]")) {
     if (input.type === "checkbox") { if (input.checked) body[input.name] = true; continue; }
@@ -111,6 +127,8 @@ function request() {
   for (const s of document.querySelectorAll("[data-condition]")) if (s.value) conditions[s.name] = s.value;
   if (Object.keys(conditions).length) body.conditions = conditions;
   if (model.prompt && $("prompt").value) body.prompt = $("prompt").value;
+  const file = model.prompt_file && $("prompt-file").files[0];
+  if (file) body.prompt_file = { name: file.name, data: await base64Of(file) };
   return body;
 }
 
@@ -155,7 +173,7 @@ async function generate(ev) {
   const live = [];
   try {
     const r = await fetch("/v1/generate", { method: "POST", headers: { "Content-Type": "application/json" },
-                                           body: JSON.stringify({ ...request(), stream: true }), signal: controller.signal });
+                                           body: JSON.stringify({ ...(await request()), stream: true }), signal: controller.signal });
     if (!r.ok) {
       const e = await r.json();
       throw new Error(e.error.message);
@@ -273,4 +291,5 @@ function show(result) {
 
 $("form").addEventListener("submit", generate);
 $("stop").addEventListener("click", () => controller && controller.abort());
+$("clear-file").addEventListener("click", () => { $("prompt-file").value = ""; });
 loadModels().catch((e) => setStatus("could not read the model: " + e.message, true));
