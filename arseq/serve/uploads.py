@@ -42,7 +42,8 @@ class Upload:
 
 
 def take_upload(schema: Schema, body: Any) -> tuple[Any, Upload | None]:
-    """`prompt_file` taken out of a request body and checked (4xx naming it), and the body without it."""
+    """`prompt_file` taken out of a request body and checked (4xx naming it), and the body without it: a malformed
+    one is a 400 whatever the model, then a model that reads no prompt file refuses a well-formed one (422)."""
     if not isinstance(body, dict) or FIELD not in body:
         return body, None
     body = dict(body)
@@ -51,11 +52,11 @@ def take_upload(schema: Schema, body: Any) -> tuple[Any, Upload | None]:
         return body, None
     if body.get("prompt") is not None:
         raise RequestError(400, f"{FIELD}: give a prompt file or a prompt, not both", FIELD)
+    if not isinstance(given, dict) or set(given) != {"name", "data"} or not all(isinstance(v, str) for v in given.values()):
+        raise RequestError(400, f'{FIELD}: expected {{"name": "piece.mid", "data": "<base64>"}}', FIELD)
     suffixes = schema.prompt_suffixes
     if not suffixes:
         raise RequestError(422, f"{FIELD}: a {schema.loaded.modality.name} model reads no prompt file{_instead(schema)}", FIELD)
-    if not isinstance(given, dict) or set(given) != {"name", "data"} or not all(isinstance(v, str) for v in given.values()):
-        raise RequestError(400, f'{FIELD}: expected {{"name": "piece.mid", "data": "<base64>"}}', FIELD)
     suffix = PurePosixPath(given["name"].replace("\\", "/")).suffix.lower()
     if suffix not in suffixes:
         got = f"not {suffix!r}" if suffix else "the name has none"
