@@ -115,6 +115,7 @@ HOSTILE = {
     "not an object": lambda c, t: "piece.mid",
     "a path instead of data": lambda c, t: {"name": "a.mid", "path": "/etc/passwd"},
     "garbage MusicXML": lambda c, t: upload(b"<score-partwise><part id='P1'><measure>", "a.musicxml"),
+    "ABC, read from files only": lambda c, t: upload(b"X:1\nK:C\nCDEF|", "tune.abc"),
 }
 
 

@@ -30,6 +30,10 @@ TEXT_MODALITIES = ("text", "protein")  # whose tokenizers decode samples to text
 # built-in modalities whose plan reads `request.prompt` as a file (arseq.serve.uploads); a plugin's plan may read
 # it as anything, so a plugin takes no prompt file
 FILE_PROMPT_MODALITIES = ("music", "image")
+# Humdrum and ABC go to music21's hand-written text parsers, whose time on a hostile file nothing bounds here
+# (planning runs off the main thread, out of the per-file time limit's reach): a request sends MIDI, checked
+# before parsing, or MusicXML (an XML parser's linear time on at most max_body_bytes).
+NOT_UPLOADED = (".krn", ".abc")
 # (lowest, highest, lowest excluded) of the core's sampling options
 RANGES: dict[str, tuple[float, float, bool]] = {
     "temperature": (0.0, 100.0, False),
@@ -160,7 +164,7 @@ class Schema:
         """The suffixes of the prompt files this model reads (`prompt_file`); () when it reads none."""
         modality = self.loaded.modality
         builtin = type(modality).__module__.startswith("arseq.modalities.") and modality.name in FILE_PROMPT_MODALITIES
-        return tuple(s.lower() for s in modality.suffixes) if builtin else ()
+        return tuple(s.lower() for s in modality.suffixes if s.lower() not in NOT_UPLOADED) if builtin else ()
 
     def describe(self, name: str, limits: dict[str, Any]) -> dict[str, Any]:
         loaded = self.loaded
