@@ -185,7 +185,7 @@ def quiet_exit(server_cls: type) -> type:
     """uvicorn's Server, whose SIGTERM/SIGINT start the graceful shutdown and then let the process exit 0 (uvicorn
     re-raises the signal after shutting down, which would end the process with it)."""
 
-    class Server(server_cls):  # type: ignore[misc, valid-type]
+    class Server(server_cls):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             if threading.current_thread() is not threading.main_thread():

@@ -17,6 +17,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import SamplingConfig
 from arseq.modalities import Plan, Request, Sample
@@ -24,6 +26,7 @@ from arseq.modalities.music.audio import render_wav
 from arseq.models.scoring import sequence_nll
 from arseq.serve import uploads
 from arseq.serve.schema import TEXT_MODALITIES, Parsed
+from arseq.tokenizers.score import ScoreTokenizer
 
 MEDIA = {
     ".mid": "audio/midi",
@@ -95,7 +98,7 @@ def samples_of(loaded: Loaded, job: JobPlan, results: list[tuple[list[int], bool
         scored = [p + t + ([tok.eos_id] if s else []) for p, (t, s) in zip(prompts, results)]
         nll, count = sequence_nll(loaded.model, scored, start=[len(p) for p in prompts], pad_id=tok.pad_id, head=job.head)
     else:
-        nll, count = [float("nan")] * len(prompts), [1] * len(prompts)
+        nll, count = np.full(len(prompts), np.nan), np.ones(len(prompts), dtype=np.int64)
     return [
         Sample(controls.strip(p) if controls else list(p), list(t), bool(s), float(n / c) if c else float("nan"), dict(cond))
         for p, (t, s), n, c, cond in zip(prompts, results, nll, count, job.conditions)
@@ -158,7 +161,7 @@ def write_files(loaded: Loaded, job: JobPlan, samples: list[Sample]) -> list[dic
 def _audio(loaded: Loaded, samples: list[Sample], out: Path) -> list[Path]:
     """A WAV beside each piece's MIDI file (music only)."""
     tok = loaded.tokenizer
-    if loaded.modality.name != "music" or not hasattr(tok, "decode_events"):
+    if loaded.modality.name != "music" or not isinstance(tok, ScoreTokenizer):
         return []
     paths = []
     for i, s in enumerate(samples):
