@@ -172,62 +172,52 @@ def _usage(run: Run) -> dict[str, int]:
 
 async def completions(http: HttpRequest) -> Response:
     run, parsed = await _start(http, openai=True)
-    server = run.server
-    name = server.settings.name
-
-    def chunk(sample: int, text: str, tokens: list[int], finish: str | None) -> dict[str, Any]:
-        return {
-            "id": run.id,
-            "object": "text_completion",
-            "created": run.created,
-            "model": name,
-            "choices": [{"index": sample, "text": text, "token_ids": tokens, "logprobs": None, "finish_reason": finish}],
-        }
-
     if parsed.stream:
-
-        async def stream() -> AsyncIterator[str]:
-            for i in range(len(run.plan.rows)) if parsed.echo else ():
-                yield sse(chunk(i, prompt_text(server.loaded, run.plan, i), [], None))
-            async for event in run.events():
-                if event[0] == "idle":
-                    yield ": keepalive\n\n"
-                elif event[0] == "tokens":
-                    yield sse(chunk(event[1], run.delta(event[1]), event[2], None))
-                elif event[0] == "error":
-                    yield sse(event[1].body())
-                else:
-                    for i, s in enumerate(event[1]):
-                        yield sse(chunk(i, run.delta(i, end=True), [], run.finish_reason(i, s)))
-            yield sse("[DONE]")
-            server.metrics.requests.labels("completions", "200").inc()
-
         return StreamingResponse(
-            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}, background=BackgroundTask(run.close)
+            _completion_stream(run, parsed.echo),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+            background=BackgroundTask(run.close),
         )
     samples = await _result(run)
     choices = [
         {
             "index": i,
-            "text": (prompt_text(server.loaded, run.plan, i) if parsed.echo else "") + run.texts[i].whole(),
+            "text": (prompt_text(run.server.loaded, run.plan, i) if parsed.echo else "") + run.texts[i].whole(),
             "token_ids": run.texts[i].tokens,
             "logprobs": run.logprobs(i, parsed.echo),
             "finish_reason": run.finish_reason(i, s),
         }
         for i, s in enumerate(samples)
     ]
+    run.server.metrics.requests.labels("completions", "200").inc()
+    body = {"id": run.id, "object": "text_completion", "created": run.created, "model": run.server.settings.name, "choices": choices}
+    return JSONResponse({**body, "usage": _usage(run), "seed": run.plan.seed})
+
+
+async def _completion_stream(run: Run, echo: bool) -> AsyncIterator[str]:
+    """A completion's SSE: (with `echo`, each choice's prompt text first) its text as it comes, an error, or each
+    choice's end with its finish reason; then [DONE]."""
+    server = run.server
+
+    def chunk(sample: int, text: str, tokens: list[int], finish: str | None) -> dict[str, Any]:
+        choice = {"index": sample, "text": text, "token_ids": tokens, "logprobs": None, "finish_reason": finish}
+        return {"id": run.id, "object": "text_completion", "created": run.created, "model": server.settings.name, "choices": [choice]}
+
+    for i in range(len(run.plan.rows)) if echo else ():
+        yield sse(chunk(i, prompt_text(server.loaded, run.plan, i), [], None))
+    async for event in run.events():
+        if event[0] == "idle":
+            yield ": keepalive\n\n"
+        elif event[0] == "tokens":
+            yield sse(chunk(event[1], run.delta(event[1]), event[2], None))
+        elif event[0] == "error":
+            yield sse(event[1].body())
+        else:
+            for i, s in enumerate(event[1]):
+                yield sse(chunk(i, run.delta(i, end=True), [], run.finish_reason(i, s)))
+    yield sse("[DONE]")
     server.metrics.requests.labels("completions", "200").inc()
-    return JSONResponse(
-        {
-            "id": run.id,
-            "object": "text_completion",
-            "created": run.created,
-            "model": name,
-            "choices": choices,
-            "usage": _usage(run),
-            "seed": run.plan.seed,
-        }
-    )
 
 
 async def _result(run: Run) -> list[Any]:
