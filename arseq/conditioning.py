@@ -106,7 +106,7 @@ class Controls:
         if value not in self.fields[name]:
             raise DataError(f"{flag}: {name} {value!r} was never seen in training; known: {', '.join(self.fields[name])}")
 
-    def read(self, tokens: Sequence[int]) -> dict[str, str]:
+    def read(self, tokens: Sequence[int] | np.ndarray) -> dict[str, str]:
         """The values a conditioned sequence's control tokens name (fields with an unknown token left out)."""
         out: dict[str, str] = {}
         for slot, (name, values) in enumerate(self.fields.items()):

@@ -61,10 +61,8 @@ def memory_budget() -> int:
     return budget
 
 
-def _size_field(cfg: Mapping[str, Any], key: str, where: str, name: str) -> int | None:
+def _size_field(cfg: Mapping[str, Any], key: str, where: str, name: str) -> int:
     value = cfg.get(key)
-    if value is None and key == "mlp_hidden":
-        return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise DataError(f"{where}: {name} must be a positive integer, got {value!r}")
     return value
@@ -76,11 +74,11 @@ def model_bytes(
     """The bytes a TransformerConfig's keyword arguments allocate, per cause: parameters (float32), and the
     context's RoPE tables plus a KV cache of `batch` rows. Raises on a size that is not a positive integer."""
 
-    def field(key: str) -> int | None:
+    def field(key: str) -> int:
         return _size_field(cfg, key, where, (names or {}).get(key, prefix + key))
 
     vocab, ctx, layers, heads, width = (field(k) for k in SIZE_FIELDS[:5])
-    hidden = field("mlp_hidden") or 32 * -(-8 * width // (3 * 32))
+    hidden = field("mlp_hidden") if cfg.get("mlp_hidden") is not None else 32 * -(-8 * width // (3 * 32))  # SwiGLU's default
     per_layer = 4 * width * width + 3 * width * hidden + 2 * width
     embed = vocab * width * (1 if cfg.get("tie_weights", True) else 2)
     return {

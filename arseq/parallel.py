@@ -195,7 +195,8 @@ class _Pool:
         ready = wait([w.conn for w in busy], timeout=timeout)
         done: dict[int, Any] = {}
         for i, w in enumerate(self.workers):
-            if w.task is None:
+            task = w.task
+            if task is None:
                 continue
             if w.conn in ready:
                 try:
@@ -203,12 +204,12 @@ class _Pool:
                     done[index], w.task = result, None
                 except (EOFError, OSError):
                     w.process.join(timeout=5)
-                    done[w.task] = Failed(f"the reading worker died on it (exit code {w.process.exitcode})")
+                    done[task] = Failed(f"the reading worker died on it (exit code {w.process.exitcode})")
                     log.warning("a reading worker died (exit code %s); starting another", w.process.exitcode)
                     self.workers[i] = _Worker(self.ctx, self.fn)
                     w.conn.close()
             elif seconds is not None and time.monotonic() - w.since >= seconds:
-                done[w.task] = Failed(f"still reading after {seconds:g} s (the per-file budget, data.file_seconds or ARSEQ_FILE_SECONDS); skipped")
+                done[task] = Failed(f"still reading after {seconds:g} s (the per-file budget, data.file_seconds or ARSEQ_FILE_SECONDS); skipped")
                 w.stop(kill=True)
                 self.workers[i] = _Worker(self.ctx, self.fn)
         return done

@@ -4,15 +4,18 @@ every sample has exactly the piece's bars in every part, keeps the kept bars not
 from __future__ import annotations
 
 import shutil
+from types import SimpleNamespace
 
 import pytest
 from music21 import converter
 
+from arseq.analysis.revise import score_tokenizer
 from arseq.cli import main
 from arseq.errors import DataError
 from arseq.modalities.infill_ranges import parse_ranges
 from arseq.modalities.music.corpus import bach_chorales
 from arseq.modalities.music.infill import kept_notes
+from arseq.tokenizers.performance import PerformanceTokenizer
 from arseq.tokenizers.score import ScoreTokenizer
 
 CONFIG = """\
@@ -152,3 +155,13 @@ def test_drift_revises_free_running_samples(chorales, tmp_path, capsys):
         assert (out / f"survival_{arm}.csv").read_text().startswith("n,survival") and (out / f"survival_{arm}.png").stat().st_size > 0
     assert main([*args, "--checkpoint", str(models[0.0]), "--revise-rounds", "1"]) == 2
     assert "--revise-rounds" in capsys.readouterr().err
+
+
+def test_revision_needs_score_tokens():
+    """Revision resamples bars: a model of performance tokens (no bars) or of another modality is refused in one line."""
+    score = ScoreTokenizer()
+    assert score_tokenizer(SimpleNamespace(modality=SimpleNamespace(name="music"), tokenizer=score), "revise") is score
+    with pytest.raises(DataError, match="--samples: a model of performance tokens has no bars"):
+        score_tokenizer(SimpleNamespace(modality=SimpleNamespace(name="music"), tokenizer=PerformanceTokenizer()), "--samples")
+    with pytest.raises(DataError, match="the text modality has no weakest-span search"):
+        score_tokenizer(SimpleNamespace(modality=SimpleNamespace(name="text"), tokenizer=score), "revise")

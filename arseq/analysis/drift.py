@@ -14,7 +14,7 @@ compared token by token ("divergence"). Under teacher forcing a model of a Marko
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence, get_args
 
 import numpy as np
 import torch
@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from arseq.models.transformer import Transformer
 
-KINDS = ("random", "likeliest_wrong", "plausible")
+Kind = Literal["random", "likeliest_wrong", "plausible"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
 # (tokens, position, rng) -> a wrong token for tokens[position], or None where there is none
 Mistake = Callable[[np.ndarray, int, np.random.Generator], "int | None"]
 

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from arseq.conditioning import Controls
-from arseq.models.scoring import sequence_nll
+from arseq.models.scoring import TokenSeqs, sequence_nll
 from arseq.models.transformer import Transformer
 
 MAX_ITEMS = 300  # classification scores every item once per value: a seeded sample keeps it to minutes
 
 
 def condition_report(
-    model: Transformer, controls: Controls, items: Sequence[Sequence[int]], batch_size: int, pad_id: int, stride: int, seed: int = 0
+    model: Transformer, controls: Controls, items: TokenSeqs, batch_size: int, pad_id: int, stride: int, seed: int = 0
 ) -> dict[str, Any]:
     """Per field: perplexity with the true and the unknown value, and likelihood classification."""
     from sklearn.metrics import f1_score

@@ -10,7 +10,7 @@ from typing import Any, Callable
 COLORS = {"random": "tab:blue", "likeliest_wrong": "tab:red", "plausible": "tab:green"}
 
 
-def _figure(width: float = 6.4, height: float = 3.6):
+def _figure(width: float = 6.4, height: float = 3.6) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")

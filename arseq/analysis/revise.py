@@ -30,6 +30,7 @@ from arseq.decode.infill import hide_sentinels
 from arseq.errors import DataError
 from arseq.modalities.infill_ranges import check_fim
 from arseq.modalities.music.infill import MusicInfill
+from arseq.tokenizers.score import ScoreTokenizer
 from arseq.tokenizers.score.vocab import PITCH
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def errors(loaded: Loaded, piece: Piece) -> np.ndarray:
     return predicate(piece.ids) if predicate is not None else np.zeros(len(piece.ids), dtype=bool)
 
 
-def weakest_bar(tok: Any, piece: Piece, nll: np.ndarray, wrong: np.ndarray) -> int | None:
+def weakest_bar(tok: ScoreTokenizer, piece: Piece, nll: np.ndarray, wrong: np.ndarray) -> int | None:
     """The bar to resample: most flagged tokens first, then the highest mean NLL per token (None: no bar)."""
     ids = np.asarray(piece.ids)
     bar_at = np.flatnonzero(ids == tok.bar_id)
@@ -71,7 +72,7 @@ def weakest_bar(tok: Any, piece: Piece, nll: np.ndarray, wrong: np.ndarray) -> i
 
 
 def _stats(loaded: Loaded, pieces: list[Piece], nlls: list[np.ndarray]) -> dict[str, Any]:
-    tok = loaded.tokenizer
+    tok = score_tokenizer(loaded, "revise")
     wrong = [errors(loaded, p) for p in pieces]
     pitches = sum(int((tok.types[np.asarray(p.ids)] == PITCH).sum()) for p in pieces)
     flagged = sum(int(w.sum()) for w in wrong)
@@ -85,10 +86,18 @@ def _stats(loaded: Loaded, pieces: list[Piece], nlls: list[np.ndarray]) -> dict[
     }
 
 
-def check_revisable(loaded: Loaded, flag: str) -> Fim:
-    """The model's sentinels, or one line saying why `flag` cannot revise with this model."""
+def score_tokenizer(loaded: Loaded, flag: str) -> ScoreTokenizer:
+    """The model's score tokenizer: revision resamples bars, which only music's score tokens have."""
     if loaded.modality.name != "music":
         raise DataError(f"{flag}: the {loaded.modality.name} modality has no weakest-span search yet (music only)")
+    if not isinstance(loaded.tokenizer, ScoreTokenizer):
+        raise DataError(f"{flag}: a model of performance tokens has no bars to revise (score tokens only)")
+    return loaded.tokenizer
+
+
+def check_revisable(loaded: Loaded, flag: str) -> Fim:
+    """The model's sentinels, or one line saying why `flag` cannot revise with this model."""
+    score_tokenizer(loaded, flag)
     return check_fim(Fim.from_dict(loaded.meta.fim), flag)
 
 
@@ -100,7 +109,7 @@ def revise(
     fim = check_revisable(loaded, "revise")
     if rounds < 1 or candidates < 1:
         raise DataError("revise: --rounds and --candidates must be >= 1")
-    tok = loaded.tokenizer
+    tok = score_tokenizer(loaded, "revise")
     cfg = cfg or SamplingConfig(temperature=0.9, top_p=0.95)
     nlls = score(loaded, pieces)
     reports = [{"round": 0, **_stats(loaded, pieces, nlls), "changed": 0}]
@@ -130,7 +139,7 @@ def _resample(
     loaded: Loaded, fim: Fim, pieces: list[Piece], infills: list[MusicInfill | None], candidates: int, cfg: SamplingConfig, seed: int, slots: int
 ) -> list[list[list[int]]]:
     """`candidates` infilled versions of each piece (own tokens), sampled on the decode engine, all rows at once."""
-    tok, controls, model = loaded.tokenizer, loaded.controls, loaded.model
+    tok, controls, model = score_tokenizer(loaded, "revise"), loaded.controls, loaded.model
     context = model.cfg.max_seq_len - (controls.width if controls is not None else 0)
     engine = Engine(model, slots, pad_id=tok.pad_id)
     owner: dict[int, tuple[int, MusicInfill]] = {}

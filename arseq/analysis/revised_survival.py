@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from arseq.analysis import survival as fr
-from arseq.analysis.revise import Piece, revise
+from arseq.analysis.revise import Piece, revise, score_tokenizer
 from arseq.artifacts.checkpoint import Loaded
 from arseq.decode.config import SamplingConfig
 from arseq.errors import DataError
@@ -46,7 +46,7 @@ def revised_survival(
 ) -> dict[str, Any]:
     """Survival of the re-encoded and of the revised samples, and revise's per-round report. `prompts` hold the
     condition tokens after BOS as sampled."""
-    tok, controls = loaded.tokenizer, loaded.controls
+    tok, controls = score_tokenizer(loaded, "--revise-rounds"), loaded.controls
     width = controls.width if controls is not None else 0
     own = [[p[0], *p[1 + width :]] for p in prompts]  # the pieces' own tokens: BOS, then what the prompt adds
     pieces = [Piece([*o, *g, tok.eos_id], dict(c)) for o, g, c in zip(own, generated, conditions)]

@@ -4,19 +4,19 @@ strided), and the per-item table of `arseq score` (rank FASTA variants or MIDI f
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arseq.models.scoring import chunk_sequences, collate_chunks
+from arseq.models.scoring import TokenSeqs, chunk_sequences, collate_chunks
 from arseq.models.transformer import Transformer
 
 
 @torch.inference_mode()
 def token_scores(
-    model: Transformer, seqs: Sequence[Sequence[int]], *, batch_size: int = 32, pad_id: int = 0, stride: int | None = None
+    model: Transformer, seqs: TokenSeqs, *, batch_size: int = 32, pad_id: int = 0, stride: int | None = None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per sequence: log-probability (nats) of every token after the first, and its rank among the model's
     predictions (1 = the likeliest), in order."""
@@ -36,9 +36,9 @@ def token_scores(
             lp = logp.gather(-1, safe[..., None]).squeeze(-1)
             rank = (logp > lp[..., None]).sum(-1) + 1
             keep = (targets != -100).cpu().numpy()
-            lp, rank = lp.double().cpu().numpy(), rank.cpu().numpy()
+            lps, ranks = lp.double().cpu().numpy(), rank.cpu().numpy()
             for r, c in enumerate(picked):
-                per_chunk[c] = (lp[r][keep[r]], rank[r][keep[r]])
+                per_chunk[c] = (lps[r][keep[r]], ranks[r][keep[r]])
     finally:
         model.train(was_training)
     out: list[tuple[list[np.ndarray], list[np.ndarray]]] = [([], []) for _ in seqs]

@@ -62,13 +62,13 @@ def survival(errors: Sequence[np.ndarray], horizon: int | None = None, n_boot: i
     n = np.arange(1, horizon + 1)
     rate = counts.sum() / lengths.sum()
     rng = np.random.default_rng(seed)
-    boot_s, boot_i = [], []
+    draws_s, draws_i = [], []
     for _ in range(n_boot):
         idx = rng.integers(0, len(errors), len(errors))
-        boot_s.append(_kaplan_meier(first[idx], lengths[idx], horizon))
-        boot_i.append((1 - counts[idx].sum() / max(1, lengths[idx].sum())) ** n)
+        draws_s.append(_kaplan_meier(first[idx], lengths[idx], horizon))
+        draws_i.append((1 - counts[idx].sum() / max(1, lengths[idx].sum())) ** n)
     a = (1 - level) / 2
-    boot_s, boot_i = np.array(boot_s), np.array(boot_i)
+    boot_s, boot_i = np.array(draws_s), np.array(draws_i)
     return {
         "n": n.tolist(),
         "error_rate": float(rate),

@@ -6,13 +6,14 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
+from jsonargparse import ArgumentParser
 
 from arseq.analysis import drift as tf
 from arseq.analysis import survival as fr
-from arseq.analysis.drift import KINDS
+from arseq.analysis.drift import KINDS, Kind
 from arseq.analysis.plots import curves_plot, survival_plot
 from arseq.analysis.revise import check_revisable
 from arseq.analysis.revised_survival import Revision, revised_survival
@@ -49,7 +50,7 @@ class DriftOptions:
     items: int = 200
     positions: int = 8
     offsets: int = 32
-    kinds: list[Literal[KINDS]] = field(default_factory=lambda: list(KINDS))
+    kinds: list[Kind] = field(default_factory=lambda: list(KINDS))
     divergence: bool = True
     window: int = 8
     bootstrap: int = 1000
@@ -59,7 +60,7 @@ class DriftOptions:
     overwrite: bool = False
 
 
-def drift_parser(generate_options: type | None):
+def drift_parser(generate_options: type | None) -> ArgumentParser:
     """evaluate's options (but --stride: a site fits the context) and the drift measurement's."""
     p = options.parser("drift", generate_options, prog="arseq analyze drift", num_samples=64)
     p.description = (

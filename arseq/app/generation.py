@@ -28,7 +28,7 @@ from arseq.decode import Speculative, generate
 from arseq.modalities import DataError, EvalInputs, Example, Modality, Request, Sample
 from arseq.models.device import resolve_device
 from arseq.models.inference import prepare_for_inference
-from arseq.models.scoring import sequence_nll, unigram_baseline
+from arseq.models.scoring import TokenSeqs, sequence_nll, unigram_baseline
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def quantiles(lengths: list[int]) -> dict[str, float]:
     return dict(zip(("min", "p10", "median", "p90", "max"), (float(v) for v in q)))
 
 
-def examples(controls: Controls, sequences: Sequence[Sequence[int]]) -> list[Example]:
+def examples(controls: Controls, sequences: TokenSeqs) -> list[Example]:
     """Conditioned sequences as the modality sees items: its own tokens, and the values their control tokens name."""
     return [Example(controls.strip(s), conditions=controls.read(s)) for s in sequences]
 
@@ -258,7 +258,7 @@ def obeyed(
                 "asked": value,
                 "share": float(np.mean([v == value for v in read])),
                 "samples_read": len(read),
-                "training_share": counts.get(value, 0) / max(1, sum(counts.values())),
+                "training_share": (counts.get(value, 0) if value is not None else 0) / max(1, sum(counts.values())),
                 "held_out_agreement": float(np.mean(agree)) if agree else None,
                 "held_out_read": len(agree),
             }

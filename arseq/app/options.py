@@ -147,7 +147,7 @@ def parse_verb(p: ArgumentParser, argv: Sequence[str], classes: Sequence[type], 
     return cfg
 
 
-def parser(verb: str, generate_options: type | None, prog: str | None = None, num_samples: int | None = None):
+def parser(verb: str, generate_options: type | None, prog: str | None = None, num_samples: int | None = None) -> ArgumentParser:
     """The parser of `verb` (generate, evaluate, or drift: evaluate's without --stride and --draft)."""
     p = verb_parser(prog or f"arseq {verb}", HELP.get(verb, ""))
     p.add_argument(

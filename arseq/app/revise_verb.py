@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from arseq.analysis.revise import Piece, revise
+from arseq.analysis.revise import Piece, revise, score_tokenizer
 from arseq.app import generation
 from arseq.app.options import parse_verb, verb_parser
 from arseq.app.planning import make_plan
@@ -70,9 +70,8 @@ def run_revise(argv: list[str]) -> int:
     generation.prepare_model(loaded, RunOptions())
     tok, modality = loaded.tokenizer, loaded.modality
     if args.samples:
-        if modality.name != "music":
-            raise DataError(f"--samples: the {modality.name} modality has no weakest-span search yet (music only)")
-        ids = [tok.encode_events(read_events(tok, Path(f))) for f in args.samples]
+        score_tok = score_tokenizer(loaded, "--samples")
+        ids = [score_tok.encode_events(read_events(score_tok, Path(f))) for f in args.samples]
         pieces = [Piece(x, c) for x, c in zip(ids, modality.condition_values(tok, ids))]
     else:
         planned = make_plan(loaded, Request(num_samples=args.num_samples, sampling=SamplingOptions(seed=args.seed)))

@@ -141,7 +141,7 @@ def prepare_for_inference(
     device: str | torch.device,
     dtype: str | None = None,
     quantize: str = "none",
-    compile: Compile = False,
+    compile: Compile | str = False,  # the CLI's string too: checked by compile_mode
 ) -> Transformer:
     """Check --compile, quantize (--quantize), move to `device` in `dtype` (--dtype): the CLI's one call
     before sampling or scoring."""
