@@ -30,6 +30,7 @@ from arseq.modalities.base import (
     SamplingConfig,
     SamplingOptions,
     Skipped,
+    TokenSeqs,
 )
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "SamplingConfig",
     "SamplingOptions",
     "Skipped",
+    "TokenSeqs",
     "PluginWarning",
     "Registered",
     "loadable",
@@ -114,7 +116,7 @@ def registered() -> dict[str, Registered]:
     return found
 
 
-def _import(target: str) -> type:
+def _import(target: str) -> type[Modality]:
     module, _, attr = target.partition(":") if ":" in target else target.rpartition(".")
     if not module or not attr:
         raise DataError(f"modality {target!r}: expected a registered name or 'package.module:Class'")

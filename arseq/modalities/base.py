@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from arseq.decode.infill import Fim, MiddleView  # noqa: F401
 from arseq.decode.row_state import RowState
 from arseq.errors import DataError
 from arseq.modalities.plan import Plan, Request, SamplingOptions  # noqa: F401
+from arseq.models.scoring import TokenSeqs  # noqa: F401  (token id lists or arrays: `metrics`' reference)
 from arseq.tokenizers.base import Tokenizer
 
 
@@ -158,9 +159,10 @@ class Modality(ABC):
         """Extra keys for `arseq prepare`'s JSON (e.g. tokens_per_note)."""
         return {}
 
-    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
-        """Descriptive metrics of token sequences; computed on data and on samples, same keys. `reference`
-        holds the training items, for figures that compare with them (composition, novelty)."""
+    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: TokenSeqs = ()) -> Mapping[str, float | None]:
+        """Descriptive metrics of token sequences; computed on data and on samples, same keys (None where there
+        is nothing to measure). `reference` holds the training items (id lists or arrays), for figures that
+        compare with them (composition, novelty)."""
         return {}
 
     def condition_values(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()) -> list[dict[str, str]]:

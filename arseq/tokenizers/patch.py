@@ -254,7 +254,7 @@ class PatchTokenizer:
         ids.append(self.eos_id)
         return ids
 
-    def decode_pixels(self, ids: Sequence[int]) -> np.ndarray:
+    def decode_pixels(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Pixels of the first num_patches code ids; patches never generated are black."""
         arr = np.asarray(ids, dtype=np.int64)
         codes = arr[self.is_code(arr)][: self.num_patches] - self.code_offset
@@ -265,7 +265,7 @@ class PatchTokenizer:
     def decode(self, ids: Sequence[int]) -> Image.Image:
         return self.image(self.decode_pixels(ids))
 
-    def decode_label(self, ids: Sequence[int]) -> str | None:
+    def decode_label(self, ids: Sequence[int] | np.ndarray) -> str | None:
         """The class label named by the first label id in `ids`, if any."""
         for t in ids:
             if self.label_offset <= t < self.vocab_size:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from arseq.modalities import EvalInputs, Example
+from arseq.modalities import EvalInputs, Example, TokenSeqs
 from arseq.modalities.image.metrics import baseline_bits
 from arseq.tokenizers.patch import PatchTokenizer
 
@@ -17,11 +17,11 @@ LN2 = math.log(2)
 MAX_CLASSIFIER_IMAGES = 5000  # classified_labels fits its classifier on at most this many training images
 
 
-def complete_codes(tok: PatchTokenizer, items: Sequence[Sequence[int]]) -> np.ndarray:
+def complete_codes(tok: PatchTokenizer, items: TokenSeqs) -> np.ndarray:
     """(items, num_patches) code indices of the complete images among token sequences."""
     rows = []
-    for ids in items:
-        ids = np.asarray(ids, dtype=np.int64)
+    for item in items:
+        ids = np.asarray(item, dtype=np.int64)
         codes = ids[tok.is_code(ids)] - tok.code_offset
         if len(codes) >= tok.num_patches:
             rows.append(codes[: tok.num_patches])

@@ -71,7 +71,7 @@ def infill_plan(tok: PatchTokenizer, request: Request, prompt: tuple[np.ndarray,
         raise DataError("--keep-rows needs --prompt IMAGE: the image whose other rows are repainted")
     if request.options.prompt_rows is not None:
         raise DataError("--keep-rows decides the rows kept; drop --prompt-rows")
-    fim = request.fim
+    fim = check_fim(request.fim, "--keep-rows")  # (image_infill's first check)
     infill = image_infill(tok, prompt[0], request.options.keep_rows, fim)
     heads = [[tok.label_id(label)] if tok.labels and label else [] for label in labels]
     prompts = [infill.prompt(fim, [tok.bos_id, *head]) for head in heads]

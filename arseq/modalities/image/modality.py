@@ -47,6 +47,7 @@ from arseq.modalities import (
     Request,
     Sample,
     Skipped,
+    TokenSeqs,
 )
 from arseq.modalities.image.codebook import fit_codebook
 from arseq.modalities.image.evaluation import classified_labels, image_report, sample_figures
@@ -55,7 +56,15 @@ from arseq.modalities.image.infill import completed, infill_plan, row_cuts
 from arseq.modalities.image.metrics import psnr_from_mse
 from arseq.modalities.image.reading import empty_class_folders, encoded_files, geometry, image_items
 from arseq.modalities.image.render import ascii_art, tile
+from arseq.tokenizers.base import Tokenizer
 from arseq.tokenizers.patch import MAX_PATCHES, PatchTokenizer, pick_label
+
+
+def _patch_tokenizer(tokenizer: Tokenizer) -> PatchTokenizer:
+    """The tokenizer a hook is given (the plugin API says any `Tokenizer`), as the one this modality makes."""
+    if not isinstance(tokenizer, PatchTokenizer):
+        raise TypeError(f"the image modality works with a patch tokenizer, not {type(tokenizer).__name__}")
+    return tokenizer
 
 
 @dataclass
@@ -159,7 +168,8 @@ class ImageModality(Modality):
     def _geometry(self) -> PatchTokenizer:
         return geometry(self.size, self.patch_size, self.mode)
 
-    def read(self, files: list[Path], source: str | None, tokenizer: PatchTokenizer, check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
+    def read(self, files: list[Path], source: str | None, tokenizer: Tokenizer, check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
+        tokenizer = _patch_tokenizer(tokenizer)
         labels = tokenizer.labels if self.conditional else []  # a tokenizer with labels: a model from before conditions
         if source is None and self.conditional:
             yield from empty_class_folders(files)
@@ -168,7 +178,7 @@ class ImageModality(Modality):
             found = encoded_files(files, labels or None, self._geometry(), self.conditional, encode)
         else:
             found = (
-                (name, encode(p, label), label, None)
+                (name, encode(p, label) if p is not None else None, label, None)  # a source's items always have pixels
                 for name, p, label, _ in image_items(files, source, labels or None, self._geometry(), self.conditional)
             )
         for name, result, label, problem in found:
@@ -184,7 +194,8 @@ class ImageModality(Modality):
                 conditions={"label": label} if label is not None and not labels else {},
             )
 
-    def summarize(self, tokenizer: PatchTokenizer, examples: list[Example]) -> dict[str, Any]:
+    def summarize(self, tokenizer: Tokenizer, examples: list[Example]) -> dict[str, Any]:
+        tokenizer = _patch_tokenizer(tokenizer)
         counts = Counter(e.conditions.get("label") or tokenizer.decode_label(e.tokens) for e in examples)
         mse = float(np.mean([e.info.get("sq_err", 0.0) for e in examples])) if examples else 0.0
         return {
@@ -198,8 +209,9 @@ class ImageModality(Modality):
             "labels": {name: counts[name] for name in sorted(filter(None, counts), key=natural_order)},
         }
 
-    def fim_cuts(self, tokenizer: PatchTokenizer, tokens: np.ndarray, start: int = 0) -> np.ndarray:
+    def fim_cuts(self, tokenizer: Tokenizer, tokens: np.ndarray, start: int = 0) -> np.ndarray:
         """Patch rows: fill-in-the-middle learns whole rows, the unit `--keep-rows` repaints."""
+        tokenizer = _patch_tokenizer(tokenizer)
         return row_cuts(tokenizer, tokens, start)
 
     # ---- generation ------------------------------------------------------------------------------
@@ -209,8 +221,9 @@ class ImageModality(Modality):
     # cost the "1"s, most then read as 4s (benchmarks/bench_conditioning.py, README).
     conditioned_sampling = {"guidance": 1.5}
 
-    def plan(self, tokenizer: PatchTokenizer, request: Request) -> Plan:
+    def plan(self, tokenizer: Tokenizer, request: Request) -> Plan:
         """--prompt IMAGE keeps its top rows and samples the rest; the constraint ends samples exactly."""
+        tokenizer = _patch_tokenizer(tokenizer)
         tok, opts = tokenizer, request.options
         prompt = self._prompt_pixels(tok, request.prompt, opts.prompt_rows)
         kept: list[int] = []
@@ -270,8 +283,9 @@ class ImageModality(Modality):
             raise DataError(f"--prompt-rows must be between 0 and {tok.grid} (patch rows of the image), got {rows}")
         return pixels, rows
 
-    def fit_prompt(self, tokenizer: PatchTokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
+    def fit_prompt(self, tokenizer: Tokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
         """BOS, the label and the first whole patch rows that fit: generation goes on below them."""
+        tokenizer = _patch_tokenizer(tokenizer)
         start = 2 if tokenizer.labels else 1
         rows = max(0, (limit - start) // tokenizer.grid)
         return prompt[: start + rows * tokenizer.grid], f"its first {rows} patch rows"
@@ -295,7 +309,8 @@ class ImageModality(Modality):
     def _sample_labels(tok: PatchTokenizer, samples: list[Sample]) -> list[str | None]:
         return [tok.decode_label(s.prompt + s.tokens) for s in samples] if tok.labels else [s.conditions.get("label") for s in samples]
 
-    def show(self, tokenizer: PatchTokenizer, samples: list[Sample], request: Request, plan: Plan) -> str:
+    def show(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> str:
+        tokenizer = _patch_tokenizer(tokenizer)
         samples = completed(tokenizer, samples, plan)
         out = []
         for i, (s, label) in enumerate(zip(samples, self._sample_labels(tokenizer, samples))):
@@ -303,7 +318,8 @@ class ImageModality(Modality):
             out.append(f"{head}, nll {s.nll:.3f}\n{ascii_art(tokenizer.decode_pixels(s.prompt + s.tokens))}\n\n")
         return "".join(out)
 
-    def write(self, tokenizer: PatchTokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+    def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+        tokenizer = _patch_tokenizer(tokenizer)
         tok = tokenizer
         samples = completed(tok, samples, plan)  # --keep-rows: kept rows and repainted ones in order
         images = [tok.decode(s.prompt + s.tokens) for s in samples]
@@ -322,17 +338,21 @@ class ImageModality(Modality):
         return files.commit()
 
     # ---- evaluation (arseq/modalities/image/evaluation.py) ---------------------------------------
-    def evaluate(self, tokenizer: PatchTokenizer, report: EvalInputs) -> dict[str, Any]:
+    def evaluate(self, tokenizer: Tokenizer, report: EvalInputs) -> dict[str, Any]:
+        tokenizer = _patch_tokenizer(tokenizer)
         return image_report(tokenizer, report)
 
-    def metrics(self, tokenizer: PatchTokenizer, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
+    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: TokenSeqs = ()) -> dict[str, float]:
+        tokenizer = _patch_tokenizer(tokenizer)
         return sample_figures(tokenizer, sequences)
 
-    def condition_values(self, tokenizer: PatchTokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()) -> list[dict[str, str]]:
+    def condition_values(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()) -> list[dict[str, str]]:
+        tokenizer = _patch_tokenizer(tokenizer)
         return classified_labels(tokenizer, sequences, reference)
 
-    def plausible_mistake(self, tokenizer: PatchTokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
+    def plausible_mistake(self, tokenizer: Tokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
         """A neighbouring pixel value: the code whose patch is nearest to this one's (greyscale 1-pixel codes: next level)."""
+        tokenizer = _patch_tokenizer(tokenizer)
         code = int(tokens[position]) - tokenizer.code_offset
         if not 0 <= code < len(tokenizer.codebook) or len(tokenizer.codebook) < 2:
             return None

@@ -63,9 +63,9 @@ class GrammarConstraint:
                 mask[self.tok.eos_id] = True
         if self.bars is None:
             return mask
-        room = g.room()
-        if room is not None and new_bars >= 1:  # no note rings past the last bar asked for (same-length bars assumed)
-            room += max(0, self.bars - new_bars) * g.bar.length
+        room, bar = g.room(), g.bar  # room is None when bar is
+        if room is not None and bar is not None and new_bars >= 1:  # no note rings past the last bar asked for (same-length bars assumed)
+            room += max(0, self.bars - new_bars) * bar.length
             durs = mask[self.tok.start[DUR] : self.tok.start[DUR] + self.tok.max_dur]  # a view: Dur d at index d - 1
             if durs[:room].any():
                 durs[room:] = False

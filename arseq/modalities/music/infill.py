@@ -120,9 +120,8 @@ class KeepMeter:
     def __call__(self, middles: list[list[int]]) -> torch.Tensor:
         rows = []
         for m in middles:
-            kept, row = self.rows.get(id(m), (None, None))
-            if kept is not m:
-                row = list(self.prefix)
+            cached = self.rows.get(id(m))
+            row = cached[1] if cached is not None and cached[0] is m else list(self.prefix)
             del row[len(self.prefix) + len(m) :]
             row.extend(m[len(row) - len(self.prefix) :])
             self.rows[id(m)] = (m, row)

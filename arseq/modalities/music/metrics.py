@@ -15,7 +15,9 @@ VOICE_RANGES = ((60, 81), (53, 74), (48, 69), (40, 62))
 def score_metrics(pieces: list[Events]) -> dict[str, float | None]:
     """Descriptive statistics of decoded pieces; always the same keys (None where nothing to measure)."""
     pieces = [p for p in pieces if p.notes]
-    entropy, in_key, ranges = [], [], {part: [] for part in range(4)}
+    entropy: list[float] = []
+    in_key: list[float] = []
+    ranges: dict[int, list[int]] = {part: [] for part in range(4)}
     notes = bars = outside = voiced = 0
     for ev in pieces:
         pcs = np.bincount([n.pitch % 12 for n in ev.notes], minlength=12)

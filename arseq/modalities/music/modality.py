@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeAlias
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from arseq.modalities import (
     Sample,
     SamplingConfig,
     Skipped,
+    TokenSeqs,
 )
 from arseq.modalities.infill_ranges import check_fim
 from arseq.modalities.music import performance as perf
@@ -47,8 +48,11 @@ from arseq.modalities.music.reading import (
     roundtrip_report,
 )
 from arseq.modalities.music.render import piano_roll
+from arseq.tokenizers.base import Tokenizer
 from arseq.tokenizers.performance import PerformanceTokenizer
 from arseq.tokenizers.score import PITCH, Events, ScoreTokenizer
+
+MusicTokenizer: TypeAlias = ScoreTokenizer | PerformanceTokenizer  # modality.tokenizer: score or performance
 
 # Nucleus sampling slightly cooled: at T = 1 the 0.8 M-parameter CPU model's samples were 90 % in key (held-out
 # chorales: 95 %), with these 92 %, their pitch-class entropy then matching the data's (configs/music/bach_chorales.yaml).
@@ -60,6 +64,13 @@ SOURCES: dict[str, Callable[[], list[tuple[str, str]]]] = {
     "bach_chorales": bach_chorales,
     "music21_composers": music21_composers,
 }
+
+
+def _music_tokenizer(tokenizer: Tokenizer) -> MusicTokenizer:
+    """The tokenizer a hook is given (the plugin API says any `Tokenizer`), as the one this modality makes."""
+    if not isinstance(tokenizer, (ScoreTokenizer, PerformanceTokenizer)):
+        raise TypeError(f"the music modality works with a score or performance tokenizer, not {type(tokenizer).__name__}")
+    return tokenizer
 
 
 @dataclass
@@ -105,7 +116,7 @@ class MusicModality(Modality):
         if len(transpose) != 2 or transpose[0] > transpose[1]:
             raise DataError(f"modality.transpose must be [low, high] semitones, got {transpose}")
         self.transpose = (int(transpose[0]), int(transpose[1]))
-        self.options = dict(
+        self.options: dict[str, Any] = dict(
             ppq=ppq,
             max_parts=max_parts,
             velocity=velocity,
@@ -129,7 +140,7 @@ class MusicModality(Modality):
         if tokenizer not in self.tokenizer_kinds:
             raise DataError(f"modality.tokenizer must be score or performance, got {tokenizer!r}")
         # built from options alone, so `augment` has it; performance: MIDI as played (`performance`)
-        self.tokenizer: Any = ScoreTokenizer(**self.options) if tokenizer == "score" else PerformanceTokenizer()
+        self.tokenizer: MusicTokenizer = ScoreTokenizer(**self.options) if tokenizer == "score" else PerformanceTokenizer()
 
     # ---- data ---------------------------------------------------------------------------------
     def demo_config(self, tmp_dir: Path) -> dict[str, Any]:
@@ -140,10 +151,11 @@ class MusicModality(Modality):
             shutil.copy(path, tmp_dir / Path(path).name)
         return {"data": {"paths": str(tmp_dir)}, "modality": {"transpose": [-1, 1], "workers": 1}}
 
-    def build_tokenizer(self, files: list[Path], source: str | None) -> ScoreTokenizer:
+    def build_tokenizer(self, files: list[Path], source: str | None) -> MusicTokenizer:
         return self.tokenizer
 
-    def read(self, files: list[Path], source: str | None, tokenizer: ScoreTokenizer, check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
+    def read(self, files: list[Path], source: str | None, tokenizer: Tokenizer, check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
+        tokenizer = _music_tokenizer(tokenizer)
         if source not in (None, *SOURCES):
             raise DataError(f"data.source {source!r}: the music modality knows {' and '.join(map(repr, SOURCES))} (or give data.paths)")
         if (self.composers is not None or self.per_composer is not None) and source != "music21_composers":
@@ -171,7 +183,7 @@ class MusicModality(Modality):
         span = self.tokenizer.pitch_span(tokens[own])
         if span is None:
             return tokens
-        shifts = range(max(self.transpose[0], -span[0]), min(self.transpose[1], 127 - span[1]) + 1)
+        shifts: Sequence[int] = range(max(self.transpose[0], -span[0]), min(self.transpose[1], 127 - span[1]) + 1)
         keys: list[tuple[int, str]] = []  # (position, key) of the window's known key tokens
         if controls is not None and "key" in controls.fields and not own.all():
             values = tuple(controls.fields["key"])
@@ -179,17 +191,20 @@ class MusicModality(Modality):
             shifts = [s for s in shifts if all(transposed_keys(values, s)[values.index(v)] is not None for _, v in keys)]
         if not shifts:
             return tokens
-        shift = int(shifts[rng.integers(len(shifts))])
+        shift = int(shifts[int(rng.integers(len(shifts)))])
         if shift == 0:
             return tokens
         out = tokens.copy()
         out[own] = self.tokenizer.transpose(tokens[own], shift)
         for i, v in keys:
-            out[i] = controls.value_id("key", values[transposed_keys(values, shift)[values.index(v)]])
+            moved = transposed_keys(values, shift)[values.index(v)]
+            if controls is not None and moved is not None:  # always: keys are read from controls, shifts keep known keys
+                out[i] = controls.value_id("key", values[moved])
         return out
 
-    def fim_cuts(self, tokenizer: ScoreTokenizer, tokens: np.ndarray, start: int = 0) -> np.ndarray:
+    def fim_cuts(self, tokenizer: Tokenizer, tokens: np.ndarray, start: int = 0) -> np.ndarray:
         """Bar lines: fill-in-the-middle learns whole bars, the unit `--keep-bars` regenerates."""
+        tokenizer = _music_tokenizer(tokenizer)
         return np.flatnonzero(np.asarray(tokens) == tokenizer.bar_id)
 
     # ---- generation ---------------------------------------------------------------------------
@@ -198,7 +213,8 @@ class MusicModality(Modality):
     # (benchmarks/bench_conditioning.py, README), at twice the rows per pass: worth it whenever --cond is given.
     conditioned_sampling = {"guidance": 2.0}
 
-    def plan(self, tokenizer: ScoreTokenizer, request: Request) -> Plan:
+    def plan(self, tokenizer: Tokenizer, request: Request) -> Plan:
+        tokenizer = _music_tokenizer(tokenizer)
         if isinstance(tokenizer, PerformanceTokenizer):
             return perf.plan(tokenizer, request, SAMPLING_DEFAULTS)
         opts: MusicGenerate = request.options
@@ -208,7 +224,7 @@ class MusicModality(Modality):
         if opts.min_bars < 0:
             raise DataError(f"--min-bars must be >= 0, got {opts.min_bars}")
         if opts.keep_bars is not None:
-            return self._infill_plan(tokenizer, request, sampling)
+            return self._infill_plan(tokenizer, request, sampling, opts.keep_bars)
         least = opts.bars if opts.bars is not None else opts.min_bars
         sampling["max_new_tokens"] = max(SamplingConfig.max_new_tokens, 64 * least)
         if request.prompt:
@@ -219,7 +235,7 @@ class MusicModality(Modality):
             prompt = [tokenizer.bos_id]
         return Plan([list(prompt) for _ in range(request.num_samples)], sampling, constraint=partial(GrammarConstraint, tokenizer, opts.bars, least))
 
-    def _infill_plan(self, tokenizer: ScoreTokenizer, request: Request, sampling: dict[str, Any]) -> Plan:
+    def _infill_plan(self, tokenizer: ScoreTokenizer, request: Request, sampling: dict[str, Any], keep_bars: str) -> Plan:
         """--keep-bars: the prompt file's piece with its other bars to regenerate (arseq.modalities.music.infill)."""
         opts: MusicGenerate = request.options
         fim = check_fim(request.fim, "--keep-bars")
@@ -227,7 +243,7 @@ class MusicModality(Modality):
             raise DataError("--keep-bars needs --prompt FILE: the piece whose other bars are regenerated")
         if opts.bars is not None or opts.prompt_bars is not None:
             raise DataError("--keep-bars decides the bars to write; drop --bars and --prompt-bars")
-        infill = load_infill(tokenizer, Path(request.prompt), opts.keep_bars)
+        infill = load_infill(tokenizer, Path(request.prompt), keep_bars)
         prompt, room = infill.prompt(fim, tokenizer.bos_id, request.context or 10**9)
         skip = len(prompt) - prompt.index(fim.mid_id) - 1  # SPM prompts end with the prefix
         sampling["max_new_tokens"] = room
@@ -241,8 +257,9 @@ class MusicModality(Modality):
             conditions=[dict(shown) for _ in range(request.num_samples)] if known else None,
         )
 
-    def fit_prompt(self, tokenizer: ScoreTokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
+    def fit_prompt(self, tokenizer: Tokenizer, prompt: list[int], limit: int) -> tuple[list[int], str]:
         """The header and the first whole bars that fit, then a bar line (as --prompt-bars does)."""
+        tokenizer = _music_tokenizer(tokenizer)
         if isinstance(tokenizer, PerformanceTokenizer):
             return super().fit_prompt(tokenizer, prompt, limit)
         bar_at = [i for i, t in enumerate(prompt) if t == tokenizer.bar_id]
@@ -251,8 +268,9 @@ class MusicModality(Modality):
             raise DataError(f"the prompt's first bar does not fit in {limit} tokens; choose a shorter prompt")
         return prompt[: bar_at[bars]] + [tokenizer.bar_id], f"its first {bars} of {len(bar_at)} bars"
 
-    def show(self, tokenizer: ScoreTokenizer, samples: list[Sample], request: Request, plan: Plan) -> str:
+    def show(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> str:
         """Each piece's figures and its tokens by name."""
+        tokenizer = _music_tokenizer(tokenizer)
         if isinstance(tokenizer, PerformanceTokenizer):
             return perf.show_samples(tokenizer, samples)
         infill = plan.parsed if isinstance(plan.parsed, MusicInfill) else None
@@ -263,7 +281,8 @@ class MusicModality(Modality):
             out.append(" ".join(tokenizer.token_name(t) for t in (tokenizer.encode_events(ev) if infill else s.prompt + s.tokens)) + "\n")
         return "".join(out)
 
-    def write(self, tokenizer: ScoreTokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+    def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+        tokenizer = _music_tokenizer(tokenizer)
         if isinstance(tokenizer, PerformanceTokenizer):
             return perf.write_samples(tokenizer, samples, request)
         out = request.out_path()
@@ -280,7 +299,8 @@ class MusicModality(Modality):
         return files.commit()
 
     # ---- reporting ----------------------------------------------------------------------------
-    def summarize(self, tokenizer: ScoreTokenizer, examples: list[Example]) -> dict[str, Any]:
+    def summarize(self, tokenizer: Tokenizer, examples: list[Example]) -> dict[str, Any]:
+        tokenizer = _music_tokenizer(tokenizer)
         if isinstance(tokenizer, PerformanceTokenizer):
             return perf.summarize(examples)
         notes = sum(e.info.get("notes", 0) for e in examples)
@@ -307,18 +327,21 @@ class MusicModality(Modality):
             **suggestion,
         }
 
-    def condition_values(self, tokenizer: ScoreTokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()) -> list[dict[str, str]]:
+    def condition_values(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: Sequence[Example] = ()) -> list[dict[str, str]]:
         """Key and meter as the samples show them (the composer is not in the notes)."""
+        tokenizer = _music_tokenizer(tokenizer)
         if isinstance(tokenizer, PerformanceTokenizer):
             return [{"key": perf.find_key(perf.histogram(tokenizer.decode(s)))[2]} for s in sequences]
         return [piece_conditions(tokenizer.decode_events(s)) for s in sequences]
 
-    def metrics(self, tokenizer: ScoreTokenizer, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
+    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: TokenSeqs = ()) -> Mapping[str, float | None]:
+        tokenizer = _music_tokenizer(tokenizer)
         if isinstance(tokenizer, PerformanceTokenizer):
             return perf.timing_metrics([tokenizer.decode(s) for s in sequences])
         return score_metrics([tokenizer.decode_events(s) for s in sequences])
 
-    def evaluate(self, tokenizer: ScoreTokenizer, report: EvalInputs) -> dict[str, Any]:
+    def evaluate(self, tokenizer: Tokenizer, report: EvalInputs) -> dict[str, Any]:
+        tokenizer = _music_tokenizer(tokenizer)
         if isinstance(tokenizer, PerformanceTokenizer):  # notes: note-on ids
             is_pitch = np.zeros(tokenizer.vocab_size, dtype=bool)
             is_pitch[tokenizer.on0 : tokenizer.off0] = True
@@ -331,16 +354,18 @@ class MusicModality(Modality):
             "tokens_per_note": report.num_predicted / max(1, notes),
         }
 
-    def plausible_mistake(self, tokenizer: ScoreTokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
+    def plausible_mistake(self, tokenizer: Tokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
         """A note a semitone off (up or down at random); None for tokens that are not pitches."""
+        tokenizer = _music_tokenizer(tokenizer)
         t = int(tokens[position])
         if isinstance(tokenizer, PerformanceTokenizer) or not 0 <= t < tokenizer.vocab_size or tokenizer.types[t] != PITCH:
             return None
         value, step = int(tokenizer.values[t]), int(rng.choice((-1, 1)))
         return tokenizer.start[PITCH] + (value + step if 0 <= value + step < 128 else value - step)
 
-    def error_predicate(self, tokenizer: ScoreTokenizer, reference: list[np.ndarray]) -> Callable[[Sequence[int]], np.ndarray]:
+    def error_predicate(self, tokenizer: Tokenizer, reference: list[np.ndarray]) -> Callable[[Sequence[int]], np.ndarray] | None:
         """Besides grammar violations (the constraint): a pitch outside the key of the piece (as `in_key_rate` judges it)."""
+        tokenizer = _music_tokenizer(tokenizer)
         if isinstance(tokenizer, PerformanceTokenizer):
             return None
 

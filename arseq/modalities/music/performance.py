@@ -31,7 +31,9 @@ def read_performance(path: Path) -> list[PlayedNote]:
     import symusic
 
     try:
-        score = symusic.Score(str(path), ttype="tick").to("second")
+        # Any: symusic's stubs declare Score generic over the time unit and leave out its attributes
+        ticks: Any = symusic.Score(str(path), ttype="tick")
+        score = ticks.to("second")
     except Exception as e:  # symusic raises RuntimeError and others on damaged files
         raise DataError(f"{path}: cannot parse ({one_line(e, with_type=True, limit=200)})") from None
     if score.end() > MAX_SECONDS:
@@ -59,11 +61,12 @@ def load_performance(name: str, path: str, state: dict, check_roundtrip: bool) -
         notes = read_performance(Path(path))
     except DataError as e:
         return name, None, None, {}, {}, str(e).removeprefix(f"{path}: ")
-    ids = np.asarray(tok.encode(notes), dtype=np.int32)
+    encoded = tok.encode(notes)
+    ids = np.asarray(encoded, dtype=np.int32)
     info: dict[str, float] = {"notes": float(len(notes)), "seconds": float(max(n.end for n in notes))}
     exact = None
     if check_roundtrip:
-        err = roundtrip_errors(tok, notes, ids)
+        err = roundtrip_errors(tok, notes, encoded)
         info.update({f"roundtrip.{k}": v for k, v in err.items()})
         exact = err["onset_ms_max"] <= tok.step_ms / 2 + 1e-6 and err["notes_lost"] == 0  # (float rounding at half a step)
     return name, ids, exact, info, {"key": find_key(histogram(notes))[2]}, None
@@ -173,9 +176,10 @@ def write_midi(notes: Sequence[PlayedNote], path: Path) -> None:
     """A one-track MIDI file of the notes, at 120 bpm and 480 ticks per quarter (1 ms = ~1 tick)."""
     import symusic
 
-    score = symusic.Score(480)
+    # Any: symusic's stubs declare Score and Track generic over the time unit and leave out their attributes
+    score: Any = symusic.Score(480)
     score.tempos.append(symusic.Tempo(0, 120.0))
-    track = symusic.Track("performance")
+    track: Any = symusic.Track("performance")
     ticks = 960  # per second at 120 bpm
     for n in notes:
         start = int(round(n.start * ticks))
@@ -212,5 +216,9 @@ def write_samples(tok: PerformanceTokenizer, samples: Sequence[Any], request: Re
         notes = tok.decode(s.prompt + s.tokens)
         stem = request.out_path() / f"sample_{i:03d}"
         files.add(stem.with_suffix(".mid"), partial(write_midi, notes))
-        files.add(stem.with_suffix(".png"), lambda path, n=notes: piano_roll(as_events(n), 25).save(path, format="PNG"))
+        files.add(stem.with_suffix(".png"), partial(_write_piano_roll, notes))
     return files.commit()
+
+
+def _write_piano_roll(notes: Sequence[PlayedNote], path: Path) -> None:
+    piano_roll(as_events(notes), 25).save(path, format="PNG")

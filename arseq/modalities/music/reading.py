@@ -69,8 +69,9 @@ def load_piece(name: str, path: str, state: dict, check_roundtrip: bool, reader:
             events = read_events(tok, Path(path), reader)
     except DataError as e:
         return name, None, None, {}, {}, str(e).removeprefix(f"{path}: ")
-    ids = np.asarray(tok.encode_events(events), dtype=np.int32)
-    lost = roundtrip_losses(tok, events, ids) if check_roundtrip else {}
+    encoded = tok.encode_events(events)
+    ids = np.asarray(encoded, dtype=np.int32)
+    lost = roundtrip_losses(tok, events, encoded) if check_roundtrip else {}
     info = {
         "notes": float(len(events.notes)),
         "bars": float(len(events.bars)),
@@ -110,7 +111,8 @@ def roundtrip_report(examples: Sequence[Example], first: int = 5) -> dict[str, A
     """`prepare --check-roundtrip`'s account of inexact items: each one with its reasons, and per reason the
     files, notes and first few names. An inexact item always has a reason ("unexplained" would show a bug)."""
     inexact = [e for e in examples if e.exact is False]
-    per_file, reasons = [], {}
+    per_file: list[str] = []
+    reasons: dict[str, dict[str, Any]] = {}
     for e in inexact:
         lost = {k.removeprefix("lost."): int(v) for k, v in e.info.items() if k.startswith("lost.")} or {"unexplained": 0}
         per_file.append(f"{e.name}: " + ", ".join(f"{LOSS_REASONS.get(k, k)} ({v} notes)" for k, v in lost.items()))

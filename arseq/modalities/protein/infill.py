@@ -16,7 +16,7 @@ from arseq.errors import DataError
 from arseq.modalities.base import Constraint, Fim, MiddleView, PrefixCounts
 from arseq.modalities.infill_ranges import check_fim, parse_ranges
 from arseq.modalities.plan import Plan, Request
-from arseq.tokenizers.protein import residue_lengths, standard_ids
+from arseq.tokenizers.protein import ProteinBPETokenizer, ProteinTokenizer, residue_lengths, standard_ids
 
 
 @dataclass
@@ -34,10 +34,10 @@ class ProteinRedesign:
         """The FASTA header field that marks what was redesigned."""
         return f"redesigned={self.a + 1}-{self.b} kept=1-{self.a},{self.b + 1}-{len(self.sequence)}"
 
-    def prompt(self, tok, fim: Fim) -> list[int]:
+    def prompt(self, tok: ProteinTokenizer | ProteinBPETokenizer, fim: Fim) -> list[int]:
         return fim.prompt([tok.bos_id], tok.encode(self.sequence[: self.a]), tok.encode(self.sequence[self.b :]))
 
-    def constraint(self, tok, fim: Fim, skip: int, standard_only: bool) -> Constraint:
+    def constraint(self, tok: ProteinTokenizer | ProteinBPETokenizer, fim: Fim, skip: int, standard_only: bool) -> Constraint:
         """Residue tokens only (standard ones with --standard-only), no EOS before `lo` residues, EOS at `hi`."""
         lengths = torch.from_numpy(residue_lengths(tok))
         residue = lengths > 0
@@ -55,7 +55,7 @@ class ProteinRedesign:
 
         return MiddleView(allowed, [], fim, skip)
 
-    def complete(self, tok, tokens: list[int]) -> str:
+    def complete(self, tok: ProteinTokenizer | ProteinBPETokenizer, tokens: list[int]) -> str:
         return self.sequence[: self.a] + tok.decode([t for t in tokens if t != tok.eos_id]) + self.sequence[self.b :]
 
 
@@ -80,21 +80,22 @@ def parse_redesign(motifs: list[str], span: str, length: str | None, fim: Fim | 
     return ProteinRedesign(seq, a, b, lo, hi)
 
 
-def redesign_plan(tok, request: Request, motifs: list[str], presets: dict[str, dict[str, Any]]) -> Plan:
+def redesign_plan(tok: ProteinTokenizer | ProteinBPETokenizer, request: Request, motifs: list[str], presets: dict[str, dict[str, Any]]) -> Plan:
     """The plan of `--redesign`: one span of the prompt's sequence rewritten between its kept sides."""
     opts = request.options
     if opts.redesign is None:
         raise DataError("--redesign-length needs --redesign A-B")
     if opts.prefix or opts.min_length is not None or opts.max_length is not None:
         raise DataError("--redesign keeps the prompt's other residues: drop --prefix, --min-length and --max-length")
-    span = parse_redesign(motifs, opts.redesign, opts.redesign_length, request.fim)
-    prompt = span.prompt(tok, request.fim)
-    skip = len(prompt) - prompt.index(request.fim.mid_id) - 1  # SPM prompts end with the prefix
+    fim = check_fim(request.fim, "--redesign")  # (parse_redesign's first check)
+    span = parse_redesign(motifs, opts.redesign, opts.redesign_length, fim)
+    prompt = span.prompt(tok, fim)
+    skip = len(prompt) - prompt.index(fim.mid_id) - 1  # SPM prompts end with the prefix
     sampling: dict[str, Any] = dict(presets[opts.preset]) if opts.preset else {}
     sampling["max_new_tokens"] = span.hi + 1
     return Plan(
         [list(prompt) for _ in range(request.num_samples)],
         sampling,
-        constraint=partial(span.constraint, tok, request.fim, skip, opts.standard_only),
+        constraint=partial(span.constraint, tok, fim, skip, opts.standard_only),
         parsed=span,
     )

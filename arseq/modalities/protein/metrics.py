@@ -38,7 +38,7 @@ def properties(seq: str) -> dict[str, Any]:
 
 def composition(proteins: list[str]) -> np.ndarray:
     """Residue fractions over the 20 standard letters plus one bucket for all others."""
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for p in proteins:
         counts.update(p)
     vec = np.array([counts[a] for a in STANDARD] + [sum(counts.values()) - sum(counts[a] for a in STANDARD)], float)
@@ -111,5 +111,5 @@ def similar_residues() -> dict[str, str]:
     for a in STANDARD:
         scores = {b: m[a][b] for b in STANDARD if b != a}
         good = [b for b, s in scores.items() if s > 0]
-        out[a] = "".join(good) or max(scores, key=scores.get)
+        out[a] = "".join(good) or max(scores, key=lambda b: scores[b])
     return out

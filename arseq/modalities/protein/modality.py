@@ -24,7 +24,7 @@ import re
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from arseq.modalities import (
     Sample,
     SamplingConfig,
     Skipped,
+    TokenSeqs,
 )
 from arseq.modalities.protein.designs import design_table
 from arseq.modalities.protein.encoding import encode_proteins
@@ -64,6 +65,7 @@ from arseq.modalities.protein.metrics import (
     similar_residues,
     spread,
 )
+from arseq.tokenizers.base import Tokenizer
 from arseq.tokenizers.protein import (
     NONSTANDARD,
     STANDARD,
@@ -74,6 +76,13 @@ from arseq.tokenizers.protein import (
 
 ProteinTokenizers = ProteinTokenizer | ProteinBPETokenizer
 NONSTANDARD_POLICIES = ("keep", "x", "drop")
+
+
+def _protein_tokenizer(tokenizer: Tokenizer) -> ProteinTokenizers:
+    """The tokenizer a hook is given (the plugin API says any `Tokenizer`), as the one this modality makes."""
+    if not isinstance(tokenizer, (ProteinTokenizer, ProteinBPETokenizer)):
+        raise TypeError(f"the protein modality works with a protein or protein BPE tokenizer, not {type(tokenizer).__name__}")
+    return tokenizer
 
 
 class ProteinModality(Modality):
@@ -147,9 +156,9 @@ class ProteinModality(Modality):
                     if problem:
                         yield Skipped(str(path), f"record {index} ({rid or 'no id'}): {problem}")
                         continue
-                    seq = self._apply_filters(seq, seen)
-                    if seq is not None:
-                        yield rid or f"{path.name}:{index}", seq, header_tag(header, self.tag_field, self.tag_pattern)
+                    kept = self._apply_filters(seq, seen)
+                    if kept is not None:
+                        yield rid or f"{path.name}:{index}", kept, header_tag(header, self.tag_field, self.tag_pattern)
             except FileProblem as e:
                 if index:  # records of this file were used already: never train on half a file
                     raise DataError(f"{path}: {e}") from None
@@ -184,7 +193,8 @@ class ProteinModality(Modality):
             raise DataError(f"no usable protein to fit the BPE tokenizer in {len(files)} file(s)")
         return ProteinBPETokenizer.fit(seqs, self.bpe_vocab_size)
 
-    def read(self, files: list[Path], source: str | None, tokenizer: ProteinTokenizers, check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
+    def read(self, files: list[Path], source: str | None, tokenizer: Tokenizer, check_roundtrip: bool = False) -> Iterator[Example | Skipped]:
+        tokenizer = _protein_tokenizer(tokenizer)
         if source:
             raise DataError(f"the protein modality has no built-in data source ({source!r}); use data.paths")
         used, first_skip = 0, None
@@ -203,7 +213,8 @@ class ProteinModality(Modality):
                 raise DataError(f"{where}{first_skip.file}: {first_skip.reason}")
             raise DataError(f"no protein in {len(files)} file(s) passes the filters ({dict(self.filtered)})")
 
-    def summarize(self, tokenizer: ProteinTokenizers, examples: list[Example]) -> dict[str, Any]:
+    def summarize(self, tokenizer: Tokenizer, examples: list[Example]) -> dict[str, Any]:
+        tokenizer = _protein_tokenizer(tokenizer)
         residues = sum(e.info.get("residues", 0.0) for e in examples)
         tokens = sum(len(e.tokens) - 2 for e in examples)
         out: dict[str, Any] = {
@@ -219,9 +230,10 @@ class ProteinModality(Modality):
     # ---- generation ------------------------------------------------------------------------------
     generate_options = ProteinGenerate
 
-    def plan(self, tokenizer: ProteinTokenizers, request: Request) -> Plan:
+    def plan(self, tokenizer: Tokenizer, request: Request) -> Plan:
         """Designs start with the motif(s) of --prefix or --prompt; --preset gives sampling defaults and
         --max-length / --min-length size max_new_tokens; the constraint keeps lengths in range."""
+        tokenizer = _protein_tokenizer(tokenizer)
         opts: ProteinGenerate = request.options
         prefixes = start_motifs(opts.prefix, request.prompt)
         if opts.redesign is not None or opts.redesign_length is not None:
@@ -243,11 +255,13 @@ class ProteinModality(Modality):
         seqs = [span.complete(tokenizer, s.tokens) if span else tokenizer.decode([*s.prompt, *s.tokens]) for s in samples]
         return design_table(seqs, samples, request.options.rank, request.options.max_length, span.note if span else None)
 
-    def show(self, tokenizer: ProteinTokenizers, samples: list[Sample], request: Request, plan: Plan) -> str:
+    def show(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> str:
+        tokenizer = _protein_tokenizer(tokenizer)
         return self._designs(tokenizer, samples, request, plan)[0]
 
-    def write(self, tokenizer: ProteinTokenizers, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+    def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         """The FASTA and beside it the property CSV, both computed in full before either file is replaced atomically."""
+        tokenizer = _protein_tokenizer(tokenizer)
         fasta, table = self._designs(tokenizer, samples, request, plan)
         out = request.out_path()
         if out.is_dir():
@@ -261,15 +275,16 @@ class ProteinModality(Modality):
         return files.commit()
 
     # ---- reporting -------------------------------------------------------------------------------
-    def evaluate(self, tokenizer: ProteinTokenizers, report: EvalInputs) -> dict[str, Any]:
+    def evaluate(self, tokenizer: Tokenizer, report: EvalInputs) -> dict[str, Any]:
         """With a BPE tokenizer, perplexity per residue (EOS counts as one), to compare tokenizers."""
+        tokenizer = _protein_tokenizer(tokenizer)
         if tokenizer.kind != ProteinBPETokenizer.kind:
             return {}
         val = np.concatenate([np.asarray(t[1:], dtype=np.int64) for t in report.val])
         residues = float(np.maximum(residue_lengths(tokenizer)[val], 1).sum())
         return {"perplexity_per_residue": math.exp(report.total_nll / residues)}
 
-    def metrics(self, tokenizer: ProteinTokenizers, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
+    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: TokenSeqs = ()) -> dict[str, float]:
         """Length, composition, repeats and (given training items as `reference`) KL and novelty.
 
         The same keys for samples and held-out data, so each figure has its natural yardstick: e.g. the
@@ -287,8 +302,8 @@ class ProteinModality(Modality):
             "length_max": float(lengths.max()),
             **{f"aa_{a}": float(f) for a, f in zip(STANDARD, comp)},
             "aa_nonstandard": float(comp[-1]),
-            "standard_only_fraction": float(np.mean([not set(p) - set(STANDARD) for p in proteins] or [0])),
-            "degenerate_fraction": float(np.mean([degenerate(p) for p in proteins] or [0])),
+            "standard_only_fraction": float(np.mean([not set(p) - set(STANDARD) for p in proteins] or [False])),
+            "degenerate_fraction": float(np.mean([degenerate(p) for p in proteins] or [False])),
             "longest_run_mean": float(np.mean([longest_run(p) for p in proteins] or [0])),
             "composition_kl": math.nan,
             "train_identity_mean": math.nan,
@@ -296,8 +311,8 @@ class ProteinModality(Modality):
             "near_copy_fraction": math.nan,
         }
         if len(reference):
-            out["composition_kl"] = kl_divergence(comp, composition([tokenizer.decode(t) for t in reference]))
-            references = [tokenizer.decode(reference[i]) for i in spread(len(reference), NOVELTY_REFERENCES)]
+            out["composition_kl"] = kl_divergence(comp, composition([tokenizer.decode(list(t)) for t in reference]))
+            references = [tokenizer.decode(list(reference[i])) for i in spread(len(reference), NOVELTY_REFERENCES)]
             ident = novelty([proteins[i] for i in spread(len(proteins), NOVELTY_QUERIES)], references)
             if len(ident):
                 out["train_identity_mean"] = float(ident.mean())
@@ -305,8 +320,10 @@ class ProteinModality(Modality):
                 out["near_copy_fraction"] = float((ident >= 0.9).mean())
         return out
 
-    def plausible_mistake(self, tokenizer: ProteinTokenizers, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
+    def plausible_mistake(self, tokenizer: Tokenizer, tokens: np.ndarray, position: int, rng: np.random.Generator) -> int | None:
         """A substituted amino acid: one residue of the token swapped for one BLOSUM62 scores as a likely substitution."""
+        tokenizer = _protein_tokenizer(tokenizer)
+        tokenizer = _protein_tokenizer(tokenizer)
         t = int(tokens[position])
         special = (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
         piece = tokenizer.pieces[t] if 0 <= t < len(tokenizer.pieces) and t not in special else ""  # not a control token
@@ -317,8 +334,9 @@ class ProteinModality(Modality):
         new = piece[:i] + str(rng.choice(list(similar_residues()[piece[i]]))) + piece[i + 1 :]
         return tokenizer.pieces.index(new) if new in tokenizer.pieces else None
 
-    def error_predicate(self, tokenizer: ProteinTokenizers, reference: list[np.ndarray]) -> Callable[[Any], np.ndarray]:
+    def error_predicate(self, tokenizer: Tokenizer, reference: list[np.ndarray]) -> Callable[[Any], np.ndarray]:
         """A token holding a non-standard residue (X, B, Z, U, O) is an error."""
+        tokenizer = _protein_tokenizer(tokenizer)
         special = (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
         bad = np.array([i not in special and bool(set(p) & set(NONSTANDARD)) for i, p in enumerate(tokenizer.pieces)])
         return lambda tokens: bad[np.clip(np.asarray(tokens, dtype=np.int64), 0, len(bad) - 1)]

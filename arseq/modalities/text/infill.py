@@ -44,5 +44,5 @@ def split_gap(prompt: str | None, marker: str, fim: Fim | None) -> TextInfill:
     count = (prompt or "").count(marker)
     if count != 1:
         raise DataError(f"--gap {marker!r}: --prompt must hold the marker exactly once (it holds it {count} times)")
-    before, after = prompt.split(marker)
+    before, after = (prompt or "").split(marker)  # holds the marker: not None
     return TextInfill(before, after)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
@@ -24,7 +24,9 @@ from arseq.modalities.base import (
     Request,
     Sample,
     Skipped,
+    TokenSeqs,
 )
+from arseq.modalities.infill_ranges import check_fim
 from arseq.modalities.text.infill import TextInfill, split_gap
 from arseq.modalities.text.near_miss import typo, unknown_words, vocabulary
 from arseq.tokenizers.base import Tokenizer
@@ -91,7 +93,7 @@ class TextModality(Modality):
             except ValueError as e:
                 yield Skipped(str(f), str(e))
                 continue
-            exact = tokenizer.decode(ids) == text if check_roundtrip else None
+            exact = tokenizer.decode(list(ids)) == text if check_roundtrip else None
             tokens = np.concatenate([[tokenizer.bos_id], ids, [tokenizer.eos_id]])
             yield Example(tokens, str(f), exact, {"chars": len(text)})
 
@@ -113,8 +115,9 @@ class TextModality(Modality):
         """--prompt is text to continue (with --gap: to fill in); one sample printed to the terminal streams as it is sampled."""
         gap = getattr(request.options, "gap", None)
         if gap is not None:
-            infill = split_gap(request.prompt, gap, request.fim)
-            prompt = infill.prompt(tokenizer, request.fim, request.context)
+            fim = check_fim(request.fim, "--gap")  # (split_gap's first check)
+            infill = split_gap(request.prompt, gap, fim)
+            prompt = infill.prompt(tokenizer, fim, request.context)
             return Plan([list(prompt) for _ in range(request.num_samples)], parsed=infill)
         try:
             ids = tokenizer.encode(request.prompt or "")
@@ -161,7 +164,7 @@ class TextModality(Modality):
         return files.commit()
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: Sequence[Sequence[int]] = ()) -> dict[str, float]:
+    def metrics(self, tokenizer: Tokenizer, sequences: list[list[int]], reference: TokenSeqs = ()) -> dict[str, float]:
         texts = [tokenizer.decode(s) for s in sequences]
         words = [w for t in texts for w in t.split()]
         bigrams = list(zip(words, words[1:]))
@@ -172,7 +175,7 @@ class TextModality(Modality):
         }
 
     def evaluate(self, tokenizer: Tokenizer, report: EvalInputs) -> dict[str, Any]:
-        chars = sum(len(tokenizer.decode(item)) for item in report.val)
+        chars = sum(len(tokenizer.decode(list(item))) for item in report.val)
         return {
             "bits_per_char": report.total_nll / math.log(2) / max(1, chars),
         }
@@ -186,5 +189,5 @@ class TextModality(Modality):
     def error_predicate(self, tokenizer: Tokenizer, reference: list[np.ndarray]) -> Callable[[Any], np.ndarray]:
         """A word that never occurs in the training text is an error (marked on the token that ends it)."""
         special = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
-        known = vocabulary([tokenizer.decode(r) for r in reference])
+        known = vocabulary([tokenizer.decode(list(r)) for r in reference])
         return unknown_words(lambda t: " " if t in special else tokenizer.decode([t]), known)

@@ -9,6 +9,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from arseq.tokenizers.base import Tokenizer
+
 KEYBOARD = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
 WORD = re.compile(r"[A-Za-z']+")
 
@@ -20,7 +22,7 @@ def keyboard_neighbours() -> dict[str, str]:
     return {c: "".join(d for d, (r2, i2) in pos.items() if d != c and abs(r2 - r) <= 1 and abs(i2 - i) <= 1) for c, (r, i) in pos.items()}
 
 
-def typo(tokenizer: object, token: int, rng: np.random.Generator) -> int | None:
+def typo(tokenizer: Tokenizer, token: int, rng: np.random.Generator) -> int | None:
     """The token with one letter replaced by a keyboard neighbour (case kept), when that is one token too."""
     piece = tokenizer.decode([int(token)])
     letters = [i for i, ch in enumerate(piece) if ch.lower() in keyboard_neighbours()]
