@@ -130,3 +130,10 @@ def test_transposition_moves_note_ids():
     ids = np.array(TOK.encode([PlayedNote(0, 0.5, 60, 80)]))
     up = TOK.transpose(ids, 2)
     assert TOK.pitch_span(up) == (62, 62) and [n.pitch for n in TOK.decode(up)] == [62]
+
+
+def test_fim_cuts_without_bars():
+    """Fill-in-the-middle training (data.fim_rate > 0) on performance tokens: no bar lines, so any token is a cut
+    (it was an AttributeError: the score tokenizer's bar_id)."""
+    ids = np.array(TOK.encode([PlayedNote(0, 0.5, 60, 80), PlayedNote(0.5, 1.0, 62, 80)]))
+    assert MusicModality(tokenizer="performance").fim_cuts(TOK, ids).tolist() == list(range(len(ids) + 1))

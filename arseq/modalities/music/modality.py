@@ -203,8 +203,11 @@ class MusicModality(Modality):
         return out
 
     def fim_cuts(self, tokenizer: Tokenizer, tokens: np.ndarray, start: int = 0) -> np.ndarray:
-        """Bar lines: fill-in-the-middle learns whole bars, the unit `--keep-bars` regenerates."""
+        """Bar lines: fill-in-the-middle learns whole bars, the unit `--keep-bars` regenerates. Performance
+        tokens have no bars: any token (the default)."""
         tokenizer = _music_tokenizer(tokenizer)
+        if isinstance(tokenizer, PerformanceTokenizer):
+            return super().fim_cuts(tokenizer, tokens, start)
         return np.flatnonzero(np.asarray(tokens) == tokenizer.bar_id)
 
     # ---- generation ---------------------------------------------------------------------------
