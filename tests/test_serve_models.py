@@ -135,20 +135,38 @@ def test_an_engine_that_cannot_start_names_its_model_and_stops_those_started(ckp
     assert set(multiprocessing.active_children()) == before  # the words engine, started, was stopped
 
 
-def test_the_verb_starts_an_engine_process_per_named_checkpoint_with_the_same_settings(ckpts):
+def test_the_engines_start_at_once(ckpts):
+    """Each engine is made while the others are: two that wait for each other both start (made one after the
+    other, the first would wait alone and time out)."""
+    import threading
+
+    from arseq.serve.app import create_models_app
+
+    both = threading.Barrier(2, timeout=20)
+    engines = {}
+    for name, ckpt in ckpts.items():
+        loaded, make = engine_of(ckpt, False, 2)
+        engines[name] = (loaded, lambda make=make: (both.wait(), make())[1])
+    models = create_models_app(engines).state.models
+    assert list(models.by_name) == ["words", "digits"]  # in the order given, whichever was ready first
+    assert both.broken is False
+
+
+def test_the_verb_starts_an_engine_process_per_named_checkpoint_with_the_same_settings(ckpts, monkeypatch):
     from arseq.app.options import parse_verb
     from arseq.app.run_options import RunOptions
     from arseq.serve import command
 
-    flags = ["--checkpoint", f"words={ckpts['words']}", f"--checkpoint=digits={ckpts['digits']}", "--slots", "3", "--threads", "1"]
+    monkeypatch.setattr(command, "usable_cores", lambda: 5)  # without --threads, the 4 cores the HTTP side leaves are shared
+    flags = ["--checkpoint", f"words={ckpts['words']}", f"--checkpoint=digits={ckpts['digits']}", "--slots", "3"]
     values, argv = command.checkpoint_flags(flags)
     assert command.named([str(ckpts["words"])], "mine") == [(None, str(ckpts["words"]))]  # one PATH: named as before
     args = parse_verb(command.parser(), argv, [command.ServeOptions, RunOptions])
     models = command.build(args, command.named(values, args.name)).state.models
     try:
-        assert [(name, m.settings.name, m.settings.slots, m.loop.spec.checkpoint) for name, m in models.by_name.items()] == [
-            ("words", "words", 3, str(ckpts["words"])),
-            ("digits", "digits", 3, str(ckpts["digits"])),
+        assert [(name, m.settings.name, m.settings.slots, m.loop.spec.checkpoint, m.loop.spec.threads) for name, m in models.by_name.items()] == [
+            ("words", "words", 3, str(ckpts["words"]), 2),
+            ("digits", "digits", 3, str(ckpts["digits"]), 2),
         ]
         assert all(m.loop.process.is_alive() for m in models.by_name.values())
     finally:

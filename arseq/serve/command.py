@@ -24,6 +24,7 @@ from arseq.app.options import parse_verb, verb_parser
 from arseq.app.run_options import RunOptions
 from arseq.artifacts import checkpoint
 from arseq.errors import DataError
+from arseq.parallel import usable_cores
 
 log = logging.getLogger("arseq.serve")
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a model's name: safe in a URL's query, a metric's label, a log line
@@ -43,7 +44,7 @@ class ServeOptions:
         timeout: seconds a request may take, queue included (0: none)
         max_body_bytes: largest request body accepted (413 past it)
         grace: on SIGTERM/SIGINT: seconds running requests get to finish
-        threads: torch threads for the model on a CPU (default: the usable cores but one, at least one; the HTTP side needs the other)
+        threads: torch threads for each model on a CPU (default: the usable cores but one, shared among the models, at least one each; the HTTP side needs the other)
         stream_interval: milliseconds a stream's tokens may wait to go out together (a request's first token and its end go at once); 0: every token as it comes
         name: the model's name in responses (default: the checkpoint's modality); several models are named by --checkpoint NAME=PATH
         log_level: debug, info, warning or error
@@ -134,12 +135,14 @@ def build(args: Any, checkpoints: list[tuple[str | None, str]]) -> Any:
     from arseq.serve.settings import Settings
 
     run = RunOptions(device=args.device, compile=args.compile, quantize=args.quantize, dtype=args.dtype)
+    # Engines that each took every core would wait on each other's threads whenever two models decode at once.
+    threads = args.threads or max(1, (usable_cores() - 1) // len(checkpoints))
     engines: dict[str, tuple[Any, EngineSpec]] = {}
     for name, path in checkpoints:
         loaded = checkpoint.load(path, args.modality, args.trust_modality_import)
         # This process plans requests and writes files: it needs the model's shape, never its weights.
         loaded.model.to("meta")
-        spec = EngineSpec(path, args.modality, args.trust_modality_import, run, args.threads, args.log_level)
+        spec = EngineSpec(path, args.modality, args.trust_modality_import, run, threads, args.log_level)
         engines[name or args.name or loaded.modality.name] = (loaded, spec)
     settings = Settings(
         name=next(iter(engines)),

@@ -45,23 +45,28 @@ class Model:
 
 class Models:
     """The server's models by name (in the order given), their shared metrics registry, and the one thread that
-    writes files (music21 and pillow, one request at a time, whichever model it is for). Each engine starts here,
-    one after the other; if one cannot, those started already are stopped and the error names the model."""
+    writes files (music21 and pillow, one request at a time, whichever model it is for). The engines start here,
+    all at once (each engine process loads and compiles its model while the others do: the server is up in the
+    slowest one's time, not their sum); if one cannot, the others are stopped and the error names the model."""
 
     def __init__(self, engines: Mapping[str, tuple[Loaded, Engine]], settings: Settings):
         if not engines:
             raise ValueError("no model to serve")
         self.settings, self.metrics = settings, Metrics()
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="arseq-write")
-        self.by_name: dict[str, Model] = {}
-        for name, (loaded, engine) in engines.items():
-            try:
-                self.by_name[name] = Model(loaded, engine, replace(settings, name=name), self.metrics, self.writer)
-            except Exception as e:
-                self._stop_processes()
-                if isinstance(e, DataError) and len(engines) > 1:
-                    raise DataError(f"model {name!r}: {e}") from None
-                raise
+        with ThreadPoolExecutor(len(engines), thread_name_prefix="arseq-start") as pool:
+            starts = {
+                name: pool.submit(Model, loaded, engine, replace(settings, name=name), self.metrics, self.writer)
+                for name, (loaded, engine) in engines.items()
+            }
+        self.by_name = {name: start.result() for name, start in starts.items() if start.exception() is None}
+        failed = next(((name, e) for name, start in starts.items() if (e := start.exception()) is not None), None)
+        if failed is not None:
+            self._stop_processes()
+            name, e = failed
+            if isinstance(e, DataError) and len(engines) > 1:
+                raise DataError(f"model {name!r}: {e}") from None
+            raise e
 
     def _stop_processes(self) -> None:
         """Stop the engine processes started (a failed start leaves no orphan; an EngineLoop's thread is not started)."""
