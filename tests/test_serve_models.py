@@ -135,6 +135,21 @@ def test_an_engine_that_cannot_start_names_its_model_and_stops_those_started(ckp
     assert set(multiprocessing.active_children()) == before  # the words engine, started, was stopped
 
 
+def test_a_config_lists_the_models_and_flags_override_it(ckpts, tmp_path, capsys):
+    from arseq.serve import command
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"checkpoint:\n  - words={ckpts['words']}\n  - digits={ckpts['digits']}\nslots: 3\n")
+    args, models = command.parse_serve(["--config", str(config)])
+    assert models == [("words", str(ckpts["words"])), ("digits", str(ckpts["digits"]))] and args.slots == 3
+    args, models = command.parse_serve(["--config", str(config), "--checkpoint", f"mine={ckpts['digits']}"])
+    assert models == [("mine", str(ckpts["digits"]))] and args.slots == 3
+    config.write_text(f"checkpoint: [{ckpts['words']}, {ckpts['digits']}]\n")  # paths without names
+    assert main(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NAME=PATH" in err[0], err
+
+
 def test_the_engines_start_at_once(ckpts):
     """Each engine is made while the others are: two that wait for each other both start (made one after the
     other, the first would wait alone and time out)."""
@@ -153,16 +168,12 @@ def test_the_engines_start_at_once(ckpts):
 
 
 def test_the_verb_starts_an_engine_process_per_named_checkpoint_with_the_same_settings(ckpts, monkeypatch):
-    from arseq.app.options import parse_verb
-    from arseq.app.run_options import RunOptions
     from arseq.serve import command
 
     monkeypatch.setattr(command, "usable_cores", lambda: 5)  # without --threads, the 4 cores the HTTP side leaves are shared
     flags = ["--checkpoint", f"words={ckpts['words']}", f"--checkpoint=digits={ckpts['digits']}", "--slots", "3"]
-    values, argv = command.checkpoint_flags(flags)
     assert command.named([str(ckpts["words"])], "mine") == [(None, str(ckpts["words"]))]  # one PATH: named as before
-    args = parse_verb(command.parser(), argv, [command.ServeOptions, RunOptions])
-    models = command.build(args, command.named(values, args.name)).state.models
+    models = command.build(*command.parse_serve(flags)).state.models
     try:
         assert [(name, m.settings.name, m.settings.slots, m.loop.spec.checkpoint, m.loop.spec.threads) for name, m in models.by_name.items()] == [
             ("words", "words", 3, str(ckpts["words"]), 2),

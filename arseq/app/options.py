@@ -110,8 +110,9 @@ def early(argv: Sequence[str]) -> dict[str, Any]:
     return {**found, **from_flags}
 
 
-def verb_parser(prog: str, description: str) -> ArgumentParser:
-    """A verb's parser with what every verb that loads a model takes: --config, --checkpoint and how to trust it."""
+def verb_parser(prog: str, description: str, several: bool = False) -> ArgumentParser:
+    """A verb's parser with what every verb that loads a model takes: --config, --checkpoint and how to trust it.
+    `several`: a config may list several checkpoints (a server's models)."""
     p = ArgumentParser(
         prog=prog,
         exit_on_error=False,
@@ -120,9 +121,10 @@ def verb_parser(prog: str, description: str) -> ArgumentParser:
     p.add_argument("--config", action=ActionConfigFile, help="YAML file of these options (e.g. temperature: 0.8); flags override it")
     p.add_argument(
         "--checkpoint",
-        type=str | None,
+        type=(str | list[str] | None) if several else (str | None),
         default=None,
-        help="a .ckpt, a run folder of 'arseq train' (its best checkpoint), or a folder from 'arseq export'",
+        help="a .ckpt, a run folder of 'arseq train' (its best checkpoint), or a folder from 'arseq export'"
+        + ("; several: NAME=PATH, the flag repeated or a list in --config" if several else ""),
     )
     p.add_argument(
         "--modality",

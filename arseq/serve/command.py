@@ -69,6 +69,7 @@ def parser() -> ArgumentParser:
         "arseq serve",
         "an HTTP server with continuous batching: OpenAI completions, arseq's /v1/generate (the modality's files), metrics and a web page at /. "
         "Several models: --checkpoint NAME=PATH, repeated (requests name theirs by `model`)",
+        several=True,
     )
     p.add_class_arguments(ServeOptions, None, as_group=True)
     # how the model runs, as for generate (a draft model and a batch size are not the server's: --slots is)
@@ -156,6 +157,17 @@ def build(args: Any, checkpoints: list[tuple[str | None, str]]) -> Any:
     return create_models_app(engines, settings)
 
 
+def parse_serve(argv: Sequence[str]) -> tuple[Any, list[tuple[str | None, str]]]:
+    """The options, checked, and the models' (name, path): from the --checkpoint flags, else from --config (one
+    checkpoint, or a list of NAME=PATH)."""
+    checkpoints, argv = checkpoint_flags(argv)
+    args = parse_verb(parser(), argv, [ServeOptions, RunOptions])
+    check(args)
+    if not checkpoints:
+        checkpoints = [args.checkpoint] if isinstance(args.checkpoint, str) else args.checkpoint
+    return args, named(checkpoints, args.name)
+
+
 def run_serve(argv: Sequence[str]) -> int:
     try:
         import prometheus_client  # noqa: F401
@@ -163,10 +175,7 @@ def run_serve(argv: Sequence[str]) -> int:
         import uvicorn
     except ImportError as e:
         raise DataError(f"arseq serve needs the serve extra ({e.name} is missing): pip install 'arseq[serve]'") from None
-    checkpoints, argv = checkpoint_flags(argv)
-    args = parse_verb(parser(), argv, [ServeOptions, RunOptions])
-    check(args)
-    models = named(checkpoints or [str(args.checkpoint)], args.name)
+    args, models = parse_serve(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = build(args, models)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
