@@ -3,7 +3,8 @@
 For each modality a tiny model is trained for a few steps from its shipped config (music: Bach chorales;
 images: digits; proteins: the Swiss-Prot sample in ../shared/data; text: tiny Shakespeare), then sampled on
 the GPU through the decode engine: constrained and conditioned with guidance, eager in float32, compiled
-(CUDA graphs) in bfloat16, speculative with n-gram drafts, and greedy eager vs compiled for identity. Then
+(CUDA graphs) in bfloat16, speculative with n-gram drafts, and greedy eager vs compiled for identity. Then the
+music and text models are served together as `arseq serve` runs them (benchmarks/gpu_serve.py), and
 bench_generate and bench_engine run on CUDA. Every arm records ok / its one-line error, seconds and tokens/s;
 nothing here asserts, so one failure does not hide the others. Device time is scarce: arms not started within
 `--budget-s` are recorded as skipped, and with `--out` the JSON so far is rewritten after every modality, so a
@@ -118,6 +119,20 @@ def bench(module: str, flags: list[str], seconds: float) -> dict:
         return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1], "rc": done.returncode}
 
 
+def serve(runs: dict[str, Path], device: str, seconds: float) -> dict:
+    """The server arm (gpu_serve.check_serve) on the music and text models, if both trained and time is left."""
+    if seconds < 60:
+        return {"skipped": "time budget (--budget-s) spent"}
+    if not {"music", "text"} <= set(runs):
+        return {"skipped": "the music or text model did not train"}
+    try:
+        from benchmarks.gpu_serve import check_serve
+
+        return check_serve({name: runs[name] for name in ("music", "text")}, device, timeout=min(120, seconds))
+    except Exception as e:  # noqa: BLE001 - recorded, the check goes on
+        return {"ok": False, "error": f"{type(e).__name__}: {e}".splitlines()[0], "where": traceback.format_exc().splitlines()[-3:]}
+
+
 def save(out: dict, path: Path | None) -> None:
     """The JSON so far, replaced whole (a run killed at its limit leaves what it had)."""
     if path is not None:
@@ -145,17 +160,20 @@ def main() -> None:
     def left() -> float:
         return args.budget_s - (time.perf_counter() - t0)
 
+    runs: dict[str, Path] = {}
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):  # stdout: the JSON alone
         for name in CONFIGS:
             if left() <= 0:
                 out["modalities"][name] = {"skipped": "time budget (--budget-s) spent"}
                 continue
             try:
-                run = train(name, Path(tmp), args.steps, args.device, args.data)
-                out["modalities"][name] = check_modality(name, run, args.device, left)
+                runs[name] = train(name, Path(tmp), args.steps, args.device, args.data)
+                out["modalities"][name] = check_modality(name, runs[name], args.device, left)
             except Exception as e:  # noqa: BLE001
                 out["modalities"][name] = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
             save(out, args.out)
+        out["serve"] = serve(runs, args.device, left())
+        save(out, args.out)
     if not args.skip_bench:
         generate_flags = ["--device", args.device, "--new-tokens", "128", "--repeats", "3"]
         out["bench_generate"] = bench("benchmarks.bench_generate", generate_flags, left() * 0.6)

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python}"
 packages=(music21 chardet jsonpickle more-itertools webcolors biopython jsonargparse docstring-parser typeshed-client
-  typing-extensions symusic platformdirs pySmartDL)
+  typing-extensions symusic platformdirs pySmartDL starlette uvicorn prometheus-client)
 pinned=()
 for name in "${packages[@]}"; do
   pinned+=("$name==$("$python" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name")")
