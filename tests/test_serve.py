@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import wave
 
 import pytest
@@ -312,6 +313,7 @@ def test_sigterm_finishes_running_requests_and_exits_0(trained):
         assert list(stream)[-1][1] == "[DONE]"  # the running request finishes
         conn.close()
         assert proc.wait(60) == 0
+        assert "did not stop" not in proc.stderr.read()  # the engine process exited by itself, and was seen to
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -320,6 +322,34 @@ def test_sigterm_finishes_running_requests_and_exits_0(trained):
 def test_serve_verb_checks_its_flags(capsys):
     assert main(["serve", "--checkpoint", "x", "--slots", "0"]) == 2
     assert "--slots must be >= 1" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", "x", "--port", "65536"]) == 2
+    assert "--port must be in 0..65535" in capsys.readouterr().err
+
+
+def test_a_port_in_use_or_a_bad_host_is_one_line_before_any_model_loads(trained, monkeypatch, capsys):
+    import socket
+
+    from arseq.serve import command
+
+    monkeypatch.setattr(command, "build", lambda *a: pytest.fail("a model was loaded before the socket was bound"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--checkpoint", str(trained), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--port {port}" in err[0] and "in use" in err[0], err
+    assert main(["serve", "--checkpoint", str(trained), "--host", "256.1.1.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--host 256.1.1.1" in err[0], err
+
+
+def test_the_server_logs_each_line_once_with_its_time(tmp_path, capsys):
+    assert main(["serve", "--checkpoint", str(tmp_path / "nothing.ckpt"), "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    warned = [line for line in err if "anyone who can reach it" in line]
+    assert len(warned) == 1 and re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ arseq.serve WARNING binding 0.0.0.0", warned[0]), err
+    assert "nothing.ckpt" in err[-1]
 
 
 def test_the_dna_plugin_is_served_like_a_built_in(tmp_path, monkeypatch):

@@ -114,7 +114,7 @@ def test_bad_checkpoint_names_are_one_line_and_exit_2(checkpoints, flags, says, 
 
 def test_a_path_that_does_not_load_is_one_line_and_exit_2(ckpts, tmp_path, capsys):
     good = f"words={ckpts['words']}"
-    assert main(["serve", "--checkpoint", good, "--checkpoint", f"lost={tmp_path / 'nothing.ckpt'}", "--port", "1"]) == 2
+    assert main(["serve", "--checkpoint", good, "--checkpoint", f"lost={tmp_path / 'nothing.ckpt'}", "--port", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nothing.ckpt" in err[0] and "Traceback" not in err[0]
 

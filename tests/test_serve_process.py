@@ -90,6 +90,6 @@ def test_a_dead_engine_process_fails_its_requests_and_is_replaced(remote):
 
 
 def test_an_engine_that_cannot_start_is_one_line_and_exit_2(ckpt, capsys):
-    assert main(["serve", "--checkpoint", str(ckpt), "--device", "cuda:7", "--port", "1"]) == 2
+    assert main(["serve", "--checkpoint", str(ckpt), "--device", "cuda:7", "--port", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cuda" in err[0].lower() and "Traceback" not in err[0]

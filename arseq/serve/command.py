@@ -13,6 +13,7 @@ import contextlib
 import logging
 import re
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,8 @@ def check(args: Any) -> None:
     for name, lo in (("slots", 1), ("max_queue", 1), ("max_new_tokens_limit", 1), ("max_body_bytes", 1024), ("port", 0)):
         if getattr(args, name) < lo:
             raise DataError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(args, name)}")
+    if args.port > 65535:
+        raise DataError(f"--port must be in 0..65535, got {args.port}")
     if args.timeout < 0 or args.grace < 0 or not 0 <= args.stream_interval <= 1000:
         raise DataError("--timeout and --grace must be >= 0, --stream-interval in 0..1000 (milliseconds)")
 
@@ -176,28 +179,71 @@ def run_serve(argv: Sequence[str]) -> int:
     except ImportError as e:
         raise DataError(f"arseq serve needs the serve extra ({e.name} is missing): pip install 'arseq[serve]'") from None
     args, models = parse_serve(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app = build(args, models)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("binding %s: anyone who can reach it can use this model (there is no authentication)", args.host)
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=args.grace,
-        limit_concurrency=max(256, 4 * args.max_queue),
-    )
-    server = quiet_exit(uvicorn.Server)(config)
-    server.run()
+    with contextlib.closing(listening(args.host, args.port)) as sock, server_logging(args.log_level):
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("binding %s: anyone who can reach it can use this model (there is no authentication)", args.host)
+        app = build(args, models)
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            app,
+            host=args.host,
+            port=port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=args.grace,
+            limit_concurrency=max(256, 4 * args.max_queue),
+        )
+        url = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{port}/"
+        arseq_server(uvicorn.Server, url)(config).run(sockets=[sock])
     return 0
 
 
-def quiet_exit(server_cls: type) -> type:
-    """uvicorn's Server, whose SIGTERM/SIGINT start the graceful shutdown and then let the process exit 0 (uvicorn
-    re-raises the signal after shutting down, which would end the process with it)."""
+def listening(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before any model loads: a port in use or an address that is not this machine's
+    is one line and exit 2 at once (uvicorn binds after the engines started, and says it among its own lines)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise DataError(f"--host {host}: not an address to listen on ({e.strerror or e})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait out TIME_WAIT
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise DataError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror or e})") from None
+    return sock
+
+
+@contextlib.contextmanager
+def server_logging(level: str) -> Iterator[None]:
+    """While the server runs, its lines carry the time, each once: the root logger gets the format, and arseq's own
+    stderr handler (the CLI's, without time) takes it too and stops passing its records up to the root's."""
+    fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt)
+    arseq_log = logging.getLogger("arseq")
+    saved = arseq_log.level, arseq_log.propagate, [(h, h.formatter) for h in arseq_log.handlers]
+    arseq_log.setLevel(level.upper())
+    for handler in arseq_log.handlers:
+        handler.setFormatter(logging.Formatter(fmt))
+    arseq_log.propagate = not arseq_log.handlers
+    try:
+        yield
+    finally:
+        arseq_log.level, arseq_log.propagate = saved[0], saved[1]
+        for handler, formatter in saved[2]:
+            handler.setFormatter(formatter)
+
+
+def arseq_server(server_cls: type, url: str) -> type:
+    """uvicorn's Server, which says where it listens once it does (uvicorn says nothing of sockets it is given), and
+    whose SIGTERM/SIGINT start the graceful shutdown and then let the process exit 0 (uvicorn re-raises the signal
+    after shutting down, which would end the process with it)."""
 
     class Server(server_cls):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            log.info("serving on %s (Ctrl+C to stop)", url)
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             if threading.current_thread() is not threading.main_thread():

@@ -221,6 +221,9 @@ class EngineProcess:
         self.stopping = self.restarting = False
         self.rows_active = 0
         self.asyncio_loop: asyncio.AbstractEventLoop | None = None
+        # One join at a time: two threads' waitpid on one child race, and the loser reads it as alive (the stopping
+        # thread then killed a process that had exited, by a pid that may be another's by then).
+        self.join_lock = threading.Lock()
         self.conn, self.process = self._spawn()
 
     def _spawn(self) -> tuple[Connection, Any]:
@@ -253,7 +256,7 @@ class EngineProcess:
             return waiting_jobs(self.jobs.values())
 
     def health(self) -> dict[str, Any]:
-        ok = self.process.is_alive() and not (self.stopping or self.restarting)
+        ok = not self._exited() and not (self.stopping or self.restarting)
         return {"ok": ok, "rows_active": self.rows_active, "requests_waiting": self.waiting()}
 
     def submit(self, job: Job) -> None:
@@ -282,11 +285,16 @@ class EngineProcess:
         with self.lock:
             self.stopping = True
             self._send(("stop", timeout))
-        self.process.join(timeout + 10)
-        if self.process.is_alive():
-            log.error("the engine process did not stop in %g s; killing it", timeout + 10)
-            self.process.kill()
-            self.process.join(5)
+        with self.join_lock:
+            self.process.join(timeout + 10)
+            if self.process.exitcode is None:
+                log.error("the engine process did not stop in %g s; killing it", timeout + 10)
+                self.process.kill()
+                self.process.join(5)
+
+    def _exited(self) -> bool:
+        """Whether the engine process has ended, read from its sentinel: `is_alive` would reap it (see join_lock)."""
+        return bool(multiprocessing.connection.wait([self.process.sentinel], 0))
 
     def _send(self, message: tuple) -> None:
         try:
@@ -347,8 +355,11 @@ class EngineProcess:
         """The engine process ended (or its pipe broke): fail its requests; unless stopping, start a new one."""
         assert self.asyncio_loop is not None
         self.asyncio_loop.remove_reader(self.conn.fileno())
-        self.process.join(5)
-        code = self.process.exitcode
+        code = None
+        if not self.stopping:  # while stopping, `stop` waits for it
+            with self.join_lock:
+                self.process.join(5)
+                code = self.process.exitcode
         with self.lock:
             failed, self.jobs = list(self.jobs.values()), {}
             self.rows_active = 0
