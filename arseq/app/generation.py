@@ -52,15 +52,19 @@ def sample(
             f"--draft: speculative decoding does not guide, and these samples are guided (guidance {cfg.guidance:g}: "
             f"--guidance, or the {loaded.modality.name} default for conditioned samples); add --guidance 1 or drop --draft"
         )
-    bar = None
-    if streamer is None and len(prompts) > 1:
-        bar = tqdm(total=len(prompts), desc="generating", unit="sample", leave=False, disable=None)
+    # tokens, not samples: one long piece (--bars 500) is minutes of a single sample
+    bar = tqdm(desc="generating", unit="tok", leave=False, disable=None) if streamer is None else None
+    finished = 0
 
     def on_token(row: int, token: int, done: bool) -> None:
+        nonlocal finished
         if streamer is not None and echo is not None:
             echo(streamer(row, token))
-        if bar is not None and done:
+        if bar is not None:
             bar.update()
+            if done:
+                finished += 1
+                bar.set_postfix_str(f"{finished}/{len(prompts)} samples", refresh=False)
 
     slots = min(batch_size, len(prompts)) * (2 if planned.guide is not None else 1)
     try:
