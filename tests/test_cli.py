@@ -178,7 +178,8 @@ def test_compile_that_cannot_work_stops_in_one_line(tiny_config, tmp_path, capsy
     "argv, message",
     [
         (["--data.pahts", "x"], "data.pahts"),
-        (["--model.n_layer", "two"], "model.n_layer"),
+        (["--model.n_layer", "two"], "--model.n_layer: expected an integer, got 'two'"),
+        (["--optim.name", "sgd"], "--optim.name: expected one of adamw, muon, got 'sgd'"),
         (["--modality.tokenizer", "words"], "modality.tokenizer"),
         (["--data.paths", "/no/such/file.txt"], "/no/such/file.txt: no such file"),
     ],
@@ -186,6 +187,17 @@ def test_compile_that_cannot_work_stops_in_one_line(tiny_config, tmp_path, capsy
 def test_config_errors_are_one_line(tiny_config, capsys, argv, message):
     code, _, err = run(capsys, "train", "--config", str(tiny_config), *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_value_of_the_wrong_type_says_what_the_option_takes(trained, capsys):
+    import arseq
+
+    code, _, err = run(capsys, "generate", "--checkpoint", str(trained), "--temperature", "hot")
+    assert code == 2 and err.strip().endswith("--temperature: expected a number, got 'hot'"), err
+    code, _, err = run(capsys, "generate", "--checkpoint", str(trained), "--num-samples", "2.5")
+    assert code == 2 and err.strip().endswith("--num-samples: expected an integer, got '2.5'"), err
+    with pytest.raises(ValueError, match=r"^top_k: expected an integer, got '1.5'$"):
+        arseq.load(trained).generate(1, top_k=1.5)
 
 
 def test_yaml_typo_names_the_key(tiny_config, tmp_path, capsys):

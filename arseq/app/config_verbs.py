@@ -9,9 +9,10 @@ from typing import Any, Callable, Sequence
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
+from arseq.app.parse_errors import parse_error
 from arseq.config_files import read_config
 from arseq.data.config import DataConfig
-from arseq.errors import DataError, one_line
+from arseq.errors import DataError
 from arseq.modalities import Modality, resolve
 
 
@@ -69,8 +70,8 @@ def parse_config(verb: str, help: str, argv: list[str], add: Callable[[ArgumentP
     add(parser)
     try:
         cfg = parser.parse_args(argv)
-    except Exception as e:  # jsonargparse's ArgumentError: make it one line
-        raise DataError(one_line(e)) from None
+    except Exception as e:  # jsonargparse's ArgumentError
+        raise parse_error(e) from None
     for section in ("modality", "data", *sections):
         if not hasattr(cfg.get(section), "as_dict"):
             raise DataError(f"config section {section!r} must be a mapping of keys to values, got {cfg.get(section)!r}")

@@ -13,9 +13,10 @@ from typing import Any, Sequence
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from arseq.app.parse_errors import parse_error
 from arseq.app.run_options import RunOptions
 from arseq.config_files import read_config
-from arseq.errors import DataError, one_line
+from arseq.errors import DataError
 from arseq.modalities import Request, SamplingOptions
 
 HELP = {
@@ -200,8 +201,8 @@ def kinds(generate_options: type | None) -> dict[str, str]:
 def parse(p: Any, argv: Sequence[str], kinds_: dict[str, str]) -> Any:
     try:
         return p.parse_args(normalize(argv, kinds_))
-    except Exception as e:  # jsonargparse's ArgumentError: one line
-        raise DataError(one_line(e)) from None
+    except Exception as e:  # jsonargparse's ArgumentError
+        raise parse_error(e) from None
 
 
 def to_call(cfg: Any, generate_options: type | None) -> Call:
@@ -237,7 +238,7 @@ def from_python(verb: str, generate_options: type | None, options: dict[str, Any
     try:
         cfg = p.parse_object(values, defaults=True)
     except Exception as e:
-        raise DataError(one_line(e)) from None
+        raise parse_error(e, flags=False) from None
     return to_call(cfg, generate_options)
 
 
