@@ -196,6 +196,8 @@ def test_a_value_of_the_wrong_type_says_what_the_option_takes(trained, capsys):
     assert code == 2 and err.strip().endswith("--temperature: expected a number, got 'hot'"), err
     code, _, err = run(capsys, "generate", "--checkpoint", str(trained), "--num-samples", "2.5")
     assert code == 2 and err.strip().endswith("--num-samples: expected an integer, got '2.5'"), err
+    code, _, err = run(capsys, "generate", "--checkpoint", str(trained), "--overwrite", "maybe")
+    assert code == 2 and err.strip().endswith("--overwrite: expected true or false (or nothing: true), got 'maybe'"), err
     with pytest.raises(ValueError, match=r"^top_k: expected an integer, got '1.5'$"):
         arseq.load(trained).generate(1, top_k=1.5)
 

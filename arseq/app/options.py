@@ -75,6 +75,8 @@ def normalize(argv: Sequence[str], kinds: dict[str, str]) -> list[str]:
         if eq:
             out.append(f"--{name}={value}")
         elif kind == "bool" and (i == len(argv) or argv[i].lower() not in ("true", "false")):
+            if i < len(argv) and not argv[i].startswith("-"):  # no verb takes a bare value: it was meant for this flag
+                raise DataError(f"--{name.replace('_', '-')}: expected true or false (or nothing: true), got {argv[i]!r}")
             out += [f"--{name}", "true"]
         elif kind == "optional" and (i == len(argv) or argv[i].startswith("--")):  # --compile alone: on
             out += [f"--{name}", "true"]
