@@ -23,6 +23,10 @@ from arseq.errors import DataError
 FLOAT_BYTES = 4  # models are built in float32 before any --dtype cast
 TOKEN_BYTES = 40  # a token kept in Python lists (int object + list slot), what samples and prompts cost
 MAX_FLAG_COUNT = 10_000_000  # counts (samples, draft tokens) past this are typos, whatever the memory
+# Floats a training step keeps per token, per layer and unit of width, for the backward pass: 33 measured (eager,
+# float32, CPU; 1-8 layers, width 256-512, context 1-2 K); set lower so that a compiled or mixed-precision step,
+# which keeps less, is never refused.
+ACTIVATION_FLOATS = 24
 SIZE_FIELDS = ("vocab_size", "max_seq_len", "n_layer", "n_head", "d_model", "mlp_hidden")
 
 
@@ -101,6 +105,22 @@ def check_model(cfg: Mapping[str, Any], where: str, prefix: str = "model.", batc
     fields = {"layers": ("n_layer", "d_model", "mlp_hidden"), "vocabulary": ("vocab_size", "d_model"), "context": ("max_seq_len",)}[cause]
     named = ", ".join(f"{(names or {}).get(f, prefix + f)}={cfg[f]}" for f in fields if cfg.get(f) is not None)
     raise DataError(f"{where}: {named} would need {_gb(total)} ({cause}: {_gb(parts[cause])}), more than the {_gb(budget)} of memory here")
+
+
+def check_training(cfg: Mapping[str, Any], batch: int, where: str, names: Mapping[str, str]) -> None:
+    """Refuse a training step that cannot fit in this machine's memory: the activations `batch` windows of the
+    context keep for the backward pass, and the weights with their gradients and AdamW's two moments.
+    `names` spells the fields as the config does (data.block_size, data.batch_size)."""
+    parts = model_bytes(cfg, 1, where, "model.", names)
+    layers, width, ctx = (int(cfg[k]) for k in ("n_layer", "d_model", "max_seq_len"))
+    need = batch * ctx * layers * width * ACTIVATION_FLOATS * FLOAT_BYTES + 4 * (parts["layers"] + parts["vocabulary"])
+    budget = memory_budget()
+    if need > budget:
+        size = f"{names.get('batch_size', 'batch_size')}={batch} x {names.get('max_seq_len', 'max_seq_len')}={ctx}"
+        raise DataError(
+            f"{where}: {size} on {layers} layers of width {width}: a training step would need {_gb(need)} or more, "
+            f"more than the {_gb(budget)} of memory here (lower {names.get('batch_size', 'batch_size')} or {names.get('max_seq_len', 'max_seq_len')})"
+        )
 
 
 def check_count(flag: str, value: int, per_item_bytes: int, minimum: int = 1) -> None:

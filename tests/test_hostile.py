@@ -263,6 +263,20 @@ def test_stored_data_paths_are_read_only_when_none_are_given_and_never_for_expor
     assert str(secret) in map(str, read)
 
 
+def test_a_training_step_past_memory_is_refused_before_any_data_is_read(files, monkeypatch, capsys):
+    """64 windows of 32,768 tokens: the weights and a KV cache row fit in 1 GB, the step's activations do not."""
+    from arseq import limits
+
+    monkeypatch.setattr(limits, "memory_budget", lambda: 2**30)
+    before = tree(files["root"])
+    assert main(["train", "--config", str(files["config"]), "--data.batch_size", "64", "--data.block_size", "32768"]) == 2
+    line = one_line(capsys.readouterr().err, "data.batch_size=64 x data.block_size=32768")
+    assert "a training step would need" in line and "lower data.batch_size or data.block_size" in line
+    assert tree(files["root"]) == before
+    model = {"vocab_size": 1, "max_seq_len": 32768, "n_layer": 1, "n_head": 2, "d_model": 16}
+    limits.check_training(model, 4, "config", {})  # 4 windows fit
+
+
 def test_a_run_that_fails_before_writing_leaves_no_version_folder(files, capsys):
     assert main(["train", "--config", str(files["config"]), "--trainer.strategy", "bogus"]) == 2  # Lightning refuses it
     one_line(capsys.readouterr().err, "strategy")

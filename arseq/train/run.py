@@ -25,7 +25,7 @@ from arseq.data.fim import for_training
 from arseq.data.loader import train_loader, val_loader
 from arseq.data.prepare import Prepared, prepare
 from arseq.errors import first_line, one_line
-from arseq.limits import check_model
+from arseq.limits import check_model, check_training
 from arseq.modalities import DataError, Modality
 from arseq.models.transformer import TransformerConfig
 from arseq.tokenizers.base import Tokenizer
@@ -119,8 +119,11 @@ def check_settings(data: DataConfig, model: dict[str, Any], optim: dict[str, Any
     if not isinstance(trainer_args["max_steps"], int) or trainer_args["max_steps"] < 1:
         raise DataError(f"trainer.max_steps must be a positive integer, got {trainer_args['max_steps']!r}")
     probe = TransformerConfig(vocab_size=1, max_seq_len=data.block_size, **model)
-    check_model(asdict(probe), "config", batch=data.batch_size, names={"max_seq_len": "data.block_size"})
+    names = {"max_seq_len": "data.block_size", "batch_size": "data.batch_size"}
+    check_model(asdict(probe), "config", batch=data.batch_size, names=names)
     check_trainer_args(trainer_args)
+    if str(trainer_args.get("accelerator", "auto")).lower() == "cpu" or not torch.cuda.is_available():
+        check_training(asdict(probe), data.batch_size, "config", names)  # a GPU's memory is the GPU's: Lightning says
     OptimConfig(**optim)
 
 
