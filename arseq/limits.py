@@ -116,10 +116,10 @@ def check_training(cfg: Mapping[str, Any], batch: int, where: str, names: Mappin
     need = batch * ctx * layers * width * ACTIVATION_FLOATS * FLOAT_BYTES + 4 * (parts["layers"] + parts["vocabulary"])
     budget = memory_budget()
     if need > budget:
-        size = f"{names.get('batch_size', 'batch_size')}={batch} x {names.get('max_seq_len', 'max_seq_len')}={ctx}"
+        rows, length = names.get("batch_size", "batch_size"), names.get("max_seq_len", "max_seq_len")
         raise DataError(
-            f"{where}: {size} on {layers} layers of width {width}: a training step would need {_gb(need)} or more, "
-            f"more than the {_gb(budget)} of memory here (lower {names.get('batch_size', 'batch_size')} or {names.get('max_seq_len', 'max_seq_len')})"
+            f"{where}: {rows}={batch} x {length}={ctx} on {layers} layers of width {width}: a training step would need "
+            f"{_gb(need)} or more, more than the {_gb(budget)} of memory here (lower {rows} or {length})"
         )
 
 

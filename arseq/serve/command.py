@@ -229,7 +229,8 @@ def server_logging(level: str) -> Iterator[None]:
     try:
         yield
     finally:
-        arseq_log.level, arseq_log.propagate = saved[0], saved[1]
+        arseq_log.setLevel(saved[0])  # setLevel, not .level: loggers cache what their level lets through
+        arseq_log.propagate = saved[1]
         for handler, formatter in saved[2]:
             handler.setFormatter(formatter)
 
