@@ -37,14 +37,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(checkpoint: str, *flags: str) -> tuple[subprocess.Popen, int]:
+def start(checkpoint: str, *flags: str, wait: float = 120) -> tuple[subprocess.Popen, int]:
+    """`arseq serve` in a process of its own, once it accepts connections (its models loaded: it listens after)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "arseq", "serve", "--checkpoint", checkpoint, "--host", HOST, "--port", str(port), "--log-level", "warning", *flags],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"arseq serve exited: {proc.stderr.read().decode()[-400:]}")
@@ -54,7 +55,7 @@ def start(checkpoint: str, *flags: str) -> tuple[subprocess.Popen, int]:
         except OSError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("arseq serve did not start in 120 s")
+    raise RuntimeError(f"arseq serve did not start in {wait:.0f} s")
 
 
 def stop(proc: subprocess.Popen) -> int:
