@@ -168,9 +168,9 @@ def test_the_engines_start_at_once(ckpts):
 
 
 def test_the_verb_starts_an_engine_process_per_named_checkpoint_with_the_same_settings(ckpts, monkeypatch):
-    from arseq.serve import command
+    from arseq.serve import command, engine_process
 
-    monkeypatch.setattr(command, "usable_cores", lambda: 5)  # without --threads, the 4 cores the HTTP side leaves are shared
+    monkeypatch.setattr(engine_process, "usable_cores", lambda: 5)  # without --threads, the 4 cores the HTTP side leaves are shared
     flags = ["--checkpoint", f"words={ckpts['words']}", f"--checkpoint=digits={ckpts['digits']}", "--slots", "3"]
     assert command.named([str(ckpts["words"])], "mine") == [(None, str(ckpts["words"]))]  # one PATH: named as before
     models = command.build(*command.parse_serve(flags)).state.models

@@ -25,7 +25,6 @@ from arseq.app.options import parse_verb, verb_parser
 from arseq.app.run_options import RunOptions
 from arseq.artifacts import checkpoint
 from arseq.errors import DataError
-from arseq.parallel import usable_cores
 
 log = logging.getLogger("arseq.serve")
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a model's name: safe in a URL's query, a metric's label, a log line
@@ -135,12 +134,11 @@ def build(args: Any, checkpoints: list[tuple[str | None, str]]) -> Any:
     """Load every checkpoint (a PATH that does not load fails before any engine starts), start each model's engine
     process (its model loaded and compiled) and make the app."""
     from arseq.serve.app import create_models_app
-    from arseq.serve.engine_process import EngineSpec
+    from arseq.serve.engine_process import EngineSpec, default_threads
     from arseq.serve.settings import Settings
 
     run = RunOptions(device=args.device, compile=args.compile, quantize=args.quantize, dtype=args.dtype)
-    # Engines that each took every core would wait on each other's threads whenever two models decode at once.
-    threads = args.threads or max(1, (usable_cores() - 1) // len(checkpoints))
+    threads = args.threads or default_threads(len(checkpoints))
     engines: dict[str, tuple[Any, EngineSpec]] = {}
     for name, path in checkpoints:
         loaded = checkpoint.load(path, args.modality, args.trust_modality_import)

@@ -163,7 +163,7 @@ class _EngineSide:
             # default of one thread per core, torch's threads wait on each other behind the event loop (16
             # streams of a 4 x 128 character model on 2 cores, compiled, A/B: 5,998-6,009 tokens/s with one
             # torch thread, 1,826-1,869 with two).
-            torch.set_num_threads(spec.threads or max(1, usable_cores() - 1))
+            torch.set_num_threads(spec.threads or default_threads())
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         make_engine = lambda: build_engine(loaded, self.settings.slots, spec.run.compile)  # noqa: E731
         self.loop = EngineLoop(loaded, make_engine, self.records, sys.maxsize, self.settings.stream_interval, self.outlet)  # bounded there
@@ -206,6 +206,12 @@ def _wire(event: tuple) -> tuple:
         e = event[1]
         return ("error", (e.status, str(e), e.field, e.headers))
     return event
+
+
+def default_threads(models: int = 1) -> int:
+    """Torch threads for each of `models` engine processes on a CPU: the usable cores but the one the server's
+    process needs, shared (engines that each took them all would wait on each other's threads), at least one."""
+    return max(1, (usable_cores() - 1) // models)
 
 
 # ---- the server's side -------------------------------------------------------------------------------------
