@@ -8,6 +8,9 @@ sampling option not given takes the modality's default, else the core's, exactly
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,20 @@ from arseq.limits import check_call
 from arseq.modalities import Sample
 from arseq.models.scoring import sequence_nll
 from arseq.outputs import claimed
+
+Paths = str | os.PathLike | Sequence[str | os.PathLike]
+FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9_.-]*)")
+
+
+@contextmanager
+def python_names(renamed: dict[str, str]) -> Iterator[None]:
+    """The checks the API shares with the command line name flags (`--num-samples must be >= 1`); a Python
+    caller reads its own names (`n must be >= 1`): `renamed` maps the flags whose names differ."""
+    try:
+        yield
+    except DataError as e:
+        text = FLAG.sub(lambda m: renamed.get(m[1], m[1].replace("-", "_")), str(e))
+        raise DataError(text) from None
 
 
 @dataclass
@@ -40,17 +57,20 @@ class Model:
         """Sample `n` sequences; with `out`, also write the modality's files there (never over existing
         files unless `overwrite`); nothing is printed. Returns the samples (prompt and new token
         ids, perplexity)."""
-        call = self._call("generate", {**kwargs, "num_samples": n, "out": out, "overwrite": overwrite})
-        check_call(self.loaded, call, "generate")
-        with claimed(call.request.out):
-            return generation.run_generate(self.loaded, call.request, call.run)[0]
+        with python_names({"num-samples": "n"}):
+            call = self._call("generate", {**kwargs, "num_samples": n, "out": out, "overwrite": overwrite})
+            check_call(self.loaded, call, "generate")
+            with claimed(call.request.out):
+                return generation.run_generate(self.loaded, call.request, call.run)[0]
 
-    def evaluate(self, *, data_paths: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
-        """What `arseq evaluate` prints: held-out loss, perplexity, baselines, the modality's figures."""
-        call = self._call("evaluate", {**kwargs, "data_paths": data_paths})
-        check_call(self.loaded, call, "evaluate")
-        with checkpoint.stored_data(self.loaded, call.data_paths):
-            return generation.run_evaluate(self.loaded, call.request, call.run, call.data_paths, call.stride)
+    def evaluate(self, *, data_paths: Paths | None = None, **kwargs: Any) -> dict[str, Any]:
+        """What `arseq evaluate` prints: held-out loss, perplexity, baselines, the modality's figures. `data_paths`:
+        files, folders or globs to evaluate on (one, or a list) instead of the training data's validation split."""
+        with python_names({"data.paths": "data_paths"}):
+            call = self._call("evaluate", {**kwargs, "data_paths": None if data_paths is None else path_list(data_paths)})
+            check_call(self.loaded, call, "evaluate")
+            with checkpoint.stored_data(self.loaded, call.data_paths):
+                return generation.run_evaluate(self.loaded, call.request, call.run, call.data_paths, call.stride)
 
     def score(self, sequences: list[list[int]], *, batch_size: int = 16, stride: int | None = None) -> list[float]:
         """Mean NLL (nats per predicted token) of each token sequence (BOS first), scored in windows if long."""
@@ -62,6 +82,15 @@ class Model:
             raise DataError(f"score: stride must be an integer between 1 and the model's context ({context}), got {stride!r}")
         nll, count = sequence_nll(self.loaded.model, sequences, batch_size=batch_size, pad_id=self.loaded.tokenizer.pad_id, stride=stride)
         return [float(a / b) if b else float("nan") for a, b in zip(nll, count)]
+
+
+def path_list(paths: Paths) -> list[str]:
+    """One path, or a list of them, as the list of strings the parser takes."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not isinstance(paths, (list, tuple)):
+        raise DataError(f"data_paths: expected a path or a list of paths, got {type(paths).__name__}")
+    return [os.fspath(p) if isinstance(p, os.PathLike) else p for p in paths]
 
 
 def check_sequences(sequences: Any, vocab_size: int) -> None:

@@ -70,3 +70,36 @@ def test_same_seed_same_samples_at_any_batch_size(trained, capsys):
     assert capsys.readouterr().out == ""  # the samples are returned, not printed (printing is the CLI's)
     assert runs[0] == runs[1] == runs[2]
     assert len({tuple(t) for t in runs[0]}) > 1  # and the samples differ from each other
+
+
+def test_errors_name_the_python_options(trained, tmp_path):
+    """Checks shared with the command line answer in the caller's names, and values of the wrong type or outside a
+    choice say what the option takes."""
+    model = arseq.load(trained)
+    expected = {
+        "n must be >= 1, got 0": dict(n=0),
+        "batch_size must be an integer >= 1, got 0": dict(batch_size=0),
+        "compile: expected one of off, on, auto or true or false, got 'maybe'": dict(compile="maybe"),
+        "quantize: expected one of none, int8, got 'int4'": dict(quantize="int4"),
+        "dtype: expected one of float32, bfloat16, float16, got 'f8'": dict(dtype="f8"),
+        "out: expected a path, got '5'": dict(out=5),
+    }
+    for message, kwargs in expected.items():
+        with pytest.raises(DataError) as e:
+            model.generate(max_new_tokens=2, **kwargs)
+        assert str(e.value) == message, kwargs
+    with pytest.raises(DataError, match="^num_samples must be >= 0, got -2$"):
+        model.evaluate(num_samples=-2)
+    with pytest.raises(DataError, match="^data_paths: expected a path or a list of paths, got int$"):
+        model.evaluate(data_paths=5)
+
+
+def test_evaluate_takes_one_path_or_a_list(trained, tmp_path):
+    text = tmp_path / "held_out.txt"
+    text.write_text("the cat sat on the mat. " * 20)
+    model = arseq.load(trained)
+    reports = [model.evaluate(data_paths=p) for p in (text, str(text), [text], [str(text)])]
+    assert all(r["loss"] == reports[0]["loss"] and r["items"] == 1 for r in reports)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match=r"^no usable item in data.paths \(.*empty.txt: empty file\)$"):
+        model.evaluate(data_paths=tmp_path / "empty.txt")

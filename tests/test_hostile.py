@@ -364,5 +364,5 @@ def test_prepare_skips_a_file_past_its_time_budget(tmp_path, monkeypatch, capsys
     config = config_file(tmp_path / "m.yaml", {"modality": modality, "data": {"paths": str(tmp_path), "val_fraction": 0.0}})
     monkeypatch.setenv("ARSEQ_FILE_SECONDS", "0.001")  # no file can be parsed this fast: each is skipped with its reason
     assert main(["prepare", "--config", str(config)]) == 2
-    line = one_line(capsys.readouterr().err, "no usable training items")
+    line = one_line(capsys.readouterr().err, "no usable item in data.paths")
     assert "per-file budget" in line

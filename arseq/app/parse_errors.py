@@ -13,9 +13,9 @@ import re
 from arseq.errors import DataError, one_line
 
 KEY = re.compile(r'Parser key "([^"]+)"')
-EXPECTED = re.compile(r"Expected a (?:<class '([\w.]+)'>|typing\.Literal\[([^\]]*)\])")
+EXPECTED = re.compile(r"(?:Expected a <class '([\w.]+)'>|Not of type (\w+)|Expected a typing\.Literal\[([^\]]*)\])")
 GIVEN = re.compile(r"(?:Given|Got) value: (.*?)\s*$")
-TYPES = {"int": "an integer", "float": "a number", "str": "text", "bool": "true or false"}
+TYPES = {"int": "an integer", "float": "a number", "str": "text", "bool": "true or false", "Path": "a path"}
 
 
 def parse_error(error: BaseException, flags: bool = True) -> DataError:
@@ -23,7 +23,7 @@ def parse_error(error: BaseException, flags: bool = True) -> DataError:
     `flags`; else the Python name: `top_k: ...`), or its own text where it says something else."""
     text = one_line(error)
     key, given = KEY.search(text), GIVEN.search(text)
-    expected = [_kind(name, choices) for name, choices in EXPECTED.findall(text) if name != "NoneType"]
+    expected = [_kind(name or path, choices) for name, path, choices in EXPECTED.findall(text) if name != "NoneType"]
     if key is None or given is None or not expected:
         return DataError(text)
     name = key.group(1)
@@ -36,4 +36,5 @@ def _kind(name: str, choices: str) -> str:
     """'an integer' for int, 'one of adamw, muon' for Literal['adamw', 'muon']."""
     if not name:
         return "one of " + ", ".join(c.strip().strip("'\"") for c in choices.split(","))
-    return TYPES.get(name, f"a {name.rsplit('.', 1)[-1]}")
+    name = name.rsplit(".", 1)[-1]  # pathlib.Path: Path
+    return TYPES.get(name, f"a {name}")

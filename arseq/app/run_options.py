@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
@@ -23,9 +24,9 @@ class RunOptions:
 
     batch_size: int = 16
     device: str | None = None
-    compile: str | bool = "off"
-    quantize: str = "none"
-    dtype: str | None = None
+    compile: Literal["off", "on", "auto"] | bool = "off"
+    quantize: Literal["none", "int8"] = "none"
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
     draft: str | None = None
     draft_tokens: int = 4
     ngram: int = 6

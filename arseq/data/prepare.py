@@ -208,7 +208,7 @@ def _read(
     examples, skipped = collect(modality, files, data.source, tokenizer, check_roundtrip, "tokenizing", progress, data)
     if not examples:
         reasons = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3])
-        raise DataError(f"no usable training items{' (' + reasons + ')' if reasons else ''}")
+        raise DataError(f"no usable item in data.paths{' (' + reasons + ')' if reasons else ''}")
     controls = _controls(modality, data, tokenizer, examples, given)
     if not val_files:
         train, val, split = _split(examples, data)
