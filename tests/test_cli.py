@@ -202,6 +202,25 @@ def test_a_value_of_the_wrong_type_says_what_the_option_takes(trained, capsys):
         arseq.load(trained).generate(1, top_k=1.5)
 
 
+def test_a_wrong_value_from_a_config_file_names_the_file_and_key(trained, tiny_config, tmp_path, capsys):
+    gen = tmp_path / "gen.yaml"
+    gen.write_text("temperature: hot\n")
+    code, _, err = run(capsys, "generate", "--checkpoint", str(trained), "--config", str(gen))
+    assert code == 2 and err.strip().endswith(f"{gen}: temperature: expected a number, got 'hot'"), err
+    code, _, err = run(capsys, "generate", "--checkpoint", str(trained), f"--config={gen}", "--temperature", "0.5")
+    assert code == 2 and err.strip().endswith(f"{gen}: temperature: expected a number, got 'hot'"), err  # the file is read as it comes
+    gen.write_text("top_k: 3\n")
+    for argv in (["--config", str(gen), "--temperature", "warm"], ["--temperature=warm", f"--config={gen}"]):
+        code, _, err = run(capsys, "generate", "--checkpoint", str(trained), *argv)
+        assert code == 2 and err.strip().endswith("--temperature: expected a number, got 'warm'"), err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(tiny_config.read_text().replace("trainer:", "trainer:\n  precision: 13"))
+    code, _, err = run(capsys, "train", "--config", str(bad))
+    assert code == 2 and err.strip().endswith("got '13'"), err
+    choices = err.split("expected one of ", 1)[1].split(", got")[0].split(", ")
+    assert f"{bad}: trainer.precision:" in err and len(choices) == len(set(choices)) and {"32", "bf16-mixed"} <= set(choices), err
+
+
 def test_yaml_typo_names_the_key(tiny_config, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(tiny_config.read_text().replace("optim:", "optimm:"))

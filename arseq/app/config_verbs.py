@@ -71,7 +71,7 @@ def parse_config(verb: str, help: str, argv: list[str], add: Callable[[ArgumentP
     try:
         cfg = parser.parse_args(argv)
     except Exception as e:  # jsonargparse's ArgumentError
-        raise parse_error(e) from None
+        raise parse_error(e, argv=argv) from None
     for section in ("modality", "data", *sections):
         if not hasattr(cfg.get(section), "as_dict"):
             raise DataError(f"config section {section!r} must be a mapping of keys to values, got {cfg.get(section)!r}")

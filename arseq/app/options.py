@@ -201,10 +201,11 @@ def kinds(generate_options: type | None) -> dict[str, str]:
 
 
 def parse(p: Any, argv: Sequence[str], kinds_: dict[str, str]) -> Any:
+    args = normalize(argv, kinds_)
     try:
-        return p.parse_args(normalize(argv, kinds_))
+        return p.parse_args(args)
     except Exception as e:  # jsonargparse's ArgumentError
-        raise parse_error(e) from None
+        raise parse_error(e, argv=args) from None
 
 
 def to_call(cfg: Any, generate_options: type | None) -> Call:

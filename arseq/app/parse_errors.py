@@ -9,6 +9,7 @@ text here; a message of another shape is passed on, on one line.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from arseq.errors import DataError, one_line
 
@@ -18,23 +19,47 @@ GIVEN = re.compile(r"(?:Given|Got) value: (.*?)\s*$")
 TYPES = {"int": "an integer", "float": "a number", "str": "text", "bool": "true or false", "Path": "a path"}
 
 
-def parse_error(error: BaseException, flags: bool = True) -> DataError:
+def parse_error(error: BaseException, flags: bool = True, argv: Sequence[str] = ()) -> DataError:
     """`error` from a jsonargparse parse, as a DataError of one line: `--top-k: expected an integer, got 'x'` (with
-    `flags`; else the Python name: `top_k: ...`), or its own text where it says something else."""
+    `flags`; else the Python name: `top_k: ...`; a value that came from the --config files of `argv`, not from a
+    flag: `gen.yaml: top_k: ...`), or its own text where it says something else."""
     text = one_line(error)
     key, given = KEY.search(text), GIVEN.search(text)
-    expected = [_kind(name or path, choices) for name, path, choices in EXPECTED.findall(text) if name != "NoneType"]
+    found = EXPECTED.findall(text)
+    choices = ", ".join(dict.fromkeys(c.strip().strip("'\"") for _, _, listed in found if listed for c in listed.split(",")))
+    kinds = [f"one of {choices}" if listed else _kind(cls or path) for cls, path, listed in found]  # a Literal: them all
+    expected = [kind for kind in dict.fromkeys(kinds) if kind != "a NoneType"]
     if key is None or given is None or not expected:
         return DataError(text)
-    name = key.group(1)
-    if flags:
+    name, value = key.group(1), given.group(1)
+    if flags and value not in _flag_values(name, argv) and _configs(argv):
+        name = f"{', '.join(_configs(argv))}: {name}"
+    elif flags:
         name = "--" + (name if "." in name else name.replace("_", "-"))  # sections keep their keys' spelling
-    return DataError(f"{name}: expected {' or '.join(dict.fromkeys(expected))}, got {given.group(1)!r}")
+    return DataError(f"{name}: expected {' or '.join(expected)}, got {value!r}")
 
 
-def _kind(name: str, choices: str) -> str:
-    """'an integer' for int, 'one of adamw, muon' for Literal['adamw', 'muon']."""
-    if not name:
-        return "one of " + ", ".join(c.strip().strip("'\"") for c in choices.split(","))
-    name = name.rsplit(".", 1)[-1]  # pathlib.Path: Path
+def _kind(cls: str) -> str:
+    """'an integer' for int, 'a path' for pathlib.Path."""
+    name = cls.rsplit(".", 1)[-1]
     return TYPES.get(name, f"a {name}")
+
+
+def _flag_values(name: str, argv: Sequence[str]) -> list[str]:
+    """The values `argv` gives the flag of key `name` (a value that is not among them came from a config file)."""
+    return _values(argv, {f"--{name}", f"--{name.replace('_', '-')}"})
+
+
+def _configs(argv: Sequence[str]) -> list[str]:
+    """The files --config names in `argv`."""
+    return _values(argv, {"--config"})
+
+
+def _values(argv: Sequence[str], flags: set[str]) -> list[str]:
+    """What `argv` gives `flags`, as `--flag value` or `--flag=value`."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag in flags:
+            out += [value] if eq else argv[i + 1 : i + 2]
+    return out
