@@ -11,6 +11,7 @@ import sys
 import threading
 from typing import Any, Sequence
 
+import arseq
 from arseq.app.verbs import OWN_SIGNALS, VERBS
 from arseq.errors import DataError, one_line
 
@@ -21,7 +22,7 @@ def usage() -> str:
     width = max(map(len, VERBS))
     lines = "\n".join(f"  {v:<{width}}  {verb.help}" for v, verb in VERBS.items())
     return (
-        f"usage: arseq [--quiet | --verbose] VERB [options]\n\nTrain and sample autoregressive transformers on text, "
+        f"usage: arseq [--version] [--quiet | --verbose] VERB [options]\n\nTrain and sample autoregressive transformers on text, "
         f"music, images and proteins.\n\nverbs:\n{lines}\n\n{EPILOG}"
     )
 
@@ -68,6 +69,9 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = configure_logging(list(sys.argv[1:] if argv is None else argv))
+    if argv[:1] in (["-V"], ["--version"]):
+        print(f"arseq {arseq.__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
         print(usage())
         if argv and argv[0] not in ("-h", "--help"):

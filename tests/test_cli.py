@@ -266,6 +266,19 @@ def test_help_and_modalities(capsys):
     assert "--trainer.max_steps" in capsys.readouterr().out
 
 
+def test_version_and_a_verb_called_bare(capsys):
+    from importlib.metadata import version
+
+    assert run(capsys, "--version")[:2] == (0, f"arseq {version('arseq')}\n")
+    needs = {
+        "train": "--config is required: a YAML file (see configs/, or 'arseq train --help')",
+        "evaluate": "--checkpoint is required",  # once: the verb's name was in it twice
+    }
+    for verb, line in needs.items():
+        code, out, err = run(capsys, verb)
+        assert (code, out, err.strip()) == (2, "", f"arseq {verb}: error: {line}")
+
+
 def test_two_process_ddp_on_cpu(tiny_config, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     root = tmp_path / "ddp"

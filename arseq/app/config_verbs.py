@@ -64,6 +64,8 @@ def parse_config(verb: str, help: str, argv: list[str], add: Callable[[ArgumentP
     """Parse `argv` for `verb` (--help and --print_config print and exit); `add` adds the verb's options."""
     name = _modality_name(argv)
     if name is None and not {"-h", "--help", "--print_config"} & set(argv):
+        if not any(a == "--config" or a.startswith("--config=") for a in argv):
+            raise DataError(f"--config is required: a YAML file (see configs/, or 'arseq {verb} --help')")
         raise DataError("no modality: set modality.name in the config (or --modality.name)")
     modality_cls = resolve(name) if name else None
     parser = config_parser(verb, help, modality_cls)

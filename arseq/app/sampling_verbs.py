@@ -18,7 +18,7 @@ def run_sampling_verb(verb: str, argv: list[str]) -> int:
             options.parser(verb, None).print_help()
             print("\nWith --checkpoint, --help also lists the options of the checkpoint's modality.")
             return 0
-        raise DataError(f"arseq {verb}: --checkpoint is required")
+        raise DataError("--checkpoint is required")
     loaded = checkpoint.load(pre["checkpoint"], pre.get("modality"), bool(pre.get("trust_modality_import")))
     opts = loaded.modality.generate_options
     parser = options.parser(verb, opts)
