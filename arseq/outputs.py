@@ -91,13 +91,15 @@ def claimed(out: str | os.PathLike | None) -> Iterator[Path | None]:
     if existing.exists() and not existing.is_dir():
         raise DataError(f"{existing}: is a file, not a folder; choose another --out")
     created = [p for p in [out.parent, *out.parent.parents] if not p.exists()][::-1]
-    for folder in created:
-        folder.mkdir(exist_ok=True)
     path = claim_path(out)
     try:
+        for folder in created:
+            folder.mkdir(exist_ok=True)
         fd = _lock(path, out)
-    except BaseException:
+    except BaseException as e:
         _remove_empty(created)
+        if isinstance(e, OSError):  # not a folder arseq may write in (/proc, read-only, not allowed): name --out, not the lock file
+            raise DataError(f"{out}: cannot write there ({e.strerror or e}); choose another --out") from None
         raise
     try:
         clean_output(out)

@@ -67,6 +67,15 @@ def test_a_second_run_into_a_claimed_out_refuses_and_a_killed_claim_is_taken_ove
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # the claim file is gone too
 
 
+def test_an_out_that_cannot_be_written_is_one_line_naming_it(ckpt, tmp_path, capsys):
+    long_name = tmp_path / "new" / ("x" * 300)  # a name no file system takes (255 bytes at most)
+    for out in [long_name, *([Path("/proc/arseq-test/x")] if Path("/proc/self").exists() else [])]:
+        assert main(["generate", "--checkpoint", str(ckpt), "--max-new-tokens", "4", "--out", str(out)]) == 2
+        line = only_line(capsys.readouterr().err, f"{out}: cannot write there (")
+        assert line.endswith("; choose another --out") and "claim" not in line
+    assert not (tmp_path / "new").exists()  # the folder made for it is gone again
+
+
 def test_sigterm_during_generate_leaves_no_litter(ckpt, tmp_path):
     import signal
     import time
