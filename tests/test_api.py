@@ -103,3 +103,13 @@ def test_evaluate_takes_one_path_or_a_list(trained, tmp_path):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(DataError, match=r"^no usable item in data.paths \(.*empty.txt: empty file\)$"):
         model.evaluate(data_paths=tmp_path / "empty.txt")
+
+
+def test_several_text_samples_in_one_file_keep_their_boundaries(trained, tmp_path):
+    model = arseq.load(trained)
+    tok = model.loaded.tokenizer
+    samples = model.generate(n=3, max_new_tokens=40, seed=2, out=tmp_path / "all.txt")
+    written = (tmp_path / "all.txt").read_text().split("----- sample ")[1:]
+    assert [part.split(" -----\n", 1) for part in written] == [[str(i), tok.decode(s.tokens) + "\n"] for i, s in enumerate(samples)]
+    one = model.generate(n=1, max_new_tokens=40, seed=2, out=tmp_path / "one.txt")
+    assert (tmp_path / "one.txt").read_text() == tok.decode(one[0].tokens) + "\n"

@@ -156,8 +156,8 @@ class TextModality(Modality):
     def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         texts, out = self._sample_texts(tokenizer, samples, request, plan), request.out_path()
         files = OutputFiles(overwrite=request.overwrite)
-        if out.suffix in (".txt", ".md"):
-            files.add(out, "\n\n".join(texts) + "\n")
+        if out.suffix in (".txt", ".md"):  # several samples: headed as on stdout (a blank line is no boundary in text)
+            files.add(out, texts[0] + "\n" if len(texts) == 1 else self.show(tokenizer, samples, request, plan))
         else:
             for i, t in enumerate(texts):
                 files.add(out / f"sample_{i:03d}.txt", t)
