@@ -248,9 +248,9 @@ def test_quantized_export_is_4x_smaller_and_loads_directly(trained, tmp_path, ca
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--quantize", "int4"], "--quantize must be one of none, int8, got 'int4'"),
-        (["--dtype", "float8"], "--dtype must be one of"),
-        (["--compile", "sometimes"], "--compile must be one of off, on, auto"),
+        (["--quantize", "int4"], "--quantize: expected one of none, int8, got 'int4'"),
+        (["--dtype", "float8"], "--dtype: expected one of float32, bfloat16, float16, got 'float8'"),
+        (["--compile", "sometimes"], "--compile: expected one of off, on, auto or true or false, got 'sometimes'"),
     ],
 )
 def test_bad_inference_flags_are_one_line(trained, capsys, flags, message):
