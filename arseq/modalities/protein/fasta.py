@@ -95,7 +95,7 @@ def record_problem(seq: str, policy: str) -> str | None:
         return f"invalid characters {''.join(bad)!r} in the sequence (letters only)"
     outside = sorted(set(seq) - set(ALPHABET))
     if outside and policy == "keep":
-        return f"letters {''.join(outside)!r} are not amino-acid codes (nonstandard: x maps them to X)"
+        return f"letters {''.join(outside)!r} are not amino-acid codes (a config's modality.nonstandard: x maps them to X)"
     return None
 
 
