@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -284,6 +285,16 @@ def test_write_fasta_and_property_csv(tmp_path):
     assert rows[3]["degenerate"] == "1" and rows[3]["longest_run"] == "14" and rows[0]["degenerate"] == "0"
     assert rows[2]["molecular_weight"] == ""  # nothing standard to analyse: empty cells, no crash
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_designs_record_the_conditions_they_were_sampled_with(tmp_path):
+    tok = ProteinTokenizer()
+    samples = [replace(s, conditions={"tag": "Cell.membrane-M"}) for s in samples_for(tok)[:2]]
+    write_designs(tok, samples, tmp_path / "tagged.fasta")
+    records = list(SeqIO.parse(tmp_path / "tagged.fasta", "fasta"))
+    assert [r.description.split()[-1] for r in records] == ["tag=Cell.membrane-M"] * 2
+    rows = list(csv.DictReader(open(tmp_path / "tagged.csv")))
+    assert [r["tag"] for r in rows] == ["Cell.membrane-M"] * 2 and list(rows[0])[:5] == ["id", "length", "perplexity", "end", "tag"]
 
 
 def test_rank_keeps_lowest_perplexity_fraction_with_degenerate_designs_last(tmp_path):

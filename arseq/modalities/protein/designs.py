@@ -19,7 +19,8 @@ def design_table(
     seqs: Sequence[str], samples: Sequence[Sample], rank: float | None, max_length: int | None, note: str | None = None
 ) -> tuple[str, str]:
     """FASTA text (each header has the length, perplexity and end: eos, max_length when EOS was forced
-    there, or limit when max_new_tokens ran out; and `note`, e.g. what --redesign rewrote) and the CSV of
+    there, or limit when max_new_tokens ran out; the conditions sampled with, as tag=...; and `note`, e.g. what
+    --redesign rewrote) and the CSV of
     properties, in the same order. With `rank`, only that fraction of designs with the lowest perplexity,
     degenerate repeats last."""
     repeats = [degenerate(seq) for seq in seqs]
@@ -33,14 +34,16 @@ def design_table(
         s, seq = samples[i], seqs[i]
         name = f"design_{i + 1:0{width}d}"
         end = "limit" if not s.stopped else "max_length" if len(seq) == max_length else "eos"
-        desc = f"length={len(seq)} perplexity={s.perplexity:.3f} end={end}" + (f" {note}" if note else "")
-        records.append(SeqRecord(Seq(seq), id=name, description=desc))
+        conditions = dict(sorted(s.conditions.items()))  # what it was sampled with (--cond tag=...)
+        desc = " ".join([f"length={len(seq)} perplexity={s.perplexity:.3f} end={end}", *(f"{k}={v}" for k, v in conditions.items())])
+        records.append(SeqRecord(Seq(seq), id=name, description=desc + (f" {note}" if note else "")))
         rows.append(
             {
                 "id": name,
                 "length": len(seq),
                 "perplexity": round(s.perplexity, 4),
                 "end": end,
+                **conditions,
                 "longest_run": longest_run(seq),
                 "degenerate": int(repeats[i]),
                 **properties(seq),
