@@ -290,6 +290,17 @@ def test_completion_keeps_prompt_rows_pixel_exact_and_writes_side_by_side(digits
     assert np.array_equal(np.asarray(Image.open(tmp_path / "grid.png")), original[..., 0])
 
 
+def test_an_out_named_as_a_png_names_the_files(digits, tmp_path):
+    m, tok, _ = digits
+    args = _args(label="7")
+    samples = _sample(m, tok, args, n=2)
+    one = replace(args, num_samples=1, out=tmp_path / "seven.png")
+    assert m.write(tok, samples[:1], one, m.plan(tok, one)) == [tmp_path / "seven.png"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "seven.png"))[..., None], tok.decode_pixels(samples[0].prompt + samples[0].tokens))
+    two = replace(args, num_samples=2, out=tmp_path / "sevens.png")
+    assert [p.name for p in m.write(tok, samples, two, m.plan(tok, two))] == ["sevens_000_7.png", "sevens_001_7.png", "sevens_grid.png"]
+
+
 def test_show_draws_ascii_and_prints_nothing(digits, capsys):
     m, tok, examples = digits
     out = m.show(tok, [Sample([1], list(examples[0].tokens[1:-1]), True, 0.5, {"label": "0"})], _args(), Plan([]))

@@ -209,6 +209,20 @@ def test_write_makes_midi_musicxml_and_png_that_parse_back(tmp_path, chorales):
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
 
 
+def test_an_out_named_as_a_file_names_the_files(tmp_path, chorales):
+    m = MUSIC()
+    tok = m.tokenizer
+    ids = tok.encode(converter.parse(chorales[2][1]))
+    sample = Sample(ids[:1], ids[1:-1], True, 1.0)
+    one = m.write(tok, [sample], Request(1, out=tmp_path / "chorale.mid"), Plan([]))
+    assert sorted(p.name for p in one) == ["chorale.mid", "chorale.musicxml", "chorale.png"] and not (tmp_path / "chorale.mid").is_dir()
+    assert tok.extract(converter.parse(tmp_path / "chorale.musicxml")).num_parts == 4
+    several = m.write(tok, [sample, sample], Request(2, out=tmp_path / "take.musicxml"), Plan([]))
+    assert sorted(p.name for p in several) == sorted(f"take_{i:03d}{s}" for i in range(2) for s in (".mid", ".musicxml", ".png"))
+    (tmp_path / "old.mid").mkdir()  # a folder with such a name stays a folder
+    assert {p.parent.name for p in m.write(tok, [sample], Request(1, out=tmp_path / "old.mid"), Plan([]))} == {"old.mid"}
+
+
 def test_show_lists_events_and_write_needs_out(capsys):
     m = MUSIC()
     tok = m.tokenizer

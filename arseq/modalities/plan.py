@@ -78,6 +78,16 @@ class Request:
             raise ValueError("write needs request.out; without one the core calls the modality's show")
         return Path(self.out)
 
+    def out_stems(self, n: int, suffixes: tuple[str, ...]) -> list[Path]:
+        """Where each of `n` samples' files go, without their suffix. A folder `out`: out/sample_000, ... An `out`
+        named as a file, ending in one of `suffixes` (`--out chorale.mid`): chorale for one sample, chorale_000, ...
+        for several, side by side (a folder called chorale.mid surprised its user)."""
+        out = self.out_path()
+        if out.suffix.lower() not in suffixes or out.is_dir():
+            return [out / f"sample_{i:03d}" for i in range(n)]
+        stem = out.with_suffix("")
+        return [stem] if n == 1 else [stem.with_name(f"{stem.name}_{i:03d}") for i in range(n)]
+
     def asked(self) -> dict[str, str | None]:
         """The `--cond FIELD=VALUE` flags as field -> value (the core checks them against the model)."""
         return dict(split_condition(spec) for spec in self.conditions)

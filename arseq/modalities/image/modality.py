@@ -325,16 +325,21 @@ class ImageModality(Modality):
         images = [tok.decode(s.prompt + s.tokens) for s in samples]
         labels = self._sample_labels(tok, samples)
         out = request.out_path()
-        if out.exists() and not out.is_dir():
-            raise DataError(f"{out}: --out must be a folder for images")
+        stems = request.out_stems(len(images), (".png",))
+        folder = stems[0].parent == out  # else --out NAME.png: NAME.png, or NAME_000.png ... and NAME_grid.png
+        if folder and out.exists() and not out.is_dir():
+            raise DataError(f"{out}: --out must be a folder for images, or a NAME.png")
         files = OutputFiles(overwrite=request.overwrite, protect=[request.prompt])
         scale = max(1, math.ceil(64 / tok.size))  # 8×8 digits become 64×64 cells
-        for i, (im, label) in enumerate(zip(images, labels)):
-            files.add(out / (f"sample_{i:03d}" + (f"_{_safe(label)}" if label is not None else "") + ".png"), _png(im))
+        for stem, im, label in zip(stems, images, labels):
+            named = stem.name + (f"_{_safe(label)}" if label is not None and (folder or len(stems) > 1) else "")
+            files.add(stem.with_name(named + ".png"), _png(im))
         cols = math.ceil(math.sqrt(len(images)))
-        files.add(out / "grid.png", _png(tile(images, cols, scale)))
+        beside = (lambda name: out / f"{name}.png") if folder else (lambda name: out.with_name(f"{out.stem}_{name}.png"))
+        if folder or len(images) > 1:
+            files.add(beside("grid"), _png(tile(images, cols, scale)))
         if plan.parsed is not None:
-            files.add(out / "completion.png", _png(tile([tok.image(plan.parsed[0])] + images, len(images) + 1, scale)))
+            files.add(beside("completion"), _png(tile([tok.image(plan.parsed[0])] + images, len(images) + 1, scale)))
         return files.commit()
 
     # ---- evaluation (arseq/modalities/image/evaluation.py) ---------------------------------------

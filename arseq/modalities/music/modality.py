@@ -57,6 +57,8 @@ MusicTokenizer: TypeAlias = ScoreTokenizer | PerformanceTokenizer  # modality.to
 # Nucleus sampling slightly cooled: at T = 1 the 0.8 M-parameter CPU model's samples were 90 % in key (held-out
 # chorales: 95 %), with these 92 %, their pitch-class entropy then matching the data's (configs/music/bach_chorales.yaml).
 SAMPLING_DEFAULTS = {"temperature": 0.9, "top_p": 0.95}
+# `--out NAME.SUFFIX` with one of these names files (NAME.mid, NAME.musicxml, NAME.png), not a folder
+OUT_SUFFIXES = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".png")
 # prepare suggests the performance tokenizer when more than this share of notes is off the score grid
 OFF_GRID_SUGGEST = 0.2
 # data.source names: pieces from music21's installed corpus (no network)
@@ -288,14 +290,12 @@ class MusicModality(Modality):
         tokenizer = _music_tokenizer(tokenizer)
         if isinstance(tokenizer, PerformanceTokenizer):
             return perf.write_samples(tokenizer, samples, request)
-        out = request.out_path()
         files = OutputFiles(overwrite=request.overwrite, protect=[request.prompt])
         infill = plan.parsed if isinstance(plan.parsed, MusicInfill) else None
         marked = range(infill.a, infill.b) if infill is not None else None  # the regenerated bars, on the piano roll
-        for i, s in enumerate(samples):
+        for s, stem in zip(samples, request.out_stems(len(samples), OUT_SUFFIXES)):
             ev = infill.complete(tokenizer, s.tokens) if infill is not None else tokenizer.decode_events(s.prompt + s.tokens)
             score = tokenizer.to_score(ev)
-            stem = out / f"sample_{i:03d}"
             files.add(stem.with_suffix(".mid"), partial(_write_midi, score))
             files.add(stem.with_suffix(".musicxml"), partial(tokenizer.write_musicxml, score))
             files.add(stem.with_suffix(".png"), partial(_write_piano_roll, ev, tokenizer.ppq, marked))

@@ -210,11 +210,10 @@ def show_samples(tok: PerformanceTokenizer, samples: Sequence[Any]) -> str:
 
 
 def write_samples(tok: PerformanceTokenizer, samples: Sequence[Any], request: Request) -> list[Path]:
-    """Each sample as .mid and a piano-roll .png under `request.out`."""
+    """Each sample as .mid and a piano-roll .png under `request.out` (or named by it: `--out take.mid`)."""
     files = OutputFiles(overwrite=request.overwrite, protect=[request.prompt])
-    for i, s in enumerate(samples):
+    for s, stem in zip(samples, request.out_stems(len(samples), (".mid", ".midi", ".png"))):
         notes = tok.decode(s.prompt + s.tokens)
-        stem = request.out_path() / f"sample_{i:03d}"
         files.add(stem.with_suffix(".mid"), partial(write_midi, notes))
         files.add(stem.with_suffix(".png"), partial(_write_piano_roll, notes))
     return files.commit()
