@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import arseq
 from arseq.app.verbs import OWN_SIGNALS, VERBS
-from arseq.errors import DataError, one_line
+from arseq.errors import DataError, Interrupted, one_line
 
 EPILOG = "Run 'arseq VERB --help' for the options of a verb."
 
@@ -58,13 +58,10 @@ def configure_logging(argv: list[str]) -> list[str]:
     return argv
 
 
-class Terminated(KeyboardInterrupt):
+def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM, raised where the process is: the cleanup of writes in progress runs (temporary files, claims,
     prepare's entry folder) as for Ctrl-C, where the default action left hundreds of hidden temp files."""
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated
+    raise Interrupted(terminated=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,8 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"arseq {verb}: error: out of memory (a size from a file or a flag is larger than this machine can hold)", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        terminated = isinstance(e, Terminated)
-        print(f"arseq {verb}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        terminated = isinstance(e, Interrupted) and e.terminated
+        print(f"arseq {verb}: {'terminated' if terminated else 'interrupted'}{f': {e}' if str(e) else ''}", file=sys.stderr)
         return 143 if terminated else 130
     finally:
         if previous is not None:

@@ -7,6 +7,14 @@ class DataError(ValueError):
     """Bad input the user can fix: the message is one line naming the file or flag and the problem."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, or SIGTERM (`terminated`), stopped the work; the message says what was kept (the CLI prints it)."""
+
+    def __init__(self, message: str = "", terminated: bool = False) -> None:
+        super().__init__(message)
+        self.terminated = terminated
+
+
 def one_line(error: BaseException, *, with_type: bool = False, limit: int | None = None) -> str:
     """An exception's message on one line (library messages often span several), optionally cut short."""
     text = " ".join(str(error).split()) or ("no message" if with_type else type(error).__name__)

@@ -7,8 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +114,37 @@ def test_sigterm_during_generate_leaves_no_litter(ckpt, tmp_path):
     assert proc.returncode == 143, err[-2000:]
     assert err.strip().splitlines()[-1] == "arseq generate: terminated" and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no claim, no temp file, no half-written folder
+
+
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_stopped_training_run_keeps_its_steps_and_says_how_to_resume(tiny_config, tmp_path, signum, code, word):
+    """Lightning ends Ctrl-C with exit 1 and SIGTERM with exit 0 (a stopped run looked finished), and saved nothing
+    since the last validation: the steps in between were lost."""
+    root = tmp_path / "runs"
+    train = [sys.executable, "-m", "arseq", "train", "--config", str(tiny_config), "--trainer.default_root_dir", str(root)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [*train, "--trainer.max_steps", "100000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background job of a shell ignores Ctrl-C
+    )
+    last = root / "text" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:  # the first validation has run
+        time.sleep(0.05)
+    time.sleep(2)  # steps past that validation: what a stop used to lose
+    proc.send_signal(signum)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == code, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    step = int(re.fullmatch(rf"arseq train: {word}: stopped at step (\d+); resume with --ckpt_path (.+)", line)[1])
+    assert line.endswith(str(last)) and step > 30  # past the validation at step 30, which wrote last.ckpt first
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == step
+    resumed = subprocess.run([*train, "--ckpt_path", str(last), "--trainer.max_steps", str(step + 2)], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0 and "Restored all states" in resumed.stderr + resumed.stdout, resumed.stderr[-2000:]
 
 
 def test_score_never_writes_over_its_inputs(ckpt, tmp_path, capsys):

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from arseq.errors import DataError
 from arseq.models.transformer import Transformer, TransformerConfig
@@ -144,3 +145,9 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        """Ctrl-C or SIGTERM (Lightning stops at the end of the step, raising its SystemExit): keep the steps
+        trained since the last save, for --ckpt_path. Not after an error: that state may be what went wrong."""
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            self._save(trainer)

@@ -16,6 +16,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from arseq.artifacts.checkpoint import load_checkpoint_file
 from arseq.artifacts.init_from import InitSource, initialise, read_source
@@ -24,7 +25,7 @@ from arseq.data.config import DataConfig
 from arseq.data.fim import for_training
 from arseq.data.loader import train_loader, val_loader
 from arseq.data.prepare import Prepared, prepare
-from arseq.errors import first_line, one_line
+from arseq.errors import Interrupted, first_line, one_line
 from arseq.limits import check_model, check_training
 from arseq.modalities import DataError, Modality
 from arseq.models.transformer import TransformerConfig
@@ -102,7 +103,7 @@ def run_train(
             log.info(describe(module, prepared, data.block_size))
             if init_note:
                 log.info(init_note)
-        trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
+        fit(trainer, module, train, val, ckpt_path, run)
     except BaseException:
         remove_if_empty(run.folder)  # a run that failed before writing anything leaves no empty version_N
         raise
@@ -110,6 +111,19 @@ def run_train(
         # Join gloo/NCCL's threads now: left to static destructors at exit, they abort the process (rc -6)
         torch.distributed.destroy_process_group()
     return run.trained(trainer)
+
+
+def fit(trainer: L.Trainer, module: ARModule, train: Any, val: Any, ckpt_path: str | None, run: RunFolder) -> None:
+    """trainer.fit, where Ctrl-C and SIGTERM end as Interrupted saying where to resume: Lightning ends them with
+    SystemExit (1 for Ctrl-C, 0 for SIGTERM: a stopped run looked finished), after LastCheckpoint saved the state."""
+    try:
+        trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
+    except (KeyboardInterrupt, SystemExit) as e:
+        if not trainer.interrupted:
+            raise
+        last = run.last.path if run.last.path is not None and run.last.path.exists() else None
+        kept = f"; resume with --ckpt_path {last}" if last else " before its first checkpoint"
+        raise Interrupted(f"stopped at step {trainer.global_step}{kept}", terminated=isinstance(e, SIGTERMException)) from None
 
 
 def check_settings(data: DataConfig, model: dict[str, Any], optim: dict[str, Any], trainer_args: dict[str, Any]) -> None:
