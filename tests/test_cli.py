@@ -266,6 +266,19 @@ def test_help_and_modalities(capsys):
     assert "--trainer.max_steps" in capsys.readouterr().out
 
 
+def test_the_training_bar_counts_steps_not_epochs(tiny_config, tmp_path, capfd, monkeypatch):
+    """Lightning labelled it "Epoch 0/-2" (rich) or "Epoch 0" (tqdm): a run is bounded by steps, max_epochs is -1."""
+    from arseq.train import progress
+
+    assert progress.StepRichBar()._get_train_description(0).strip() == "training"
+    assert progress.progress_bar({"enable_progress_bar": False}, []) == []
+    monkeypatch.setattr(progress, "_RICH_AVAILABLE", False)  # tqdm's bar, Lightning's choice without rich
+    argv = ["--trainer.enable_progress_bar", "true", "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path)]
+    assert main(["train", "--config", str(tiny_config), *argv]) == 0
+    shown = "".join(capfd.readouterr())  # Lightning's tqdm bar draws on stdout
+    assert "training: 100%" in shown and "3/3" in shown and "Epoch" not in shown, shown[-1000:]
+
+
 def test_version_and_a_verb_called_bare(capsys):
     from importlib.metadata import version
 

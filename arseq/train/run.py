@@ -33,6 +33,7 @@ from arseq.tokenizers.base import Tokenizer
 from arseq.train.checkpoint_io import AtomicCheckpointIO, clean_checkpoint_folder
 from arseq.train.module import ARModule, LastCheckpoint
 from arseq.train.optim import OptimConfig
+from arseq.train.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,8 @@ class RunFolder:
             else None
         )
         monitor = [LearningRateMonitor(logging_interval="step")] if logged else []
-        callbacks = [c for c in (best, last) if c] + monitor + list(trainer_args.pop("callbacks", None) or [])
+        given = list(trainer_args.pop("callbacks", None) or [])
+        callbacks = [c for c in (best, last) if c] + monitor + progress_bar(trainer_args, given) + given
         plugins = list(trainer_args.pop("plugins", None) or [])
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())  # a kill never leaves a broken last.ckpt
