@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -266,7 +267,7 @@ def test_help_and_modalities(capsys):
     assert "--trainer.max_steps" in capsys.readouterr().out
 
 
-def test_the_training_bar_counts_steps_not_epochs(tiny_config, tmp_path, capfd, monkeypatch):
+def test_the_training_bar_counts_steps_not_epochs(tiny_config, tmp_path, capfd, caplog, recwarn, monkeypatch):
     """Lightning labelled it "Epoch 0/-2" (rich) or "Epoch 0" (tqdm): a run is bounded by steps, max_epochs is -1."""
     from arseq.train import progress
 
@@ -277,6 +278,20 @@ def test_the_training_bar_counts_steps_not_epochs(tiny_config, tmp_path, capfd, 
     assert main(["train", "--config", str(tiny_config), *argv]) == 0
     shown = "".join(capfd.readouterr())  # Lightning's tqdm bar draws on stdout
     assert "training: 100%" in shown and "3/3" in shown and "Epoch" not in shown, shown[-1000:]
+    said = [r.getMessage() for r in caplog.records] + [str(w.message) for w in recwarn]
+    assert not [m for m in said if re.search(r"Tip:|TPU available|LeafSpec", m)]  # Lightning's advertisements and noise
+
+
+def test_lightnings_model_table_is_off_unless_asked():
+    from lightning.pytorch.callbacks import ModelSummary
+
+    from arseq.train.run import make_trainer
+
+    tables = [
+        any(isinstance(c, ModelSummary) for c in make_trainer(max_steps=1, logger=False, enable_model_summary=asked).callbacks)
+        for asked in (None, True)
+    ]
+    assert tables == [False, True]  # arseq logs the model in one line; the table said "Total FLOPs: 0"
 
 
 def test_version_and_a_verb_called_bare(capsys):

@@ -4,6 +4,7 @@ Lightning's Trainer with arseq's checkpointing (atomic, a claimed run folder, be
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict, dataclass
 from functools import partial
 from importlib.util import find_spec
@@ -36,6 +37,8 @@ from arseq.train.optim import OptimConfig
 from arseq.train.progress import progress_bar
 
 log = logging.getLogger(__name__)
+# Lines Lightning logs at every start: advertisements of its cloud services, and a TPU this machine lacks.
+LIGHTNING_NOISE = ("\U0001f4a1 Tip:", "TPU available: False")
 
 
 @dataclass(frozen=True)
@@ -267,11 +270,30 @@ def check_trainer_args(args: dict[str, Any]) -> None:
 
 
 def make_trainer(**kwargs: Any) -> Any:
-    """lightning.Trainer, its configuration errors (MisconfigurationException, ValueError) as one line."""
+    """lightning.Trainer, its configuration errors (MisconfigurationException, ValueError) as one line. Without
+    Lightning's model table (arseq logs the model in one line; the table added "Total FLOPs: 0") unless asked,
+    and without the lines Lightning logs at every start that tell an arseq user nothing (`quiet`)."""
+    if kwargs.get("enable_model_summary") is None:
+        kwargs["enable_model_summary"] = False
+    quiet()
     try:
         return L.Trainer(**kwargs)
     except (MisconfigurationException, ValueError, TypeError) as e:
         raise DataError(f"trainer: {one_line(e, limit=300)}") from None
+
+
+class _Unsaid(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(LIGHTNING_NOISE)
+
+
+def quiet() -> None:
+    """Drop LIGHTNING_NOISE from Lightning's log, and torch 2.13's deprecation warning of Lightning's own pytree code
+    (a user can do nothing about either); once per process."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _Unsaid) for f in rank_zero.filters):
+        rank_zero.addFilter(_Unsaid())
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def check_compile(device: torch.device) -> None:
