@@ -58,6 +58,20 @@ def test_export_gives_identical_logits_and_greedy_output(trained, tmp_path, caps
     assert code == 2 and "already exists" in err  # never overwrites
 
 
+def test_export_overwrite_replaces_an_earlier_export_and_nothing_else(trained, tmp_path, capsys):
+    ckpt, out = trained / "checkpoints" / "last.ckpt", tmp_path / "exp"
+    assert run(capsys, "export", "--checkpoint", str(ckpt), "--out", str(out))[0] == 0
+    assert run(capsys, "export", "--checkpoint", str(ckpt), "--out", str(out), "--quantize", "int8", "--overwrite")[0] == 0
+    assert json.loads((out / "config.json").read_text())["quantization"] == "int8"  # the new export, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # nothing set aside is left
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "config.json").write_text("{}")
+    (work / "notes.md").write_text("mine")
+    code, _, err = run(capsys, "export", "--checkpoint", str(ckpt), "--out", str(work), "--overwrite")
+    assert code == 2 and err.strip().endswith("this is not one (it holds notes.md)") and (work / "notes.md").read_text() == "mine"
+
+
 def test_evaluate_prints_json(trained, capsys, corpus):
     code, out, _ = run(capsys, "evaluate", "--checkpoint", str(trained / "checkpoints" / "last.ckpt"), "--num-samples", "2", "--max-new-tokens", "20")
     result = json.loads(out)

@@ -18,10 +18,10 @@ from arseq.modalities import Request
 HELP = "write config.json + model.safetensors + tokenizer.json"
 
 
-def export_model(loaded: Loaded, out: str | os.PathLike, format: str = "arseq", quantize: str = "none") -> Path:
+def export_model(loaded: Loaded, out: str | os.PathLike, format: str = "arseq", quantize: str = "none", overwrite: bool = False) -> Path:
     """`export`, with the modality's sampling defaults for a Hugging Face folder's generation config."""
     sampling = make_plan(loaded, Request(num_samples=1)).cfg if format == "hf" else None
-    return export(loaded, out, format, quantize, sampling)
+    return export(loaded, out, format, quantize, sampling, overwrite)
 
 
 @dataclass
@@ -32,11 +32,13 @@ class ExportOptions:
         out: a new (or empty) folder
         format: arseq, or hf: a Hugging Face LlamaForCausalLM folder (needs transformers) that arseq reads too
         quantize: none, or int8: int8 weights and per-channel scales, ~4x smaller (arseq format)
+        overwrite: replace an earlier export in --out (a folder of an export's files only)
     """
 
     out: Path | None = None
     format: Literal["arseq", "hf"] = "arseq"
     quantize: Literal["none", "int8"] = "none"
+    overwrite: bool = False
 
 
 def run_export(argv: list[str]) -> int:
@@ -46,6 +48,6 @@ def run_export(argv: list[str]) -> int:
     if cfg.out is None:
         raise DataError("--out is required (a new or empty folder)")
     loaded = checkpoint.load(cfg.checkpoint, cfg.modality, cfg.trust_modality_import)
-    out = export_model(loaded, cfg.out, cfg.format, cfg.quantize)
+    out = export_model(loaded, cfg.out, cfg.format, cfg.quantize, cfg.overwrite)
     print(f"exported to {out}")
     return 0
