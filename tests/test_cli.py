@@ -296,6 +296,18 @@ def test_the_training_bar_counts_steps_not_epochs(tiny_config, tmp_path, capfd, 
     assert not [m for m in said if re.search(r"Tip:|TPU available|LeafSpec", m)]  # Lightning's advertisements and noise
 
 
+def test_lightnings_noise_is_dropped(caplog, recwarn):
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+    from arseq.train.run import quiet
+
+    quiet()
+    rank_zero_info("\U0001f4a1 Tip: For seamless cloud logging, try installing litlogger")
+    rank_zero_warn("You're using the WeightAveraging callback with a model that overrides the configure_model callback.")
+    rank_zero_info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"] and not recwarn.list
+
+
 def test_lightnings_model_table_is_off_unless_asked():
     from lightning.pytorch.callbacks import ModelSummary
 

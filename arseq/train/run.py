@@ -288,12 +288,14 @@ class _Unsaid(logging.Filter):
 
 
 def quiet() -> None:
-    """Drop LIGHTNING_NOISE from Lightning's log, and torch 2.13's deprecation warning of Lightning's own pytree code
-    (a user can do nothing about either); once per process."""
+    """Drop LIGHTNING_NOISE from Lightning's log, torch 2.13's deprecation warning of Lightning's own pytree code, and
+    EMA's warning about sharding (a user can do nothing about any)."""
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _Unsaid) for f in rank_zero.filters):
         rank_zero.addFilter(_Unsaid())
-        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")  # a repeat replaces the first
+    # ARModule.configure_model only compiles (no sharding), so the memory this warns of is not at stake
+    warnings.filterwarnings("ignore", message="You're using the WeightAveraging callback with a model that overrides")
 
 
 def check_compile(device: torch.device) -> None:
