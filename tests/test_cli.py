@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -285,7 +286,8 @@ def test_the_training_bar_counts_steps_not_epochs(tiny_config, tmp_path, capfd, 
     """Lightning labelled it "Epoch 0/-2" (rich) or "Epoch 0" (tqdm): a run is bounded by steps, max_epochs is -1."""
     from arseq.train import progress
 
-    assert progress.StepRichBar()._get_train_description(0).strip() == "training"
+    bar = SimpleNamespace(validation_description="Validation")  # a RichProgressBar cannot be made without rich
+    assert progress.StepRichBar._get_train_description(bar, 0) == "training  "  # as wide as "Validation"
     assert progress.progress_bar({"enable_progress_bar": False}, []) == []
     monkeypatch.setattr(progress, "_RICH_AVAILABLE", False)  # tqdm's bar, Lightning's choice without rich
     argv = ["--trainer.enable_progress_bar", "true", "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path)]
