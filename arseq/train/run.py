@@ -125,7 +125,7 @@ def fit(trainer: L.Trainer, module: ARModule, train: Any, val: Any, ckpt_path: s
     except (KeyboardInterrupt, SystemExit) as e:
         if not trainer.interrupted:
             raise
-        last = run.last.path if run.last.path is not None and run.last.path.exists() else None
+        last = run.saved_last()
         kept = f"; resume with --ckpt_path {last}" if last else " before its first checkpoint"
         raise Interrupted(f"stopped at step {trainer.global_step}{kept}", terminated=isinstance(e, SIGTERMException)) from None
 
@@ -231,8 +231,11 @@ class RunFolder:
 
     def trained(self, trainer: Any) -> Trained:
         best = Path(self.best.best_model_path) if self.best is not None and self.best.best_model_path else None
-        last = self.last.path if self.last.path is not None and self.last.path.exists() else None
-        return Trained(Path(trainer.log_dir or self.root), last, best, trainer.is_global_zero)
+        return Trained(Path(trainer.log_dir or self.root), self.saved_last(), best, trainer.is_global_zero)
+
+    def saved_last(self) -> Path | None:
+        """last.ckpt, where one has been written."""
+        return self.last.path if self.last.path is not None and self.last.path.exists() else None
 
 
 def claim_run_folder(parent: Path) -> tuple[Path, int]:

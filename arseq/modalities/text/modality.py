@@ -151,13 +151,13 @@ class TextModality(Modality):
         return [infill.text(tokenizer.decode(s.tokens)) if infill else (request.prompt or "") + tokenizer.decode(s.tokens) for s in samples]
 
     def show(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> str:
-        return "".join(f"----- sample {i} -----\n{t}\n" for i, t in enumerate(self._sample_texts(tokenizer, samples, request, plan)))
+        return _headed(self._sample_texts(tokenizer, samples, request, plan))
 
     def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         texts, out = self._sample_texts(tokenizer, samples, request, plan), request.out_path()
         files = OutputFiles(overwrite=request.overwrite)
         if out.suffix in (".txt", ".md"):  # several samples: headed as on stdout (a blank line is no boundary in text)
-            files.add(out, texts[0] + "\n" if len(texts) == 1 else self.show(tokenizer, samples, request, plan))
+            files.add(out, texts[0] + "\n" if len(texts) == 1 else _headed(texts))
         else:
             for i, t in enumerate(texts):
                 files.add(out / f"sample_{i:03d}.txt", t)
@@ -191,3 +191,8 @@ class TextModality(Modality):
         special = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
         known = vocabulary([tokenizer.decode(list(r)) for r in reference])
         return unknown_words(lambda t: " " if t in special else tokenizer.decode([t]), known)
+
+
+def _headed(texts: list[str]) -> str:
+    """Samples one after another, each under `----- sample i -----` (stdout, and one .txt holding several)."""
+    return "".join(f"----- sample {i} -----\n{t}\n" for i, t in enumerate(texts))
