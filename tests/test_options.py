@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from arseq.app import options
+from arseq.app.argv import config_files, flag_values
 from arseq.errors import DataError
 from arseq.modalities import SamplingOptions
 from arseq.modalities.music import MusicGenerate
@@ -94,3 +95,13 @@ def test_early_keys_come_from_flags_or_the_config(tmp_path):
     assert options.early(["--config", str(tmp_path / "g.yaml")])["checkpoint"] == "runs/music"
     got = options.early(["--config", str(tmp_path / "g.yaml"), "--checkpoint=other", "--trust-modality-import", "-h"])
     assert got["checkpoint"] == "other" and got["trust_modality_import"] is True and got["help"]
+    (tmp_path / "h.yaml").write_text("checkpoint: runs/text\n")
+    both = ["--config=" + str(tmp_path / "g.yaml"), "--config", str(tmp_path / "h.yaml")]
+    assert options.early(both)["checkpoint"] == "runs/text"  # the later file wins, as in jsonargparse
+
+
+def test_flag_values_read_both_spellings_in_order():
+    argv = ["--config=a.yaml", "--top-k", "5", "--config", "b.yaml", "--config="]
+    assert flag_values(argv, "--config") == ["a.yaml", "b.yaml", ""]
+    assert config_files(argv) == ["a.yaml", "b.yaml"]
+    assert flag_values(argv, "--top_k", "--top-k") == ["5"] and flag_values(["--top-k"], "--top-k") == []

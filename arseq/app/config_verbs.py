@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
+from arseq.app.argv import config_files, flag_values
 from arseq.app.parse_errors import parse_error
 from arseq.config_files import read_config
 from arseq.data.config import DataConfig
@@ -19,20 +20,15 @@ from arseq.modalities import Modality, resolve
 def _modality_name(argv: Sequence[str]) -> str | None:
     """The modality a config selects, found before the full parser (whose options depend on it) exists."""
     name = None
-    for i, arg in enumerate(argv):
-        value = argv[i + 1] if i + 1 < len(argv) else None
-        if arg.startswith("--config="):
-            arg, value = "--config", arg.split("=", 1)[1]
-        if arg == "--config" and value:
-            cfg = read_config(value)
-            section = cfg.get("modality") if isinstance(cfg, dict) else None
-            if isinstance(section, dict) and "name" in section:
-                name = section["name"]
-            elif isinstance(section, str):
-                name = section
-        elif arg.startswith("--modality.name"):
-            name = arg.split("=", 1)[1] if "=" in arg else value
-    return name
+    for path in config_files(argv):
+        cfg = read_config(path)
+        section = cfg.get("modality") if isinstance(cfg, dict) else None
+        if isinstance(section, dict) and "name" in section:
+            name = section["name"]
+        elif isinstance(section, str):
+            name = section
+    flags = flag_values(argv, "--modality.name")
+    return flags[-1] if flags else name
 
 
 def config_parser(verb: str, help: str, modality_cls: type | None) -> ArgumentParser:
@@ -64,7 +60,7 @@ def parse_config(verb: str, help: str, argv: list[str], add: Callable[[ArgumentP
     """Parse `argv` for `verb` (--help and --print_config print and exit); `add` adds the verb's options."""
     name = _modality_name(argv)
     if name is None and not {"-h", "--help", "--print_config"} & set(argv):
-        if not any(a == "--config" or a.startswith("--config=") for a in argv):
+        if not config_files(argv):
             raise DataError(f"--config is required: a YAML file (see configs/, or 'arseq {verb} --help')")
         raise DataError("no modality: set modality.name in the config (or --modality.name)")
     modality_cls = resolve(name) if name else None

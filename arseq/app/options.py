@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from arseq.app.argv import config_files, flag_values
 from arseq.app.parse_errors import parse_error
 from arseq.app.run_options import RunOptions
 from arseq.config_files import read_config
@@ -97,20 +98,16 @@ def normalize(argv: Sequence[str], kinds: dict[str, str]) -> list[str]:
 def early(argv: Sequence[str]) -> dict[str, Any]:
     """LOAD_KEYS and --help from the flags, or from the YAML files of --config (flags win)."""
     found: dict[str, Any] = {"help": any(a in ("-h", "--help") for a in argv)}
-    from_flags: dict[str, Any] = {}
     args = normalize(argv, SHARED_KINDS)
-    for i, arg in enumerate(args):
-        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if not eq and i + 1 < len(args):
-            value = args[i + 1]
-        if name == "config" and value:
-            cfg = read_config(value)
-            if not isinstance(cfg, dict):
-                raise DataError(f"{value}: a config must be a mapping of option names to values")
-            found.update({k: cfg[k] for k in LOAD_KEYS if k in cfg})
-        elif name in LOAD_KEYS:
-            from_flags[name] = value.lower() == "true" if name == "trust_modality_import" else value
-    return {**found, **from_flags}
+    for path in config_files(args):
+        cfg = read_config(path)
+        if not isinstance(cfg, dict):
+            raise DataError(f"{path}: a config must be a mapping of option names to values")
+        found.update({k: cfg[k] for k in LOAD_KEYS if k in cfg})
+    for key in LOAD_KEYS:
+        if given := flag_values(args, f"--{key}"):
+            found[key] = given[-1].lower() == "true" if key == "trust_modality_import" else given[-1]
+    return found
 
 
 def verb_parser(prog: str, description: str, several: bool = False) -> ArgumentParser:

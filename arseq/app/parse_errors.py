@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from arseq.app.argv import config_files, flag_values
 from arseq.errors import DataError, one_line
 
 KEY = re.compile(r'Parser key "([^"]+)"')
@@ -32,8 +33,8 @@ def parse_error(error: BaseException, flags: bool = True, argv: Sequence[str] = 
     if key is None or given is None or not expected:
         return DataError(text)
     name, value = key.group(1), given.group(1)
-    if flags and value not in _flag_values(name, argv) and _configs(argv):
-        name = f"{', '.join(_configs(argv))}: {name}"
+    if flags and value not in flag_values(argv, f"--{name}", f"--{name.replace('_', '-')}") and config_files(argv):
+        name = f"{', '.join(config_files(argv))}: {name}"
     elif flags:
         name = "--" + (name if "." in name else name.replace("_", "-"))  # sections keep their keys' spelling
     return DataError(f"{name}: expected {' or '.join(expected)}, got {value!r}")
@@ -43,23 +44,3 @@ def _kind(cls: str) -> str:
     """'an integer' for int, 'a path' for pathlib.Path."""
     name = cls.rsplit(".", 1)[-1]
     return TYPES.get(name, f"a {name}")
-
-
-def _flag_values(name: str, argv: Sequence[str]) -> list[str]:
-    """The values `argv` gives the flag of key `name` (a value that is not among them came from a config file)."""
-    return _values(argv, {f"--{name}", f"--{name.replace('_', '-')}"})
-
-
-def _configs(argv: Sequence[str]) -> list[str]:
-    """The files --config names in `argv`."""
-    return _values(argv, {"--config"})
-
-
-def _values(argv: Sequence[str], flags: set[str]) -> list[str]:
-    """What `argv` gives `flags`, as `--flag value` or `--flag=value`."""
-    out: list[str] = []
-    for i, arg in enumerate(argv):
-        flag, eq, value = arg.partition("=")
-        if flag in flags:
-            out += [value] if eq else argv[i + 1 : i + 2]
-    return out
