@@ -349,6 +349,18 @@ def test_a_truncated_fasta_gz_among_good_files_is_skipped(tmp_path, capsys):
     assert [s["file"] for s in stats["skipped"]] == [str(tmp_path / "cut.fasta.gz")]
 
 
+def test_training_names_the_items_it_skipped(tmp_path, caplog):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "good.txt").write_text(TEXT * 4, encoding="utf-8")
+    (folder / "empty.txt").write_text("", encoding="utf-8")
+    config = train_config(tmp_path / "t.yaml", folder, tmp_path / "runs", max_steps=1)
+    with caplog.at_level("WARNING", logger="arseq"):
+        assert main(["train", "--config", str(config)]) == 0
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert said == [f"skipped 1 of 2 items in data.paths: {folder / 'empty.txt'}: empty file"]
+
+
 def test_prepare_skips_a_file_past_its_time_budget(tmp_path, monkeypatch, capsys):
     import glob
 

@@ -4,6 +4,7 @@ Lightning's Trainer with arseq's checkpointing (atomic, a claimed run folder, be
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -30,6 +31,7 @@ from arseq.errors import Interrupted, first_line, one_line
 from arseq.limits import check_model, check_training
 from arseq.modalities import DataError, Modality
 from arseq.models.transformer import TransformerConfig
+from arseq.outputs import printable_name
 from arseq.tokenizers.base import Tokenizer
 from arseq.train.checkpoint_io import AtomicCheckpointIO, clean_checkpoint_folder
 from arseq.train.module import ARModule, LastCheckpoint
@@ -107,6 +109,8 @@ def run_train(
             log.info(describe(module, prepared, data.block_size))
             if init_note:
                 log.info(init_note)
+            if skipped := skipped_note(prepared.stats):
+                log.warning(skipped)
         fit(trainer, module, train, val, ckpt_path, run)
     except BaseException:
         remove_if_empty(run.folder)  # a run that failed before writing anything leaves no empty version_N
@@ -190,6 +194,22 @@ def describe(module: ARModule, prepared: Prepared, block_size: int) -> str:
         f"model: {module.model.num_params() / 1e6:.2f}M parameters, vocab {prepared.vocab_size}{conditioned}, context {block_size}; "
         f"data: {prepared.train.num_tokens:,} train / {prepared.val.num_tokens:,} val tokens"
     )
+
+
+def skipped_note(stats: dict[str, Any]) -> str | None:
+    """The data items the modality could not read, named (a run that quietly trains on part of its data surprises)."""
+    skipped = stats.get("skipped") or []
+    if not skipped:
+        return None
+    names = "; ".join(f"{_shown(s['file'])}: {s['reason']}" for s in skipped[:3])
+    more = f"; and {len(skipped) - 3} more ('arseq prepare' lists them all)" if len(skipped) > 3 else ""
+    return f"skipped {len(skipped)} of {stats['num_items'] + len(skipped)} items in data.paths: {names}{more}"
+
+
+def _shown(file: str) -> str:
+    """A path as stored (absolute), shown relative to the working folder when it lies inside it."""
+    relative = os.path.relpath(file) if os.path.isabs(file) else file
+    return printable_name(file if relative.startswith("..") else relative)
 
 
 @dataclass
