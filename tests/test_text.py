@@ -44,6 +44,19 @@ def test_text_read_skips_bad_files_with_reasons(tmp_path):
     assert not isinstance(replaced[0], Skipped)
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-be", "utf-32"])
+def test_a_byte_order_mark_names_the_encoding(tmp_path, encoding):
+    bom = {"utf-16-be": b"\xfe\xff"}.get(encoding, b"")  # Python writes utf-16-be without a mark
+    (tmp_path / "marked.txt").write_bytes(bom + TEXT.encode(encoding))
+    modality = TextModality()
+    tok = modality.build_tokenizer([tmp_path / "marked.txt"], None)
+    [example] = modality.read([tmp_path / "marked.txt"], None, tok)
+    assert tok.decode(list(example.tokens[1:-1])) == TEXT  # no U+FEFF, no bytes read as UTF-8
+    (tmp_path / "cut.txt").write_bytes(b"\xff\xfe" + "ab".encode("utf-16-le") + b"\x00")  # an odd byte at the end
+    [skipped] = modality.read([tmp_path / "cut.txt"], None, tok)
+    assert isinstance(skipped, Skipped) and skipped.reason.startswith("not UTF-16 as its byte-order mark says (bad byte at offset")
+
+
 def test_prepare_caches_and_splits(tmp_path):
     files = []
     for i in range(20):

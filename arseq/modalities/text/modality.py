@@ -1,11 +1,12 @@
 """Plain text: character-level (nanoGPT) or byte-level BPE tokens; one item per file.
 
-Files must be UTF-8. By default a file that is not is skipped with the byte offset of the first bad
-byte; `errors: replace` decodes it anyway, replacing invalid bytes with U+FFFD.
+Files are UTF-8, or UTF-16/32 where a byte-order mark says so. By default a file that is not is skipped with
+the byte offset of the first bad byte; `errors: replace` decodes it anyway, replacing invalid bytes with U+FFFD.
 """
 
 from __future__ import annotations
 
+import codecs
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,16 @@ from arseq.modalities.text.near_miss import typo, unknown_words, vocabulary
 from arseq.tokenizers.base import Tokenizer
 from arseq.tokenizers.bpe import BPETokenizer
 from arseq.tokenizers.char import CharTokenizer
+
+# A byte-order mark names the file's encoding (Windows editors save "Unicode" text as UTF-16 with one, and some
+# prepend one to UTF-8); without one a file is UTF-8. UTF-32's marks first: UTF-32-LE's begins with UTF-16-LE's.
+BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 
 @dataclass
@@ -68,10 +79,12 @@ class TextModality(Modality):
             except OSError as e:
                 yield f, Skipped(str(f), f"cannot read: {e.strerror}")
                 continue
+            encoding = next((name for bom, name in BOMS if raw.startswith(bom)), "utf-8")
             try:
-                text = raw.decode("utf-8", errors=self.errors)
+                text = raw.decode(encoding, errors=self.errors)
             except UnicodeDecodeError as e:
-                yield f, Skipped(str(f), f"not UTF-8 (bad byte at offset {e.start}); set modality.errors: replace to keep it")
+                label = "UTF-8" if encoding == "utf-8" else f"{encoding.upper()} as its byte-order mark says"
+                yield f, Skipped(str(f), f"not {label} (bad byte at offset {e.start}); set modality.errors: replace to keep it")
                 continue
             yield f, (text if text else Skipped(str(f), "empty file"))
 
