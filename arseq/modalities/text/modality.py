@@ -62,6 +62,7 @@ class TextModality(Modality):
     tokenizer_kinds = {"char": CharTokenizer, "bpe": BPETokenizer}
     suffixes = (".txt", ".md", ".text")
     reads_files_independently = True  # prepare reads the files in data.workers processes
+    reading_version = "bom-1"  # files with a byte-order mark are read in its encoding (they were skipped, or kept U+FEFF)
 
     def __init__(self, tokenizer: Literal["char", "bpe"] = "char", vocab_size: int = 2048, errors: Literal["strict", "replace"] = "strict"):
         """
