@@ -83,6 +83,7 @@ def test_errors_name_the_python_options(trained, tmp_path):
         "quantize: expected one of none, int8, got 'int4'": dict(quantize="int4"),
         "dtype: expected one of float32, bfloat16, float16, got 'f8'": dict(dtype="f8"),
         "out: expected a path, got '5'": dict(out=5),
+        "top_p must be in (0, 1], got 1.5": dict(top_p=1.5),
     }
     for message, kwargs in expected.items():
         with pytest.raises(DataError) as e:

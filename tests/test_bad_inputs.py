@@ -71,9 +71,10 @@ GENERATE_FLAGS = [
     (["--device", "bogus"], "--device bogus"),
     (["--num-samples", "0"], "--num-samples"),
     (["--batch-size", "0"], "--batch-size"),
-    (["--max-new-tokens", "0"], "max_new_tokens"),
-    (["--temperature", "-1"], "temperature"),
-    (["--top-p", "1.5"], "top_p"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1, got 0"),
+    (["--temperature", "-1"], "--temperature must be >= 0, got -1.0"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
+    (["--repetition-penalty", "0"], "--repetition-penalty must be > 0, got 0.0"),
 ]
 if not __import__("torch").cuda.is_available():
     GENERATE_FLAGS.append((["--device", "cuda"], "CUDA is not available"))

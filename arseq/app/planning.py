@@ -5,13 +5,13 @@ what it adds in its own object (`Planned`) so that the modality's `Plan` and the
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import Constraint, SamplingConfig
 from arseq.decode.infill import Fim, hide_sentinels
-from arseq.modalities import DataError, Modality, Plan, Request
+from arseq.modalities import DataError, Modality, Plan, Request, SamplingOptions
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,10 @@ def make_plan(loaded: Loaded, request: Request) -> Planned:
     defaults = {**plan.sampling, **modality.conditioned_sampling} if controls is not None and any(conditions) else plan.sampling
     try:
         cfg = request.sampling.resolve(defaults, (tok.eos_id,))
-    except ValueError as e:
-        raise DataError(f"sampling: {e}") from None
+    except ValueError as e:  # SamplingConfig's checks start with the option's name, which is the flag's
+        name, _, rest = str(e).partition(" ")
+        known = name in {f.name for f in fields(SamplingOptions)}
+        raise DataError(f"--{name.replace('_', '-')} {rest}" if known else f"sampling: {e}") from None
     if plan.new_tokens is not None:
         cfg = replace(cfg, max_new_tokens=plan.new_tokens)
     prompts = fit_prompts(modality, tok, plan.prompts, loaded.model.cfg.max_seq_len - width, cfg.max_new_tokens)

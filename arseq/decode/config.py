@@ -34,19 +34,19 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "max_new_tokens must be an integer >= 1"),
-            (self.temperature >= 0, "temperature must be >= 0"),
-            (self.top_k is None or self.top_k >= 1, "top_k must be >= 1"),
-            (self.top_p is None or 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (self.min_p is None or 0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
-            (self.guidance >= 0, "guidance must be >= 0"),
-            (self.seed is None or isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed must be an integer"),
-            (isinstance(self.min_new_tokens, int) and self.min_new_tokens >= 0, "min_new_tokens must be an integer >= 0"),
+            ("max_new_tokens", isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "an integer >= 1"),
+            ("temperature", self.temperature >= 0, ">= 0"),
+            ("top_k", self.top_k is None or self.top_k >= 1, ">= 1"),
+            ("top_p", self.top_p is None or 0 < self.top_p <= 1, "in (0, 1]"),
+            ("min_p", self.min_p is None or 0 <= self.min_p <= 1, "in [0, 1]"),
+            ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
+            ("guidance", self.guidance >= 0, ">= 0"),
+            ("seed", self.seed is None or isinstance(self.seed, int) and not isinstance(self.seed, bool), "an integer"),
+            ("min_new_tokens", isinstance(self.min_new_tokens, int) and self.min_new_tokens >= 0, "an integer >= 0"),
         ]
-        for ok, message in checks:
+        for name, ok, wanted in checks:
             if not ok:
-                raise ValueError(message)
+                raise ValueError(f"{name} must be {wanted}, got {getattr(self, name)!r}")
 
 
 @dataclass
