@@ -299,6 +299,13 @@ def test_an_out_named_as_a_png_names_the_files(digits, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "seven.png"))[..., None], tok.decode_pixels(samples[0].prompt + samples[0].tokens))
     two = replace(args, num_samples=2, out=tmp_path / "sevens.png")
     assert [p.name for p in m.write(tok, samples, two, m.plan(tok, two))] == ["sevens_000_7.png", "sevens_001_7.png", "sevens_grid.png"]
+    for suffix, format in [(".jpg", "JPEG"), (".WEBP", "WEBP"), (".gif", "GIF"), (".tiff", "TIFF"), (".bmp", "BMP")]:
+        named = replace(args, num_samples=2, out=tmp_path / f"x{suffix}")  # the format it names, not a folder x.jpg
+        written = m.write(tok, samples, named, m.plan(tok, named))
+        assert [p.name for p in written] == [f"x_000_7{suffix}", f"x_001_7{suffix}", f"x_grid{suffix}"]
+        assert {Image.open(p).format for p in written} == {format}
+    lossless = Image.open(tmp_path / "x_000_7.bmp")
+    assert np.array_equal(np.asarray(lossless)[..., None], tok.decode_pixels(samples[0].prompt + samples[0].tokens))
 
 
 def test_show_draws_ascii_and_prints_nothing(digits, capsys):

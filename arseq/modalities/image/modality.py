@@ -93,8 +93,12 @@ def _encoded(tokenizer: PatchTokenizer, label_token: bool, pixels: np.ndarray, l
     return tokens, float(np.mean((rec.astype(np.float64) - pixels) ** 2))
 
 
-def _png(image: Image.Image) -> Callable[[Path], None]:
-    return lambda path: image.save(path, format="PNG")
+# What --out NAME.EXT may name: formats pillow writes from L and RGB images. A folder gets PNG (lossless).
+WRITTEN = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def _saved(image: Image.Image, image_format: str) -> Callable[[Path], None]:
+    return lambda path: image.save(path, format=image_format)
 
 
 class ImageModality(Modality):
@@ -325,21 +329,23 @@ class ImageModality(Modality):
         images = [tok.decode(s.prompt + s.tokens) for s in samples]
         labels = self._sample_labels(tok, samples)
         out = request.out_path()
-        stems = request.out_stems(len(images), (".png",))
+        stems = request.out_stems(len(images), tuple(WRITTEN))
         folder = stems[0].parent == out  # else --out NAME.png: NAME.png, or NAME_000.png ... and NAME_grid.png
         if folder and out.exists() and not out.is_dir():
-            raise DataError(f"{out}: --out must be a folder for images, or a NAME.png")
+            raise DataError(f"{out}: --out must be a folder for images, or a file NAME.png (or .jpg, .webp, .gif, .bmp, .tif)")
+        suffix = ".png" if folder else out.suffix  # as the user spelled it
+        image_format = WRITTEN[suffix.lower()]
         files = OutputFiles(overwrite=request.overwrite, protect=[request.prompt])
         scale = max(1, math.ceil(64 / tok.size))  # 8×8 digits become 64×64 cells
         for stem, im, label in zip(stems, images, labels):
             named = stem.name + (f"_{_safe(label)}" if label is not None and (folder or len(stems) > 1) else "")
-            files.add(stem.with_name(named + ".png"), _png(im))
+            files.add(stem.with_name(named + suffix), _saved(im, image_format))
         cols = math.ceil(math.sqrt(len(images)))
-        beside = (lambda name: out / f"{name}.png") if folder else (lambda name: out.with_name(f"{out.stem}_{name}.png"))
+        beside = (lambda name: out / f"{name}{suffix}") if folder else (lambda name: out.with_name(f"{out.stem}_{name}{suffix}"))
         if folder or len(images) > 1:
-            files.add(beside("grid"), _png(tile(images, cols, scale)))
+            files.add(beside("grid"), _saved(tile(images, cols, scale), image_format))
         if plan.parsed is not None:
-            files.add(beside("completion"), _png(tile([tok.image(plan.parsed[0])] + images, len(images) + 1, scale)))
+            files.add(beside("completion"), _saved(tile([tok.image(plan.parsed[0])] + images, len(images) + 1, scale), image_format))
         return files.commit()
 
     # ---- evaluation (arseq/modalities/image/evaluation.py) ---------------------------------------
