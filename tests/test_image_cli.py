@@ -93,6 +93,9 @@ def test_completion_keeps_the_prompt_rows(ckpt, tmp_path, capsys):
     for path in (tmp_path / "c").glob("sample_*.png"):
         assert np.array_equal(np.asarray(Image.open(path))[:4], digit[:4])
     assert Image.open(tmp_path / "c" / "completion.png").size == (3 * 66 + 2, 66 + 2)
+    for given, said in [(tmp_path, "a folder; give one file"), (tmp_path / "none.png", "no such file")]:
+        code, _, err = run(capsys, "generate", "--checkpoint", ckpt, "--prompt", given)
+        assert code == 2 and err.strip() == f"arseq generate: error: --prompt {given}: {said}", err
 
 
 def test_evaluate_reports_bits_per_dim_and_baselines(ckpt, capsys):

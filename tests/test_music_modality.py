@@ -115,8 +115,10 @@ def test_prompt_bars_and_bad_prompts(tmp_path, chorales):
     ids = prompt_tokens(tok, Path(chorales[0][1]), 2)
     assert ids[0] == tok.bos_id and tok.eos_id not in ids and ids.count(tok.bar_id) == 3 and ids[-1] == tok.bar_id
     assert tok.decode_events(ids).repairs == 0
-    with pytest.raises(DataError, match="not found"):
-        prompt_tokens(tok, tmp_path / "missing.mid", None)
+    with pytest.raises(DataError, match="^--prompt .*missing.mid: no such file$"):
+        Request(prompt=str(tmp_path / "missing.mid")).prompt_file()
+    with pytest.raises(DataError, match="^--prompt .*: a folder; give one file$"):
+        Request(prompt=str(tmp_path)).prompt_file()
     (tmp_path / "bad.musicxml").write_text("<score-partwise><part>")
     with pytest.raises(DataError, match="bad.musicxml") as e:
         prompt_tokens(tok, tmp_path / "bad.musicxml", None)

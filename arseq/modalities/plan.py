@@ -15,6 +15,7 @@ from typing import Any, Callable
 from arseq.conditioning import split_condition
 from arseq.decode.config import Constraint, SamplingConfig
 from arseq.decode.infill import Fim
+from arseq.errors import DataError
 
 
 @dataclass
@@ -77,6 +78,15 @@ class Request:
         if self.out is None:
             raise ValueError("write needs request.out; without one the core calls the modality's show")
         return Path(self.out)
+
+    def prompt_file(self) -> Path:
+        """`prompt` as the file a music or image model reads: one line where there is none, or a folder."""
+        path = Path(self.prompt or "")
+        if path.is_dir():
+            raise DataError(f"--prompt {path}: a folder; give one file")
+        if not path.is_file():
+            raise DataError(f"--prompt {path}: no such file")
+        return path
 
     def out_stems(self, n: int, suffixes: tuple[str, ...]) -> list[Path]:
         """Where each of `n` samples' files go, without their suffix. A folder `out`: out/sample_000, ... An `out`

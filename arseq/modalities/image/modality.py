@@ -229,7 +229,7 @@ class ImageModality(Modality):
         """--prompt IMAGE keeps its top rows and samples the rest; the constraint ends samples exactly."""
         tokenizer = _patch_tokenizer(tokenizer)
         tok, opts = tokenizer, request.options
-        prompt = self._prompt_pixels(tok, request.prompt, opts.prompt_rows)
+        prompt = self._prompt_pixels(tok, request.prompt_file() if request.prompt else None, opts.prompt_rows)
         kept: list[int] = []
         if prompt is not None:
             pixels, rows = prompt
@@ -272,14 +272,14 @@ class ImageModality(Modality):
             return [names[i % len(names)] for i in range(n)]
         return [None] * n
 
-    def _prompt_pixels(self, tok: PatchTokenizer, path: str | None, prompt_rows: int | None) -> tuple[np.ndarray, int] | None:
+    def _prompt_pixels(self, tok: PatchTokenizer, path: Path | None, prompt_rows: int | None) -> tuple[np.ndarray, int] | None:
         """The prompt image's pixels and the number of patch rows kept, or None without --prompt."""
         if not path:
             if prompt_rows is not None:
                 raise DataError("--prompt-rows needs --prompt IMAGE")
             return None
         try:
-            pixels = tok.pixels(open_image(Path(path)))
+            pixels = tok.pixels(open_image(path))
         except ValueError as e:
             raise DataError(f"{path}: {e}") from None
         rows = tok.grid // 2 if prompt_rows is None else prompt_rows

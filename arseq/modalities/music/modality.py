@@ -233,7 +233,7 @@ class MusicModality(Modality):
         least = opts.bars if opts.bars is not None else opts.min_bars
         sampling["max_new_tokens"] = max(SamplingConfig.max_new_tokens, 64 * least)
         if request.prompt:
-            prompt = list(prompt_tokens(tokenizer, Path(request.prompt), opts.prompt_bars, self.midi_reader))
+            prompt = list(prompt_tokens(tokenizer, request.prompt_file(), opts.prompt_bars, self.midi_reader))
         elif opts.prompt_bars is not None:
             raise DataError("--prompt-bars needs --prompt FILE")
         else:
@@ -248,7 +248,7 @@ class MusicModality(Modality):
             raise DataError("--keep-bars needs --prompt FILE: the piece whose other bars are regenerated")
         if opts.bars is not None or opts.prompt_bars is not None:
             raise DataError("--keep-bars decides the bars to write; drop --bars and --prompt-bars")
-        infill = load_infill(tokenizer, Path(request.prompt), keep_bars)
+        infill = load_infill(tokenizer, request.prompt_file(), keep_bars)
         prompt, room = infill.prompt(fim, tokenizer.bos_id, request.context or 10**9)
         skip = len(prompt) - prompt.index(fim.mid_id) - 1  # SPM prompts end with the prefix
         sampling["max_new_tokens"] = room

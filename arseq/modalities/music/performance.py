@@ -192,10 +192,7 @@ def plan(tok: PerformanceTokenizer, request: Any, sampling: dict[str, Any]) -> A
     """Prompts (BOS, or a MIDI file's events without EOS) and the well-formedness constraint."""
     prompt = [tok.bos_id]
     if request.prompt:
-        path = Path(request.prompt)
-        if not path.is_file():
-            raise DataError(f"{path}: prompt file not found")
-        prompt = tok.encode(read_performance(path))[:-1]
+        prompt = tok.encode(read_performance(request.prompt_file()))[:-1]
     return Plan([list(prompt) for _ in range(request.num_samples)], dict(sampling), constraint=partial(PerformanceConstraint, tok))
 
 

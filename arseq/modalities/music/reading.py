@@ -241,8 +241,6 @@ def _varlen(data: bytes, at: int, end: int) -> tuple[int, int]:
 def prompt_tokens(tok: ScoreTokenizer, path: Path, bars: int | None, midi_reader: str = "symusic") -> list[int]:
     """A prompt file's tokens (BOS ... no EOS); with `bars`, its first `bars` bars and the next bar line,
     so the model continues in a new bar and the prompt's bars stay as they are."""
-    if not path.is_file():
-        raise DataError(f"{path}: prompt file not found")
     ids = tok.encode_events(read_events(tok, path, midi_reader))[:-1]
     if bars is not None:
         if bars < 1:
