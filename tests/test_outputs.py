@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from arseq.app import generation
 from arseq.atomic import OutputFiles, atomic_write
 from arseq.cli import main
 from arseq.modalities import DataError, Plan, Request, Sample
@@ -80,7 +81,7 @@ def test_protein_out_does_not_replace_an_unrelated_csv(tmp_path):
     assert (tmp_path / "victim.csv").read_text() == "my spreadsheet" and not (tmp_path / "victim.fasta").exists()
 
 
-def test_generate_never_overwrites_without_the_flag(trained, tmp_path, capsys, umask022):
+def test_generate_never_overwrites_without_the_flag(trained, tmp_path, capsys, umask022, monkeypatch):
     ckpt = str(trained / "checkpoints" / "last.ckpt")
     notes = tmp_path / "notes.md"
     notes.write_text("x" * 30_000)
@@ -94,10 +95,26 @@ def test_generate_never_overwrites_without_the_flag(trained, tmp_path, capsys, u
     folder = tmp_path / "s"
     assert main([*base, "--num-samples", "2", "--out", str(folder)]) == 0
     first = (folder / "sample_001.txt").read_text()
+    sampled = []
+    real = generation.sample
+    monkeypatch.setattr(generation, "sample", lambda *a, **k: sampled.append(1) or real(*a, **k))
     assert main([*base, "--num-samples", "2", "--seed", "2", "--out", str(folder)]) == 2
-    assert "sample_000.txt: already exists" in capsys.readouterr().err
+    assert "sample_000.txt: already exists" in capsys.readouterr().err and not sampled  # refused before sampling
+    assert main([*base, "--num-samples", "1", "--out", str(tmp_path / "poem.txt")]) == 0 and sampled == [1]
+    assert main([*base, "--num-samples", "3", "--out", str(folder)]) == 2 and sampled == [1]
     assert (folder / "sample_001.txt").read_text() == first
     assert {_mode(p) for p in folder.iterdir()} == {0o644}
     (tmp_path / "file").write_text("a file")
     assert main([*base, "--num-samples", "2", "--out", str(tmp_path / "file" / "sub")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_earlier_samples_are_those_this_run_would_write(tmp_path):
+    for name in ["sample_000.mid", "sample_001_cat.png", "sample_002.png", "sample_000x.png", "grid.png", "chorale_001.mid"]:
+        (tmp_path / name).write_text("earlier")
+    assert [p.name for p in generation.earlier_samples(tmp_path, 2)] == ["sample_000.mid", "sample_001_cat.png"]
+    assert generation.earlier_samples(tmp_path, 3)[-1].name == "sample_002.png"
+    assert [p.name for p in generation.earlier_samples(tmp_path / "chorale.mid", 2)] == ["chorale_001.mid"]
+    assert generation.earlier_samples(tmp_path / "chorale.mid", 1) == []  # one sample is chorale.mid itself
+    assert generation.earlier_samples(tmp_path / "grid.png", 1) == [tmp_path / "grid.png"]
+    assert generation.earlier_samples(tmp_path / "new" / "folder", 4) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -276,14 +277,28 @@ def prepare_model(loaded: Loaded, run: RunOptions) -> None:
     prepare_for_inference(loaded.model, resolve_device(run.device), run.dtype, run.quantize, run.compile)
 
 
+def earlier_samples(out: Path, n: int) -> list[Path]:
+    """The files of an earlier run where this run's `n` samples would go: `out` itself, files named sample_000...
+    in the folder `out` (music, images, text), or NAME_000... beside `out` = NAME.mid. The modality's write
+    would refuse them too, but only after sampling: found here, before it (a little stricter than the write,
+    which may name its files by label or suffix)."""
+    if out.is_file():
+        return [out]
+    folder, prefix = (out, "sample") if out.is_dir() else (out.parent, out.stem)
+    if not folder.is_dir() or (folder == out.parent and n == 1):
+        return []
+    numbered = re.compile(re.escape(prefix) + r"_(\d{3,})[._]")
+    return sorted(p for p in folder.iterdir() if (m := numbered.match(p.name)) and int(m[1]) < n)
+
+
 def run_generate(loaded: Loaded, request: Request, run: RunOptions, echo: Callable[[str], None] | None = None) -> tuple[list[Sample], list[Path]]:
     """Sample `request.num_samples` sequences and write the modality's files under `request.out`; without
     one, the samples as text go to `echo` (the CLI's stdout; streamed as sampled where the modality streams)
     when given. Return the samples and the paths written."""
     if request.num_samples < 1:
         raise DataError(f"--num-samples must be >= 1, got {request.num_samples}")
-    if request.out is not None and Path(request.out).is_file() and not request.overwrite:
-        raise DataError(f"{request.out}: already exists; pass --overwrite to replace it, or choose another --out")
+    if request.out is not None and not request.overwrite and (earlier := earlier_samples(Path(request.out), request.num_samples)):
+        raise DataError(f"{earlier[0]}: already exists; pass --overwrite to replace it, or choose another --out")
     prepare_model(loaded, run)
     planned = make_plan(loaded, request)
     samples = sample(loaded, planned, run.batch_size, run.compile, echo=echo if request.out is None else None, spec=drafting.from_run(loaded, run))
