@@ -124,18 +124,20 @@ def prompt_text(loaded: Loaded, job: JobPlan, sample: int) -> str:
     return text_of(loaded, loaded.controls.strip(prompt) if loaded.controls is not None else prompt)
 
 
-def text_delta(loaded: Loaded, tokens: list[int], offsets: tuple[int, int]) -> tuple[str, tuple[int, int]]:
+def text_delta(loaded: Loaded, tokens: list[int], offsets: tuple[int, int], end: int | None = None) -> tuple[str, tuple[int, int]]:
     """The new text of a stream of `tokens` since the last call, and the offsets for the next one: vLLM's
     incremental detokenizing. Decoding the whole list per token made a stream O(n^2); decoding the new tokens
     alone would lose what depends on the tokens before them (a word's leading space, a character split over
     tokens), so the tokens since the last emitted text are decoded after those of the emission before (the
-    prefix), and the text past the prefix's is new. Nothing is emitted while a multi-byte character is incomplete."""
+    prefix), and the text past the prefix's is new. Nothing is emitted while a multi-byte character is incomplete.
+    `end`: the stream so far is `tokens[:end]` (a caller replaying a finished list need not copy its heads)."""
     prefix, read = offsets
+    end = len(tokens) if end is None else end
     before = text_of(loaded, tokens[prefix:read])
-    text = text_of(loaded, tokens[prefix:])
+    text = text_of(loaded, tokens[prefix:end])
     if len(text) <= len(before) or text.endswith("\ufffd"):
         return "", offsets
-    return text[len(before) :], (read, len(tokens))
+    return text[len(before) :], (read, end)
 
 
 def write_files(loaded: Loaded, job: JobPlan, samples: list[Sample]) -> list[dict[str, Any]]:

@@ -115,7 +115,7 @@ def text_offsets(loaded: Loaded, tokens: list[int], start: int) -> list[int]:
     out, at, state = [], start, (0, 0)
     for i in range(len(tokens)):
         out.append(at)
-        new, state = text_delta(loaded, tokens[: i + 1], state)
+        new, state = text_delta(loaded, tokens, state, end=i + 1)
         at += len(new)
     return out
 
