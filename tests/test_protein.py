@@ -257,6 +257,10 @@ def test_prompt_fasta_file_gives_motifs(tmp_path):
     tok = ProteinTokenizer()
     prompts = ProteinModality().plan(tok, request(3, prompt=str(path))).prompts
     assert [tok.decode(p) for p in prompts] == ["MKT", "MAL", "MKT"]
+    for given in (dict(prompt="MK1"), dict(prefix="MK1")):
+        flag = "--prompt" if "prompt" in given else "--prefix"  # the motif's flag named: the server maps it to its field
+        with pytest.raises(DataError, match=f"^{flag} 'MK1': invalid characters '1'"):
+            ProteinModality().plan(tok, request(1, **given))
 
 
 def samples_for(tok: ProteinTokenizer) -> list[Sample]:

@@ -112,7 +112,7 @@ def start_motifs(prefix: str | None, prompt: str | None) -> list[str]:
         except FileProblem as e:
             raise DataError(f"{prompt}: {e}") from None
     else:
-        records = [(f"start motif {text!r}", text)]
+        records = [(f"{'--prefix' if prefix else '--prompt'} {text!r}", text)]
     motifs = []
     for where, raw in records:
         seq = normalize(raw)
