@@ -37,8 +37,13 @@ def browser():
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
-    yield context.new_page()
+    page = context.new_page()
+    errors: list[str] = []  # a script's exception, or a request that failed (the favicon's 404 was one)
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
     context.close()
+    assert errors == []
 
 
 def generate(page, served, timeout=60_000):
