@@ -9,6 +9,7 @@ import lightning  # noqa: F401
 import music21  # noqa: F401  (a hard dependency: a broken install must fail, not skip)
 from music21 import converter  # noqa: E402
 
+from arseq.artifacts import checkpoint  # noqa: E402
 from arseq.cli import main  # noqa: E402
 from arseq.modalities.music.corpus import bach_chorales  # noqa: E402
 from arseq.tokenizers.score import ScoreTokenizer  # noqa: E402
@@ -45,6 +46,8 @@ def test_train_generate_parse_back_evaluate(tmp_path, monkeypatch, capsys):
 
     assert main(["train", "--config", str(config)]) == 0
     ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
+    lengths = checkpoint.load(ckpt).meta.lengths  # the pieces' token counts, for the sampling budget
+    assert lengths is not None and lengths["items"] == 3 and 100 < lengths["median"] <= lengths["p95"]
 
     out = tmp_path / "samples"
     prompt = next(data.iterdir())

@@ -185,6 +185,10 @@ def test_sampling_defaults_yield_to_given_options():
     cfg = SamplingOptions(temperature=1.0, max_new_tokens=10).resolve(m.plan(tok, Request(1, options=MusicGenerate(bars=8))).sampling, ())
     assert (cfg.temperature, cfg.top_p, cfg.max_new_tokens) == (1.0, 0.95, 10)  # given values win
     assert m.plan(tok, Request(1, options=MusicGenerate(bars=8))).sampling["max_new_tokens"] == 512
+    learned = {"items": 350, "median": 503, "p95": 1064}  # the Bach chorales: half run past 512 tokens
+    budget = {bars: m.plan(tok, Request(1, options=MusicGenerate(bars=bars), item_tokens=learned)).sampling["max_new_tokens"] for bars in (None, 4)}
+    assert budget == {None: 1064, 4: 256}  # without --bars as long as most pieces it learned; --bars sizes its own
+    assert m.plan(tok, Request(1, options=MusicGenerate(), item_tokens={**learned, "p95": 300})).sampling["max_new_tokens"] == 512
     with pytest.raises(DataError, match="--bars"):
         m.plan(tok, Request(1, options=MusicGenerate(bars=0)))
     with pytest.raises(DataError, match="--prompt-bars needs --prompt"):

@@ -52,6 +52,9 @@ class TokenSplit:
     def num_tokens(self) -> int:
         return int(self.offsets[-1])
 
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
 
 @dataclass
 class Prepared:

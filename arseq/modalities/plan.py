@@ -70,6 +70,9 @@ class Request:
     # infill) and the context a prompt and its continuation must fit in.
     fim: Fim | None = None
     context: int | None = None
+    # Set by the core for `plan`: tokens per training item ({"items", "median", "p95"}; None where the model's run
+    # did not record them), for budgets that follow the data (music: a piece may run as long as most it learned).
+    item_tokens: dict[str, int] | None = None
     out: Path | None = None  # generate: the output file or folder; None prints
     overwrite: bool = False  # replace files `out` would write that exist already
 

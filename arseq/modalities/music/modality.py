@@ -29,7 +29,6 @@ from arseq.modalities import (
     Plan,
     Request,
     Sample,
-    SamplingConfig,
     Skipped,
     TokenSeqs,
 )
@@ -37,7 +36,7 @@ from arseq.modalities.infill_ranges import check_fim
 from arseq.modalities.music import performance as perf
 from arseq.modalities.music.conditions import FIELDS, piece_conditions, transposed_keys
 from arseq.modalities.music.corpus import COMPOSERS, bach_chorales, music21_composers
-from arseq.modalities.music.grammar import GrammarConstraint
+from arseq.modalities.music.grammar import GrammarConstraint, sample_budget
 from arseq.modalities.music.infill import MusicInfill, load_infill
 from arseq.modalities.music.metrics import key_scale, score_metrics
 from arseq.modalities.music.reading import (
@@ -231,7 +230,7 @@ class MusicModality(Modality):
         if opts.keep_bars is not None:
             return self._infill_plan(tokenizer, request, sampling, opts.keep_bars)
         least = opts.bars if opts.bars is not None else opts.min_bars
-        sampling["max_new_tokens"] = max(SamplingConfig.max_new_tokens, 64 * least)
+        sampling["max_new_tokens"] = sample_budget(opts.bars, least, request.item_tokens)
         if request.prompt:
             prompt = list(prompt_tokens(tokenizer, request.prompt_file(), opts.prompt_bars, self.midi_reader))
         elif opts.prompt_bars is not None:
