@@ -43,11 +43,11 @@ def test_train_generate_parse_back_evaluate(tmp_path, monkeypatch, capsys):
     assert main(["prepare", "--config", str(config), "--check-roundtrip"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["num_items"] == 3 and stats["roundtrip_exact"] == 1.0 and stats["tokens_per_note"] < 3
+    assert stats["item_tokens"]["items"] == 3 and 100 < stats["item_tokens"]["median"] <= stats["item_tokens"]["p95"]
 
     assert main(["train", "--config", str(config)]) == 0
     ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
-    lengths = checkpoint.load(ckpt).meta.lengths  # the pieces' token counts, for the sampling budget
-    assert lengths is not None and lengths["items"] == 3 and 100 < lengths["median"] <= lengths["p95"]
+    assert checkpoint.load(ckpt).meta.lengths == stats["item_tokens"]  # the pieces' token counts, for the sampling budget
 
     out = tmp_path / "samples"
     prompt = next(data.iterdir())

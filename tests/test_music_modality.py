@@ -188,7 +188,8 @@ def test_sampling_defaults_yield_to_given_options():
     learned = {"items": 350, "median": 503, "p95": 1064}  # the Bach chorales: half run past 512 tokens
     budget = {bars: m.plan(tok, Request(1, options=MusicGenerate(bars=bars), item_tokens=learned)).sampling["max_new_tokens"] for bars in (None, 4)}
     assert budget == {None: 1064, 4: 256}  # without --bars as long as most pieces it learned; --bars sizes its own
-    assert m.plan(tok, Request(1, options=MusicGenerate(), item_tokens={**learned, "p95": 300})).sampling["max_new_tokens"] == 512
+    for p95, budget in ((300, 512), (30_000, 2048)):  # never below the core's budget for --min-bars, nor minutes long
+        assert m.plan(tok, Request(1, options=MusicGenerate(), item_tokens={**learned, "p95": p95})).sampling["max_new_tokens"] == budget
     with pytest.raises(DataError, match="--bars"):
         m.plan(tok, Request(1, options=MusicGenerate(bars=0)))
     with pytest.raises(DataError, match="--prompt-bars needs --prompt"):

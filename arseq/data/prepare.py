@@ -52,9 +52,6 @@ class TokenSplit:
     def num_tokens(self) -> int:
         return int(self.offsets[-1])
 
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
 
 @dataclass
 class Prepared:
@@ -222,6 +219,12 @@ def _read(
     return _Read(tokenizer, controls, examples + val_examples, train, val, "files", skipped + val_skipped)
 
 
+def _item_tokens(lengths: list[int]) -> dict[str, int]:
+    """Tokens per item (a piece, an image, a protein, a file), as `arseq train` records them in the checkpoint:
+    a modality's sampling budget can follow its data."""
+    return {"items": len(lengths), "median": int(np.median(lengths)), "p95": int(np.percentile(lengths, 95))}
+
+
 def _stats(modality: Modality, read: _Read, check_roundtrip: bool) -> dict[str, Any]:
     """What `arseq prepare` prints: sizes of the splits, what was skipped and why, the modality's figures."""
     everything, tokenizer, controls = read.everything, read.tokenizer, read.controls
@@ -235,6 +238,7 @@ def _stats(modality: Modality, read: _Read, check_roundtrip: bool) -> dict[str, 
         "val_tokens": int(sum(len(s) for s in read.val)),
         "split": read.split,
         "skipped": [asdict(s) for s in read.skipped],
+        "item_tokens": _item_tokens([len(e.tokens) for e in everything]),
     }
     if check_roundtrip:
         checked = [e.exact for e in everything if e.exact is not None]

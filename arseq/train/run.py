@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -93,7 +92,7 @@ def run_train(
         asdict(model_cfg),
         prepared.controls.to_dict() if prepared.controls is not None else None,
         fim.to_dict() if fim is not None else None,
-        item_lengths(prepared),
+        prepared.stats.get("item_tokens"),  # absent from caches made before it was recorded
     )
     module = ARModule(asdict(model_cfg), optim, {**meta.to_dict(), "tokenizer": prepared.tokenizer.to_dict()}, compile)
     init_note = initialise(module.model, start.source, init_from_resize_vocab) if start.source else None
@@ -188,12 +187,6 @@ def check_resumable(state: dict[str, Any], model_cfg: TransformerConfig, ckpt_pa
         raise DataError(
             f"--ckpt_path {ckpt_path}: already trained for {done} steps, trainer.max_steps is {max_steps}; raise trainer.max_steps to train on"
         )
-
-
-def item_lengths(prepared: Prepared) -> dict[str, int]:
-    """Tokens per data item, train and validation together: a modality's sampling budget can follow its data."""
-    lengths = np.concatenate([prepared.train.lengths(), prepared.val.lengths()])
-    return {"items": len(lengths), "median": int(np.median(lengths)), "p95": int(np.percentile(lengths, 95))}
 
 
 def describe(module: ARModule, prepared: Prepared, block_size: int) -> str:

@@ -77,10 +77,16 @@ class GrammarConstraint:
         return mask
 
 
+# Without --bars, a sample's budget follows the training pieces up to this many tokens (about 60 chorale bars): a
+# model that never ends, or long pieces (whole symphonies), would otherwise sample for minutes.
+LEARNED_BUDGET_CAP = 2048
+
+
 def sample_budget(bars: int | None, least: int, item_tokens: dict[str, int] | None) -> int:
     """Tokens a sample may take unless --max-new-tokens says: 64 a bar for --bars or --min-bars; without --bars,
-    also as many as 95 % of the training pieces take (a budget of 512 cut most Bach chorales before their end)."""
+    also as many as 95 % of the training pieces take, up to LEARNED_BUDGET_CAP (a budget of 512 cut half the Bach
+    chorales before their end)."""
     budget = max(SamplingConfig.max_new_tokens, 64 * least)
     if bars is None and item_tokens and "p95" in item_tokens:
-        budget = max(budget, item_tokens["p95"])
+        budget = max(budget, min(item_tokens["p95"], LEARNED_BUDGET_CAP))
     return budget
