@@ -20,7 +20,7 @@ TRAIN_FLAGS = [
     (["--model.d_model", "-32"], "model.d_model"),
     (["--model.n_head", "0"], "model.n_head"),
     (["--model.n_layer", "0"], "model.n_layer"),
-    (["--model.d_model", "30", "--model.n_head", "4"], "heads"),
+    (["--model.d_model", "30", "--model.n_head", "4"], "model.d_model 30 must split into model.n_head 4 heads of even width"),
     (["--model.dropout", "1.5"], "dropout"),
     (["--optim.lr", "0"], "optim.lr"),
     (["--optim.min_lr", "-1"], "optim.min_lr"),

@@ -44,7 +44,7 @@ class TransformerConfig:
         if not (0 <= self.dropout < 1 and 0 <= self.attn_dropout < 1):
             raise ValueError("model.dropout and model.attn_dropout must be in [0, 1)")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
-            raise ValueError(f"d_model={self.d_model} must split into {self.n_head} heads of even size")
+            raise ValueError(f"model.d_model {self.d_model} must split into model.n_head {self.n_head} heads of even width")
         if self.vocab_size < 1 or self.max_seq_len < 1:
             raise ValueError("vocab_size and max_seq_len must be positive")
         self.mlp_hidden = self.mlp_width  # written out: checkpoints and exports record the width
