@@ -276,6 +276,8 @@ def test_timeout_health_metrics_and_page(models):
         status, page = s.get("/")
         assert status == 200 and b"/v1/model" in s.get("/static/app.js")[1] and b"<script" in page
         assert b"http://" not in page and b"https://" not in page  # nothing from elsewhere
+        icon = s.get("/static/icon.svg")
+        assert b'href="/static/icon.svg"' in page and icon[0] == 200 and icon[1].startswith(b"<svg")
     finally:
         s.stop()
 
