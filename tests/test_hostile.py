@@ -53,8 +53,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "bpe": {"tokenizer": {"kind": "bpe", "json": "garbage"}},
         "modality5": {"modality": {"name": 5}},
         "model_list": {"model": [1, 2]},
-        "lengths_text": {"lengths": {"p95": "10**9"}},
-        "lengths_list": {"lengths": [1]},
+        "lengths_text": {"item_tokens": {"p95": "10**9"}},
+        "lengths_list": {"item_tokens": [1]},
         "model_float": {"model": {**meta["model"], "n_layer": 1.5}},
         "image_option": {"modality": {"name": "image", "options": {"size": 100_000, "patch_size": 1}}},
         "image_tok": {
@@ -200,8 +200,8 @@ REFUSED: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
     "garbage BPE JSON": (_ckpt("bpe"), "tokenizer state is unusable"),
     "modality.name: 5": (_ckpt("modality5"), "modality"),
     "model config a list": (_ckpt("model_list"), "not a mapping"),
-    "item lengths of text": (_ckpt("lengths_text"), "lengths settings hold a value that is not a count"),
-    "item lengths a list": (_ckpt("lengths_list"), "lengths settings are a list"),
+    "item lengths of text": (_ckpt("lengths_text"), "item_tokens settings hold a value that is not a count"),
+    "item lengths a list": (_ckpt("lengths_list"), "item_tokens settings are a list"),
     "model config n_layer 1.5": (_ckpt("model_float"), "model.n_layer"),
     "deeply nested tokenizer.json": (_deep_tokenizer, "tokenizer"),
     "--out under a file (NotADirectoryError)": (

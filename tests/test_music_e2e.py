@@ -47,7 +47,7 @@ def test_train_generate_parse_back_evaluate(tmp_path, monkeypatch, capsys):
 
     assert main(["train", "--config", str(config)]) == 0
     ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
-    assert checkpoint.load(ckpt).meta.lengths == stats["item_tokens"]  # the pieces' token counts, for the sampling budget
+    assert checkpoint.load(ckpt).meta.item_tokens == stats["item_tokens"]  # the pieces' token counts, for the sampling budget
 
     out = tmp_path / "samples"
     prompt = next(data.iterdir())

@@ -27,6 +27,7 @@ from arseq.data.config import DataConfig
 from arseq.data.prepare import Prepared, prepare
 from arseq.decode import Speculative, generate
 from arseq.modalities import DataError, EvalInputs, Example, Modality, Request, Sample
+from arseq.modalities.plan import SAMPLE_STEM, numbered
 from arseq.models.device import resolve_device
 from arseq.models.inference import prepare_for_inference
 from arseq.models.scoring import TokenSeqs, sequence_nll, unigram_baseline
@@ -284,11 +285,12 @@ def earlier_samples(out: Path, n: int) -> list[Path]:
     which may name its files by label or suffix)."""
     if out.is_file():
         return [out]
-    folder, prefix = (out, "sample") if out.is_dir() else (out.parent, out.stem)
+    folder, prefix = (out, SAMPLE_STEM) if out.is_dir() else (out.parent, out.stem)
     if not folder.is_dir() or (folder == out.parent and n == 1):
         return []
-    numbered = re.compile(re.escape(prefix) + r"_(\d{3,})[._]")
-    return sorted(p for p in folder.iterdir() if (m := numbered.match(p.name)) and int(m[1]) < n)
+    stems = {numbered(prefix, i) for i in range(n)}  # named as Request.out_stems names them
+    stem_of = re.compile(re.escape(prefix) + r"_\d+(?=[._])")
+    return sorted(p for p in folder.iterdir() if (m := stem_of.match(p.name)) and m[0] in stems)
 
 
 def run_generate(loaded: Loaded, request: Request, run: RunOptions, echo: Callable[[str], None] | None = None) -> tuple[list[Sample], list[Path]]:

@@ -58,7 +58,7 @@ def make_plan(loaded: Loaded, request: Request) -> Planned:
         condition_values=dict(controls.fields) if controls is not None else {},
         fim=fim,
         context=loaded.model.cfg.max_seq_len - width,
-        item_tokens=loaded.meta.lengths,
+        item_tokens=loaded.meta.item_tokens,
     )
     plan = modality.plan(tok, request)
     conditions = [dict(values) for values in plan.conditions or [{}] * len(plan.prompts)]

@@ -24,8 +24,9 @@ class RunMeta:
     model: dict[str, Any]  # TransformerConfig
     conditions: dict[str, Any] | None = None  # Controls.to_dict() of a conditioned model
     fim: dict[str, Any] | None = None  # the fill-in-the-middle sentinels (Fim.to_dict()) of a model trained with data.fim_rate
-    # Tokens per data item ({"items", "median", "p95"}): how long the pieces it learned run (None: not recorded).
-    lengths: dict[str, int] | None = None
+    # Tokens per data item (prepare's item_tokens: items, median, p95): how long the pieces it learned run (None:
+    # not recorded).
+    item_tokens: dict[str, int] | None = None
     version: int = META_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -39,8 +40,8 @@ class RunMeta:
             out["conditions"] = self.conditions
         if self.fim is not None:
             out["fim"] = self.fim
-        if self.lengths is not None:
-            out["lengths"] = self.lengths
+        if self.item_tokens is not None:
+            out["item_tokens"] = self.item_tokens
         return out
 
     @classmethod
@@ -61,14 +62,14 @@ class RunMeta:
             ("model", stored.get("model"), dict),
             ("conditions", stored.get("conditions"), (dict, type(None))),
             ("fim", stored.get("fim"), (dict, type(None))),
-            ("lengths", stored.get("lengths"), (dict, type(None))),
+            ("item_tokens", stored.get("item_tokens"), (dict, type(None))),
         ):
             if not isinstance(value, kind):
                 raise DataError(f"{where}: {name} settings are a {type(value).__name__}, not a mapping")
-        lengths = stored.get("lengths")
-        if lengths is not None and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in lengths.values()):
-            raise DataError(f"{where}: lengths settings hold a value that is not a count")
-        return cls(spec["name"], options, stored.get("data", {}), stored["model"], stored.get("conditions"), stored.get("fim"), lengths)
+        item_tokens = stored.get("item_tokens")
+        if item_tokens is not None and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in item_tokens.values()):
+            raise DataError(f"{where}: item_tokens settings hold a value that is not a count")
+        return cls(spec["name"], options, stored.get("data", {}), stored["model"], stored.get("conditions"), stored.get("fim"), item_tokens)
 
     def without_data_paths(self) -> RunMeta:
         """Exports and HF folders are models from elsewhere: the paths they name (`/etc/passwd`, `/usr/**/*`) are

@@ -17,6 +17,13 @@ from arseq.decode.config import Constraint, SamplingConfig
 from arseq.decode.infill import Fim
 from arseq.errors import DataError
 
+SAMPLE_STEM = "sample"  # in an --out folder, sample i's files are sample_000.mid, sample_001.png, ...
+
+
+def numbered(stem: str, i: int) -> str:
+    """The name (without suffix) of sample i's files: sample_000, or chorale_012 beside --out chorale.mid."""
+    return f"{stem}_{i:03d}"
+
 
 @dataclass
 class SamplingOptions:
@@ -97,9 +104,9 @@ class Request:
         for several, side by side (a folder called chorale.mid surprised its user)."""
         out = self.out_path()
         if out.suffix.lower() not in suffixes or out.is_dir():
-            return [out / f"sample_{i:03d}" for i in range(n)]
+            return [out / numbered(SAMPLE_STEM, i) for i in range(n)]
         stem = out.with_suffix("")
-        return [stem] if n == 1 else [stem.with_name(f"{stem.name}_{i:03d}") for i in range(n)]
+        return [stem] if n == 1 else [stem.with_name(numbered(stem.name, i)) for i in range(n)]
 
     def asked(self) -> dict[str, str | None]:
         """The `--cond FIELD=VALUE` flags as field -> value (the core checks them against the model)."""

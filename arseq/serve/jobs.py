@@ -23,6 +23,7 @@ from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import SamplingConfig
 from arseq.modalities import Plan, Request, Sample
 from arseq.modalities.music.audio import render_wav
+from arseq.modalities.plan import SAMPLE_STEM, numbered
 from arseq.models.scoring import sequence_nll
 from arseq.serve import uploads
 from arseq.serve.schema import TEXT_MODALITIES, Parsed
@@ -167,7 +168,7 @@ def _audio(loaded: Loaded, samples: list[Sample], out: Path) -> list[Path]:
         return []
     paths = []
     for i, s in enumerate(samples):
-        path = out / f"sample_{i:03d}.wav"
+        path = out / f"{numbered(SAMPLE_STEM, i)}.wav"  # beside the music writer's sample_000.mid
         path.write_bytes(render_wav(tok.decode_events(s.prompt + s.tokens), tok.ppq))
         paths.append(path)
     return paths

@@ -173,8 +173,8 @@ class TextModality(Modality):
         if out.suffix in (".txt", ".md"):  # several samples: headed as on stdout (a blank line is no boundary in text)
             files.add(out, texts[0] + "\n" if len(texts) == 1 else _headed(texts))
         else:
-            for i, t in enumerate(texts):
-                files.add(out / f"sample_{i:03d}.txt", t)
+            for stem, t in zip(request.out_stems(len(texts), ()), texts):
+                files.add(stem.with_suffix(".txt"), t)
         return files.commit()
 
     # ---- evaluation ------------------------------------------------------------------------------
