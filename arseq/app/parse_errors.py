@@ -33,8 +33,9 @@ def parse_error(error: BaseException, flags: bool = True, argv: Sequence[str] = 
     if key is None or given is None or not expected:
         return DataError(text)
     name, value = key.group(1), given.group(1)
-    if flags and value not in flag_values(argv, f"--{name}", f"--{name.replace('_', '-')}") and config_files(argv):
-        name = f"{', '.join(config_files(argv))}: {name}"
+    configs = config_files(argv)
+    if flags and value not in flag_values(argv, f"--{name}", f"--{name.replace('_', '-')}") and configs:
+        name = f"{', '.join(configs)}: {name}"
     elif flags:
         name = "--" + (name if "." in name else name.replace("_", "-"))  # sections keep their keys' spelling
     return DataError(f"{name}: expected {' or '.join(expected)}, got {value!r}")
