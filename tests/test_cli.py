@@ -327,7 +327,7 @@ def test_version_and_a_verb_called_bare(capsys):
 
     assert run(capsys, "--version")[:2] == (0, f"arseq {version('arseq')}\n")
     needs = {
-        "train": "--config is required: a YAML file (see configs/, or 'arseq train --help')",
+        "train": "--config is required: a YAML file or a shipped config's name ('arseq configs' lists them)",
         "evaluate": "--checkpoint is required",  # once: the verb's name was in it twice
     }
     for verb, line in needs.items():

@@ -11,6 +11,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from arseq.app.argv import config_files, flag_values
 from arseq.app.parse_errors import parse_error
+from arseq.app.shipped_configs import with_shipped
 from arseq.config_files import read_config
 from arseq.data.config import DataConfig
 from arseq.errors import DataError
@@ -36,7 +37,11 @@ def config_parser(verb: str, help: str, modality_cls: type | None) -> ArgumentPa
     parser = ArgumentParser(
         prog=f"arseq {verb}", exit_on_error=False, description=help + ". Every key of the YAML config can be overridden as --section.key VALUE."
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file(s); later ones and flags override")
+    parser.add_argument(
+        "--config",
+        action=ActionConfigFile,
+        help="YAML config file(s), or a shipped config's name (music/bach_chorales: see 'arseq configs'); later ones and flags override",
+    )
     parser.add_argument("--seed", type=int, default=1337, help="seed for weights, sampling of windows and dropout")
     parser.add_argument("--modality.name", type=str, required=True, help="registered modality name or package.module:Class")
     if modality_cls is not None:
@@ -58,10 +63,11 @@ class ConfigCall:
 
 def parse_config(verb: str, help: str, argv: list[str], add: Callable[[ArgumentParser], None], sections: Sequence[str] = ()) -> ConfigCall:
     """Parse `argv` for `verb` (--help and --print_config print and exit); `add` adds the verb's options."""
+    argv = with_shipped(argv)
     name = _modality_name(argv)
     if name is None and not {"-h", "--help", "--print_config"} & set(argv):
         if not config_files(argv):
-            raise DataError(f"--config is required: a YAML file (see configs/, or 'arseq {verb} --help')")
+            raise DataError("--config is required: a YAML file or a shipped config's name ('arseq configs' lists them)")
         raise DataError("no modality: set modality.name in the config (or --modality.name)")
     modality_cls = resolve(name) if name else None
     parser = config_parser(verb, help, modality_cls)

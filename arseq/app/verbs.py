@@ -21,6 +21,7 @@ VERBS: dict[str, Verb] = {
     "generate": Verb("sample from a checkpoint or export and write files", "arseq.app.sampling_verbs:run_generate"),
     "evaluate": Verb("held-out loss, perplexity and modality metrics as JSON", "arseq.app.sampling_verbs:run_evaluate"),
     "export": Verb("write config.json + model.safetensors + tokenizer.json", "arseq.app.export:run_export"),
+    "configs": Verb("list the shipped configs, or print one to start your own from", "arseq.app.configs_verb:run_configs"),
     "modalities": Verb("list the registered modalities", "arseq.app.modalities_verb:run_modalities"),
     "score": Verb("per-item NLL, perplexity and token count of given files (CSV; JSON on stdout)", "arseq.app.score_verb:run_score"),
     "analyze": Verb("do errors compound? 'arseq analyze drift': injected errors and free-running survival", "arseq.app.analyze_verb:run_analyze"),
