@@ -36,14 +36,17 @@ def test_training_writes_checkpoints_and_loss_falls(trained):
 
 def test_generate_is_reproducible_and_streams(trained, capsys):
     ckpt = str(trained / "checkpoints" / "last.ckpt")
-    outs = [run(capsys, "generate", "--checkpoint", ckpt, "--prompt", "the ", "--max-new-tokens", "40", "--seed", "5")[1] for _ in range(2)]
+    runs = [run(capsys, "generate", "--checkpoint", ckpt, "--prompt", "the ", "--max-new-tokens", "40", "--seed", "5") for _ in range(2)]
+    outs = [out for _, out, _ in runs]
     assert outs[0] == outs[1] and outs[0].startswith("the ") and len(outs[0]) > 10
+    assert runs[0][2].splitlines()[-1] == "nothing written: --out PATH writes the samples as files"  # on stderr, not in the text
 
 
 def test_generate_writes_files(trained, tmp_path, capsys):
     ckpt = str(trained / "checkpoints" / "last.ckpt")
     code, _, err = run(capsys, "generate", "--checkpoint", ckpt, "--num-samples", "3", "--max-new-tokens", "20", "--out", str(tmp_path / "s"))
     assert code == 0 and sorted(p.name for p in (tmp_path / "s").iterdir()) == ["sample_000.txt", "sample_001.txt", "sample_002.txt"]
+    assert "nothing written" not in err
 
 
 def test_export_gives_identical_logits_and_greedy_output(trained, tmp_path, capsys):

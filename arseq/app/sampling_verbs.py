@@ -36,6 +36,8 @@ def run_sampling_verb(verb: str, argv: list[str]) -> int:
         _, written = generation.run_generate(loaded, call.request, call.run, echo=_stdout)
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
+    if call.request.out is None:
+        print("nothing written: --out PATH writes the samples as files", file=sys.stderr)
     return 0
 
 
