@@ -46,6 +46,17 @@ class Model:
 
     loaded: checkpoint.Loaded
 
+    def __repr__(self) -> str:
+        """One line for a REPL (the dataclass's own printed every module and the whole run metadata)."""
+        model, controls = self.loaded.model, self.loaded.controls
+        cfg = model.cfg
+        conditioned = f", conditioned on {', '.join(controls.fields)}" if controls else ""
+        infill = ", fill-in-the-middle" if self.loaded.meta.fim else ""
+        return (
+            f"Model({self.loaded.modality.name}: {model.num_params() / 1e6:.2f}M parameters, {cfg.n_layer} layers of width "
+            f"{cfg.d_model}, vocab {cfg.vocab_size}, context {cfg.max_seq_len}{conditioned}{infill})"
+        )
+
     def options(self, verb: str = "generate") -> dict[str, Any]:
         """Every option `verb` (generate or evaluate) takes, with its default."""
         return typed.defaults(verb, self.loaded.modality.generate_options)

@@ -114,3 +114,11 @@ def test_several_text_samples_in_one_file_keep_their_boundaries(trained, tmp_pat
     assert [part.split(" -----\n", 1) for part in written] == [[str(i), tok.decode(s.tokens) + "\n"] for i, s in enumerate(samples)]
     one = model.generate(n=1, max_new_tokens=40, seed=2, out=tmp_path / "one.txt")
     assert (tmp_path / "one.txt").read_text() == tok.decode(one[0].tokens) + "\n"
+
+
+def test_a_model_shows_itself_in_one_line(trained):
+    model = arseq.load(trained / "checkpoints" / "last.ckpt")
+    cfg, params = model.loaded.model.cfg, sum(p.numel() for p in model.loaded.model.parameters())
+    assert repr(model) == (
+        f"Model(text: {params / 1e6:.2f}M parameters, {cfg.n_layer} layers of width {cfg.d_model}, vocab {cfg.vocab_size}, context {cfg.max_seq_len})"
+    )

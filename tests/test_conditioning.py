@@ -10,6 +10,7 @@ import torch
 import yaml
 from Bio import SeqIO
 
+import arseq
 from arseq.cli import main
 from arseq.conditioning import Controls
 from arseq.data.loader import RandomWindows
@@ -198,6 +199,7 @@ def test_a_conditioned_model_obeys_and_is_measured(tagged, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)["conditions"]["tag"]
     assert report["items"] > 10 and report["accuracy"] > 0.9 and report["majority_accuracy"] < 0.75
     assert report["perplexity_true"] < report["perplexity_unknown"]
+    assert repr(arseq.load(ckpt)).endswith(", conditioned on tag)")
 
 
 @pytest.mark.parametrize("cond, why", [("colour=red", "knows the condition field"), ("tag=polyQ", "known: polyA, polyW"), ("tag", "FIELD=VALUE")])
