@@ -69,7 +69,7 @@ class Model:
         files unless `overwrite`); nothing is printed. Returns the samples (prompt and new token
         ids, perplexity)."""
         with python_names({"num-samples": "n"}):
-            call = self._call("generate", {**kwargs, "num_samples": n, "out": out, "overwrite": overwrite})
+            call = self._call("generate", {**kwargs, "n": n, "out": out, "overwrite": overwrite})
             check_call(self.loaded, call, "generate")
             with claimed(call.request.out):
                 return generation.run_generate(self.loaded, call.request, call.run)[0]

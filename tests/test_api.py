@@ -62,6 +62,10 @@ def test_unknown_options_are_one_line(trained):
     assert "temperature" in model.options() and "checkpoint" not in model.options()
     with pytest.raises(DataError, match="unknown option.*temprature"):
         model.generate(temprature=0.5)
+    # generate's count is n: the command line's name is no option here (it was, and n=1 silently won)
+    assert "n" in model.options() and "num_samples" not in model.options() and "num_samples" in model.options("evaluate")
+    with pytest.raises(DataError, match=r"^unknown option\(s\) num_samples for generate; known: .*, n, "):
+        model.generate(num_samples=3)
 
 
 def test_same_seed_same_samples_at_any_batch_size(trained, capsys):

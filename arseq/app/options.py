@@ -26,6 +26,8 @@ HELP = {
 }
 # Chosen by loading the model, before the full parser (whose options depend on its modality) exists.
 LOAD_KEYS = ("checkpoint", "modality", "trust_modality_import")
+# The Python API's names where they differ from the options' (`generate(n=4)` is --num-samples 4).
+PYTHON_NAMES = {"generate": {"num_samples": "n"}}
 
 # How the command line spells the flags every model-loading verb shares (see `normalize`): a bare
 # --trust-modality-import is true, a bare --compile is on.
@@ -222,14 +224,14 @@ def to_call(cfg: Any, generate_options: type | None) -> Call:
 
 
 def from_python(verb: str, generate_options: type | None, options: dict[str, Any]) -> Call:
-    """The Python API's keyword arguments, checked by the command line's parser."""
+    """The Python API's keyword arguments (by their Python names), checked by the command line's parser."""
     p = parser(verb, generate_options)
-    defaults = p.get_defaults().as_dict()
-    known = (set(defaults) - {"config", "data", *LOAD_KEYS}) | ({"data_paths"} if verb != "generate" else set())
+    known = set(defaults(verb, generate_options))
     unknown = sorted(set(options) - known)
     if unknown:
         raise DataError(f"unknown option(s) {', '.join(unknown)} for {verb}; known: {', '.join(sorted(known))}")
-    values = {k: v for k, v in options.items() if k != "data_paths"}
+    flag_names = {python: name for name, python in PYTHON_NAMES.get(verb, {}).items()}
+    values = {flag_names.get(k, k): v for k, v in options.items() if k != "data_paths"}
     if isinstance(values.get("cond"), dict):  # cond={"tag": "Nucleus-U"} as well as cond=["tag=Nucleus-U"]
         values["cond"] = [f"{k}={v}" for k, v in values["cond"].items()]
     if "data_paths" in options:
@@ -243,9 +245,10 @@ def from_python(verb: str, generate_options: type | None, options: dict[str, Any
 
 
 def defaults(verb: str, generate_options: type | None) -> dict[str, Any]:
-    """Every option the Python API takes for `verb`, with its default."""
+    """Every option the Python API takes for `verb` (by its Python name), with its default."""
     d = parser(verb, generate_options).get_defaults().as_dict()
-    out = {k: v for k, v in d.items() if k not in ("config", "data", *LOAD_KEYS)}
+    renamed = PYTHON_NAMES.get(verb, {})
+    out = {renamed.get(k, k): v for k, v in d.items() if k not in ("config", "data", *LOAD_KEYS)}
     if verb != "generate":
         out["data_paths"] = None
     return out
