@@ -64,7 +64,7 @@ def test_flags_yaml_and_python_give_the_same_call(tmp_path):
     )
     (tmp_path / "gen.yaml").write_text("bars: 4\ntemperature: 0.7\nnum_samples: 3\nout: x\n")
     yaml_call = options.to_call(options.parse(p, ["--config", str(tmp_path / "gen.yaml")], {}), MusicGenerate)
-    python = options.from_python("generate", MusicGenerate, {"bars": 4, "temperature": 0.7, "num_samples": 3, "out": "x"})
+    python = options.from_python("generate", MusicGenerate, {"bars": 4, "temperature": 0.7, "n": 3, "out": "x"})  # generate(n=3)
     for call in (flags, yaml_call, python):
         assert call.request.options == MusicGenerate(bars=4) and call.request.sampling == SamplingOptions(temperature=0.7)
         assert call.request.num_samples == 3 and str(call.request.out) == "x" and call.run.batch_size == 16
