@@ -181,9 +181,11 @@ BAD = [  # (body or raw bytes, status, field)
     ({"temperature": -1}, 422, "temperature"),
     ({"top_p": 0}, 422, "top_p"),
     ({"top_k": 1.5}, 400, "top_k"),
-    ({"max_tokens": 10**9}, 422, "max_new_tokens"),
-    ({"n": 0}, 422, "num_samples"),
-    ({"n": 1000}, 422, "num_samples"),
+    ({"max_tokens": 10**9}, 422, "max_tokens"),  # named as sent: OpenAI's name here, arseq's in the next
+    ({"max_new_tokens": 10**9}, 422, "max_new_tokens"),
+    ({"n": 0}, 422, "n"),
+    ({"n": 1000}, 422, "n"),
+    ({"num_samples": "2"}, 400, "num_samples"),
     ({"seed": True}, 400, "seed"),
     ({"colour": "red"}, 400, "colour"),
     ({"out": "/tmp/x"}, 400, "out"),
@@ -204,7 +206,10 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(text, body, status
     got, _, data = text.request("POST", "/v1/completions", raw=raw)
     error = json.loads(data)["error"]
     assert got == status and error["field"] == field and "\n" not in error["message"], error
+    assert error["message"].startswith(f"{field}: " if field else ""), error
     assert text.post("/v1/completions", {"prompt": "a", "max_tokens": 2})[0] == 200
+    if field in ("n", "num_samples"):  # arseq's own endpoint takes n too, and names it as sent
+        assert text.post("/v1/generate", body)[1]["error"]["field"] == field
 
 
 def test_body_limit_paths_and_a_failing_request(text, monkeypatch):

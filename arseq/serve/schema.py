@@ -229,7 +229,20 @@ def _check_value(opt: Option, value: Any, where: str) -> Any:
 
 
 def parse(schema: Schema, body: Any, openai: bool = False) -> Parsed:
-    """A request body checked against the schema; RequestError (4xx) naming the field otherwise."""
+    """A request body checked against the schema; RequestError (4xx) naming the field otherwise, by the name the
+    request gave it (an OpenAI client that sent `max_tokens` reads `max_tokens`, not arseq's `max_new_tokens`)."""
+    try:
+        return _parse(schema, body, openai)
+    except RequestError as e:
+        aliases = OPENAI_ALIASES if openai else {"n": "num_samples"}
+        sent = {name: alias for alias, name in aliases.items() if isinstance(body, dict) and alias in body}
+        if e.field not in sent or not str(e).startswith(f"{e.field}:"):
+            raise
+        alias = sent[e.field]
+        raise RequestError(e.status, alias + str(e).removeprefix(e.field), alias, e.headers) from None
+
+
+def _parse(schema: Schema, body: Any, openai: bool) -> Parsed:
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object", None)
     body = dict(body)
