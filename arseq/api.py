@@ -8,7 +8,6 @@ sampling option not given takes the modality's default, else the core's, exactly
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,14 +18,13 @@ import numpy as np
 from arseq.app import generation
 from arseq.app import options as typed
 from arseq.artifacts import checkpoint
-from arseq.errors import DataError
+from arseq.errors import DataError, option_names
 from arseq.limits import check_call
 from arseq.modalities import Sample
 from arseq.models.scoring import sequence_nll
 from arseq.outputs import claimed
 
 Paths = str | os.PathLike | Sequence[str | os.PathLike]
-FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9_.-]*)")
 
 
 @contextmanager
@@ -36,8 +34,7 @@ def python_names(renamed: dict[str, str]) -> Iterator[None]:
     try:
         yield
     except DataError as e:
-        text = FLAG.sub(lambda m: renamed.get(m[1], m[1].replace("-", "_")), str(e))
-        raise DataError(text) from None
+        raise DataError(option_names(str(e), renamed)) from None
 
 
 @dataclass

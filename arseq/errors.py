@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
+# A flag as messages write it (--top-k, --data.paths), with the placeholder of its value if one follows (--prompt FILE).
+FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9_.-]*)(?: [A-Z]{2,}(?![\w=]))?")
+
 
 class DataError(ValueError):
     """Bad input the user can fix: the message is one line naming the file or flag and the problem."""
@@ -26,3 +32,11 @@ def one_line(error: BaseException, *, with_type: bool = False, limit: int | None
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (library messages often add pages of detail after it)."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def option_names(text: str, renamed: Mapping[str, str] | None = None) -> str:
+    """A message's flags (`--top-k`; `--prompt FILE`) as the options' names where no command line is in sight
+    (`top_k`; `prompt`): for the Python API and the server, which pass the same checks' messages on. `renamed`:
+    flags named otherwise there (`num-samples` is the API's `n`)."""
+    renamed = renamed or {}
+    return FLAG.sub(lambda m: renamed.get(m[1], m[1].replace("-", "_")), text)

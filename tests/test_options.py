@@ -8,7 +8,7 @@ import pytest
 
 from arseq.app import options
 from arseq.app.argv import config_files, flag_values
-from arseq.errors import DataError
+from arseq.errors import DataError, option_names
 from arseq.modalities import SamplingOptions
 from arseq.modalities.music import MusicGenerate
 from arseq.modalities.protein import ProteinGenerate
@@ -105,3 +105,11 @@ def test_flag_values_read_both_spellings_in_order():
     assert flag_values(argv, "--config") == ["a.yaml", "b.yaml", ""]
     assert config_files(argv) == ["a.yaml", "b.yaml"]
     assert flag_values(argv, "--top_k", "--top-k") == ["5"] and flag_values(["--top-k"], "--top-k") == []
+
+
+def test_flags_in_messages_become_option_names():
+    """The Python API and the server pass the command line's messages on in their own names."""
+    assert option_names("--prompt-bars needs --prompt FILE") == "prompt_bars needs prompt"
+    assert option_names("--prompt-bars needs --prompt FILE", {"prompt": "prompt_file"}) == "prompt_bars needs prompt_file"
+    assert option_names("--num-samples must be >= 1; see --data.paths") == "num_samples must be >= 1; see data.paths"
+    assert option_names("--cond FIELD=VALUE: unknown; /tmp/a--b kept") == "cond FIELD=VALUE: unknown; /tmp/a--b kept"

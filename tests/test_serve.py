@@ -143,6 +143,8 @@ def test_image_generate_with_a_digit_equals_generate(models, tmp_path):
         files = served_files(body)
         assert sorted(files) == ["grid.png", "sample_000_7.png", "sample_001_7.png", "sample_002_7.png"]
         assert files == cli_files(tmp_path, ckpt, "--num-samples", 3, "--label", 7, "--seed", 2)
+        status, body = s.post("/v1/generate", {"label": "12"})  # the modality's refusal, in the request's names
+        assert (status, body["error"]["field"]) == (422, "label") and body["error"]["message"].startswith("label: unknown class label '12'")
         conn, r = s.stream("/v1/completions", {"max_tokens": 8, "seed": 0, "conditions": {"label": "3"}})
         assert list(events(r))[-1][1] == "[DONE]"
         conn.close()

@@ -87,13 +87,13 @@ def test_midi_prompt_with_prompt_bars_equals_generate(tmp_path_factory, tmp_path
 
 def test_options_of_a_prompt_file_without_one_are_refused_as_the_cli_does(music, tmp_path_factory):
     status, out = music.post("/v1/generate", {"prompt_bars": 2})
-    assert status == 422 and out["error"]["field"] == "prompt_bars" and out["error"]["message"] == "--prompt-bars needs --prompt FILE"
+    assert status == 422 and out["error"]["field"] == "prompt_bars" and out["error"]["message"] == "prompt_bars needs prompt_file"
     status, out = music.post("/v1/generate", {"keep_bars": "1-2"})  # a model without FIM: refused for that first
     assert status == 422 and out["error"]["field"] == "keep_bars"
     image = Served(tiny_model("image", tmp_path_factory))
     try:
         status, out = image.post("/v1/generate", {"prompt_rows": 2})
-        assert status == 422 and out["error"]["field"] == "prompt_rows" and out["error"]["message"] == "--prompt-rows needs --prompt IMAGE"
+        assert status == 422 and out["error"]["field"] == "prompt_rows" and out["error"]["message"] == "prompt_rows needs prompt_file"
     finally:
         image.stop()
 

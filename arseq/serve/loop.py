@@ -24,7 +24,7 @@ import torch
 
 from arseq.artifacts.checkpoint import Loaded
 from arseq.decode import Row
-from arseq.errors import DataError, one_line
+from arseq.errors import DataError, one_line, option_names
 from arseq.serve.jobs import JobPlan, samples_of
 from arseq.serve.logprobs import scores_of
 from arseq.serve.metrics import Metrics
@@ -359,5 +359,5 @@ def as_request_error(e: Exception) -> RequestError:
     if isinstance(e, RequestError):
         return e
     if isinstance(e, (DataError, ValueError)):
-        return RequestError(422, one_line(e), None)
+        return RequestError(422, option_names(one_line(e)), None)  # its flags as the request's fields
     return RequestError(500, f"internal error: {type(e).__name__}: {one_line(e)}", None)

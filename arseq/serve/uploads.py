@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -24,13 +23,12 @@ from typing import Any, Iterator
 
 from arseq.app.planning import Planned, make_plan
 from arseq.artifacts.checkpoint import Loaded
-from arseq.errors import one_line
+from arseq.errors import FLAG, one_line, option_names
 from arseq.modalities import DataError, SamplingOptions
-from arseq.serve.schema import Parsed, RequestError, Schema
+from arseq.serve.schema import FILE_PROMPT_MODALITIES, Parsed, RequestError, Schema
 
 log = logging.getLogger(__name__)
 FIELD = "prompt_file"
-FLAG = re.compile(r"^--([a-z][a-z0-9-]*)\b")  # a modality's refusal names its option as the command line does
 
 
 @dataclass(frozen=True)
@@ -106,11 +104,12 @@ def _refusals(loaded: Loaded, plan: Any, path: Path | None) -> Planned:
         return plan()
     except (DataError, ValueError) as e:
         message = one_line(e)
+        fields = {"prompt": FIELD} if loaded.modality.name in FILE_PROMPT_MODALITIES else {}  # its flags as the request's fields
         if path is not None and str(path.parent) in message:
-            raise RequestError(422, _unpathed(message, path), FIELD) from None
+            raise RequestError(422, option_names(_unpathed(message, path), fields), FIELD) from None
         flag = FLAG.match(message)
         name = flag.group(1).replace("-", "_") if flag else None
-        raise RequestError(422, message, name if name in _option_names(loaded) else None) from None
+        raise RequestError(422, option_names(message, fields), name if name in _option_names(loaded) else None) from None
     except RequestError:
         raise
     except Exception as e:  # noqa: BLE001 - see the docstring; logged, as the server's own failures are
