@@ -257,7 +257,8 @@ def test_bad_data_and_checkpoints_get_one_line_errors(trained, tiny_config, tmp_
     ckpt = str(trained / "checkpoints" / "last.ckpt")
     cases = [
         (["prepare", "--config", str(tiny_config), "--data.paths", str(empty)], "empty file"),
-        (["generate", "--checkpoint", str(junk)], "not a readable checkpoint"),
+        (["generate", "--checkpoint", str(junk)], "not a readable checkpoint, truncated or damaged"),
+        (["generate", "--checkpoint", str(trained / "metrics.csv")], "metrics.csv: not a checkpoint; give a .ckpt, a run folder"),
         (["generate", "--checkpoint", str(foreign)], "not an arseq checkpoint"),
         (["generate", "--checkpoint", ckpt, "--prompt", "QQQ"], "not in the tokenizer's vocabulary"),
     ]

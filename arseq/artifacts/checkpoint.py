@@ -142,7 +142,9 @@ def load_checkpoint_file(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise DataError(f"{path}: no such checkpoint") from None
     except Exception as e:  # pickle/zip errors: whatever it is, it is not ours
-        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+        if path.suffix != ".ckpt":  # another file given by mistake (metrics.csv, a .pt of another tool)
+            raise DataError(f"{path}: not a checkpoint; give a .ckpt, a run folder of 'arseq train' or a folder from 'arseq export'") from None
+        raise DataError(f"{path}: not a readable checkpoint, truncated or damaged ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("arseq"), dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise DataError(f"{path}: not an arseq checkpoint (no arseq metadata)")
     missing = [k for k in ("model", "modality", "tokenizer") if k not in ckpt["arseq"]]
