@@ -27,7 +27,8 @@ def test_a_text_prompt_longer_than_the_context_keeps_its_newest_tokens(trained, 
     assert main(["generate", "--checkpoint", ckpt, "--prompt", prompt, "--max-new-tokens", "12", "--seed", "1"]) == 0
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and "more than the model's context of 32" in lines[0] and "kept BOS and its newest 23 tokens (24 tokens)" in lines[0]
+    assert len(lines) == 2 and "more than the model's context of 32" in lines[0] and "kept BOS and its newest 23 tokens (24 tokens)" in lines[0]
+    assert lines[1].startswith("nothing written")  # no --out
     assert out.startswith(prompt) and len(out) > len(prompt)
 
 
