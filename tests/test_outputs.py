@@ -6,13 +6,19 @@ import os
 import stat
 from pathlib import Path
 
+import music21
 import pytest
 
 from arseq.app import generation
+from arseq.app.run_options import RunOptions
+from arseq.artifacts.checkpoint import Loaded
+from arseq.artifacts.metadata import RunMeta
 from arseq.atomic import OutputFiles, atomic_write
 from arseq.cli import main
-from arseq.modalities import DataError, Plan, Request, Sample
+from arseq.modalities import DataError, Plan, Request, Sample, resolve
+from arseq.modalities.music.reading import prompt_tokens
 from arseq.modalities.protein import ProteinGenerate, ProteinModality
+from arseq.models.transformer import Transformer, TransformerConfig
 from arseq.tokenizers.protein import ProteinTokenizer
 
 
@@ -118,3 +124,44 @@ def test_earlier_samples_are_those_this_run_would_write(tmp_path):
     assert generation.earlier_samples(tmp_path / "chorale.mid", 1) == []  # one sample is chorale.mid itself
     assert generation.earlier_samples(tmp_path / "grid.png", 1) == [tmp_path / "grid.png"]
     assert generation.earlier_samples(tmp_path / "new" / "folder", 4) == []
+
+
+def _loaded(modality, tok) -> Loaded:
+    """A random tiny model of `modality`: enough to plan and refuse (sampling is never reached)."""
+    model = Transformer(TransformerConfig(vocab_size=tok.vocab_size, max_seq_len=64, n_layer=1, n_head=2, d_model=16))
+    return Loaded(model.eval(), tok, modality, RunMeta(modality.name, {}, {}, model.cfg.__dict__))
+
+
+@pytest.mark.parametrize(
+    "name, out, n, existing",
+    [
+        ("music", "piece.mid", 1, "piece.png"),  # one sample: piece.mid, piece.musicxml, piece.png
+        ("music", "piece.musicxml", 2, "piece_001.mid"),
+        ("protein", "d.fasta", 3, "d.csv"),  # the designs' properties beside the FASTA
+        ("protein", ".", 2, "designs.csv"),  # a folder: designs.fasta and designs.csv in it
+    ],
+)
+def test_files_the_modality_names_are_refused_before_sampling(name, out, n, existing, tmp_path, monkeypatch):
+    modality = resolve(name)()
+    tok = modality.tokenizer if name == "music" else ProteinTokenizer()
+    (tmp_path / existing).write_text("mine")
+    monkeypatch.setattr(generation, "sample", lambda *a, **k: pytest.fail("sampled before refusing"))
+    request = Request(n, options=modality.generate_options(), out=tmp_path / out)
+    with pytest.raises(DataError, match=f"{existing}: already exists; pass --overwrite"):
+        generation.run_generate(_loaded(modality, tok), request, RunOptions())
+    assert (tmp_path / existing).read_text() == "mine"
+
+
+def test_output_files_are_what_write_writes(tmp_path):
+    tok = ProteinTokenizer()
+    samples = [Sample([tok.bos_id], tok.encode(seq), True, 1.0) for seq in ("MKTAYIAKQR", "MWWK")]
+    for out in (tmp_path / "a.fasta", tmp_path / "b.fasta.gz", tmp_path):
+        request = Request(2, options=ProteinGenerate(), out=out)
+        named = ProteinModality().output_files(tok, request)
+        assert ProteinModality().write(tok, samples, request, Plan([])) == named and all(p.exists() for p in named)
+    music = resolve("music")()
+    events = prompt_tokens(music.tokenizer, Path(music21.corpus.getWork("bwv66.6")), 2)  # two bars of a chorale
+    for out, n in ((tmp_path / "m" / "chorale.mid", 1), (tmp_path / "m" / "set", 2)):
+        request = Request(n, options=music.generate_options(), out=out)
+        written = music.write(music.tokenizer, [Sample(events[:1], events[1:], True, 1.0)] * n, request, Plan([]))
+        assert sorted(written) == sorted(music.output_files(music.tokenizer, request))

@@ -293,13 +293,20 @@ def earlier_samples(out: Path, n: int) -> list[Path]:
     return sorted(p for p in folder.iterdir() if (m := stem_of.match(p.name)) and m[0] in stems)
 
 
+def existing_outputs(loaded: Loaded, request: Request) -> list[Path]:
+    """Files that this run's samples would replace: an earlier run's (`earlier_samples`), and those the modality
+    names before sampling (music's .musicxml and .png beside --out chorale.mid, a protein's CSV)."""
+    named = loaded.modality.output_files(loaded.tokenizer, request)
+    return earlier_samples(request.out_path(), request.num_samples) or [p for p in named if p.exists()]
+
+
 def run_generate(loaded: Loaded, request: Request, run: RunOptions, echo: Callable[[str], None] | None = None) -> tuple[list[Sample], list[Path]]:
     """Sample `request.num_samples` sequences and write the modality's files under `request.out`; without
     one, the samples as text go to `echo` (the CLI's stdout; streamed as sampled where the modality streams)
     when given. Return the samples and the paths written."""
     if request.num_samples < 1:
         raise DataError(f"--num-samples must be >= 1, got {request.num_samples}")
-    if request.out is not None and not request.overwrite and (earlier := earlier_samples(Path(request.out), request.num_samples)):
+    if request.out is not None and not request.overwrite and (earlier := existing_outputs(loaded, request)):
         raise DataError(f"{earlier[0]}: already exists; pass --overwrite to replace it, or choose another --out")
     prepare_model(loaded, run)
     planned = make_plan(loaded, request)

@@ -126,6 +126,12 @@ class Modality(ABC):
         """Write samples as files people use under `request.out` (always set here); return the paths. Stage
         them in an `OutputFiles` so nothing is overwritten unless `request.overwrite`."""
 
+    def output_files(self, tokenizer: Tokenizer, request: Request) -> list[Path]:
+        """The files `write` will write for `request` whose names do not depend on the samples. The core refuses
+        existing ones before sampling (unless `request.overwrite`), so a refusal costs no sampling time. Default:
+        none beyond what the core finds itself (`out`, and files named like sample_000.* where the samples go)."""
+        return []
+
     def show(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> str:
         """The samples as text for a terminal: what `arseq generate` without --out prints on stdout (the core
         prints it; a modality never prints, so Python callers stay quiet). Default: each sample's token ids."""

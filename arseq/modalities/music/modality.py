@@ -285,6 +285,12 @@ class MusicModality(Modality):
             out.append(" ".join(tokenizer.token_name(t) for t in (tokenizer.encode_events(ev) if infill else s.prompt + s.tokens)) + "\n")
         return "".join(out)
 
+    def output_files(self, tokenizer: Tokenizer, request: Request) -> list[Path]:
+        """Each sample's .mid, .musicxml and piano-roll .png (a performance: .mid and .png)."""
+        if isinstance(_music_tokenizer(tokenizer), PerformanceTokenizer):
+            return perf.output_files(request)
+        return [stem.with_suffix(s) for stem in request.out_stems(request.num_samples, OUT_SUFFIXES) for s in (".mid", ".musicxml", ".png")]
+
     def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         tokenizer = _music_tokenizer(tokenizer)
         if isinstance(tokenizer, PerformanceTokenizer):

@@ -206,10 +206,18 @@ def show_samples(tok: PerformanceTokenizer, samples: Sequence[Any]) -> str:
     return "".join(out)
 
 
+OUT_SUFFIXES = (".mid", ".midi", ".png")  # an --out ending in one names the file, not a folder
+
+
+def output_files(request: Request) -> list[Path]:
+    """What `write_samples` writes for `request`: each sample's .mid and .png."""
+    return [stem.with_suffix(s) for stem in request.out_stems(request.num_samples, OUT_SUFFIXES) for s in (".mid", ".png")]
+
+
 def write_samples(tok: PerformanceTokenizer, samples: Sequence[Any], request: Request) -> list[Path]:
     """Each sample as .mid and a piano-roll .png under `request.out` (or named by it: `--out take.mid`)."""
     files = OutputFiles(overwrite=request.overwrite, protect=[request.prompt])
-    for s, stem in zip(samples, request.out_stems(len(samples), (".mid", ".midi", ".png"))):
+    for s, stem in zip(samples, request.out_stems(len(samples), OUT_SUFFIXES)):
         notes = tok.decode(s.prompt + s.tokens)
         files.add(stem.with_suffix(".mid"), partial(write_midi, notes))
         files.add(stem.with_suffix(".png"), partial(_write_piano_roll, notes))

@@ -259,16 +259,20 @@ class ProteinModality(Modality):
         tokenizer = _protein_tokenizer(tokenizer)
         return self._designs(tokenizer, samples, request, plan)[0]
 
-    def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
-        """The FASTA and beside it the property CSV, both computed in full before either file is replaced atomically."""
-        tokenizer = _protein_tokenizer(tokenizer)
-        fasta, table = self._designs(tokenizer, samples, request, plan)
+    def output_files(self, tokenizer: Tokenizer, request: Request) -> list[Path]:
+        """The FASTA (`--out`, or designs.fasta in the folder it names) and the property CSV beside it."""
         out = request.out_path()
         if out.is_dir():
             out = out / "designs.fasta"
         if out.suffix == ".csv":
             raise DataError(f"{out}: --out names the FASTA file; the property CSV is written beside it")
-        csv_path = out.with_name(out.name.removesuffix(".gz")).with_suffix(".csv")
+        return [out, out.with_name(out.name.removesuffix(".gz")).with_suffix(".csv")]
+
+    def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+        """The FASTA and beside it the property CSV, both computed in full before either file is replaced atomically."""
+        tokenizer = _protein_tokenizer(tokenizer)
+        fasta, table = self._designs(tokenizer, samples, request, plan)
+        out, csv_path = self.output_files(tokenizer, request)
         files = OutputFiles(overwrite=request.overwrite, protect=[request.prompt])
         files.add(out, gzip.compress(fasta.encode()) if out.name.endswith(".gz") else fasta)
         files.add(csv_path, table)
