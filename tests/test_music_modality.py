@@ -308,3 +308,18 @@ def test_music21_composers_source_takes_chosen_folders_capped_per_composer():
         list(MUSIC(per_composer=2).read([], "bach_chorales", MUSIC().tokenizer))
     with pytest.raises(DataError, match="no folder 'bachh'"):
         list(MUSIC(composers=["bachh"]).read([], "music21_composers", MUSIC().tokenizer))
+
+
+def test_writing_says_which_pieces_the_budget_cut(tmp_path, caplog):
+    """A piece that ran out of tokens stops mid-phrase: the user is told how many, the budget and what to change."""
+    m = MUSIC()
+    ids = prompt_tokens(m.tokenizer, Path(music21.corpus.getWork("bwv66.6")), 2)
+    samples = [Sample(ids[:1], ids[1:], stopped, 1.0) for stopped in (True, False, False)]
+    request = Request(3, options=MusicGenerate(), out=tmp_path / "a")
+    with caplog.at_level("INFO", logger="arseq"):
+        m.write(m.tokenizer, samples, request, Plan([], {"max_new_tokens": 1031}))
+    assert "2 of 3 pieces reached the 1,031-token budget before their end" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="arseq"):
+        m.write(m.tokenizer, samples[:1], Request(1, options=MusicGenerate(), out=tmp_path / "b"), Plan([], {"max_new_tokens": 1031}))
+    assert "budget" not in caplog.text

@@ -11,6 +11,7 @@ music21 is imported only inside functions: a cached `arseq prepare` or `train` n
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -51,6 +52,7 @@ from arseq.tokenizers.base import Tokenizer
 from arseq.tokenizers.performance import PerformanceTokenizer
 from arseq.tokenizers.score import PITCH, Events, ScoreTokenizer
 
+log = logging.getLogger(__name__)
 MusicTokenizer: TypeAlias = ScoreTokenizer | PerformanceTokenizer  # modality.tokenizer: score or performance
 
 # Nucleus sampling slightly cooled: at T = 1 the 0.8 M-parameter CPU model's samples were 90 % in key (held-out
@@ -304,7 +306,12 @@ class MusicModality(Modality):
             files.add(stem.with_suffix(".mid"), partial(_write_midi, score))
             files.add(stem.with_suffix(".musicxml"), partial(tokenizer.write_musicxml, score))
             files.add(stem.with_suffix(".png"), partial(_write_piano_roll, ev, tokenizer.ppq, marked))
-        return files.commit()
+        written = files.commit()
+        if infill is None and (cut := sum(not s.stopped for s in samples)):
+            budget = request.sampling.max_new_tokens or plan.sampling.get("max_new_tokens")
+            limit = f"the {budget:,}-token budget" if budget else "their token budget"
+            log.info(f"{cut} of {len(samples)} pieces reached {limit} before their end (--max-new-tokens raises it; --bars N writes N bars)")
+        return written
 
     # ---- reporting ----------------------------------------------------------------------------
     def summarize(self, tokenizer: Tokenizer, examples: list[Example]) -> dict[str, Any]:
