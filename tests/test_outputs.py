@@ -19,6 +19,7 @@ from arseq.modalities import DataError, Plan, Request, Sample, resolve
 from arseq.modalities.music.reading import prompt_tokens
 from arseq.modalities.protein import ProteinGenerate, ProteinModality
 from arseq.models.transformer import Transformer, TransformerConfig
+from arseq.tokenizers.char import CharTokenizer
 from arseq.tokenizers.protein import ProteinTokenizer
 
 
@@ -108,6 +109,7 @@ def test_generate_never_overwrites_without_the_flag(trained, tmp_path, capsys, u
     assert "sample_000.txt: already exists" in capsys.readouterr().err and not sampled  # refused before sampling
     assert main([*base, "--num-samples", "1", "--out", str(tmp_path / "poem.txt")]) == 0 and sampled == [1]
     assert main([*base, "--num-samples", "3", "--out", str(folder)]) == 2 and sampled == [1]
+    assert main([*base, "--num-samples", "2", "--out", str(tmp_path / "poem.txt")]) == 2 and sampled == [1]  # both in poem.txt
     assert (folder / "sample_001.txt").read_text() == first
     assert {_mode(p) for p in folder.iterdir()} == {0o644}
     (tmp_path / "file").write_text("a file")
@@ -123,6 +125,7 @@ def test_earlier_samples_are_those_this_run_would_write(tmp_path):
     assert [p.name for p in generation.earlier_samples(tmp_path / "chorale.mid", 2)] == ["chorale_001.mid"]
     assert generation.earlier_samples(tmp_path / "chorale.mid", 1) == []  # one sample is chorale.mid itself
     assert generation.earlier_samples(tmp_path / "grid.png", 1) == [tmp_path / "grid.png"]
+    assert generation.earlier_samples(tmp_path / "grid.png", 2) == []  # two samples are grid_000.png, grid_001.png
     assert generation.earlier_samples(tmp_path / "new" / "folder", 4) == []
 
 
@@ -165,3 +168,29 @@ def test_output_files_are_what_write_writes(tmp_path):
         request = Request(n, options=music.generate_options(), out=out)
         written = music.write(music.tokenizer, [Sample(events[:1], events[1:], True, 1.0)] * n, request, Plan([]))
         assert sorted(written) == sorted(music.output_files(music.tokenizer, request))
+
+
+def test_several_samples_named_by_out_leave_a_file_of_that_name_alone(tmp_path, monkeypatch):
+    """`--out piece.mid --num-samples 2` writes piece_000.mid and piece_001.mid: an earlier piece.mid is no reason to refuse."""
+    music = resolve("music")()
+    (tmp_path / "piece.mid").write_text("an earlier piece")
+
+    class Sampling(Exception):
+        """Raised where sampling would begin: past every refusal."""
+
+    def sample(*args, **kwargs):
+        raise Sampling
+
+    monkeypatch.setattr(generation, "sample", sample)
+    with pytest.raises(Sampling):
+        generation.run_generate(
+            _loaded(music, music.tokenizer), Request(2, options=music.generate_options(), out=tmp_path / "piece.mid"), RunOptions()
+        )
+
+
+def test_text_output_files_are_what_write_writes(tmp_path):
+    text, tok = resolve("text")(), CharTokenizer.fit(["the cat sat"])
+    for out, n in (("one.txt", 1), ("all.md", 3), ("folder", 2), ("named.mid", 2)):
+        request = Request(n, out=tmp_path / out)
+        samples = [Sample([tok.bos_id], tok.encode("cat"), True, 1.0)] * n
+        assert text.write(tok, samples, request, Plan([])) == text.output_files(tok, request)

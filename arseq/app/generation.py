@@ -283,8 +283,8 @@ def earlier_samples(out: Path, n: int) -> list[Path]:
     in the folder `out` (music, images, text), or NAME_000... beside `out` = NAME.mid. The modality's write
     would refuse them too, but only after sampling: found here, before it (a little stricter than the write,
     which may name its files by label or suffix)."""
-    if out.is_file():
-        return [out]
+    if out.is_file() and n == 1:
+        return [out]  # several samples go to NAME_000... (their modality's output_files names it if they go into NAME)
     folder, prefix = (out, SAMPLE_STEM) if out.is_dir() else (out.parent, out.stem)
     if not folder.is_dir() or (folder == out.parent and n == 1):
         return []

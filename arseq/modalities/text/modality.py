@@ -44,6 +44,8 @@ BOMS = (
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
 
+ONE_FILE = (".txt", ".md")  # an --out ending in one holds every sample; any other is a folder of .txt files
+
 
 @dataclass
 class TextGenerate:
@@ -167,10 +169,15 @@ class TextModality(Modality):
     def show(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> str:
         return _headed(self._sample_texts(tokenizer, samples, request, plan))
 
+    def output_files(self, tokenizer: Tokenizer, request: Request) -> list[Path]:
+        """`--out NAME.txt` (or .md): every sample in it; else one .txt per sample."""
+        out = request.out_path()
+        return [out] if out.suffix in ONE_FILE else [stem.with_suffix(".txt") for stem in request.out_stems(request.num_samples, ())]
+
     def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         texts, out = self._sample_texts(tokenizer, samples, request, plan), request.out_path()
         files = OutputFiles(overwrite=request.overwrite)
-        if out.suffix in (".txt", ".md"):  # several samples: headed as on stdout (a blank line is no boundary in text)
+        if out.suffix in ONE_FILE:  # several samples: headed as on stdout (a blank line is no boundary in text)
             files.add(out, texts[0] + "\n" if len(texts) == 1 else _headed(texts))
         else:
             for stem, t in zip(request.out_stems(len(texts), ()), texts):
