@@ -91,6 +91,8 @@ def test_example_plugin_trains_and_generates_fasta(dna, tmp_path, capsys):
     assert len(seqs) == 3 and all(len(s) == 40 and s.startswith("ATG") and set(s) <= set("ACGT") for s in seqs)
     assert "length=40 gc=" in fasta[0]
     capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 2  # its output_files: refused before sampling
+    assert "samples.fasta: already exists" in capsys.readouterr().err
 
 
 def test_broken_plugins_warn_once_each_and_others_work(dna, broken, capsys):

@@ -174,10 +174,15 @@ class DnaModality(Modality):
     def show(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> str:
         return self._fasta(tokenizer, samples)
 
-    def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
+    def output_files(self, tokenizer: Tokenizer, request: Request) -> list[Path]:
+        """The FASTA `write` writes, all samples in it: arseq refuses it before sampling if it exists."""
         out = request.out_path()
+        return [out if out.name.endswith(FASTA) else out / "samples.fasta"]
+
+    def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         files = OutputFiles(overwrite=request.overwrite)  # atomic, 0644, never over a file unless asked
-        files.add(out if out.name.endswith(FASTA) else out / "samples.fasta", self._fasta(tokenizer, samples))
+        (fasta,) = self.output_files(tokenizer, request)
+        files.add(fasta, self._fasta(tokenizer, samples))
         return files.commit()
 
     # ---- evaluation ------------------------------------------------------------------------------
