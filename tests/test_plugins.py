@@ -81,7 +81,11 @@ def test_example_plugin_trains_and_generates_fasta(dna, tmp_path, capsys):
         "--model.d_model",
         "32",
     ]
+    capsys.readouterr()
     assert main(["train", "--config", str(config), *overrides]) == 0
+    run_dir = next((tmp_path / "runs").rglob("version_0"))
+    hint = f"sample from it: arseq generate --checkpoint {run_dir} --num-samples 4 --out samples/dna"
+    assert hint in capsys.readouterr().err.splitlines()  # the next step, named by the registered modality
     ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
     out = tmp_path / "samples"
     args = ["generate", "--checkpoint", str(ckpt), "--num-samples", "3", "--length", "40", "--prompt", "ATG", "--seed", "1"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 import lightning as L
@@ -13,6 +14,7 @@ from arseq.models.transformer import TransformerConfig
 from arseq.train.optim import OptimConfig
 from arseq.train.run import run_train
 
+log = logging.getLogger(__name__)
 HELP = "train a model from a YAML config"
 
 
@@ -74,4 +76,6 @@ def run_train_verb(argv: list[str]) -> int:
     )
     if trained.main_process:
         print(trained.summary())  # the result of a run: stdout
+        if trained.last is not None:  # what a new user does next (a note: stderr)
+            log.info(f"sample from it: arseq generate --checkpoint {trained.run_dir} --num-samples 4 --out samples/{call.modality.name or 'out'}")
     return 0
