@@ -30,7 +30,8 @@ from arseq.serve.jobs import JobPlan, plan_job, prompt_text, text_of, write_file
 from arseq.serve.logprobs import Scores, choice_logprobs
 from arseq.serve.loop import Job, as_request_error
 from arseq.serve.models import Engine, Model, Models
-from arseq.serve.schema import Parsed, RequestError, parse
+from arseq.serve.request_body import Parsed, parse
+from arseq.serve.schema import RequestError
 from arseq.serve.settings import Settings
 from arseq.serve.stops import SampleText
 from arseq.serve.uploads import take_upload

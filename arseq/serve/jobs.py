@@ -26,7 +26,8 @@ from arseq.modalities.music.audio import render_wav
 from arseq.modalities.plan import SAMPLE_STEM, numbered
 from arseq.models.scoring import sequence_nll
 from arseq.serve import uploads
-from arseq.serve.schema import TEXT_MODALITIES, Parsed
+from arseq.serve.request_body import Parsed
+from arseq.serve.schema import TEXT_MODALITIES
 from arseq.tokenizers.score import ScoreTokenizer
 
 MEDIA = {

@@ -25,7 +25,8 @@ from arseq.app.planning import Planned, make_plan
 from arseq.artifacts.checkpoint import Loaded
 from arseq.errors import FLAG, one_line, option_names
 from arseq.modalities import DataError, SamplingOptions
-from arseq.serve.schema import FILE_PROMPT_MODALITIES, Parsed, RequestError, Schema
+from arseq.serve.request_body import Parsed
+from arseq.serve.schema import FILE_PROMPT_MODALITIES, RequestError, Schema
 
 log = logging.getLogger(__name__)
 FIELD = "prompt_file"
