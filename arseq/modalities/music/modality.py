@@ -11,7 +11,6 @@ music21 is imported only inside functions: a cached `arseq prepare` or `train` n
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +25,6 @@ from arseq.modalities import (
     EvalInputs,
     Example,
     Modality,
-    OutputFiles,
     Plan,
     Request,
     Sample,
@@ -35,6 +33,7 @@ from arseq.modalities import (
 )
 from arseq.modalities.infill_ranges import check_fim
 from arseq.modalities.music import performance as perf
+from arseq.modalities.music import writing
 from arseq.modalities.music.conditions import FIELDS, piece_conditions, transposed_keys
 from arseq.modalities.music.corpus import COMPOSERS, bach_chorales, music21_composers
 from arseq.modalities.music.grammar import GrammarConstraint, sample_budget
@@ -47,19 +46,15 @@ from arseq.modalities.music.reading import (
     read_in_parallel,
     roundtrip_report,
 )
-from arseq.modalities.music.render import piano_roll
 from arseq.tokenizers.base import Tokenizer
 from arseq.tokenizers.performance import PerformanceTokenizer
-from arseq.tokenizers.score import PITCH, Events, ScoreTokenizer
+from arseq.tokenizers.score import PITCH, ScoreTokenizer
 
-log = logging.getLogger(__name__)
 MusicTokenizer: TypeAlias = ScoreTokenizer | PerformanceTokenizer  # modality.tokenizer: score or performance
 
 # Nucleus sampling slightly cooled: at T = 1 the 0.8 M-parameter CPU model's samples were 90 % in key (held-out
 # chorales: 95 %), with these 92 %, their pitch-class entropy then matching the data's (configs/music/bach_chorales.yaml).
 SAMPLING_DEFAULTS = {"temperature": 0.9, "top_p": 0.95}
-# `--out NAME.SUFFIX` with one of these names files (NAME.mid, NAME.musicxml, NAME.png), not a folder
-OUT_SUFFIXES = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".png")
 # prepare suggests the performance tokenizer when more than this share of notes is off the score grid
 OFF_GRID_SUGGEST = 0.2
 # data.source names: pieces from music21's installed corpus (no network)
@@ -291,27 +286,13 @@ class MusicModality(Modality):
         """Each sample's .mid, .musicxml and piano-roll .png (a performance: .mid and .png)."""
         if isinstance(_music_tokenizer(tokenizer), PerformanceTokenizer):
             return perf.output_files(request)
-        return [stem.with_suffix(s) for stem in request.out_stems(request.num_samples, OUT_SUFFIXES) for s in (".mid", ".musicxml", ".png")]
+        return writing.output_files(request)
 
     def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
         tokenizer = _music_tokenizer(tokenizer)
         if isinstance(tokenizer, PerformanceTokenizer):
             return perf.write_samples(tokenizer, samples, request)
-        files = OutputFiles(overwrite=request.overwrite, protect=[request.prompt])
-        infill = plan.parsed if isinstance(plan.parsed, MusicInfill) else None
-        marked = range(infill.a, infill.b) if infill is not None else None  # the regenerated bars, on the piano roll
-        for s, stem in zip(samples, request.out_stems(len(samples), OUT_SUFFIXES)):
-            ev = infill.complete(tokenizer, s.tokens) if infill is not None else tokenizer.decode_events(s.prompt + s.tokens)
-            score = tokenizer.to_score(ev)
-            files.add(stem.with_suffix(".mid"), partial(_write_midi, score))
-            files.add(stem.with_suffix(".musicxml"), partial(tokenizer.write_musicxml, score))
-            files.add(stem.with_suffix(".png"), partial(_write_piano_roll, ev, tokenizer.ppq, marked))
-        written = files.commit()
-        if infill is None and (cut := sum(not s.stopped for s in samples)):
-            budget = request.sampling.max_new_tokens or plan.sampling.get("max_new_tokens")
-            limit = f"the {budget:,}-token budget" if budget else "their token budget"
-            log.info(f"{cut} of {len(samples)} pieces reached {limit} before their end (--max-new-tokens raises it; --bars N writes N bars)")
-        return written
+        return writing.write_samples(tokenizer, samples, request, plan)
 
     # ---- reporting ----------------------------------------------------------------------------
     def summarize(self, tokenizer: Tokenizer, examples: list[Example]) -> dict[str, Any]:
@@ -395,11 +376,3 @@ class MusicModality(Modality):
             return pitch & ~np.isin(tokenizer.values[np.clip(ids, 0, tokenizer.vocab_size - 1)] % 12, scale)
 
         return out_of_key
-
-
-def _write_midi(score: Any, path: Path) -> None:
-    score.write("midi", fp=str(path))
-
-
-def _write_piano_roll(events: Events, ppq: int, marked: range | None, path: Path) -> None:
-    piano_roll(events, ppq, marked=marked).save(path, format="PNG")
