@@ -65,7 +65,7 @@ class Model:
         """Sample `n` sequences; with `out`, also write the modality's files there (never over existing
         files unless `overwrite`); nothing is printed. Returns the samples (prompt and new token
         ids, perplexity)."""
-        with python_names({"num-samples": "n"}):
+        with python_names({flag.replace("_", "-"): name for flag, name in typed.PYTHON_NAMES["generate"].items()}):
             call = self._call("generate", {**kwargs, "n": n, "out": out, "overwrite": overwrite})
             check_call(self.loaded, call, "generate")
             with claimed(call.request.out):

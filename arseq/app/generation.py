@@ -296,8 +296,8 @@ def earlier_samples(out: Path, n: int) -> list[Path]:
 def existing_outputs(loaded: Loaded, request: Request) -> list[Path]:
     """Files that this run's samples would replace: an earlier run's (`earlier_samples`), and those the modality
     names before sampling (music's .musicxml and .png beside --out chorale.mid, a protein's CSV)."""
-    named = loaded.modality.output_files(loaded.tokenizer, request)
-    return earlier_samples(request.out_path(), request.num_samples) or [p for p in named if p.exists()]
+    earlier = earlier_samples(request.out_path(), request.num_samples)
+    return earlier or [p for p in loaded.modality.output_files(loaded.tokenizer, request) if p.exists()]
 
 
 def run_generate(loaded: Loaded, request: Request, run: RunOptions, echo: Callable[[str], None] | None = None) -> tuple[list[Sample], list[Path]]:

@@ -21,7 +21,8 @@ if typing.TYPE_CHECKING:
 
 MAX_STOPS, MAX_STOP_CHARS = 4, 256  # stop strings per request (OpenAI's limit), characters per stop string
 MAX_LOGPROBS = 5  # likeliest tokens a completion's `logprobs` may ask for at each position (OpenAI's limit)
-OPENAI_ALIASES = {"max_tokens": "max_new_tokens", "n": "num_samples"}
+ALIASES = {"n": "num_samples"}  # arseq's own endpoint takes OpenAI's short name for the count too
+OPENAI_ALIASES = {**ALIASES, "max_tokens": "max_new_tokens"}
 # OpenAI fields taken and ignored (`model` is taken before: arseq.serve.models), and those refused unless they
 # are left at their neutral value
 IGNORED = {"user"}
@@ -84,7 +85,7 @@ def parse(schema: Schema, body: Any, openai: bool = False) -> Parsed:
     try:
         return _parse(schema, body, openai)
     except RequestError as e:
-        aliases = OPENAI_ALIASES if openai else {"n": "num_samples"}
+        aliases = OPENAI_ALIASES if openai else ALIASES
         sent = {name: alias for alias, name in aliases.items() if isinstance(body, dict) and alias in body}
         if e.field not in sent or not str(e).startswith(f"{e.field}:"):
             raise
@@ -103,8 +104,10 @@ def _parse(schema: Schema, body: Any, openai: bool) -> Parsed:
     logprobs = _logprobs(schema, body.pop("logprobs", None), stream) if openai else None
     if openai:
         _openai_names(body)
-    elif "n" in body:
-        body.setdefault("num_samples", body.pop("n"))
+    else:
+        for alias, name in ALIASES.items():
+            if alias in body:
+                body.setdefault(name, body.pop(alias))
     score_only = _score_only(body, echo, logprobs)
     num = body.pop("num_samples", 1)
     if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= MAX_SAMPLES:

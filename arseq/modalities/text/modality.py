@@ -175,13 +175,13 @@ class TextModality(Modality):
         return [out] if out.suffix in ONE_FILE else [stem.with_suffix(".txt") for stem in request.out_stems(request.num_samples, ())]
 
     def write(self, tokenizer: Tokenizer, samples: list[Sample], request: Request, plan: Plan) -> list[Path]:
-        texts, out = self._sample_texts(tokenizer, samples, request, plan), request.out_path()
+        texts, paths = self._sample_texts(tokenizer, samples, request, plan), self.output_files(tokenizer, request)
         files = OutputFiles(overwrite=request.overwrite)
-        if out.suffix in ONE_FILE:  # several samples: headed as on stdout (a blank line is no boundary in text)
-            files.add(out, texts[0] + "\n" if len(texts) == 1 else _headed(texts))
+        if request.out_path().suffix in ONE_FILE:  # several samples: headed as on stdout (a blank line is no boundary in text)
+            files.add(paths[0], texts[0] + "\n" if len(texts) == 1 else _headed(texts))
         else:
-            for stem, t in zip(request.out_stems(len(texts), ()), texts):
-                files.add(stem.with_suffix(".txt"), t)
+            for path, t in zip(paths, texts):
+                files.add(path, t)
         return files.commit()
 
     # ---- evaluation ------------------------------------------------------------------------------
