@@ -11,6 +11,11 @@ alone, in chunks: a row's prefill never shares a matrix product with another row
 its rounding (MKL's results depend on the number of rows), so a row's tokens do not depend on its neighbours.
 Prefills of the lengths named at construction (a sliding row's window, always the same length) are
 compiled too; any other length runs eagerly.
+
+Eager on a CPU, where shapes may change at every step, a pass reads no fixed span: its attention runs over
+runs of neighbouring slots (`groups`), each reading as far as its furthest row, so that rows far apart
+(continuous batching mixes rows just joined with rows hundreds of tokens in) do not all read as far as the
+furthest one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from arseq.models.attention import Groups
 from arseq.models.inference import Compile, Compiled, compile_mode, compiled
 from arseq.models.transformer import KVCache, Transformer
 
@@ -31,6 +37,10 @@ PREFILL_CHUNK = 512  # prompt tokens per prefill pass: bounds the activations of
 # over 1: 2.41 -> 1.95), int8 14.1 -> 11.7 ms (1.69 -> 1.45). Spans of every multiple of 64 would read less
 # but compile up to L / 64 graphs (each 20-45 s here) and overrun the recompile limit.
 SPAN_MIN, SPANS = 64, 4
+# What one more attention call costs, in bytes of keys and values it could have read instead (`groups`).
+# Measured on the 2-core AVX-512 host, eager, the 8-row step of bench_engine's model: a call ~12 us, a slot
+# of a row's keys and values ~0.13 us a layer (3 KiB: ~24 GB/s), so ~90 slots or ~270 KiB a call.
+GROUP_CALL_BYTES = 256 * 1024
 
 
 def spans(size: int) -> list[int]:
@@ -39,7 +49,27 @@ def spans(size: int) -> list[int]:
     return powers[1 - SPANS :] + [size]
 
 
-def cached_pass(model: Transformer, tokens: Tensor, pos: Tensor, span: int) -> Tensor:
+def groups(reads: list[int], call: int) -> Groups:
+    """Runs of neighbouring rows (first, end, slots read) for a pass where row r reads `reads[r]` slots: the
+    partition that reads the fewest slots, counting `call` slots for each run (the cost of one more attention
+    call). Rows at similar positions share a run; a row far from its neighbours reads alone. Dynamic
+    programming over the run ending at each row: O(rows^2), ~20 us for 8 rows."""
+    best, cut = [0] + [0] * len(reads), [0] * (len(reads) + 1)
+    for end in range(1, len(reads) + 1):
+        top, best[end] = 0, -1
+        for first in range(end - 1, -1, -1):
+            top = max(top, reads[first])
+            cost = best[first] + call + (end - first) * top
+            if best[end] < 0 or cost < best[end]:
+                best[end], cut[end] = cost, first
+    runs, end = [], len(reads)
+    while end:
+        runs.append((cut[end], end, max(reads[cut[end] : end])))
+        end = cut[end]
+    return tuple(reversed(runs))
+
+
+def cached_pass(model: Transformer, tokens: Tensor, pos: Tensor, span: int | Groups) -> Tensor:
     """Logits (S, T, V) of `tokens` (S, T) at positions `pos` (S, T) of every slot, reading slots 0..span-1:
     what torch.compile sees (a graph per span)."""
     return model(tokens, pos=pos, span=span)
@@ -63,6 +93,8 @@ class Slots:
         self.widths: dict[int, Tensor] = {}  # T -> arange(T): a pass's offsets from each row's start
         mode = compile_mode(compile)
         self.prefills: dict[int, Compiled] = {}  # prompt lengths prefilled by a compiled pass
+        kv = model.norm.weight.element_size() * 2 * model.cfg.d_model  # bytes of a slot's keys and values, a layer
+        self.call = GROUP_CALL_BYTES // kv if mode == "off" and self.device.type == "cpu" else None
         if mode == "off":
             self.compiled = None
             self.caches: list[KVCache] = model.setup_cache(slots, size)
@@ -95,6 +127,8 @@ class Slots:
         reach = max(starts) + T
         span = next(s for s in self.spans if s >= reach)
         pos = torch.tensor(starts, device=self.device)[:, None] + offsets
+        if self.call is not None:
+            return cached_pass(self.model, tokens, pos, groups([s + T for s in starts], self.call))
         return (self.compiled or cached_pass)(self.model, tokens, pos, span)
 
     def warm(self) -> None:

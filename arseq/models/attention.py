@@ -4,6 +4,9 @@ reductions. Why: there Inductor calls SDPA as an opaque kernel (~50-90 us per la
 cores, more than the layer's matmuls), while the written-out form, q.k summed over the head dim, a softmax,
 and p.v summed over the slots, compiles into a few fused loops with the rest of the layer. On CUDA the
 fused kernel inside a CUDA graph is already the fast path, so it is kept there.
+
+`grouped_attention` serves eager CPU decode steps whose rows sit at very different positions: one call over
+every row would read every row's keys up to the furthest row's position.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+Groups = tuple[tuple[int, int, int], ...]  # (first row, end row, slots read): rows a..b-1 read slots 0..n-1
 FUSED_QUERIES = 16  # compiled CPU passes with at most this many queries per row use the written-out form
 
 
@@ -26,3 +30,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: b
     scores = (q.float().unsqueeze(-2) * k.float().unsqueeze(-3)).sum(-1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
     p = scores.masked_fill(~mask, float("-inf")).softmax(-1)
     return (p.unsqueeze(-1) * v.float().unsqueeze(-3)).sum(-2).to(q.dtype)  # (B, H, T, D)
+
+
+def grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, groups: Groups) -> Tensor:
+    """`attention` over runs of rows (first, end, slots read): rows a..b-1 read keys and values 0..n-1 only.
+    Slices of the cache are views, so a run costs its own reads and one kernel call. The slots a run skips
+    are masked for its rows anyway: a row's output is the same up to rounding (as with the spans of a
+    compiled pass, the kernel's sums run over more or fewer masked slots)."""
+    return torch.cat([attention(q[a:b], k[a:b, :, :n], v[a:b, :, :n], mask[a:b, ..., :n], False, 0.0) for a, b, n in groups])

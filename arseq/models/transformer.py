@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from arseq.models.attention import attention
+from arseq.models.attention import Groups, attention, grouped_attention
 from arseq.models.linear import Linear
 
 
@@ -78,6 +78,7 @@ class Cached(NamedTuple):
     at: Tensor  # (B, 1) the cache rows written
     rows: Tensor | None  # the cache rows read: None for every row in order (the decode pass)
     span: int  # slots 0..span-1 of each row are read: more than any position in `pos`
+    groups: Groups | None  # attention in runs of rows that each read their own slots (None: all rows, `span` slots)
 
 
 class KVCache(nn.Module):
@@ -136,7 +137,10 @@ class Attention(nn.Module):
             k, v = self.kv_cache().update(cached, k, v)
         # Causal by flag only without a cache (training, scoring): cached passes always bring a mask.
         is_causal = mask is None and T > 1
-        y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
+        if cached is not None and cached.groups is not None and mask is not None:
+            y = grouped_attention(q, k, v, mask, cached.groups)
+        else:
+            y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
     def kv_cache(self) -> KVCache:
@@ -201,7 +205,7 @@ class Transformer(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(
-        self, idx: Tensor, *, pos: Tensor | None = None, rows: Tensor | None = None, span: int | None = None, last_only: bool = False
+        self, idx: Tensor, *, pos: Tensor | None = None, rows: Tensor | None = None, span: int | Groups | None = None, last_only: bool = False
     ) -> Tensor:
         """Logits (B, T, vocab) for ids (B, T).
 
@@ -211,7 +215,9 @@ class Transformer(nn.Module):
         `rows` (B,) names the cache rows the batch is (default: all of them, in order). `span`: the slots
         0..span-1 of each row that attention reads (default: all), more than any position in `pos`; the
         decode engine passes one of a few fixed spans (arseq.decode.slots), so that a step reads the slots
-        its rows have reached rather than the whole cache, with static shapes per span.
+        its rows have reached rather than the whole cache, with static shapes per span; or, eager on a CPU,
+        `Groups`: runs of rows whose attention reads each run's own slots (a row far behind its neighbours
+        then reads its own few, not theirs).
         """
         B, T = idx.shape
         if pos is None:
@@ -221,9 +227,10 @@ class Transformer(nn.Module):
         else:  # positions past the context are padding (never seen by a real token): any rotation will do
             angle = pos.clamp(max=self.cfg.max_seq_len - 1)
             cos, sin = self.rope_cos[angle].unsqueeze(1), self.rope_sin[angle].unsqueeze(1)  # (B, 1, T, D/2)
-            span = span or cast(Block, self.blocks[0]).attn.kv_cache().k.shape[2]
+            groups = span if isinstance(span, tuple) else None
+            span = max(n for _, _, n in groups) if groups else span or cast(Block, self.blocks[0]).attn.kv_cache().k.shape[2]
             at = (torch.arange(B, device=idx.device) if rows is None else rows)[:, None]
-            cached = Cached(pos, at, rows, span)
+            cached = Cached(pos, at, rows, span, groups)
             mask = (torch.arange(span, device=idx.device)[None, None, :] <= pos[:, :, None]).unsqueeze(1)  # (B, 1, T, span)
         x = self.drop(self.embed(idx))
         for block in self.blocks:
