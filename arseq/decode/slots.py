@@ -53,7 +53,10 @@ def groups(reads: list[int], call: int) -> Groups:
     """Runs of neighbouring rows (first, end, slots read) for a pass where row r reads `reads[r]` slots: the
     partition that reads the fewest slots, counting `call` slots for each run (the cost of one more attention
     call). Rows at similar positions share a run; a row far from its neighbours reads alone. Dynamic
-    programming over the run ending at each row: O(rows^2), ~20 us for 8 rows."""
+    programming over the run ending at each row: O(rows^2), ~20 us for 8 rows; skipped when one run reads
+    at most a call's worth of slots more than every row needs (no cut could save a call)."""
+    if len(reads) * max(reads) - sum(reads) <= call:
+        return ((0, len(reads), max(reads)),)
     best, cut = [0] + [0] * len(reads), [0] * (len(reads) + 1)
     for end in range(1, len(reads) + 1):
         top, best[end] = 0, -1
@@ -128,7 +131,8 @@ class Slots:
         span = next(s for s in self.spans if s >= reach)
         pos = torch.tensor(starts, device=self.device)[:, None] + offsets
         if self.call is not None:
-            return cached_pass(self.model, tokens, pos, groups([s + T for s in starts], self.call))
+            runs = groups([s + T for s in starts], self.call)
+            return cached_pass(self.model, tokens, pos, runs if len(runs) > 1 else runs[0][2])
         return (self.compiled or cached_pass)(self.model, tokens, pos, span)
 
     def warm(self) -> None:

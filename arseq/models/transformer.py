@@ -228,10 +228,10 @@ class Transformer(nn.Module):
             angle = pos.clamp(max=self.cfg.max_seq_len - 1)
             cos, sin = self.rope_cos[angle].unsqueeze(1), self.rope_sin[angle].unsqueeze(1)  # (B, 1, T, D/2)
             groups = span if isinstance(span, tuple) else None
-            span = max(n for _, _, n in groups) if groups else span or cast(Block, self.blocks[0]).attn.kv_cache().k.shape[2]
+            reach = max(n for _, _, n in span) if isinstance(span, tuple) else span or cast(Block, self.blocks[0]).attn.kv_cache().k.shape[2]
             at = (torch.arange(B, device=idx.device) if rows is None else rows)[:, None]
-            cached = Cached(pos, at, rows, span, groups)
-            mask = (torch.arange(span, device=idx.device)[None, None, :] <= pos[:, :, None]).unsqueeze(1)  # (B, 1, T, span)
+            cached = Cached(pos, at, rows, reach, groups)
+            mask = (torch.arange(reach, device=idx.device)[None, None, :] <= pos[:, :, None]).unsqueeze(1)  # (B, 1, T, span)
         x = self.drop(self.embed(idx))
         for block in self.blocks:
             x = block(x, cos, sin, cached, mask)
