@@ -73,8 +73,8 @@ def groups(reads: list[int], call: int) -> Groups:
 
 
 def cached_pass(model: Transformer, tokens: Tensor, pos: Tensor, span: int | Groups) -> Tensor:
-    """Logits (S, T, V) of `tokens` (S, T) at positions `pos` (S, T) of every slot, reading slots 0..span-1:
-    what torch.compile sees (a graph per span)."""
+    """Logits (S, T, V) of `tokens` (S, T) at positions `pos` (S, T) of every slot, reading slots 0..span-1
+    (or in runs of rows, eager): what torch.compile sees (a graph per span)."""
     return model(tokens, pos=pos, span=span)
 
 
@@ -127,12 +127,11 @@ class Slots:
         offsets = self.widths.get(T)
         if offsets is None:
             offsets = self.widths[T] = torch.arange(T, device=self.device)
-        reach = max(starts) + T
-        span = next(s for s in self.spans if s >= reach)
         pos = torch.tensor(starts, device=self.device)[:, None] + offsets
-        if self.call is not None:
+        if self.call is not None:  # eager on a CPU: runs of rows, each reading as far as its furthest row
             runs = groups([s + T for s in starts], self.call)
             return cached_pass(self.model, tokens, pos, runs if len(runs) > 1 else runs[0][2])
+        span = next(s for s in self.spans if s >= max(starts) + T)
         return (self.compiled or cached_pass)(self.model, tokens, pos, span)
 
     def warm(self) -> None:
