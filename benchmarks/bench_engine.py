@@ -9,10 +9,14 @@ request). Two arms on the same engine, same model, same seeds, `--slots` rows pe
 The ideal gain of continuous batching is (sum over static batches of slots x their longest budget) / (sum of
 all budgets): the steps a static batch spends on rows that already ended. `gain` is the measured ratio of
 useful tokens/s (prefill included). `identical`: every request's tokens equal those it gets decoded alone.
+Shared machines are noisy (the same arm has ranged 25-34 s on one host), so the arms run `--rounds` times,
+alternating (which arm goes first alternates too); `gain` is the median of the rounds' ratios, each arm's
+seconds the median of its rounds.
 
-    python -m benchmarks.bench_engine [--requests 64] [--slots 8] [--compile]
+    python -m benchmarks.bench_engine [--requests 64] [--slots 8] [--rounds 3] [--compile on]
 
-Prints one JSON object: ideal_gain, gain, gain_over_ideal, identical, tokens, and per arm seconds and tokens/s.
+Prints one JSON object: ideal_gain, gain, gain_over_ideal, identical, tokens, and per arm seconds (median and
+every round's) and tokens/s.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import time
 
 import torch
@@ -59,11 +64,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--slots", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of both arms, alternating (medians are reported)")
     ap.add_argument("--compile", default="off", choices=["off", "on", "auto"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-alone", action="store_true", help="skip decoding each request alone (the identity check)")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -73,15 +81,26 @@ def main() -> None:
     budgets = [r.cfg.max_new_tokens for r in rows]
     S = args.slots
     ideal = sum(S * max(budgets[i : i + S]) for i in range(0, len(budgets), S)) / sum(budgets)
-    continuous, t_cont = serve(model, rows, S, length, args.compile, None)
-    static, t_static = serve(model, rows, S, length, args.compile, S)
+    arms: dict[str, tuple[int | None, list[float]]] = {"continuous": (None, []), "static": (S, [])}
+    outputs: list[dict[int, list[int]]] = []
+    for r in range(args.rounds):
+        for name in sorted(arms, reverse=r % 2 == 1):
+            batch, seconds = arms[name]
+            out, t = serve(model, rows, S, length, args.compile, batch)
+            outputs.append(out)
+            seconds.append(t)
     identical = None
     if not args.skip_alone:
         alone = {i: serve(model, [r], S, length, args.compile, None)[0][0] for i, r in enumerate(rows)}
-        identical = all(continuous[i] == alone[i] == static[i] for i in range(len(rows)))
-    tokens = sum(len(t) for t in continuous.values())
+        identical = all(out == alone for out in outputs)
+    tokens = sum(len(t) for t in outputs[0].values())
     assert tokens == sum(budgets), "a request did not decode its whole budget"
-    gain = t_static / t_cont
+    t_cont, t_static = (statistics.median(arms[a][1]) for a in ("continuous", "static"))
+    gain = statistics.median(s / c for c, s in zip(arms["continuous"][1], arms["static"][1]))
+
+    def arm(name: str, t: float) -> dict:
+        return {"seconds": round(t, 2), "tokens_per_s": round(tokens / t, 1), "rounds": [round(x, 2) for x in arms[name][1]]}
+
     print(
         json.dumps(
             {
@@ -95,8 +114,9 @@ def main() -> None:
                 "gain": round(gain, 3),
                 "gain_over_ideal": round(gain / ideal, 3),
                 "identical": identical,
-                "continuous": {"seconds": round(t_cont, 2), "tokens_per_s": round(tokens / t_cont, 1)},
-                "static": {"seconds": round(t_static, 2), "tokens_per_s": round(tokens / t_static, 1)},
+                "rounds": args.rounds,
+                "continuous": arm("continuous", t_cont),
+                "static": arm("static", t_static),
             },
             indent=1,
         )
