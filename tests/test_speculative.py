@@ -194,6 +194,15 @@ def music_case():
     return tok, lambda: GrammarConstraint(tok, bars=2), [[tok.bos_id]]
 
 
+def music_landing_case():
+    """No --bars, a budget that lands rows 20 tokens in: a target set part-way, which rows cut back cross."""
+    from arseq.modalities.music.grammar import LANDING_TOKENS, GrammarConstraint
+    from arseq.tokenizers.score import ScoreTokenizer
+
+    tok = ScoreTokenizer()
+    return tok, lambda: GrammarConstraint(tok, None, 1, budget=LANDING_TOKENS + 20), [[tok.bos_id]]
+
+
 def protein_case():
     from arseq.modalities import Request
     from arseq.modalities.protein import ProteinGenerate, ProteinModality
@@ -222,7 +231,7 @@ def dna_case():
     return tok, lambda: m.constraint(tok, 15), [[tok.bos_id], [tok.bos_id, *tok.encode("ACG")]]
 
 
-CASES = {"music": music_case, "protein": protein_case, "image": image_case, "dna": dna_case}
+CASES = {"music": music_case, "music_landing": music_landing_case, "protein": protein_case, "image": image_case, "dna": dna_case}
 
 
 def broken_tokens(make, prompt: list[int], tokens: list[int]) -> int:

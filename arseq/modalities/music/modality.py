@@ -77,7 +77,8 @@ class MusicGenerate:
 
     Args:
         bars: exactly N new bars per sample
-        min_bars: without --bars, a sample ends no earlier than after this many new bars (the shortest Bach chorales run 8)
+        min_bars: without --bars, a sample ends no earlier than after this many new bars (the shortest Bach chorales run
+            8), and one still going 128 tokens before its budget (--max-new-tokens) ends with the bar it is in
         prompt_bars: with --prompt FILE (MIDI/MusicXML/...): continue after its first N bars
         keep_bars: with --prompt FILE: keep these bars (e.g. 1-4,9-12) and regenerate the others (5-8) in every part,
             in the piece's meter and key, joining the bars after them; needs a model trained with data.fim_rate > 0
@@ -234,7 +235,9 @@ class MusicModality(Modality):
             raise DataError("--prompt-bars needs --prompt FILE")
         else:
             prompt = [tokenizer.bos_id]
-        return Plan([list(prompt) for _ in range(request.num_samples)], sampling, constraint=partial(GrammarConstraint, tokenizer, opts.bars, least))
+        budget = request.sampling.max_new_tokens or sampling["max_new_tokens"]
+        constraint = partial(GrammarConstraint, tokenizer, opts.bars, least, budget)
+        return Plan([list(prompt) for _ in range(request.num_samples)], sampling, constraint=constraint)
 
     def _infill_plan(self, tokenizer: ScoreTokenizer, request: Request, sampling: dict[str, Any], keep_bars: str) -> Plan:
         """--keep-bars: the prompt file's piece with its other bars to regenerate (arseq.modalities.music.infill)."""
