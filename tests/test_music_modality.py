@@ -15,6 +15,7 @@ from arseq.modalities.music import MusicGenerate
 from arseq.modalities.music.corpus import bach_chorales  # noqa: E402
 from arseq.modalities.music.grammar import GrammarConstraint  # noqa: E402
 from arseq.modalities.music.reading import prompt_tokens  # noqa: E402
+from arseq.modalities.music.render import PART_COLOURS
 from arseq.tokenizers.score import DUR, PART, PITCH  # noqa: E402
 
 MUSIC = resolve("music")
@@ -213,6 +214,11 @@ def test_write_makes_midi_musicxml_and_png_that_parse_back(tmp_path, chorales):
     with Image.open(paths[2]) as img:
         assert img.size[0] > 200 and img.size[1] > 100
         assert len(set(img.convert("RGB").getdata())) > 4  # several part colours, not a blank page
+        rgb = img.convert("RGB")
+        w, h = rgb.size
+        numbers, legend = set(rgb.crop((0, 0, w, 16)).getdata()), set(rgb.crop((0, h - 14, w, h)).getdata())
+        assert not numbers & set(PART_COLOURS)  # the bar numbers' strip: no legend over them
+        assert set(PART_COLOURS[:4]) <= legend  # the four parts named below the roll
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
 
 
