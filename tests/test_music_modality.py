@@ -325,6 +325,12 @@ def test_writing_says_which_pieces_the_budget_cut(tmp_path, caplog):
     with caplog.at_level("INFO", logger="arseq"):
         m.write(m.tokenizer, samples, request, Plan([], {"max_new_tokens": 1031}))
     assert "2 of 3 pieces reached the 1,031-token budget before their end" in caplog.text
+    assert "--bars N writes N bars" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="arseq"):  # --bars given, --max-new-tokens too small for them
+        request = Request(3, options=MusicGenerate(bars=4), out=tmp_path / "c", sampling=SamplingOptions(max_new_tokens=5))
+        m.write(m.tokenizer, samples, request, Plan([], {"max_new_tokens": 256}))
+    assert "reached the 5-token budget" in caplog.text and "--bars 4 takes about 256 tokens" in caplog.text
     caplog.clear()
     with caplog.at_level("INFO", logger="arseq"):
         m.write(m.tokenizer, samples[:1], Request(1, options=MusicGenerate(), out=tmp_path / "b"), Plan([], {"max_new_tokens": 1031}))

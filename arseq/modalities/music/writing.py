@@ -40,7 +40,9 @@ def write_samples(tokenizer: ScoreTokenizer, samples: list[Sample], request: Req
     if infill is None and (cut := sum(not s.stopped for s in samples)):
         budget = request.sampling.max_new_tokens or plan.sampling.get("max_new_tokens")
         limit = f"the {budget:,}-token budget" if budget else "their token budget"
-        log.info(f"{cut} of {len(samples)} pieces reached {limit} before their end (--max-new-tokens raises it; --bars N writes N bars)")
+        bars = getattr(request.options, "bars", None)
+        hint = f"--bars {bars} takes about {64 * bars:,} tokens" if bars else "--bars N writes N bars"
+        log.info(f"{cut} of {len(samples)} pieces reached {limit} before their end (--max-new-tokens raises it; {hint})")
     return written
 
 
