@@ -9,12 +9,14 @@ import torch
 from arseq.modalities.base import RowState, SamplingConfig
 from arseq.tokenizers.score import DUR, Grammar, ScoreTokenizer
 
+# Tokens a bar takes, for budgets: a four-part chorale bar takes ~45, busier music more.
+TOKENS_PER_BAR = 64
 # Without --bars, a sample that has not ended LANDING_TOKENS before its `budget` writes no new bar after the
-# one it is in (as if --bars had said so), so it ends at a bar line. Two bars at the 64 tokens a bar that budgets
-# assume: the bar under way, and one bar of slack for a busy one. Why: the quick start's model (a 256-token
-# window: it cannot see how long its piece has run) ended 7 of 16 chorales (seed 0); the 9 others ran into the
-# 1,031-token budget and were cut mid-bar.
-LANDING_TOKENS = 128
+# one it is in (as if --bars had said so), so it ends at a bar line. Two bars' worth: the bar under way, and
+# one bar of slack for a busy one. Why: the quick start's model (a 256-token window: it cannot see how long its
+# piece has run) ended 7 of 16 chorales (seed 0); the 9 others ran into the 1,031-token budget and were cut
+# mid-bar.
+LANDING_TOKENS = 2 * TOKENS_PER_BAR
 
 
 class GrammarConstraint:
@@ -100,10 +102,10 @@ LEARNED_BUDGET_CAP = 2048
 
 
 def sample_budget(bars: int | None, least: int, item_tokens: dict[str, int] | None) -> int:
-    """Tokens a sample may take unless --max-new-tokens says: 64 a bar for --bars or --min-bars; without --bars,
+    """Tokens a sample may take unless --max-new-tokens says: TOKENS_PER_BAR a bar for --bars or --min-bars; without --bars,
     also as many as 95 % of the training pieces take, up to LEARNED_BUDGET_CAP (a budget of 512 cut half the Bach
     chorales before their end)."""
-    budget = max(SamplingConfig.max_new_tokens, 64 * least)
+    budget = max(SamplingConfig.max_new_tokens, TOKENS_PER_BAR * least)
     if bars is None and item_tokens and "p95" in item_tokens:
         budget = max(budget, min(item_tokens["p95"], LEARNED_BUDGET_CAP))
     return budget

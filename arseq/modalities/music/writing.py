@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from arseq.modalities import OutputFiles, Plan, Request, Sample
+from arseq.modalities.music.grammar import TOKENS_PER_BAR
 from arseq.modalities.music.infill import MusicInfill
 from arseq.modalities.music.render import piano_roll
 from arseq.tokenizers.score import Events, ScoreTokenizer
@@ -41,7 +42,7 @@ def write_samples(tokenizer: ScoreTokenizer, samples: list[Sample], request: Req
         budget = request.sampling.max_new_tokens or plan.sampling.get("max_new_tokens")
         limit = f"the {budget:,}-token budget" if budget else "their token budget"
         bars = getattr(request.options, "bars", None)
-        hint = f"--bars {bars} takes about {64 * bars:,} tokens" if bars else "--bars N writes N bars"
+        hint = f"--bars {bars} takes about {TOKENS_PER_BAR * bars:,} tokens" if bars else "--bars N writes N bars"
         log.info(f"{cut} of {len(samples)} pieces reached {limit} before their end (--max-new-tokens raises it; {hint})")
     return written
 
