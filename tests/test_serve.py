@@ -9,6 +9,7 @@ import io
 import json
 import re
 import wave
+from pathlib import Path
 
 import pytest
 
@@ -417,3 +418,30 @@ def test_the_dna_plugin_is_served_like_a_built_in(tmp_path, monkeypatch):
         assert frames[-1] == "[DONE]" and len(frames) >= 3
     finally:
         s.stop()
+
+
+def test_a_budget_past_the_limit_is_planned_within_it(models):
+    """A music model's learned budget past --max-new-tokens-limit: the request is planned again with the limit as
+    its budget, so that its pieces end at a bar line before the limit, as they do before their own budget."""
+    import music21
+
+    from arseq.artifacts.checkpoint import load
+    from arseq.modalities.music.grammar import LANDING_TOKENS
+    from arseq.modalities.music.reading import prompt_tokens
+    from arseq.serve.jobs import plan_job
+    from arseq.serve.request_body import parse
+    from arseq.serve.schema import Schema
+
+    loaded, limit = load(models("music")), LANDING_TOKENS + 40
+    tok = loaded.tokenizer
+    own = plan_job(loaded, parse(Schema(loaded, 10**4), {"seed": 0}), 10**4)
+    assert own.cfg.max_new_tokens > limit  # the test is not vacuous: the model's own budget is past the limit
+    job = plan_job(loaded, parse(Schema(loaded, limit), {"seed": 0, "min_bars": 1}), limit)
+    assert job.cfg.max_new_tokens == limit and job.parsed.request.sampling.max_new_tokens == limit
+    start = prompt_tokens(tok, Path(music21.corpus.getWork("bwv66.6")), 2)[1:]  # a chorale's pickup and two bars
+    assert len(start) > 40 and start.count(tok.bar_id) == 3
+    row = list(job.rows[0].prompt)
+    job.constraint([row])  # the engine asks first with the prompt alone
+    row += start
+    mask = job.constraint([row])[0]
+    assert mask[tok.eos_id] and not mask[tok.bar_id]  # landed 40 tokens in: no new bar, it may end

@@ -75,12 +75,18 @@ def plan_job(loaded: Loaded, parsed: Parsed, max_new_tokens_limit: int, scored: 
     # every row seeded, so an unseeded request can be repeated from its answer
     parsed = replace(parsed, request=replace(parsed.request, sampling=replace(given, seed=seed)))
     planned = uploads.planned(loaded, parsed)
+    if planned.cfg.max_new_tokens > max_new_tokens_limit and given.max_new_tokens is None:
+        # the modality's own budget past the limit: planned again with the limit as the request's, so that what
+        # the plan derives from its budget holds (music's pieces end at a bar line before it); kept in `parsed`,
+        # which an engine process plans again
+        parsed = replace(parsed, request=replace(parsed.request, sampling=replace(parsed.request.sampling, max_new_tokens=max_new_tokens_limit)))
+        planned = uploads.planned(loaded, parsed)
     prompts, guide, cfg = planned.prompts, planned.guide, planned.cfg
     if parsed.token_prompt is not None:  # after BOS and the control tokens the plan put in front
         ids = parsed.token_prompt[1:] if parsed.token_prompt[0] == loaded.tokenizer.bos_id else parsed.token_prompt
         prompts = [p + ids for p in prompts]
         guide = [g + ids for g in guide] if guide is not None else None
-    if cfg.max_new_tokens > max_new_tokens_limit:  # a modality's own budget (an image's patches) past the limit
+    if cfg.max_new_tokens > max_new_tokens_limit:  # a budget no request sets (an image's patches) past the limit
         cfg = replace(cfg, max_new_tokens=max_new_tokens_limit)
     controls = loaded.controls
     head = controls.head if controls is not None else 0
