@@ -48,6 +48,31 @@ def test_bach_chorales_are_the_350_distinct_scores(chorales):
     assert dict(chorales)["bach/bwv281"].endswith("bwv281.mxl")
 
 
+def test_the_chorales_keep_their_four_voices(chorales, monkeypatch):
+    """bwv248.42-4 puts eight instruments among its voices (horns and oboes first): read as a chorale, it is
+    its soprano, alto, tenor and bass alone, in that order; a four-part chorale reads as it is."""
+    from arseq.modalities.music import modality
+    from arseq.modalities.music.reading import read_events
+
+    tok, paths = MUSIC().tokenizer, dict(chorales)
+    big, four = Path(paths["bach/bwv248.42-4"]), Path(paths["bach/bwv281"])
+    names = [p.partName for p in converter.parse(big).parts]
+    whole = read_events(tok, big)
+    assert whole.num_parts == 12 and names.index("Soprano") > 0
+    monkeypatch.setitem(modality.SOURCES, "bach_chorales", lambda: [("big", str(big)), ("four", str(four))])
+    read = {e.name: tok.decode_events(e.tokens.tolist()) for e in MUSIC().read([], "bach_chorales", tok)}
+    assert read["big"].num_parts == 4
+
+    def notes(ev, part):
+        return sorted((n.onset, n.pitch, n.dur) for n in ev.notes if n.part == part)
+
+    for i, voice in enumerate(("Soprano", "Alto", "Tenor", "Bass")):
+        assert notes(read["big"], i) == notes(whole, names.index(voice))
+    alone = read_events(tok, four)
+    assert alone.num_parts == read["four"].num_parts == 4
+    assert all(notes(read["four"], i) == notes(alone, i) for i in range(4))
+
+
 def test_bad_files_are_skipped_with_reasons(tmp_path, chorales):
     scale = smf([(i * 480, 480, 60 + i) for i in range(8)])
     files = {

@@ -17,8 +17,9 @@ from arseq.data.config import DataConfig
 from arseq.modalities.base import DataError, Modality
 from arseq.tokenizers.base import Tokenizer
 
-CACHE_FORMAT = 6  # 2: entries carry checksums.json; 3: conditions (controls.json); 4: image classes as conditions;
-# 5: conditions head every training window; 6: meta.json records tokens per item (item_tokens)
+CACHE_FORMAT = 7  # 2: entries carry checksums.json; 3: conditions (controls.json); 4: image classes as conditions;
+# 5: conditions head every training window; 6: meta.json records tokens per item (item_tokens); 7: the Bach
+# chorales' four voices alone
 
 
 def cache_root() -> Path:

@@ -42,6 +42,7 @@ from arseq.modalities.music.metrics import key_scale, score_metrics
 from arseq.modalities.music.reading import (
     MIDI_READERS,
     SUFFIXES,
+    load_piece,
     prompt_tokens,
     read_in_parallel,
     roundtrip_report,
@@ -165,7 +166,8 @@ class MusicModality(Modality):
             items = SOURCES[source]() if source is not None else [(str(f), str(f)) for f in files]
         played = isinstance(tokenizer, PerformanceTokenizer)
         jobs = [(name, path, tokenizer.to_dict(), check_roundtrip) + (() if played else (self.midi_reader,)) for name, path in items]
-        for name, tokens, exact, info, conditions, reason in read_in_parallel(jobs, self.workers, perf.load_performance if played else None):
+        loader = perf.load_performance if played else partial(load_piece, voices=True) if source == "bach_chorales" else None
+        for name, tokens, exact, info, conditions, reason in read_in_parallel(jobs, self.workers, loader):
             if reason is not None:
                 yield Skipped(name, reason)
             else:

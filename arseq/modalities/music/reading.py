@@ -57,16 +57,17 @@ def _load(name: str, path: str, state: dict, check_roundtrip: bool, reader: str 
     return name, ids, exact, info, reason
 
 
-def load_piece(name: str, path: str, state: dict, check_roundtrip: bool, reader: str = "symusic") -> tuple:
-    """(name, tokens, exact, info, conditions, skip reason) for one file: parsed, encoded, optionally
-    round-tripped, its conditions (key, meter, composer) found from its events, all in the worker."""
+def load_piece(name: str, path: str, state: dict, check_roundtrip: bool, reader: str = "symusic", voices: bool = False) -> tuple:
+    """(name, tokens, exact, info, conditions, skip reason) for one file: parsed (`voices`: a chorale's four
+    voices alone, `four_voices`), encoded, optionally round-tripped, its conditions (key, meter, composer)
+    found from its events, all in the worker."""
     tok = _tokenizer(tuple(sorted(state.items())))
     seconds = file_budget()
     try:
         with time_limit(
             seconds, f"{path}: still reading after {seconds:g} s (the per-file budget, data.file_seconds or ARSEQ_FILE_SECONDS); skipped"
         ):
-            events = read_events(tok, Path(path), reader)
+            events = read_events(tok, Path(path), reader, voices)
     except DataError as e:
         return name, None, None, {}, {}, str(e).removeprefix(f"{path}: ")
     encoded = tok.encode_events(events)
@@ -125,10 +126,11 @@ def roundtrip_report(examples: Sequence[Example], first: int = 5) -> dict[str, A
     return {"roundtrip_inexact": per_file[:50], "roundtrip_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]["files"]))}
 
 
-def read_events(tok: ScoreTokenizer, path: Path, midi_reader: str = "symusic") -> Events:
+def read_events(tok: ScoreTokenizer, path: Path, midi_reader: str = "symusic", voices: bool = False) -> Events:
     """Parse one file into events; every problem becomes a one-line DataError naming the file. MIDI files
     go through `midi_reading` unless `midi_reader` is "music21" (the same events, ~100x faster; the name
-    "symusic" is what configs have always said, from when symusic parsed the files).
+    "symusic" is what configs have always said, from when symusic parsed the files). `voices`: a score whose
+    parts name a soprano, an alto, a tenor and a bass keeps those four alone (`four_voices`).
 
     music21 reads MIDI on the tokenizer's own grid (`quarterLengthDivisors=(ppq,)`): its default, 16ths
     and eighth triplets, would move 32nd notes and quintuplets and gather near onsets into chords, throwing
@@ -146,11 +148,30 @@ def read_events(tok: ScoreTokenizer, path: Path, midi_reader: str = "symusic") -
     except Exception as e:  # music21 raises many kinds on bad files; one line is what the user needs
         raise DataError(f"{path}: cannot parse ({one_line(e, with_type=True, limit=200)})") from None
     try:
-        return tok.extract(score)
+        return tok.extract(four_voices(score) if voices else score)
     except ValueError as e:
         raise DataError(f"{path}: {e}") from None
     except Exception as e:
         raise DataError(f"{path}: cannot read the score ({one_line(e, with_type=True, limit=200)})") from None
+
+
+VOICES = ("soprano", "alto", "tenor", "bass")
+
+
+def four_voices(score: Any) -> Any:
+    """The score with only its first part named for each of VOICES (a name that starts with it: "Soprano 1",
+    "Bass Continuo"), in that order, when it has more parts and names all four; else the score as it is.
+    Why: 18 of music21's 350 chorales add instruments (trumpets, horns, timpani, strings), a continuo or a
+    second soprano, most of them before the voices, so part 0 was a trumpet where it is the soprano in the
+    other 332, and a model trained on them wrote a fifth to a twelfth part now and then."""
+    parts = list(score.parts)
+    named = [next((p for p in parts if (p.partName or "").strip().lower().startswith(v)), None) for v in VOICES]
+    if len(parts) <= len(VOICES) or any(p is None for p in named):
+        return score
+    for p in parts:
+        if all(p is not v for v in named):
+            score.remove(p)
+    return score
 
 
 def _read_midi(tok: ScoreTokenizer, path: Path, midi_reader: str) -> Events:
